@@ -1,0 +1,151 @@
+"""Pure decisions: what the include says, which color is live, what to write.
+
+Nothing here touches the network, the engine or a file; the deploy flow gathers facts, asks these
+functions, then acts. Unit tests cover them with tables.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Mapping, Optional
+
+from .settings import COLORS
+
+# `set $service_url http://172.20.0.2:8080;` (the seed's form) ...
+_SET_RE = re.compile(r"^\s*set\s+\$\w+\s+http://(\d{1,3}(?:\.\d{1,3}){3}):(\d{1,5})/?\s*;", re.M)
+# ... or `server 172.20.0.2:8080;` inside an upstream block (the keep-alive form).
+_SERVER_RE = re.compile(r"^\s*server\s+(\d{1,3}(?:\.\d{1,3}){3}):(\d{1,5})\b[^;]*;", re.M)
+
+UPSTREAM_KEEPALIVE = 32
+
+
+@dataclass(frozen=True)
+class Address:
+    ip: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.ip}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.ip}:{self.port}"
+
+    @classmethod
+    def parse(cls, text: str) -> Optional["Address"]:
+        """`IP:PORT` as used by the live-switch admin protocol; None if it is anything else."""
+        match = re.fullmatch(r"(\d{1,3}(?:\.\d{1,3}){3}):(\d{1,5})", text.strip())
+        if not match or not 1 <= int(match.group(2)) <= 65535:
+            return None
+        if any(int(octet) > 255 for octet in match.group(1).split(".")):
+            return None
+        return cls(match.group(1), int(match.group(2)))
+
+
+def other(color: str) -> str:
+    return "green" if color == "blue" else "blue"
+
+
+def render_include(address: Address, form: str = "set", variable: str = "service_url",
+                   upstream: str = "app_live") -> str:
+    """The include file's text. `set` is the seed's one-liner; `upstream` keeps connections alive."""
+    if form == "set":
+        return f"set ${variable} {address.url};\n"
+    if form == "upstream":
+        return (
+            f"upstream {upstream} {{\n"
+            f"    server {address};\n"
+            f"    keepalive {UPSTREAM_KEEPALIVE};\n"
+            f"}}\n"
+        )
+    raise ValueError(f"unknown include form {form!r}")
+
+
+def parse_include(text: Optional[str]) -> Optional[Address]:
+    """Where an include points, in either form; None if absent or not understood."""
+    if not text:
+        return None
+    for pattern in (_SET_RE, _SERVER_RE):
+        match = pattern.search(text)
+        if match:
+            return Address.parse(f"{match.group(1)}:{match.group(2)}")
+    return None
+
+
+def color_at(address: Optional[Address], color_ips: Mapping[str, str]) -> Optional[str]:
+    """The color whose fixed IP the address is, if any."""
+    if address is None:
+        return None
+    for color, ip in color_ips.items():
+        if address.ip == ip:
+            return color
+    return None
+
+
+@dataclass(frozen=True)
+class ColorChoice:
+    live: Optional[str]   # None on a first deploy: nothing serves yet
+    target: str           # the idle color the new release goes to
+    reason: str
+
+
+def choose_colors(include_color: Optional[str], blue_alive: Optional[bool]) -> ColorChoice:
+    """Pick the idle color, as the seed's script meant to.
+
+    The include is the truth: the live color is the one it points at. Without a usable include we
+    fall back on the seed's rule (blue healthy -> deploy green, else blue). `blue_alive` is None
+    when it was not probed (no container of ours holds blue's address), which counts as not alive.
+    """
+    if include_color in COLORS:
+        return ColorChoice(include_color, other(include_color), f"the include points at {include_color}")
+    if blue_alive:
+        return ColorChoice("blue", "green", "no usable include; blue answers its health check")
+    return ColorChoice(None, "blue", "no usable include and blue is not serving: first deploy")
+
+
+@dataclass(frozen=True)
+class ContainerFact:
+    """What the engine says about one color's container."""
+
+    color: str
+    name: str
+    status: str                 # created, running, exited, restarting, ...
+    version: Optional[str]
+    image: str
+    ip: Optional[str]           # its address on the deploy network, if attached
+    restart_count: int = 0
+
+    @property
+    def running(self) -> bool:
+        return self.status == "running"
+
+
+def rollback_target(live: Optional[str], containers: Mapping[str, ContainerFact]) -> Optional[ContainerFact]:
+    """The previous release: the idle color's kept container, if there is one."""
+    if live is None:
+        return None
+    return containers.get(other(live))
+
+
+def staged_release(live: Optional[str], containers: Mapping[str, ContainerFact],
+                   preview: Optional[str]) -> Optional[ContainerFact]:
+    """A release waiting for `promote`: the idle color, running, with the preview pointing at it."""
+    if live is None:
+        candidate = containers.get(preview) if preview else None
+    else:
+        candidate = containers.get(other(live))
+    if candidate is None or not candidate.running:
+        return None
+    if preview is not None and preview != candidate.color:
+        return None
+    return candidate
+
+
+def images_to_remove(images: Mapping[str, float], keep: int, protected: set) -> list:
+    """Release images past the newest `keep`, never one a container still uses.
+
+    `images` maps an image reference to its creation time.
+    """
+    newest_first = sorted(images, key=lambda ref: images[ref], reverse=True)
+    return [ref for ref in newest_first[keep:] if ref not in protected]
+

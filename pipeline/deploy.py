@@ -1,0 +1,289 @@
+"""The deploy, as the runbook tells it.
+
+    preflight -> build -> pick the idle color -> start it -> health -> switch -> drain -> stop old
+
+Facts are gathered first, the decision is made by pure functions (decide.py), then the world is
+touched. Every failure before the switch leaves traffic where it was and removes the new container;
+a failed switch restores the include (switch.py). `promote` and `rollback` reuse the same steps.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, Mapping, Optional
+
+import requests
+
+from . import build, decide, health
+from .decide import Address, ContainerFact
+from .engine import Engine
+from .errors import ContainerExited, Interrupted, NothingToDo, PipelineError
+from .nginx_host import NginxHost
+from .settings import Settings
+from .signals import SignalGuard
+from .switch import LIVE, PREVIEW, TrafficSwitch
+
+log = logging.getLogger("pipeline")
+
+
+@dataclass
+class Context:
+    """The outside things a flow works with, handed in (never globals)."""
+
+    settings: Settings
+    engine: Engine
+    host: NginxHost
+    switch: TrafficSwitch
+    cwd: Path
+    environ: Mapping[str, str]
+    guard: SignalGuard = field(default_factory=SignalGuard)
+    sleep: Callable[[float], None] = time.sleep
+
+
+@dataclass(frozen=True)
+class Facts:
+    live_address: Optional[Address]
+    preview_address: Optional[Address]
+    containers: Dict[str, ContainerFact]
+    choice: decide.ColorChoice
+
+
+@dataclass(frozen=True)
+class Outcome:
+    action: str
+    version: str
+    color: str
+    message: str
+
+
+def phase(message: str, *args: object) -> None:
+    log.info("==> " + message, *args)
+
+
+# -- facts -----------------------------------------------------------------------------------------
+
+def gather(ctx: Context) -> Facts:
+    s = ctx.settings
+    live_address = ctx.switch.current(LIVE)
+    preview_address = ctx.switch.current(PREVIEW) if s.nginx_preview_include else None
+    containers = ctx.engine.containers()
+    include_color = decide.color_at(live_address, s.color_ips)
+    blue_alive = None
+    if include_color is None and ctx.engine.holds_address("blue"):
+        # The seed's rule, kept for a host with no include yet: probe blue, but only because a
+        # container of ours holds its address (checked just above).
+        try:
+            health.probe(requests.Session(), health_url(s, "blue"), 2.0)
+            blue_alive = True
+        except health.NotHealthyYet:
+            blue_alive = False
+    choice = decide.choose_colors(include_color, blue_alive)
+    return Facts(live_address, preview_address, containers, choice)
+
+
+def health_url(s: Settings, color: str) -> str:
+    return f"http://{s.ip_of(color)}:{s.app_port}{s.health_path}"
+
+
+def address_of(s: Settings, color: str) -> Address:
+    return Address(s.ip_of(color), s.app_port)
+
+
+# -- steps -----------------------------------------------------------------------------------------
+
+def wait_healthy(ctx: Context, color: str) -> None:
+    s = ctx.settings
+    name = s.container_name(color)
+
+    def check_alive() -> None:
+        fact = ctx.engine.container(color)
+        if fact is None:
+            raise ContainerExited(name, "removed")
+        if not fact.running or fact.restart_count > 0:
+            state = fact.status if fact.restart_count == 0 else f"{fact.status}, restarted {fact.restart_count}x"
+            raise ContainerExited(name, state, ctx.engine.logs_tail(color))
+        if fact.ip != s.ip_of(color) or not ctx.engine.network_exists():
+            raise ContainerExited(name, f"does not hold {s.ip_of(color)} on {s.deploy_network}")
+
+    url = health_url(s, color)
+    phase("waiting for %s to answer %s (every %gs, up to %gs)", name, url, s.health_interval, s.health_timeout)
+    health.wait_healthy(url, s.health_interval, s.health_timeout, check_alive,
+                        logs=lambda: ctx.engine.logs_tail(color))
+
+
+def switch_live(ctx: Context, color: str) -> None:
+    s = ctx.settings
+    phase("switching nginx to %s (%s) [%s]", color, address_of(s, color), ctx.switch.mode)
+    with ctx.guard.critical():
+        ctx.switch.route_to(LIVE, address_of(s, color))
+
+
+def retire(ctx: Context, old: Optional[str]) -> None:
+    """Drain, then stop the old color gracefully. It is kept (stopped) for rollback."""
+    s = ctx.settings
+    if old is None or ctx.engine.container(old) is None:
+        return
+    phase("draining %s for %gs", s.container_name(old), s.drain_seconds)
+    try:
+        ctx.sleep(s.drain_seconds)
+    except Interrupted:
+        log.warning("==> the new release is live; %s left running, so `rollback` is instant",
+                    s.container_name(old))
+        raise
+    phase("stopping %s (grace %gs); kept for rollback", s.container_name(old), s.stop_timeout)
+    with ctx.guard.critical():
+        ctx.engine.stop(old)
+
+
+def clean_images(ctx: Context) -> None:
+    s = ctx.settings
+    protected = {fact.image for fact in ctx.engine.containers().values()}
+    for ref in decide.images_to_remove(ctx.engine.release_images(), s.keep_releases, protected):
+        log.info("    removing old release image %s", ref)
+        ctx.engine.remove_image(ref)
+    ctx.engine.prune_dangling()
+
+
+# -- flows -----------------------------------------------------------------------------------------
+
+def deploy(ctx: Context, promote: bool = True) -> Outcome:
+    s = ctx.settings
+
+    phase("preflight")
+    if ctx.engine.ensure_network():
+        log.info("    created docker network %s (%s, gateway %s)", s.deploy_network, s.deploy_subnet, s.deploy_gateway)
+    facts = gather(ctx)
+    live, target = facts.choice.live, facts.choice.target
+    log.info("    live: %s; deploying to %s (%s)", live or "none", target, facts.choice.reason)
+
+    version = s.app_version or build.default_version(ctx.cwd)
+    image = s.image_ref(version)
+    if s.build_command:
+        phase("building: %s", " ".join(s.build_command))
+        build.run_build(s.build_command, ctx.cwd, ctx.environ)
+    phase("building image %s", image)
+    ctx.engine.build_image(ctx.cwd, image, version)
+    if s.registry:
+        phase("pushing %s to %s and pulling it back", image, s.registry)
+        ctx.engine.push_and_pull(image)
+
+    phase("starting %s (%s) at %s", s.container_name(target), version, s.ip_of(target))
+    preview_before = facts.preview_address
+    try:
+        with ctx.guard.critical():
+            ctx.engine.run(target, image, version)
+        wait_healthy(ctx, target)
+        if s.nginx_preview_include:
+            phase("pointing the preview at %s (%s)", target, address_of(s, target))
+            with ctx.guard.critical():
+                ctx.switch.route_to(PREVIEW, address_of(s, target))
+        if promote:
+            switch_live(ctx, target)
+    except BaseException:
+        with ctx.guard.critical():
+            _abandon(ctx, target, preview_before)
+        raise
+
+    if not promote:
+        phase("%s staged on %s; live traffic still on %s. Run `promote` to switch.", version, target, live or "nothing")
+        return Outcome("stage", version, target, f"staged on {target}")
+    retire(ctx, live)
+    clean_images(ctx)
+    return Outcome("deploy", version, target, f"{version} live on {target}")
+
+
+def _abandon(ctx: Context, color: str, preview_before: Optional[Address]) -> None:
+    """After a failure before the live switch: no container of the failed release left running."""
+    s = ctx.settings
+    logs = ctx.engine.logs_tail(color, 5)
+    log.error("==> removing %s; nginx still serves what it served before", s.container_name(color))
+    for line in logs:
+        log.error("    %s | %s", s.container_name(color), line)
+    ctx.engine.remove(color)
+    if s.nginx_preview_include and ctx.switch.current(PREVIEW) == address_of(s, color) and preview_before:
+        try:
+            ctx.switch.route_to(PREVIEW, preview_before)
+        except PipelineError as exc:
+            log.warning("    could not point the preview back at %s: %s", preview_before, exc)
+
+
+def promote(ctx: Context) -> Outcome:
+    s = ctx.settings
+    phase("preflight")
+    facts = gather(ctx)
+    preview_color = decide.color_at(facts.preview_address, s.color_ips)
+    staged = decide.staged_release(facts.choice.live, facts.containers, preview_color)
+    if staged is None:
+        raise NothingToDo("nothing is staged: run `deploy --no-promote` first"
+                          f" (live: {facts.choice.live or 'none'})")
+    log.info("    promoting %s (%s) from %s", staged.version, staged.color, facts.choice.live or "nothing")
+    wait_healthy(ctx, staged.color)
+    switch_live(ctx, staged.color)
+    retire(ctx, facts.choice.live)
+    clean_images(ctx)
+    return Outcome("promote", staged.version or "", staged.color, f"{staged.version} live on {staged.color}")
+
+
+def rollback(ctx: Context) -> Outcome:
+    s = ctx.settings
+    phase("preflight")
+    facts = gather(ctx)
+    live = facts.choice.live
+    target = decide.rollback_target(live, facts.containers)
+    if live is None or target is None:
+        raise NothingToDo(f"no previous release to roll back to (live: {live or 'none'}, "
+                          f"no {s.container_name(decide.other(live)) if live else 'kept'} container)")
+    live_version = facts.containers[live].version if live in facts.containers else "?"
+    log.info("    rolling back from %s (%s) to %s (%s)", live_version, live, target.version, target.color)
+    was_running = target.running
+    try:
+        if not was_running:
+            phase("starting kept container %s", target.name)
+            with ctx.guard.critical():
+                ctx.engine.start(target.color)
+        wait_healthy(ctx, target.color)
+        switch_live(ctx, target.color)
+    except BaseException:
+        if not was_running:
+            with ctx.guard.critical():
+                log.error("==> stopping %s again; nginx still serves %s", target.name, live)
+                ctx.engine.stop(target.color)
+        raise
+    retire(ctx, live)
+    return Outcome("rollback", target.version or "", target.color, f"{target.version} live on {target.color} again")
+
+
+def describe_failure(exc: BaseException) -> str:
+    return str(exc) if isinstance(exc, PipelineError) else f"{type(exc).__name__}: {exc}"
+
+
+def status(ctx: Context, probe: bool = True) -> dict:
+    s = ctx.settings
+    facts = gather(ctx)
+    live = facts.choice.live if facts.live_address else None
+    colors = {}
+    for color in ("blue", "green"):
+        fact = facts.containers.get(color)
+        entry: dict = {"container": s.container_name(color), "ip": s.ip_of(color), "state": "absent",
+                       "version": None, "health": None}
+        if fact is not None:
+            entry.update(state=fact.status, version=fact.version)
+            if probe and ctx.engine.holds_address(color):
+                try:
+                    entry["health"] = health.probe(requests.Session(), health_url(s, color), 2.0)
+                except health.NotHealthyYet as exc:
+                    entry["health"] = f"unhealthy: {exc.last}"
+        colors[color] = entry
+    return {
+        "app": s.app_name,
+        "live_color": live,
+        "live_version": colors[live]["version"] if live else None,
+        "include": {"path": str(s.nginx_include), "points_at": str(facts.live_address) if facts.live_address else None},
+        "preview": str(facts.preview_address) if facts.preview_address else None,
+        "switch_mode": ctx.switch.mode,
+        "switch": ctx.switch.describe(),
+        "colors": colors,
+        "nginx_host": ctx.host.description,
+    }

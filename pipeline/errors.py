@@ -1,0 +1,119 @@
+"""One error root, and the exit code each kind of failure maps to.
+
+`cli.main` is the only place that turns these into exit codes and messages.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+# Documented in the README ("Exit codes"); keep the two in step.
+EXIT_OK = 0
+EXIT_DEPLOY_FAILED = 1   # the new release was not promoted; the working version still serves
+EXIT_BAD_INPUT = 2       # bad setting, unknown command or flag; nothing was changed
+EXIT_PREFLIGHT = 3       # docker engine, nginx host or network not usable; nothing was changed
+EXIT_LOCKED = 4          # another deploy holds the lock
+EXIT_NOTHING_TO_DO = 5   # promote with nothing staged, rollback with no previous release
+EXIT_BUG = 70            # an unexpected error: a bug in pipeline
+EXIT_SIGINT = 130
+EXIT_SIGTERM = 143
+
+
+class PipelineError(Exception):
+    """Root of every error pipeline reports to the user as one line."""
+
+    exit_code = EXIT_DEPLOY_FAILED
+
+    def detail(self) -> Sequence[str]:
+        """Extra lines (log tails, command output) shown under the one-line message."""
+        return ()
+
+
+class SettingsError(PipelineError):
+    """A setting is missing or malformed. Names the setting and the value."""
+
+    exit_code = EXIT_BAD_INPUT
+
+    def __init__(self, name: str, value: object, problem: str) -> None:
+        self.name, self.value, self.problem = name, value, problem
+        super().__init__(f"{name}={value!s}: {problem}" if value is not None else f"{name}: {problem}")
+
+
+class UsageError(PipelineError):
+    exit_code = EXIT_BAD_INPUT
+
+
+class PreflightError(PipelineError):
+    """Something outside pipeline is not usable; found before anything changed."""
+
+    exit_code = EXIT_PREFLIGHT
+
+
+class LockHeld(PipelineError):
+    exit_code = EXIT_LOCKED
+
+
+class NothingToDo(PipelineError):
+    exit_code = EXIT_NOTHING_TO_DO
+
+
+class DeployFailed(PipelineError):
+    """The release could not be made live; the working version keeps serving."""
+
+    exit_code = EXIT_DEPLOY_FAILED
+
+    def __init__(self, message: str, detail_lines: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self._detail = list(detail_lines)
+
+    def detail(self) -> Sequence[str]:
+        return self._detail
+
+
+class BuildFailed(DeployFailed):
+    def __init__(self, command: str, code: int, tail: Sequence[str]) -> None:
+        super().__init__(f"build command `{command}` exited with {code}", tail)
+
+
+class HealthCheckFailed(DeployFailed):
+    def __init__(self, url: str, attempts: int, last: str, logs: Sequence[str] = ()) -> None:
+        self.url, self.attempts, self.last = url, attempts, last
+        super().__init__(
+            f"{url} did not answer 200 after {attempts} attempts (last: {last})",
+            [f"container log: {line}" for line in logs],
+        )
+
+
+class ContainerExited(DeployFailed):
+    def __init__(self, name: str, state: str, logs: Sequence[str] = ()) -> None:
+        self.name = name
+        super().__init__(
+            f"container {name} stopped while starting ({state})",
+            [f"container log: {line}" for line in logs],
+        )
+
+
+class RemoteCommandFailed(DeployFailed):
+    """A command on the nginx host (test, reload) exited non-zero."""
+
+    def __init__(self, command: str, code: int, output_tail: Sequence[str], what: str = "") -> None:
+        self.command, self.code = command, code
+        prefix = f"{what}: " if what else ""
+        super().__init__(f"{prefix}`{command}` exited with {code}", list(output_tail))
+
+
+class Interrupted(PipelineError):
+    """SIGINT or SIGTERM arrived; raised in the main thread so cleanup runs."""
+
+    def __init__(self, signum: int) -> None:
+        import signal
+
+        self.signum = signum
+        self.exit_code = EXIT_SIGINT if signum == signal.SIGINT else EXIT_SIGTERM
+        super().__init__(f"interrupted by {signal.Signals(signum).name}")
+
+
+def tail(text: Optional[str], lines: int = 20) -> list[str]:
+    """The last non-empty lines of a command's output, for error details."""
+    if not text:
+        return []
+    return [line for line in text.splitlines() if line.strip()][-lines:]

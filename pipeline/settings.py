@@ -1,0 +1,399 @@
+"""Settings, read once at the edge from the environment and a .env file.
+
+`Settings.from_env(environ, cwd)` is the only reader of configuration. Every check names the
+variable and the value it got, so a bad value is a one-line error before anything changes.
+"""
+from __future__ import annotations
+
+import ipaddress
+import math
+import re
+import shlex
+from dataclasses import dataclass, field, fields
+from pathlib import Path, PurePosixPath
+from typing import Callable, Dict, Mapping, Optional, Tuple
+from urllib.parse import urlsplit
+
+from dotenv import dotenv_values
+
+from .errors import SettingsError
+
+COLORS = ("blue", "green")
+SWITCH_MODES = ("reload", "live")
+INCLUDE_FORMS = ("set", "upstream")
+
+# Docker container names allow [a-zA-Z0-9][a-zA-Z0-9_.-]; "-blue" / "-green" is appended.
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+# Docker image tag grammar.
+_TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+# host[:port][/path] of a registry, as docker expects it in an image reference.
+_REGISTRY_RE = re.compile(r"^[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[a-z0-9._/-]+)?$")
+_NGINX_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class Secret:
+    """A value that must never reach logs or output: repr and str show ***."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True)
+class Settings:
+    app_name: str = "app"
+    app_version: Optional[str] = None
+    build_command: Tuple[str, ...] = ("./gradlew", "bootJar")
+    dockerfile: Path = Path("docker/Dockerfile")
+    build_context: Path = Path(".")
+    build_args: Dict[str, str] = field(default_factory=dict)
+    deploy_network: str = "deploy"
+    deploy_subnet: ipaddress.IPv4Network = ipaddress.IPv4Network("172.20.0.0/16")
+    deploy_gateway: ipaddress.IPv4Address = ipaddress.IPv4Address("172.20.0.1")
+    blue_ip: ipaddress.IPv4Address = ipaddress.IPv4Address("172.20.0.2")
+    green_ip: ipaddress.IPv4Address = ipaddress.IPv4Address("172.20.0.3")
+    app_port: int = 8080
+    health_path: str = "/actuator/health"
+    health_interval: float = 10.0
+    health_timeout: float = 300.0
+    nginx_host: str = ""
+    nginx_ssh_user: str = "root"
+    nginx_ssh_port: int = 22
+    nginx_ssh_key: Optional[Path] = None
+    nginx_ssh_known_hosts: Path = Path("~/.ssh/known_hosts")
+    nginx_include: PurePosixPath = PurePosixPath("/etc/nginx/conf.d/service-url.inc")
+    nginx_preview_include: Optional[PurePosixPath] = None
+    nginx_include_form: str = "set"
+    nginx_upstream: str = "app_live"
+    nginx_test_command: Tuple[str, ...] = ("nginx", "-t")
+    nginx_reload_command: Tuple[str, ...] = ("nginx", "-s", "reload")
+    switch_mode: str = "reload"
+    nginx_admin_url: str = "http://127.0.0.1:8091"
+    drain_seconds: float = 10.0
+    stop_timeout: float = 30.0
+    registry: str = ""
+    registry_username: str = ""
+    registry_password: Secret = Secret("")
+    container_env_file: Optional[Path] = None
+    container_volumes: Tuple[str, ...] = ()
+    keep_releases: int = 5
+    docker_host: str = ""
+
+    # -- derived -------------------------------------------------------------------------------
+
+    def container_name(self, color: str) -> str:
+        return f"{self.app_name}-{color}"
+
+    def ip_of(self, color: str) -> str:
+        return str(self.blue_ip if color == "blue" else self.green_ip)
+
+    @property
+    def color_ips(self) -> Dict[str, str]:
+        return {color: self.ip_of(color) for color in COLORS}
+
+    @property
+    def remote(self) -> bool:
+        return bool(self.nginx_host)
+
+    def image_ref(self, version: str) -> str:
+        repo = f"{self.registry}/{self.app_name}" if self.registry else self.app_name
+        return f"{repo}:{version}"
+
+    def volumes_for(self, color: str) -> Tuple[str, ...]:
+        return tuple(v.replace("{color}", color) for v in self.container_volumes)
+
+    def lock_path(self) -> PurePosixPath:
+        return self.nginx_include.parent / f"{self.app_name}.deploy.lock"
+
+    def history_path(self) -> PurePosixPath:
+        return self.nginx_include.parent / f"{self.app_name}.history.jsonl"
+
+    def check_build_inputs(self, cwd: Path) -> None:
+        """What only a build needs: checked in deploy's preflight, not by `status`."""
+        dockerfile = self.dockerfile if self.dockerfile.is_absolute() else cwd / self.dockerfile
+        if not dockerfile.is_file():
+            raise SettingsError("DOCKERFILE", self.dockerfile, "no such file")
+        context = self.build_context if self.build_context.is_absolute() else cwd / self.build_context
+        if not context.is_dir():
+            raise SettingsError("BUILD_CONTEXT", self.build_context, "no such directory")
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str], cwd: Path, env_file: Optional[Path] = None) -> "Settings":
+        """Build settings from `env_file` (default `cwd/.env`, if present) overlaid by `environ`.
+
+        os.environ is never modified: python-dotenv only parses the file here.
+        """
+        path = env_file if env_file is not None else cwd / ".env"
+        merged: Dict[str, str] = {}
+        if env_file is not None and not path.is_file():
+            raise SettingsError("--env-file", path, "no such file")
+        if path.is_file():
+            merged.update({k: v for k, v in dotenv_values(path).items() if v is not None})
+        merged.update({k: v for k, v in environ.items() if k in _READERS})
+        values = {}
+        for name, (attr, reader) in _READERS.items():
+            raw = merged.get(name)
+            if raw is None:
+                continue
+            values[attr] = reader(name, raw.strip(), cwd)
+        settings = cls(**values)
+        settings._check_together()
+        return settings
+
+    def _check_together(self) -> None:
+        if self.deploy_gateway not in self.deploy_subnet:
+            raise SettingsError("DEPLOY_GATEWAY", self.deploy_gateway, f"not inside DEPLOY_SUBNET {self.deploy_subnet}")
+        for name, ip in (("BLUE_IP", self.blue_ip), ("GREEN_IP", self.green_ip)):
+            if ip not in self.deploy_subnet:
+                raise SettingsError(name, ip, f"not inside DEPLOY_SUBNET {self.deploy_subnet}")
+            if ip == self.deploy_gateway:
+                raise SettingsError(name, ip, "is the DEPLOY_GATEWAY address")
+            if ip in (self.deploy_subnet.network_address, self.deploy_subnet.broadcast_address):
+                raise SettingsError(name, ip, f"is not a host address of {self.deploy_subnet}")
+        if self.blue_ip == self.green_ip:
+            raise SettingsError("GREEN_IP", self.green_ip, "same address as BLUE_IP")
+        if self.nginx_preview_include is not None and self.nginx_preview_include == self.nginx_include:
+            raise SettingsError("NGINX_PREVIEW_INCLUDE", self.nginx_preview_include, "same file as NGINX_INCLUDE")
+        if self.remote:
+            if self.nginx_ssh_key is None:
+                raise SettingsError("NGINX_SSH_KEY", "", "required when NGINX_HOST is set")
+            if not self.nginx_ssh_known_hosts.expanduser().is_file():
+                raise SettingsError("NGINX_SSH_KNOWN_HOSTS", self.nginx_ssh_known_hosts, "no such file")
+        if self.registry_username and not self.registry_password:
+            raise SettingsError("REGISTRY_PASSWORD", None, "required when REGISTRY_USERNAME is set")
+
+    def public(self) -> Dict[str, str]:
+        """Every setting as text, secrets masked: for `status --json` and debugging."""
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, tuple):
+                value = shlex.join(value) if f.name.endswith("command") else ",".join(value)
+            out[f.name] = "" if value is None else str(value)
+        return out
+
+
+# -- readers: (name, raw, cwd) -> value; each raises SettingsError naming the variable ------------
+
+Reader = Callable[[str, str, Path], object]
+
+
+def _text(pattern: Optional[re.Pattern] = None, problem: str = "", allow_empty: bool = True) -> Reader:
+    def read(name: str, raw: str, cwd: Path) -> str:
+        if not raw and not allow_empty:
+            raise SettingsError(name, raw, "must not be empty")
+        if raw and pattern is not None and not pattern.match(raw):
+            raise SettingsError(name, raw, problem)
+        return raw
+    return read
+
+
+def _optional_text(pattern: re.Pattern, problem: str) -> Reader:
+    def read(name: str, raw: str, cwd: Path) -> Optional[str]:
+        if not raw:
+            return None
+        if not pattern.match(raw):
+            raise SettingsError(name, raw, problem)
+        return raw
+    return read
+
+
+def _choice(options: Tuple[str, ...]) -> Reader:
+    def read(name: str, raw: str, cwd: Path) -> str:
+        if raw not in options:
+            raise SettingsError(name, raw, f"must be one of {', '.join(options)}")
+        return raw
+    return read
+
+
+def _port(name: str, raw: str, cwd: Path) -> int:
+    if not raw.isdigit() or not 1 <= int(raw) <= 65535:
+        raise SettingsError(name, raw, "must be a port number from 1 to 65535")
+    return int(raw)
+
+
+def _duration(positive: bool = False) -> Reader:
+    def read(name: str, raw: str, cwd: Path) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            value = math.nan
+        if math.isnan(value) or math.isinf(value) or value < 0 or (positive and value == 0):
+            kind = "a positive number of seconds" if positive else "a non-negative number of seconds"
+            raise SettingsError(name, raw, f"must be {kind}")
+        return value
+    return read
+
+
+def _count(name: str, raw: str, cwd: Path) -> int:
+    if not raw.isdigit() or int(raw) < 1:
+        raise SettingsError(name, raw, "must be a whole number of at least 1")
+    return int(raw)
+
+
+def _ip(name: str, raw: str, cwd: Path) -> ipaddress.IPv4Address:
+    try:
+        return ipaddress.IPv4Address(raw)
+    except ValueError:
+        raise SettingsError(name, raw, "not an IPv4 address") from None
+
+
+def _subnet(name: str, raw: str, cwd: Path) -> ipaddress.IPv4Network:
+    try:
+        net = ipaddress.IPv4Network(raw, strict=True)
+    except ValueError:
+        raise SettingsError(name, raw, "not an IPv4 subnet like 172.20.0.0/16") from None
+    if not net.is_private or net.prefixlen > 29:
+        raise SettingsError(name, raw, "must be a private subnet of at least 8 addresses (/29 or larger)")
+    return net
+
+
+def _command(allow_empty: bool) -> Reader:
+    def read(name: str, raw: str, cwd: Path) -> Tuple[str, ...]:
+        try:
+            argv = tuple(shlex.split(raw))
+        except ValueError as exc:
+            raise SettingsError(name, raw, f"cannot be split into words ({exc})") from None
+        if not argv and not allow_empty:
+            raise SettingsError(name, raw, "must not be empty")
+        return argv
+    return read
+
+
+def _local_path(must_exist: bool) -> Reader:
+    def read(name: str, raw: str, cwd: Path) -> Optional[Path]:
+        if not raw:
+            return None
+        path = Path(raw).expanduser()
+        if must_exist and not (path if path.is_absolute() else cwd / path).is_file():
+            raise SettingsError(name, raw, "no such file")
+        return path
+    return read
+
+
+def _path(name: str, raw: str, cwd: Path) -> Path:
+    if not raw:
+        raise SettingsError(name, raw, "must not be empty")
+    return Path(raw)
+
+
+def _remote_path(optional: bool) -> Reader:
+    def read(name: str, raw: str, cwd: Path) -> Optional[PurePosixPath]:
+        if not raw and optional:
+            return None
+        path = PurePosixPath(raw)
+        if not path.is_absolute() or ".." in path.parts or raw.endswith("/"):
+            raise SettingsError(name, raw, "must be an absolute file path")
+        return path
+    return read
+
+
+def _known_hosts(name: str, raw: str, cwd: Path) -> Path:
+    if not raw:
+        raise SettingsError(name, raw, "must not be empty")
+    return Path(raw).expanduser()
+
+
+def _build_args(name: str, raw: str, cwd: Path) -> Dict[str, str]:
+    args = {}
+    for word in _command(True)(name, raw, cwd):
+        key, sep, value = word.partition("=")
+        if not sep or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key):
+            raise SettingsError(name, raw, f"expected KEY=VALUE words, got {word!r}")
+        args[key] = value
+    return args
+
+
+def _volumes(name: str, raw: str, cwd: Path) -> Tuple[str, ...]:
+    volumes = tuple(v.strip() for v in raw.split(",") if v.strip())
+    for volume in volumes:
+        parts = volume.split(":")
+        if len(parts) not in (2, 3) or not all(parts[:2]) or not parts[1].startswith("/"):
+            raise SettingsError(name, raw, f"expected SOURCE:/container/path[:ro|rw], got {volume!r}")
+        if len(parts) == 3 and parts[2] not in ("ro", "rw"):
+            raise SettingsError(name, raw, f"mode must be ro or rw in {volume!r}")
+    return volumes
+
+
+def _admin_url(name: str, raw: str, cwd: Path) -> str:
+    parts = urlsplit(raw)
+    if parts.scheme != "http" or not parts.hostname or parts.path not in ("", "/"):
+        raise SettingsError(name, raw, "must look like http://127.0.0.1:8091")
+    try:
+        parts.port
+    except ValueError:
+        raise SettingsError(name, raw, "has a bad port") from None
+    return raw.rstrip("/")
+
+
+def _health_path(name: str, raw: str, cwd: Path) -> str:
+    if not raw.startswith("/") or any(c.isspace() for c in raw):
+        raise SettingsError(name, raw, "must be a URL path starting with /")
+    return raw
+
+
+def _secret(name: str, raw: str, cwd: Path) -> Secret:
+    return Secret(raw)
+
+
+_READERS: Dict[str, Tuple[str, Reader]] = {
+    "APP_NAME": ("app_name", _text(_NAME_RE, "must be lower-case letters, digits, '.', '_' or '-'", allow_empty=False)),
+    "APP_VERSION": ("app_version", _optional_text(_TAG_RE, "must be a docker tag: letters, digits, '.', '_', '-'")),
+    "BUILD_COMMAND": ("build_command", _command(allow_empty=True)),
+    "DOCKERFILE": ("dockerfile", _path),
+    "BUILD_CONTEXT": ("build_context", _path),
+    "BUILD_ARGS": ("build_args", _build_args),
+    "DEPLOY_NETWORK": ("deploy_network", _text(re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"), "not a docker network name", allow_empty=False)),
+    "DEPLOY_SUBNET": ("deploy_subnet", _subnet),
+    "DEPLOY_GATEWAY": ("deploy_gateway", _ip),
+    "BLUE_IP": ("blue_ip", _ip),
+    "GREEN_IP": ("green_ip", _ip),
+    "APP_PORT": ("app_port", _port),
+    "HEALTH_PATH": ("health_path", _health_path),
+    "HEALTH_INTERVAL": ("health_interval", _duration(positive=True)),
+    "HEALTH_TIMEOUT": ("health_timeout", _duration()),
+    "NGINX_HOST": ("nginx_host", _text(re.compile(r"^[A-Za-z0-9.:-]+$"), "not a host name or address")),
+    "NGINX_SSH_USER": ("nginx_ssh_user", _text(re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$"), "not a user name", allow_empty=False)),
+    "NGINX_SSH_PORT": ("nginx_ssh_port", _port),
+    "NGINX_SSH_KEY": ("nginx_ssh_key", _local_path(must_exist=True)),
+    "NGINX_SSH_KNOWN_HOSTS": ("nginx_ssh_known_hosts", _known_hosts),
+    "NGINX_INCLUDE": ("nginx_include", _remote_path(optional=False)),
+    "NGINX_PREVIEW_INCLUDE": ("nginx_preview_include", _remote_path(optional=True)),
+    "NGINX_INCLUDE_FORM": ("nginx_include_form", _choice(INCLUDE_FORMS)),
+    "NGINX_UPSTREAM": ("nginx_upstream", _text(_NGINX_NAME_RE, "not an nginx upstream name", allow_empty=False)),
+    "NGINX_TEST_COMMAND": ("nginx_test_command", _command(allow_empty=False)),
+    "NGINX_RELOAD_COMMAND": ("nginx_reload_command", _command(allow_empty=False)),
+    "SWITCH_MODE": ("switch_mode", _choice(SWITCH_MODES)),
+    "NGINX_ADMIN_URL": ("nginx_admin_url", _admin_url),
+    "DRAIN_SECONDS": ("drain_seconds", _duration()),
+    "STOP_TIMEOUT": ("stop_timeout", _duration()),
+    "REGISTRY": ("registry", _text(_REGISTRY_RE, "not a registry address like host:5000")),
+    "REGISTRY_USERNAME": ("registry_username", _text()),
+    "REGISTRY_PASSWORD": ("registry_password", _secret),
+    "CONTAINER_ENV_FILE": ("container_env_file", _local_path(must_exist=True)),
+    "CONTAINER_VOLUMES": ("container_volumes", _volumes),
+    "KEEP_RELEASES": ("keep_releases", _count),
+    "DOCKER_HOST": ("docker_host", _text()),
+}
+
+SETTING_NAMES = tuple(_READERS)
