@@ -1,0 +1,225 @@
+package demo;
+
+import com.sun.net.httpserver.HttpExchange;
+import com.sun.net.httpserver.HttpHandler;
+import com.sun.net.httpserver.HttpServer;
+
+import java.io.IOException;
+import java.io.InputStream;
+import java.io.OutputStream;
+import java.net.InetSocketAddress;
+import java.net.URI;
+import java.nio.charset.StandardCharsets;
+import java.util.concurrent.ExecutorService;
+import java.util.concurrent.Executors;
+import java.util.concurrent.TimeUnit;
+import java.util.concurrent.atomic.AtomicBoolean;
+import java.util.concurrent.atomic.AtomicInteger;
+
+/**
+ * Stand-in for a Spring Boot service, used by the blue-green deploy tests and demo.
+ * Only JDK classes, so it runs on the jlink'ed scratch base image (docker/jre).
+ *
+ * Environment:
+ *   PORT               listen port (default 8080)
+ *   APP_VERSION        echoed by GET /
+ *   APP_COLOR          echoed by GET /
+ *   STARTUP_DELAY_MS   sleep before binding the port, mimics a slow Spring Boot start
+ *   HEALTH_FAIL=1      /actuator/health answers 503 forever, / still works
+ *   CRASH_ON_START=1   print an error to stderr and exit(1) immediately
+ *   GRACE_SECONDS      max seconds SIGTERM waits for in-flight requests (default 10)
+ *   THREADS            handler threads (default 32)
+ *
+ * Endpoints: GET /, GET /actuator/health, GET /slow?ms=N
+ */
+public final class Demo {
+
+    /** Requests currently inside a handler; the shutdown hook drains on this. */
+    private static final AtomicInteger IN_FLIGHT = new AtomicInteger();
+    /** Set once SIGTERM arrives: responses then carry "Connection: close". */
+    private static final AtomicBoolean STOPPING = new AtomicBoolean();
+
+    private Demo() {
+    }
+
+    public static void main(String[] args) throws Exception {
+        String version = env("APP_VERSION", "dev");
+        String color = env("APP_COLOR", "none");
+        int port = intEnv("PORT", 8080);
+        long startupDelayMs = intEnv("STARTUP_DELAY_MS", 0);
+        boolean healthFail = "1".equals(System.getenv("HEALTH_FAIL"));
+        int graceSeconds = intEnv("GRACE_SECONDS", 10);
+        int threads = intEnv("THREADS", 32);
+
+        if ("1".equals(System.getenv("CRASH_ON_START"))) {
+            System.err.println("demo " + version + ": CRASH_ON_START=1, exiting with status 1");
+            System.exit(1);
+        }
+
+        // Without TCP_NODELAY the JDK HttpServer answers keep-alive requests ~40 ms late
+        // (Nagle + delayed ACK). The Dockerfile passes the flag too; setting it here covers
+        // `java -jar` runs outside the image. Must happen before the server classes load.
+        if (System.getProperty("sun.net.httpserver.nodelay") == null) {
+            System.setProperty("sun.net.httpserver.nodelay", "true");
+        }
+
+        if (startupDelayMs > 0) {
+            Thread.sleep(startupDelayMs);
+        }
+
+        byte[] rootBody = ("version=" + version + " color=" + color + "\n").getBytes(StandardCharsets.UTF_8);
+        byte[] up = "{\"status\":\"UP\"}".getBytes(StandardCharsets.UTF_8);
+        byte[] down = "{\"status\":\"DOWN\"}".getBytes(StandardCharsets.UTF_8);
+
+        HttpServer server = HttpServer.create(new InetSocketAddress(port), 1024);
+        ExecutorService pool = Executors.newFixedThreadPool(threads);
+        server.setExecutor(pool);
+
+        // HttpServer contexts match by prefix, so "/" sees every path not claimed below.
+        server.createContext("/", counted(ex -> {
+            if (!"/".equals(ex.getRequestURI().getPath())) {
+                send(ex, 404, "text/plain; charset=utf-8", "not found\n".getBytes(StandardCharsets.UTF_8));
+            } else {
+                send(ex, 200, "text/plain; charset=utf-8", rootBody);
+            }
+        }));
+        server.createContext("/actuator/health", counted(ex -> {
+            if (healthFail) {
+                send(ex, 503, "application/json", down);
+            } else {
+                send(ex, 200, "application/json", up);
+            }
+        }));
+        server.createContext("/slow", counted(ex -> {
+            long ms = queryLong(ex.getRequestURI(), "ms", 1000);
+            try {
+                Thread.sleep(Math.max(0, Math.min(ms, 600_000)));
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+            }
+            send(ex, 200, "text/plain; charset=utf-8", ("slept " + ms + "ms\n").getBytes(StandardCharsets.UTF_8));
+        }));
+
+        Runtime.getRuntime().addShutdownHook(new Thread(() -> drain(server, pool, graceSeconds), "drain"));
+
+        server.start();
+        System.out.println("demo " + version + " listening on " + port);
+        System.out.flush();
+    }
+
+    /**
+     * SIGTERM: close the listening socket, let in-flight requests finish (at most
+     * graceSeconds), then close the remaining connections.
+     *
+     * HttpServer.stop(delay) alone is not enough on JDK 17: it closes the listener at once
+     * but, when no exchange is in progress, it still sleeps the full delay (JDK-8304065),
+     * which would turn every idle `docker stop` into a 10 s wait. So stop(grace) runs in
+     * its own thread and this hook ends it early with stop(0) once our own counter of
+     * in-flight requests has stayed at zero for a short while.
+     */
+    private static void drain(HttpServer server, ExecutorService pool, int graceSeconds) {
+        STOPPING.set(true);
+        long t0 = System.nanoTime();
+        Thread stopper = new Thread(() -> server.stop(graceSeconds), "stopper");
+        stopper.start();
+        long deadline = t0 + TimeUnit.SECONDS.toNanos(graceSeconds);
+        int quietPolls = 0;
+        try {
+            // Wait for two consecutive zero readings 50 ms apart: a request whose headers
+            // were being read when the listener closed gets counted within that window.
+            while (System.nanoTime() < deadline && stopper.isAlive()) {
+                quietPolls = IN_FLIGHT.get() == 0 ? quietPolls + 1 : 0;
+                if (quietPolls >= 2) {
+                    break;
+                }
+                Thread.sleep(50);
+            }
+            if (stopper.isAlive()) {
+                server.stop(0);
+            }
+            stopper.join(2000);
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+        }
+        pool.shutdownNow();
+        long ms = TimeUnit.NANOSECONDS.toMillis(System.nanoTime() - t0);
+        System.out.println("demo stopped after " + ms + " ms drain, in-flight left: " + IN_FLIGHT.get());
+        System.out.flush();
+    }
+
+    /** Wraps a handler so the shutdown hook can see how many requests are running. */
+    private static HttpHandler counted(HttpHandler h) {
+        return ex -> {
+            IN_FLIGHT.incrementAndGet();
+            try {
+                drainBody(ex);
+                h.handle(ex);
+            } finally {
+                ex.close();
+                IN_FLIGHT.decrementAndGet();
+            }
+        };
+    }
+
+    private static void send(HttpExchange ex, int status, String contentType, byte[] body) throws IOException {
+        ex.getResponseHeaders().set("Content-Type", contentType);
+        if (STOPPING.get()) {
+            // Tell keep-alive clients (nginx upstream pools) not to reuse this connection.
+            ex.getResponseHeaders().set("Connection", "close");
+        }
+        if ("HEAD".equals(ex.getRequestMethod())) {
+            ex.sendResponseHeaders(status, -1);
+            return;
+        }
+        ex.sendResponseHeaders(status, body.length);
+        try (OutputStream os = ex.getResponseBody()) {
+            os.write(body);
+        }
+    }
+
+    /** Read and discard any request body so the connection can be reused. */
+    private static void drainBody(HttpExchange ex) throws IOException {
+        try (InputStream in = ex.getRequestBody()) {
+            byte[] buf = new byte[8192];
+            while (in.read(buf) != -1) {
+                // discard
+            }
+        }
+    }
+
+    private static long queryLong(URI uri, String name, long dflt) {
+        String q = uri.getRawQuery();
+        if (q == null) {
+            return dflt;
+        }
+        for (String kv : q.split("&")) {
+            int eq = kv.indexOf('=');
+            if (eq > 0 && kv.substring(0, eq).equals(name)) {
+                try {
+                    return Long.parseLong(kv.substring(eq + 1));
+                } catch (NumberFormatException e) {
+                    return dflt;
+                }
+            }
+        }
+        return dflt;
+    }
+
+    private static String env(String name, String dflt) {
+        String v = System.getenv(name);
+        return v == null || v.isEmpty() ? dflt : v;
+    }
+
+    private static int intEnv(String name, int dflt) {
+        String v = System.getenv(name);
+        if (v == null || v.isEmpty()) {
+            return dflt;
+        }
+        try {
+            return Integer.parseInt(v.trim());
+        } catch (NumberFormatException e) {
+            System.err.println("demo: ignoring bad " + name + "=" + v);
+            return dflt;
+        }
+    }
+}
