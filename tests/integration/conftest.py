@@ -1,0 +1,122 @@
+"""Fixtures for the real stack. Teardown order matters: nginx stops and the app's containers go
+before the test's docker network is removed, so nothing is ever probed on a vanished network."""
+from __future__ import annotations
+
+import subprocess
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Iterator
+
+import docker
+import pytest
+
+from .realstack import REPO, Nginx, TestNetwork, free_port, remove_app, remove_network, reserve_network, stack_env
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="session")
+def stack() -> Dict[str, str]:
+    env = stack_env()
+    try:
+        docker.from_env().ping()
+    except Exception as exc:  # a missing part is a failure, not a skip
+        pytest.fail(f"docker engine not reachable ({exc}); run scripts/stack.sh start")
+    for key in ("SSH_KEY", "SSH_KNOWN_HOSTS", "REGISTRY_PASSWORD_FILE"):
+        if not Path(env.get(key, "")).is_file():
+            pytest.fail(f"{key} missing from the stack ({env.get(key)}); run scripts/stack.sh start")
+    return env
+
+
+@pytest.fixture(scope="session")
+def client(stack) -> docker.DockerClient:
+    return docker.from_env()
+
+
+@pytest.fixture(scope="session")
+def demo_jar(stack) -> Path:
+    jar = REPO / "demo" / "build" / "libs" / "app.jar"
+    if not jar.is_file():
+        subprocess.run(["bash", str(REPO / "demo" / "build.sh")], check=True, cwd=REPO / "demo")
+    return jar
+
+
+@dataclass
+class World:
+    """What one test owns on the engine: an app name and a deploy network."""
+
+    client: docker.DockerClient
+    app: str
+    network: TestNetwork
+
+    def container(self, color: str):
+        try:
+            return self.client.containers.get(f"{self.app}-{color}")
+        except docker.errors.NotFound:
+            return None
+
+    def state(self, color: str) -> str:
+        container = self.container(color)
+        return container.status if container else "absent"
+
+    def running_containers(self) -> list:
+        return self.client.containers.list(filters={"label": f"pipeline.app={self.app}"})
+
+
+@pytest.fixture
+def world(client, demo_jar) -> Iterator[World]:
+    network = reserve_network(client)
+    app = f"t{uuid.uuid4().hex[:8]}"
+    yield World(client, app, network)
+    remove_app(client, app)
+    remove_network(client, network.name)
+
+
+@pytest.fixture
+def nginx(world, tmp_path) -> Iterator[Nginx]:
+    server = Nginx(tmp_path / "nginx", free_port(), free_port())
+    server.directory.mkdir()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def settings_env(world, nginx, stack) -> Dict[str, str]:
+    """Settings for a fast deploy of the demo service through the test's own nginx, locally."""
+    net = world.network
+    return {
+        "APP_NAME": world.app,
+        "APP_VERSION": "v1",
+        "BUILD_COMMAND": "",
+        "DOCKERFILE": str(REPO / "docker" / "Dockerfile"),
+        "BUILD_CONTEXT": str(REPO / "demo"),
+        "BUILD_ARGS": f"BASE_IMAGE={stack['JRE_IMAGE']} JAR=build/libs/app.jar",
+        "DEPLOY_NETWORK": net.name,
+        "DEPLOY_SUBNET": net.subnet,
+        "DEPLOY_GATEWAY": net.gateway,
+        "BLUE_IP": net.blue_ip,
+        "GREEN_IP": net.green_ip,
+        "HEALTH_INTERVAL": "0.5",
+        "HEALTH_TIMEOUT": "30",
+        "DRAIN_SECONDS": "0.5",
+        "STOP_TIMEOUT": "5",
+        "NGINX_HOST": "",
+        "NGINX_INCLUDE": str(nginx.include),
+        "NGINX_TEST_COMMAND": nginx.test_command,
+        "NGINX_RELOAD_COMMAND": nginx.reload_command,
+    }
+
+
+@pytest.fixture
+def ssh_env(settings_env, stack) -> Dict[str, str]:
+    """The same, with nginx reached over SSH on 127.0.0.1 (key auth, checked host key)."""
+    return {
+        **settings_env,
+        "NGINX_HOST": "127.0.0.1",
+        "NGINX_SSH_PORT": stack["SSH_PORT"],
+        "NGINX_SSH_USER": "root",
+        "NGINX_SSH_KEY": stack["SSH_KEY"],
+        "NGINX_SSH_KNOWN_HOSTS": stack["SSH_KNOWN_HOSTS"],
+    }

@@ -1,0 +1,220 @@
+"""Helpers for tests against the real stack: dockerd, nginx, sshd and the registry on 127.0.0.1.
+
+`scripts/stack.sh start` (run by .ci/run) brings the stack up; these helpers start what each test
+owns (an nginx, a docker network, an app name) and remove it afterwards. A missing part is a test
+error, never a skip.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional
+
+import docker
+import requests
+
+REPO = Path(__file__).resolve().parents[2]
+NGINX_CONF_D = REPO / "nginx" / "conf.d"
+
+
+def stack_env() -> Dict[str, str]:
+    out = subprocess.run(["bash", str(REPO / "scripts" / "stack.sh"), "env"], capture_output=True,
+                         text=True, check=True).stdout
+    env = {}
+    for line in out.splitlines():
+        match = re.match(r"^export (\w+)=(.*)$", line.strip())
+        if match:
+            env[match.group(1)] = shlex.split(match.group(2))[0] if match.group(2) else ""
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# -- docker networks -----------------------------------------------------------------------------
+
+_SUBNET_COUNTER = itertools.count(os.getpid() % 200)
+
+
+@dataclass
+class TestNetwork:
+    name: str
+    subnet: str
+    gateway: str
+    blue_ip: str
+    green_ip: str
+
+
+def reserve_network(client: docker.DockerClient) -> TestNetwork:
+    """A name and a free /24 for a deploy network (the tool creates it; the test removes it)."""
+    taken = set()
+    for net in client.api.networks():
+        for config in (net.get("IPAM") or {}).get("Config") or []:
+            if config.get("Subnet"):
+                taken.add(config["Subnet"])
+    for _ in range(256):
+        third = next(_SUBNET_COUNTER) % 250 + 1
+        subnet = f"172.29.{third}.0/24"
+        if subnet not in taken:
+            base = f"172.29.{third}"
+            return TestNetwork(f"ptest-{uuid.uuid4().hex[:6]}", subnet, f"{base}.1", f"{base}.2", f"{base}.3")
+    raise RuntimeError("no free 172.29.x.0/24 subnet for a test network")
+
+
+def remove_app(client: docker.DockerClient, app: str) -> None:
+    for container in client.containers.list(all=True, filters={"label": f"pipeline.app={app}"}):
+        container.remove(force=True)
+    for image in client.images.list(filters={"label": f"pipeline.app={app}"}):
+        try:
+            client.images.remove(image.id, force=True)
+        except docker.errors.APIError:
+            pass
+
+
+def remove_network(client: docker.DockerClient, name: str) -> None:
+    for net in client.networks.list(names=[name]):
+        if net.name == name:
+            net.reload()
+            for container in net.containers:
+                net.disconnect(container, force=True)
+            net.remove()
+
+
+# -- nginx ---------------------------------------------------------------------------------------
+
+@dataclass
+class Nginx:
+    """An nginx of the test's own, built from the shipped configs in nginx/conf.d."""
+
+    directory: Path
+    port: int
+    preview_port: int
+    form: str = "set"
+    extra_conf: List[str] = field(default_factory=list)
+
+    @property
+    def conf(self) -> Path:
+        return self.directory / "nginx.conf"
+
+    @property
+    def include(self) -> Path:
+        name = "service-upstream.inc" if self.form == "upstream" else "service-url.inc"
+        return self.directory / name
+
+    @property
+    def preview_include(self) -> Path:
+        return self.directory / "service-url-preview.inc"
+
+    @property
+    def access_log(self) -> Path:
+        return self.directory / "app.access.log"
+
+    def argv(self, *extra: str) -> List[str]:
+        return ["nginx", "-p", str(self.directory), "-c", str(self.conf), *extra]
+
+    @property
+    def test_command(self) -> str:
+        return shlex.join(self.argv("-t", "-q"))
+
+    @property
+    def reload_command(self) -> str:
+        return shlex.join(self.argv("-s", "reload"))
+
+    def write_config(self) -> None:
+        server_file = "app-upstream.conf" if self.form == "upstream" else "app.conf"
+        parts = []
+        for name in ("00-log-format.conf", server_file, "app-preview.conf"):
+            text = (NGINX_CONF_D / name).read_text()
+            text = text.replace("/etc/nginx/conf.d/", f"{self.directory}/")
+            text = text.replace("/var/log/nginx/", f"{self.directory}/")
+            text = re.sub(r"listen\s+80\b[^;]*;", f"listen 127.0.0.1:{self.port};", text)
+            text = re.sub(r"listen\s+8081\b[^;]*;", f"listen 127.0.0.1:{self.preview_port};", text)
+            (self.directory / name).write_text(text)
+            parts.append(f"    include {self.directory / name};")
+        self.conf.write_text("\n".join([
+            "worker_processes 1;",
+            f"pid {self.directory}/nginx.pid;",
+            f"error_log {self.directory}/error.log;",
+            *self.extra_conf,
+            "events { worker_connections 4096; }",
+            "http {",
+            "    access_log off;",
+            *parts,
+            "}",
+            "",
+        ]))
+
+    def start(self) -> None:
+        self.write_config()
+        placeholder = "127.0.0.1:9"  # discard port: nothing serves until the first deploy
+        if not self.include.exists():
+            if self.form == "upstream":
+                self.include.write_text(f"upstream app_live {{\n    server {placeholder};\n}}\n")
+            else:
+                self.include.write_text(f"set $service_url http://{placeholder};\n")
+        if not self.preview_include.exists():
+            self.preview_include.write_text(f"set $preview_url http://{placeholder};\n")
+        subprocess.run(self.argv(), check=True, capture_output=True)
+
+    def stop(self) -> None:
+        subprocess.run(self.argv("-s", "quit"), capture_output=True)
+        pid_file = self.directory / "nginx.pid"
+        deadline = time.monotonic() + 10
+        while pid_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def get(self, path: str = "/", preview: bool = False, timeout: float = 5.0) -> requests.Response:
+        port = self.preview_port if preview else self.port
+        return requests.get(f"http://127.0.0.1:{port}{path}", timeout=timeout,
+                            headers={"Connection": "close"})
+
+
+# -- running the tool ----------------------------------------------------------------------------
+
+def pipeline_env(env: Dict[str, str]) -> Dict[str, str]:
+    """This process's environment without any pipeline setting, plus the test's settings."""
+    full = {k: v for k, v in os.environ.items() if not _is_setting(k)}
+    full.update(env)
+    full["PYTHONPATH"] = str(REPO) + os.pathsep + full.get("PYTHONPATH", "")
+    return full
+
+
+def run_pipeline(args: List[str], env: Dict[str, str], cwd: Path, timeout: float = 300,
+                 ) -> subprocess.CompletedProcess:
+    """The real CLI in a subprocess, as Jenkins or a developer runs it."""
+    return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=cwd, env=pipeline_env(env),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def start_pipeline(args: List[str], env: Dict[str, str], cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "pipeline", *args], cwd=cwd, env=pipeline_env(env),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _is_setting(name: str) -> bool:
+    from pipeline.settings import SETTING_NAMES
+
+    return name in SETTING_NAMES
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.05, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")

@@ -1,0 +1,108 @@
+import pytest
+
+from pipeline.decide import (Address, ContainerFact, choose_colors, color_at, images_to_remove,
+                             other, parse_include, render_include, rollback_target, staged_release)
+
+IPS = {"blue": "172.20.0.2", "green": "172.20.0.3"}
+
+
+@pytest.mark.parametrize("include_color,blue_alive,live,target", [
+    ("blue", None, "blue", "green"),
+    ("green", None, "green", "blue"),
+    ("green", True, "green", "blue"),      # the include wins over a probe
+    (None, True, "blue", "green"),         # the seed's rule: blue answers -> green
+    (None, False, None, "blue"),           # nothing serves: first deploy goes to blue
+    (None, None, None, "blue"),            # blue not probed (no container of ours holds it)
+])
+def test_choose_colors(include_color, blue_alive, live, target):
+    choice = choose_colors(include_color, blue_alive)
+    assert (choice.live, choice.target) == (live, target)
+    assert choice.reason
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("set $service_url http://172.20.0.2:8080;\n", Address("172.20.0.2", 8080)),
+    ("  set $service_url   http://172.20.0.3:9090/ ;", Address("172.20.0.3", 9090)),
+    ("# old\nset $preview_url http://10.1.2.3:80;", Address("10.1.2.3", 80)),
+    ("upstream app_live {\n    server 172.20.0.3:8080;\n    keepalive 32;\n}\n", Address("172.20.0.3", 8080)),
+    ("upstream app_live { server 172.20.0.2:8080 max_fails=0; }", Address("172.20.0.2", 8080)),
+    ("set $service_url http://XXX.XXX.XXX.XXX:8080;", None),
+    ("set $service_url http://172.20.0.2:99999;", None),
+    ("set $service_url http://300.20.0.2:8080;", None),
+    ("", None),
+    (None, None),
+])
+def test_parse_include(text, expected):
+    assert parse_include(text) == expected
+
+
+@pytest.mark.parametrize("form", ["set", "upstream"])
+def test_render_then_parse_round_trips(form):
+    address = Address("172.20.0.3", 8080)
+    assert parse_include(render_include(address, form)) == address
+
+
+def test_render_set_form_is_the_seeds_line():
+    assert render_include(Address("172.20.0.2", 8080)) == "set $service_url http://172.20.0.2:8080;\n"
+    assert render_include(Address("172.20.0.2", 8080), "set", "preview_url") == \
+        "set $preview_url http://172.20.0.2:8080;\n"
+
+
+def test_render_upstream_form_keeps_connections_alive():
+    text = render_include(Address("172.20.0.3", 8080), "upstream", upstream="shop_live")
+    assert text == "upstream shop_live {\n    server 172.20.0.3:8080;\n    keepalive 32;\n}\n"
+
+
+def test_render_refuses_unknown_form():
+    with pytest.raises(ValueError):
+        render_include(Address("1.2.3.4", 1), "map")
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("172.20.0.2:8080", Address("172.20.0.2", 8080)),
+    (" 127.0.0.1:1 \n", Address("127.0.0.1", 1)),
+    ("172.20.0.2", None), ("172.20.0.2:0", None), ("172.20.0.2:70000", None),
+    ("host:80", None), ("1.2.3.256:80", None), ("", None), ("172.20.0.2:80;rm", None),
+])
+def test_address_parse(text, expected):
+    assert Address.parse(text) == expected
+
+
+def test_color_at():
+    assert color_at(Address("172.20.0.3", 8080), IPS) == "green"
+    assert color_at(Address("172.20.0.9", 8080), IPS) is None
+    assert color_at(None, IPS) is None
+    assert other("blue") == "green" and other("green") == "blue"
+
+
+def fact(color, status="running", version="v1", image="app:v1"):
+    return ContainerFact(color, f"app-{color}", status, version, image, IPS[color])
+
+
+def test_rollback_target_is_the_kept_idle_container():
+    containers = {"blue": fact("blue", "exited", "v1"), "green": fact("green", "running", "v2")}
+    assert rollback_target("green", containers).version == "v1"
+    assert rollback_target("blue", {"blue": fact("blue")}) is None
+    assert rollback_target(None, containers) is None
+
+
+@pytest.mark.parametrize("live,statuses,preview,expected", [
+    ("blue", {"blue": "running", "green": "running"}, "green", "green"),
+    ("blue", {"blue": "running", "green": "running"}, None, "green"),   # no preview configured
+    ("blue", {"blue": "running", "green": "exited"}, "green", None),    # kept for rollback, not staged
+    ("blue", {"blue": "running"}, None, None),
+    ("blue", {"blue": "running", "green": "running"}, "blue", None),    # preview not on the idle color
+    (None, {"blue": "running"}, "blue", "blue"),                        # first release staged
+    (None, {"blue": "running"}, None, None),
+])
+def test_staged_release(live, statuses, preview, expected):
+    containers = {c: fact(c, s) for c, s in statuses.items()}
+    got = staged_release(live, containers, preview)
+    assert (got.color if got else None) == expected
+
+
+def test_images_to_remove_keeps_the_newest_and_protected():
+    images = {"app:v1": 1, "app:v2": 2, "app:v3": 3, "app:v4": 4, "app:v5": 5}
+    assert images_to_remove(images, keep=2, protected=set()) == ["app:v3", "app:v2", "app:v1"]
+    assert images_to_remove(images, keep=2, protected={"app:v1"}) == ["app:v3", "app:v2"]
+    assert images_to_remove(images, keep=5, protected=set()) == []

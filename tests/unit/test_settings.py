@@ -1,0 +1,141 @@
+from pathlib import Path
+
+import pytest
+
+from pipeline.errors import SettingsError
+from pipeline.settings import SETTING_NAMES, Secret, Settings
+
+
+def read(tmp_path: Path, **env: str) -> Settings:
+    return Settings.from_env(env, tmp_path)
+
+
+def test_defaults_match_the_contract(tmp_path):
+    s = read(tmp_path)
+    assert (s.app_name, s.deploy_network, str(s.deploy_subnet), str(s.deploy_gateway)) == \
+        ("app", "deploy", "172.20.0.0/16", "172.20.0.1")
+    assert (s.ip_of("blue"), s.ip_of("green"), s.app_port) == ("172.20.0.2", "172.20.0.3", 8080)
+    assert s.build_command == ("./gradlew", "bootJar")
+    assert (s.health_path, s.health_interval, s.health_timeout) == ("/actuator/health", 10.0, 300.0)
+    assert str(s.nginx_include) == "/etc/nginx/conf.d/service-url.inc"
+    assert s.nginx_test_command == ("nginx", "-t")
+    assert s.nginx_reload_command == ("nginx", "-s", "reload")
+    assert (s.drain_seconds, s.stop_timeout, s.keep_releases) == (10.0, 30.0, 5)
+    assert s.container_name("green") == "app-green"
+
+
+def test_dotenv_is_read_and_the_environment_wins(tmp_path, monkeypatch):
+    (tmp_path / ".env").write_text("APP_NAME=fromfile\nAPP_PORT=9000\n")
+    s = read(tmp_path, APP_PORT="9100")
+    assert (s.app_name, s.app_port) == ("fromfile", 9100)
+
+
+def test_dotenv_does_not_touch_os_environ(tmp_path, monkeypatch):
+    import os
+
+    monkeypatch.delenv("APP_NAME", raising=False)
+    (tmp_path / ".env").write_text("APP_NAME=fromfile\n")
+    read(tmp_path)
+    assert "APP_NAME" not in os.environ
+
+
+@pytest.mark.parametrize("name,value,words", [
+    ("APP_PORT", "0", "1 to 65535"),
+    ("APP_PORT", "65536", "1 to 65535"),
+    ("APP_PORT", "http", "1 to 65535"),
+    ("NGINX_SSH_PORT", "-1", "1 to 65535"),
+    ("BLUE_IP", "172.20.0.300", "not an IPv4 address"),
+    ("BLUE_IP", "10.0.0.2", "not inside DEPLOY_SUBNET"),
+    ("GREEN_IP", "172.20.0.2", "same address as BLUE_IP"),
+    ("GREEN_IP", "172.20.0.1", "DEPLOY_GATEWAY"),
+    ("BLUE_IP", "172.20.255.255", "not a host address"),
+    ("DEPLOY_GATEWAY", "172.21.0.1", "not inside DEPLOY_SUBNET"),
+    ("DEPLOY_SUBNET", "172.20.0.0/33", "not an IPv4 subnet"),
+    ("DEPLOY_SUBNET", "172.20.0.1/16", "not an IPv4 subnet"),
+    ("DEPLOY_SUBNET", "8.8.8.0/24", "private subnet"),
+    ("HEALTH_INTERVAL", "-1", "positive number"),
+    ("HEALTH_INTERVAL", "0", "positive number"),
+    ("HEALTH_TIMEOUT", "soon", "non-negative number"),
+    ("HEALTH_TIMEOUT", "nan", "non-negative number"),
+    ("DRAIN_SECONDS", "-0.5", "non-negative number"),
+    ("STOP_TIMEOUT", "inf", "non-negative number"),
+    ("NGINX_INCLUDE", "conf.d/service-url.inc", "absolute file path"),
+    ("NGINX_INCLUDE", "/etc/nginx/../x.inc", "absolute file path"),
+    ("NGINX_PREVIEW_INCLUDE", "preview.inc", "absolute file path"),
+    ("NGINX_SSH_KEY", "/nonexistent/id_ed25519", "no such file"),
+    ("CONTAINER_ENV_FILE", "missing.env", "no such file"),
+    ("CONTAINER_VOLUMES", "/data", "SOURCE:/container/path"),
+    ("CONTAINER_VOLUMES", "/data:/app:rx", "ro or rw"),
+    ("APP_NAME", "My App", "lower-case"),
+    ("APP_NAME", "", "must not be empty"),
+    ("APP_VERSION", "v1 beta", "docker tag"),
+    ("SWITCH_MODE", "hot", "one of reload, live"),
+    ("NGINX_INCLUDE_FORM", "map", "one of set, upstream"),
+    ("KEEP_RELEASES", "0", "at least 1"),
+    ("HEALTH_PATH", "actuator/health", "starting with /"),
+    ("NGINX_TEST_COMMAND", "", "must not be empty"),
+    ("NGINX_RELOAD_COMMAND", "nginx -s 'reload", "cannot be split"),
+    ("BUILD_ARGS", "JAR", "KEY=VALUE"),
+    ("NGINX_ADMIN_URL", "https://127.0.0.1:8091", "http://127.0.0.1:8091"),
+    ("REGISTRY", "http://127.0.0.1:5000", "registry address"),
+])
+def test_bad_values_name_the_setting_and_the_value(tmp_path, name, value, words):
+    with pytest.raises(SettingsError) as caught:
+        read(tmp_path, **{name: value})
+    message = str(caught.value)
+    assert message.startswith(f"{name}=") or message.startswith(f"{name}:")
+    assert value in message
+    assert words in message
+    assert "\n" not in message
+
+
+def test_remote_host_needs_key_and_known_hosts(tmp_path):
+    with pytest.raises(SettingsError, match="NGINX_SSH_KEY"):
+        read(tmp_path, NGINX_HOST="nginx.internal")
+    key = tmp_path / "id"
+    key.write_text("k")
+    with pytest.raises(SettingsError, match="NGINX_SSH_KNOWN_HOSTS=.*no such file"):
+        read(tmp_path, NGINX_HOST="nginx.internal", NGINX_SSH_KEY=str(key),
+             NGINX_SSH_KNOWN_HOSTS=str(tmp_path / "nope"))
+
+
+def test_missing_env_file_named_on_the_command_line_is_an_error(tmp_path):
+    with pytest.raises(SettingsError, match="--env-file"):
+        Settings.from_env({}, tmp_path, tmp_path / "missing.env")
+
+
+def test_dockerfile_is_checked_for_builds(tmp_path):
+    s = read(tmp_path, DOCKERFILE="docker/Nope")
+    with pytest.raises(SettingsError, match="DOCKERFILE=docker/Nope: no such file"):
+        s.check_build_inputs(tmp_path)
+
+
+def test_registry_password_never_shows(tmp_path):
+    s = read(tmp_path, REGISTRY="127.0.0.1:5000", REGISTRY_USERNAME="ci", REGISTRY_PASSWORD="hunter2")
+    assert s.registry_password.reveal() == "hunter2"
+    assert "hunter2" not in repr(s) and "hunter2" not in str(s.public())
+    assert str(Secret("x")) == "Secret('***')"
+
+
+def test_registry_user_without_password_is_refused(tmp_path):
+    with pytest.raises(SettingsError, match="REGISTRY_PASSWORD"):
+        read(tmp_path, REGISTRY="127.0.0.1:5000", REGISTRY_USERNAME="ci")
+
+
+def test_volumes_take_the_color(tmp_path):
+    s = read(tmp_path, CONTAINER_VOLUMES="/srv/app/{color}:/app, logs:/logs:ro")
+    assert s.volumes_for("green") == ("/srv/app/green:/app", "logs:/logs:ro")
+
+
+def test_image_reference_includes_the_registry(tmp_path):
+    assert read(tmp_path, APP_NAME="shop").image_ref("abc123") == "shop:abc123"
+    assert read(tmp_path, APP_NAME="shop", REGISTRY="127.0.0.1:5000").image_ref("v2") == "127.0.0.1:5000/shop:v2"
+
+
+def test_commands_are_split_into_argv_not_run_by_a_shell(tmp_path):
+    s = read(tmp_path, NGINX_RELOAD_COMMAND="sudo systemctl reload 'nginx service'")
+    assert s.nginx_reload_command == ("sudo", "systemctl", "reload", "nginx service")
+
+
+def test_every_setting_name_is_read():
+    assert len(SETTING_NAMES) == len(set(SETTING_NAMES)) >= 30
