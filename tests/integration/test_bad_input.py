@@ -1,0 +1,111 @@
+"""Bad input: one line naming the setting and the value, exit 2 (3 for an unusable host), and
+nothing changed on the engine or the nginx host."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from .realstack import run_pipeline
+
+pytestmark = pytest.mark.integration
+
+
+def snapshot(world, nginx):
+    containers = sorted(c.name for c in world.client.containers.list(all=True, filters={"label": f"pipeline.app={world.app}"}))
+    networks = [n.name for n in world.client.networks.list(names=[world.network.name])]
+    files = sorted(p.name for p in nginx.include.parent.iterdir())
+    return containers, networks, nginx.include.read_text(), files
+
+
+@pytest.mark.parametrize("name,value", [
+    ("BLUE_IP", "172.30.0.2"),            # outside the subnet
+    ("BLUE_IP", "not-an-ip"),
+    ("GREEN_IP", "SAME_AS_BLUE"),
+    ("GREEN_IP", "GATEWAY"),
+    ("APP_PORT", "70000"),
+    ("NGINX_SSH_PORT", "0"),
+    ("HEALTH_INTERVAL", "-3"),
+    ("HEALTH_TIMEOUT", "ten"),
+    ("DRAIN_SECONDS", "-1"),
+    ("STOP_TIMEOUT", "x"),
+    ("NGINX_INCLUDE", "service-url.inc"),
+    ("NGINX_SSH_KEY", "/no/such/key"),
+    ("NGINX_SSH_KNOWN_HOSTS", "/no/such/known_hosts"),
+    ("DOCKERFILE", "no/Dockerfile"),
+    ("SWITCH_MODE", "teleport"),
+])
+def test_bad_setting_changes_nothing(world, nginx, ssh_env, tmp_path, name, value):
+    value = {"SAME_AS_BLUE": ssh_env["BLUE_IP"], "GATEWAY": ssh_env["DEPLOY_GATEWAY"]}.get(value, value)
+    before = snapshot(world, nginx)
+    result = run_pipeline(["deploy"], {**ssh_env, name: value}, tmp_path)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"pipeline: error: {name}=") and value in lines[0]
+    assert "Traceback" not in result.stderr
+    assert snapshot(world, nginx) == before
+
+
+@pytest.mark.parametrize("args,words", [
+    (["deploi"], "invalid choice: 'deploi'"),
+    (["deploy", "--fast"], "unrecognized arguments: --fast"),
+    (["deploy", "--lock-wait", "-5"], "--lock-wait=-5"),
+    ([], "required: COMMAND"),
+])
+def test_unknown_commands_and_flags_are_rejected(world, nginx, settings_env, tmp_path, args, words):
+    before = snapshot(world, nginx)
+    result = run_pipeline(args, settings_env, tmp_path)
+    assert result.returncode == 2
+    assert words in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert snapshot(world, nginx) == before
+
+
+def test_unknown_host_key_is_refused(world, nginx, ssh_env, tmp_path):
+    empty = tmp_path / "known_hosts"
+    empty.write_text("")
+    before = snapshot(world, nginx)
+    result = run_pipeline(["deploy"], {**ssh_env, "NGINX_SSH_KNOWN_HOSTS": str(empty)}, tmp_path)
+    assert result.returncode == 3
+    assert "host key is not in NGINX_SSH_KNOWN_HOSTS" in result.stderr
+    assert "refusing an unknown host" in result.stderr
+    assert snapshot(world, nginx) == before
+
+
+def test_changed_host_key_is_refused(world, nginx, ssh_env, stack, tmp_path):
+    other_key = Path(stack["STACK_DIR"]) / "id_ed25519.pub"   # any ed25519 key that is not the host's
+    key_type, key_b64 = other_key.read_text().split()[:2]
+    forged = tmp_path / "known_hosts"
+    forged.write_text(f"[127.0.0.1]:{stack['SSH_PORT']} {key_type} {key_b64}\n")
+    result = run_pipeline(["deploy"], {**ssh_env, "NGINX_SSH_KNOWN_HOSTS": str(forged)}, tmp_path)
+    assert result.returncode == 3
+    assert "host key does not match" in result.stderr
+
+
+def test_unreachable_nginx_host_is_found_in_preflight(world, nginx, ssh_env, tmp_path):
+    from .realstack import free_port
+
+    before = snapshot(world, nginx)
+    result = run_pipeline(["deploy"], {**ssh_env, "NGINX_SSH_PORT": str(free_port())}, tmp_path)
+    assert result.returncode == 3
+    assert "is unreachable" in result.stderr
+    assert snapshot(world, nginx) == before
+
+
+def test_wrong_key_is_refused(world, nginx, ssh_env, tmp_path):
+    import paramiko
+
+    key = tmp_path / "other_key"
+    paramiko.Ed25519Key  # noqa: B018 (the type exists; generate with ssh-keygen for a real file)
+    import subprocess
+
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    result = run_pipeline(["deploy"], {**ssh_env, "NGINX_SSH_KEY": str(key)}, tmp_path)
+    assert result.returncode == 3
+    assert "key authentication failed" in result.stderr
+
+
+def test_unreachable_docker_engine_is_a_preflight_error(world, nginx, settings_env, tmp_path):
+    result = run_pipeline(["deploy"], {**settings_env, "DOCKER_HOST": f"unix://{tmp_path}/no.sock"}, tmp_path)
+    assert result.returncode == 3
+    assert "cannot reach the docker engine" in result.stderr
