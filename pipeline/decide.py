@@ -14,7 +14,7 @@ from .settings import COLORS
 # `set $service_url http://172.20.0.2:8080;` (the seed's form) ...
 _SET_RE = re.compile(r"^\s*set\s+\$\w+\s+http://(\d{1,3}(?:\.\d{1,3}){3}):(\d{1,5})/?\s*;", re.M)
 # ... or `server 172.20.0.2:8080;` inside an upstream block (the keep-alive form).
-_SERVER_RE = re.compile(r"^\s*server\s+(\d{1,3}(?:\.\d{1,3}){3}):(\d{1,5})\b[^;]*;", re.M)
+_SERVER_RE = re.compile(r"(?<![\w$])server\s+(\d{1,3}(?:\.\d{1,3}){3}):(\d{1,5})\b[^;]*;", re.M)
 
 UPSTREAM_KEEPALIVE = 32
 
