@@ -1,0 +1,136 @@
+"""Failed deploys under load (issue: zero downtime under faults).
+
+Each fault ends with the old version still served to every request, the include unchanged, no
+container of the failed release running, a clear message, a documented exit code, and the next
+deploy working.
+"""
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+
+from .realstack import run_pipeline, start_pipeline, wait_for
+from .traffic import Traffic
+
+pytestmark = pytest.mark.integration
+
+
+def ok(result):
+    assert result.returncode == 0, f"exit {result.returncode}\n{result.stderr}"
+    return result
+
+
+def env_file(tmp_path, text):
+    path = tmp_path / "container.env"
+    path.write_text(text + "\n")
+    return str(path)
+
+
+@pytest.fixture
+def live_v1(world, nginx, settings_env, tmp_path):
+    ok(run_pipeline(["deploy"], {**settings_env, "APP_VERSION": "v1"}, tmp_path))
+    assert nginx.get().text == "version=v1 color=blue\n"
+    return nginx.include.read_text()
+
+
+def assert_old_still_serves(world, nginx, include_before, traffic, settings_env, tmp_path):
+    report = traffic.stop()
+    assert report.failed == 0, f"{report.failed} failed requests: {report.failures[:5]}"
+    assert report.ok > 20
+    assert set(report.versions) == {"version=v1 color=blue"}
+    assert nginx.include.read_text() == include_before
+    assert world.state("green") == "absent", "no container of the failed release is left"
+    # The next deploy works.
+    ok(run_pipeline(["deploy"], {**settings_env, "APP_VERSION": "v3"}, tmp_path))
+    assert nginx.get().text == "version=v3 color=green\n"
+
+
+def test_release_that_never_becomes_healthy(world, nginx, settings_env, live_v1, tmp_path):
+    env = {**settings_env, "APP_VERSION": "v2", "HEALTH_TIMEOUT": "3",
+           "CONTAINER_ENV_FILE": env_file(tmp_path, "HEALTH_FAIL=1")}
+    with Traffic(f"http://127.0.0.1:{nginx.port}/") as traffic:
+        result = run_pipeline(["deploy"], env, tmp_path)
+        assert result.returncode == 1
+        assert "/actuator/health did not answer 200 after" in result.stderr
+        assert "last: HTTP 503" in result.stderr
+        assert "container log:" in result.stderr
+        assert_old_still_serves(world, nginx, live_v1, traffic, settings_env, tmp_path)
+
+
+def test_release_that_crashes_on_start_is_detected_at_once(world, nginx, settings_env, live_v1, tmp_path):
+    env = {**settings_env, "APP_VERSION": "v2", "HEALTH_TIMEOUT": "120", "HEALTH_INTERVAL": "10",
+           "CONTAINER_ENV_FILE": env_file(tmp_path, "CRASH_ON_START=1")}
+    with Traffic(f"http://127.0.0.1:{nginx.port}/") as traffic:
+        started = time.monotonic()
+        result = run_pipeline(["deploy"], env, tmp_path)
+        elapsed = time.monotonic() - started
+        assert result.returncode == 1
+        assert "stopped while starting" in result.stderr
+        assert "CRASH_ON_START" in result.stderr          # the container's own last words
+        # Found by watching the container, not by waiting out HEALTH_INTERVAL or HEALTH_TIMEOUT.
+        assert elapsed < 10, f"crash noticed after {elapsed:.1f}s"
+        assert_old_still_serves(world, nginx, live_v1, traffic, settings_env, tmp_path)
+
+
+def test_nginx_config_test_failure_restores_the_include(world, nginx, settings_env, live_v1, tmp_path):
+    # A test command that really tests, and fails: nginx -t against a config that does not exist.
+    env = {**settings_env, "APP_VERSION": "v2",
+           "NGINX_TEST_COMMAND": f"nginx -t -p {nginx.directory} -c {nginx.directory}/missing.conf"}
+    with Traffic(f"http://127.0.0.1:{nginx.port}/") as traffic:
+        result = run_pipeline(["deploy"], env, tmp_path)
+        assert result.returncode == 1
+        assert "nginx rejected the new live include; put the old one back" in result.stderr
+        assert "missing.conf" in result.stderr
+        assert_old_still_serves(world, nginx, live_v1, traffic, settings_env, tmp_path)
+
+
+def test_nginx_reload_failure_restores_the_include(world, nginx, settings_env, live_v1, tmp_path):
+    env = {**settings_env, "APP_VERSION": "v2",
+           "NGINX_RELOAD_COMMAND": f"nginx -s reload -p {nginx.directory} -c {nginx.directory}/missing.conf"}
+    with Traffic(f"http://127.0.0.1:{nginx.port}/") as traffic:
+        result = run_pipeline(["deploy"], env, tmp_path)
+        assert result.returncode == 1
+        assert "nginx reload failed; put the old live include back" in result.stderr
+        assert_old_still_serves(world, nginx, live_v1, traffic, settings_env, tmp_path)
+
+
+@pytest.mark.parametrize("signum,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["SIGTERM", "SIGINT"])
+def test_signal_mid_deploy_cleans_up_then_exits(world, nginx, settings_env, live_v1, tmp_path, signum, code):
+    env = {**settings_env, "APP_VERSION": "v2", "HEALTH_TIMEOUT": "60",
+           "CONTAINER_ENV_FILE": env_file(tmp_path, "STARTUP_DELAY_MS=30000")}
+    lock_file = nginx.include.parent / f"{world.app}.deploy.lock"
+    with Traffic(f"http://127.0.0.1:{nginx.port}/") as traffic:
+        deploying = start_pipeline(["deploy"], env, tmp_path)
+        wait_for(lambda: world.state("green") == "running", 60, 0.05, "the new container")
+        time.sleep(0.5)   # inside the health wait
+        deploying.send_signal(signum)
+        _, stderr = deploying.communicate(timeout=30)
+        assert deploying.returncode == code, stderr
+        assert f"interrupted by {signal.Signals(signum).name}" in stderr
+        assert "removing" in stderr
+        assert not lock_file.exists(), "the lock is released on a signal"
+        assert_old_still_serves(world, nginx, live_v1, traffic, settings_env, tmp_path)
+
+
+def test_sigkill_mid_deploy_is_recovered_by_the_next_deploy(world, nginx, settings_env, live_v1, tmp_path):
+    env = {**settings_env, "APP_VERSION": "v2", "HEALTH_TIMEOUT": "60",
+           "CONTAINER_ENV_FILE": env_file(tmp_path, "STARTUP_DELAY_MS=30000")}
+    with Traffic(f"http://127.0.0.1:{nginx.port}/") as traffic:
+        deploying = start_pipeline(["deploy"], env, tmp_path)
+        wait_for(lambda: world.state("green") == "running", 60, 0.05, "the new container")
+        time.sleep(0.5)
+        deploying.send_signal(signal.SIGKILL)
+        deploying.communicate(timeout=10)
+        # Nothing could clean up: the half-started release and the lock are left behind ...
+        assert world.state("green") == "running"
+        assert nginx.include.read_text() == live_v1
+        # ... and the next deploy recovers by itself: takes the stale lock, replaces the leftover.
+        result = ok(run_pipeline(["deploy"], {**settings_env, "APP_VERSION": "v3"}, tmp_path))
+        assert "taking over a stale lock" in result.stderr
+        report = traffic.stop()
+    assert report.failed == 0, report.failures[:5]
+    assert set(report.versions) <= {"version=v1 color=blue", "version=v3 color=green"}
+    assert nginx.get().text == "version=v3 color=green\n"
+    assert world.container("green").labels["pipeline.version"] == "v3"
