@@ -13,6 +13,7 @@
 #   status   show what is running
 #   env      print `export` lines for tests/demo:  eval "$(scripts/stack.sh env)"
 #   install  apt-get install the Debian packages the stack needs (only missing ones)
+#   restart-dockerd  stop dockerd and start it again (live-restore keeps containers up)
 #
 # All state lives in ${STACK_DIR:-/tmp/pipeline-stack}. Everything started here runs
 # in the background, in its own session, and outlives this script.
@@ -135,8 +136,28 @@ cmd_install() {
 
 # --------------------------------------------------------------------------- dockerd
 
+# live-restore keeps containers running while dockerd itself restarts (an upgrade, a crash):
+# the live color goes on serving. It is reloadable, so a running dockerd gets a SIGHUP.
+ensure_live_restore() {
+    local conf=/etc/docker/daemon.json
+    if [[ ! -s "$conf" ]]; then
+        mkdir -p /etc/docker
+        printf '{\n  "live-restore": true\n}\n' >"$conf"
+    elif ! grep -q '"live-restore": *true' "$conf"; then
+        note "$conf exists without \"live-restore\": true; containers stop while dockerd restarts"
+        return 0
+    fi
+    if docker info >/dev/null 2>&1 &&
+        [[ "$(docker info --format '{{.LiveRestoreEnabled}}')" != true ]]; then
+        kill -HUP "$(pidof dockerd)"
+        sleep 1
+        log "dockerd: live-restore enabled (SIGHUP)"
+    fi
+}
+
 ensure_dockerd() {
     command -v docker >/dev/null || die "no docker client on PATH"
+    ensure_live_restore
     if docker info >/dev/null 2>&1; then
         log "dockerd: running"
         return 0
@@ -372,6 +393,22 @@ cmd_start() {
     log "all up; use: eval \"\$($0 env)\""
 }
 
+# Stop dockerd and start it again (the fault test "the daemon restarts while the old version
+# is live"). With live-restore the containers keep running meanwhile.
+cmd_restart_dockerd() {
+    local pid i
+    pid="$(pidof dockerd)" || die "dockerd is not running"
+    kill -TERM "$pid"
+    for ((i = 0; i < 200; i++)); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -0 "$pid" 2>/dev/null && die "dockerd (pid $pid) did not stop within 20 s"
+    rm -f "$STACK_DIR/dockerd.pid"
+    log "dockerd: stopped (pid $pid)"
+    ensure_dockerd
+}
+
 cmd_stop() {
     stop_pidfile "$STACK_DIR/sshd.pid" sshd
     stop_pidfile "$STACK_DIR/registry.pid" docker-registry
@@ -420,7 +457,7 @@ main() {
         cmd_env
         return 0
         ;;
-    start | stop | status | install) ;;
+    start | stop | status | install | restart-dockerd) ;;
     -h | --help | help)
         usage
         return 0
@@ -442,6 +479,7 @@ main() {
     stop) cmd_stop "$@" ;;
     status) cmd_status ;;
     install) cmd_install ;;
+    restart-dockerd) cmd_restart_dockerd ;;
     esac
 }
 

@@ -134,3 +134,22 @@ def test_sigkill_mid_deploy_is_recovered_by_the_next_deploy(world, nginx, settin
     assert set(report.versions) <= {"version=v1 color=blue", "version=v3 color=green"}
     assert nginx.get().text == "version=v3 color=green\n"
     assert world.container("green").labels["pipeline.version"] == "v3"
+
+
+def test_docker_daemon_restart_while_live_keeps_serving(world, nginx, settings_env, live_v1, tmp_path):
+    import subprocess
+
+    from .realstack import REPO
+
+    with Traffic(f"http://127.0.0.1:{nginx.port}/") as traffic:
+        time.sleep(0.5)
+        restart = subprocess.run(["bash", str(REPO / "scripts" / "stack.sh"), "restart-dockerd"],
+                                 capture_output=True, text=True, timeout=120)
+        assert restart.returncode == 0, restart.stderr
+        time.sleep(0.5)
+        report = traffic.stop()
+    assert report.failed == 0, report.failures[:5]
+    assert set(report.versions) == {"version=v1 color=blue"} and report.ok > 20
+    assert world.state("blue") == "running"
+    ok(run_pipeline(["deploy"], {**settings_env, "APP_VERSION": "v2"}, tmp_path))
+    assert nginx.get().text == "version=v2 color=green\n"
