@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pwd
 import socket
 import time
 from dataclasses import asdict, dataclass
@@ -46,7 +47,13 @@ class LockInfo:
 
 def who_am_i(environ: Mapping[str, str]) -> str:
     """Jenkins' build tag when run by Jenkins, else the user."""
-    return environ.get("BUILD_TAG") or environ.get("USER") or environ.get("LOGNAME") or "unknown"
+    if environ.get("BUILD_TAG"):
+        return environ["BUILD_TAG"]
+    try:
+        user = pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        user = environ.get("USER") or str(os.getuid())
+    return f"{user}@{socket.gethostname()}"
 
 
 def _pid_alive(pid: int) -> bool:

@@ -10,7 +10,8 @@ succeeds or raises with traffic left exactly where it was.
 from __future__ import annotations
 
 import logging
-from typing import Dict, Optional, Protocol
+import time
+from typing import Callable, Dict, Optional, Protocol
 
 from .decide import Address, parse_include, render_include
 from .errors import RemoteCommandFailed, tail
@@ -18,6 +19,8 @@ from .nginx_host import NginxHost
 from .settings import Settings
 
 log = logging.getLogger("pipeline")
+
+RELOAD_SETTLE_SECONDS = 0.3
 
 LIVE = "live"
 PREVIEW = "preview"
@@ -74,10 +77,12 @@ class ReloadSwitch:
 
     mode = "reload"
 
-    def __init__(self, host: NginxHost, settings: Settings) -> None:
+    def __init__(self, host: NginxHost, settings: Settings,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
         self.host = host
         self.settings = settings
         self.includes = IncludeFiles(host, settings)
+        self.sleep = sleep
 
     def current(self, route: str) -> Optional[Address]:
         return parse_include(self.includes.read(route))
@@ -97,6 +102,9 @@ class ReloadSwitch:
             note = "" if again.code == 0 else f" (reload after restoring also failed: {again.code})"
             raise RemoteCommandFailed(reload.command, reload.code, tail(reload.output),
                                       f"nginx reload failed; put the old {route} include back{note}")
+        # `nginx -s reload` only signals the master; new workers take over ~0.1s later (measured
+        # 70-130 ms here). Wait that out so "switched" means nginx serves the new address.
+        self.sleep(RELOAD_SETTLE_SECONDS)
 
     def describe(self) -> Dict[str, Optional[str]]:
         return {route: _text(self.current(route)) for route in (LIVE, PREVIEW) if self.includes.path(route)}
