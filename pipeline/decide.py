@@ -89,15 +89,23 @@ class ColorChoice:
     reason: str
 
 
-def choose_colors(include_color: Optional[str], blue_alive: Optional[bool]) -> ColorChoice:
+def choose_colors(include_color: Optional[str], blue_alive: Optional[bool],
+                  running: frozenset = frozenset(COLORS)) -> ColorChoice:
     """Pick the idle color, as the seed's script meant to.
 
-    The include is the truth: the live color is the one it points at. Without a usable include we
-    fall back on the seed's rule (blue healthy -> deploy green, else blue). `blue_alive` is None
-    when it was not probed (no container of ours holds blue's address), which counts as not alive.
+    The include is the truth: the live color is the one it points at, unless that color's
+    container is not running while the other one is. That happens when a deploy was killed
+    (SIGKILL) between writing the include and reloading nginx: nginx still serves the other color,
+    and deploying over it would cut live traffic. Without a usable include we fall back on the
+    seed's rule (blue healthy -> deploy green, else blue). `blue_alive` is None when it was not
+    probed (no container of ours holds blue's address), which counts as not alive.
     """
     if include_color in COLORS:
-        return ColorChoice(include_color, other(include_color), f"the include points at {include_color}")
+        idle = other(include_color)
+        if include_color not in running and idle in running:
+            return ColorChoice(idle, include_color, f"the include points at {include_color}, which is not "
+                                                    f"running; {idle} is, so it is treated as live")
+        return ColorChoice(include_color, idle, f"the include points at {include_color}")
     if blue_alive:
         return ColorChoice("blue", "green", "no usable include; blue answers its health check")
     return ColorChoice(None, "blue", "no usable include and blue is not serving: first deploy")

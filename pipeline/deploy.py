@@ -79,7 +79,8 @@ def gather(ctx: Context) -> Facts:
             blue_alive = True
         except health.NotHealthyYet:
             blue_alive = False
-    choice = decide.choose_colors(include_color, blue_alive)
+    running = frozenset(color for color, fact in containers.items() if fact.running)
+    choice = decide.choose_colors(include_color, blue_alive, running)
     return Facts(live_address, preview_address, containers, choice)
 
 

@@ -153,3 +153,17 @@ def test_docker_daemon_restart_while_live_keeps_serving(world, nginx, settings_e
     assert world.state("blue") == "running"
     ok(run_pipeline(["deploy"], {**settings_env, "APP_VERSION": "v2"}, tmp_path))
     assert nginx.get().text == "version=v2 color=green\n"
+
+
+def test_include_written_but_never_reloaded_does_not_mislead_the_next_deploy(world, nginx, settings_env,
+                                                                              live_v1, tmp_path):
+    # What a SIGKILL between "include written" and "nginx reloaded" leaves: the include names green,
+    # nothing runs there, and nginx still serves blue from its loaded config.
+    nginx.include.write_text(f"set $service_url http://{world.network.green_ip}:8080;\n")
+    with Traffic(f"http://127.0.0.1:{nginx.port}/") as traffic:
+        result = ok(run_pipeline(["deploy"], {**settings_env, "APP_VERSION": "v2"}, tmp_path))
+        report = traffic.stop()
+    assert "which is not running; blue is, so it is treated as live" in result.stderr
+    assert report.failed == 0, report.failures[:5]
+    assert nginx.get().text == "version=v2 color=green\n"
+    assert world.state("blue") == "exited"

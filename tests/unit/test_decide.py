@@ -6,16 +6,24 @@ from pipeline.decide import (Address, ContainerFact, choose_colors, color_at, im
 IPS = {"blue": "172.20.0.2", "green": "172.20.0.3"}
 
 
-@pytest.mark.parametrize("include_color,blue_alive,live,target", [
-    ("blue", None, "blue", "green"),
-    ("green", None, "green", "blue"),
-    ("green", True, "green", "blue"),      # the include wins over a probe
-    (None, True, "blue", "green"),         # the seed's rule: blue answers -> green
-    (None, False, None, "blue"),           # nothing serves: first deploy goes to blue
-    (None, None, None, "blue"),            # blue not probed (no container of ours holds it)
+BOTH = frozenset({"blue", "green"})
+
+
+@pytest.mark.parametrize("include_color,blue_alive,running,live,target", [
+    ("blue", None, BOTH, "blue", "green"),
+    ("green", None, BOTH, "green", "blue"),               # both run (a staged release): the include decides
+    ("green", None, frozenset({"green"}), "green", "blue"),
+    ("green", True, BOTH, "green", "blue"),               # the include wins over a probe
+    ("green", None, frozenset(), "green", "blue"),        # neither runs: the include still decides
+    # Killed between writing the include and reloading: the include says green, only blue runs,
+    # and nginx still sends traffic to blue. Deploying over blue would cut it off.
+    ("green", None, frozenset({"blue"}), "blue", "green"),
+    (None, True, frozenset({"blue"}), "blue", "green"),   # the seed's rule: blue answers -> green
+    (None, False, frozenset({"blue"}), None, "blue"),     # nothing serves: first deploy goes to blue
+    (None, None, frozenset(), None, "blue"),              # blue not probed (no container of ours holds it)
 ])
-def test_choose_colors(include_color, blue_alive, live, target):
-    choice = choose_colors(include_color, blue_alive)
+def test_choose_colors(include_color, blue_alive, running, live, target):
+    choice = choose_colors(include_color, blue_alive, running)
     assert (choice.live, choice.target) == (live, target)
     assert choice.reason
 
