@@ -13,12 +13,16 @@ from .errors import BuildFailed
 
 log = logging.getLogger("pipeline")
 
+SECRET_SETTINGS = frozenset({"REGISTRY_PASSWORD"})
+
 
 def run_build(argv: Sequence[str], cwd: Path, environ: Mapping[str, str]) -> None:
     """Run the build in `cwd`, streaming its output; raise BuildFailed with the last lines."""
     last: deque = deque(maxlen=20)
+    # The build has no business with the registry password, and its output goes to the log.
+    env = {k: v for k, v in environ.items() if k not in SECRET_SETTINGS}
     try:
-        process = subprocess.Popen(list(argv), cwd=cwd, env=dict(environ), stdout=subprocess.PIPE,
+        process = subprocess.Popen(list(argv), cwd=cwd, env=env, stdout=subprocess.PIPE,
                                    stderr=subprocess.STDOUT, text=True, bufsize=1)
     except OSError as exc:
         raise BuildFailed(shlex.join(argv), 127, [str(exc)]) from exc
