@@ -11,7 +11,7 @@ from typing import Callable, Optional
 
 import requests
 from tenacity import (RetryCallState, RetryError, Retrying, retry_if_exception_type,
-                      stop_after_delay, wait_fixed)
+                      stop_after_delay, wait_exponential)
 
 from .errors import HealthCheckFailed
 
@@ -20,6 +20,8 @@ log = logging.getLogger("pipeline")
 # While waiting between probes the container's state is checked this often, so a crash is seen
 # at once rather than after HEALTH_INTERVAL or HEALTH_TIMEOUT.
 ALIVE_CHECK_EVERY = 0.25
+# The first wait between probes; each next one doubles, up to HEALTH_INTERVAL.
+FIRST_WAIT = 0.25
 
 
 class NotHealthyYet(Exception):
@@ -43,7 +45,7 @@ def probe(session: requests.Session, url: str, timeout: float) -> str:
 def wait_healthy(url: str, interval: float, timeout: float, check_alive: Callable[[], None],
                  session: Optional[requests.Session] = None,
                  logs: Callable[[], list] = lambda: []) -> int:
-    """Probe every `interval` s until 200 or `timeout` s pass; returns the number of attempts.
+    """Probe until 200 or `timeout` s pass, at most `interval` s apart; returns the attempts made.
 
     `check_alive` raises (e.g. ContainerExited) if the container is gone or does not hold the
     address any more; it runs before each probe and during every wait.
@@ -66,12 +68,15 @@ def wait_healthy(url: str, interval: float, timeout: float, check_alive: Callabl
 
     def before_sleep(state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
-        log.info("    health attempt %d: %s; next in %gs", state.attempt_number,
-                 getattr(exc, "last", exc), interval)
+        wait = state.next_action.sleep if state.next_action else interval
+        log.info("    health attempt %d: %s; next in %.2gs", state.attempt_number,
+                 getattr(exc, "last", exc), wait)
 
     retrying = Retrying(
         stop=stop_after_delay(timeout),
-        wait=wait_fixed(interval),
+        # Start quick and settle at `interval`: a fast service (or a kept container on rollback)
+        # is seen within a fraction of a second, and no probe is ever more than `interval` apart.
+        wait=wait_exponential(multiplier=FIRST_WAIT, max=interval),
         retry=retry_if_exception_type(NotHealthyYet),
         sleep=sleep,
         before_sleep=before_sleep,

@@ -7,6 +7,7 @@ import time
 import pytest
 
 from .realstack import run_pipeline, start_pipeline, wait_for
+from .traffic import Traffic
 
 pytestmark = pytest.mark.integration
 
@@ -30,10 +31,14 @@ def test_no_promote_stages_behind_the_preview_and_promote_switches(world, nginx,
     assert nginx.get(preview=True).text == "version=v2 color=green\n"
     assert world.state("blue") == "running" and world.state("green") == "running"
 
-    promoted = ok(run_pipeline(["promote"], env, tmp_path))
+    with Traffic(f"http://127.0.0.1:{nginx.port}/") as traffic:
+        promoted = ok(run_pipeline(["promote"], env, tmp_path))
+        report = traffic.stop()
     assert "healthy after" in promoted.stderr          # health checked again before switching
     assert nginx.get().text == "version=v2 color=green\n"
     assert world.state("blue") == "exited"
+    assert report.failed == 0, report.failures[:5]
+    assert set(report.versions) == {"version=v1 color=blue", "version=v2 color=green"}
 
 
 def test_promote_with_nothing_staged_is_a_clear_error(world, nginx, env, tmp_path):
@@ -50,13 +55,18 @@ def test_rollback_restarts_the_kept_release_and_is_fast(world, nginx, env, tmp_p
     ok(run_pipeline(["deploy"], {**env, "APP_VERSION": "v2"}, tmp_path))
     assert world.state("blue") == "exited"
 
-    started = time.monotonic()
-    result = ok(run_pipeline(["rollback"], {**env, "DRAIN_SECONDS": "0"}, tmp_path))
-    elapsed = time.monotonic() - started
+    with Traffic(f"http://127.0.0.1:{nginx.port}/") as traffic:
+        started = time.monotonic()
+        ok(run_pipeline(["rollback"], {**env, "DRAIN_SECONDS": "0.5"}, tmp_path))
+        elapsed = time.monotonic() - started
+        report = traffic.stop()
+    assert report.failed == 0, report.failures[:5]
+    assert set(report.versions) == {"version=v1 color=blue", "version=v2 color=green"}
     assert nginx.get().text == "version=v1 color=blue\n"
     assert world.state("green") == "exited"     # the release rolled back from is kept, stopped
-    print(f"rollback from a stopped container: {elapsed:.2f}s (cli wall time)")
-    (tmp_path.parent / "rollback-timing.json").write_text(json.dumps({"stopped": elapsed}))
+    switched = report.first_seen["version=v1 color=blue"] - started
+    print(f"rollback from a stopped container: v1 served after {switched:.2f}s, "
+          f"command done after {elapsed:.2f}s (drain 0.5s)")
 
     # And back again: rollback of the rollback.
     ok(run_pipeline(["rollback"], {**env, "DRAIN_SECONDS": "0"}, tmp_path))
@@ -75,12 +85,16 @@ def test_rollback_within_the_drain_window_skips_the_start(world, nginx, env, tmp
     assert "left running, so `rollback` is instant" in stderr
     assert world.state("blue") == "running"
 
-    started = time.monotonic()
-    result = ok(run_pipeline(["rollback"], {**env, "DRAIN_SECONDS": "0"}, tmp_path))
-    elapsed = time.monotonic() - started
+    with Traffic(f"http://127.0.0.1:{nginx.port}/") as traffic:
+        started = time.monotonic()
+        result = ok(run_pipeline(["rollback"], {**env, "DRAIN_SECONDS": "0"}, tmp_path))
+        elapsed = time.monotonic() - started
+        report = traffic.stop()
+    assert report.failed == 0, report.failures[:5]
     assert "starting kept container" not in result.stderr
     assert nginx.get().text == "version=v1 color=blue\n"
-    print(f"rollback within the drain window: {elapsed:.2f}s (cli wall time)")
+    switched = report.first_seen["version=v1 color=blue"] - started
+    print(f"rollback within the drain window: v1 served after {switched:.2f}s, command done after {elapsed:.2f}s")
 
 
 def test_rollback_with_no_previous_release_changes_nothing(world, nginx, env, tmp_path):

@@ -9,7 +9,7 @@ import collections
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Counter, List
+from typing import Counter, Dict, List
 
 import requests
 
@@ -20,6 +20,7 @@ class TrafficReport:
     ok: int = 0
     failures: List[str] = field(default_factory=list)
     versions: Counter = field(default_factory=collections.Counter)
+    first_seen: Dict[str, float] = field(default_factory=dict)   # answer -> time.monotonic()
 
     @property
     def failed(self) -> int:
@@ -71,6 +72,7 @@ class Traffic:
                 if outcome is None:
                     self.report.ok += 1
                     self.report.versions[body] += 1
+                    self.report.first_seen.setdefault(body, time.monotonic())
                 else:
                     self.report.failures.append(outcome)
             time.sleep(0.005)
