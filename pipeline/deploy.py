@@ -198,10 +198,7 @@ def deploy(ctx: Context, promote: bool = True) -> Outcome:
 def _abandon(ctx: Context, color: str, preview_before: Optional[Address]) -> None:
     """After a failure before the live switch: no container of the failed release left running."""
     s = ctx.settings
-    logs = ctx.engine.logs_tail(color, 5)
     log.error("==> removing %s; nginx still serves what it served before", s.container_name(color))
-    for line in logs:
-        log.error("    %s | %s", s.container_name(color), line)
     ctx.engine.remove(color)
     if s.nginx_preview_include and ctx.switch.current(PREVIEW) == address_of(s, color) and preview_before:
         try:
