@@ -1,0 +1,211 @@
+"""SWITCH_MODE=live: move traffic by telling nginx's Lua balancer the new address; never reload.
+
+nginx runs nginx/live/app-live.conf: a balancer that takes each route's address from a shared
+dict, and an admin server on the nginx host's loopback that sets and reports it:
+
+    PUT /pipeline/live     body IP:PORT   -> 200 IP:PORT (400 for anything else)
+    GET /pipeline/live                    -> 200 IP:PORT, or 404 when nothing is set
+    (the same for /pipeline/preview)
+
+A switch writes the include first (atomically: nginx reads it when it starts or reloads, so it
+stays the truth for restarts), then PUTs the address and GETs it back. It never runs the reload
+command, so no nginx worker restarts and no client connection is closed. On any failure the
+include is put back and so is the address nginx served before.
+
+`current()` reports what nginx's admin says, not what the include says. The two differ only when
+a switch was cut short between writing the include and the PUT (e.g. SIGKILL); then nginx still
+serves the old color, and deciding by the include would make the next deploy replace the
+container that carries the traffic. When the admin does not answer, `current()` fails (exit 3,
+nothing changed) rather than guess.
+
+The admin is reached through `NginxHost.open_channel`: a plain socket when nginx is local, a
+direct-tcpip channel of the SSH connection when it is remote, so the admin port is never exposed.
+"""
+from __future__ import annotations
+
+import http.client
+import logging
+import socket
+from typing import Dict, Optional, Tuple
+from urllib.parse import urlsplit
+
+import paramiko
+from tenacity import RetryCallState, RetryError, Retrying, retry_if_exception_type, stop_after_attempt, wait_fixed
+
+from .decide import Address, parse_include
+from .errors import DeployFailed, PipelineError, PreflightError
+from .nginx_host import NginxHost
+from .settings import Settings
+from .switch import LIVE, PREVIEW, IncludeFiles
+
+log = logging.getLogger("pipeline")
+
+ADMIN_TIMEOUT = 5.0       # per request: connect (or channel open), send, answer
+ADMIN_ATTEMPTS = 3        # GET and PUT are idempotent, so a dropped connection is simply retried
+ADMIN_RETRY_WAIT = 0.3
+MAX_ANSWER_BYTES = 1024   # the admin answers a few bytes; anything longer is not our admin
+
+# Transport failures: refused or timed-out sockets, an SSH channel that would not open, a broken
+# or non-HTTP answer.
+_TRANSPORT_ERRORS = (OSError, EOFError, paramiko.SSHException, http.client.HTTPException)
+
+
+class AdminUnavailable(PreflightError):
+    """nginx's admin server did not give a usable answer: which color it serves is unknown."""
+
+    def __init__(self, url: str, problem: str) -> None:
+        self.url, self.problem = url, problem
+        super().__init__(f"nginx admin {url}: {problem}")
+
+
+class LiveSwitchFailed(DeployFailed):
+    """Setting the new address failed; the include and nginx's address were put back."""
+
+
+class NginxAdmin:
+    """The admin protocol of nginx/live/app-live.conf, spoken over `host.open_channel`."""
+
+    def __init__(self, host: NginxHost, url: str, timeout: float = ADMIN_TIMEOUT,
+                 attempts: int = ADMIN_ATTEMPTS, retry_wait: float = ADMIN_RETRY_WAIT) -> None:
+        parts = urlsplit(url)
+        assert parts.hostname, f"NGINX_ADMIN_URL {url!r} was not validated"
+        self.host = host
+        self.url = url
+        self.address = parts.hostname
+        self.port = parts.port or 80
+        self.timeout = timeout
+        self.attempts = attempts
+        self.retry_wait = retry_wait
+
+    def get(self, route: str) -> Optional[Address]:
+        """The route's address as nginx uses it now; None when nginx has none set."""
+        status, body = self._request("GET", route)
+        if status == 404:
+            return None
+        if status != 200:
+            raise AdminUnavailable(self.url, f"GET {self._path(route)} answered {status} {body[:80]!r}")
+        address = Address.parse(body)
+        if address is None:
+            raise AdminUnavailable(self.url, f"GET {self._path(route)} answered {body[:80]!r}, not IP:PORT")
+        return address
+
+    def put(self, route: str, address: Address) -> None:
+        status, body = self._request("PUT", route, str(address))
+        if status != 200:
+            raise AdminUnavailable(self.url, f"PUT {self._path(route)} {address} answered {status} {body[:80]!r}")
+
+    @staticmethod
+    def _path(route: str) -> str:
+        return f"/pipeline/{route}"
+
+    def _request(self, method: str, route: str, body: Optional[str] = None) -> Tuple[int, str]:
+        def before_sleep(state: RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            log.info("    nginx admin %s %s, attempt %d: %s; trying again", method, self._path(route),
+                     state.attempt_number, exc)
+
+        retrying = Retrying(stop=stop_after_attempt(self.attempts), wait=wait_fixed(self.retry_wait),
+                            retry=retry_if_exception_type(_TRANSPORT_ERRORS), before_sleep=before_sleep)
+        try:
+            return retrying(self._exchange, method, self._path(route), body)
+        except RetryError as exc:
+            last = exc.last_attempt.exception()
+            raise AdminUnavailable(self.url, f"{method} {self._path(route)} failed {self.attempts} times, "
+                                             f"last: {_describe(last)}; SWITCH_MODE=live needs nginx "
+                                             f"running nginx/live/app-live.conf, its admin server at "
+                                             f"NGINX_ADMIN_URL") from last
+
+    def _exchange(self, method: str, path: str, body: Optional[str]) -> Tuple[int, str]:
+        connection = _ChannelConnection(self.host, self.address, self.port, self.timeout)
+        try:
+            headers = {"Connection": "close"}
+            if body is not None:
+                headers["Content-Type"] = "text/plain"
+            connection.request(method, path, body=body.encode() if body is not None else None, headers=headers)
+            response = connection.getresponse()
+            data = response.read(MAX_ANSWER_BYTES + 1)
+            if len(data) > MAX_ANSWER_BYTES:
+                raise http.client.HTTPException(f"answer longer than {MAX_ANSWER_BYTES} bytes")
+            return response.status, data.decode("utf-8", "replace")
+        finally:
+            connection.close()
+
+
+class _ChannelConnection(http.client.HTTPConnection):
+    """http.client over a socket from the nginx host: local, or a direct-tcpip SSH channel."""
+
+    def __init__(self, nginx_host: NginxHost, address: str, port: int, timeout: float) -> None:
+        super().__init__(address, port, timeout=timeout)
+        self._nginx_host = nginx_host
+
+    def connect(self) -> None:
+        self.sock = self._nginx_host.open_channel(self.host, self.port, self.timeout)
+
+
+def _describe(exc: Optional[BaseException]) -> str:
+    if isinstance(exc, socket.timeout):
+        return "timed out"
+    if isinstance(exc, paramiko.ChannelException):
+        return f"the nginx host could not connect ({exc.text})"
+    return f"{type(exc).__name__}: {exc}" if exc else "unknown"
+
+
+class LiveSwitch:
+    """Write the include, set the address over the admin port, read it back; never reload."""
+
+    mode = "live"
+
+    def __init__(self, host: NginxHost, settings: Settings, admin: Optional[NginxAdmin] = None) -> None:
+        self.settings = settings
+        self.includes = IncludeFiles(host, settings)
+        self.admin = admin or NginxAdmin(host, settings.nginx_admin_url)
+
+    def current(self, route: str) -> Optional[Address]:
+        served = self.admin.get(route)
+        if self.includes.path(route):
+            written = parse_include(self.includes.read(route))
+            if written != served:
+                # A switch cut short after writing the include, or someone set nginx by hand.
+                # nginx is what carries the traffic, so it decides.
+                log.warning("    the %s include says %s but nginx serves %s; going by nginx",
+                            route, written or "nothing", served or "nothing")
+        return served
+
+    def route_to(self, route: str, address: Address) -> None:
+        try:
+            served_before = self.admin.get(route)
+        except AdminUnavailable as exc:
+            raise LiveSwitchFailed(f"cannot switch the {route} route: {exc}; nothing was changed") from exc
+        include_before = self.includes.read(route)
+        self.includes.write(route, self.includes.render(route, address))
+        try:
+            self.admin.put(route, address)
+            served_now = self.admin.get(route)
+            if served_now != address:
+                raise AdminUnavailable(self.admin.url, f"set {address} but nginx reports {served_now or 'nothing'}")
+        except PipelineError as exc:
+            self.includes.write(route, include_before)
+            restored = self._put_back(route, served_before)
+            raise LiveSwitchFailed(f"nginx did not take {address} for the {route} route: {exc}; "
+                                   f"put the old include back{restored}") from exc
+        log.info("    nginx %s route: %s -> %s (no reload)", route, served_before or "nothing", address)
+
+    def _put_back(self, route: str, served_before: Optional[Address]) -> str:
+        """Best effort: the PUT may have landed even though its answer or the read-back failed."""
+        if served_before is None:
+            return " (nginx had no address before, so there is none to restore)"
+        try:
+            self.admin.put(route, served_before)
+            return f" and nginx's address {served_before}"
+        except AdminUnavailable as exc:
+            return f"; could not set nginx back to {served_before}: {exc.problem}"
+
+    def describe(self) -> Dict[str, Optional[str]]:
+        report: Dict[str, Optional[str]] = {"admin": self.admin.url}
+        for route in (LIVE, PREVIEW):
+            try:
+                served = self.admin.get(route)
+                report[route] = str(served) if served else None
+            except AdminUnavailable as exc:
+                report[route] = f"unknown ({exc.problem})"
+        return report

@@ -1,0 +1,319 @@
+"""The live switch against a real HTTP server on 127.0.0.1 that speaks the admin protocol of
+nginx/live/app-live.conf, with real include files in a temporary directory. No nginx here: the
+real one is in tests/integration/test_live_mode.py."""
+from __future__ import annotations
+
+import http.server
+import re
+import socket
+import threading
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import pytest
+
+from pipeline.decide import Address
+from pipeline.errors import EXIT_DEPLOY_FAILED, EXIT_PREFLIGHT
+from pipeline.live_switch import AdminUnavailable, LiveSwitch, LiveSwitchFailed, NginxAdmin
+from pipeline.nginx_host import LocalHost
+from pipeline.settings import Settings
+from pipeline.switch import LIVE, PREVIEW, make_switch
+
+REPO = Path(__file__).resolve().parents[2]
+BLUE = Address("172.20.0.2", 8080)
+GREEN = Address("172.20.0.3", 8080)
+
+
+class Admin:
+    """The admin protocol, with knobs to misbehave. Records every request and, for each PUT,
+    what the live include said at that moment."""
+
+    def __init__(self, include: Path) -> None:
+        self.routes: Dict[str, str] = {}
+        self.requests: List[Tuple[str, str]] = []
+        self.include_at_put: List[Optional[str]] = []
+        self.put_status = 200          # answer PUTs with this (the address is stored only on 200)
+        self.ignore_puts = False       # answer 200 but keep the old address
+        self.drop_answers = 0          # close this many connections without answering (after acting)
+        self.drop_put_answers = 0      # the same, for PUTs only
+        self.get_answer: Optional[bytes] = None   # answer GETs with this body instead
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                outer.requests.append(("GET", self.path))
+                route = outer._route(self.path)
+                if outer._drop():
+                    return
+                if outer.get_answer is not None:
+                    return self._answer(200, outer.get_answer)
+                if route not in outer.routes:
+                    return self._answer(404, b"no address set\n")
+                self._answer(200, f"{outer.routes[route]}\n".encode())
+
+            def do_PUT(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0"))).decode()
+                outer.requests.append(("PUT", self.path))
+                outer.include_at_put.append(include.read_text() if include.exists() else None)
+                route = outer._route(self.path)
+                if not re.fullmatch(r"\d+\.\d+\.\d+\.\d+:\d+", body):
+                    return self._answer(400, b"expected IP:PORT\n")
+                if outer.put_status == 200 and not outer.ignore_puts:
+                    outer.routes[route] = body
+                if outer._drop() or outer._drop_put():
+                    return
+                self._answer(outer.put_status, f"{body}\n".encode())
+
+            def _answer(self, status: int, body: bytes) -> None:
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True).start()
+
+    def _route(self, path: str) -> str:
+        assert path in ("/pipeline/live", "/pipeline/preview"), f"unexpected path {path}"
+        return path.rsplit("/", 1)[1]
+
+    def _drop(self) -> bool:
+        if self.drop_answers > 0:
+            self.drop_answers -= 1
+            return True     # the handler returns without writing: the client sees the connection close
+        return False
+
+    def _drop_put(self) -> bool:
+        if self.drop_put_answers > 0:
+            self.drop_put_answers -= 1
+            return True
+        return False
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class NoCommandsHost(LocalHost):
+    """The local nginx host, except that running any command fails the test: live mode never
+    tests or reloads nginx. Records the channels opened, which is how the admin is reached."""
+
+    def __init__(self) -> None:
+        self.channels: List[Tuple[str, int]] = []
+
+    def run(self, argv):  # type: ignore[override]
+        raise AssertionError(f"live mode ran a command on the nginx host: {argv}")
+
+    def open_channel(self, host: str, port: int, timeout: float) -> socket.socket:
+        self.channels.append((host, port))
+        return super().open_channel(host, port, timeout)
+
+
+@pytest.fixture
+def include(tmp_path) -> Path:
+    path = tmp_path / "service-url.inc"
+    path.write_text(f"set $service_url {BLUE.url};\n")
+    return path
+
+
+@pytest.fixture
+def admin(include):
+    server = Admin(include)
+    server.routes["live"] = str(BLUE)
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def host() -> NoCommandsHost:
+    return NoCommandsHost()
+
+
+def settings_for(tmp_path: Path, admin_url: str) -> Settings:
+    return Settings.from_env({
+        "SWITCH_MODE": "live",
+        "NGINX_ADMIN_URL": admin_url,
+        "NGINX_INCLUDE": str(tmp_path / "service-url.inc"),
+        "NGINX_PREVIEW_INCLUDE": str(tmp_path / "service-url-preview.inc"),
+        "NGINX_RELOAD_COMMAND": "false",
+        "NGINX_TEST_COMMAND": "false",
+    }, tmp_path)
+
+
+def live_switch(host, tmp_path: Path, url: str) -> LiveSwitch:
+    settings = settings_for(tmp_path, url)
+    return LiveSwitch(host, settings, NginxAdmin(host, url, timeout=1.0, retry_wait=0.01))
+
+
+def closed_port_url() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}"   # nothing listens once it is closed
+
+
+# -- switching ---------------------------------------------------------------------------------------
+
+def test_make_switch_gives_the_live_switch_for_switch_mode_live(tmp_path, host):
+    switch = make_switch(host, settings_for(tmp_path, "http://127.0.0.1:8091"))
+    assert isinstance(switch, LiveSwitch) and switch.mode == "live"
+    assert switch.admin.url == "http://127.0.0.1:8091"
+
+
+def test_switch_writes_the_include_first_then_sets_and_reads_back_without_commands(tmp_path, host, admin, include):
+    switch = live_switch(host, tmp_path, admin.url)
+    switch.route_to(LIVE, GREEN)
+
+    assert include.read_text() == f"set $service_url {GREEN.url};\n"   # the seed's form, for restarts
+    assert admin.routes["live"] == str(GREEN)
+    assert admin.requests == [("GET", "/pipeline/live"), ("PUT", "/pipeline/live"), ("GET", "/pipeline/live")]
+    # The include already named green when nginx was told: a restart at any moment after the
+    # PUT reads the same address.
+    assert admin.include_at_put == [f"set $service_url {GREEN.url};\n"]
+    assert set(host.channels) == {("127.0.0.1", admin.httpd.server_address[1])}
+    assert not list(tmp_path.glob(".*.tmp")), "the atomic write left a temp file"
+
+
+def test_preview_route_has_its_own_include_and_admin_path(tmp_path, host, admin):
+    switch = live_switch(host, tmp_path, admin.url)
+    switch.route_to(PREVIEW, GREEN)
+    assert (tmp_path / "service-url-preview.inc").read_text() == f"set $preview_url {GREEN.url};\n"
+    assert admin.routes == {"live": str(BLUE), "preview": str(GREEN)}
+    assert switch.current(PREVIEW) == GREEN
+
+
+@pytest.mark.parametrize("misbehave, reported", [
+    (lambda a: setattr(a, "put_status", 400), "answered 400"),
+    (lambda a: setattr(a, "put_status", 500), "answered 500"),
+    (lambda a: setattr(a, "ignore_puts", True), f"set {GREEN} but nginx reports {BLUE}"),
+], ids=["put-refused", "put-error", "read-back-differs"])
+def test_failed_set_puts_the_include_back_and_leaves_nginx_where_it_was(tmp_path, host, admin, include,
+                                                                        misbehave, reported):
+    before = include.read_text()
+    misbehave(admin)
+    switch = live_switch(host, tmp_path, admin.url)
+    with pytest.raises(LiveSwitchFailed) as caught:
+        switch.route_to(LIVE, GREEN)
+    assert caught.value.exit_code == EXIT_DEPLOY_FAILED   # like a failed reload
+    assert reported in str(caught.value) and "put the old include back" in str(caught.value)
+    assert include.read_text() == before
+    assert admin.routes["live"] == str(BLUE)
+
+
+def test_a_set_whose_answer_is_lost_is_undone_in_nginx_too(tmp_path, host, admin, include):
+    # nginx took the PUT, then every answer is lost: the switch cannot confirm, so it fails, and
+    # traffic must not stay on green behind the restored include's back.
+    admin.drop_put_answers = 3
+    switch = live_switch(host, tmp_path, admin.url)
+    with pytest.raises(LiveSwitchFailed) as caught:
+        switch.route_to(LIVE, GREEN)
+    assert "failed 3 times" in str(caught.value)
+    assert f"and nginx's address {BLUE}" in str(caught.value)
+    assert include.read_text() == f"set $service_url {BLUE.url};\n"
+    assert admin.routes["live"] == str(BLUE)
+
+
+def test_a_dropped_connection_is_retried(tmp_path, host, admin, include):
+    admin.drop_answers = 1     # the first GET's connection closes unanswered
+    live_switch(host, tmp_path, admin.url).route_to(LIVE, GREEN)
+    assert admin.routes["live"] == str(GREEN)
+    assert admin.requests[:2] == [("GET", "/pipeline/live"), ("GET", "/pipeline/live")]
+
+
+def test_admin_not_answering_fails_the_switch_before_anything_changes(tmp_path, host, include):
+    before = include.read_text()
+    switch = live_switch(host, tmp_path, closed_port_url())
+    with pytest.raises(LiveSwitchFailed) as caught:
+        switch.route_to(LIVE, GREEN)
+    assert "nothing was changed" in str(caught.value)
+    assert include.read_text() == before
+
+
+def test_a_route_nginx_never_had_cannot_be_restored_and_says_so(tmp_path, host, admin):
+    admin.put_status = 500
+    switch = live_switch(host, tmp_path, admin.url)
+    with pytest.raises(LiveSwitchFailed) as caught:
+        switch.route_to(PREVIEW, GREEN)
+    assert "nginx had no address before" in str(caught.value)
+    assert not (tmp_path / "service-url-preview.inc").exists(), "no preview include before, none after"
+
+
+# -- reading ---------------------------------------------------------------------------------------
+
+def test_current_goes_by_nginx_when_the_include_says_otherwise(tmp_path, host, admin, include, caplog):
+    # A deploy killed between writing the include and the PUT: nginx still serves blue. Trusting
+    # the include would make the next deploy replace blue, the color carrying the traffic.
+    include.write_text(f"set $service_url {GREEN.url};\n")
+    switch = live_switch(host, tmp_path, admin.url)
+    with caplog.at_level("WARNING", logger="pipeline"):
+        assert switch.current(LIVE) == BLUE
+    assert f"the live include says {GREEN} but nginx serves {BLUE}; going by nginx" in caplog.text
+
+
+def test_current_is_none_when_nginx_has_no_address(tmp_path, host, admin):
+    admin.routes.clear()
+    assert live_switch(host, tmp_path, admin.url).current(PREVIEW) is None
+
+
+def test_current_fails_as_preflight_when_the_admin_does_not_answer(tmp_path, host, include):
+    url = closed_port_url()
+    with pytest.raises(AdminUnavailable) as caught:
+        live_switch(host, tmp_path, url).current(LIVE)
+    assert caught.value.exit_code == EXIT_PREFLIGHT
+    assert url in str(caught.value) and "nginx/live/app-live.conf" in str(caught.value)
+
+
+@pytest.mark.parametrize("answer, problem", [
+    (b"hello", "not IP:PORT"),
+    (b"1.2.3.4:80" + b" " * 2000, "longer than 1024 bytes"),
+], ids=["not-an-address", "too-long"])
+def test_an_answer_that_is_not_an_address_is_not_believed(tmp_path, host, admin, answer, problem):
+    admin.get_answer = answer
+    with pytest.raises(AdminUnavailable) as caught:
+        live_switch(host, tmp_path, admin.url).current(LIVE)
+    assert problem in str(caught.value)
+
+
+def test_describe_reports_what_nginx_serves(tmp_path, host, admin):
+    switch = live_switch(host, tmp_path, admin.url)
+    assert switch.describe() == {"admin": admin.url, "live": str(BLUE), "preview": None}
+
+
+def test_describe_says_unknown_when_the_admin_does_not_answer(tmp_path, host):
+    report = live_switch(host, tmp_path, closed_port_url()).describe()
+    assert report["live"].startswith("unknown (GET /pipeline/live failed 3 times")
+
+
+# -- the shipped config ------------------------------------------------------------------------------
+
+def _server_blocks(text: str) -> List[str]:
+    blocks, depth, start = [], 0, None
+    for match in re.finditer(r"^server \{|\{|\}", text, re.M):
+        if match.group() == "server {" and depth == 0:
+            start = match.start()
+        depth += -1 if match.group() == "}" else 1
+        if depth == 0 and start is not None:
+            blocks.append(text[start:match.end()])
+            start = None
+    return blocks
+
+
+def test_shipped_admin_server_listens_on_loopback_only_and_denies_everyone_else():
+    text = (REPO / "nginx" / "live" / "app-live.conf").read_text()
+    admin_blocks = [b for b in _server_blocks(text) if "/pipeline/live" in b]
+    assert len(admin_blocks) == 1
+    block = admin_blocks[0]
+    assert re.findall(r"^\s*listen\s+([^;]+);", block, re.M) == ["127.0.0.1:8091"]
+    assert re.search(r"allow 127\.0\.0\.1;\s*deny\s+all;", block)
+    assert Settings().nginx_admin_url == "http://127.0.0.1:8091"
+
+
+def test_shipped_config_reads_the_include_files_the_tool_writes_by_default():
+    text = (REPO / "nginx" / "live" / "app-live.conf").read_text()
+    defaults = Settings()
+    assert f'live = "{defaults.nginx_include}"' in text
+    assert 'preview = "/etc/nginx/conf.d/service-url-preview.inc"' in text
+    assert (REPO / "nginx" / "conf.d" / "service-url-preview.inc.example").is_file()
