@@ -25,6 +25,10 @@ import requests
 
 REPO = Path(__file__).resolve().parents[2]
 NGINX_CONF_D = REPO / "nginx" / "conf.d"
+NGINX_LIVE = REPO / "nginx" / "live"
+# Top-level lines for the "live" form (Debian's libnginx-mod-http-lua; NDK must come first).
+LUA_MODULES = ["load_module /usr/lib/nginx/modules/ndk_http_module.so;",
+               "load_module /usr/lib/nginx/modules/ngx_http_lua_module.so;"]
 
 
 def stack_env() -> Dict[str, str]:
@@ -97,13 +101,15 @@ def remove_network(client: docker.DockerClient, name: str) -> None:
 
 @dataclass
 class Nginx:
-    """An nginx of the test's own, built from the shipped configs in nginx/conf.d."""
+    """An nginx of the test's own, built from the shipped configs in nginx/conf.d (or, for the
+    "live" form, nginx/live/app-live.conf: pass admin_port and extra_conf=LUA_MODULES)."""
 
     directory: Path
     port: int
     preview_port: int
     form: str = "set"
     extra_conf: List[str] = field(default_factory=list)
+    admin_port: int = 0
 
     @property
     def conf(self) -> Path:
@@ -117,6 +123,10 @@ class Nginx:
     @property
     def preview_include(self) -> Path:
         return self.directory / "service-url-preview.inc"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
 
     @property
     def access_log(self) -> Path:
@@ -135,13 +145,18 @@ class Nginx:
 
     def write_config(self) -> None:
         server_file = "app-upstream.conf" if self.form == "upstream" else "app.conf"
+        sources = [NGINX_CONF_D / name for name in ("00-log-format.conf", server_file, "app-preview.conf")]
+        if self.form == "live":
+            sources = [NGINX_CONF_D / "00-log-format.conf", NGINX_LIVE / "app-live.conf"]
         parts = []
-        for name in ("00-log-format.conf", server_file, "app-preview.conf"):
-            text = (NGINX_CONF_D / name).read_text()
+        for source in sources:
+            name = source.name
+            text = source.read_text()
             text = text.replace("/etc/nginx/conf.d/", f"{self.directory}/")
             text = text.replace("/var/log/nginx/", f"{self.directory}/")
             text = re.sub(r"listen\s+80\b[^;]*;", f"listen 127.0.0.1:{self.port};", text)
             text = re.sub(r"listen\s+8081\b[^;]*;", f"listen 127.0.0.1:{self.preview_port};", text)
+            text = re.sub(r"listen\s+127\.0\.0\.1:8091\b[^;]*;", f"listen 127.0.0.1:{self.admin_port};", text)
             (self.directory / name).write_text(text)
             parts.append(f"    include {self.directory / name};")
         self.conf.write_text("\n".join([
