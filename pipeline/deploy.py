@@ -284,4 +284,5 @@ def status(ctx: Context, probe: bool = True) -> dict:
         "switch": ctx.switch.describe(),
         "colors": colors,
         "nginx_host": ctx.host.description,
+        "settings": s.public(),   # the effective settings, secrets masked
     }

@@ -59,6 +59,7 @@ def test_two_deploys_switch_colors_and_keep_the_old_one_stopped(request, world, 
     assert report["colors"]["green"]["health"].startswith("HTTP 200")
     assert report["colors"]["blue"]["state"] == "exited"
     assert report["include"]["points_at"] == f"{net.green_ip}:8080"
+    assert report["settings"]["deploy_network"] == net.name
 
     text = run_pipeline(["status"], env, tmp_path)
     assert_ok(text)
