@@ -140,7 +140,9 @@ class Engine:
 
     def prune_dangling(self) -> None:
         try:
-            self.api.prune_images(filters={"dangling": True})
+            # Only this app's: another app's build in progress on the same engine has dangling
+            # layers too, and pruning them makes its build fail.
+            self.api.prune_images(filters={"dangling": True, "label": f"{LABEL_APP}={self.settings.app_name}"})
         except docker.errors.APIError as exc:
             log.warning("    could not prune dangling images: %s", _reason(exc))
 

@@ -34,4 +34,9 @@ def setup(verbose: bool = False, stream=None) -> logging.Logger:
     logger.addHandler(handler)
     logger.setLevel(logging.DEBUG if verbose else logging.INFO)
     logger.propagate = False
+    # paramiko logs failures we already report in our own words (e.g. "Secsh channel open
+    # FAILED"); without a handler Python would print them raw. Shown with --verbose only.
+    ssh_logger = logging.getLogger("paramiko")
+    ssh_logger.handlers[:] = [handler if verbose else logging.NullHandler()]
+    ssh_logger.propagate = False
     return logger
