@@ -8,4 +8,4 @@ cd "$repo"
 bash scripts/stack.sh start
 python3 -m pip install --quiet --disable-pip-version-check -e '.[test]'
 bash scripts/lint-jenkinsfile.sh
-python3 -m pytest -q -p no:cacheprovider "$@" tests
+python3 -m pytest -q -p no:cacheprovider --durations=12 "$@" tests
