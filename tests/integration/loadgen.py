@@ -165,7 +165,12 @@ class Load:
     """wrk against one loopback URL, in the background, bounded by `seconds`."""
 
     def __init__(self, url: str, profile: str = "close", seconds: float = 30, connections: int = 16,
-                 threads: int = 2, timeout: float = 5.0) -> None:
+                 threads: int = 2, timeout: float = 5.0, pause_ms: int = 0,
+                 prefix: Sequence[str] = ()) -> None:
+        """`pause_ms`: each connection waits this long between requests, to pace the load (an
+        idle keep-alive connection nginx closes then counts as a read error: pace only runs
+        without reloads). `prefix`: run wrk under it, e.g. nsenter into another network
+        namespace (whose 127.0.0.1 is then the target)."""
         check(url, profile)
         self.url = url
         self.profile = profile
@@ -173,6 +178,8 @@ class Load:
         self.connections = connections
         self.threads = min(threads, connections)
         self.timeout = timeout
+        self.pause_ms = pause_ms
+        self.prefix = list(prefix)
         self.result: Optional[LoadResult] = None
         self._process: Optional[subprocess.Popen] = None
         self._dir = tempfile.TemporaryDirectory(prefix="loadgen-")
@@ -180,8 +187,8 @@ class Load:
 
     def argv(self) -> List[str]:
         script = Path(self._dir.name) / "count.lua"
-        script.write_text(_LUA)
-        argv = ["wrk", "-t", str(self.threads), "-c", str(self.connections), "-d", f"{int(self.seconds)}s",
+        script.write_text(_LUA + (f"\nfunction delay()\n   return {int(self.pause_ms)}\nend\n" if self.pause_ms else ""))
+        argv = [*self.prefix, "wrk", "-t", str(self.threads), "-c", str(self.connections), "-d", f"{int(self.seconds)}s",
                 "--timeout", f"{self.timeout:g}s", "-s", str(script)]
         if self.profile == "close":
             argv += ["-H", "Connection: close"]

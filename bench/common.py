@@ -1,0 +1,76 @@
+"""What the bench scripts share: a docker network of their own with the demo service on it.
+
+The network is created first and removed last, after every container on it; nothing is sent to
+an address on it unless a container of ours holds that address.
+"""
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Dict
+
+import docker
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from tests.integration.realstack import remove_network, reserve_network, stack_env  # noqa: E402
+
+
+class BenchNetwork:
+    """A bench network (fixed IPs, like the seed's `deploy` network), the demo image (unless
+    `build` is false), and a work directory. On exit: every container and image labelled
+    bench.run=<name>, then the network, then the directory."""
+
+    def __init__(self, purpose: str, build: bool = True) -> None:
+        self.build = build
+        self.client = docker.from_env()
+        self.stack: Dict[str, str] = stack_env()
+        self.name = f"bench-{uuid.uuid4().hex[:6]}-{purpose}"
+        self.work = Path(tempfile.mkdtemp(prefix=f"{self.name}-"))
+        self.net = reserve_network(self.client)
+        self.image = f"{self.name}:v1"
+
+    def __enter__(self) -> "BenchNetwork":
+        n = self.net
+        self.client.networks.create(n.name, driver="bridge", labels={"bench.run": self.name},
+                                    ipam=docker.types.IPAMConfig(pool_configs=[
+                                        docker.types.IPAMPool(subnet=n.subnet, gateway=n.gateway)]))
+        if not self.build:
+            return self
+        self.client.images.build(path=str(REPO / "demo"), dockerfile=str(REPO / "docker" / "Dockerfile"),
+                                 tag=self.image, labels={"bench.run": self.name}, rm=True,
+                                 buildargs={"BASE_IMAGE": self.stack["JRE_IMAGE"], "JAR": "build/libs/app.jar"})
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for container in self.client.containers.list(all=True, filters={"label": f"bench.run={self.name}"}):
+            container.remove(force=True)
+        remove_network(self.client, self.net.name)
+        for image in self.client.images.list(filters={"label": f"bench.run={self.name}"}):
+            try:
+                self.client.images.remove(image.id, force=True)
+            except docker.errors.APIError:
+                pass
+        shutil.rmtree(self.work, ignore_errors=True)
+
+    def run(self, role: str, ip: str, **kwargs):
+        """Start the demo service as `role` at `ip` on the bench network; return once it listens."""
+        container = self.client.containers.create(self.image, name=f"{self.name}-{role}",
+                                                  labels={"bench.run": self.name}, network=self.net.name, **kwargs)
+        network = self.client.networks.get(self.net.name)
+        network.disconnect(container)          # attached with any address by create; pin it
+        network.connect(container, ipv4_address=ip)
+        container.start()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            container.reload()
+            if container.status == "running" and b"listening" in container.logs():
+                return container
+            time.sleep(0.2)
+        raise SystemExit(f"{role} container did not start: {container.logs()[-500:]!r}")

@@ -1,0 +1,302 @@
+"""The seed's bash flow and `python -m pipeline deploy`, side by side under the same load.
+
+    bash scripts/stack.sh start
+    python bench/seed_vs_pipeline.py [--profile close] [--connections 16]
+                                     [--health-interval 10] [--drain 10] [--json out.json]
+
+For each tool, on a docker network of its own (created first, fixed IPs, removed after the last
+request) and an nginx of its own built from the shipped nginx/conf.d/app.conf (the seed's
+`proxy_pass $service_url` form), switched over the stack's sshd on 127.0.0.1 as the seed does:
+
+  1. deploy v1 with no load, and wait until nginx serves it;
+  2. deploy v2, then v3, each under wrk (127.0.0.1 only, bounded by -d), from 1 s before the deploy
+     until 1 s after nginx first serves the new release (at most 30 s after the deploy returns:
+     the seed returns before its container is up).
+
+The service takes STARTUP_DELAY_MS (default 2000) to start, like a Spring Boot app. For each
+deploy it prints requests sent, requests lost (non-2xx + socket errors of every kind), the time
+from the new container first answering its health URL to nginx first serving the new release
+(both polled every 20 ms; negative: nginx pointed there before it was up), how long nginx's /
+failed (first to last failed 20 ms poll), and the deploy's wall time. The seed is
+bench/seed_deploy.sh (what was changed to make it run is listed there).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, List, Optional
+
+import docker
+import requests
+
+from common import REPO, BenchNetwork
+from tests.integration import loadgen
+from tests.integration.realstack import Nginx, free_port, pipeline_env, remove_app, run_pipeline
+
+SEED_SCRIPT = REPO / "bench" / "seed_deploy.sh"
+BUILD_COMMAND = f"bash {REPO / 'demo' / 'build.sh'}"
+AFTER_DEPLOY_LIMIT = 30.0
+
+
+@dataclass
+class Row:
+    tool: str
+    deploy: str
+    exit_code: int
+    sent: int
+    lost: int
+    non_2xx: int
+    socket_errors: int
+    healthy_to_served: Optional[float]
+    unavailable: float
+    wall: float
+    load: dict
+
+
+class Watch:
+    """Polls, every 20 ms, the health URL of the container running `version` (only once such a
+    container runs on the bench network) and nginx's /, and notes the first success of each."""
+
+    def __init__(self, client: docker.DockerClient, network: str, names: List[str], version: str,
+                 nginx_url: str) -> None:
+        self.client, self.network, self.names, self.version = client, network, names, version
+        self.nginx_url = nginx_url
+        self.healthy_at: Optional[float] = None
+        self.served_at: Optional[float] = None
+        self.failures: List[float] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._health, daemon=True),
+                         threading.Thread(target=self._nginx, daemon=True)]
+
+    def start(self) -> "Watch":
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=5)
+
+    @property
+    def delay(self) -> Optional[float]:
+        if self.healthy_at is None or self.served_at is None:
+            return None
+        return self.served_at - self.healthy_at
+
+    def _container_ip(self) -> Optional[str]:
+        for name in self.names:
+            try:
+                container = self.client.containers.get(name)
+            except docker.errors.NotFound:
+                continue
+            if container.status == "running" and f"APP_VERSION={self.version}" in container.attrs["Config"]["Env"]:
+                return (container.attrs["NetworkSettings"]["Networks"].get(self.network) or {}).get("IPAddress") or None
+        return None
+
+    def _health(self) -> None:
+        ip = None
+        while ip is None and not self._stop.wait(0.05):
+            ip = self._container_ip()
+        session = requests.Session()
+        while ip and not self._stop.is_set():
+            try:
+                if session.get(f"http://{ip}:8080/actuator/health", timeout=0.5).status_code == 200:
+                    self.healthy_at = time.monotonic()
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.02)
+
+    def _nginx(self) -> None:
+        while not self._stop.is_set():
+            try:
+                answer = requests.get(self.nginx_url, timeout=1, headers={"Connection": "close"})
+                ok, body = answer.status_code == 200, answer.text
+            except requests.RequestException:
+                ok, body = False, ""
+            now = time.monotonic()    # when the answer came, as for the health URL
+            if not ok:
+                self.failures.append(now)
+            elif self.served_at is None and body.startswith(f"version={self.version} "):
+                self.served_at = now
+            time.sleep(0.02)
+
+    @property
+    def unavailable(self) -> float:
+        """From the first to the last failed poll of nginx (0 if none failed)."""
+        return self.failures[-1] - self.failures[0] + 0.02 if self.failures else 0.0
+
+
+class Part(BenchNetwork):
+    """What one tool's run owns: a network, an nginx, a working directory."""
+
+    def __init__(self, tool: str, args) -> None:
+        super().__init__(tool, build=False)     # each tool builds its own image
+        self.tool, self.args = tool, args
+        self.nginx = Nginx(self.work / "nginx", free_port(), free_port())
+        self.env_file = self.work / "container.env"
+        self.env_file.write_text(f"STARTUP_DELAY_MS={args.startup_delay_ms}\n")
+        self.previous = "none"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.nginx.port}/"
+
+    def __enter__(self) -> "Part":
+        super().__enter__()
+        self.nginx.directory.mkdir()
+        self.nginx.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        # Each measurement has stopped its own load and polls. nginx, then the pipeline's
+        # containers and images; the rest (the seed's, the network) goes in BenchNetwork.
+        self.nginx.stop()
+        remove_app(self.client, self.name)
+        if self.args.logs:
+            self.args.logs.mkdir(parents=True, exist_ok=True)
+            for log in self.work.glob("*.log"):
+                shutil.copy(log, self.args.logs / log.name)
+            shutil.copy(self.nginx.directory / "app.error.log", self.args.logs / f"nginx-{self.tool}.error.log")
+        super().__exit__(*exc)
+
+    # -- the two tools ---------------------------------------------------------------------------
+
+    def deploy(self, version: str) -> int:
+        if self.tool == "seed":
+            return self._seed(version)
+        return self._pipeline(version)
+
+    def _ssh_target(self) -> str:
+        s = self.stack
+        return (f"-p {s['SSH_PORT']} -i {s['SSH_KEY']} -o UserKnownHostsFile={s['SSH_KNOWN_HOSTS']} "
+                f"-o BatchMode=yes root@127.0.0.1")
+
+    def _seed(self, version: str) -> int:
+        s, n = self.stack, self.net
+        env = {**pipeline_env({}), "NAME": self.name, "NETWORK": n.name, "BLUE_IP": n.blue_ip,
+               "GREEN_IP": n.green_ip, "REGISTRY": s["REGISTRY_ADDR"], "REGISTRY_USER": s["REGISTRY_USER"],
+               "REGISTRY_PASSWORD_FILE": s["REGISTRY_PASSWORD_FILE"], "VERSION": version,
+               "BUILD_COMMAND": BUILD_COMMAND, "BUILD_CONTEXT": str(REPO / "demo"),
+               "DOCKERFILE": str(REPO / "docker" / "Dockerfile"), "JRE_IMAGE": s["JRE_IMAGE"],
+               "CONTAINER_ENV_FILE": str(self.env_file), "SSH_TARGET": self._ssh_target(),
+               "NGINX_INCLUDE": str(self.nginx.include), "NGINX_RELOAD_COMMAND": self.nginx.reload_command,
+               "DOCKER_CONFIG": str(self.work / "docker-config")}
+        done = subprocess.run(["bash", str(SEED_SCRIPT)], cwd=self.work, env=env, capture_output=True,
+                              text=True, timeout=600)
+        (self.work / f"seed-{version}.log").write_text(done.stdout + done.stderr)
+        return done.returncode
+
+    def _pipeline(self, version: str) -> int:
+        s, n, a = self.stack, self.net, self.args
+        env = {
+            "APP_NAME": self.name, "APP_VERSION": version, "BUILD_COMMAND": BUILD_COMMAND,
+            "DOCKERFILE": str(REPO / "docker" / "Dockerfile"), "BUILD_CONTEXT": str(REPO / "demo"),
+            "BUILD_ARGS": f"BASE_IMAGE={s['JRE_IMAGE']} JAR=build/libs/app.jar",
+            "DEPLOY_NETWORK": n.name, "DEPLOY_SUBNET": n.subnet, "DEPLOY_GATEWAY": n.gateway,
+            "BLUE_IP": n.blue_ip, "GREEN_IP": n.green_ip,
+            "HEALTH_INTERVAL": f"{a.health_interval:g}", "DRAIN_SECONDS": f"{a.drain:g}",
+            "CONTAINER_ENV_FILE": str(self.env_file),
+            "NGINX_HOST": "127.0.0.1", "NGINX_SSH_PORT": s["SSH_PORT"], "NGINX_SSH_USER": "root",
+            "NGINX_SSH_KEY": s["SSH_KEY"], "NGINX_SSH_KNOWN_HOSTS": s["SSH_KNOWN_HOSTS"],
+            "NGINX_INCLUDE": str(self.nginx.include), "NGINX_TEST_COMMAND": self.nginx.test_command,
+            "NGINX_RELOAD_COMMAND": self.nginx.reload_command,
+        }
+        done = run_pipeline(["deploy"], env, self.work, timeout=600)
+        (self.work / f"pipeline-{version}.log").write_text(done.stdout + done.stderr)
+        return done.returncode
+
+    # -- measuring -------------------------------------------------------------------------------
+
+    def watch(self, version: str) -> Watch:
+        names = [f"{self.name}-blue", f"{self.name}-green"]
+        return Watch(self.client, self.net.name, names, version, self.url).start()
+
+    def setup(self, version: str) -> None:
+        watch = self.watch(version)
+        try:
+            code = self.deploy(version)
+            wait_until(lambda: watch.served_at is not None, AFTER_DEPLOY_LIMIT)
+        finally:
+            watch.stop()
+        if code != 0 or watch.served_at is None:
+            raise SystemExit(f"{self.tool}: deploy {version} failed (exit {code}); logs in {self.work}")
+        self.previous = version
+
+    def measure(self, version: str) -> Row:
+        watch = self.watch(version)
+        load = loadgen.Load(self.url, profile=self.args.profile, connections=self.args.connections,
+                            seconds=self.args.max_seconds).start()
+        try:
+            time.sleep(1)
+            started = time.monotonic()
+            code = self.deploy(version)
+            wall = time.monotonic() - started
+            wait_until(lambda: watch.served_at is not None, AFTER_DEPLOY_LIMIT)
+            time.sleep(1)
+        finally:
+            result = load.stop()
+            watch.stop()
+        row = Row(self.tool, f"{self.previous} -> {version}", code, result.sent, result.failed, result.non_2xx,
+                  result.socket_errors, watch.delay, watch.unavailable, wall, result.summary())
+        self.previous = version
+        return row
+
+
+def wait_until(predicate: Callable[[], bool], seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def table(rows: List[Row]) -> str:
+    lines = ["| tool | deploy | requests sent | requests lost | of which non-2xx | socket errors "
+             "| healthy -> served (s) | unavailable (s) | deploy wall time (s) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        delay = "-" if r.healthy_to_served is None else f"{r.healthy_to_served:+.2f}"
+        code = "" if r.exit_code == 0 else f" (exit {r.exit_code})"
+        lines.append(f"| {r.tool} | {r.deploy}{code} | {r.sent} | {r.lost} | {r.non_2xx} | {r.socket_errors} "
+                     f"| {delay} | {r.unavailable:.2f} | {r.wall:.1f} |")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tools", default="seed,pipeline", help="comma-separated: seed, pipeline")
+    parser.add_argument("--profile", choices=loadgen.PROFILES, default="close")
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--health-interval", type=float, default=10.0, help="pipeline HEALTH_INTERVAL (its default)")
+    parser.add_argument("--drain", type=float, default=10.0, help="pipeline DRAIN_SECONDS (its default)")
+    parser.add_argument("--startup-delay-ms", type=int, default=2000)
+    parser.add_argument("--max-seconds", type=int, default=180, help="wrk -d for each measured deploy")
+    parser.add_argument("--json", type=Path, help="also write the rows here")
+    parser.add_argument("--logs", type=Path, help="keep each deploy's output and nginx's error log here")
+    args = parser.parse_args(argv)
+
+    rows: List[Row] = []
+    for tool in args.tools.split(","):
+        with Part(tool, args) as part:
+            print(f"{tool}: v1 (setup, no load) ...", file=sys.stderr, flush=True)
+            part.setup("v1")
+            for version in ("v2", "v3"):
+                print(f"{tool}: {version} under {args.profile} load, {args.connections} connections ...",
+                      file=sys.stderr, flush=True)
+                rows.append(part.measure(version))
+                print(table(rows[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
+    print(table(rows))
+    if args.json:
+        args.json.write_text(json.dumps([asdict(r) for r in rows], indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
