@@ -121,6 +121,19 @@ def switch_live(ctx: Context, color: str) -> None:
         ctx.switch.route_to(LIVE, address_of(s, color))
 
 
+def _left_running(ctx: Context, old: Optional[str]) -> None:
+    if old is not None:
+        log.warning("==> the new release is live; %s left running, so `rollback` is instant",
+                    ctx.settings.container_name(old))
+
+
+def point_preview(ctx: Context, color: str) -> None:
+    address = address_of(ctx.settings, color)
+    phase("pointing the preview at %s (%s)", color, address)
+    with ctx.guard.critical():
+        ctx.switch.route_to(PREVIEW, address)
+
+
 def retire(ctx: Context, old: Optional[str]) -> None:
     """Drain, then stop the old color gracefully. It is kept (stopped) for rollback."""
     s = ctx.settings
@@ -130,8 +143,7 @@ def retire(ctx: Context, old: Optional[str]) -> None:
     try:
         ctx.sleep(s.drain_seconds)
     except Interrupted:
-        log.warning("==> the new release is live; %s left running, so `rollback` is instant",
-                    s.container_name(old))
+        _left_running(ctx, old)
         raise
     phase("stopping %s (grace %gs); kept for rollback", s.container_name(old), s.stop_timeout)
     with ctx.guard.critical():
@@ -176,12 +188,10 @@ def deploy(ctx: Context, promote: bool = True) -> Outcome:
         with ctx.guard.critical():
             ctx.engine.run(target, image, version)
         wait_healthy(ctx, target)
-        if s.nginx_preview_include:
-            phase("pointing the preview at %s (%s)", target, address_of(s, target))
-            with ctx.guard.critical():
-                ctx.switch.route_to(PREVIEW, address_of(s, target))
         if promote:
             switch_live(ctx, target)
+        elif s.nginx_preview_include:
+            point_preview(ctx, target)
     except BaseException:
         with ctx.guard.critical():
             _abandon(ctx, target, preview_before)
@@ -190,6 +200,15 @@ def deploy(ctx: Context, promote: bool = True) -> Outcome:
     if not promote:
         phase("%s staged on %s; live traffic still on %s. Run `promote` to switch.", version, target, live or "nothing")
         return Outcome("stage", version, target, f"staged on {target}")
+    if s.nginx_preview_include:
+        # After the live switch, so the preview's own test + reload never delays live traffic.
+        try:
+            point_preview(ctx, target)
+        except Interrupted:
+            _left_running(ctx, live)
+            raise
+        except PipelineError as exc:
+            log.warning("    the preview still points at the previous release: %s", exc)
     retire(ctx, live)
     clean_images(ctx)
     return Outcome("deploy", version, target, f"{version} live on {target}")

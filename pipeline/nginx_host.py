@@ -14,7 +14,7 @@ import subprocess
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Protocol, Sequence
+from typing import List, Optional, Protocol, Sequence
 
 import paramiko
 
@@ -46,6 +46,7 @@ class NginxHost(Protocol):
     def append_text(self, path: str, text: str) -> None: ...
     def remove(self, path: str) -> None: ...
     def run(self, argv: Sequence[str]) -> CommandResult: ...
+    def run_steps(self, steps: Sequence[Sequence[str]]) -> List[CommandResult]: ...
     def open_channel(self, host: str, port: int, timeout: float) -> socket.socket: ...
     def close(self) -> None: ...
 
@@ -106,6 +107,15 @@ class LocalHost:
         except subprocess.TimeoutExpired as exc:
             return CommandResult(argv, 124, f"timed out after {exc.timeout:.0f}s")
         return CommandResult(argv, done.returncode, done.stdout)
+
+    def run_steps(self, steps: Sequence[Sequence[str]]) -> List[CommandResult]:
+        """Run commands in order until one fails; the results of those that ran."""
+        results = []
+        for argv in steps:
+            results.append(self.run(argv))
+            if results[-1].code != 0:
+                break
+        return results
 
     def open_channel(self, host: str, port: int, timeout: float) -> socket.socket:
         return socket.create_connection((host, port), timeout=timeout)
@@ -219,6 +229,31 @@ class SshHost:
         except (paramiko.SSHException, OSError) as exc:
             return CommandResult(argv, 255, f"ssh: {exc}")
         return CommandResult(argv, code, output)
+
+    def run_steps(self, steps: Sequence[Sequence[str]]) -> List[CommandResult]:
+        """Run commands in order until one fails, in one SSH round trip.
+
+        Each command costs a session of its own otherwise (0.2-0.3 s under load), and `nginx -t`
+        then `nginx -s reload` sit between a healthy container and nginx serving it. Every word is
+        quoted with shlex; a marker line after each command carries its exit code back.
+        """
+        marker = f"__pipeline_rc_{uuid.uuid4().hex}="
+        script = "; ".join(
+            f"{shlex.join(argv)} 2>&1; rc=$?; echo; echo {marker}$rc; [ $rc -eq 0 ] || exit 0"
+            for argv in steps
+        )
+        combined = self.run(["sh", "-c", script])
+        results: List[CommandResult] = []
+        chunks = combined.output.split(marker)
+        for argv, chunk, after in zip(steps, chunks, chunks[1:]):
+            code_text = after.split("\n", 1)[0].strip()
+            output = chunk if not results else chunk.split("\n", 1)[-1]
+            results.append(CommandResult(argv, int(code_text) if code_text.isdigit() else 255,
+                                         output[:-1] if output.endswith("\n") else output))
+        if len(results) < len(steps) and (not results or results[-1].code == 0):
+            # The session itself failed before the next command reported.
+            results.append(CommandResult(steps[len(results)], combined.code or 255, chunks[-1]))
+        return results
 
     def open_channel(self, host: str, port: int, timeout: float) -> socket.socket:
         """A direct-tcpip channel: reach a port on the nginx host's loopback without exposing it."""

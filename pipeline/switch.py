@@ -90,12 +90,14 @@ class ReloadSwitch:
     def route_to(self, route: str, address: Address) -> None:
         before = self.includes.read(route)
         self.includes.write(route, self.includes.render(route, address))
-        test = self.host.run(self.settings.nginx_test_command)
+        # One round trip for both over SSH: they stand between "healthy" and "served".
+        results = self.host.run_steps([self.settings.nginx_test_command, self.settings.nginx_reload_command])
+        test = results[0]
         if test.code != 0:
             self.includes.write(route, before)
             raise RemoteCommandFailed(test.command, test.code, tail(test.output),
                                       f"nginx rejected the new {route} include; put the old one back")
-        reload = self.host.run(self.settings.nginx_reload_command)
+        reload = results[1]
         if reload.code != 0:
             self.includes.write(route, before)
             again = self.host.run(self.settings.nginx_reload_command)
