@@ -294,7 +294,12 @@ class SwitchWatch:
             time.sleep(0.02)
 
 
-def test_nginx_serves_the_new_color_soon_after_it_first_answers_health(world, nginx, env, tmp_path):
+@pytest.mark.parametrize("over_ssh", [False, True], ids=["local-nginx", "nginx-over-ssh"])
+def test_nginx_serves_the_new_color_soon_after_it_first_answers_health(world, nginx, env, stack, tmp_path,
+                                                                       over_ssh):
+    if over_ssh:
+        env = {**env, "NGINX_HOST": "127.0.0.1", "NGINX_SSH_PORT": stack["SSH_PORT"],
+               "NGINX_SSH_KEY": stack["SSH_KEY"], "NGINX_SSH_KNOWN_HOSTS": stack["SSH_KNOWN_HOSTS"]}
     deploy(env, tmp_path, "v1")
     switches = {}
     for version, color in (("v2", "green"), ("v3", "blue")):
