@@ -135,13 +135,18 @@ def point_preview(ctx: Context, color: str) -> None:
 
 
 def retire(ctx: Context, old: Optional[str]) -> None:
-    """Drain, then stop the old color gracefully. It is kept (stopped) for rollback."""
+    """Drain, then stop the old color gracefully. It is kept (stopped) for rollback.
+
+    The wait is at least the switch's settle time, so "done" means nginx serves the new color.
+    """
     s = ctx.settings
+    wait = max(s.drain_seconds, ctx.switch.settle_seconds)
     if old is None or ctx.engine.container(old) is None:
+        ctx.sleep(ctx.switch.settle_seconds)
         return
-    phase("draining %s for %gs", s.container_name(old), s.drain_seconds)
+    phase("draining %s for %gs", s.container_name(old), wait)
     try:
-        ctx.sleep(s.drain_seconds)
+        ctx.sleep(wait)
     except Interrupted:
         _left_running(ctx, old)
         raise

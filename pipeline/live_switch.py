@@ -154,6 +154,7 @@ class LiveSwitch:
     """Write the include, set the address over the admin port, read it back; never reload."""
 
     mode = "live"
+    settle_seconds = 0.0   # the shared dict is read by every worker on the next request
 
     def __init__(self, host: NginxHost, settings: Settings, admin: Optional[NginxAdmin] = None) -> None:
         self.settings = settings

@@ -9,7 +9,7 @@ _BOLD, _RED, _YELLOW, _RESET = "\033[1m", "\033[31m", "\033[33m", "\033[0m"
 
 class _Formatter(logging.Formatter):
     def __init__(self, colour: bool) -> None:
-        super().__init__("%(asctime)s %(message)s", "%H:%M:%S")
+        super().__init__("%(asctime)s.%(msecs)03d %(message)s", "%H:%M:%S")
         self.colour = colour
 
     def format(self, record: logging.LogRecord) -> str:

@@ -10,8 +10,7 @@ succeeds or raises with traffic left exactly where it was.
 from __future__ import annotations
 
 import logging
-import time
-from typing import Callable, Dict, Optional, Protocol
+from typing import Dict, Optional, Protocol
 
 from .decide import Address, parse_include, render_include
 from .errors import RemoteCommandFailed, tail
@@ -20,14 +19,14 @@ from .settings import Settings
 
 log = logging.getLogger("pipeline")
 
-RELOAD_SETTLE_SECONDS = 0.3
-
 LIVE = "live"
 PREVIEW = "preview"
 
 
 class TrafficSwitch(Protocol):
     mode: str
+    # How long after route_to returns until every nginx worker uses the new address.
+    settle_seconds: float
 
     def current(self, route: str) -> Optional[Address]:
         """Where the route sends traffic now, as far as the switch knows."""
@@ -76,13 +75,14 @@ class ReloadSwitch:
     """Rewrite the include atomically, test the config, reload nginx; undo on any failure."""
 
     mode = "reload"
+    # `nginx -s reload` only signals the master; new workers take over ~0.1 s later (measured
+    # 70-130 ms here), old workers serve meanwhile.
+    settle_seconds = 0.3
 
-    def __init__(self, host: NginxHost, settings: Settings,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(self, host: NginxHost, settings: Settings) -> None:
         self.host = host
         self.settings = settings
         self.includes = IncludeFiles(host, settings)
-        self.sleep = sleep
 
     def current(self, route: str) -> Optional[Address]:
         return parse_include(self.includes.read(route))
@@ -104,9 +104,6 @@ class ReloadSwitch:
             note = "" if again.code == 0 else f" (reload after restoring also failed: {again.code})"
             raise RemoteCommandFailed(reload.command, reload.code, tail(reload.output),
                                       f"nginx reload failed; put the old {route} include back{note}")
-        # `nginx -s reload` only signals the master; new workers take over ~0.1s later (measured
-        # 70-130 ms here). Wait that out so "switched" means nginx serves the new address.
-        self.sleep(RELOAD_SETTLE_SECONDS)
 
     def describe(self) -> Dict[str, Optional[str]]:
         return {route: _text(self.current(route)) for route in (LIVE, PREVIEW) if self.includes.path(route)}
