@@ -15,7 +15,7 @@ import traceback
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import List, Mapping, Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 from . import deploy as flows
 from . import errors, log as logsetup
@@ -25,7 +25,6 @@ from .history import Entry, History, format_table
 from .lock import DeployLock, LockInfo, who_am_i
 from .nginx_host import NginxHost, connect
 from .settings import Settings
-from .signals import SignalGuard
 from .switch import make_switch
 
 log = logging.getLogger("pipeline")

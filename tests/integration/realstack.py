@@ -10,7 +10,6 @@ import itertools
 import os
 import re
 import shlex
-import signal
 import socket
 import subprocess
 import sys
@@ -18,7 +17,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional
+from typing import Dict, List
 
 import docker
 import requests

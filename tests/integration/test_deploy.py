@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
 
-from .realstack import REPO, run_pipeline
+from .realstack import run_pipeline
 
 pytestmark = pytest.mark.integration
 

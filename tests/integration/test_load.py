@@ -12,16 +12,14 @@ import json
 import shlex
 import subprocess
 import tempfile
-import threading
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import pytest
-import requests
 
 from . import loadgen
+from .switchwatch import Watch
 from .realstack import Nginx, free_port, run_pipeline
 
 pytestmark = pytest.mark.integration
@@ -228,72 +226,6 @@ def backend_sockets(address: str) -> int:
 
 # -- 4. timeliness ---------------------------------------------------------------------------------
 
-@dataclass
-class Switch:
-    healthy_at: Optional[float] = None     # the new container's first 200 on its health URL
-    served_at: Optional[float] = None      # nginx's first answer from the new version
-
-    @property
-    def delay(self) -> Optional[float]:
-        if self.healthy_at is None or self.served_at is None:
-            return None
-        return self.served_at - self.healthy_at
-
-
-class SwitchWatch:
-    """While a deploy runs, poll the new container's health URL directly (only once a container
-    of that release exists on the test's network) and nginx's /, each every 20 ms."""
-
-    def __init__(self, world, nginx: Nginx, color: str, version: str) -> None:
-        self.world, self.nginx, self.color, self.version = world, nginx, color, version
-        self.switch = Switch()
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._health, daemon=True),
-                         threading.Thread(target=self._nginx, daemon=True)]
-
-    def __enter__(self) -> "SwitchWatch":
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=5)
-
-    def _container_ip(self) -> Optional[str]:
-        container = self.world.container(self.color)
-        if container is None or container.status != "running" or container.labels.get("pipeline.version") != self.version:
-            return None
-        network = container.attrs["NetworkSettings"]["Networks"].get(self.world.network.name) or {}
-        return network.get("IPAddress") or None
-
-    def _health(self) -> None:
-        ip = None
-        while ip is None and not self._stop.wait(0.05):
-            ip = self._container_ip()
-        session = requests.Session()
-        while ip and not self._stop.is_set():
-            try:
-                if session.get(f"http://{ip}:8080/actuator/health", timeout=0.5).status_code == 200:
-                    self.switch.healthy_at = time.monotonic()
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(0.02)
-
-    def _nginx(self) -> None:
-        wanted = f"version={self.version} color={self.color}"
-        while not self._stop.is_set():
-            try:
-                if self.nginx.get(timeout=1).text.strip() == wanted:
-                    self.switch.served_at = time.monotonic()
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(0.02)
-
-
 @pytest.mark.parametrize("over_ssh", [False, True], ids=["local-nginx", "nginx-over-ssh"])
 def test_nginx_serves_the_new_color_soon_after_it_first_answers_health(world, nginx, env, stack, tmp_path,
                                                                        over_ssh):
@@ -303,12 +235,13 @@ def test_nginx_serves_the_new_color_soon_after_it_first_answers_health(world, ng
     deploy(env, tmp_path, "v1")
     switches = {}
     for version, color in (("v2", "green"), ("v3", "blue")):
-        with SwitchWatch(world, nginx, color, version) as watch:
+        with Watch(world.client, world.network.name, [f"{world.app}-{color}"], version,
+                   f"http://127.0.0.1:{nginx.port}/") as watch:
             deploy(env, tmp_path, version)
             time.sleep(0.1)
-        switches[version] = watch.switch
-    record("timeliness", {v: {**asdict(s), "delay": s.delay, "bound": HEALTH_INTERVAL + 0.5}
-                          for v, s in switches.items()}, tmp_path)
+        switches[version] = watch
+    record("timeliness", {v: {"healthy_at": w.healthy_at, "served_at": w.served_at, "delay": w.delay,
+                              "bound": HEALTH_INTERVAL + 0.5} for v, w in switches.items()}, tmp_path)
 
     for version, switch in switches.items():
         assert switch.healthy_at is not None and switch.served_at is not None, (version, switch)
