@@ -203,6 +203,8 @@ def deploy(ctx: Context, promote: bool = True) -> Outcome:
         raise
 
     if not promote:
+        if s.nginx_preview_include:
+            ctx.sleep(ctx.switch.settle_seconds)   # "staged" means the preview serves it
         phase("%s staged on %s; live traffic still on %s. Run `promote` to switch.", version, target, live or "nothing")
         return Outcome("stage", version, target, f"staged on {target}")
     if s.nginx_preview_include:
