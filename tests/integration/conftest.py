@@ -74,8 +74,10 @@ def world(client, demo_jar) -> Iterator[World]:
 
 
 @pytest.fixture
-def nginx(world, tmp_path) -> Iterator[Nginx]:
-    server = Nginx(tmp_path / "nginx", free_port(), free_port())
+def nginx(world, tmp_path, request) -> Iterator[Nginx]:
+    """An nginx of the test's own; the include form ("set" or "upstream") may be parametrized
+    indirectly."""
+    server = Nginx(tmp_path / "nginx", free_port(), free_port(), form=getattr(request, "param", "set"))
     server.directory.mkdir()
     server.start()
     yield server

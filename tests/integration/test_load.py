@@ -20,7 +20,7 @@ import pytest
 
 from . import loadgen
 from .switchwatch import Watch
-from .realstack import Nginx, free_port, run_pipeline
+from .realstack import Nginx, run_pipeline
 
 pytestmark = pytest.mark.integration
 
@@ -32,16 +32,6 @@ DRAIN_SECONDS = 2.0
 # A reload resets client connections within this long after the reload command starts.
 RELOAD_WINDOW = 1.0
 REPORT_DIR = Path(tempfile.gettempdir()) / "pipeline-load"
-
-
-@pytest.fixture
-def nginx(world, tmp_path, request):
-    """conftest's nginx, in the include form the test asks for (parametrize it indirectly)."""
-    server = Nginx(tmp_path / "nginx", free_port(), free_port(), form=getattr(request, "param", "set"))
-    server.directory.mkdir()
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture
