@@ -74,25 +74,20 @@ def test_release_that_crashes_on_start_is_detected_at_once(world, nginx, setting
         assert_old_still_serves(world, nginx, live_v1, traffic, settings_env, tmp_path)
 
 
-def test_nginx_config_test_failure_restores_the_include(world, nginx, settings_env, live_v1, tmp_path):
-    # A test command that really tests, and fails: nginx -t against a config that does not exist.
+# Commands that really run nginx, and fail: against a config that does not exist.
+@pytest.mark.parametrize("setting,argv,expected", [
+    ("NGINX_TEST_COMMAND", "nginx -t", ("nginx rejected the new live include; put the old one back", "missing.conf")),
+    ("NGINX_RELOAD_COMMAND", "nginx -s reload", ("nginx reload failed; put the old live include back",)),
+], ids=["test-fails", "reload-fails"])
+def test_nginx_command_failure_restores_the_include(world, nginx, settings_env, live_v1, tmp_path,
+                                                    setting, argv, expected):
     env = {**settings_env, "APP_VERSION": "v2",
-           "NGINX_TEST_COMMAND": f"nginx -t -p {nginx.directory} -c {nginx.directory}/missing.conf"}
+           setting: f"{argv} -p {nginx.directory} -c {nginx.directory}/missing.conf"}
     with Traffic(f"http://127.0.0.1:{nginx.port}/") as traffic:
         result = run_pipeline(["deploy"], env, tmp_path)
         assert result.returncode == 1
-        assert "nginx rejected the new live include; put the old one back" in result.stderr
-        assert "missing.conf" in result.stderr
-        assert_old_still_serves(world, nginx, live_v1, traffic, settings_env, tmp_path)
-
-
-def test_nginx_reload_failure_restores_the_include(world, nginx, settings_env, live_v1, tmp_path):
-    env = {**settings_env, "APP_VERSION": "v2",
-           "NGINX_RELOAD_COMMAND": f"nginx -s reload -p {nginx.directory} -c {nginx.directory}/missing.conf"}
-    with Traffic(f"http://127.0.0.1:{nginx.port}/") as traffic:
-        result = run_pipeline(["deploy"], env, tmp_path)
-        assert result.returncode == 1
-        assert "nginx reload failed; put the old live include back" in result.stderr
+        for words in expected:
+            assert words in result.stderr
         assert_old_still_serves(world, nginx, live_v1, traffic, settings_env, tmp_path)
 
 
