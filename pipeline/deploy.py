@@ -105,7 +105,7 @@ def wait_healthy(ctx: Context, color: str) -> None:
         if not fact.running or fact.restart_count > 0:
             state = fact.status if fact.restart_count == 0 else f"{fact.status}, restarted {fact.restart_count}x"
             raise ContainerExited(name, state, ctx.engine.logs_tail(color))
-        if fact.ip != s.ip_of(color) or not ctx.engine.network_exists():
+        if not ctx.engine.at_fixed_ip(fact):
             raise ContainerExited(name, f"does not hold {s.ip_of(color)} on {s.deploy_network}")
 
     url = health_url(s, color)

@@ -177,7 +177,11 @@ class Engine:
         holds may route off this machine.
         """
         fact = self.container(color)
-        return bool(fact and fact.running and fact.ip == self.settings.ip_of(color) and self.network_exists())
+        return fact is not None and fact.running and self.at_fixed_ip(fact)
+
+    def at_fixed_ip(self, fact: ContainerFact) -> bool:
+        """The container holds its color's address on a deploy network that exists now."""
+        return fact.ip == self.settings.ip_of(fact.color) and self.network_exists()
 
     def run(self, color: str, image: str, version: str) -> None:
         """Start the release as this color's container at its fixed IP (no host port published)."""
