@@ -182,6 +182,18 @@ class Nginx:
         if not self.preview_include.exists():
             self.preview_include.write_text(f"set $preview_url http://{placeholder};\n")
         subprocess.run(self.argv(), check=True, capture_output=True)
+        # `nginx` returns once it has daemonized: the master writes its pid file and forks its
+        # worker a moment later. A test that starts right away must find nginx whole.
+        wait_for(self.worker_pids, 5, what="nginx's worker process to start")
+
+    def worker_pids(self) -> List[int]:
+        """The pids of nginx's worker processes: a reload replaces them, a live switch does not."""
+        try:
+            master = (self.directory / "nginx.pid").read_text().strip()
+            children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+        except (FileNotFoundError, ValueError):
+            return []
+        return sorted(int(pid) for pid in children)
 
     def stop(self) -> None:
         subprocess.run(self.argv("-s", "quit"), capture_output=True)
