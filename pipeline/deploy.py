@@ -23,7 +23,7 @@ from .errors import ContainerExited, Interrupted, NothingToDo, PipelineError
 from .nginx_host import NginxHost
 from .settings import Settings
 from .signals import SignalGuard
-from .switch import LIVE, PREVIEW, TrafficSwitch
+from .switch import LIVE, PREVIEW, IncludeFiles, SwitchUnavailable, TrafficSwitch
 
 log = logging.getLogger("pipeline")
 
@@ -64,10 +64,12 @@ def phase(message: str, *args: object) -> None:
 
 # -- facts -----------------------------------------------------------------------------------------
 
-def gather(ctx: Context) -> Facts:
+def gather(ctx: Context, current: Optional[Callable[[str], Optional[Address]]] = None) -> Facts:
+    """What the flows decide from. `current` says where a route points (default: the switch)."""
     s = ctx.settings
-    live_address = ctx.switch.current(LIVE)
-    preview_address = ctx.switch.current(PREVIEW) if s.nginx_preview_include else None
+    current = current or ctx.switch.current
+    live_address = current(LIVE)
+    preview_address = current(PREVIEW) if s.nginx_preview_include else None
     containers = ctx.engine.containers()
     include_color = decide.color_at(live_address, s.color_ips)
     blue_alive = None
@@ -285,7 +287,17 @@ def describe_failure(exc: BaseException) -> str:
 
 def status(ctx: Context, probe: bool = True) -> dict:
     s = ctx.settings
-    facts = gather(ctx)
+    includes = IncludeFiles(ctx.host, s)
+    written = decide.parse_include(includes.read(LIVE))
+    switch_problem = None
+    try:
+        facts = gather(ctx)
+    except SwitchUnavailable as exc:
+        # Status is what an operator runs when something is wrong: say what the include says
+        # rather than nothing at all, and say plainly that nginx itself did not answer.
+        switch_problem = str(exc)
+        log.warning("%s; reporting what the include files say", exc)
+        facts = gather(ctx, lambda route: decide.parse_include(includes.read(route)))
     live = facts.choice.live if facts.live_address else None
     colors = {}
     for color in ("blue", "green"):
@@ -304,10 +316,11 @@ def status(ctx: Context, probe: bool = True) -> dict:
         "app": s.app_name,
         "live_color": live,
         "live_version": colors[live]["version"] if live else None,
-        "include": {"path": str(s.nginx_include), "points_at": str(facts.live_address) if facts.live_address else None},
+        "include": {"path": str(s.nginx_include), "points_at": str(written) if written else None},
         "preview": str(facts.preview_address) if facts.preview_address else None,
         "switch_mode": ctx.switch.mode,
         "switch": ctx.switch.describe(),
+        "switch_problem": switch_problem,
         "colors": colors,
         "nginx_host": ctx.host.description,
         "settings": s.public(),   # the effective settings, secrets masked

@@ -33,10 +33,10 @@ import paramiko
 from tenacity import RetryCallState, RetryError, Retrying, retry_if_exception_type, stop_after_attempt, wait_fixed
 
 from .decide import Address, parse_include
-from .errors import DeployFailed, PipelineError, PreflightError
+from .errors import DeployFailed, PipelineError
 from .nginx_host import NginxHost
 from .settings import Settings
-from .switch import LIVE, PREVIEW, IncludeFiles
+from .switch import LIVE, PREVIEW, IncludeFiles, SwitchUnavailable
 
 log = logging.getLogger("pipeline")
 
@@ -50,7 +50,7 @@ MAX_ANSWER_BYTES = 1024   # the admin answers a few bytes; anything longer is no
 _TRANSPORT_ERRORS = (OSError, EOFError, paramiko.SSHException, http.client.HTTPException)
 
 
-class AdminUnavailable(PreflightError):
+class AdminUnavailable(SwitchUnavailable):
     """nginx's admin server did not give a usable answer: which color it serves is unknown."""
 
     def __init__(self, url: str, problem: str) -> None:

@@ -13,7 +13,7 @@ import logging
 from typing import Dict, Optional, Protocol
 
 from .decide import Address, parse_include, render_include
-from .errors import RemoteCommandFailed, tail
+from .errors import PreflightError, RemoteCommandFailed, tail
 from .nginx_host import NginxHost
 from .settings import Settings
 
@@ -23,13 +23,17 @@ LIVE = "live"
 PREVIEW = "preview"
 
 
+class SwitchUnavailable(PreflightError):
+    """The switch cannot say where traffic goes now (e.g. nginx's admin port does not answer)."""
+
+
 class TrafficSwitch(Protocol):
     mode: str
     # How long after route_to returns until every nginx worker uses the new address.
     settle_seconds: float
 
     def current(self, route: str) -> Optional[Address]:
-        """Where the route sends traffic now, as far as the switch knows."""
+        """Where the route sends traffic now; raises SwitchUnavailable when it cannot tell."""
 
     def route_to(self, route: str, address: Address) -> None:
         """Send the route's traffic to `address`; on failure raise, leaving the route as it was."""

@@ -178,7 +178,7 @@ def test_preview_promote_rollback_and_a_restarted_nginx(world, nginx, env, tmp_p
     assert admin(nginx, "GET", "preview").text == f"{net.green_ip}:8080\n"
 
 
-def test_admin_not_answering_stops_the_deploy_before_anything_runs(world, nginx, env, tmp_path):
+def test_admin_not_answering_stops_the_deploy_but_status_still_reports(world, nginx, env, tmp_path):
     run(["deploy"], env, tmp_path, APP_VERSION="v1")
     include = nginx.include.read_text()
     closed = f"http://127.0.0.1:{free_port()}"
@@ -188,6 +188,18 @@ def test_admin_not_answering_stops_the_deploy_before_anything_runs(world, nginx,
     assert world.container("green") is None
     assert nginx.include.read_text() == include
     assert nginx.get().text == "version=v1 color=blue\n"
+
+    # status is what an operator runs in that moment: it answers from the include, and says so.
+    down = {**env, "NGINX_ADMIN_URL": closed}
+    report = json.loads(run(["status", "--json"], down, tmp_path).stdout)
+    assert (report["live_color"], report["live_version"]) == ("blue", "v1")
+    assert report["include"]["points_at"] == f"{world.network.blue_ip}:8080"
+    assert report["switch_problem"].startswith(f"nginx admin {closed}")
+    assert report["switch"]["live"].startswith("unknown (")
+    text = run(["status"], down, tmp_path).stdout
+    assert "live:     blue (v1)" in text
+    assert f"warning:  nginx admin {closed}" in text and "live color above is from the include" in text
+    assert json.loads(run(["status", "--json"], env, tmp_path).stdout)["switch_problem"] is None
 
 
 # -- under keep-alive load: live vs reload -----------------------------------------------------------
