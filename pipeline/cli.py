@@ -12,13 +12,13 @@ import sys
 import threading
 import time
 import traceback
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
 from . import deploy as flows
-from . import errors, log as logsetup
+from . import build, errors, log as logsetup
 from .engine import Engine
 from .errors import PipelineError, UsageError
 from .history import Entry, History, format_table
@@ -122,6 +122,10 @@ def _run_flow(args: argparse.Namespace, ctx: flows.Context, started: float) -> i
     action = args.command
     if action == "deploy" and args.no_promote:
         action = "stage"
+    if args.command == "deploy" and not s.app_version:
+        # Settled once, up front: the lock, the image tag and history (even of a failure) all
+        # name the same release.
+        s = ctx.settings = replace(s, app_version=build.default_version(ctx.cwd))
     if threading.current_thread() is threading.main_thread():
         ctx.guard.install()
     lock = DeployLock(ctx.host, str(s.lock_path()))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import pytest
@@ -158,9 +159,12 @@ def test_history_records_every_action(world, nginx, env, tmp_path):
     ok(run_pipeline(["deploy", "--no-promote"], {**env, "APP_VERSION": "v2"}, tmp_path))
     ok(run_pipeline(["promote"], env, tmp_path))
     ok(run_pipeline(["rollback"], env, tmp_path))
-    failed = run_pipeline(["deploy"], {**env, "APP_VERSION": "v3",
-                                       "CONTAINER_ENV_FILE": _env_file(tmp_path, "CRASH_ON_START=1")}, tmp_path)
+    # No APP_VERSION: the default (a UTC timestamp outside git) names the failed release too.
+    unversioned = {k: v for k, v in env.items() if k != "APP_VERSION"}
+    failed = run_pipeline(["deploy"], {**unversioned, "CONTAINER_ENV_FILE": _env_file(tmp_path, "CRASH_ON_START=1")},
+                          tmp_path)
     assert failed.returncode == 1
+    default_version = re.search(r"image \S+:(\d{14})\b", failed.stderr).group(1)
 
     entries = json.loads(ok(run_pipeline(["history", "--json"], env, tmp_path)).stdout)
     assert [(e["action"], e["version"], e["color"], e["result"]) for e in entries] == [
@@ -168,7 +172,7 @@ def test_history_records_every_action(world, nginx, env, tmp_path):
         ("stage", "v2", "green", "ok"),
         ("promote", "v2", "green", "ok"),
         ("rollback", "v1", "blue", "ok"),
-        ("deploy", "v3", "", "failed"),
+        ("deploy", default_version, "", "failed"),
     ]
     assert entries[0]["who"] == "jenkins-shop-1"
     assert all(e["duration"] > 0 and e["time"].endswith("Z") for e in entries)
