@@ -294,7 +294,7 @@ def _local_path(must_exist: bool) -> Reader:
 def _path(name: str, raw: str, cwd: Path) -> Path:
     if not raw:
         raise SettingsError(name, raw, "must not be empty")
-    return Path(raw)
+    return Path(raw).expanduser()
 
 
 def _remote_path(optional: bool) -> Reader:
@@ -306,12 +306,6 @@ def _remote_path(optional: bool) -> Reader:
             raise SettingsError(name, raw, "must be an absolute file path")
         return path
     return read
-
-
-def _known_hosts(name: str, raw: str, cwd: Path) -> Path:
-    if not raw:
-        raise SettingsError(name, raw, "must not be empty")
-    return Path(raw).expanduser()
 
 
 def _build_args(name: str, raw: str, cwd: Path) -> Dict[str, str]:
@@ -376,7 +370,7 @@ _READERS: Dict[str, Tuple[str, Reader]] = {
     "NGINX_SSH_USER": ("nginx_ssh_user", _text(re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$"), "not a user name", allow_empty=False)),
     "NGINX_SSH_PORT": ("nginx_ssh_port", _port),
     "NGINX_SSH_KEY": ("nginx_ssh_key", _local_path(must_exist=True)),
-    "NGINX_SSH_KNOWN_HOSTS": ("nginx_ssh_known_hosts", _known_hosts),
+    "NGINX_SSH_KNOWN_HOSTS": ("nginx_ssh_known_hosts", _path),
     "NGINX_INCLUDE": ("nginx_include", _remote_path(optional=False)),
     "NGINX_PREVIEW_INCLUDE": ("nginx_preview_include", _remote_path(optional=True)),
     "NGINX_INCLUDE_FORM": ("nginx_include_form", _choice(INCLUDE_FORMS)),

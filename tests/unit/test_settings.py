@@ -139,3 +139,14 @@ def test_commands_are_split_into_argv_not_run_by_a_shell(tmp_path):
 
 def test_every_setting_name_is_read():
     assert len(SETTING_NAMES) == len(set(SETTING_NAMES)) >= 30
+
+
+def test_home_is_expanded_in_local_paths(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / ".ssh").mkdir()
+    for name in ("id", "known_hosts"):
+        (tmp_path / ".ssh" / name).write_text("k")
+    s = read(tmp_path, NGINX_HOST="nginx.internal", NGINX_SSH_KEY="~/.ssh/id",
+             NGINX_SSH_KNOWN_HOSTS="~/.ssh/known_hosts", DOCKERFILE="~/Dockerfile")
+    assert (s.nginx_ssh_key, s.nginx_ssh_known_hosts) == (tmp_path / ".ssh/id", tmp_path / ".ssh/known_hosts")
+    assert s.dockerfile == tmp_path / "Dockerfile"
