@@ -23,7 +23,7 @@ from .engine import Engine
 from .errors import PipelineError, UsageError
 from .history import Entry, History, format_table
 from .lock import DeployLock, LockInfo, who_am_i
-from .nginx_host import NginxHost, connect
+from .nginx_host import NginxHost, check_writable, connect
 from .settings import Settings
 from .switch import make_switch
 
@@ -128,6 +128,7 @@ def _run_flow(args: argparse.Namespace, ctx: flows.Context, started: float) -> i
         s = ctx.settings = replace(s, app_version=build.default_version(ctx.cwd))
     if threading.current_thread() is threading.main_thread():
         ctx.guard.install()
+    check_writable(ctx.host, s)
     lock = DeployLock(ctx.host, str(s.lock_path()))
     who = who_am_i(ctx.environ)
     history = History(ctx.host, str(s.history_path()))

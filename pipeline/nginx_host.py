@@ -269,6 +269,22 @@ class SshHost:
         self.client.close()
 
 
+def check_writable(host: NginxHost, settings: Settings) -> None:
+    """Before a flow changes anything: the includes, the lock and the history live in the
+    includes' directories, which must exist and take a new file on the nginx host."""
+    for name, path in (("NGINX_INCLUDE", settings.nginx_include),
+                       ("NGINX_PREVIEW_INCLUDE", settings.nginx_preview_include)):
+        if path is None:
+            continue
+        probe = _temp_name(str(path))   # hidden, unique, removed at once
+        try:
+            host.create_exclusive(probe, "")
+            host.remove(probe)
+        except OSError as exc:
+            raise PreflightError(f"{name}={path}: cannot write in {path.parent} on the nginx host "
+                                 f"({host.description}): {exc.strerror or exc}") from exc
+
+
 def connect(settings: Settings) -> NginxHost:
     if settings.remote:
         return SshHost.connect(settings)

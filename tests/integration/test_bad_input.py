@@ -61,6 +61,21 @@ def test_unknown_commands_and_flags_are_rejected(world, nginx, settings_env, tmp
     assert snapshot(world, nginx) == before
 
 
+@pytest.mark.parametrize("name", ["NGINX_INCLUDE", "NGINX_PREVIEW_INCLUDE"])
+@pytest.mark.parametrize("over_ssh", [False, True], ids=["local-nginx", "nginx-over-ssh"])
+def test_include_in_a_missing_directory_is_a_preflight_error(world, nginx, settings_env, ssh_env, tmp_path,
+                                                            name, over_ssh):
+    env = ssh_env if over_ssh else settings_env
+    missing = nginx.include.parent / "no-such-dir" / "app.inc"
+    before = snapshot(world, nginx)
+    result = run_pipeline(["deploy"], {**env, name: str(missing)}, tmp_path)
+    assert result.returncode == 3, result.stderr
+    where = "nginx host (root@127.0.0.1:2222)" if over_ssh else "nginx host (this machine)"
+    assert result.stderr.strip() == (f"pipeline: error: {name}={missing}: cannot write in {missing.parent} "
+                                     f"on the {where}: No such file") + ("" if over_ssh else " or directory")
+    assert snapshot(world, nginx) == before
+
+
 def test_unknown_host_key_is_refused(world, nginx, ssh_env, tmp_path):
     empty = tmp_path / "known_hosts"
     empty.write_text("")
