@@ -86,6 +86,11 @@ def gather(ctx: Context, current: Optional[Callable[[str], Optional[Address]]] =
     return Facts(live_address, preview_address, containers, choice)
 
 
+def preflight(ctx: Context) -> None:
+    phase("preflight")
+    ctx.switch.check()
+
+
 def health_url(s: Settings, color: str) -> str:
     return f"http://{s.ip_of(color)}:{s.app_port}{s.health_path}"
 
@@ -171,7 +176,7 @@ def clean_images(ctx: Context) -> None:
 def deploy(ctx: Context, promote: bool = True) -> Outcome:
     s = ctx.settings
 
-    phase("preflight")
+    preflight(ctx)
     if ctx.engine.ensure_network():
         log.info("    created docker network %s (%s, gateway %s)", s.deploy_network, s.deploy_subnet, s.deploy_gateway)
     facts = gather(ctx)
@@ -237,7 +242,7 @@ def _abandon(ctx: Context, color: str, preview_before: Optional[Address]) -> Non
 
 def promote(ctx: Context) -> Outcome:
     s = ctx.settings
-    phase("preflight")
+    preflight(ctx)
     facts = gather(ctx)
     preview_color = decide.color_at(facts.preview_address, s.color_ips)
     staged = decide.staged_release(facts.choice.live, facts.containers, preview_color)
@@ -254,7 +259,7 @@ def promote(ctx: Context) -> Outcome:
 
 def rollback(ctx: Context) -> Outcome:
     s = ctx.settings
-    phase("preflight")
+    preflight(ctx)
     facts = gather(ctx)
     live = facts.choice.live
     target = decide.rollback_target(live, facts.containers)

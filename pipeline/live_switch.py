@@ -40,6 +40,7 @@ from .switch import LIVE, PREVIEW, IncludeFiles, SwitchUnavailable
 
 log = logging.getLogger("pipeline")
 
+FILES = "files"           # GET /pipeline/files: "ROUTE PATH" lines, the includes nginx reads
 ADMIN_TIMEOUT = 5.0       # per request: connect (or channel open), send, answer
 ADMIN_ATTEMPTS = 3        # GET and PUT are idempotent, so a dropped connection is simply retried
 ADMIN_RETRY_WAIT = 0.3
@@ -56,6 +57,10 @@ class AdminUnavailable(SwitchUnavailable):
     def __init__(self, url: str, problem: str) -> None:
         self.url, self.problem = url, problem
         super().__init__(f"nginx admin {url}: {problem}")
+
+
+class IncludeMismatch(SwitchUnavailable):
+    """nginx reads a route's address at start from another file than the tool writes."""
 
 
 class LiveSwitchFailed(DeployFailed):
@@ -88,6 +93,15 @@ class NginxAdmin:
         if address is None:
             raise AdminUnavailable(self.url, f"GET {self._path(route)} answered {body[:80]!r}, not IP:PORT")
         return address
+
+    def files(self) -> Dict[str, str]:
+        """The include file nginx reads each route's address from when it starts or reloads."""
+        status, body = self._request("GET", FILES)
+        found = dict(line.split(" ", 1) for line in body.splitlines() if " " in line)
+        if status != 200 or not {LIVE, PREVIEW} <= found.keys():
+            raise AdminUnavailable(self.url, f"GET {self._path(FILES)} answered {status} {body[:80]!r}; "
+                                             f"nginx runs an app-live.conf older than this tool")
+        return found
 
     def put(self, route: str, address: Address) -> None:
         status, body = self._request("PUT", route, str(address))
@@ -161,6 +175,17 @@ class LiveSwitch:
         self.includes = IncludeFiles(host, settings)
         self.admin = admin or NginxAdmin(host, settings.nginx_admin_url)
 
+    def check(self) -> None:
+        """The include files the tool writes must be the ones nginx reads when it starts:
+        otherwise a restarted nginx would serve whatever an old file says."""
+        reads = self.admin.files()
+        for route, setting in ((LIVE, "NGINX_INCLUDE"), (PREVIEW, "NGINX_PREVIEW_INCLUDE")):
+            ours = self.includes.path(route)
+            if ours is not None and reads[route] != ours:
+                raise IncludeMismatch(f"{setting}={ours}, but nginx reads the {route} route from "
+                                      f"{reads[route]} when it starts (app-live.conf, init_by_lua_block); "
+                                      f"a restarted nginx would not serve what the tool sets: make them the same")
+
     def current(self, route: str) -> Optional[Address]:
         served = self.admin.get(route)
         if self.includes.path(route):
@@ -203,6 +228,12 @@ class LiveSwitch:
 
     def describe(self) -> Dict[str, Optional[str]]:
         report: Dict[str, Optional[str]] = {"admin": self.admin.url}
+        try:
+            self.check()
+        except IncludeMismatch as exc:
+            report["problem"] = str(exc)
+        except AdminUnavailable:
+            pass   # each route below says so
         for route in (LIVE, PREVIEW):
             try:
                 served = self.admin.get(route)

@@ -32,6 +32,10 @@ class TrafficSwitch(Protocol):
     # How long after route_to returns until every nginx worker uses the new address.
     settle_seconds: float
 
+    def check(self) -> None:
+        """Raise a PreflightError if this switch cannot work as configured. Flows call it before
+        they change anything."""
+
     def current(self, route: str) -> Optional[Address]:
         """Where the route sends traffic now; raises SwitchUnavailable when it cannot tell."""
 
@@ -87,6 +91,9 @@ class ReloadSwitch:
         self.host = host
         self.settings = settings
         self.includes = IncludeFiles(host, settings)
+
+    def check(self) -> None:
+        """Nothing to check ahead: `nginx -t` runs on the real include at every switch."""
 
     def current(self, route: str) -> Optional[Address]:
         return parse_include(self.includes.read(route))

@@ -94,6 +94,10 @@ def test_admin_sets_and_reports_each_route_and_refuses_anything_but_an_address(n
     assert admin(nginx, "GET", "live").text == "127.0.0.1:9\n", "a refused PUT changed the route"
     assert admin(nginx, "POST", "live", "1.2.3.4:80").status_code == 405
     assert admin(nginx, "GET", "elsewhere").status_code == 404
+    # Which files nginx read those from: the tool checks they are the ones it writes.
+    files = admin(nginx, "GET", "files")
+    assert (files.status_code, files.text) == (200, f"live {nginx.include}\npreview {nginx.preview_include}\n")
+    assert admin(nginx, "PUT", "files", "1.2.3.4:80").status_code == 405
 
     # The balancer follows a PUT at once: live traffic to the admin's own port, whose
     # GET /pipeline/live then answers through the public server.
@@ -200,6 +204,27 @@ def test_admin_not_answering_stops_the_deploy_but_status_still_reports(world, ng
     assert "live:     blue (v1)" in text
     assert f"warning:  nginx admin {closed}" in text and "live color above is from the include" in text
     assert json.loads(run(["status", "--json"], env, tmp_path).stdout)["switch_problem"] is None
+
+
+def test_an_include_nginx_does_not_read_at_start_stops_the_deploy_in_preflight(world, nginx, env, tmp_path):
+    # app-live.conf still names other files than NGINX_INCLUDE: a switch would work until nginx
+    # restarts, and then nginx would serve whatever the other file says. Refused up front.
+    run(["deploy"], env, tmp_path, APP_VERSION="v1")
+    include = nginx.include.read_text()
+    elsewhere = tmp_path / "elsewhere" / "service-url.inc"
+    elsewhere.parent.mkdir()
+    moved = {**env, "NGINX_INCLUDE": str(elsewhere)}
+    result = run_pipeline(["deploy"], {**moved, "APP_VERSION": "v2"}, tmp_path)
+    assert result.returncode == 3, result.stderr
+    assert (f"pipeline: error: NGINX_INCLUDE={elsewhere}, but nginx reads the live route from "
+            f"{nginx.include} when it starts") in result.stderr
+    assert "==> building" not in result.stderr and world.container("green") is None
+    assert nginx.include.read_text() == include and not elsewhere.exists()
+    assert nginx.get().text == "version=v1 color=blue\n"
+
+    report = json.loads(run(["status", "--json"], moved, tmp_path).stdout)
+    assert report["switch"]["problem"].startswith(f"NGINX_INCLUDE={elsewhere}, but nginx reads")
+    assert report["switch"]["live"] == f"{world.network.blue_ip}:8080"
 
 
 # -- under keep-alive load: live vs reload -----------------------------------------------------------

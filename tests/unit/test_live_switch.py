@@ -14,7 +14,7 @@ import pytest
 
 from pipeline.decide import Address
 from pipeline.errors import EXIT_DEPLOY_FAILED, EXIT_PREFLIGHT
-from pipeline.live_switch import AdminUnavailable, LiveSwitch, LiveSwitchFailed, NginxAdmin
+from pipeline.live_switch import AdminUnavailable, IncludeMismatch, LiveSwitch, LiveSwitchFailed, NginxAdmin
 from pipeline.nginx_host import LocalHost
 from pipeline.settings import Settings
 from pipeline.switch import LIVE, PREVIEW, make_switch
@@ -37,11 +37,18 @@ class Admin:
         self.drop_answers = 0          # close this many connections without answering (after acting)
         self.drop_put_answers = 0      # the same, for PUTs only
         self.get_answer: Optional[bytes] = None   # answer GETs with this body instead
+        # GET /pipeline/files: the includes nginx reads at start (by default, the tests' own).
+        self.files: Optional[Dict[str, str]] = {"live": str(include),
+                                                "preview": str(include.parent / "service-url-preview.inc")}
         outer = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 outer.requests.append(("GET", self.path))
+                if self.path == "/pipeline/files":
+                    if outer.files is None:
+                        return self._answer(404, b"")
+                    return self._answer(200, "".join(f"{k} {v}\n" for k, v in outer.files.items()).encode())
                 route = outer._route(self.path)
                 if outer._drop():
                     return
@@ -241,6 +248,41 @@ def test_a_route_nginx_never_had_cannot_be_restored_and_says_so(tmp_path, host, 
     assert not (tmp_path / "service-url-preview.inc").exists(), "no preview include before, none after"
 
 
+# -- the preflight check: nginx reads the includes the tool writes ---------------------------------
+
+def test_check_passes_when_nginx_reads_the_tools_includes(tmp_path, host, admin):
+    live_switch(host, tmp_path, admin.url).check()
+    assert admin.requests == [("GET", "/pipeline/files")]
+
+
+@pytest.mark.parametrize("route, setting", [("live", "NGINX_INCLUDE"), ("preview", "NGINX_PREVIEW_INCLUDE")])
+def test_check_refuses_includes_nginx_does_not_read_at_start(tmp_path, host, admin, route, setting):
+    # app-live.conf left at its default paths while the settings name others: a restarted
+    # nginx would go back to whatever the default file says.
+    admin.files[route] = f"/etc/nginx/conf.d/{route}.inc"
+    switch = live_switch(host, tmp_path, admin.url)
+    with pytest.raises(IncludeMismatch) as caught:
+        switch.check()
+    assert caught.value.exit_code == EXIT_PREFLIGHT
+    message = str(caught.value)
+    assert message.startswith(f"{setting}={tmp_path}/") and f"from /etc/nginx/conf.d/{route}.inc" in message
+    assert "\n" not in message
+    assert switch.describe()["problem"] == message
+
+
+def test_check_ignores_the_preview_file_when_no_preview_include_is_set(tmp_path, host, admin):
+    admin.files["preview"] = "/somewhere/else.inc"
+    settings = Settings.from_env({"SWITCH_MODE": "live", "NGINX_ADMIN_URL": admin.url,
+                                  "NGINX_INCLUDE": str(tmp_path / "service-url.inc")}, tmp_path)
+    LiveSwitch(host, settings, NginxAdmin(host, admin.url, timeout=1.0, retry_wait=0.01)).check()
+
+
+def test_check_names_an_older_config_without_the_files_endpoint(tmp_path, host, admin):
+    admin.files = None
+    with pytest.raises(AdminUnavailable, match=r"GET /pipeline/files answered 404 .*older than this tool"):
+        live_switch(host, tmp_path, admin.url).check()
+
+
 # -- reading ---------------------------------------------------------------------------------------
 
 def test_current_goes_by_nginx_when_the_include_says_otherwise(tmp_path, host, admin, include, caplog):
@@ -279,7 +321,7 @@ def test_an_answer_that_is_not_an_address_is_not_believed(tmp_path, host, admin,
 
 def test_describe_reports_what_nginx_serves(tmp_path, host, admin):
     switch = live_switch(host, tmp_path, admin.url)
-    assert switch.describe() == {"admin": admin.url, "live": str(BLUE), "preview": None}
+    assert switch.describe() == {"admin": admin.url, "live": str(BLUE), "preview": None}   # no "problem"
 
 
 def test_describe_says_unknown_when_the_admin_does_not_answer(tmp_path, host):
