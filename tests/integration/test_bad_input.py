@@ -2,6 +2,7 @@
 nothing changed on the engine or the nginx host."""
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -76,6 +77,34 @@ def test_include_in_a_missing_directory_is_a_preflight_error(world, nginx, setti
     assert snapshot(world, nginx) == before
 
 
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """A directory nobody can write in, root included: a read-only tmpfs."""
+    path = tmp_path / "read-only"
+    path.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(path)], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=True)
+
+
+@pytest.mark.parametrize("over_ssh", [False, True], ids=["local-nginx", "nginx-over-ssh"])
+def test_include_in_a_read_only_directory_is_a_preflight_error(world, nginx, settings_env, ssh_env, tmp_path,
+                                                              read_only_dir, over_ssh):
+    env = ssh_env if over_ssh else settings_env
+    include = read_only_dir / "preview.inc"
+    before = snapshot(world, nginx)
+    result = run_pipeline(["deploy"], {**env, "NGINX_PREVIEW_INCLUDE": str(include)}, tmp_path)
+    assert result.returncode == 3, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        f"pipeline: error: NGINX_PREVIEW_INCLUDE={include}: cannot write in {read_only_dir} on the nginx host"), lines
+    if not over_ssh:
+        assert lines[0].endswith(": Read-only file system")
+    assert snapshot(world, nginx) == before
+
+
 def test_unknown_host_key_is_refused(world, nginx, ssh_env, tmp_path):
     empty = tmp_path / "known_hosts"
     empty.write_text("")
@@ -108,12 +137,7 @@ def test_unreachable_nginx_host_is_found_in_preflight(world, nginx, ssh_env, tmp
 
 
 def test_wrong_key_is_refused(world, nginx, ssh_env, tmp_path):
-    import paramiko
-
     key = tmp_path / "other_key"
-    paramiko.Ed25519Key  # noqa: B018 (the type exists; generate with ssh-keygen for a real file)
-    import subprocess
-
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
     result = run_pipeline(["deploy"], {**ssh_env, "NGINX_SSH_KEY": str(key)}, tmp_path)
     assert result.returncode == 3
