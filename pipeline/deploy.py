@@ -174,7 +174,10 @@ def clean_images(ctx: Context) -> None:
 # -- flows -----------------------------------------------------------------------------------------
 
 def deploy(ctx: Context, promote: bool = True) -> Outcome:
+    """Release `APP_VERSION`; the caller settles its default first (cli: git sha or UTC time),
+    so that the lock and history name the release as well."""
     s = ctx.settings
+    assert s.app_version, "the caller settles the version before the deploy"
 
     preflight(ctx)
     if ctx.engine.ensure_network():
@@ -183,7 +186,7 @@ def deploy(ctx: Context, promote: bool = True) -> Outcome:
     live, target = facts.choice.live, facts.choice.target
     log.info("    live: %s; deploying to %s (%s)", live or "none", target, facts.choice.reason)
 
-    version = s.app_version or build.default_version(ctx.cwd)
+    version = s.app_version
     image = s.image_ref(version)
     if s.build_command:
         phase("building: %s", " ".join(s.build_command))
@@ -293,7 +296,10 @@ def describe_failure(exc: BaseException) -> str:
 def status(ctx: Context, probe: bool = True) -> dict:
     s = ctx.settings
     includes = IncludeFiles(ctx.host, s)
-    written = decide.parse_include(includes.read(LIVE))
+
+    def written(route: str) -> Optional[Address]:
+        return decide.parse_include(includes.read(route))
+
     switch_problem = None
     try:
         facts = gather(ctx)
@@ -302,7 +308,8 @@ def status(ctx: Context, probe: bool = True) -> dict:
         # rather than nothing at all, and say plainly that nginx itself did not answer.
         switch_problem = str(exc)
         log.warning("%s; reporting what the include files say", exc)
-        facts = gather(ctx, lambda route: decide.parse_include(includes.read(route)))
+        facts = gather(ctx, written)
+    include_address = written(LIVE)
     live = facts.choice.live if facts.live_address else None
     colors = {}
     for color in ("blue", "green"):
@@ -321,7 +328,7 @@ def status(ctx: Context, probe: bool = True) -> dict:
         "app": s.app_name,
         "live_color": live,
         "live_version": colors[live]["version"] if live else None,
-        "include": {"path": str(s.nginx_include), "points_at": str(written) if written else None},
+        "include": {"path": str(s.nginx_include), "points_at": str(include_address) if include_address else None},
         "preview": str(facts.preview_address) if facts.preview_address else None,
         "switch_mode": ctx.switch.mode,
         "switch": ctx.switch.describe(),
