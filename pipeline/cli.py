@@ -19,13 +19,13 @@ from typing import Mapping, Optional, Sequence
 
 from . import deploy as flows
 from . import build, errors, log as logsetup
+from .compose import make_switch
 from .engine import Engine
 from .errors import PipelineError, UsageError
 from .history import Entry, History, format_table
 from .lock import DeployLock, LockInfo, who_am_i
 from .nginx_host import NginxHost, check_writable, connect
 from .settings import Settings
-from .switch import make_switch
 
 log = logging.getLogger("pipeline")
 

@@ -19,11 +19,11 @@ import requests
 from . import build, decide, health
 from .decide import Address, ContainerFact
 from .engine import Engine
-from .errors import ContainerExited, Interrupted, NothingToDo, PipelineError
+from .errors import ContainerExited, Interrupted, NothingToDo, PipelineError, SwitchUnavailable
 from .nginx_host import NginxHost
 from .settings import Settings
 from .signals import SignalGuard
-from .switch import LIVE, PREVIEW, IncludeFiles, SwitchUnavailable, TrafficSwitch
+from .switch import LIVE, PREVIEW, IncludeFiles, TrafficSwitch
 
 log = logging.getLogger("pipeline")
 

@@ -48,6 +48,22 @@ class PreflightError(PipelineError):
     exit_code = EXIT_PREFLIGHT
 
 
+class SwitchUnavailable(PreflightError):
+    """The switch cannot say where traffic goes now (e.g. nginx's admin port does not answer)."""
+
+
+class AdminUnavailable(SwitchUnavailable):
+    """nginx's admin server did not give a usable answer: which color it serves is unknown."""
+
+    def __init__(self, url: str, problem: str) -> None:
+        self.url, self.problem = url, problem
+        super().__init__(f"nginx admin {url}: {problem}")
+
+
+class IncludeMismatch(SwitchUnavailable):
+    """nginx reads a route's address at start from another file than the tool writes."""
+
+
 class LockHeld(PipelineError):
     exit_code = EXIT_LOCKED
 
@@ -99,6 +115,10 @@ class RemoteCommandFailed(DeployFailed):
         self.command, self.code = command, code
         prefix = f"{what}: " if what else ""
         super().__init__(f"{prefix}`{command}` exited with {code}", list(output_tail))
+
+
+class LiveSwitchFailed(DeployFailed):
+    """Setting the new address failed; the include and nginx's address were put back."""
 
 
 class Interrupted(PipelineError):

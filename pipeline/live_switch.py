@@ -33,10 +33,10 @@ import paramiko
 from tenacity import RetryCallState, RetryError, Retrying, retry_if_exception_type, stop_after_attempt, wait_fixed
 
 from .decide import Address, parse_include
-from .errors import DeployFailed, PipelineError
+from .errors import AdminUnavailable, IncludeMismatch, LiveSwitchFailed, PipelineError
 from .nginx_host import NginxHost
 from .settings import Settings
-from .switch import LIVE, PREVIEW, IncludeFiles, SwitchUnavailable
+from .switch import LIVE, PREVIEW, IncludeFiles
 
 log = logging.getLogger("pipeline")
 
@@ -49,22 +49,6 @@ MAX_ANSWER_BYTES = 1024   # the admin answers a few bytes; anything longer is no
 # Transport failures: refused or timed-out sockets, an SSH channel that would not open, a broken
 # or non-HTTP answer.
 _TRANSPORT_ERRORS = (OSError, EOFError, paramiko.SSHException, http.client.HTTPException)
-
-
-class AdminUnavailable(SwitchUnavailable):
-    """nginx's admin server did not give a usable answer: which color it serves is unknown."""
-
-    def __init__(self, url: str, problem: str) -> None:
-        self.url, self.problem = url, problem
-        super().__init__(f"nginx admin {url}: {problem}")
-
-
-class IncludeMismatch(SwitchUnavailable):
-    """nginx reads a route's address at start from another file than the tool writes."""
-
-
-class LiveSwitchFailed(DeployFailed):
-    """Setting the new address failed; the include and nginx's address were put back."""
 
 
 class NginxAdmin:
