@@ -128,27 +128,6 @@ class ContainerFact:
         return self.status == "running"
 
 
-def rollback_target(live: Optional[str], containers: Mapping[str, ContainerFact]) -> Optional[ContainerFact]:
-    """The previous release: the idle color's kept container, if there is one."""
-    if live is None:
-        return None
-    return containers.get(other(live))
-
-
-def staged_release(live: Optional[str], containers: Mapping[str, ContainerFact],
-                   preview: Optional[str]) -> Optional[ContainerFact]:
-    """A release waiting for `promote`: the idle color, running, with the preview pointing at it."""
-    if live is None:
-        candidate = containers.get(preview) if preview else None
-    else:
-        candidate = containers.get(other(live))
-    if candidate is None or not candidate.running:
-        return None
-    if preview is not None and preview != candidate.color:
-        return None
-    return candidate
-
-
 def images_to_remove(images: Mapping[str, float], keep: int, protected: set) -> list:
     """Release images past the newest `keep`, never one a container still uses.
 

@@ -126,6 +126,9 @@ class Settings:
     def history_path(self) -> PurePosixPath:
         return self.nginx_include.parent / f"{self.app_name}.history.jsonl"
 
+    def releases_path(self) -> PurePosixPath:
+        return self.nginx_include.parent / f"{self.app_name}.releases.json"
+
     def check_build_inputs(self, cwd: Path) -> None:
         """What only a build needs: checked in deploy's preflight, not by `status`."""
         dockerfile = self.dockerfile if self.dockerfile.is_absolute() else cwd / self.dockerfile
