@@ -394,3 +394,5 @@ _READERS: Dict[str, Tuple[str, Reader]] = {
 }
 
 SETTING_NAMES = tuple(_READERS)
+# Each setting's Settings field, e.g. for checking the README's defaults against the reader's.
+SETTING_FIELDS = {name: attr for name, (attr, _) in _READERS.items()}
