@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import sys
+import time
 import traceback
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
@@ -77,12 +78,13 @@ def main(argv: Sequence[str], environ: Mapping[str, str], cwd: Optional[Path] = 
     cwd = cwd or Path.cwd()
     verbose = "--verbose" in argv
     logsetup.setup(verbose)
+    started = time.monotonic()
     try:
         args = build_parser().parse_args(list(argv))
         settings = Settings.from_env(environ, cwd, args.env_file)
         if args.command == "deploy":
             settings.check_build_inputs(cwd)
-        return _run(args, settings, environ, cwd, stdout)
+        return _run(args, settings, environ, cwd, stdout, started)
     except PipelineError as exc:
         print(f"pipeline: error: {exc}", file=sys.stderr)
         for line in exc.detail():
@@ -99,11 +101,12 @@ def main(argv: Sequence[str], environ: Mapping[str, str], cwd: Optional[Path] = 
         return errors.EXIT_BUG
 
 
-def _run(args: argparse.Namespace, settings: Settings, environ: Mapping[str, str], cwd: Path, stdout) -> int:
+def _run(args: argparse.Namespace, settings: Settings, environ: Mapping[str, str], cwd: Path, stdout,
+         started: float) -> int:
     if args.command == "lock":
         with compose.nginx_host(settings) as host:
             return _lock(args, settings, host, stdout)
-    with compose.context(settings, environ, cwd, getattr(args, "lock_wait", 0.0)) as ctx:
+    with compose.context(settings, environ, cwd, getattr(args, "lock_wait", 0.0), started) as ctx:
         if args.command == "status":
             _print_status(flows.status(ctx), args.json, stdout)
         elif args.command == "history":

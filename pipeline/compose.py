@@ -7,9 +7,10 @@ handed to a flow as its Context.
 from __future__ import annotations
 
 import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Iterator, Mapping, Optional
 
 from .deploy import Context
 from .engine import Engine
@@ -36,11 +37,13 @@ def nginx_host(settings: Settings) -> Iterator[NginxHost]:
 
 
 @contextmanager
-def context(settings: Settings, environ: Mapping[str, str], cwd: Path, lock_wait: float = 0.0) -> Iterator[Context]:
+def context(settings: Settings, environ: Mapping[str, str], cwd: Path, lock_wait: float = 0.0,
+            started: Optional[float] = None) -> Iterator[Context]:
     """Every part a flow works with, connected; closed again on the way out."""
     with nginx_host(settings) as host:
         engine = Engine.connect(settings, environ)
-        ctx = Context(settings, engine, host, make_switch(host, settings), cwd, environ, lock_wait=lock_wait)
+        ctx = Context(settings, engine, host, make_switch(host, settings), cwd, environ, lock_wait=lock_wait,
+                      started=time.monotonic() if started is None else started)
         if threading.current_thread() is threading.main_thread():
             ctx.guard.install()   # SIGINT/SIGTERM become Interrupted, so every cleanup runs
         yield ctx
