@@ -162,6 +162,9 @@ def _print_status(report: dict, as_json: bool, stdout) -> None:
                  + "".join(f"  {k}={v}" for k, v in report["switch"].items()) + "\n")
     if report["switch_problem"]:
         stdout.write(f"warning:  {report['switch_problem']}; live color above is from the include\n")
+    releases = report["releases"]
+    stdout.write("releases: " + "  ".join(f"{name}={r['version']} ({r['color']})" if r else f"{name}=none"
+                                          for name, r in releases.items()) + "\n")
     for color, c in report["colors"].items():
         marker = "*" if color == live else " "
         stdout.write(f"{marker} {color:<5}  {c['container']:<24} {c['ip']:<15} {c['state']:<10} "

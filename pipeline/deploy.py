@@ -502,4 +502,10 @@ def status(ctx: Context, probe: bool = True) -> dict:
         "colors": colors,
         "nginx_host": ctx.host.description,
         "settings": s.public(),   # the effective settings, secrets masked
+        "releases": _record_report(recorded(ctx, facts)),
     }
+
+
+def _record_report(record: ReleaseRecord) -> Dict[str, Optional[dict]]:
+    return {name: asdict(release) if release else None
+            for name, release in (("live", record.live), ("previous", record.previous), ("staged", record.staged))}

@@ -5,6 +5,7 @@ real stack in tests/integration/test_releases.py."""
 from __future__ import annotations
 
 import json
+import socket
 
 import pytest
 
@@ -12,6 +13,15 @@ from pipeline import deploy as flows
 from pipeline.releases import ReleaseRecord
 
 from .fakes import World
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    """The flows under test reach nothing: any connection attempt fails the test."""
+    def refuse(sock, address, *args):
+        raise AssertionError(f"a flow under test tried to connect to {address}")
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+
 
 SEQUENCES = [
     # (name, steps, exit codes, what serves at the end: (version, color))
