@@ -87,6 +87,7 @@ class ColorChoice:
     live: Optional[str]   # None on a first deploy: nothing serves yet
     target: str           # the idle color the new release goes to
     reason: str
+    by_probe: bool = False   # live only because blue answered the seed's probe (no usable include)
 
 
 def choose_colors(include_color: Optional[str], blue_alive: Optional[bool],
@@ -107,7 +108,7 @@ def choose_colors(include_color: Optional[str], blue_alive: Optional[bool],
                                                     f"running; {idle} is, so it is treated as live")
         return ColorChoice(include_color, idle, f"the include points at {include_color}")
     if blue_alive:
-        return ColorChoice("blue", "green", "no usable include; blue answers its health check")
+        return ColorChoice("blue", "green", "no usable include; blue answers its health check", by_probe=True)
     return ColorChoice(None, "blue", "no usable include and blue is not serving: first deploy")
 
 

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Mapping, Optional
+from typing import Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
 import requests
 
@@ -170,6 +170,22 @@ def _now() -> str:
 
 def _elapsed(ctx: Context) -> float:
     return round(time.monotonic() - ctx.started, 2)
+
+
+def facts_and_record(ctx: Context) -> Tuple[Facts, ReleaseRecord]:
+    """What the flows decide from: the facts, and the release record checked against them."""
+    facts = _settled(ctx, gather(ctx))
+    return facts, recorded(ctx, facts)
+
+
+def _settled(ctx: Context, facts: Facts) -> Facts:
+    written, _ = record_store(ctx).read()
+    running = frozenset(color for color, fact in facts.containers.items() if fact.running)
+    choice = releases.settle_live(facts.choice, written, running)
+    if choice == facts.choice:
+        return facts
+    log.info("    the release record says nothing is live yet: %s is staged, not live", choice.target)
+    return replace(facts, choice=choice)
 
 
 def recorded(ctx: Context, facts: Facts) -> ReleaseRecord:
@@ -328,8 +344,7 @@ def _abandon(ctx: Context, color: str, preview_before: Optional[Address], record
 def deploy(ctx: Context) -> Outcome:
     """Release `APP_VERSION` (settled in preflight: git sha or UTC time) and make it live."""
     with preflight(ctx, "deploy") as run:
-        facts = gather(ctx)
-        record = recorded(ctx, facts)
+        facts, record = facts_and_record(ctx)
         live, target = facts.choice.live, facts.choice.target
         log.info("    live: %s; deploying to %s (%s)", live or "none", target, facts.choice.reason)
         release = build_release(ctx, target)
@@ -348,8 +363,7 @@ def stage(ctx: Context) -> Outcome:
     The release is recorded as staged: `promote` makes it live, nothing else does."""
     s = ctx.settings
     with preflight(ctx, "stage") as run:
-        facts = gather(ctx)
-        record = recorded(ctx, facts)
+        facts, record = facts_and_record(ctx)
         live, target = facts.choice.live, facts.choice.target
         log.info("    live: %s; staging on %s (%s)", live or "none", target, facts.choice.reason)
         release = build_release(ctx, target)
@@ -370,8 +384,7 @@ def stage(ctx: Context) -> Outcome:
 def promote(ctx: Context) -> Outcome:
     """Make the staged release live: health again, switch, drain and stop the old one."""
     with preflight(ctx, "promote") as run:
-        facts = gather(ctx)
-        record = recorded(ctx, facts)
+        facts, record = facts_and_record(ctx)
         live = facts.choice.live
         staged = releases.staged_release(record, live, facts.containers)
         log.info("    promoting %s from %s", staged, live or "nothing")
@@ -387,8 +400,7 @@ def rollback(ctx: Context, to_version: Optional[str] = None) -> Outcome:
     container if it is still there, else a new one from its kept image."""
     s = ctx.settings
     with preflight(ctx, "rollback") as run:
-        facts = gather(ctx)
-        record = recorded(ctx, facts)
+        facts, record = facts_and_record(ctx)
         live = facts.choice.live
         plan = releases.plan_rollback(record, live, facts.containers, ctx.engine.release_images(), to_version)
         target = plan.release
@@ -432,7 +444,7 @@ def history(ctx: Context) -> List[dict]:
     (`rollback --to` its version works: it was live, and its container or image is kept)."""
     s = ctx.settings
     entries = History(ctx.host, str(s.history_path())).entries()
-    facts = _report_facts(ctx)
+    facts = _settled(ctx, _report_facts(ctx))
     record = recorded(ctx, facts)
     targets = {r.version for r in releases.rollback_targets(record, facts.choice.live, facts.containers,
                                                             ctx.engine.release_images())}

@@ -18,7 +18,7 @@ import logging
 from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-from .decide import ContainerFact, other
+from .decide import ColorChoice, ContainerFact, choose_colors, other
 from .errors import NothingToDo, PipelineError
 from .history import Entry
 from .nginx_host import NginxHost
@@ -141,8 +141,6 @@ def rebuild(entries: Sequence[Entry], live_color: Optional[str], containers: Map
     if fact is not None and fact.version:
         live = Release(fact.version, fact.color, fact.image or image_of(fact.version))
         kept = [live] + [r for r in kept if r.version != live.version]
-    elif live_color is None:
-        kept = kept   # nothing serves: no live release, but what was live stays a rollback target
     previous = next((r for r in kept if live is None or r.version != live.version), None)
     staged = None
     if staged_entry is not None and live is not None:
@@ -204,6 +202,14 @@ def load(store: ReleaseStore, entries: Callable[[], Sequence[Entry]], live_color
 
 
 # -- decisions -------------------------------------------------------------------------------------
+
+def settle_live(choice: ColorChoice, record: Optional[ReleaseRecord], running: frozenset) -> ColorChoice:
+    """With no usable include, the seed's probe takes a blue that answers for the live release.
+    A record that says nothing is live (a first release staged in blue) knows better."""
+    if choice.by_probe and record is not None and record.live is None:
+        return choose_colors(None, False, running)
+    return choice
+
 
 @dataclass(frozen=True)
 class RollbackPlan:

@@ -84,3 +84,13 @@ def test_rollback_to_any_kept_release_and_history_marks_them(world, nginx, env, 
     assert record(nginx, world)["live"] == {"version": "v1", "color": "green", "image": f"{world.app}:v1"}
     assert ok(run_pipeline(["rollback", "--to", "v3"], env, tmp_path))
     assert nginx.get().text == "version=v3 color=blue\n"      # v3's kept container, started again
+
+
+def test_a_first_release_staged_is_promoted(world, nginx, env, tmp_path):
+    # Nothing is live yet, and blue answers its health check: the seed's probe would call it live.
+    # The record says it is staged, so promote makes it live.
+    ok(run_pipeline(["deploy", "--no-promote"], {**env, "APP_VERSION": "v1"}, tmp_path))
+    assert nginx.get(preview=True).text == "version=v1 color=blue\n"
+    ok(run_pipeline(["promote"], env, tmp_path))
+    assert nginx.get().text == "version=v1 color=blue\n"
+    assert record(nginx, world)["live"]["version"] == "v1"

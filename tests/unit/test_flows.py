@@ -10,7 +10,8 @@ import socket
 import pytest
 
 from pipeline import deploy as flows
-from pipeline.releases import ReleaseRecord
+from pipeline.decide import ColorChoice
+from pipeline.releases import ReleaseRecord, settle_live
 
 from .fakes import World
 
@@ -193,3 +194,14 @@ def test_the_fakes_are_strict():
         world.engine.inspect_container("app-blue")
     with pytest.raises(AssertionError, match="FakeHost.run was used"):
         world.host.run(["nginx", "-t"])
+
+
+@pytest.mark.parametrize("by_probe,record,live", [
+    (True, ReleaseRecord(), None),                 # a first release staged in blue: nothing is live
+    (True, None, "blue"),                          # no record (the seed's host): the probe decides
+    (False, ReleaseRecord(), "blue"),              # the include names blue: it decides
+])
+def test_the_record_overrules_the_seeds_probe_only_when_it_says_nothing_is_live(by_probe, record, live):
+    choice = ColorChoice("blue", "green", "reason", by_probe=by_probe)
+    settled = settle_live(choice, record, frozenset({"blue"}))
+    assert settled.live == live
