@@ -20,8 +20,6 @@ from . import compose, errors, log as logsetup
 from . import deploy as flows
 from .errors import PipelineError, UsageError
 from .history import format_table
-from .lock import DeployLock
-from .nginx_host import NginxHost
 from .settings import Settings
 
 log = logging.getLogger("pipeline")
@@ -105,7 +103,8 @@ def _run(args: argparse.Namespace, settings: Settings, environ: Mapping[str, str
          started: float) -> int:
     if args.command == "lock":
         with compose.nginx_host(settings) as host:
-            return _lock(args, settings, host, stdout)
+            stdout.write(flows.lock_command(host, settings, args.lock_command) + "\n")
+            return errors.EXIT_OK
     with compose.context(settings, environ, cwd, getattr(args, "lock_wait", 0.0), started) as ctx:
         if args.command == "status":
             _print_status(flows.status(ctx), args.json, stdout)
@@ -117,24 +116,6 @@ def _run(args: argparse.Namespace, settings: Settings, environ: Mapping[str, str
             flows.promote(ctx)
         else:
             flows.rollback(ctx, args.to)
-    return errors.EXIT_OK
-
-
-def _lock(args: argparse.Namespace, settings: Settings, host: NginxHost, stdout) -> int:
-    lock = DeployLock(host, str(settings.lock_path()))
-    holder = lock.read()
-    if args.lock_command == "status":
-        if holder is None:
-            stdout.write("unlocked\n")
-        else:
-            stale = " (stale: its process is gone)" if lock.is_stale(holder) else ""
-            stdout.write(f"locked: {holder.describe()}{stale}\n")
-        return errors.EXIT_OK
-    if holder is None:
-        stdout.write("unlocked; nothing to release\n")
-        return errors.EXIT_OK
-    lock.force_release()
-    stdout.write(f"released the lock held by: {holder.describe()}\n")
     return errors.EXIT_OK
 
 

@@ -457,6 +457,21 @@ def history(ctx: Context) -> List[dict]:
     return out
 
 
+def lock_command(host: NginxHost, settings: Settings, command: str) -> str:
+    """`lock status` / `lock release`: who holds the deploy lock; release it by hand."""
+    lock = DeployLock(host, str(settings.lock_path()))
+    holder = lock.read()
+    if command == "status":
+        if holder is None:
+            return "unlocked"
+        stale = " (stale: its process is gone)" if lock.is_stale(holder) else ""
+        return f"locked: {holder.describe()}{stale}"
+    if holder is None:
+        return "unlocked; nothing to release"
+    lock.force_release()
+    return f"released the lock held by: {holder.describe()}"
+
+
 def _report_facts(ctx: Context) -> Facts:
     """For reports: when nginx's admin does not answer, what the include files say."""
     includes = IncludeFiles(ctx.host, ctx.settings)
