@@ -205,3 +205,15 @@ def test_the_record_overrules_the_seeds_probe_only_when_it_says_nothing_is_live(
     choice = ColorChoice("blue", "green", "reason", by_probe=by_probe)
     settled = settle_live(choice, record, frozenset({"blue"}))
     assert settled.live == live
+
+
+def test_status_reports_the_record_and_changes_nothing():
+    world = World()
+    for step in ("deploy v1", "deploy v2", "stage v3"):
+        world.step(step)
+    files = dict(world.host.files)
+    world.engine.mutations.clear()
+    report = flows.status(world.context())
+    assert {name: (r["version"], r["color"]) if r else None for name, r in report["releases"].items()} == {
+        "live": ("v2", "green"), "previous": ("v1", "blue"), "staged": ("v3", "blue")}
+    assert world.engine.mutations == [] and world.host.files == files
