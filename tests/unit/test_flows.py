@@ -91,8 +91,9 @@ def test_rollback_starts_the_kept_container_when_it_is_there():
     assert world.engine.mutations == [("start", "blue"), ("stop", "green")]
 
 
-def test_promote_after_an_interrupted_drain_changes_nothing():
-    world = World()
+@pytest.mark.parametrize("preview", [True, False], ids=["with-preview", "no-preview-include"])
+def test_promote_after_an_interrupted_drain_changes_nothing(preview):
+    world = World(preview=preview)
     world.step("deploy v1")
     assert world.step("deploy v2 !interrupt-drain")[0] == 143
     assert world.engine.boxes["blue"]["status"] == "running"   # the old release left running
