@@ -220,7 +220,12 @@ class Nginx:
         self.token_file.write_text(token + "\n")
 
     def reload(self) -> None:
+        """`nginx -s reload`, returning once the new workers run and the old ones are gone: by
+        then the master has read the config (and app-live.conf its token and includes) again."""
+        before = set(self.worker_pids())
         subprocess.run(self.argv("-s", "reload"), check=True, capture_output=True)
+        wait_for(lambda: (lambda now: now and not now & before)(set(self.worker_pids())), 10,
+                 what="nginx's workers to be replaced by the reload")
 
     def worker_pids(self) -> List[int]:
         """The pids of nginx's worker processes: a reload replaces them, a live switch does not."""
