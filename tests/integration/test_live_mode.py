@@ -23,7 +23,7 @@ from typing import Dict, Iterator, List, Optional
 import pytest
 import requests
 
-from .realstack import REPO, Nginx, free_port, run_pipeline, wait_for
+from .realstack import LUA_MODULES, REPO, Nginx, free_port, run_pipeline, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -224,6 +224,21 @@ def test_nginx_reads_the_include_when_it_starts_and_reloads_if_its_address_is_al
     nginx.start()
     assert admin(nginx, "GET", "live").status_code == 404
     assert nginx.get().status_code == 503
+
+
+@pytest.mark.parametrize("entry", ["172.29.1.0/33", "172.29.1.1/24", "172.29.1.0", "any"])
+def test_a_bad_allowed_network_stops_nginx_from_starting(tmp_path, entry):
+    (tmp_path / "nginx").mkdir()
+    server = Nginx(tmp_path / "nginx", free_port(), free_port(), form="live", extra_conf=list(LUA_MODULES),
+                   admin_port=free_port(), allowed_networks=[entry])
+    server.write_config()
+    server.write_token(server.token)
+    started = subprocess.run(server.argv(), capture_output=True, text=True)
+    if started.returncode == 0:
+        server.stop()
+    assert started.returncode != 0
+    said = started.stderr + server.error_log.read_text()
+    assert f"pipeline: allowed_networks: {entry} is not an IPv4 network like 172.20.0.0/16" in said
 
 
 # -- the tool in live mode ---------------------------------------------------------------------------
