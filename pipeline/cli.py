@@ -170,8 +170,8 @@ def _lock_or_history(args: argparse.Namespace, settings: Settings, host: NginxHo
         if holder is None:
             stdout.write("unlocked\n")
         else:
-            stale = " (stale: its process is gone)" if lock.is_stale(holder) else ""
-            stdout.write(f"locked: {holder.describe()}{stale}\n")
+            why = lock.why_not_stale(holder)
+            stdout.write(f"locked: {holder.describe()} ({why or 'stale: its process is gone'})\n")
         return errors.EXIT_OK
     if holder is None:
         stdout.write("unlocked; nothing to release\n")
