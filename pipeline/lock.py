@@ -154,6 +154,13 @@ class DeployLock:
             raise PreflightError(f"cannot read the deploy lock {path} on the nginx host "
                                  f"({self.host.description}): {exc.strerror or exc}") from exc
 
+    def _create(self, path: str, text: str) -> bool:
+        try:
+            return self.host.create_exclusive(path, text)
+        except OSError as exc:
+            raise PreflightError(f"cannot create the deploy lock {path} on the nginx host "
+                                 f"({self.host.description}): {exc.strerror or exc}") from exc
+
     def read(self) -> Optional[LockInfo]:
         text = self._read_text(self.path)
         return None if text is None else LockInfo.parse(text)
@@ -194,7 +201,7 @@ class DeployLock:
         announced = False
         passing = 0   # states in a row that pass in milliseconds: bounded, each one paused
         while True:
-            if self.host.create_exclusive(self.path, text):
+            if self._create(self.path, text):
                 self.mine = info
                 return
             held_text = self._read_text(self.path)
@@ -239,7 +246,7 @@ class DeployLock:
         """Replace the stale file at `path` (its content `stale_text`) with `text`, atomically
         against every other run doing the same; False if another run got there first."""
         guard = guard_path(path, stale_text)
-        if not self.host.create_exclusive(guard, text):
+        if not self._create(guard, text):
             guard_text = self._read_text(guard)
             if guard_text is None:
                 return False    # the other run just finished its takeover
@@ -256,10 +263,17 @@ class DeployLock:
             # Only the guard's holder changes a stale lock; it is still the one we judged stale?
             if self._read_text(path) != stale_text:
                 return False
-            self.host.write_text_atomic(path, text)   # one rename over it: never absent
+            try:
+                self.host.write_text_atomic(path, text)   # one rename over it: never absent
+            except OSError as exc:
+                raise PreflightError(f"cannot replace the stale deploy lock {path} on the nginx host "
+                                     f"({self.host.description}): {exc.strerror or exc}") from exc
             return True
         finally:
-            self.host.remove(guard)
+            try:
+                self.host.remove(guard)
+            except OSError as exc:
+                log.warning("    could not remove the takeover guard %s: %s", guard, exc.strerror or exc)
 
     def release(self) -> None:
         if self.mine is None:

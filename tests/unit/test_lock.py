@@ -343,3 +343,16 @@ def test_a_lock_that_cannot_be_created_gives_up_after_bounded_pauses(tmp_path, m
     with pytest.raises(PreflightError, match="cannot create the deploy lock"):
         DeployLock(host, str(tmp_path / "lock")).acquire(info(), wait_seconds=3600)
     assert host.creates == lock_module.RETRY_LIMIT + 1
+
+
+class NoRenameHost(LocalHost):
+    def write_text_atomic(self, path, text):
+        raise PermissionError(13, "Permission denied")
+
+
+def test_a_stale_lock_that_cannot_be_replaced_is_one_line_and_leaves_no_guard(tmp_path):
+    path = str(tmp_path / "lock")
+    stale = _write_stale(path)
+    with pytest.raises(PreflightError, match="cannot replace the stale deploy lock .*Permission denied"):
+        DeployLock(NoRenameHost(), path).acquire(info(), wait_seconds=3600)
+    assert os.listdir(tmp_path) == ["lock"] and open(path).read() == stale.to_text()
