@@ -191,3 +191,22 @@ def test_six_deploys_with_lock_wait_take_turns(world, nginx, settings_env, tmp_p
     history = json.loads(ok(run_pipeline(["history", "--json"], settings_env, tmp_path)).stdout)
     entries = [e for e in history if e["action"] == "deploy" and e["result"] == "ok"]
     assert sorted(e["version"] for e in entries) == versions
+
+
+def test_a_damaged_lock_is_one_line_and_exit_4_until_released(world, nginx, settings_env, tmp_path):
+    lock_file = nginx.include.parent / f"{world.app}.deploy.lock"
+    lock_file.write_text("<<<<<<< HEAD\n")
+    include = nginx.include.read_text()
+    started = time.monotonic()
+    blocked = run_pipeline(["deploy", "--lock-wait", "300"], settings_env, tmp_path)
+    assert blocked.returncode == 4, blocked.stderr
+    assert time.monotonic() - started < 60, "no waiting on a lock that waiting cannot repair"
+    errors = [line for line in blocked.stderr.splitlines() if line.startswith("pipeline:")]
+    assert errors == [f"pipeline: error: deploy lock {lock_file} is damaged: not a lock pipeline wrote "
+                      "('<<<<<<< HEAD'); if no deploy is running, remove it with "
+                      "`python -m pipeline lock release`"], blocked.stderr
+    assert nginx.include.read_text() == include and world.running_containers() == []
+    assert "damaged lock file" in ok(run_pipeline(["lock", "status"], settings_env, tmp_path)).stdout
+    ok(run_pipeline(["lock", "release"], settings_env, tmp_path))
+    ok(run_pipeline(["deploy"], settings_env, tmp_path))
+    assert nginx.get().text == "version=v1 color=blue\n"
