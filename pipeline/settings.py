@@ -57,6 +57,36 @@ class Secret:
         return hash(self._value)
 
 
+# A BUILD_ARGS or container env entry whose key holds one of these is a secret: masked everywhere.
+SECRET_KEY_WORDS = ("TOKEN", "SECRET", "PASSWORD", "KEY")
+# Settings that no child process (build, git, nginx test/reload) gets in its environment.
+SECRET_SETTINGS = frozenset({"REGISTRY_PASSWORD"})
+
+
+def is_secret_name(key: str) -> bool:
+    return any(word in key.upper() for word in SECRET_KEY_WORDS)
+
+
+def without_secrets(environ: Mapping[str, str]) -> Dict[str, str]:
+    """The environment for a child process: every secret setting left out."""
+    return {k: v for k, v in environ.items() if k not in SECRET_SETTINGS}
+
+
+def _mask_secret_words(raw: str) -> str:
+    """KEY=VALUE words as shown in an error: the values of secret keys replaced by ***."""
+    try:
+        words = shlex.split(raw)
+    except ValueError:
+        # Cannot tell where the value ends: hide everything from the first secret key on.
+        match = next((m for m in re.finditer(r"[A-Za-z0-9_.-]*=", raw) if is_secret_name(m.group())), None)
+        return raw if match is None else raw[:match.end()] + "***"
+    masked = []
+    for word in words:
+        key, sep, _ = word.partition("=")
+        masked.append(f"{key}=***" if sep and is_secret_name(key) else word)
+    return " ".join(masked)
+
+
 @dataclass(frozen=True)
 class Settings:
     app_name: str = "app"
@@ -183,11 +213,25 @@ class Settings:
         if self.registry_username and not self.registry_password:
             raise SettingsError("REGISTRY_PASSWORD", None, "required when REGISTRY_USERNAME is set")
 
+    def secret_values(self) -> Tuple[str, ...]:
+        """Every value that must never be shown: for the log's masking (log.register_secret)."""
+        values = [self.registry_password.reveal()]
+        values += [v for k, v in self.build_args.items() if is_secret_name(k)]
+        if self.container_env_file is not None:
+            try:
+                container_env = dotenv_values(self.container_env_file)
+            except OSError:
+                container_env = {}
+            values += [v for k, v in container_env.items() if v and is_secret_name(k)]
+        return tuple(v for v in values if v)
+
     def public(self) -> Dict[str, str]:
         """Every setting as text, secrets masked: for `status --json` and debugging."""
         out = {}
         for f in fields(self):
             value = getattr(self, f.name)
+            if f.name == "build_args":
+                value = {k: "***" if is_secret_name(k) else v for k, v in value.items()}
             if isinstance(value, tuple):
                 value = shlex.join(value) if f.name.endswith("command") else ",".join(value)
             out[f.name] = "" if value is None else str(value)
@@ -311,10 +355,15 @@ def _remote_path(optional: bool) -> Reader:
 
 def _build_args(name: str, raw: str, cwd: Path) -> Dict[str, str]:
     args = {}
-    for word in _command(True)(name, raw, cwd):
+    try:
+        words = _command(True)(name, raw, cwd)
+    except SettingsError as exc:
+        raise SettingsError(name, _mask_secret_words(raw), exc.problem) from None
+    for word in words:
         key, sep, value = word.partition("=")
         if not sep or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key):
-            raise SettingsError(name, raw, f"expected KEY=VALUE words, got {word!r}")
+            raise SettingsError(name, _mask_secret_words(raw),
+                                f"expected KEY=VALUE words, got {_mask_secret_words(word)!r}")
         args[key] = value
     return args
 
