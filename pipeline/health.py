@@ -34,8 +34,6 @@ ALIVE_CHECK_EVERY = 0.25
 FIRST_WAIT = 0.25
 # A health answer is a few bytes; more is read no further (it only goes into messages).
 MAX_ANSWER_BYTES = 4096
-# `ip route get` on the probing side, once per address and run; a network call like any other.
-ROUTE_CHECK_TIMEOUT = 60.0
 
 
 class NotHealthyYet(Exception):
