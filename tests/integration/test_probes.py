@@ -3,7 +3,8 @@
 - A deploy whose deploy network is a bridge on another engine (DOCKER_HOST naming a dockerd in a
   network namespace of the test's own) exits 3 before any probe and changes nothing.
 - With nginx over SSH, the probes run on the nginx host: the tool itself runs in a namespace with
-  no route to the containers (only a relay to sshd), and the deploy still passes the health gate.
+  no route to the containers (only a relay to sshd), and the deploy still passes the health gate,
+  the seed's blue probe still finds blue, and status still probes both colors.
 """
 from __future__ import annotations
 
@@ -128,3 +129,10 @@ def test_over_ssh_the_health_probes_run_on_the_nginx_host(client_namespace, worl
     assert f"not probing {net.blue_ip}: health probes run on this machine, which has no route to it" \
         in report["probe_problem"]
     assert report["colors"]["blue"]["health"] == "not probed (see probe_problem)"
+
+    # The seed's rule (no usable include: probe blue) goes through the nginx host as well.
+    nginx.include.write_text("# lost\n")
+    second = run_inside(namespace, ["deploy"], {**ssh_env, "APP_VERSION": "v2"}, tmp_path)
+    assert second.returncode == 0, f"exit {second.returncode}\nstderr:{second.stderr}"
+    assert "blue answers its health check" in second.stderr
+    assert nginx.get().text == "version=v2 color=green\n"
