@@ -156,8 +156,7 @@ class Prober:
         problem = self._checked[ip]
         if problem is not None:
             hint = f" {self._hint}" if self._hint else ""
-            raise RouteRefused(f"not probing {ip}: health probes run on {self.where}, which {problem};"
-                               f" nginx there could not reach it either.{hint}")
+            raise RouteRefused(f"not probing {ip}: health probes run on {self.where}, which {problem}.{hint}")
 
     def get(self, url: str, timeout: float) -> Tuple[int, str]:
         self.check_route(urlsplit(url).hostname or "")
@@ -182,6 +181,10 @@ def route_problem(code: int, output: str) -> Optional[str]:
     lines = [line.strip() for line in output.splitlines() if line.strip()]
     if code == 127:
         return "has no `ip` command (iproute2) to check the route with"
+    if code == 255 and output.startswith("ssh: "):   # SshHost.run: the session itself failed
+        return f"could not be asked for its route over SSH ({lines[-1][5:]})"
+    if code == 124:                                  # LocalHost.run: the command's timeout
+        return f"did not answer `ip route get` ({lines[-1] if lines else 'timed out'})"
     if code != 0:
         return f"has no route to it ({lines[-1] if lines else f'ip exited with {code}'})"
     if not lines:

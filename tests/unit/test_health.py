@@ -107,6 +107,8 @@ GATEWAY = "172.20.0.2 via 10.0.0.1 dev eth0 src 10.0.0.5 uid 0 \n    cache \n"
     (0, "blackhole 10.1.2.3 uid 0\n", "has a blackhole route for it"),
     (0, "unreachable 10.1.2.3 uid 0\n", "has a unreachable route for it"),
     (127, "ip: command not found", "has no `ip` command"),
+    (255, "ssh: SSH session not active", "could not be asked for its route over SSH (SSH session not active)"),
+    (124, "timed out after 60s", "did not answer `ip route get` (timed out after 60s)"),
     (0, "", "gave no answer"),
     (0, "172.29.5.2 src 172.29.5.1 uid 0\n", "gave an answer without an interface"),
 ])
