@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import http.client
 import logging
+import re
 import socket
 import time
-from typing import Callable, Dict, Optional, Protocol, Sequence, Tuple
+from typing import Callable, Dict, Optional, Protocol, Tuple
 from urllib.parse import urlsplit
 
 import paramiko
@@ -23,7 +24,7 @@ from tenacity import (RetryCallState, RetryError, Retrying, retry_if_exception_t
                       stop_after_delay, wait_exponential)
 
 from .errors import HealthCheckFailed, PreflightError
-from .nginx_host import CommandResult, NginxHost
+from .nginx_host import NginxHost
 
 log = logging.getLogger("pipeline")
 
@@ -132,13 +133,13 @@ class _ChannelConnection(http.client.HTTPConnection):
 
 class Prober:
     """A transport that lets no probe leave unless the probing side has a directly connected
-    route to the address (see `route_problem`). The route is checked once per address."""
+    route to the address over a bridge (see `route_problem`), asked of the nginx host (`host`:
+    this machine or the SSH one). The route is checked once per address."""
 
-    def __init__(self, transport: Transport, run: Callable[[Sequence[str]], CommandResult],
-                 network_hint: str = "") -> None:
+    def __init__(self, transport: Transport, host: NginxHost, network_hint: str = "") -> None:
         self.transport = transport
         self.where = transport.where
-        self._run = run
+        self.host = host
         self._hint = network_hint
         self._checked: Dict[str, Optional[str]] = {}
 
@@ -146,17 +147,32 @@ class Prober:
     def for_host(cls, host: NginxHost, remote: bool, network_hint: str = "") -> "Prober":
         """Probes from where nginx is: over the SSH connection when it is remote."""
         transport: Transport = ChannelTransport(host) if remote else LocalTransport()
-        return cls(transport, host.run, network_hint)
+        return cls(transport, host, network_hint)
 
     def check_route(self, ip: str) -> None:
-        """Raise RouteRefused unless the probing side reaches `ip` over a local interface."""
+        """Raise RouteRefused unless the probing side reaches `ip` over a local bridge."""
         if ip not in self._checked:
-            result = self._run(["ip", "-4", "route", "get", ip])
-            self._checked[ip] = route_problem(result.code, result.output)
+            self._checked[ip] = self._route_problem(ip)
         problem = self._checked[ip]
         if problem is not None:
             hint = f" {self._hint}" if self._hint else ""
             raise RouteRefused(f"not probing {ip}: health probes run on {self.where}, which {problem}.{hint}")
+
+    def _route_problem(self, ip: str) -> Optional[str]:
+        result = self.host.run(["ip", "-4", "route", "get", ip])
+        problem = route_problem(result.code, result.output)
+        if problem is not None:
+            return problem
+        device = route_device(result.output)
+        # A docker network is a bridge; a plain interface (a VPN's tun0 carrying the default
+        # route without a gateway, a LAN) is not where our containers are.
+        try:
+            is_bridge = self.host.read_text(f"/sys/class/net/{device}/bridge/bridge_id") is not None
+        except OSError as exc:
+            return f"reaches it on {device}, which could not be checked for being a bridge ({exc})"
+        if not is_bridge:
+            return f"reaches it on {device}, which is not a bridge (no docker network there)"
+        return None
 
     def get(self, url: str, timeout: float) -> Tuple[int, str]:
         self.check_route(urlsplit(url).hostname or "")
@@ -167,6 +183,7 @@ class Prober:
         return self.transport.can_connect(ip, port, timeout)
 
 
+_DEVICE_RE = re.compile(r"[A-Za-z0-9_.:@-]{1,15}")
 # Route types `ip route get` prints first when the route is not a plain unicast one.
 _NOT_UNICAST = ("local", "broadcast", "blackhole", "unreachable", "prohibit", "throw",
                 "multicast", "anycast", "nat")
@@ -174,7 +191,8 @@ _NOT_UNICAST = ("local", "broadcast", "blackhole", "unreachable", "prohibit", "t
 
 def route_problem(code: int, output: str) -> Optional[str]:
     """What is wrong with the route `ip -4 route get IP` reported, or None if it is directly
-    connected (`IP dev br-x src ...`: no gateway, a local interface).
+    connected (`IP dev br-x src ...`: no gateway, a local interface; whether that interface is
+    a bridge is the caller's next question).
 
     Pure: the answer of the command, as exit code and output, in; a phrase for the message out.
     """
@@ -194,11 +212,23 @@ def route_problem(code: int, output: str) -> Optional[str]:
         if words[0] == "local":
             return "holds that address itself (it is not a container there)"
         return f"has a {words[0]} route for it"
-    fields = dict(zip(words[1::2], words[2::2]))
-    if "via" in fields:
-        return f"reaches it only through the gateway {fields['via']} ({fields.get('dev', '?')}), not a local bridge"
-    if "dev" not in fields:
+    gateway, device = _word_after(words, "via"), _word_after(words, "dev")
+    if gateway is not None:
+        return f"reaches it only through the gateway {gateway} ({device or '?'}), not a local bridge"
+    if device is None or not _DEVICE_RE.fullmatch(device):
         return f"gave an answer without an interface: {lines[0]!r}"
+    return None
+
+
+def route_device(output: str) -> Optional[str]:
+    """The interface of a route `route_problem` found directly connected."""
+    return _word_after(output.split(), "dev")
+
+
+def _word_after(words: list, key: str) -> Optional[str]:
+    for word, value in zip(words, words[1:]):
+        if word == key:
+            return value
     return None
 
 

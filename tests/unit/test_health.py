@@ -81,6 +81,7 @@ def test_nothing_listening_counts_as_not_healthy():
 
 # -- where probes run, and the route rule ---------------------------------------------------------
 
+import re  # noqa: E402
 import socket  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -136,6 +137,25 @@ class StrictRunner:
         return CommandResult(argv, code, output)
 
 
+class RouteHost:
+    """The nginx host as the route check sees it: `ip -4 route get IP` answers and which
+    interfaces are bridges (/sys/class/net/DEV/bridge). Any other call fails."""
+
+    def __init__(self, routes, bridges=()):
+        self.run = StrictRunner(routes)
+        self.bridges = set(bridges)
+        self.read = []
+
+    def read_text(self, path):
+        match = re.fullmatch(r"/sys/class/net/([^/]+)/bridge/bridge_id", path)
+        assert match, f"unexpected read of {path}"
+        self.read.append(match.group(1))
+        return "8000.0242ac1d0501\n" if match.group(1) in self.bridges else None
+
+    def __getattr__(self, name):
+        raise AssertionError(f"unexpected call to NginxHost.{name}")
+
+
 class StrictTransport:
     """Must not be reached unless a test allows it."""
 
@@ -157,7 +177,7 @@ class StrictTransport:
 
 def test_an_address_behind_a_gateway_is_never_probed_and_is_a_preflight_error():
     transport = StrictTransport()
-    prober = Prober(transport, StrictRunner({"172.20.0.2": (0, GATEWAY)}), "DEPLOY_NETWORK=deploy ...")
+    prober = Prober(transport, RouteHost({"172.20.0.2": (0, GATEWAY)}), "DEPLOY_NETWORK=deploy ...")
     with pytest.raises(RouteRefused) as caught:
         probe(prober, "http://172.20.0.2:8080/actuator/health", 2.0)
     assert caught.value.exit_code == EXIT_PREFLIGHT
@@ -171,14 +191,22 @@ def test_an_address_behind_a_gateway_is_never_probed_and_is_a_preflight_error():
 
 
 def test_a_bridge_address_is_checked_once_then_probed_through_the_transport():
-    runner = StrictRunner({"172.29.5.2": (0, BRIDGE)})
+    host = RouteHost({"172.29.5.2": (0, BRIDGE)}, bridges={"br-4e82f078a87e"})
     transport = StrictTransport(answer=(200, '{"status":"UP"}'))
-    prober = Prober(transport, runner)
+    prober = Prober(transport, host)
     for _ in range(3):
         assert probe(prober, "http://172.29.5.2:8080/actuator/health", 2.0).startswith("HTTP 200")
     assert prober.can_connect("172.29.5.2", 8080, 1.0)
-    assert runner.calls == ["172.29.5.2"]
+    assert host.run.calls == ["172.29.5.2"] and host.read == ["br-4e82f078a87e"]
     assert len(transport.gets) == 3
+
+
+def test_a_directly_connected_interface_that_is_not_a_bridge_is_refused():
+    # e.g. a VPN's tun0 carrying the default route without a gateway
+    host = RouteHost({"172.20.0.2": (0, "172.20.0.2 dev tun0 src 10.8.0.6 uid 0\n    cache\n")})
+    prober = Prober(StrictTransport(), host)
+    with pytest.raises(RouteRefused, match="reaches it on tun0, which is not a bridge"):
+        probe(prober, "http://172.20.0.2:8080/actuator/health", 2.0)
 
 
 class ChannelHost:
@@ -195,6 +223,9 @@ class ChannelHost:
     def run(self, argv):
         """Only `ip -4 route get IP`, for the addresses the test gave an answer for."""
         return StrictRunner(self.routes)(argv)
+
+    def read_text(self, path):
+        raise AssertionError(f"unexpected read of {path}")
 
     def open_channel(self, host, port, timeout):
         self.channels.append((host, port))
@@ -269,8 +300,8 @@ def test_a_deploy_whose_new_network_is_not_a_local_bridge_removes_it_and_changes
                                   "GREEN_IP": "172.29.5.3"}, tmp_path)
     engine = Strict(network_exists=False, ensure_network=True, remove_network=None)
     switch = Strict(check=None)
-    runner = StrictRunner({"172.29.5.2": (0, "172.29.5.2 via 192.0.2.1 dev eth0 src 192.0.2.2 uid 0\n")})
-    prober = Prober(StrictTransport(), runner)
+    host = RouteHost({"172.29.5.2": (0, "172.29.5.2 via 192.0.2.1 dev eth0 src 192.0.2.2 uid 0\n")})
+    prober = Prober(StrictTransport(), host)
     ctx = flows.Context(settings, engine, Strict(), switch, Path(tmp_path), {}, prober=prober)
     with pytest.raises(RouteRefused, match="not probing 172.29.5.2"):
         flows.deploy(ctx)
