@@ -531,4 +531,5 @@ main() {
     esac
 }
 
-main "$@"
+# Sourced (by a test of one function), define the functions only.
+[[ "${BASH_SOURCE[0]}" != "$0" ]] || main "$@"

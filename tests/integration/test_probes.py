@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import ipaddress
 import json
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from .netns import NetNamespace, NodeEngine, Relay
-from .realstack import pipeline_env, run_pipeline
+from .realstack import REPO, pipeline_env, run_pipeline
 
 pytestmark = pytest.mark.integration
 
@@ -136,3 +137,43 @@ def test_over_ssh_the_health_probes_run_on_the_nginx_host(client_namespace, worl
     assert second.returncode == 0, f"exit {second.returncode}\nstderr:{second.stderr}"
     assert "blue answers its health check" in second.stderr
     assert nginx.get().text == "version=v2 color=green\n"
+
+
+def test_stack_blackholes_private_ranges_idempotently_and_keeps_the_resolver(tmp_path):
+    """scripts/stack.sh's safety net, run twice in a namespace of the test's own that looks like
+    this machine (a default route via a gateway on a veth, a docker-like bridge)."""
+    namespace = NetNamespace("proutes")
+    try:
+        def ip(*args: str) -> None:
+            subprocess.run(["ip", "-n", namespace.name, *args], check=True, capture_output=True)
+
+        ip("link", "add", "v0", "type", "veth", "peer", "name", "v1")
+        ip("addr", "add", "192.0.2.2/24", "dev", "v0")
+        for dev in ("v0", "v1"):
+            ip("link", "set", dev, "up")
+        ip("route", "add", "default", "via", "192.0.2.1")
+        ip("link", "add", "br-test", "type", "bridge")
+        ip("addr", "add", "172.29.250.1/24", "dev", "br-test")
+        ip("link", "set", "br-test", "up")
+        script = f"source {REPO / 'scripts' / 'stack.sh'}; ensure_blackholes; ensure_blackholes"
+        done = subprocess.run(namespace.argv("bash", "-c", script), capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        routes = namespace.routes().splitlines()
+        for prefix in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"):
+            assert routes.count(f"blackhole {prefix} metric 4000 ") == 1, routes
+        resolvers = [line.split()[1] for line in Path("/etc/resolv.conf").read_text().splitlines()
+                     if line.startswith("nameserver")]
+        private = [ipaddress.ip_network(r) for r in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")]
+        for resolver in resolvers:
+            address = ipaddress.ip_address(resolver)
+            if address.version == 4 and any(address in net for net in private):
+                assert routes.count(f"{resolver} via 192.0.2.1 dev v0 ") == 1, routes
+
+        def route_get(address: str) -> str:
+            return subprocess.run(["ip", "-n", namespace.name, "route", "get", address],
+                                  capture_output=True, text=True).stdout
+        assert route_get("172.29.250.7").startswith("172.29.250.7 dev br-test")   # the bridge wins
+        assert route_get("172.20.0.2") == ""                                      # dropped here
+        assert route_get("192.0.2.77").startswith("192.0.2.77 dev v0")            # not private: untouched
+    finally:
+        namespace.delete()
