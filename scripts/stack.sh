@@ -18,6 +18,11 @@
 #
 # All state lives in ${STACK_DIR:-/tmp/pipeline-stack}. Everything started here runs
 # in the background, in its own session, and outlives this script.
+#
+# The dockerd managed here is named by its own pid file and socket, never by process name:
+# tests run more dockerd on this machine (swarm nodes), and those are not ours to touch.
+# DOCKERD_PIDFILE, DOCKERD_SOCKET, DOCKERD_CONFIG and DOCKERD_ARGS (more dockerd flags, split on
+# spaces) name another daemon; they exist to try this script on a throwaway dockerd.
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -28,6 +33,15 @@ REGISTRY_PORT=5000
 REGISTRY_ADDR="127.0.0.1:$REGISTRY_PORT"
 REGISTRY_USER=pipeline
 JRE_IMAGE="${JRE_IMAGE:-pipeline/jre:17}"
+
+DOCKERD_PIDFILE="${DOCKERD_PIDFILE:-/var/run/docker.pid}"
+DOCKERD_SOCKET="${DOCKERD_SOCKET:-/var/run/docker.sock}"
+DOCKERD_CONFIG="${DOCKERD_CONFIG:-/etc/docker/daemon.json}"
+read -r -a DOCKERD_ARGS <<<"${DOCKERD_ARGS:-}"
+# Every docker command below (and in the build scripts it runs) talks to that daemon, whatever
+# DOCKER_HOST the caller had (it may name a swarm manager).
+export DOCKER_HOST="unix://$DOCKERD_SOCKET"
+unset DOCKER_CONTEXT
 
 SSH_KEY="$STACK_DIR/id_ed25519"
 SSH_KNOWN_HOSTS="$STACK_DIR/known_hosts"
@@ -140,9 +154,9 @@ cmd_install() {
 # live-restore keeps containers running while dockerd itself restarts (an upgrade, a crash):
 # the live color goes on serving. It is reloadable, so a running dockerd gets a SIGHUP.
 ensure_live_restore() {
-    local conf=/etc/docker/daemon.json
+    local conf="$DOCKERD_CONFIG" pid
     if [[ ! -s "$conf" ]]; then
-        mkdir -p /etc/docker
+        mkdir -p "$(dirname "$conf")"
         printf '{\n  "live-restore": true\n}\n' >"$conf"
     elif ! grep -q '"live-restore": *true' "$conf"; then
         note "$conf exists without \"live-restore\": true; containers stop while dockerd restarts"
@@ -150,10 +164,18 @@ ensure_live_restore() {
     fi
     if docker info >/dev/null 2>&1 &&
         [[ "$(docker info --format '{{.LiveRestoreEnabled}}')" != true ]]; then
-        kill -HUP "$(pidof dockerd)"
+        pid="$(dockerd_pid)" || die "dockerd answers on $DOCKERD_SOCKET but $DOCKERD_PIDFILE names no running dockerd; cannot send it SIGHUP"
+        kill -HUP "$pid"
         sleep 1
-        log "dockerd: live-restore enabled (SIGHUP)"
+        log "dockerd: live-restore enabled (SIGHUP to pid $pid)"
     fi
+}
+
+# Print the pid of the dockerd this script manages, read from the pid file dockerd itself
+# writes (it refuses to start while that file names a live process, and removes it on exit).
+dockerd_pid() {
+    pid_alive "$DOCKERD_PIDFILE" dockerd || return 1
+    echo "$(<"$DOCKERD_PIDFILE")"
 }
 
 ensure_dockerd() {
@@ -165,7 +187,8 @@ ensure_dockerd() {
     fi
     command -v dockerd >/dev/null || die "docker daemon not reachable and no dockerd binary"
     log "dockerd: starting (log $STACK_DIR/dockerd.log)"
-    spawn "$STACK_DIR/dockerd.log" dockerd >"$STACK_DIR/dockerd.pid"
+    spawn "$STACK_DIR/dockerd.log" dockerd --pidfile "$DOCKERD_PIDFILE" -H "unix://$DOCKERD_SOCKET" \
+        --config-file "$DOCKERD_CONFIG" "${DOCKERD_ARGS[@]}" >"$STACK_DIR/dockerd.pid"
     local i
     for ((i = 0; i < 120; i++)); do
         docker info >/dev/null 2>&1 && {
@@ -445,7 +468,7 @@ cmd_start() {
 # is live"). With live-restore the containers keep running meanwhile.
 cmd_restart_dockerd() {
     local pid i
-    pid="$(pidof dockerd)" || die "dockerd is not running"
+    pid="$(dockerd_pid)" || die "no running dockerd in $DOCKERD_PIDFILE"
     kill -TERM "$pid"
     for ((i = 0; i < 200; i++)); do
         kill -0 "$pid" 2>/dev/null || break
