@@ -196,6 +196,8 @@ def _print_status(report: dict, as_json: bool, stdout) -> None:
                  + "".join(f"  {k}={v}" for k, v in report["switch"].items()) + "\n")
     if report["switch_problem"]:
         stdout.write(f"warning:  {report['switch_problem']}; live color above is from the include\n")
+    if report.get("probe_problem"):
+        stdout.write(f"warning:  {report['probe_problem']}\n")
     for color, c in report["colors"].items():
         marker = "*" if color == live else " "
         stdout.write(f"{marker} {color:<5}  {c['container']:<24} {c['ip']:<15} {c['state']:<10} "

@@ -72,6 +72,13 @@ class Engine:
         return any(n["Name"] == self.settings.deploy_network
                    for n in self.api.networks(names=[self.settings.deploy_network]))
 
+    def remove_network(self) -> None:
+        """Remove the deploy network again (only right after this run created it, still empty)."""
+        try:
+            self.api.remove_network(self.settings.deploy_network)
+        except docker.errors.APIError as exc:
+            log.warning("    could not remove docker network %s again: %s", self.settings.deploy_network, _reason(exc))
+
     # -- images --------------------------------------------------------------------------------
 
     def build_image(self, cwd: Path, tag: str, version: str) -> str:
