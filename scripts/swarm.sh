@@ -64,7 +64,7 @@ pid_alive() {
     pid="$(<"$pidfile")"
     [[ "$pid" =~ ^[0-9]+$ ]] || return 1
     kill -0 "$pid" 2>/dev/null || return 1
-    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "$name"
+    [[ "$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null)" == *"$name"* ]]
 }
 
 # Stop the process in pid file $1 (if it is $2): TERM, then KILL after $3 seconds (default 30).
@@ -112,12 +112,15 @@ known_nodes() {
 
 # --------------------------------------------------------------------------- network
 
+has_netns() { [[ -e "/run/netns/$1" ]]; }
+
 ensure_bridge() {
     if ! ip link show "$BRIDGE" >/dev/null 2>&1; then
         ip link add "$BRIDGE" type bridge
         log "bridge $BRIDGE: created"
     fi
-    ip addr show dev "$BRIDGE" | grep -q "inet $HOST_ADDR/24" || ip addr add "$HOST_ADDR/24" dev "$BRIDGE"
+    # (Tests on captured output, not `| grep -q`: with pipefail, grep's early exit fails the pipe.)
+    [[ "$(ip addr show dev "$BRIDGE")" == *"inet $HOST_ADDR/24"* ]] || ip addr add "$HOST_ADDR/24" dev "$BRIDGE"
     ip link set "$BRIDGE" up
     # Bridged traffic between the namespaces goes through FORWARD, whose policy is DROP once the
     # main dockerd runs; DOCKER-USER is the chain docker leaves to us.
@@ -134,14 +137,14 @@ ensure_netns() {
     ns="$(node_ns "$i")"
     veth="pswarm-h$i"
     addr="$(node_addr "$i")"
-    ip netns list | grep -qw "^$ns" || ip netns add "$ns"
+    has_netns "$ns" || ip netns add "$ns"
     if ! ip link show "$veth" >/dev/null 2>&1; then
         ip netns exec "$ns" ip link del eth0 2>/dev/null || true
         ip link add "$veth" type veth peer name eth0 netns "$ns"
     fi
     ip link set "$veth" master "$BRIDGE" up
     ip -n "$ns" link set lo up
-    ip -n "$ns" addr show dev eth0 | grep -q "inet $addr/24" || ip -n "$ns" addr add "$addr/24" dev eth0
+    [[ "$(ip -n "$ns" addr show dev eth0)" == *"inet $addr/24"* ]] || ip -n "$ns" addr add "$addr/24" dev eth0
     ip -n "$ns" link set eth0 up
     # No default route in the namespace: only 10.99.0.0/24 is reachable from a node.
     ip -n "$ns" route del default 2>/dev/null || true
@@ -312,7 +315,7 @@ cmd_stop() {
     done
     stop_pidfile "$SWARM_DIR/registry.pid" docker-registry 10
     for ((i = 1; i <= 9; i++)); do
-        if ip netns list | grep -qw "^$(node_ns "$i")"; then
+        if has_netns "$(node_ns "$i")"; then
             ip netns del "$(node_ns "$i")"
         fi
     done
@@ -320,7 +323,7 @@ cmd_stop() {
     ip link del "$BRIDGE" 2>/dev/null || true
     umount_under "$SWARM_DIR"
     # Only after every mount is gone: data-roots hold container layers.
-    if grep -q " $SWARM_DIR" /proc/self/mountinfo; then
+    if [[ "$(</proc/self/mountinfo)" == *" $SWARM_DIR"* ]]; then
         die "mounts left under $SWARM_DIR; not removing it"
     fi
     rm -rf "$SWARM_DIR"
