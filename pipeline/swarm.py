@@ -293,7 +293,7 @@ class SwarmEngine:
     # -- what only a swarm has --------------------------------------------------------------------
 
     def nodes(self) -> List[NodeFact]:
-        raw = self._call("list nodes", lambda: self.api.nodes(), PreflightError)
+        raw = self._call("list nodes", lambda: self.api.nodes())
         return [_node_fact(n) for n in raw]
 
     def check_capacity(self) -> List[NodeFact]:
@@ -381,7 +381,7 @@ class SwarmEngine:
         except docker.errors.NotFound:
             return None
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-            raise PreflightError(f"swarm manager: inspect service {name}: {_reason(exc)}") from exc
+            raise DeployFailed(f"swarm manager: inspect service {name}: {_reason(exc)}") from exc
         if service.name != name:  # get() also matches an id prefix
             return None
         labels = service.attrs["Spec"].get("Labels") or {}
@@ -394,11 +394,13 @@ class SwarmEngine:
         ready = {n.node_id for n in self.nodes() if n.ready}
         return any(t.state in ("running", "starting") and t.node_id in ready for t in self.tasks(color))
 
-    def _call(self, what: str, action: Callable[[], T], error: type = DeployFailed) -> T:
+    def _call(self, what: str, action: Callable[[], T]) -> T:
+        """The manager's failures as one line. DeployFailed, not PreflightError: an unreachable
+        manager is found by `connect` before anything changes; one lost later may be mid-deploy."""
         try:
             return action()
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-            raise error(f"swarm manager: {what}: {_reason(exc)}") from exc
+            raise DeployFailed(f"swarm manager: {what}: {_reason(exc)}") from exc
 
     def _wait(self, done: Callable[[], bool], timeout: float, what: str) -> None:
         retrying = Retrying(stop=stop_after_delay(timeout), wait=wait_fixed(0.25),

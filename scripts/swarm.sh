@@ -11,7 +11,7 @@
 #   env          print `export` lines: eval "$(scripts/swarm.sh env)"
 #   status       show each node's dockerd, its swarm state, and the swarm's node list
 #   stop-node I  stop node I's dockerd (by its pid file), leaving its state: a node that is down
-#   push IMAGE [NAME]  copy IMAGE from the main dockerd into the swarm's registry as
+#   push IMAGE [NAME]  copy IMAGE from the stack's dockerd (DOCKERD_SOCKET) into the swarm's registry as
 #                REGISTRY/NAME (default: IMAGE's own name) through the manager node
 #
 # The network: bridge pswarm0 with 10.99.0.1/24 on the host; node I is 10.99.0.(10+I) in netns
@@ -376,7 +376,7 @@ cmd_push() {
     fi
     target="$SWARM_REGISTRY/$name"
     [[ "$name" == *:* ]] || target="$target:latest"
-    docker -H unix:///var/run/docker.sock save "$image" | ndocker 1 load >/dev/null
+    docker -H "unix://${DOCKERD_SOCKET:-/var/run/docker.sock}" save "$image" | ndocker 1 load >/dev/null
     ndocker 1 tag "$image" "$target"
     ndocker 1 push "$target" >/dev/null
     log "pushed $image as $target"
