@@ -91,6 +91,7 @@ class Settings:
     nginx_reload_command: Tuple[str, ...] = ("nginx", "-s", "reload")
     switch_mode: str = "reload"
     nginx_admin_url: str = "http://127.0.0.1:8091"
+    nginx_admin_token_file: PurePosixPath = PurePosixPath("/etc/nginx/pipeline-admin.token")
     drain_seconds: float = 10.0
     stop_timeout: float = 30.0
     registry: str = ""
@@ -405,6 +406,7 @@ _READERS: Dict[str, Tuple[str, Reader]] = {
     "NGINX_RELOAD_COMMAND": ("nginx_reload_command", _command(allow_empty=False)),
     "SWITCH_MODE": ("switch_mode", _choice(SWITCH_MODES)),
     "NGINX_ADMIN_URL": ("nginx_admin_url", _admin_url),
+    "NGINX_ADMIN_TOKEN_FILE": ("nginx_admin_token_file", _remote_path(optional=False)),
     "DRAIN_SECONDS": ("drain_seconds", _duration()),
     "STOP_TIMEOUT": ("stop_timeout", _duration()),
     "REGISTRY": ("registry", _text(_REGISTRY_RE, "not a registry address like host:5000")),

@@ -77,6 +77,8 @@ def test_dotenv_does_not_touch_os_environ(tmp_path, monkeypatch):
     ("NGINX_RELOAD_COMMAND", "nginx -s 'reload", "cannot be split"),
     ("BUILD_ARGS", "JAR", "KEY=VALUE"),
     ("NGINX_ADMIN_URL", "https://127.0.0.1:8091", "http://127.0.0.1:8091"),
+    ("NGINX_ADMIN_TOKEN_FILE", "pipeline-admin.token", "absolute file path"),
+    ("NGINX_ADMIN_TOKEN_FILE", "", "absolute file path"),
     ("REGISTRY", "http://127.0.0.1:5000", "registry address"),
 ])
 def test_bad_values_name_the_setting_and_the_value(tmp_path, name, value, words):
