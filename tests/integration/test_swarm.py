@@ -5,11 +5,13 @@ swarm.sh created (no default route there), from this host.
 """
 from __future__ import annotations
 
+import re
 import subprocess
 import uuid
 from pathlib import Path
 from typing import Dict, Iterator, List
 
+import docker
 import pytest
 import requests
 
@@ -40,6 +42,7 @@ def swarm(stack) -> Iterator[Dict[str, str]]:
     for line in swarm_sh("env").splitlines():
         name, _, value = line.removeprefix("export ").partition("=")
         env[name] = value.replace("\\ ", " ")
+    remove_leftovers(env)
     # The release's base image, where the manager builds and every node pulls.
     swarm_sh("push", stack["JRE_IMAGE"])
     yield env
@@ -55,6 +58,15 @@ def release(swarm, demo_jar, stack) -> str:
     engine.build_image(REPO, tag, "v1")
     engine.push_and_pull(tag)
     return tag
+
+
+def remove_leftovers(swarm: Dict[str, str]) -> None:
+    """Services of an earlier, killed test session would hold the node ports 8081/8082."""
+    client = docker.DockerClient(base_url=swarm["SWARM_MANAGER"], timeout=60)
+    for service in client.services.list():
+        if re.fullmatch(r"s[0-9a-f]{8}", (service.attrs["Spec"].get("Labels") or {}).get("pipeline.app", "")):
+            service.remove()
+    client.close()
 
 
 def swarm_settings(swarm: Dict[str, str], app: str, **extra: str) -> Settings:
@@ -108,6 +120,17 @@ def all_healthy(engine: SwarmEngine, color: str, timeout: float = 60) -> list:
         addresses = engine.task_addresses(color)
         return addresses if addresses and all(answers(a.node_addr, a.port) for a in addresses) else None
     return wait_for(check, timeout, interval=0.5, what=f"every task of {color} to answer its health check")
+
+
+def test_swarm_sh_start_is_idempotent(swarm):
+    def pids() -> list:
+        return [Path(swarm["SWARM_DIR"], f"n{i}", "docker.pid").read_text() for i in range(1, NODES + 1)]
+    before = pids()
+    out = swarm_sh("start", str(NODES))
+    assert f"swarm: {NODES} nodes ready" in out
+    assert "starting" not in out and "joined" not in out and "initialised" not in out, out
+    assert pids() == before
+    assert "dockerd DOWN" not in swarm_sh("status")
 
 
 def test_each_color_runs_one_task_per_node_on_its_own_port_and_scales_to_0_and_back(swarm, release, app):
