@@ -81,6 +81,7 @@ class TaskFact:
     image: str
     message: str                # Status.Err, else Status.Message
     exit_code: Optional[int]
+    node_up: bool = True        # its node is ready (the manager reports a down node's tasks as before)
 
     @property
     def running(self) -> bool:
@@ -317,9 +318,10 @@ class SwarmEngine:
         return sorted(facts, key=lambda f: order[f.task_id], reverse=True)
 
     def task_addresses(self, color: str) -> List[TaskAddress]:
-        """Where the color's running tasks answer, one per task: probe these, and only these."""
+        """Where the color's running tasks answer, one per task on a node that is up: probe
+        these, and only these (a down node's task still reads "running" at the manager)."""
         return [TaskAddress(t.node_addr, t.port, t.task_id, t.node, t.state)
-                for t in self.tasks(color) if t.running and t.node_addr]
+                for t in self.tasks(color) if t.running and t.node_up and t.node_addr]
 
     def converged(self, color: str) -> bool:
         """REPLICAS tasks run, each on its own ready node."""
@@ -470,5 +472,6 @@ def _task_fact(raw: Mapping, color: str, nodes: Mapping[str, NodeFact], default_
         image=container.get("Image", "").split("@", 1)[0],
         message=status.get("Err") or status.get("Message") or "",
         exit_code=int(exit_code) if exit_code is not None else None,
+        node_up=node is not None and node.state == "ready",
     )
 

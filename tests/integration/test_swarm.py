@@ -205,6 +205,8 @@ def test_a_node_down_moves_its_task_and_too_many_replicas_are_refused_before_any
         swarm_sh("stop-node", str(index))
         wait_for(lambda: not any(n.ready for n in engine.nodes() if n.addr == victim.node_addr), 60,
                  interval=0.5, what=f"the manager to see node {victim.node} down")
+        # From then on its task is no address to probe or to send traffic to.
+        assert victim.node_addr not in {a.node_addr for a in engine.task_addresses("blue")}
 
         # Its task is lost with the node, not a failure of the release; swarm moves it.
         def moved() -> bool:

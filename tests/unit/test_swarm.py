@@ -61,12 +61,20 @@ def test_task_fact_reads_node_port_version_and_failure():
     assert (fact.node, fact.node_addr, fact.port, fact.version, fact.image, fact.message, fact.exit_code) == \
         ("pswarm-n2", "10.99.0.12", 9002, "v2", "r:5001/app:v2", "task: non-zero exit (1)", 1)
     assert not fact.running
+    assert fact.node_up
 
 
 def test_a_pending_task_has_no_node_and_the_colors_port():
     raw = {"ID": "t1", "DesiredState": "running", "Status": {"State": "pending"}, "Spec": {}}
     fact = _task_fact(raw, "blue", {}, default_port=8081, app_port=8080)
-    assert (fact.node_id, fact.node_addr, fact.port, fact.exit_code) == ("", None, 8081, None)
+    assert (fact.node_id, fact.node_addr, fact.port, fact.exit_code, fact.node_up) == ("", None, 8081, None, False)
+
+
+def test_a_task_on_a_down_node_is_not_up():
+    nodes = {"n3": NodeFact("n3", "pswarm-n3", "10.99.0.13", "down", "active", False)}
+    raw = {"ID": "t1", "NodeID": "n3", "DesiredState": "running", "Status": {"State": "running"}, "Spec": {}}
+    fact = _task_fact(raw, "blue", nodes, default_port=8081, app_port=8080)
+    assert fact.running and not fact.node_up
 
 
 def test_not_enough_nodes_is_a_preflight_error_naming_the_nodes():
