@@ -27,8 +27,6 @@
 # ${SWARM_DIR:-/tmp/pipeline-swarm}.
 set -euo pipefail
 
-repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-
 SWARM_DIR="${SWARM_DIR:-/tmp/pipeline-swarm}"
 BRIDGE=pswarm0
 SUBNET_PREFIX=10.99.0
@@ -218,6 +216,7 @@ launch_node() {
     # nsenter, not `ip netns exec`: the latter remounts /sys and hides the cgroup mounts
     # ("Devices cgroup isn't mounted"). unshare --uts gives the node its own host name, which
     # swarm shows as the node's name. Both exec, so the pid is dockerd's.
+    # shellcheck disable=SC2016 # "$1" and "$@" are the inner sh's own arguments
     spawn "$dir/dockerd.log" nsenter --net="/run/netns/$ns" unshare --uts \
         sh -c 'hostname "$1" && shift && exec "$@"' sh "$ns" \
         dockerd --data-root "$dir/data" --exec-root "$dir/exec" --pidfile "$dir/docker.pid" \
@@ -302,7 +301,9 @@ cmd_start() {
 
 cmd_stop_node() {
     local i="${1:-}"
-    [[ "$i" =~ ^[1-9]$ ]] && ((i <= $(known_nodes))) || die "no node '$i' (the swarm has $(known_nodes))"
+    if ! [[ "$i" =~ ^[1-9]$ ]] || ((i > $(known_nodes))); then
+        die "no node '$i' (the swarm has $(known_nodes))"
+    fi
     stop_pidfile "$(node_dir "$i")/docker.pid" dockerd
     umount_under "$(node_dir "$i")/data"
 }
