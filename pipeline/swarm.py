@@ -234,6 +234,7 @@ class SwarmEngine:
             environment = {**_read_env_file(s.container_env_file), **environment}
         labels = {LABEL_APP: s.app_name, LABEL_COLOR: color, LABEL_VERSION: version}
         port = s.port_of(color)
+        self._login()
         self._baseline[color] = frozenset()
         self._call(f"create service {name} from {image} on port {port}", lambda: self.client.services.create(
             image, name=name, labels=labels, container_labels=labels,
@@ -391,6 +392,20 @@ class SwarmEngine:
             raise PreflightError(f"service {name} exists but was not created by pipeline "
                                  f"(no label {LABEL_APP}={self.settings.app_name}); remove or rename it")
         return service
+
+    def _login(self) -> None:
+        """Log the client in to REGISTRY (if it needs a login): the service is then created with
+        these credentials (X-Registry-Auth), which swarm hands to every node that pulls the release."""
+        s = self.settings
+        if not s.registry_username:
+            return
+        registry = s.registry.split("/")[0]
+        try:
+            self.client.login(username=s.registry_username, password=s.registry_password.reveal(),
+                              registry=registry)
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise DeployFailed(f"registry login to {registry} as {s.registry_username} failed: "
+                               f"{_reason(exc)}") from exc
 
     def _running_on_ready_nodes(self, color: str) -> bool:
         ready = {n.node_id for n in self.nodes() if n.ready}

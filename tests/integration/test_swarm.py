@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 import subprocess
 import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Dict, Iterator, List
 
@@ -16,7 +17,7 @@ import pytest
 import requests
 
 from pipeline.errors import NotEnoughNodes, TaskFailed
-from pipeline.settings import Settings
+from pipeline.settings import Secret, Settings
 from pipeline.swarm import SwarmEngine
 
 from .realstack import REPO, wait_for
@@ -51,7 +52,9 @@ def swarm(stack) -> Iterator[Dict[str, str]]:
 
 @pytest.fixture(scope="session")
 def release(swarm, demo_jar, stack) -> str:
-    """The demo image, built on the manager and pushed to the swarm's registry, as a deploy would."""
+    """The demo image, built on the manager and pushed to the swarm's registry (password auth), as
+    a deploy would. The workers have it only from there: their tasks running prove the credentials
+    reached them with the service."""
     settings = swarm_settings(swarm, "swarmdemo")
     engine = SwarmEngine.connect(settings, {})
     tag = settings.image_ref("v1")
@@ -72,6 +75,8 @@ def remove_leftovers(swarm: Dict[str, str]) -> None:
 def swarm_settings(swarm: Dict[str, str], app: str, **extra: str) -> Settings:
     env = {
         "TARGET": "swarm", "DOCKER_HOST": swarm["SWARM_MANAGER"], "REGISTRY": swarm["SWARM_REGISTRY"],
+        "REGISTRY_USERNAME": swarm["SWARM_REGISTRY_USER"],
+        "REGISTRY_PASSWORD": Path(swarm["SWARM_REGISTRY_PASSWORD_FILE"]).read_text().strip(),
         "APP_NAME": app, "STOP_TIMEOUT": "5", "BUILD_COMMAND": "",
         "DOCKERFILE": str(REPO / "docker" / "Dockerfile"), "BUILD_CONTEXT": str(REPO / "demo"),
         "BUILD_ARGS": f"BASE_IMAGE={swarm['SWARM_REGISTRY']}/pipeline/jre:17 JAR=build/libs/app.jar",
@@ -190,6 +195,32 @@ def test_a_release_that_crashes_fails_naming_the_task_its_node_and_its_log(swarm
     assert any("CRASH_ON_START=1, exiting with status 1" in line for line in caught.value.detail()), \
         list(caught.value.detail())
     assert engine.containers()["green"].restart_count >= 1
+
+
+def test_without_the_registry_credentials_the_workers_cannot_pull_the_release(swarm, release, app):
+    """The other side of every test here: the workers' tasks run only because the credentials
+    went with the service."""
+    settings = swarm_settings(swarm, app, REPLICAS="3")
+    # A tag no node has pulled yet (they have the session's release cached): only the manager,
+    # which pushes it, has it.
+    pusher = SwarmEngine.connect(settings, {})
+    fresh = settings.image_ref(f"fresh-{app}")
+    repository, _, tag = fresh.rpartition(":")
+    pusher.api.tag(release, repository, tag)
+    pusher.push_and_pull(fresh)
+    engine = SwarmEngine.connect(replace(settings, registry_username="", registry_password=Secret("")), {})
+    engine.run("blue", fresh, "v1")
+    with pytest.raises(TaskFailed) as caught:
+        wait_for(lambda: engine.check_tasks("blue"), 60, interval=0.25, what="a worker's task to be rejected")
+    # A worker could not pull it (swarm says "No such image" for a pull that was refused).
+    assert f"failed while starting (rejected: No such image: {fresh})" in str(caught.value)
+    manager = next(n for n in engine.nodes() if n.manager)
+    assert caught.value.node != manager.name   # the manager has the image it pushed
+
+    # The same image with the credentials: every node pulls it.
+    pusher.run("blue", fresh, "v1")
+    converge(pusher, "blue")
+    assert len({a.node_addr for a in all_healthy(pusher, "blue")}) == 3
 
 
 def test_a_node_down_moves_its_task_and_too_many_replicas_are_refused_before_any_change(swarm, release, app):
