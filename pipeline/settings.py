@@ -21,6 +21,10 @@ from .errors import SettingsError
 COLORS = ("blue", "green")
 SWITCH_MODES = ("reload", "live")
 INCLUDE_FORMS = ("set", "upstream")
+TARGETS = ("docker", "swarm")
+# Settings that only one target reads: set explicitly for the other, they are refused.
+DOCKER_ONLY = ("DEPLOY_NETWORK", "DEPLOY_SUBNET", "DEPLOY_GATEWAY", "BLUE_IP", "GREEN_IP")
+SWARM_ONLY = ("REPLICAS", "BLUE_PORT", "GREEN_PORT")
 
 # Docker container names allow [a-zA-Z0-9][a-zA-Z0-9_.-]; "-blue" / "-green" is appended.
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
@@ -127,11 +131,19 @@ class Settings:
     container_volumes: Tuple[str, ...] = ()
     keep_releases: int = 5
     docker_host: str = ""
+    target: str = "docker"
+    replicas: int = 2
+    blue_port: int = 8081
+    green_port: int = 8082
 
     # -- derived -------------------------------------------------------------------------------
 
     def container_name(self, color: str) -> str:
         return f"{self.app_name}-{color}"
+
+    def port_of(self, color: str) -> int:
+        """The node port a color's swarm tasks publish APP_PORT on (host mode)."""
+        return self.blue_port if color == "blue" else self.green_port
 
     def ip_of(self, color: str) -> str:
         return str(self.blue_ip if color == "blue" else self.green_ip)
@@ -188,8 +200,22 @@ class Settings:
                 continue
             values[attr] = reader(name, raw.strip(), cwd)
         settings = cls(**values)
+        settings._check_target({name for name, (attr, _) in _READERS.items() if attr in values})
         settings._check_together()
         return settings
+
+    def _check_target(self, given: set) -> None:
+        """Refuse settings the chosen target would silently ignore."""
+        ignored, other = (SWARM_ONLY, "swarm") if self.target == "docker" else (DOCKER_ONLY, "docker")
+        for name in ignored:
+            if name in given:
+                raise SettingsError(name, getattr(self, _READERS[name][0]),
+                                    f"only read with TARGET={other}, not TARGET={self.target}")
+        if self.target == "swarm":
+            if not self.registry:
+                raise SettingsError("REGISTRY", None, "required with TARGET=swarm: every node pulls the release")
+            if self.blue_port == self.green_port:
+                raise SettingsError("GREEN_PORT", self.green_port, "same port as BLUE_PORT")
 
     def _check_together(self) -> None:
         if self.deploy_gateway not in self.deploy_subnet:
@@ -439,6 +465,10 @@ _READERS: Dict[str, Tuple[str, Reader]] = {
     "CONTAINER_VOLUMES": ("container_volumes", _volumes),
     "KEEP_RELEASES": ("keep_releases", _count),
     "DOCKER_HOST": ("docker_host", _text()),
+    "TARGET": ("target", _choice(TARGETS)),
+    "REPLICAS": ("replicas", _count),
+    "BLUE_PORT": ("blue_port", _port),
+    "GREEN_PORT": ("green_port", _port),
 }
 
 SETTING_NAMES = tuple(_READERS)
