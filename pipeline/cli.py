@@ -72,7 +72,7 @@ def _seconds(text: str) -> float:
 
 def main(argv: Sequence[str], environ: Mapping[str, str], cwd: Optional[Path] = None,
          stdout=None) -> int:
-    stdout = stdout or sys.stdout
+    stdout = logsetup.MaskedStream(stdout or sys.stdout)
     cwd = cwd or Path.cwd()
     verbose = "--verbose" in argv
     logsetup.setup(verbose)
@@ -80,20 +80,21 @@ def main(argv: Sequence[str], environ: Mapping[str, str], cwd: Optional[Path] = 
     try:
         args = build_parser().parse_args(list(argv))
         settings = Settings.from_env(environ, cwd, args.env_file)
+        logsetup.register_secrets(settings.secret_values())
         if args.command == "deploy":
             settings.check_build_inputs(cwd)
         return _run(args, settings, environ, cwd, stdout, started)
     except PipelineError as exc:
-        print(f"pipeline: error: {exc}", file=sys.stderr)
+        print(logsetup.mask(f"pipeline: error: {exc}"), file=sys.stderr)
         for line in exc.detail():
-            print(f"    {line}", file=sys.stderr)
+            print(logsetup.mask(f"    {line}"), file=sys.stderr)
         return exc.exit_code
     except SystemExit as exc:  # --help
         return int(exc.code or 0)
     except Exception as exc:  # a bug: say so plainly, traceback only when asked
-        print(f"pipeline: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(logsetup.mask(f"pipeline: internal error: {type(exc).__name__}: {exc}"), file=sys.stderr)
         if verbose:
-            traceback.print_exc()
+            print(logsetup.mask(traceback.format_exc()), file=sys.stderr, end="")
         else:
             print("    (run with --verbose for the traceback)", file=sys.stderr)
         return errors.EXIT_BUG
@@ -121,16 +122,14 @@ def _run(args: argparse.Namespace, settings: Settings, environ: Mapping[str, str
 
 def _print_history(entries: list, as_json: bool, stdout) -> None:
     if as_json:
-        json.dump(entries, stdout, indent=2)
-        stdout.write("\n")
+        stdout.write(json.dumps(entries, indent=2) + "\n")   # one write: the masking sees it whole
     else:
         stdout.write(format_table(entries))
 
 
 def _print_status(report: dict, as_json: bool, stdout) -> None:
     if as_json:
-        json.dump(report, stdout, indent=2)
-        stdout.write("\n")
+        stdout.write(json.dumps(report, indent=2) + "\n")
         return
     live = report["live_color"]
     stdout.write(f"app:      {report['app']}\n")
@@ -143,6 +142,8 @@ def _print_status(report: dict, as_json: bool, stdout) -> None:
                  + "".join(f"  {k}={v}" for k, v in report["switch"].items()) + "\n")
     if report["switch_problem"]:
         stdout.write(f"warning:  {report['switch_problem']}; live color above is from the include\n")
+    if report.get("probe_problem"):
+        stdout.write(f"warning:  {report['probe_problem']}\n")
     releases = report["releases"]
     stdout.write("releases: " + "  ".join(f"{name}={r['version']} ({r['color']})" if r else f"{name}=none"
                                           for name, r in releases.items()) + "\n")

@@ -21,8 +21,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
-import requests
-
 from . import build, decide, health, releases
 from .decide import Address, ContainerFact
 from .engine import Engine
@@ -54,6 +52,18 @@ class Context:
     health_gate: Callable[..., int] = health.wait_healthy
     lock_wait: float = 0.0
     started: float = field(default_factory=time.monotonic)
+    # Where health probes run (the nginx host's side); None: built from `host` and the settings.
+    prober: Optional[health.Prober] = None
+
+    def __post_init__(self) -> None:
+        if self.prober is None:
+            self.prober = make_prober(self.host, self.settings)
+
+
+def make_prober(host: NginxHost, s: Settings) -> health.Prober:
+    hint = (f"DEPLOY_NETWORK={s.deploy_network} (DEPLOY_SUBNET={s.deploy_subnet}) must be a docker"
+            f" bridge on the machine nginx runs on: point DOCKER_HOST at that machine's engine")
+    return health.Prober.for_host(host, s.remote, hint)
 
 
 @dataclass(frozen=True)
@@ -78,8 +88,10 @@ def phase(message: str, *args: object) -> None:
 
 # -- facts -----------------------------------------------------------------------------------------
 
-def gather(ctx: Context, current: Optional[Callable[[str], Optional[Address]]] = None) -> Facts:
-    """What the flows decide from. `current` says where a route points (default: the switch)."""
+def gather(ctx: Context, current: Optional[Callable[[str], Optional[Address]]] = None,
+           probe: bool = True) -> Facts:
+    """What the flows decide from. `current` says where a route points (default: the switch).
+    `probe=False`: blue is not probed (status, when probes are refused), so it counts as not alive."""
     s = ctx.settings
     current = current or ctx.switch.current
     live_address = current(LIVE)
@@ -87,17 +99,24 @@ def gather(ctx: Context, current: Optional[Callable[[str], Optional[Address]]] =
     containers = ctx.engine.containers()
     include_color = decide.color_at(live_address, s.color_ips)
     blue_alive = None
-    if include_color is None and ctx.engine.holds_address("blue"):
+    if probe and include_color is None and ctx.engine.holds_address("blue"):
         # The seed's rule, kept for a host with no include yet: probe blue, but only because a
         # container of ours holds its address (checked just above).
         try:
-            health.probe(requests.Session(), health_url(s, "blue"), 2.0)
+            health.probe(ctx.prober, health_url(s, "blue"), 2.0)
             blue_alive = True
         except health.NotHealthyYet:
             blue_alive = False
     running = frozenset(color for color, fact in containers.items() if fact.running)
     choice = decide.choose_colors(include_color, blue_alive, running)
     return Facts(live_address, preview_address, containers, choice)
+
+
+def check_probe_routes(ctx: Context) -> None:
+    """Before any probe: both colors' addresses are reached from where probes run (the nginx
+    host's side) over a local interface, never through a gateway (exit 3 otherwise)."""
+    for color in ("blue", "green"):
+        ctx.prober.check_route(ctx.settings.ip_of(color))
 
 
 def health_url(s: Settings, color: str) -> str:
@@ -133,6 +152,8 @@ def preflight(ctx: Context, action: str) -> Iterator[Run]:
     check_writable(ctx.host, s)   # first: a bad include directory is the one line the user sees
     phase("preflight")
     ctx.switch.check()
+    if ctx.engine.network_exists():
+        check_probe_routes(ctx)
     if action in ("deploy", "stage") and not s.app_version:
         # Settled once, up front: the lock, the image tag and history (even of a failure) all
         # name the same release.
@@ -148,6 +169,11 @@ def preflight(ctx: Context, action: str) -> Iterator[Run]:
             if ctx.engine.ensure_network():
                 log.info("    created docker network %s (%s, gateway %s)", s.deploy_network, s.deploy_subnet,
                          s.deploy_gateway)
+                try:
+                    check_probe_routes(ctx)
+                except health.RouteRefused:
+                    ctx.engine.remove_network()   # ours, just made, empty: nothing changed
+                    raise
             yield run
         except BaseException as exc:
             if not isinstance(exc, NothingToDo):
@@ -240,7 +266,7 @@ def wait_healthy(ctx: Context, color: str) -> None:
 
     url = health_url(s, color)
     phase("waiting for %s to answer %s (every %gs, up to %gs)", name, url, s.health_interval, s.health_timeout)
-    ctx.health_gate(url, s.health_interval, s.health_timeout, check_alive,
+    ctx.health_gate(url, s.health_interval, s.health_timeout, check_alive, ctx.prober,
                     logs=lambda: ctx.engine.logs_tail(color))
 
 
@@ -473,13 +499,14 @@ def lock_command(host: NginxHost, settings: Settings, command: str) -> str:
 
 
 def _report_facts(ctx: Context) -> Facts:
-    """For reports: when nginx's admin does not answer, what the include files say."""
+    """For reports: when nginx's admin does not answer, what the include files say. Nothing is
+    probed: the record, not blue's health, tells a staged first release from a live one."""
     includes = IncludeFiles(ctx.host, ctx.settings)
     try:
-        return gather(ctx)
+        return gather(ctx, probe=False)
     except SwitchUnavailable as exc:
         log.warning("%s; reporting what the include files say", exc)
-        return gather(ctx, lambda route: decide.parse_include(includes.read(route)))
+        return gather(ctx, lambda route: decide.parse_include(includes.read(route)), probe=False)
 
 
 def describe_failure(exc: BaseException) -> str:
@@ -493,15 +520,21 @@ def status(ctx: Context, probe: bool = True) -> dict:
     def written(route: str) -> Optional[Address]:
         return decide.parse_include(includes.read(route))
 
-    switch_problem = None
+    switch_problem = probe_problem = None
+    if probe and ctx.engine.network_exists():
+        try:
+            check_probe_routes(ctx)
+        except health.RouteRefused as exc:
+            probe, probe_problem = False, str(exc)
+            log.warning("%s", exc)
     try:
-        facts = gather(ctx)
+        facts = gather(ctx, probe=probe)
     except SwitchUnavailable as exc:
         # Status is what an operator runs when something is wrong: say what the include says
         # rather than nothing at all, and say plainly that nginx itself did not answer.
         switch_problem = str(exc)
         log.warning("%s; reporting what the include files say", exc)
-        facts = gather(ctx, written)
+        facts = gather(ctx, written, probe=probe)
     include_address = written(LIVE)
     live = facts.choice.live if facts.live_address else None
     colors = {}
@@ -511,9 +544,11 @@ def status(ctx: Context, probe: bool = True) -> dict:
                        "version": None, "health": None}
         if fact is not None:
             entry.update(state=fact.status, version=fact.version)
-            if probe and ctx.engine.holds_address(color):
+            if probe_problem:
+                entry["health"] = "not probed (see probe_problem)"
+            elif probe and ctx.engine.holds_address(color):
                 try:
-                    entry["health"] = health.probe(requests.Session(), health_url(s, color), 2.0)
+                    entry["health"] = health.probe(ctx.prober, health_url(s, color), 2.0)
                 except health.NotHealthyYet as exc:
                     entry["health"] = f"unhealthy: {exc.last}"
         colors[color] = entry
@@ -526,10 +561,11 @@ def status(ctx: Context, probe: bool = True) -> dict:
         "switch_mode": ctx.switch.mode,
         "switch": ctx.switch.describe(),
         "switch_problem": switch_problem,
+        "probe_problem": probe_problem,
         "colors": colors,
         "nginx_host": ctx.host.description,
         "settings": s.public(),   # the effective settings, secrets masked
-        "releases": _record_report(recorded(ctx, facts)),
+        "releases": _record_report(recorded(ctx, _settled(ctx, facts))),
     }
 
 

@@ -48,6 +48,10 @@ class PreflightError(PipelineError):
     exit_code = EXIT_PREFLIGHT
 
 
+class RouteRefused(PreflightError):
+    """The probing side would reach a color's address only through a gateway, or not at all."""
+
+
 class SwitchUnavailable(PreflightError):
     """The switch cannot say where traffic goes now (e.g. nginx's admin port does not answer)."""
 
@@ -58,6 +62,14 @@ class AdminUnavailable(SwitchUnavailable):
     def __init__(self, url: str, problem: str) -> None:
         self.url, self.problem = url, problem
         super().__init__(f"nginx admin {url}: {problem}")
+
+
+class AdminTokenRefused(AdminUnavailable):
+    """The admin token file is missing or unusable on the nginx host, or nginx refused its token."""
+
+    def __init__(self, url: str, token_file: str, problem: str) -> None:
+        self.token_file = token_file
+        super().__init__(url, f"NGINX_ADMIN_TOKEN_FILE={token_file}: {problem}")
 
 
 class IncludeMismatch(SwitchUnavailable):
@@ -105,6 +117,28 @@ class ContainerExited(DeployFailed):
         super().__init__(
             f"container {name} stopped while starting ({state})",
             [f"container log: {line}" for line in logs],
+        )
+
+
+class NotEnoughNodes(PreflightError):
+    """More REPLICAS than swarm nodes that can take a task (at most one task of a color per node)."""
+
+    def __init__(self, replicas: int, ready: Sequence[str], down: Sequence[str] = ()) -> None:
+        self.replicas, self.ready, self.down = replicas, list(ready), list(down)
+        names = ", ".join(self.ready) or "none"
+        gone = f"; not ready: {', '.join(self.down)}" if self.down else ""
+        super().__init__(f"REPLICAS={replicas} but only {len(self.ready)} swarm node(s) can run a task "
+                         f"(ready: {names}{gone}); at most one task of a color runs per node")
+
+
+class TaskFailed(DeployFailed):
+    """A swarm task of the new release failed, restarted or was moved off its node while starting."""
+
+    def __init__(self, service: str, task_id: str, node: str, state: str, logs: Sequence[str] = ()) -> None:
+        self.service, self.task_id, self.node, self.state = service, task_id, node, state
+        super().__init__(
+            f"task {task_id[:12]} of service {service} on node {node} failed while starting ({state})",
+            [f"task log: {line}" for line in logs],
         )
 
 

@@ -68,6 +68,13 @@ class FakeEngine(Strict):
         created, self.network = not self.network, True
         return created
 
+    def network_exists(self) -> bool:
+        return self.network
+
+    def remove_network(self) -> None:
+        self.mutations.append(("remove_network",))
+        self.network = False
+
     def container(self, color: str) -> Optional[ContainerFact]:
         box = self.boxes.get(color)
         if box is None:
@@ -149,6 +156,14 @@ class FakeSwitch(Strict):
         return {route: str(a) if a else None for route, a in self.routes.items()}
 
 
+class FakeProber(Strict):
+    """Where probes run: every color's address is reached over a local bridge. It sends nothing
+    (the World's health gate stands in for the probes)."""
+
+    def check_route(self, ip: str) -> None:
+        pass
+
+
 class World:
     """One app on the fakes, driven by the same steps a user types."""
 
@@ -168,7 +183,7 @@ class World:
         settings = replace(self.settings, app_version=version)
         self.engine.settings = settings
         return flows.Context(settings, self.engine, self.host, self.switch, Path("/work"), {"BUILD_TAG": "unit"},
-                             sleep=self._sleep, health_gate=self._health_gate)
+                             sleep=self._sleep, health_gate=self._health_gate, prober=FakeProber())
 
     def _sleep(self, seconds: float) -> None:
         self.sleeps.append(seconds)
@@ -176,7 +191,8 @@ class World:
             self.interrupt_drain = False
             raise Interrupted(signal.SIGTERM)
 
-    def _health_gate(self, url: str, interval: float, timeout: float, check_alive, logs=lambda: []) -> int:
+    def _health_gate(self, url: str, interval: float, timeout: float, check_alive, prober, logs=lambda: []) -> int:
+        assert isinstance(prober, FakeProber), "probes go through the context's prober"
         check_alive()
         color = next(c for c in ("blue", "green") if f"//{self.settings.ip_of(c)}:" in url)
         if self.engine.boxes[color]["version"] in self.engine.unhealthy:
