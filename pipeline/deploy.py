@@ -143,17 +143,13 @@ class Run:
 
 @contextmanager
 def preflight(ctx: Context, action: str) -> Iterator[Run]:
-    """Check what the run will use, take the deploy lock, settle the version; on the way out
-    write the history (of a failure too) and release the lock.
+    """Take the deploy lock, settle the version, check every part the run will use; on the way
+    out write the history (of a failure too) and release the lock.
 
-    Nothing has changed when this raises before the lock is taken.
+    A check that fails has changed nothing: the lock is released again.
     """
     s = ctx.settings
-    check_writable(ctx.host, s)   # first: a bad include directory is the one line the user sees
-    phase("preflight")
-    ctx.switch.check()
-    if ctx.engine.network_exists():
-        check_probe_routes(ctx)
+    check_writable(ctx.host, s)   # first: the lock and the history are written there
     if action in ("deploy", "stage") and not s.app_version:
         # Settled once, up front: the lock, the image tag and history (even of a failure) all
         # name the same release.
@@ -166,6 +162,10 @@ def preflight(ctx: Context, action: str) -> Iterator[Run]:
     run = Run()
     try:
         try:
+            phase("preflight")   # from here to "done" this run holds the lock
+            ctx.switch.check()
+            if ctx.engine.network_exists():
+                check_probe_routes(ctx)
             if ctx.engine.ensure_network():
                 log.info("    created docker network %s (%s, gateway %s)", s.deploy_network, s.deploy_subnet,
                          s.deploy_gateway)
