@@ -2,7 +2,7 @@
 
     preflight -> build -> pick the idle color -> start it -> health -> switch -> drain -> stop old
 
-Every flow that changes something starts with `preflight` (check, lock, settle the version; the
+Every flow that changes something starts with `preflight` (lock, settle the version, check; the
 history is written when it ends, however it ends). Facts are gathered next, including the release
 record (releases.py), the decision is made by pure functions (decide.py, releases.py), then the
 world is touched. Every failure before the switch leaves traffic where it was and removes the new
