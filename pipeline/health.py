@@ -23,7 +23,7 @@ import requests
 from tenacity import (RetryCallState, RetryError, Retrying, retry_if_exception_type,
                       stop_after_delay, wait_exponential)
 
-from .errors import HealthCheckFailed, PreflightError
+from .errors import HealthCheckFailed, RouteRefused
 from .nginx_host import NginxHost
 
 log = logging.getLogger("pipeline")
@@ -41,10 +41,6 @@ class NotHealthyYet(Exception):
     def __init__(self, last: str) -> None:
         super().__init__(last)
         self.last = last
-
-
-class RouteRefused(PreflightError):
-    """The probing side would reach a color's address only through a gateway, or not at all."""
 
 
 class Transport(Protocol):
