@@ -23,7 +23,6 @@ from typing import Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
 from . import build, decide, health, releases
 from .decide import Address, ContainerFact
-from .engine import Engine
 from .errors import ContainerExited, Interrupted, NothingToDo, PipelineError, SwitchUnavailable
 from .history import Entry, History
 from .lock import DeployLock, LockInfo, who_am_i
@@ -32,6 +31,7 @@ from .releases import Release, ReleaseRecord, ReleaseStore
 from .settings import Settings
 from .signals import SignalGuard
 from .switch import LIVE, PREVIEW, IncludeFiles, TrafficSwitch
+from .target import Target
 
 log = logging.getLogger("pipeline")
 
@@ -41,7 +41,7 @@ class Context:
     """The outside things a flow works with, handed in (never globals). compose.py builds it."""
 
     settings: Settings
-    engine: Engine
+    engine: Target       # one engine (engine.py) or a swarm (swarm.py): compose.make_target
     host: NginxHost
     switch: TrafficSwitch
     cwd: Path
@@ -97,13 +97,13 @@ def gather(ctx: Context, current: Optional[Callable[[str], Optional[Address]]] =
     live_address = current(LIVE)
     preview_address = current(PREVIEW) if s.nginx_preview_include else None
     containers = ctx.engine.containers()
-    include_color = decide.color_at(live_address, s.color_ips)
+    include_color = ctx.engine.color_at(live_address)
     blue_alive = None
     if probe and include_color is None and ctx.engine.holds_address("blue"):
         # The seed's rule, kept for a host with no include yet: probe blue, but only because a
         # container of ours holds its address (checked just above).
         try:
-            health.probe(ctx.prober, health_url(s, "blue"), 2.0)
+            health.probe(ctx.prober, health_urls(ctx, "blue")[0], 2.0)
             blue_alive = True
         except health.NotHealthyYet:
             blue_alive = False
@@ -113,18 +113,34 @@ def gather(ctx: Context, current: Optional[Callable[[str], Optional[Address]]] =
 
 
 def check_probe_routes(ctx: Context) -> None:
-    """Before any probe: both colors' addresses are reached from where probes run (the nginx
-    host's side) over a local interface, never through a gateway (exit 3 otherwise)."""
-    for color in ("blue", "green"):
-        ctx.prober.check_route(ctx.settings.ip_of(color))
+    """Before any probe: both colors' addresses (a swarm's: its nodes') are reached from where
+    probes run (the nginx host's side) over a local interface, never through a gateway (exit 3
+    otherwise)."""
+    for ip in ctx.engine.probe_ips():
+        ctx.prober.check_route(ip)
 
 
 def health_url(s: Settings, color: str) -> str:
     return f"http://{s.ip_of(color)}:{s.app_port}{s.health_path}"
 
 
-def address_of(s: Settings, color: str) -> Address:
-    return Address(s.ip_of(color), s.app_port)
+def health_urls(ctx: Context, color: str) -> List[str]:
+    return [f"{a.url}{ctx.settings.health_path}" for a in ctx.engine.addresses(color)]
+
+
+def address_of(ctx: Context, color: str) -> decide.Targets:
+    """Where a route to `color` sends traffic: its one address, or every task of a swarm color."""
+    addresses = ctx.engine.addresses(color)
+    return addresses[0] if len(addresses) == 1 else tuple(addresses)
+
+
+def preview_address_of(ctx: Context, color: str) -> Address:
+    """The preview serves a tester, not the load: one address (a swarm color's first task)."""
+    return decide.as_list(address_of(ctx, color))[0]
+
+
+def _shown(targets: decide.Targets) -> str:
+    return ", ".join(str(a) for a in decide.as_list(targets))
 
 
 # -- preflight: one place, for every flow that changes something ----------------------------------
@@ -245,7 +261,9 @@ def build_release(ctx: Context, color: str) -> Release:
 
 def start(ctx: Context, release: Release) -> None:
     s = ctx.settings
-    phase("starting %s (%s) at %s", s.container_name(release.color), release.version, s.ip_of(release.color))
+    where = s.ip_of(release.color) if s.target == "docker" else \
+        f"{s.replicas} task(s) on port {s.port_of(release.color)}"
+    phase("starting %s (%s) at %s", s.container_name(release.color), release.version, where)
     with ctx.guard.critical():
         ctx.engine.run(release.color, release.image, release.version)
 
@@ -253,6 +271,9 @@ def start(ctx: Context, release: Release) -> None:
 def wait_healthy(ctx: Context, color: str) -> None:
     s = ctx.settings
     name = s.container_name(color)
+    if s.target == "swarm":
+        wait_tasks_healthy(ctx, color)
+        return
 
     def check_alive() -> None:
         fact = ctx.engine.container(color)
@@ -270,12 +291,33 @@ def wait_healthy(ctx: Context, color: str) -> None:
                     logs=lambda: ctx.engine.logs_tail(color))
 
 
+def wait_tasks_healthy(ctx: Context, color: str) -> None:
+    """The swarm's gate: REPLICAS tasks run, each on its own node, and every one answers 200 at
+    its node's address. A task that fails or restarts ends the wait at once (TaskFailed, naming
+    the task, its node and its last log lines); a task lost with its node is waited out."""
+    s = ctx.settings
+    engine = ctx.engine
+    name = s.container_name(color)
+
+    def ready() -> list:
+        # Only tasks of a converged service count: a replacement on its way is not healthy yet.
+        return engine.addresses(color) if engine.converged(color) else []   # type: ignore[attr-defined]
+
+    phase("waiting for %d task(s) of %s to answer %s on port %d (every %gs, up to %gs)", s.replicas, name,
+          s.health_path, s.port_of(color), s.health_interval, s.health_timeout)
+    health.wait_all_healthy(f"every task of {name} at {s.health_path}", ready, s.health_path, s.replicas,
+                            s.health_interval, s.health_timeout,
+                            lambda: engine.check_tasks(color),   # type: ignore[attr-defined]
+                            ctx.prober, logs=lambda: engine.logs_tail(color))
+
+
 def switch_live(ctx: Context, release: Release, record: ReleaseRecord) -> ReleaseRecord:
     """Move live traffic to `release` and record it, in one step no signal cuts in half."""
     s = ctx.settings
-    phase("switching nginx to %s (%s) [%s]", release.color, address_of(s, release.color), ctx.switch.mode)
+    targets = address_of(ctx, release.color)
+    phase("switching nginx to %s (%s) [%s]", release.color, _shown(targets), ctx.switch.mode)
     with ctx.guard.critical():
-        ctx.switch.route_to(LIVE, address_of(s, release.color))
+        ctx.switch.route_to(LIVE, targets)
         record = record.made_live(release)
         record_store(ctx).write(record)
     return record
@@ -288,7 +330,7 @@ def _left_running(ctx: Context, old: Optional[str]) -> None:
 
 
 def point_preview(ctx: Context, color: str) -> None:
-    address = address_of(ctx.settings, color)
+    address = preview_address_of(ctx, color)
     phase("pointing the preview at %s (%s)", color, address)
     with ctx.guard.critical():
         ctx.switch.route_to(PREVIEW, address)
@@ -354,11 +396,12 @@ def abandoned_on_failure(ctx: Context, color: str, facts: Facts, record: Release
 def _abandon(ctx: Context, color: str, preview_before: Optional[Address], record: ReleaseRecord) -> None:
     """After a failure before the live switch: no container of the failed release left running."""
     s = ctx.settings
-    log.error("==> removing %s; nginx still serves what it served before", s.container_name(color))
-    ctx.engine.remove(color)
+    how = "removing" if s.target == "docker" else "scaling to 0"
+    log.error("==> %s %s; nginx still serves what it served before", how, s.container_name(color))
+    ctx.engine.discard(color)
     if record.without_color(color) != record:
         record_store(ctx).write(record.without_color(color))
-    if s.nginx_preview_include and ctx.switch.current(PREVIEW) == address_of(s, color) and preview_before:
+    if s.nginx_preview_include and ctx.engine.color_at(ctx.switch.current(PREVIEW)) == color and preview_before:
         try:
             ctx.switch.route_to(PREVIEW, preview_before)
         except PipelineError as exc:
@@ -460,7 +503,7 @@ def _undo_bring_back(ctx: Context, plan: releases.RollbackPlan, live: Optional[s
         ctx.engine.stop(plan.color)
     elif plan.how == "recreate":
         log.error("==> removing %s; nginx still serves %s", name, live)
-        ctx.engine.remove(plan.color)
+        ctx.engine.discard(plan.color)
         if record.without_color(plan.color) != record:
             record_store(ctx).write(record.without_color(plan.color))
 
@@ -542,10 +585,17 @@ def status(ctx: Context, probe: bool = True) -> dict:
         fact = facts.containers.get(color)
         entry: dict = {"container": s.container_name(color), "ip": s.ip_of(color), "state": "absent",
                        "version": None, "health": None}
+        if s.target == "swarm":
+            entry.update(ip=None, port=s.port_of(color), tasks=[])
         if fact is not None:
             entry.update(state=fact.status, version=fact.version)
             if probe_problem:
                 entry["health"] = "not probed (see probe_problem)"
+            elif s.target == "swarm":
+                entry["tasks"] = _task_report(ctx, color, probe)
+                if probe:
+                    healthy = sum(1 for task in entry["tasks"] if str(task["health"]).startswith("HTTP 200"))
+                    entry["health"] = f"{healthy} of {s.replicas} task(s) answer 200"
             elif probe and ctx.engine.holds_address(color):
                 try:
                     entry["health"] = health.probe(ctx.prober, health_url(s, color), 2.0)
@@ -556,7 +606,8 @@ def status(ctx: Context, probe: bool = True) -> dict:
         "app": s.app_name,
         "live_color": live,
         "live_version": colors[live]["version"] if live else None,
-        "include": {"path": str(s.nginx_include), "points_at": str(include_address) if include_address else None},
+        "include": {"path": str(s.nginx_include),
+                    "points_at": _shown(decide.parse_include_all(includes.read(LIVE))) if include_address else None},
         "preview": str(facts.preview_address) if facts.preview_address else None,
         "switch_mode": ctx.switch.mode,
         "switch": ctx.switch.describe(),
@@ -567,6 +618,24 @@ def status(ctx: Context, probe: bool = True) -> dict:
         "settings": s.public(),   # the effective settings, secrets masked
         "releases": _record_report(recorded(ctx, _settled(ctx, facts))),
     }
+
+
+def _task_report(ctx: Context, color: str, probe: bool) -> List[dict]:
+    """TARGET=swarm: every task the manager remembers for the color: node, address, state,
+    version, health (probed only while running on a node that is up: an address of this swarm)."""
+    report = []
+    for task in ctx.engine.tasks(color):   # type: ignore[attr-defined]
+        entry = {"task": task.task_id[:12], "node": task.node, "address": None, "state": task.state,
+                 "desired": task.desired_state, "version": task.version, "health": None}
+        if task.node_addr:
+            entry["address"] = f"{task.node_addr}:{task.port}"
+        if probe and task.running and task.node_up and task.node_addr:
+            try:
+                entry["health"] = health.probe(ctx.prober, f"http://{entry['address']}{ctx.settings.health_path}", 2.0)
+            except health.NotHealthyYet as exc:
+                entry["health"] = f"unhealthy: {exc.last}"
+        report.append(entry)
+    return report
 
 
 def _record_report(record: ReleaseRecord) -> Dict[str, Optional[dict]]:

@@ -202,6 +202,9 @@ class Settings:
             if raw is None:
                 continue
             values[attr] = reader(name, raw.strip(), cwd)
+        if values.get("target") == "swarm":
+            # A color is several tasks: only the upstream form lists several servers.
+            values.setdefault("nginx_include_form", "upstream")
         settings = cls(**values)
         settings._check_target({name for name, (attr, _) in _READERS.items() if attr in values})
         settings._check_together()
@@ -219,6 +222,12 @@ class Settings:
                 raise SettingsError("REGISTRY", None, "required with TARGET=swarm: every node pulls the release")
             if self.blue_port == self.green_port:
                 raise SettingsError("GREEN_PORT", self.green_port, "same port as BLUE_PORT")
+            if self.nginx_include_form != "upstream":
+                raise SettingsError("NGINX_INCLUDE_FORM", self.nginx_include_form,
+                                    "TARGET=swarm needs the upstream form: it lists every task as a server")
+            if self.switch_mode != "reload":
+                raise SettingsError("SWITCH_MODE", self.switch_mode,
+                                    "TARGET=swarm switches by reload (live mode takes one address per route)")
 
     def _check_together(self) -> None:
         if self.deploy_gateway not in self.deploy_subnet:

@@ -26,7 +26,7 @@ import requests.exceptions
 from docker.types import EndpointSpec, RestartPolicy, ServiceMode
 from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wait_fixed
 
-from .decide import ContainerFact
+from .decide import Address, ContainerFact, color_at_port
 from .engine import LABEL_APP, LABEL_COLOR, LABEL_VERSION, Engine, _read_env_file, _reason
 from .errors import DeployFailed, NotEnoughNodes, PreflightError, TaskFailed
 from .settings import COLORS, Settings
@@ -172,6 +172,30 @@ class SwarmEngine:
     def ensure_network(self) -> bool:
         """Nothing to create: tasks publish their node's port, there is no deploy network."""
         return False
+
+    def network_exists(self) -> bool:
+        """The nodes' network is always there to check: probes go to node addresses."""
+        return True
+
+    def remove_network(self) -> None:
+        """Nothing was created."""
+
+    def probe_ips(self) -> List[str]:
+        """The nodes' addresses: the only places a task of either color is ever probed."""
+        return sorted({n.addr for n in self.nodes() if n.addr})
+
+    def addresses(self, color: str) -> List[Address]:
+        """Every running task of the color on a node that is up, as `NODE_ADDR:PORT`, sorted."""
+        return sorted({Address(a.node_addr, a.port) for a in self.task_addresses(color)},
+                      key=lambda a: (tuple(int(x) for x in a.ip.split(".")), a.port))
+
+    def color_at(self, address: Optional[Address]) -> Optional[str]:
+        """By the port: every task of a color publishes the color's own port."""
+        return color_at_port(address, {c: self.settings.port_of(c) for c in COLORS})
+
+    def discard(self, color: str) -> None:
+        """After a failed start: scaled to 0, its spec kept (the failed tasks' logs stay readable)."""
+        self.stop(color)
 
     def build_image(self, cwd: Path, tag: str, version: str) -> str:
         return self.images.build_image(cwd, tag, version)

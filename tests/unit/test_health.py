@@ -300,7 +300,8 @@ def test_a_deploy_whose_new_network_is_not_a_local_bridge_removes_it_and_changes
     settings = Settings.from_env({"APP_VERSION": "v1", "DEPLOY_SUBNET": "172.29.5.0/24",
                                   "DEPLOY_GATEWAY": "172.29.5.1", "BLUE_IP": "172.29.5.2",
                                   "GREEN_IP": "172.29.5.3"}, tmp_path)
-    engine = Strict(network_exists=False, ensure_network=True, remove_network=None)
+    engine = Strict(network_exists=False, ensure_network=True, remove_network=None,
+                    probe_ips=["172.29.5.2", "172.29.5.3"])
     switch = Strict(check=None)
     host = RouteHost({"172.29.5.2": (0, "172.29.5.2 via 192.0.2.1 dev eth0 src 192.0.2.2 uid 0\n")})
     prober = Prober(StrictTransport(), host)
@@ -309,5 +310,5 @@ def test_a_deploy_whose_new_network_is_not_a_local_bridge_removes_it_and_changes
     with pytest.raises(RouteRefused, match="not probing 172.29.5.2"):
         flows.deploy(ctx)
     assert str(settings.nginx_include) not in files.files and str(settings.releases_path()) not in files.files
-    assert engine.calls == ["network_exists", "ensure_network", "remove_network"]
+    assert engine.calls == ["network_exists", "ensure_network", "probe_ips", "remove_network"]
     assert switch.calls == ["check"]
