@@ -190,6 +190,7 @@ def preflight(ctx: Context, action: str) -> Iterator[Run]:
                 except health.RouteRefused:
                     ctx.engine.remove_network()   # ours, just made, empty: nothing changed
                     raise
+            ctx.engine.check_capacity()   # a swarm with fewer nodes up than REPLICAS: exit 3 here
             yield run
         except BaseException as exc:
             if not isinstance(exc, NothingToDo):

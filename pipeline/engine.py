@@ -199,6 +199,9 @@ class Engine:
     def discard(self, color: str) -> None:
         self.remove(color)
 
+    def check_capacity(self) -> None:
+        """One engine always has room for the one container of a color."""
+
     def at_fixed_ip(self, fact: ContainerFact) -> bool:
         """The container holds its color's address on a deploy network that exists now."""
         return fact.ip == self.settings.ip_of(fact.color) and self.network_exists()

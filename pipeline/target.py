@@ -29,6 +29,10 @@ class Target(Protocol):
     def probe_ips(self) -> List[str]:
         """Every address a health probe of either color may go to (their routes are checked first)."""
 
+    def check_capacity(self) -> None:
+        """Raise NotEnoughNodes (exit 3) before anything changes if a color cannot get REPLICAS
+        tasks (one per node); one engine always can."""
+
     def build_image(self, cwd: Path, tag: str, version: str) -> str: ...
 
     def push_and_pull(self, tag: str) -> None: ...

@@ -105,6 +105,9 @@ class FakeEngine(Strict):
     def discard(self, color: str) -> None:
         self.remove(color)   # what the one engine does after a failed start
 
+    def check_capacity(self) -> None:
+        pass
+
     def build_image(self, cwd: Path, tag: str, version: str) -> str:
         self.mutations.append(("build_image", tag))
         self.images[tag] = next(self._clock)
