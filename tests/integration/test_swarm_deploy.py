@@ -17,7 +17,7 @@ import pytest
 from pipeline.swarm import SwarmEngine
 
 from .loadgen import Load
-from .realstack import Nginx, free_port, run_pipeline, wait_for
+from .realstack import Nginx, free_port, run_pipeline, start_pipeline, wait_for
 from .swarmstack import NODES, swarm_env, swarm_settings, swarm_sh
 
 pytestmark = pytest.mark.integration
@@ -111,6 +111,23 @@ def test_deploy_twice_under_load_loses_nothing_spreads_over_3_tasks_and_rolls_ba
     engine = SwarmEngine.connect(swarm_settings(swarm, env["APP_NAME"]), {})
     assert engine.container("green").status == "stopped"
 
+    # Staged behind the preview (the color's first task), live untouched; then promoted.
+    preview = {"NGINX_PREVIEW_INCLUDE": str(nginx.preview_include)}
+    staged = run(["deploy", "--no-promote"], env, tmp_path, APP_VERSION="v3", **preview)
+    assert_ok(staged)
+    assert nginx.get().text == "version=v1 color=blue\n"
+    assert nginx.get(preview=True).text == "version=v3 color=green\n"
+    assert_ok(run(["promote"], env, tmp_path, **preview))
+    assert sorted(servers(nginx)) == [f"{addr}:8082" for addr in nodes]
+    assert nginx.get().text == "version=v3 color=green\n"
+    history = run(["history", "--json"], env, tmp_path)
+    assert_ok(history)
+    entries = json.loads(history.stdout)
+    assert [(e["action"], e["version"], e["result"]) for e in entries] == [
+        ("deploy", "v1", "ok"), ("deploy", "v2", "ok"), ("rollback", "v1", "ok"), ("stage", "v3", "ok"),
+        ("promote", "v3", "ok")]
+    assert entries[-1]["live"] and entries[0]["rollback_target"]
+
 
 def test_a_release_that_never_gets_healthy_is_scaled_to_0_and_the_old_one_keeps_serving(swarm, env, nginx, tmp_path):
     assert_ok(run(["deploy"], env, tmp_path, APP_VERSION="v1", REPLICAS="2"))
@@ -130,28 +147,47 @@ def test_a_release_that_never_gets_healthy_is_scaled_to_0_and_the_old_one_keeps_
     assert engine.task_addresses("green") == []
 
 
-def test_a_node_down_refuses_more_replicas_than_nodes_and_deploys_on_the_nodes_left(swarm, env, nginx, tmp_path):
+def test_a_node_lost_during_the_health_wait_is_waited_out_and_a_node_down_limits_the_next_deploy(
+        swarm, env, nginx, tmp_path):
     engine = SwarmEngine.connect(swarm_settings(swarm, env["APP_NAME"]), {})
     manager = next(n for n in engine.nodes() if n.manager)
-    victim = next(n for n in engine.nodes() if not n.manager)
-    index = int(victim.addr.rsplit(".", 1)[1]) - 10
-    before = nginx.include.read_text()
+    by_addr = {n.addr: n for n in engine.nodes()}
+    (tmp_path / "app.env").write_text("STARTUP_DELAY_MS=12000\n")   # time to lose a node mid-gate
+    slow = {**env, "APP_VERSION": "v1", "REPLICAS": "2", "CONTAINER_ENV_FILE": str(tmp_path / "app.env")}
+    victim = None
     try:
-        swarm_sh("stop-node", str(index))
-        wait_for(lambda: not any(n.ready for n in engine.nodes() if n.addr == victim.addr), 60,
-                 interval=0.5, what=f"the manager to see node {victim.name} down")
-        refused = run(["deploy"], env, tmp_path, APP_VERSION="v1")
+        deploying = start_pipeline(["deploy"], slow, tmp_path)
+        try:
+            running = wait_for(lambda: [a for a in engine.task_addresses("blue")] if len(
+                engine.task_addresses("blue")) == 2 else None, 60, interval=0.2, what="2 blue tasks running")
+            victim = by_addr[next(a.node_addr for a in running if a.node_addr != manager.addr)]
+            swarm_sh("stop-node", str(int(victim.addr.rsplit(".", 1)[1]) - 10))
+            _, stderr = deploying.communicate(timeout=180)
+        finally:
+            if deploying.poll() is None:
+                deploying.kill()
+        assert deploying.returncode == 0, stderr
+        # The gate waited for swarm to move the lost task, then switched to the 2 healthy ones.
+        addrs = {s.split(":")[0] for s in servers(nginx)}
+        assert len(addrs) == 2 and victim.addr not in addrs, nginx.include.read_text()
+        assert nginx.get().text == "version=v1 color=blue\n"
+        assert any(e.kind == "node-lost" for e in engine.task_events("blue"))
+
+        # With the node still down: more REPLICAS than nodes up is refused before anything changes.
+        before = nginx.include.read_text()
+        refused = run(["deploy"], env, tmp_path, APP_VERSION="v2")
         assert refused.returncode == 3, refused.stderr
         assert "REPLICAS=3 but only 2 swarm node(s) can run a task" in refused.stderr
-        assert "building image" not in refused.stderr   # refused in preflight: nothing changed
-        assert nginx.include.read_text() == before and engine.containers() == {}
+        assert "building image" not in refused.stderr   # refused in preflight
+        assert nginx.include.read_text() == before and "green" not in engine.containers()
 
-        two = run(["deploy"], env, tmp_path, APP_VERSION="v1", REPLICAS="2")
-        assert_ok(two)
+        # REPLICAS no more than the nodes up: the tasks go to the nodes left.
+        assert_ok(run(["deploy"], env, tmp_path, APP_VERSION="v2", REPLICAS="2"))
         addrs = {s.split(":")[0] for s in servers(nginx)}
-        assert len(addrs) == 2 and victim.addr not in addrs and manager.addr in addrs
-        assert nginx.get().text == "version=v1 color=blue\n"
+        assert len(addrs) == 2 and victim.addr not in addrs
+        assert nginx.get().text == "version=v2 color=green\n"
     finally:
-        swarm_sh("start")   # the stopped node comes back and rejoins
+        if victim is not None:
+            swarm_sh("start")   # the stopped node comes back and rejoins
     wait_for(lambda: sum(n.ready for n in engine.nodes()) == NODES, 60, interval=0.5,
              what="the stopped node to be ready again")
