@@ -6,7 +6,8 @@ Every flow that changes something starts with `preflight` (lock, settle the vers
 history is written when it ends, however it ends). Facts are gathered next, including the release
 record (releases.py), the decision is made by pure functions (decide.py, releases.py), then the
 world is touched. Every failure before the switch leaves traffic where it was and removes the new
-container; a failed switch restores the include (the switch modules). `stage` (deploy
+container (on a swarm: scales the new service to 0); a failed switch restores the include (the
+switch modules). The colors run on a Target (target.py): one engine or a swarm, the same steps. `stage` (deploy
 --no-promote), `promote` and `rollback` are short flows of the same steps.
 """
 from __future__ import annotations
