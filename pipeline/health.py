@@ -156,10 +156,11 @@ class Prober:
 
     def _route_problem(self, ip: str) -> Optional[str]:
         result = self.host.run(["ip", "-4", "route", "get", ip])
-        problem = route_problem(result.code, result.output)
+        output = route_answer(result.output, ip)
+        problem = route_problem(result.code, output)
         if problem is not None:
             return problem
-        device = route_device(result.output)
+        device = route_device(output)
         # A docker network is a bridge; a plain interface (a VPN's tun0 carrying the default
         # route without a gateway, a LAN) is not where our containers are.
         try:
@@ -183,6 +184,18 @@ _DEVICE_RE = re.compile(r"[A-Za-z0-9_.:@-]{1,15}")
 # Route types `ip route get` prints first when the route is not a plain unicast one.
 _NOT_UNICAST = ("local", "broadcast", "blackhole", "unreachable", "prohibit", "throw",
                 "multicast", "anycast", "nat")
+
+
+def route_answer(output: str, ip: str) -> str:
+    """The lines of `ip route get IP`'s output that are its answer.
+
+    The command's stderr comes mixed in, and over SSH so does whatever the login shell prints
+    (seen here: a pyenv shim's `rm: cannot remove ...` racing another session). The answer's
+    line starts with the address asked for, or with a route type.
+    """
+    lines = [line for line in output.splitlines() if line.strip()]
+    answer = [line for line in lines if line.split()[0] in (ip, *_NOT_UNICAST)]
+    return "\n".join(answer) if answer else output
 
 
 def route_problem(code: int, output: str) -> Optional[str]:

@@ -90,7 +90,7 @@ import paramiko  # noqa: E402
 from pipeline import deploy as flows  # noqa: E402
 from pipeline.errors import EXIT_PREFLIGHT  # noqa: E402
 from pipeline.health import (ChannelTransport, LocalTransport, NotHealthyYet, Prober,  # noqa: E402
-                             RouteRefused, probe, route_problem)
+                             RouteRefused, probe, route_answer, route_problem)
 from pipeline.nginx_host import CommandResult  # noqa: E402
 from pipeline.settings import Settings  # noqa: E402
 
@@ -116,7 +116,7 @@ GATEWAY = "172.20.0.2 via 10.0.0.1 dev eth0 src 10.0.0.5 uid 0 \n    cache \n"
     (0, "172.29.5.2 src 172.29.5.1 uid 0\n", "gave an answer without an interface"),
 ])
 def test_route_get_answers_are_directly_connected_or_refused(code, output, problem):
-    found = route_problem(code, output)
+    found = route_problem(code, route_answer(output, "172.29.5.2"))
     if problem is None:
         assert found is None
     else:
@@ -311,3 +311,13 @@ def test_a_deploy_whose_new_network_is_not_a_local_bridge_removes_it_and_changes
     assert str(settings.nginx_include) not in files.files and str(settings.releases_path()) not in files.files
     assert engine.calls == ["network_exists", "ensure_network", "remove_network"]
     assert switch.calls == ["check"]
+
+
+SHELL_NOISE = "rm: cannot remove '/root/.pyenv/shims/tmp.QXSeTsXbXe': No such file or directory\n"
+
+
+@pytest.mark.parametrize("output", [SHELL_NOISE + BRIDGE, BRIDGE + SHELL_NOISE])
+def test_what_the_login_shell_prints_around_the_route_is_not_the_answer(output):
+    # Seen over SSH on a loaded machine: the shell's own stderr came before `ip`'s answer.
+    assert route_problem(0, route_answer(output, "172.29.5.2")) is None
+    assert route_problem(0, route_answer(SHELL_NOISE + GATEWAY, "172.20.0.2")).startswith("reaches it only")
