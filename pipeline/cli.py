@@ -143,7 +143,8 @@ def _run_flow(args: argparse.Namespace, ctx: flows.Context, started: float) -> i
                 outcome = flows.rollback(ctx)
         except BaseException as exc:
             if not isinstance(exc, errors.NothingToDo):
-                result = "interrupted" if isinstance(exc, errors.Interrupted) else "failed"
+                result = getattr(exc, "history_result", None) or (
+                    "interrupted" if isinstance(exc, errors.Interrupted) else "failed")
                 history.append(Entry(_now(), who, s.app_name, action, s.app_version or "", "", result,
                                      round(time.monotonic() - started, 2), flows.describe_failure(exc)[:300]))
             raise

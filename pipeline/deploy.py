@@ -1,6 +1,7 @@
 """The deploy, as the runbook tells it.
 
-    preflight -> build -> pick the idle color -> start it -> health -> switch -> drain -> stop old
+    preflight -> build -> pick the idle color -> start it -> health -> [smoke] -> switch -> verify
+    -> drain -> stop old
 
 Facts are gathered first, the decision is made by pure functions (decide.py), then the world is
 touched. Every failure before the switch leaves traffic where it was and removes the new container;
@@ -16,7 +17,7 @@ from typing import Callable, Dict, Mapping, Optional
 
 import requests
 
-from . import build, decide, health
+from . import build, decide, health, smoke, verify
 from .decide import Address, ContainerFact
 from .engine import Engine
 from .errors import ContainerExited, Interrupted, NothingToDo, PipelineError
@@ -121,6 +122,18 @@ def wait_healthy(ctx: Context, color: str) -> None:
                         logs=lambda: ctx.engine.logs_tail(color))
 
 
+def smoke_test(ctx: Context, color: str) -> None:
+    s = ctx.settings
+    if s.smoke_command:
+        url = address_of(s, color).url
+        phase("smoke test: %s (SMOKE_URL=%s)", s.smoke_command, url)
+        smoke.run_smoke(s.smoke_command, url, ctx.environ, s.health_timeout)
+
+
+def _verified(verdict: Optional[verify.Verdict]) -> str:
+    return f"; {verdict.summary()}" if verdict else ""
+
+
 def switch_live(ctx: Context, color: str) -> None:
     s = ctx.settings
     phase("switching nginx to %s (%s) [%s]", color, address_of(s, color), ctx.switch.mode)
@@ -151,6 +164,11 @@ def retire(ctx: Context, old: Optional[str]) -> None:
     if old is None or ctx.engine.container(old) is None:
         ctx.sleep(ctx.switch.settle_seconds)
         return
+    if s.keep_previous_running:
+        ctx.sleep(ctx.switch.settle_seconds)
+        phase("%s kept running out of traffic (KEEP_PREVIOUS_RUNNING): `rollback` is a switch only",
+              s.container_name(old))
+        return
     phase("draining %s for %gs", s.container_name(old), wait)
     try:
         ctx.sleep(wait)
@@ -180,6 +198,8 @@ def deploy(ctx: Context, promote: bool = True) -> Outcome:
     assert s.app_version, "the caller settles the version before the deploy"
 
     preflight(ctx)
+    if promote:
+        verify.check(ctx)
     if ctx.engine.ensure_network():
         log.info("    created docker network %s (%s, gateway %s)", s.deploy_network, s.deploy_subnet, s.deploy_gateway)
     facts = gather(ctx)
@@ -203,7 +223,9 @@ def deploy(ctx: Context, promote: bool = True) -> Outcome:
         with ctx.guard.critical():
             ctx.engine.run(target, image, version)
         wait_healthy(ctx, target)
+        smoke_test(ctx, target)
         if promote:
+            mark = verify.baseline(ctx, target, live)
             switch_live(ctx, target)
         elif s.nginx_preview_include:
             point_preview(ctx, target)
@@ -217,6 +239,7 @@ def deploy(ctx: Context, promote: bool = True) -> Outcome:
             ctx.sleep(ctx.switch.settle_seconds)   # "staged" means the preview serves it
         phase("%s staged on %s; live traffic still on %s. Run `promote` to switch.", version, target, live or "nothing")
         return Outcome("stage", version, target, f"staged on {target}")
+    verdict = verify.verify(ctx, mark)
     if s.nginx_preview_include:
         # After the live switch, so the preview's own test + reload never delays live traffic.
         try:
@@ -228,7 +251,7 @@ def deploy(ctx: Context, promote: bool = True) -> Outcome:
             log.warning("    the preview still points at the previous release: %s", exc)
     retire(ctx, live)
     clean_images(ctx)
-    return Outcome("deploy", version, target, f"{version} live on {target}")
+    return Outcome("deploy", version, target, f"{version} live on {target}" + _verified(verdict))
 
 
 def _abandon(ctx: Context, color: str, preview_before: Optional[Address]) -> None:
@@ -246,6 +269,7 @@ def _abandon(ctx: Context, color: str, preview_before: Optional[Address]) -> Non
 def promote(ctx: Context) -> Outcome:
     s = ctx.settings
     preflight(ctx)
+    verify.check(ctx)
     facts = gather(ctx)
     preview_color = decide.color_at(facts.preview_address, s.color_ips)
     staged = decide.staged_release(facts.choice.live, facts.containers, preview_color)
@@ -254,10 +278,14 @@ def promote(ctx: Context) -> Outcome:
                           f" (live: {facts.choice.live or 'none'})")
     log.info("    promoting %s (%s) from %s", staged.version, staged.color, facts.choice.live or "nothing")
     wait_healthy(ctx, staged.color)
+    smoke_test(ctx, staged.color)
+    mark = verify.baseline(ctx, staged.color, facts.choice.live)
     switch_live(ctx, staged.color)
+    verdict = verify.verify(ctx, mark)
     retire(ctx, facts.choice.live)
     clean_images(ctx)
-    return Outcome("promote", staged.version or "", staged.color, f"{staged.version} live on {staged.color}")
+    return Outcome("promote", staged.version or "", staged.color,
+                   f"{staged.version} live on {staged.color}" + _verified(verdict))
 
 
 def rollback(ctx: Context) -> Outcome:
