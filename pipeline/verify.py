@@ -302,7 +302,8 @@ class _Watch:
                 self.probes += 1
                 try:
                     # Only after _container_problem found the container holding its address.
-                    health.probe(session, url, max(0.5, every))
+                    # A generous timeout: a busy host must not turn a slow answer into a switch-back.
+                    health.probe(session, url, HEALTH_EVERY_MAX)
                     failed_in_row = 0
                 except health.NotHealthyYet as exc:
                     failed_in_row += 1
