@@ -14,6 +14,8 @@ Reported per rollback:
              release rolled back to (so Python's start-up and imports are included)
   done_s     until the command exited
   failed     answers other than 200 meanwhile
+  startup_s  `python -m pipeline --help` just before, the same way: Python's start-up and the
+             tool's imports alone, the floor under served_s on this machine at that moment
 """
 from __future__ import annotations
 
@@ -60,6 +62,10 @@ def one_mode(mode: str, rounds: int, stack: Dict[str, str], client) -> List[Dict
             url = f"http://127.0.0.1:{nginx.port}/"
             full_env = pipeline_env(env)
             for round_number in range(rounds):
+                began = time.monotonic()
+                subprocess.run([sys.executable, "-m", "pipeline", "--help"], cwd=cwd, env=full_env,
+                               capture_output=True, timeout=60, check=True)
+                startup = time.monotonic() - began
                 with Timeline(url, every=0.002, max_seconds=60) as timeline:
                     time.sleep(0.3)
                     started = time.monotonic()
@@ -74,6 +80,7 @@ def one_mode(mode: str, rounds: int, stack: Dict[str, str], client) -> List[Dict
                              "served_s": round(served.at - started, 2) if served else None,
                              "done_s": round(finished - started, 2),
                              "failed": sum(1 for a in timeline.answers if a.status != 200),
+                             "startup_s": round(startup, 2),
                              "load_avg": round(os.getloadavg()[0], 1)})
                 print(f"# {rows[-1]}", file=sys.stderr)
                 live, other = other, live
@@ -86,7 +93,7 @@ def one_mode(mode: str, rounds: int, stack: Dict[str, str], client) -> List[Dict
 
 
 def format_table(rows: List[Dict[str, object]]) -> str:
-    columns = ["mode", "round", "served_s", "done_s", "failed", "load_avg"]
+    columns = ["mode", "round", "served_s", "done_s", "failed", "startup_s", "load_avg"]
     widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in columns}
     lines = ["  ".join(c.ljust(widths[c]) for c in columns)]
     lines += ["  ".join(str(r[c]).ljust(widths[c]) for c in columns) for r in rows]
