@@ -4,8 +4,9 @@ stack, in both switch modes.
 The demo plays the bad releases: FAIL_RATE=0.3 answers 500 to 30% of requests but keeps its
 health fine; HEALTH_FAIL_AFTER=3 starts failing health 3 s after its first healthy answer. Each
 release's knobs reach its container through CONTAINER_ENV_FILE. Load: wrk through nginx with a
-new connection per request, paced to at most 16 x 50 req/s, plus a poller that time-stamps every
-answer it gets (timeline.py). Verification windows are kept short (VERIFY_SECONDS 4-8).
+new connection per request, paced to at most 16 x 100 req/s (bounded by wrk's -d); the bound on
+the switch-back is read from nginx's own log, with $msec added to the test's copy of the format
+(timeline.log_msec). Verification windows are kept short (VERIFY_SECONDS 4-8).
 """
 from __future__ import annotations
 
@@ -86,7 +87,7 @@ def ok(result):
 
 def load(nginx: Nginx, seconds: int = 60) -> loadgen.Load:
     return loadgen.Load(f"http://127.0.0.1:{nginx.port}/", profile="close", connections=16, seconds=seconds,
-                        pause_ms=20)
+                        pause_ms=10)
 
 
 def history(env: Dict[str, str], cwd: Path) -> list:
