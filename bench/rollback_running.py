@@ -14,6 +14,7 @@ Reported per rollback:
              release rolled back to (so Python's start-up and imports are included)
   done_s     until the command exited
   failed     answers other than 200 meanwhile
+  tool_s     the tool's own "done ... in N s": from after its imports to the end
   startup_s  `python -m pipeline --help` just before, the same way: Python's start-up and the
              tool's imports alone, the floor under served_s on this machine at that moment
 """
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -80,6 +82,7 @@ def one_mode(mode: str, rounds: int, stack: Dict[str, str], client) -> List[Dict
                              "served_s": round(served.at - started, 2) if served else None,
                              "done_s": round(finished - started, 2),
                              "failed": sum(1 for a in timeline.answers if a.status != 200),
+                             "tool_s": float(re.search(r"==> done: .* in ([\d.]+)s", process.stderr).group(1)),
                              "startup_s": round(startup, 2),
                              "load_avg": round(os.getloadavg()[0], 1)})
                 print(f"# {rows[-1]}", file=sys.stderr)
@@ -93,7 +96,7 @@ def one_mode(mode: str, rounds: int, stack: Dict[str, str], client) -> List[Dict
 
 
 def format_table(rows: List[Dict[str, object]]) -> str:
-    columns = ["mode", "round", "served_s", "done_s", "failed", "startup_s", "load_avg"]
+    columns = ["mode", "round", "served_s", "done_s", "tool_s", "failed", "startup_s", "load_avg"]
     widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in columns}
     lines = ["  ".join(c.ljust(widths[c]) for c in columns)]
     lines += ["  ".join(str(r[c]).ljust(widths[c]) for c in columns) for r in rows]
