@@ -7,6 +7,8 @@ switched. It is bounded by HEALTH_TIMEOUT, like the wait for health.
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import subprocess
 import threading
 import time
@@ -30,7 +32,8 @@ def run_smoke(command: str, url: str, environ: Mapping[str, str], timeout: float
     started = time.monotonic()
     try:
         process = subprocess.Popen(["sh", "-c", command], env=env, stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True, bufsize=1)
+                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True, bufsize=1,
+                                   start_new_session=True)   # its own process group: stopped whole
     except OSError as exc:
         raise SmokeFailed(f"SMOKE_COMMAND could not start: {exc}") from exc
     def stream() -> None:
@@ -44,15 +47,22 @@ def run_smoke(command: str, url: str, environ: Mapping[str, str], timeout: float
     try:
         code = process.wait(timeout=timeout)
     except subprocess.TimeoutExpired as exc:
-        process.kill()
-        process.wait()
+        _kill(process)
         raise SmokeFailed(f"SMOKE_COMMAND did not finish within {timeout:g}s (HEALTH_TIMEOUT); nothing was switched",
                           list(last)) from exc
     except BaseException:   # SIGINT/SIGTERM: the command goes too
-        process.kill()
-        process.wait()
+        _kill(process)
         raise
     reader.join(timeout=2)
     if code != 0:
         raise SmokeFailed(f"SMOKE_COMMAND exited with {code} against {url}; nothing was switched", list(last))
     log.info("    smoke command passed (%.1fs)", time.monotonic() - started)
+
+
+def _kill(process: subprocess.Popen) -> None:
+    """The command and whatever it started (curl, a test runner): the whole process group."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait()
