@@ -47,7 +47,7 @@ def one_mode(mode: str, rounds: int, stack: Dict[str, str], client) -> List[Dict
         cwd = Path(temp)
         network = reserve_network(client)
         app = f"b{uuid.uuid4().hex[:8]}"
-        nginx = make_nginx(mode, cwd / "nginx")
+        nginx = make_nginx(mode, cwd / "nginx", network)
         nginx.start()
         try:
             env = deploy_env(app, network, nginx, stack, cwd)

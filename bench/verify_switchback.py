@@ -58,7 +58,7 @@ def one_run(mode: str, stack: Dict[str, str], client, max_seconds: int) -> Dict[
         cwd = Path(temp)
         network = reserve_network(client)
         app = f"b{uuid.uuid4().hex[:8]}"
-        nginx = make_nginx(switch_mode, cwd / "nginx")
+        nginx = make_nginx(switch_mode, cwd / "nginx", network)
         nginx.start()
         try:
             log_msec(nginx)

@@ -15,8 +15,8 @@ import time
 from collections import deque
 from typing import Mapping
 
-from .build import SECRET_SETTINGS
 from .errors import DeployFailed
+from .settings import without_secrets
 
 log = logging.getLogger("pipeline")
 
@@ -26,7 +26,7 @@ class SmokeFailed(DeployFailed):
 
 
 def run_smoke(command: str, url: str, environ: Mapping[str, str], timeout: float) -> None:
-    env = {k: v for k, v in environ.items() if k not in SECRET_SETTINGS}
+    env = dict(without_secrets(environ))
     env["SMOKE_URL"] = url
     last: deque = deque(maxlen=20)
     started = time.monotonic()

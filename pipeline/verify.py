@@ -33,8 +33,6 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Counter, Dict, Optional, Protocol, Tuple
 
-import requests
-
 from . import health
 from .decide import Address
 from .errors import DeployFailed, Interrupted, PipelineError, PreflightError
@@ -282,7 +280,6 @@ class _Watch:
         ctx, s, color = self.ctx, self.ctx.settings, self.mark.color
         every = min(s.health_interval, HEALTH_EVERY_MAX)
         url = f"http://{s.ip_of(color)}:{s.app_port}{s.health_path}"
-        session = requests.Session()
         started = time.monotonic()
         deadline = started + s.verify_seconds
         next_probe = started + every
@@ -301,9 +298,10 @@ class _Watch:
                 next_probe = now + every
                 self.probes += 1
                 try:
-                    # Only after _container_problem found the container holding its address.
+                    # Only after _container_problem found the container holding its address, and
+                    # from where nginx is (ctx.prober checks the route there first).
                     # A generous timeout: a busy host must not turn a slow answer into a switch-back.
-                    health.probe(session, url, HEALTH_EVERY_MAX)
+                    health.probe(ctx.prober, url, HEALTH_EVERY_MAX)
                     failed_in_row = 0
                 except health.NotHealthyYet as exc:
                     failed_in_row += 1

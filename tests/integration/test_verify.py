@@ -49,7 +49,7 @@ def mode(request) -> str:
 
 @pytest.fixture
 def nginx(world, tmp_path, mode) -> Iterator[Nginx]:
-    server = bench.make_nginx(mode, tmp_path / "nginx")
+    server = bench.make_nginx(mode, tmp_path / "nginx", world.network)
     server.start()
     yield server
     server.stop()
