@@ -1,6 +1,7 @@
 """The deploy, as the runbook tells it.
 
-    preflight -> build -> pick the idle color -> start it -> health -> switch -> drain -> stop old
+    preflight -> build -> pick the idle color -> start it -> health -> [smoke] -> switch -> verify
+    -> drain -> stop old
 
 Every flow that changes something starts with `preflight` (lock, settle the version, check; the
 history is written when it ends, however it ends). Facts are gathered next, including the release
@@ -21,10 +22,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
-from . import build, decide, health, releases
+from . import build, decide, health, releases, smoke, verify
 from .decide import Address, ContainerFact
 from .engine import Engine
-from .errors import ContainerExited, Interrupted, NothingToDo, PipelineError, SwitchUnavailable
+from .errors import (ContainerExited, Interrupted, InterruptedAfterSwitch, NothingToDo, PipelineError,
+                     SwitchUnavailable)
 from .history import Entry, History
 from .lock import DeployLock, LockInfo, who_am_i
 from .nginx_host import NginxHost, check_writable
@@ -164,6 +166,8 @@ def preflight(ctx: Context, action: str) -> Iterator[Run]:
         try:
             phase("preflight")   # from here to "done" this run holds the lock
             ctx.switch.check()
+            if action in ("deploy", "promote"):
+                verify.check(ctx)   # the answers verification reads can be read at all
             if ctx.engine.network_exists():
                 check_probe_routes(ctx)
             if ctx.engine.ensure_network():
@@ -177,7 +181,8 @@ def preflight(ctx: Context, action: str) -> Iterator[Run]:
             yield run
         except BaseException as exc:
             if not isinstance(exc, NothingToDo):
-                result = "interrupted" if isinstance(exc, Interrupted) else "failed"
+                result = getattr(exc, "history_result", None) or (
+                    "interrupted" if isinstance(exc, Interrupted) else "failed")
                 history.append(Entry(_now(), who, s.app_name, action, s.app_version or "", "", result,
                                      _elapsed(ctx), describe_failure(exc)[:300]))
             raise
@@ -270,15 +275,46 @@ def wait_healthy(ctx: Context, color: str) -> None:
                     logs=lambda: ctx.engine.logs_tail(color))
 
 
+def smoke_test(ctx: Context, color: str) -> None:
+    s = ctx.settings
+    if s.smoke_command:
+        url = address_of(s, color).url
+        phase("smoke test: %s (SMOKE_URL=%s)", s.smoke_command, url)
+        smoke.run_smoke(s.smoke_command, url, ctx.environ, s.health_timeout)
+
+
+def _verified(verdict: Optional[verify.Verdict]) -> str:
+    return f"; {verdict.summary()}" if verdict else ""
+
+
 def switch_live(ctx: Context, release: Release, record: ReleaseRecord) -> ReleaseRecord:
     """Move live traffic to `release` and record it, in one step no signal cuts in half."""
     s = ctx.settings
     phase("switching nginx to %s (%s) [%s]", release.color, address_of(s, release.color), ctx.switch.mode)
-    with ctx.guard.critical():
-        ctx.switch.route_to(LIVE, address_of(s, release.color))
-        record = record.made_live(release)
-        record_store(ctx).write(record)
+    switched = False
+    try:
+        with ctx.guard.critical():
+            ctx.switch.route_to(LIVE, address_of(s, release.color))
+            switched = True
+            record = record.made_live(release)
+            record_store(ctx).write(record)
+    except Interrupted as exc:
+        if switched:   # the signal was held through the switch: the release is live now
+            raise InterruptedAfterSwitch(exc.signum) from exc
+        raise
     return record
+
+
+def verified(ctx: Context, mark: Optional[verify.Baseline], before: ReleaseRecord) -> Optional[verify.Verdict]:
+    """The verification window after the switch. On a switch back, the record is put back as it
+    was before the switch: the failed release is live nowhere and no rollback target."""
+    try:
+        return verify.verify(ctx, mark)
+    except (verify.SwitchedBack, verify.SwitchedBackOnSignal):
+        assert mark is not None
+        with ctx.guard.critical():
+            record_store(ctx).write(before.without_color(mark.color))
+        raise
 
 
 def _left_running(ctx: Context, old: Optional[str]) -> None:
@@ -317,6 +353,11 @@ def retire(ctx: Context, old: Optional[str]) -> None:
     if old is None or ctx.engine.container(old) is None:
         ctx.sleep(ctx.switch.settle_seconds)
         return
+    if s.keep_previous_running:
+        ctx.sleep(ctx.switch.settle_seconds)
+        phase("%s kept running out of traffic (KEEP_PREVIOUS_RUNNING): `rollback` is a switch only",
+              s.container_name(old))
+        return
     phase("draining %s for %gs", s.container_name(old), wait)
     try:
         ctx.sleep(wait)
@@ -345,6 +386,11 @@ def abandoned_on_failure(ctx: Context, color: str, facts: Facts, record: Release
     """Around everything from starting the new container to the live switch."""
     try:
         yield
+    except InterruptedAfterSwitch:
+        # Not a failure of the release: it serves now. The old one is left running (not drained,
+        # not stopped), and the record says so: `rollback` is a switch only.
+        _left_running(ctx, facts.choice.live)
+        raise
     except BaseException:
         with ctx.guard.critical():
             _abandon(ctx, color, facts.preview_address, record)
@@ -377,11 +423,16 @@ def deploy(ctx: Context) -> Outcome:
         with abandoned_on_failure(ctx, target, facts, record):
             start(ctx, release)
             wait_healthy(ctx, target)
+            smoke_test(ctx, target)
+            mark = verify.baseline(ctx, target, live)
+            before = record
             record = switch_live(ctx, release, record)
+        verdict = verified(ctx, mark, before)
         preview_follows(ctx, target, live)
         retire(ctx, live)
         clean_images(ctx, record)
-        return run.done(Outcome("deploy", release.version, target, f"{release.version} live on {target}"))
+        return run.done(Outcome("deploy", release.version, target,
+                                f"{release.version} live on {target}" + _verified(verdict)))
 
 
 def stage(ctx: Context) -> Outcome:
@@ -396,6 +447,7 @@ def stage(ctx: Context) -> Outcome:
         with abandoned_on_failure(ctx, target, facts, record):
             start(ctx, release)
             wait_healthy(ctx, target)
+            smoke_test(ctx, target)
             if s.nginx_preview_include:
                 point_preview(ctx, target)
             with ctx.guard.critical():
@@ -408,17 +460,22 @@ def stage(ctx: Context) -> Outcome:
 
 
 def promote(ctx: Context) -> Outcome:
-    """Make the staged release live: health again, switch, drain and stop the old one."""
+    """Make the staged release live: health again, [smoke,] switch, verify, drain and stop the old one."""
     with preflight(ctx, "promote") as run:
         facts, record = facts_and_record(ctx)
         live = facts.choice.live
         staged = releases.staged_release(record, live, facts.containers)
         log.info("    promoting %s from %s", staged, live or "nothing")
         wait_healthy(ctx, staged.color)
+        smoke_test(ctx, staged.color)
+        mark = verify.baseline(ctx, staged.color, live)
+        before = record
         record = switch_live(ctx, staged, record)
+        verdict = verified(ctx, mark, before)
         retire(ctx, live)
         clean_images(ctx, record)
-        return run.done(Outcome("promote", staged.version, staged.color, f"{staged.version} live on {staged.color}"))
+        return run.done(Outcome("promote", staged.version, staged.color,
+                                f"{staged.version} live on {staged.color}" + _verified(verdict)))
 
 
 def rollback(ctx: Context, to_version: Optional[str] = None) -> Outcome:

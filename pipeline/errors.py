@@ -166,8 +166,33 @@ class Interrupted(PipelineError):
         super().__init__(f"interrupted by {signal.Signals(signum).name}")
 
 
+class InterruptedAfterSwitch(Interrupted):
+    """SIGINT/SIGTERM held through the live switch: the new release serves, the old one runs."""
+
+
+
 def tail(text: Optional[str], lines: int = 20) -> list[str]:
     """The last non-empty lines of a command's output, for error details."""
     if not text:
         return []
     return [line for line in text.splitlines() if line.strip()][-lines:]
+
+
+class SmokeFailed(DeployFailed):
+    """SMOKE_COMMAND exited non-zero (or ran too long); nothing was switched."""
+
+
+class SwitchedBack(DeployFailed):
+    """The new release failed verification; traffic is back on the old one."""
+
+    history_result = "switched back"
+
+
+class SwitchedBackOnSignal(Interrupted):
+    """SIGINT/SIGTERM during verification: traffic was put back on the old release first."""
+
+    history_result = "switched back"
+
+    def __init__(self, signum: int, message: str) -> None:
+        super().__init__(signum)
+        self.args = (f"{self.args[0]} during verification; {message}",)

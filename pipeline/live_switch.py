@@ -49,6 +49,8 @@ from .switch import LIVE, PREVIEW, IncludeFiles
 log = logging.getLogger("pipeline")
 
 FILES = "files"           # GET /pipeline/files: "ROUTE PATH" lines, the includes nginx reads
+STATS = "stats"           # GET /pipeline/stats: "IP:PORT STATUS COUNT" lines (pipeline/verify.py)
+MAX_STATS_BYTES = 64 * 1024   # at most 1024 counters of a few dozen bytes
 ADMIN_TIMEOUT = 5.0       # per request: connect (or channel open), send, answer
 ADMIN_ATTEMPTS = 3        # GET and PUT are idempotent, so a dropped connection is simply retried
 ADMIN_RETRY_WAIT = 0.3
@@ -100,6 +102,14 @@ class NginxAdmin:
                                              f"nginx runs an app-live.conf older than this tool")
         return found
 
+    def stats(self) -> str:
+        """What nginx answered per upstream address and status since it started: the raw lines."""
+        status, body = self._request("GET", STATS, limit=MAX_STATS_BYTES)
+        if status != 200:
+            raise AdminUnavailable(self.url, f"GET {self._path(STATS)} answered {status} {body[:80]!r}; "
+                                             f"verification needs an app-live.conf with /pipeline/stats")
+        return body
+
     def put(self, route: str, address: Address) -> None:
         status, body = self._request("PUT", route, str(address))
         if status == 403:
@@ -141,7 +151,8 @@ class NginxAdmin:
         register_secret(token)   # masked in every log line and output from here on
         return Secret(token)
 
-    def _request(self, method: str, route: str, body: Optional[str] = None) -> Tuple[int, str]:
+    def _request(self, method: str, route: str, body: Optional[str] = None,
+                 limit: int = MAX_ANSWER_BYTES) -> Tuple[int, str]:
         def before_sleep(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
             log.info("    nginx admin %s %s, attempt %d: %s; trying again", method, self._path(route),
@@ -151,7 +162,7 @@ class NginxAdmin:
         retrying = Retrying(stop=stop_after_attempt(self.attempts), wait=wait_fixed(self.retry_wait),
                             retry=retry_if_exception_type(_TRANSPORT_ERRORS), before_sleep=before_sleep)
         try:
-            status, answer = retrying(self._exchange, method, self._path(route), body)
+            status, answer = retrying(self._exchange, method, self._path(route), body, limit)
         except RetryError as exc:
             last = exc.last_attempt.exception()
             raise AdminUnavailable(self.url, f"{method} {self._path(route)} failed {self.attempts} times, "
@@ -165,7 +176,8 @@ class NginxAdmin:
                                     f"last started or reloaded: after changing the file, run `nginx -s reload`")
         return status, answer
 
-    def _exchange(self, method: str, path: str, body: Optional[str]) -> Tuple[int, str]:
+    def _exchange(self, method: str, path: str, body: Optional[str],
+                  limit: int = MAX_ANSWER_BYTES) -> Tuple[int, str]:
         connection = _ChannelConnection(self.host, self.address, self.port, self.timeout)
         try:
             headers = {"Connection": "close", "Authorization": f"Bearer {self.token().reveal()}"}
@@ -173,9 +185,9 @@ class NginxAdmin:
                 headers["Content-Type"] = "text/plain"
             connection.request(method, path, body=body.encode() if body is not None else None, headers=headers)
             response = connection.getresponse()
-            data = response.read(MAX_ANSWER_BYTES + 1)
-            if len(data) > MAX_ANSWER_BYTES:
-                raise http.client.HTTPException(f"answer longer than {MAX_ANSWER_BYTES} bytes")
+            data = response.read(limit + 1)
+            if len(data) > limit:
+                raise http.client.HTTPException(f"answer longer than {limit} bytes")
             return response.status, data.decode("utf-8", "replace")
         finally:
             connection.close()

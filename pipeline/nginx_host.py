@@ -45,6 +45,8 @@ class NginxHost(Protocol):
     def create_exclusive(self, path: str, text: str) -> bool: ...
     def append_text(self, path: str, text: str) -> None: ...
     def remove(self, path: str) -> None: ...
+    def size(self, path: str) -> Optional[int]: ...
+    def read_bytes(self, path: str, offset: int, limit: int) -> bytes: ...
     def run(self, argv: Sequence[str]) -> CommandResult: ...
     def run_steps(self, steps: Sequence[Sequence[str]]) -> List[CommandResult]: ...
     def open_channel(self, host: str, port: int, timeout: float) -> socket.socket: ...
@@ -97,6 +99,19 @@ class LocalHost:
             os.unlink(path)
         except FileNotFoundError:
             pass
+
+    def size(self, path: str) -> Optional[int]:
+        """The file's size in bytes; None if there is no such file."""
+        try:
+            return os.stat(path).st_size
+        except FileNotFoundError:
+            return None
+
+    def read_bytes(self, path: str, offset: int, limit: int) -> bytes:
+        """Up to `limit` bytes from `offset` on (e.g. what a log gained since it was that long)."""
+        with open(path, "rb") as handle:
+            handle.seek(offset)
+            return handle.read(limit)
 
     def run(self, argv: Sequence[str]) -> CommandResult:
         try:
@@ -214,6 +229,17 @@ class SshHost:
             self.sftp.remove(path)
         except FileNotFoundError:
             pass
+
+    def size(self, path: str) -> Optional[int]:
+        try:
+            return self.sftp.stat(path).st_size
+        except FileNotFoundError:
+            return None
+
+    def read_bytes(self, path: str, offset: int, limit: int) -> bytes:
+        with self.sftp.open(path, "rb") as handle:
+            handle.seek(offset)
+            return handle.read(limit)
 
     def run(self, argv: Sequence[str]) -> CommandResult:
         command = shlex.join(argv)

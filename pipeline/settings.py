@@ -124,6 +124,13 @@ class Settings:
     nginx_admin_token_file: PurePosixPath = PurePosixPath("/etc/nginx/pipeline-admin.token")
     drain_seconds: float = 10.0
     stop_timeout: float = 30.0
+    # Verification under live traffic after the switch (pipeline/verify.py).
+    verify_seconds: float = 30.0
+    verify_max_error_rate: float = 0.01
+    verify_min_requests: int = 20
+    nginx_access_log: PurePosixPath = PurePosixPath("/var/log/nginx/app.access.log")
+    smoke_command: str = ""
+    keep_previous_running: bool = False
     registry: str = ""
     registry_username: str = ""
     registry_password: Secret = Secret("")
@@ -325,6 +332,23 @@ def _count(name: str, raw: str, cwd: Path) -> int:
     return int(raw)
 
 
+def _fraction(name: str, raw: str, cwd: Path) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value <= 1:   # also refuses nan
+        raise SettingsError(name, raw, "must be a fraction from 0 to 1, e.g. 0.01 for 1%")
+    return value
+
+
+def _flag(name: str, raw: str, cwd: Path) -> bool:
+    words = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False, "": False}
+    if raw.lower() not in words:
+        raise SettingsError(name, raw, "must be true or false")
+    return words[raw.lower()]
+
+
 def _ip(name: str, raw: str, cwd: Path) -> ipaddress.IPv4Address:
     try:
         return ipaddress.IPv4Address(raw)
@@ -461,6 +485,12 @@ _READERS: Dict[str, Tuple[str, Reader]] = {
     "NGINX_ADMIN_TOKEN_FILE": ("nginx_admin_token_file", _remote_path(optional=False)),
     "DRAIN_SECONDS": ("drain_seconds", _duration()),
     "STOP_TIMEOUT": ("stop_timeout", _duration()),
+    "VERIFY_SECONDS": ("verify_seconds", _duration()),
+    "VERIFY_MAX_ERROR_RATE": ("verify_max_error_rate", _fraction),
+    "VERIFY_MIN_REQUESTS": ("verify_min_requests", _count),
+    "NGINX_ACCESS_LOG": ("nginx_access_log", _remote_path(optional=False)),
+    "SMOKE_COMMAND": ("smoke_command", _text()),
+    "KEEP_PREVIOUS_RUNNING": ("keep_previous_running", _flag),
     "REGISTRY": ("registry", _text(_REGISTRY_RE, "not a registry address like host:5000")),
     "REGISTRY_USERNAME": ("registry_username", _text()),
     "REGISTRY_PASSWORD": ("registry_password", _secret),

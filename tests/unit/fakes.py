@@ -170,7 +170,8 @@ class World:
     def __init__(self, preview: bool = True, keep_releases: int = 5) -> None:
         self.settings = Settings(app_name="app", build_command=(), nginx_include=INCLUDE,
                                  nginx_preview_include=PREVIEW_INCLUDE if preview else None,
-                                 drain_seconds=1.0, keep_releases=keep_releases)
+                                 drain_seconds=1.0, keep_releases=keep_releases,
+                                 verify_seconds=0)   # the window has its own tests (test_verify.py)
         self.host = FakeHost()
         self.engine = FakeEngine(self.settings)
         self.switch = FakeSwitch()

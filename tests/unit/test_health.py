@@ -299,7 +299,9 @@ class Strict:
 def test_a_deploy_whose_new_network_is_not_a_local_bridge_removes_it_and_changes_nothing(tmp_path):
     settings = Settings.from_env({"APP_VERSION": "v1", "DEPLOY_SUBNET": "172.29.5.0/24",
                                   "DEPLOY_GATEWAY": "172.29.5.1", "BLUE_IP": "172.29.5.2",
-                                  "GREEN_IP": "172.29.5.3"}, tmp_path)
+                                  "GREEN_IP": "172.29.5.3",
+                                  # Verification has its own preflight (verify.check); not this test's.
+                                  "VERIFY_SECONDS": "0"}, tmp_path)
     engine = Strict(network_exists=False, ensure_network=True, remove_network=None)
     switch = Strict(check=None)
     host = RouteHost({"172.29.5.2": (0, "172.29.5.2 via 192.0.2.1 dev eth0 src 192.0.2.2 uid 0\n")})
