@@ -118,7 +118,8 @@ def wait_healthy(ctx: Context, color: str) -> None:
     url = health_url(s, color)
     phase("waiting for %s to answer %s (every %gs, up to %gs)", name, url, s.health_interval, s.health_timeout)
     health.wait_healthy(url, s.health_interval, s.health_timeout, check_alive,
-                        logs=lambda: ctx.engine.logs_tail(color))
+                        logs=lambda: ctx.engine.logs_tail(color),
+                        can_connect=health.connect_check(s.ip_of(color), s.app_port))
 
 
 def switch_live(ctx: Context, color: str) -> None:
