@@ -28,12 +28,14 @@ Bounded: at most --max-seconds per flow and `connections` requests per --pause-m
 
 Adding a series (e.g. a release that verification switches back) is one function that returns
 a context manager with `url`, `setup(version)`, `deploy(version) -> exit code` and
-`watch(version)`, registered in FLOWS.
+`watch(version)` (a seed_vs_pipeline.Part or a subclass), registered in FLOWS. With
+`--from-json docs/deploy-timeline.json --flows seed,reload,live,NEW` only the new one is measured.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -84,11 +86,21 @@ def live_flow(args: argparse.Namespace) -> Part:
     return LivePart(args)
 
 
-# name -> (title in the picture, the flow). A switch-back series is one more entry here.
-FLOWS: Dict[str, tuple] = {
-    "seed": ("the seed's flow (bench/seed_deploy.sh)", seed_flow),
-    "reload": ("pipeline deploy, SWITCH_MODE=reload", reload_flow),
-    "live": ("pipeline deploy, SWITCH_MODE=live", live_flow),
+@dataclass(frozen=True)
+class Flow:
+    title: str                                      # above its panel in the picture
+    make: Callable[[argparse.Namespace], Part]      # a context manager: url, setup, deploy, watch
+    exit_code: int = 0                              # what its v2 deploy should exit with
+
+
+# The series, in the order drawn. The switch-back one, once verification is merged, is a
+# function like these whose v2 fails verification (e.g. answers 500 to part of its requests,
+# through CONTAINER_ENV_FILE), registered as
+#     "switch-back": Flow("pipeline deploy, a bad release switched back", switch_back_flow, exit_code=1)
+FLOWS: Dict[str, Flow] = {
+    "seed": Flow("the seed's flow (bench/seed_deploy.sh)", seed_flow),
+    "reload": Flow("pipeline deploy, SWITCH_MODE=reload", reload_flow),
+    "live": Flow("pipeline deploy, SWITCH_MODE=live", live_flow),
 }
 
 
@@ -122,9 +134,9 @@ class Series:
 
 
 def record(name: str, args: argparse.Namespace) -> Series:
-    title, make = FLOWS[name]
+    flow = FLOWS[name]
     print(f"# {name}: v1 (setup, no load) ...", file=sys.stderr, flush=True)
-    with make(args) as part:
+    with flow.make(args) as part:
         part.setup("v1")
         watch = part.watch("v2")
         load = loadgen.Sliced(part.url, seconds=args.max_seconds, profile="keepalive",
@@ -140,7 +152,7 @@ def record(name: str, args: argparse.Namespace) -> Series:
                 time.sleep(args.after)
             finally:
                 watch.stop()
-    series = Series(name, title, code, round(took, 2),
+    series = Series(name, flow.title, code, round(took, 2),
                     None if watch.served_at is None else round(watch.served_at - started, 2))
     for piece in load.slices:
         result = piece.result
@@ -183,7 +195,8 @@ def draw(series: List[Series], png: Path, note: str) -> None:
         ax.set_ylim(0, peak * 1.3)
         ax.set_xlim(start, end)
         ax.set_ylabel("requests / s")
-        code = "" if one.exit_code == 0 else f" (exit {one.exit_code})"
+        expected = FLOWS[one.flow].exit_code if one.flow in FLOWS else 0
+        code = "" if one.exit_code == expected else f" (exit {one.exit_code})"
         ax.set_title(f"{one.title}{code}: {one.failed:,} failed of {one.ok + one.failed:,}", loc="left", fontsize=10)
         ax.grid(axis="y", alpha=0.3)
     axes[-1, 0].set_xlabel("seconds since the deploy started")
@@ -195,7 +208,7 @@ def draw(series: List[Series], png: Path, note: str) -> None:
                loc="upper center", bbox_to_anchor=(0.5, 0.955), ncol=5, fontsize=8, frameon=False)
     fig.suptitle("One deploy (v1 -> v2) under the same keep-alive load, second by second", fontsize=12)
     fig.text(0.01, 0.005, note, fontsize=7, color=MARK_COLOR)
-    fig.tight_layout(rect=(0, 0.02, 1, 0.93))
+    fig.tight_layout(rect=(0, 0.035, 1, 0.93))
     png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, dpi=110)
     plt.close(fig)
@@ -212,7 +225,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--max-seconds", type=int, default=120, help="the load's hard limit per flow")
     parser.add_argument("--png", type=Path, default=PNG)
     parser.add_argument("--json", type=Path, help="also write the series here")
-    parser.add_argument("--from-json", type=Path, help="draw from a --json file instead of measuring")
+    parser.add_argument("--from-json", type=Path,
+                        help="take the flows a --json file holds from it, measure only the others")
     parser.add_argument("--logs", type=Path, help="keep each deploy's output and nginx's error log here")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.flows.split(",") if n.strip()]
@@ -223,15 +237,20 @@ def main(argv: Optional[List[str]] = None) -> int:
     # What Part expects of its arguments: the tool's defaults for health and drain.
     args.health_interval, args.drain = 10.0, 10.0
 
+    saved: Dict[str, Series] = {}
+    note = ""
     if args.from_json:
-        saved = json.loads(args.from_json.read_text())
-        series = [Series(**{**s, "seconds": [Second(**x) for x in s["seconds"]]}) for s in saved["series"]]
-        note = saved["note"]
-    else:
-        series = [record(name, args) for name in names]
-        note = (f"wrk: {args.connections} keep-alive connections, {args.pause_ms} ms pause between requests, "
-                f"127.0.0.1; release start-up {args.startup_delay_ms / 1000:g} s; tool defaults "
-                f"(HEALTH_INTERVAL=10, DRAIN_SECONDS=10); nginx switched over SSH; python bench/deploy_timeline.py")
+        # Flows found there are drawn as they were measured; only the others are measured now.
+        kept = json.loads(args.from_json.read_text())
+        saved = {s["flow"]: Series(**{**s, "seconds": [Second(**x) for x in s["seconds"]]}) for s in kept["series"]}
+        note = kept["note"]
+    series = [saved[name] if name in saved else record(name, args) for name in names]
+    if not note:
+        note = (f"python bench/deploy_timeline.py: wrk, {args.connections} keep-alive connections pausing "
+                f"{args.pause_ms} ms between requests, to 127.0.0.1; the release starts in "
+                f"{args.startup_delay_ms / 1000:g} s;\ntool defaults (HEALTH_INTERVAL=10, DRAIN_SECONDS=10); "
+                f"nginx switched over SSH; {time.strftime('%Y-%m-%d')}, load average "
+                f"{os.getloadavg()[0]:.0f} on {os.cpu_count()} CPUs")
     if args.json:
         args.json.write_text(json.dumps({"note": note, "series": [asdict(s) for s in series]}, indent=2) + "\n")
     for one in series:
@@ -239,7 +258,7 @@ def main(argv: Optional[List[str]] = None) -> int:
               f"served v2 at {one.served_at} s")
     draw(series, args.png, note)
     print(f"drew {args.png}")
-    return 0 if all(s.exit_code == 0 for s in series) else 1
+    return 0 if all(s.exit_code == FLOWS[s.flow].exit_code for s in series) else 1
 
 
 if __name__ == "__main__":
