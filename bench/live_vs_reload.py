@@ -237,17 +237,20 @@ def deploy_env(app: str, network, nginx: Nginx, stack: Dict[str, str], cwd: Path
         env["NGINX_INCLUDE_FORM"] = "upstream"
     if nginx.form == "live":
         # `false`: live mode must never test or reload nginx, and a deploy that did would fail.
-        env.update(SWITCH_MODE="live", NGINX_ADMIN_URL=nginx.admin_url,
+        env.update(SWITCH_MODE="live", NGINX_ADMIN_URL=nginx.admin_url, NGINX_ADMIN_TOKEN_FILE=str(nginx.token_file),
                    NGINX_TEST_COMMAND="false", NGINX_RELOAD_COMMAND="false")
     return env
 
 
-def make_nginx(mode: str, directory: Path) -> Nginx:
+def make_nginx(mode: str, directory: Path, network) -> Nginx:
+    """The nginx for `mode`; for live, its admin takes addresses on `network` only, and its token
+    file is written when it starts."""
     form = MODES[mode]
     directory.mkdir(parents=True, exist_ok=True)
     return Nginx(directory, free_port(), free_port(), form=form,
                  extra_conf=list(LUA_MODULES) if form == "live" else [],
-                 admin_port=free_port() if form == "live" else 0)
+                 admin_port=free_port() if form == "live" else 0,
+                 allowed_networks=[network.subnet] if form == "live" else [])
 
 
 def format_table(rows: List[Dict[str, object]]) -> str:
@@ -264,7 +267,7 @@ def _run_mode(mode: str, args: argparse.Namespace, stack: Dict[str, str], client
         cwd = Path(temp)
         network = reserve_network(client)
         app = f"b{uuid.uuid4().hex[:8]}"
-        nginx = make_nginx(mode, cwd / "nginx")
+        nginx = make_nginx(mode, cwd / "nginx", network)
         nginx.start()
         try:
             env = deploy_env(app, network, nginx, stack, cwd)

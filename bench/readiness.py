@@ -90,7 +90,7 @@ def run_mode(mode: str, startups: List[float], round_number: int, args: argparse
         cwd = Path(temp)
         network = reserve_network(client)
         app = f"r{uuid.uuid4().hex[:8]}"
-        nginx = make_nginx(mode, cwd / "nginx")
+        nginx = make_nginx(mode, cwd / "nginx", network)
         nginx.start()
         try:
             env = deploy_env(app, network, nginx, stack, cwd)

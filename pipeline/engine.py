@@ -10,7 +10,7 @@ import docker.errors
 import requests.exceptions
 
 from .decide import ContainerFact
-from .errors import DeployFailed, PreflightError
+from .errors import DeployFailed, PreflightError, SettingsError
 from .settings import COLORS, Settings
 
 log = logging.getLogger("pipeline")
@@ -30,6 +30,10 @@ class Engine:
 
     @classmethod
     def connect(cls, settings: Settings, environ: Mapping[str, str]) -> "Engine":
+        if settings.target != "docker":
+            # pipeline/swarm.py drives a swarm, but the commands do not use it yet (issue 11).
+            raise SettingsError("TARGET", settings.target,
+                                "the commands do not deploy to a swarm yet; use TARGET=docker")
         env = dict(environ)
         if settings.docker_host:
             env["DOCKER_HOST"] = settings.docker_host
@@ -71,6 +75,13 @@ class Engine:
     def network_exists(self) -> bool:
         return any(n["Name"] == self.settings.deploy_network
                    for n in self.api.networks(names=[self.settings.deploy_network]))
+
+    def remove_network(self) -> None:
+        """Remove the deploy network again (only right after this run created it, still empty)."""
+        try:
+            self.api.remove_network(self.settings.deploy_network)
+        except docker.errors.APIError as exc:
+            log.warning("    could not remove docker network %s again: %s", self.settings.deploy_network, _reason(exc))
 
     # -- images --------------------------------------------------------------------------------
 

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import List, Optional
 
+from .log import mask
 from .nginx_host import NginxHost
 
 log = logging.getLogger("pipeline")
@@ -30,6 +31,8 @@ class History:
         self.path = path
 
     def append(self, entry: Entry) -> None:
+        # A failure's message may quote a secret (a build command's output, say): never on file.
+        entry = replace(entry, message=mask(entry.message), version=mask(entry.version))
         try:
             self.host.append_text(self.path, json.dumps(asdict(entry), ensure_ascii=False) + "\n")
         except OSError as exc:

@@ -3,9 +3,15 @@
 nginx runs nginx/live/app-live.conf: a balancer that takes each route's address from a shared
 dict, and an admin server on the nginx host's loopback that sets and reports it:
 
-    PUT /pipeline/live     body IP:PORT   -> 200 IP:PORT (400 for anything else)
+    PUT /pipeline/live     body IP:PORT   -> 200 IP:PORT (400: not an address; 403: not allowed)
     GET /pipeline/live                    -> 200 IP:PORT, or 404 when nothing is set
     (the same for /pipeline/preview)
+
+Every request carries `Authorization: Bearer TOKEN`, else nginx answers 401. The token is read
+from NGINX_ADMIN_TOKEN_FILE on the nginx host (over SFTP when it is remote), once per run, and is
+kept in a `Secret` so it never reaches a log line or an error message. A 401 or an unusable token
+file is a preflight error (exit 3) naming that file. nginx stores only addresses inside the
+networks app-live.conf allows (`allowed_networks`): a 403 names the refused address.
 
 A switch writes the include first (atomically: nginx reads it when it starts or reloads, so it
 stays the truth for restarts), then PUTs the address and GETs it back. It never runs the reload
@@ -25,6 +31,7 @@ from __future__ import annotations
 
 import http.client
 import logging
+import re
 import socket
 from typing import Dict, Optional, Tuple
 from urllib.parse import urlsplit
@@ -34,8 +41,9 @@ from tenacity import RetryCallState, RetryError, Retrying, retry_if_exception_ty
 
 from .decide import Address, parse_include
 from .errors import DeployFailed, PipelineError
+from .log import register_secret
 from .nginx_host import NginxHost
-from .settings import Settings
+from .settings import Secret, Settings
 from .switch import LIVE, PREVIEW, IncludeFiles, SwitchUnavailable
 
 log = logging.getLogger("pipeline")
@@ -45,6 +53,9 @@ ADMIN_TIMEOUT = 5.0       # per request: connect (or channel open), send, answer
 ADMIN_ATTEMPTS = 3        # GET and PUT are idempotent, so a dropped connection is simply retried
 ADMIN_RETRY_WAIT = 0.3
 MAX_ANSWER_BYTES = 1024   # the admin answers a few bytes; anything longer is not our admin
+# What app-live.conf accepts as a token (RFC 6750 token68, at least 32 characters); surrounding
+# whitespace, such as the newline `openssl rand -hex 32 > FILE` writes, is not part of it.
+_TOKEN_RE = re.compile(r"[A-Za-z0-9._~+/-]{32,}=*")
 
 # Transport failures: refused or timed-out sockets, an SSH channel that would not open, a broken
 # or non-HTTP answer.
@@ -59,6 +70,14 @@ class AdminUnavailable(SwitchUnavailable):
         super().__init__(f"nginx admin {url}: {problem}")
 
 
+class AdminTokenRefused(AdminUnavailable):
+    """The admin token file is missing or unusable on the nginx host, or nginx refused its token."""
+
+    def __init__(self, url: str, token_file: str, problem: str) -> None:
+        self.token_file = token_file
+        super().__init__(url, f"NGINX_ADMIN_TOKEN_FILE={token_file}: {problem}")
+
+
 class IncludeMismatch(SwitchUnavailable):
     """nginx reads a route's address at start from another file than the tool writes."""
 
@@ -70,12 +89,14 @@ class LiveSwitchFailed(DeployFailed):
 class NginxAdmin:
     """The admin protocol of nginx/live/app-live.conf, spoken over `host.open_channel`."""
 
-    def __init__(self, host: NginxHost, url: str, timeout: float = ADMIN_TIMEOUT,
+    def __init__(self, host: NginxHost, url: str, token_file: str, timeout: float = ADMIN_TIMEOUT,
                  attempts: int = ADMIN_ATTEMPTS, retry_wait: float = ADMIN_RETRY_WAIT) -> None:
         parts = urlsplit(url)
         assert parts.hostname, f"NGINX_ADMIN_URL {url!r} was not validated"
         self.host = host
         self.url = url
+        self.token_file = token_file
+        self._token: Optional[Secret] = None
         self.address = parts.hostname
         self.port = parts.port or 80
         self.timeout = timeout
@@ -105,6 +126,10 @@ class NginxAdmin:
 
     def put(self, route: str, address: Address) -> None:
         status, body = self._request("PUT", route, str(address))
+        if status == 403:
+            raise AdminUnavailable(self.url, f"nginx refused {address} for the {route} route: {body.strip()[:160]}; "
+                                             f"it takes only addresses inside allowed_networks in app-live.conf "
+                                             f"(set it to DEPLOY_SUBNET)")
         if status != 200:
             raise AdminUnavailable(self.url, f"PUT {self._path(route)} {address} answered {status} {body[:80]!r}")
 
@@ -112,27 +137,62 @@ class NginxAdmin:
     def _path(route: str) -> str:
         return f"/pipeline/{route}"
 
+    def token(self) -> Secret:
+        """The admin token from NGINX_ADMIN_TOKEN_FILE on the nginx host, read on first use."""
+        if self._token is None:
+            self._token = self._read_token()
+        return self._token
+
+    def _read_token(self) -> Secret:
+        def refused(problem: str) -> AdminTokenRefused:
+            return AdminTokenRefused(self.url, self.token_file, problem)
+
+        try:
+            text = self.host.read_text(self.token_file)
+        except (OSError, ValueError) as exc:   # ValueError: not UTF-8 text
+            raise refused(f"cannot read it on the nginx host ({self.host.description}): "
+                          f"{getattr(exc, 'strerror', None) or exc}") from exc
+        if text is None:
+            raise refused(f"no such file on the nginx host ({self.host.description}); create it as "
+                          f"docs/live-mode.md says (`openssl rand -hex 32`), then `nginx -s reload`")
+        token = text.strip()
+        if not token:
+            raise refused("the file is empty; put a token in it (`openssl rand -hex 32`), then `nginx -s reload`")
+        if not _TOKEN_RE.fullmatch(token):
+            # Never the value itself: it may be a token with one typo.
+            raise refused("does not hold one token of 32 or more letters and digits "
+                          "(make one with `openssl rand -hex 32`)")
+        register_secret(token)   # masked in every log line and output from here on
+        return Secret(token)
+
     def _request(self, method: str, route: str, body: Optional[str] = None) -> Tuple[int, str]:
         def before_sleep(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
             log.info("    nginx admin %s %s, attempt %d: %s; trying again", method, self._path(route),
                      state.attempt_number, exc)
 
+        self.token()   # a token file problem is said once, before any attempt
         retrying = Retrying(stop=stop_after_attempt(self.attempts), wait=wait_fixed(self.retry_wait),
                             retry=retry_if_exception_type(_TRANSPORT_ERRORS), before_sleep=before_sleep)
         try:
-            return retrying(self._exchange, method, self._path(route), body)
+            status, answer = retrying(self._exchange, method, self._path(route), body)
         except RetryError as exc:
             last = exc.last_attempt.exception()
             raise AdminUnavailable(self.url, f"{method} {self._path(route)} failed {self.attempts} times, "
                                              f"last: {_describe(last)}; SWITCH_MODE=live needs nginx "
                                              f"running nginx/live/app-live.conf, its admin server at "
                                              f"NGINX_ADMIN_URL") from last
+        if status == 401:
+            raise AdminTokenRefused(self.url, self.token_file,
+                                    f"nginx refused the token ({method} {self._path(route)} answered 401 "
+                                    f"{answer.strip()[:80]!r}); it must be the token nginx read when it "
+                                    f"last started or reloaded: after changing the file, run `nginx -s reload`")
+        return status, answer
 
     def _exchange(self, method: str, path: str, body: Optional[str]) -> Tuple[int, str]:
         connection = _ChannelConnection(self.host, self.address, self.port, self.timeout)
         try:
-            headers = {"Connection": "close"}
+            headers = {"Connection": "close", "Authorization": f"Bearer {self.token().reveal()}"}
             if body is not None:
                 headers["Content-Type"] = "text/plain"
             connection.request(method, path, body=body.encode() if body is not None else None, headers=headers)
@@ -173,7 +233,7 @@ class LiveSwitch:
     def __init__(self, host: NginxHost, settings: Settings, admin: Optional[NginxAdmin] = None) -> None:
         self.settings = settings
         self.includes = IncludeFiles(host, settings)
-        self.admin = admin or NginxAdmin(host, settings.nginx_admin_url)
+        self.admin = admin or NginxAdmin(host, settings.nginx_admin_url, str(settings.nginx_admin_token_file))
 
     def check(self) -> None:
         """The include files the tool writes must be the ones nginx reads when it starts:

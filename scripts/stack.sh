@@ -7,7 +7,8 @@
 # Usage: scripts/stack.sh start|stop [--all]|status|env|install
 #
 #   start    install what is missing, start what is not running, verify it all
-#            (ssh login, registry login); idempotent, safe to run repeatedly
+#            (ssh login, registry login); blackhole routes for the private ranges
+#            (see ensure_blackholes); idempotent, safe to run repeatedly
 #   stop     stop the sshd and registry that start launched (by pid file);
 #            --all also stops dockerd if (and only if) start launched it
 #   status   show what is running
@@ -17,6 +18,11 @@
 #
 # All state lives in ${STACK_DIR:-/tmp/pipeline-stack}. Everything started here runs
 # in the background, in its own session, and outlives this script.
+#
+# The dockerd managed here is named by its own pid file and socket, never by process name:
+# tests run more dockerd on this machine (swarm nodes), and those are not ours to touch.
+# DOCKERD_PIDFILE, DOCKERD_SOCKET, DOCKERD_CONFIG and DOCKERD_ARGS (more dockerd flags, split on
+# spaces) name another daemon; they exist to try this script on a throwaway dockerd.
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -27,6 +33,15 @@ REGISTRY_PORT=5000
 REGISTRY_ADDR="127.0.0.1:$REGISTRY_PORT"
 REGISTRY_USER=pipeline
 JRE_IMAGE="${JRE_IMAGE:-pipeline/jre:17}"
+
+DOCKERD_PIDFILE="${DOCKERD_PIDFILE:-/var/run/docker.pid}"
+DOCKERD_SOCKET="${DOCKERD_SOCKET:-/var/run/docker.sock}"
+DOCKERD_CONFIG="${DOCKERD_CONFIG:-/etc/docker/daemon.json}"
+read -r -a DOCKERD_ARGS <<<"${DOCKERD_ARGS:-}"
+# Every docker command below (and in the build scripts it runs) talks to that daemon, whatever
+# DOCKER_HOST the caller had (it may name a swarm manager).
+export DOCKER_HOST="unix://$DOCKERD_SOCKET"
+unset DOCKER_CONTEXT
 
 SSH_KEY="$STACK_DIR/id_ed25519"
 SSH_KNOWN_HOSTS="$STACK_DIR/known_hosts"
@@ -139,9 +154,9 @@ cmd_install() {
 # live-restore keeps containers running while dockerd itself restarts (an upgrade, a crash):
 # the live color goes on serving. It is reloadable, so a running dockerd gets a SIGHUP.
 ensure_live_restore() {
-    local conf=/etc/docker/daemon.json
+    local conf="$DOCKERD_CONFIG" pid
     if [[ ! -s "$conf" ]]; then
-        mkdir -p /etc/docker
+        mkdir -p "$(dirname "$conf")"
         printf '{\n  "live-restore": true\n}\n' >"$conf"
     elif ! grep -q '"live-restore": *true' "$conf"; then
         note "$conf exists without \"live-restore\": true; containers stop while dockerd restarts"
@@ -149,10 +164,18 @@ ensure_live_restore() {
     fi
     if docker info >/dev/null 2>&1 &&
         [[ "$(docker info --format '{{.LiveRestoreEnabled}}')" != true ]]; then
-        kill -HUP "$(pidof dockerd)"
+        pid="$(dockerd_pid)" || die "dockerd answers on $DOCKERD_SOCKET but $DOCKERD_PIDFILE names no running dockerd; cannot send it SIGHUP"
+        kill -HUP "$pid"
         sleep 1
-        log "dockerd: live-restore enabled (SIGHUP)"
+        log "dockerd: live-restore enabled (SIGHUP to pid $pid)"
     fi
+}
+
+# Print the pid of the dockerd this script manages, read from the pid file dockerd itself
+# writes (it refuses to start while that file names a live process, and removes it on exit).
+dockerd_pid() {
+    pid_alive "$DOCKERD_PIDFILE" dockerd || return 1
+    echo "$(<"$DOCKERD_PIDFILE")"
 }
 
 ensure_dockerd() {
@@ -164,7 +187,8 @@ ensure_dockerd() {
     fi
     command -v dockerd >/dev/null || die "docker daemon not reachable and no dockerd binary"
     log "dockerd: starting (log $STACK_DIR/dockerd.log)"
-    spawn "$STACK_DIR/dockerd.log" dockerd >"$STACK_DIR/dockerd.pid"
+    spawn "$STACK_DIR/dockerd.log" dockerd --pidfile "$DOCKERD_PIDFILE" -H "unix://$DOCKERD_SOCKET" \
+        --config-file "$DOCKERD_CONFIG" "${DOCKERD_ARGS[@]}" >"$STACK_DIR/dockerd.pid"
     local i
     for ((i = 0; i < 120; i++)); do
         docker info >/dev/null 2>&1 && {
@@ -188,6 +212,52 @@ tune_sysctl() {
     else
         note "could not set net.ipv4.tcp_tw_reuse=1 (read-only /proc/sys?); long load tests may run out of ports"
     fi
+}
+
+# ---------------------------------------------------------------------- safety net
+
+# A probe of a private address that no local bridge covers (a docker network that is gone, or one
+# on another engine) must not leave by the default route, where something outside may answer it.
+# Blackhole routes for the private ranges drop it here instead; docker's bridges are more specific
+# and still win. The resolver, if it is a private address reached through the default gateway,
+# keeps a /32 route via that gateway. `ip route replace` makes every run end in the same state.
+PRIVATE_RANGES=(10.0.0.0/8 172.16.0.0/12 192.168.0.0/16)
+BLACKHOLE_METRIC=4000
+
+is_private_ipv4() {
+    local a b c d
+    IFS=. read -r a b c d <<<"$1"
+    [[ "$a" =~ ^[0-9]+$ && "$b" =~ ^[0-9]+$ && -n "$c" && -n "$d" ]] || return 1
+    ((a == 10)) || ((a == 172 && b >= 16 && b <= 31)) || ((a == 192 && b == 168))
+}
+
+ensure_blackholes() {
+    if [[ $EUID -ne 0 ]]; then
+        note "not root: no blackhole routes for private ranges (unrouted private probes may leave by the default route)"
+        return 0
+    fi
+    local default gw dev ns route range
+    default="$(ip -4 route show default | head -n1)"
+    gw="$(awk '{for (i = 1; i < NF; i++) if ($i == "via") print $(i + 1)}' <<<"$default")"
+    dev="$(awk '{for (i = 1; i < NF; i++) if ($i == "dev") print $(i + 1)}' <<<"$default")"
+    for ns in $(awk '$1 == "nameserver" {print $2}' /etc/resolv.conf 2>/dev/null); do
+        is_private_ipv4 "$ns" || continue
+        route="$(ip -4 route get "$ns" 2>/dev/null | head -n1 || true)"
+        # Directly connected (no gateway): that route is more specific than a blackhole; leave it.
+        [[ -n "$route" && "$route" != *" via "* ]] && continue
+        # Reached through some other gateway than the default one: a more specific route already.
+        [[ -n "$route" && "$route" != *" via $gw dev $dev "* ]] && continue
+        if [[ -z "$gw" ]]; then
+            note "resolver $ns: no default gateway to keep it reachable by; not adding blackhole routes"
+            return 0
+        fi
+        ip -4 route replace "$ns/32" via "$gw" dev "$dev"
+        log "route: resolver $ns/32 via $gw ($dev)"
+    done
+    for range in "${PRIVATE_RANGES[@]}"; do
+        ip -4 route replace blackhole "$range" metric "$BLACKHOLE_METRIC"
+    done
+    log "route: blackhole ${PRIVATE_RANGES[*]} (metric $BLACKHOLE_METRIC); local bridges still win"
 }
 
 # ------------------------------------------------------------------------------ sshd
@@ -382,6 +452,7 @@ build_artifacts() {
 # -------------------------------------------------------------------------- commands
 
 cmd_start() {
+    ensure_blackholes
     cmd_install
     ensure_dockerd
     tune_sysctl
@@ -397,7 +468,7 @@ cmd_start() {
 # is live"). With live-restore the containers keep running meanwhile.
 cmd_restart_dockerd() {
     local pid i
-    pid="$(pidof dockerd)" || die "dockerd is not running"
+    pid="$(dockerd_pid)" || die "no running dockerd in $DOCKERD_PIDFILE"
     kill -TERM "$pid"
     for ((i = 0; i < 200; i++)); do
         kill -0 "$pid" 2>/dev/null || break
@@ -483,4 +554,5 @@ main() {
     esac
 }
 
-main "$@"
+# Sourced (by a test of one function), define the functions only.
+[[ "${BASH_SOURCE[0]}" != "$0" ]] || main "$@"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import secrets
 import shlex
 import socket
 import subprocess
@@ -17,7 +18,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import docker
 import requests
@@ -101,7 +102,9 @@ def remove_network(client: docker.DockerClient, name: str) -> None:
 @dataclass
 class Nginx:
     """An nginx of the test's own, built from the shipped configs in nginx/conf.d (or, for the
-    "live" form, nginx/live/app-live.conf: pass admin_port and extra_conf=LUA_MODULES)."""
+    "live" form, nginx/live/app-live.conf: pass admin_port, extra_conf=LUA_MODULES and the
+    allowed_networks, usually the test network's subnet; `start` writes `token` to `token_file`,
+    or leaves that file alone if `token` is None)."""
 
     directory: Path
     port: int
@@ -109,6 +112,8 @@ class Nginx:
     form: str = "set"
     extra_conf: List[str] = field(default_factory=list)
     admin_port: int = 0
+    allowed_networks: List[str] = field(default_factory=list)
+    token: Optional[str] = field(default_factory=lambda: secrets.token_hex(32), repr=False)
 
     @property
     def conf(self) -> Path:
@@ -126,6 +131,19 @@ class Nginx:
     @property
     def admin_url(self) -> str:
         return f"http://127.0.0.1:{self.admin_port}"
+
+    @property
+    def token_file(self) -> Path:
+        return self.directory / "pipeline-admin.token"
+
+    @property
+    def error_log(self) -> Path:
+        """The main error log: where init_by_lua (start, reload) writes."""
+        return self.directory / "error.log"
+
+    @property
+    def admin_error_log(self) -> Path:
+        return self.directory / "pipeline-admin.error.log"
 
     @property
     def access_log(self) -> Path:
@@ -156,6 +174,8 @@ class Nginx:
             text = re.sub(r"listen\s+80\b[^;]*;", f"listen 127.0.0.1:{self.port};", text)
             text = re.sub(r"listen\s+8081\b[^;]*;", f"listen 127.0.0.1:{self.preview_port};", text)
             text = re.sub(r"listen\s+127\.0\.0\.1:8091\b[^;]*;", f"listen 127.0.0.1:{self.admin_port};", text)
+            if name == "app-live.conf":
+                text = _live_settings(text, self.token_file, self.allowed_networks)
             (self.directory / name).write_text(text)
             parts.append(f"    include {self.directory / name};")
         self.conf.write_text("\n".join([
@@ -173,18 +193,39 @@ class Nginx:
 
     def start(self) -> None:
         self.write_config()
-        placeholder = "127.0.0.1:9"  # discard port: nothing serves until the first deploy
-        if not self.include.exists():
-            if self.form == "upstream":
-                self.include.write_text(f"upstream app_live {{\n    server {placeholder};\n}}\n")
-            else:
-                self.include.write_text(f"set $service_url http://{placeholder};\n")
-        if not self.preview_include.exists():
-            self.preview_include.write_text(f"set $preview_url http://{placeholder};\n")
+        if self.form == "live":
+            # No include yet: nothing serves (503) until the first deploy. (A placeholder such as
+            # the discard port would not load: app-live.conf refuses loopback addresses.)
+            if self.token is not None:
+                self.write_token(self.token)
+        else:
+            placeholder = "127.0.0.1:9"  # discard port: nothing serves until the first deploy
+            if not self.include.exists():
+                if self.form == "upstream":
+                    self.include.write_text(f"upstream app_live {{\n    server {placeholder};\n}}\n")
+                else:
+                    self.include.write_text(f"set $service_url http://{placeholder};\n")
+            if not self.preview_include.exists():
+                self.preview_include.write_text(f"set $preview_url http://{placeholder};\n")
         subprocess.run(self.argv(), check=True, capture_output=True)
         # `nginx` returns once it has daemonized: the master writes its pid file and forks its
         # worker a moment later. A test that starts right away must find nginx whole.
         wait_for(self.worker_pids, 5, what="nginx's worker process to start")
+
+    def write_token(self, token: str) -> None:
+        """The admin token file, as the install steps make it (mode 0600); nginx reads it when
+        it starts or reloads."""
+        self.token_file.touch(mode=0o600)
+        self.token_file.chmod(0o600)
+        self.token_file.write_text(token + "\n")
+
+    def reload(self) -> None:
+        """`nginx -s reload`, returning once the new workers run and the old ones are gone: by
+        then the master has read the config (and app-live.conf its token and includes) again."""
+        before = set(self.worker_pids())
+        subprocess.run(self.argv("-s", "reload"), check=True, capture_output=True)
+        wait_for(lambda: (lambda now: now and not now & before)(set(self.worker_pids())), 10,
+                 what="nginx's workers to be replaced by the reload")
 
     def worker_pids(self) -> List[int]:
         """The pids of nginx's worker processes: a reload replaces them, a live switch does not."""
@@ -206,6 +247,15 @@ class Nginx:
         port = self.preview_port if preview else self.port
         return requests.get(f"http://127.0.0.1:{port}{path}", timeout=timeout,
                             headers={"Connection": "close"})
+
+
+def _live_settings(text: str, token_file: Path, allowed_networks: List[str]) -> str:
+    """app-live.conf with the test's token file and allowed networks in its settings block."""
+    text, files = re.subn(r'token_file = "[^"]*"', f'token_file = "{token_file}"', text)
+    listed = ", ".join(f'"{network}"' for network in allowed_networks)
+    text, networks = re.subn(r"allowed_networks = \{[^}]*\}", f"allowed_networks = {{ {listed} }}", text)
+    assert (files, networks) == (1, 1), "app-live.conf's settings block changed: update realstack.py"
+    return text
 
 
 # -- running the tool ----------------------------------------------------------------------------

@@ -1,24 +1,29 @@
-"""SWITCH_MODE=live on the real stack (issue 5: switch without a reload).
+"""SWITCH_MODE=live on the real stack (issue 5: switch without a reload; issue 9: nobody but the
+tool moves traffic).
 
 nginx runs the shipped nginx/live/app-live.conf with Debian's Lua module, its admin server on a
-free loopback port per test. Deploys run as the real CLI, locally and over SSH. The load test
+free loopback port per test, with a token file of its own and the test network's subnet as the
+only allowed network. Hostile admin requests go to that admin on 127.0.0.1 only: nginx must refuse
+to store them, so nothing ever connects to the addresses they name. Deploys run as the real CLI,
+locally and over SSH. The load test
 runs the same two deploys under keep-alive load in live mode (asserted: nothing lost at all) and
 in both reload forms (measured: printed and written to live_vs_reload.json in pytest's base temp
 directory).
 """
 from __future__ import annotations
 
+import http.client
 import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, Iterator, List
+from typing import Dict, Iterator, List, Optional
 
 import pytest
 import requests
 
-from .realstack import REPO, Nginx, free_port, run_pipeline, wait_for
+from .realstack import LUA_MODULES, REPO, Nginx, free_port, run_pipeline, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -45,7 +50,7 @@ def mode() -> str:
 @pytest.fixture
 def nginx(world, tmp_path, mode) -> Iterator[Nginx]:
     """Overrides conftest's: the nginx for `mode` (for live: the Lua config, admin on a free port)."""
-    server = bench.make_nginx(mode, tmp_path / "nginx")
+    server = bench.make_nginx(mode, tmp_path / "nginx", world.network)
     server.start()
     yield server
     server.stop()
@@ -65,9 +70,16 @@ def ssh(stack) -> Dict[str, str]:
             "NGINX_SSH_KEY": stack["SSH_KEY"], "NGINX_SSH_KNOWN_HOSTS": stack["SSH_KNOWN_HOSTS"]}
 
 
-def admin(nginx: Nginx, method: str, route: str, body: str = None) -> requests.Response:
-    return requests.request(method, f"{nginx.admin_url}/pipeline/{route}", data=body, timeout=5,
-                            headers={"Connection": "close"})
+def admin(nginx: Nginx, method: str, route: str, body: Optional[str] = None, token: Optional[str] = "",
+          query: str = "") -> requests.Response:
+    """A request to the test nginx's admin (on 127.0.0.1), with its token unless `token` says
+    otherwise (None: no Authorization header at all)."""
+    headers = {"Connection": "close"}
+    token = nginx.token if token == "" else token
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    return requests.request(method, f"{nginx.admin_url}/pipeline/{route}{query}", data=body, timeout=5,
+                            headers=headers)
 
 
 def run(args: List[str], env: Dict[str, str], cwd: Path, **overrides: str):
@@ -80,18 +92,21 @@ def run(args: List[str], env: Dict[str, str], cwd: Path, **overrides: str):
 
 BAD_ADDRESSES = ["", "1.2.3.4", "1.2.3.4:", ":80", "1.2.3:80", "256.1.1.1:80", "1.2.3.4:0", "1.2.3.4:65536",
                  "1.2.3.4:80:90", "host:80", "1.2.3.4:80 5.6.7.8:80", "http://1.2.3.4:80", "1.2.3.4:80;",
-                 "1.2.3.4:80" + " " * 100, "9" * 2000]
+                 "1.2.3.4:80" + " " * 100, "9" * 2000, " 1.2.3.4:80", "1.2.3.4:80\n", "01.2.3.4:80",
+                 "1.2.3.4:080", "1.2.3.4:80\x00"]
 
 
-def test_admin_sets_and_reports_each_route_and_refuses_anything_but_an_address(nginx):
-    # At start nginx read both routes from the include files (the helper's placeholders).
-    assert (admin(nginx, "GET", "live").status_code, admin(nginx, "GET", "live").text) == (200, "127.0.0.1:9\n")
-    assert admin(nginx, "GET", "preview").text == "127.0.0.1:9\n"
+def test_admin_sets_and_reports_each_route_and_refuses_anything_but_an_address(world, nginx):
+    net = world.network
+    # A fresh nginx without includes: no address for either route yet.
+    assert admin(nginx, "GET", "live").status_code == 404
+    assert admin(nginx, "GET", "preview").status_code == 404
+    assert nginx.get().status_code == 503
 
-    for body in BAD_ADDRESSES:
+    for body in BAD_ADDRESSES + [f"{net.blue_ip}:8080 "]:
         answer = admin(nginx, "PUT", "live", body)
         assert answer.status_code == 400, f"PUT {body[:40]!r} answered {answer.status_code}"
-    assert admin(nginx, "GET", "live").text == "127.0.0.1:9\n", "a refused PUT changed the route"
+    assert admin(nginx, "GET", "live").status_code == 404, "a refused PUT set the route"
     assert admin(nginx, "POST", "live", "1.2.3.4:80").status_code == 405
     assert admin(nginx, "GET", "elsewhere").status_code == 404
     # Which files nginx read those from: the tool checks they are the ones it writes.
@@ -99,33 +114,131 @@ def test_admin_sets_and_reports_each_route_and_refuses_anything_but_an_address(n
     assert (files.status_code, files.text) == (200, f"live {nginx.include}\npreview {nginx.preview_include}\n")
     assert admin(nginx, "PUT", "files", "1.2.3.4:80").status_code == 405
 
-    # The balancer follows a PUT at once: live traffic to the admin's own port, whose
-    # GET /pipeline/live then answers through the public server.
-    itself = f"127.0.0.1:{nginx.admin_port}"
-    answer = admin(nginx, "PUT", "live", itself + "\n")
-    assert (answer.status_code, answer.text) == (200, itself + "\n")
-    assert nginx.get("/pipeline/live").text == itself + "\n"
-    assert admin(nginx, "GET", "preview").text == "127.0.0.1:9\n", "setting live moved the preview"
-    assert admin(nginx, "PUT", "preview", itself).status_code == 200
-    assert nginx.get("/pipeline/preview", preview=True).text == itself + "\n"
+    # An address on the deploy network is taken, and only for its route. (Nothing connects to it
+    # here: the network exists only once the tool has created it.)
+    answer = admin(nginx, "PUT", "live", f"{net.blue_ip}:8080")
+    assert (answer.status_code, answer.text) == (200, f"{net.blue_ip}:8080\n")
+    assert admin(nginx, "GET", "live").text == f"{net.blue_ip}:8080\n"
+    assert admin(nginx, "GET", "preview").status_code == 404, "setting live moved the preview"
+    assert admin(nginx, "PUT", "preview", f"{net.green_ip}:8081").status_code == 200
+    assert admin(nginx, "GET", "preview").text == f"{net.green_ip}:8081\n"
+    assert admin(nginx, "GET", "live").text == f"{net.blue_ip}:8080\n"
 
 
-def test_nginx_reads_the_include_when_it_starts_and_reloads(nginx):
-    nginx.include.write_text("set $service_url http://127.0.0.1:1234;\n")
-    subprocess.run(nginx.argv("-s", "reload"), check=True, capture_output=True)
-    wait_for(lambda: admin(nginx, "GET", "live").text == "127.0.0.1:1234\n", 5, what="reload to read the include")
+def _raw_admin(nginx: Nginx, headers: List[tuple]) -> int:
+    """GET /pipeline/live with exactly these header lines (requests cannot repeat a header)."""
+    connection = http.client.HTTPConnection("127.0.0.1", nginx.admin_port, timeout=5)
+    try:
+        connection.putrequest("GET", "/pipeline/live")
+        for name, value in headers:
+            connection.putheader(name, value)
+        connection.endheaders()
+        return connection.getresponse().status
+    finally:
+        connection.close()
+
+
+def test_every_admin_request_needs_the_token(world, nginx):
+    net = world.network
+    assert admin(nginx, "PUT", "live", f"{net.blue_ip}:8080").status_code == 200
+    wrong = "0" * 64
+    for method, route in [("GET", "live"), ("GET", "preview"), ("GET", "files"), ("GET", "elsewhere"),
+                          ("PUT", "live"), ("PUT", "preview"), ("DELETE", "live"), ("POST", "files")]:
+        for token in (None, wrong, nginx.token[:-1], nginx.token + "0"):
+            answer = admin(nginx, method, route, f"{net.green_ip}:8080", token=token)
+            assert answer.status_code == 401, (method, route, token and token[:4], answer.status_code)
+            assert answer.headers["WWW-Authenticate"].startswith("Bearer")
+            assert answer.text == "Authorization: Bearer TOKEN required\n"
+    bad_headers = [[("Authorization", nginx.token)], [("Authorization", f"bearer {nginx.token}")],
+                   [("Authorization", f"Basic {nginx.token}")], [("Authorization", f"Bearer  {nginx.token}")],
+                   [("Authorization", f"Bearer {nginx.token} x")], [("X-Token", nginx.token)]]
+    for headers in bad_headers:
+        assert _raw_admin(nginx, headers) == 401, headers[0][1][:12]
+    # Twice: nginx itself refuses the request (400, "duplicate header line") before any Lua runs.
+    twice = [("Authorization", f"Bearer {nginx.token}")] * 2
+    assert _raw_admin(nginx, twice) == 400
+    assert _raw_admin(nginx, [("Authorization", f"Bearer {nginx.token}")]) == 200
+    assert admin(nginx, "GET", "live").text == f"{net.blue_ip}:8080\n", "a refused request moved the route"
+    assert "pipeline: admin request without the admin token: PUT /pipeline/live" in nginx.admin_error_log.read_text()
+
+
+def test_without_a_usable_token_file_nginx_refuses_every_admin_request_and_says_why(world, nginx):
+    net = world.network
+    assert admin(nginx, "PUT", "live", f"{net.blue_ip}:8080").status_code == 200
+    old = nginx.token
+    for content, why in [(None, "cannot read the admin token file"), ("", "is empty"), (" \n", "is empty"),
+                         ("short\n", "does not hold a token")]:
+        if content is None:
+            nginx.token_file.unlink()
+        else:
+            nginx.token_file.write_text(content)
+        logged = len(nginx.error_log.read_text())
+        nginx.reload()
+        wait_for(lambda: admin(nginx, "GET", "live").status_code == 401, 5, what="the reload to drop the token")
+        for token in (old, None, "short", ""):
+            answer = admin(nginx, "PUT", "live", f"{net.green_ip}:8080", token=token)
+            assert (answer.status_code, answer.text) == (401, "nginx has no admin token loaded; see its error log\n")
+        said = nginx.error_log.read_text()[logged:]
+        assert why in said and "the admin server refuses every request" in said, said
+        assert f"pipeline: admin request refused: " in nginx.admin_error_log.read_text()
+
+    # Rotation: a new file, one reload; the old token is refused from then on.
+    new = "5e" * 32
+    nginx.write_token(new)
+    nginx.reload()
+    wait_for(lambda: admin(nginx, "GET", "live", token=new).status_code == 200, 5, what="the new token")
+    assert admin(nginx, "GET", "live", token=old).status_code == 401
+    # Routes survived all of it: the shared dict keeps them across reloads.
+    assert admin(nginx, "GET", "live", token=new).text == f"{net.blue_ip}:8080\n"
+
+
+def test_nginx_reads_the_include_when_it_starts_and_reloads_if_its_address_is_allowed(world, nginx):
+    net = world.network
+    nginx.include.write_text(f"set $service_url http://{net.blue_ip}:1234;\n")
+    nginx.reload()
+    wait_for(lambda: admin(nginx, "GET", "live").text == f"{net.blue_ip}:1234\n", 5, what="reload to read the include")
 
     nginx.stop()
-    nginx.include.write_text("upstream app_live {\n    server 127.0.0.1:4321;\n    keepalive 32;\n}\n")
+    nginx.include.write_text(f"upstream app_live {{\n    server {net.green_ip}:4321;\n    keepalive 32;\n}}\n")
     nginx.start()
-    assert admin(nginx, "GET", "live").text == "127.0.0.1:4321\n"
+    assert admin(nginx, "GET", "live").text == f"{net.green_ip}:4321\n"
+
+    # An include naming an address outside allowed_networks is not loaded: on a reload it unsets
+    # the route, at a start the route stays unset. Either way the public port says 503 and never
+    # connects anywhere.
+    for refused, reason in [("10.0.0.5:8080", "is not inside allowed_networks"),
+                            ("127.0.0.1:1234", "is in 127.0.0.0/8"),
+                            ("169.254.169.254:80", "is in 169.254.0.0/16")]:
+        nginx.include.write_text(f"set $service_url http://{refused};\n")
+        nginx.reload()
+        wait_for(lambda: admin(nginx, "GET", "live").status_code == 404, 5, what=f"the reload to refuse {refused}")
+        assert nginx.get().status_code == 503
+        assert f"pipeline: not loading {nginx.include}: {refused} {reason}" in nginx.error_log.read_text()
+    nginx.stop()
+    nginx.start()
+    assert admin(nginx, "GET", "live").status_code == 404 and nginx.get().status_code == 503
 
     # No include at all (a fresh host): nothing to serve yet, said plainly.
     nginx.stop()
     nginx.include.unlink()
-    subprocess.run(nginx.argv(), check=True, capture_output=True)
+    nginx.start()
     assert admin(nginx, "GET", "live").status_code == 404
     assert nginx.get().status_code == 503
+
+
+@pytest.mark.parametrize("entry", ["172.29.1.0/33", "172.29.1.1/24", "172.29.1.0", "any"])
+def test_a_bad_allowed_network_stops_nginx_from_starting(tmp_path, entry):
+    (tmp_path / "nginx").mkdir()
+    server = Nginx(tmp_path / "nginx", free_port(), free_port(), form="live", extra_conf=list(LUA_MODULES),
+                   admin_port=free_port(), allowed_networks=[entry])
+    server.write_config()
+    server.write_token(server.token)
+    started = subprocess.run(server.argv(), capture_output=True, text=True)
+    if started.returncode == 0:
+        server.stop()
+    assert started.returncode != 0
+    said = started.stderr + server.error_log.read_text()
+    assert f"pipeline: allowed_networks: {entry} is not an IPv4 network like 172.20.0.0/16" in said
 
 
 # -- the tool in live mode ---------------------------------------------------------------------------
@@ -153,8 +266,10 @@ def test_deploys_switch_through_the_admin_without_reloading(request, world, ngin
 
     report = json.loads(run(["status", "--json"], env, tmp_path).stdout)
     assert (report["live_color"], report["live_version"], report["switch_mode"]) == ("green", "v2", "live")
-    assert report["switch"] == {"admin": nginx.admin_url, "live": f"{net.green_ip}:8080", "preview": "127.0.0.1:9"}
+    assert report["switch"] == {"admin": nginx.admin_url, "live": f"{net.green_ip}:8080", "preview": None}
     assert "switch:   live" in run(["status"], env, tmp_path).stdout
+    # The token went to nginx, never to the output.
+    assert nginx.token not in second.stdout + second.stderr + json.dumps(report)
 
 
 def test_preview_promote_rollback_and_a_restarted_nginx(world, nginx, env, tmp_path):
@@ -180,6 +295,88 @@ def test_preview_promote_rollback_and_a_restarted_nginx(world, nginx, env, tmp_p
     nginx.start()
     assert nginx.get().text == "version=v1 color=blue\n"
     assert admin(nginx, "GET", "preview").text == f"{net.green_ip}:8080\n"
+
+
+def hostile_requests(nginx: Nginx, net, other: str) -> List[tuple]:
+    """(what, PUT query, token, body, answer) for one route; `other` is an address the route may
+    take, so a request that got through would show."""
+    token = nginx.token
+    return [
+        ("no token", "", None, other, 401),
+        ("a wrong token", "", "0" * 64, other, 401),
+        ("the token in the query string", f"?token={token}", None, other, 401),
+        ("the token as access_token", f"?access_token={token}", None, other, 401),
+        ("an overlong body without the token", "", None, other + " " * 2000, 401),
+        ("the admin itself", "", token, f"127.0.0.1:{nginx.admin_port}", 403),
+        ("nginx's own public port", "", token, f"127.0.0.1:{nginx.port}", 403),
+        ("cloud metadata", "", token, "169.254.169.254:80", 403),
+        ("a private address outside the list", "", token, "10.0.0.5:8080", 403),
+        ("the internet", "", token, "8.8.8.8:443", 403),
+        ("0.0.0.0", "", token, "0.0.0.0:8080", 403),
+        ("the nginx host's own address on the deploy network", "", token, f"{net.gateway}:{nginx.port}", 403),
+        ("an overlong body", "", token, other + " " * 2000, 400),
+        ("a long line of digits", "", token, "9" * 2000, 400),
+        ("two addresses", "", token, f"{net.blue_ip}:8080 {net.green_ip}:8080", 400),
+        ("two addresses with a comma", "", token, f"{net.blue_ip}:8080,{net.green_ip}:8080", 400),
+        ("two lines", "", token, f"{other}\n{other}", 400),
+        ("a CR/LF", "", token, f"{other}\r\n", 400),
+        ("a header after a CR/LF", "", token, f"{other}\r\nX-Evil: 1", 400),
+    ]
+
+
+def test_hostile_admin_requests_are_refused_and_traffic_stays_on_the_release(world, nginx, env, tmp_path):
+    # Both routes set by real deploys: live on v1 (blue), preview on v2 (green).
+    env = {**env, "NGINX_PREVIEW_INCLUDE": str(nginx.preview_include)}
+    net = world.network
+    run(["deploy"], env, tmp_path, APP_VERSION="v1")
+    run(["deploy", "--no-promote"], env, tmp_path, APP_VERSION="v2")
+    serving = {"live": f"{net.blue_ip}:8080\n", "preview": f"{net.green_ip}:8080\n"}
+    other = {"live": f"{net.green_ip}:8080", "preview": f"{net.blue_ip}:8080"}
+
+    problems = []
+    for route in ("live", "preview"):
+        for what, query, token, body, expected in hostile_requests(nginx, net, other[route]):
+            answer = admin(nginx, "PUT", route, body, token=token, query=query)
+            now = {r: admin(nginx, "GET", r).text for r in serving}
+            if now != serving:
+                # Put the routes back before anything reaches the public or preview port: a request
+                # there would go to whatever the hostile PUT stored, perhaps outside this machine.
+                for r, address in serving.items():
+                    assert admin(nginx, "PUT", r, address.strip()).status_code == 200, "cannot restore the routes"
+                pytest.fail(f"{route}, {what}: answered {answer.status_code} and nginx took it: {now}")
+            if answer.status_code != expected:
+                problems.append(f"{route}, {what}: answered {answer.status_code}, expected {expected}")
+            if nginx.get().text != "version=v1 color=blue\n" or nginx.get(preview=True).text != "version=v2 color=green\n":
+                problems.append(f"{route}, {what}: the public or preview port stopped serving its release")
+    assert not problems, "\n".join(problems)
+    refusals = nginx.error_log.read_text() + nginx.admin_error_log.read_text()
+    assert "refused to set the live route: 169.254.169.254:80 is in 169.254.0.0/16" in refusals
+    assert f"refused to set the preview route: {net.gateway}:{nginx.port} is an address of the nginx host itself" \
+        in refusals
+    # The tool still moves traffic, with the token.
+    run(["promote"], env, tmp_path)
+    assert nginx.get().text == "version=v2 color=green\n"
+
+
+def test_a_token_nginx_refuses_or_no_token_file_stops_the_deploy_in_preflight(world, nginx, env, tmp_path):
+    run(["deploy"], env, tmp_path, APP_VERSION="v1")
+    include = nginx.include.read_text()
+    stale = tmp_path / "stale.token"
+    stale.write_text("0" * 64 + "\n")
+    missing = tmp_path / "missing.token"
+    for token_file, problem in [(stale, "nginx refused the token (GET /pipeline/files answered 401"),
+                                (missing, "no such file on the nginx host (this machine)")]:
+        broken = {**env, "NGINX_ADMIN_TOKEN_FILE": str(token_file)}
+        result = run_pipeline(["deploy"], {**broken, "APP_VERSION": "v2"}, tmp_path)
+        assert result.returncode == 3, result.stderr
+        assert (f"pipeline: error: nginx admin {nginx.admin_url}: NGINX_ADMIN_TOKEN_FILE={token_file}: "
+                f"{problem}") in result.stderr
+        assert "0" * 64 not in result.stderr and nginx.token not in result.stderr
+        assert "==> building" not in result.stderr and world.container("green") is None
+        assert nginx.include.read_text() == include and nginx.get().text == "version=v1 color=blue\n"
+        # status answers from the include, and names the token file.
+        report = json.loads(run(["status", "--json"], broken, tmp_path).stdout)
+        assert report["live_color"] == "blue" and f"NGINX_ADMIN_TOKEN_FILE={token_file}" in report["switch_problem"]
 
 
 def test_admin_not_answering_stops_the_deploy_but_status_still_reports(world, nginx, env, tmp_path):

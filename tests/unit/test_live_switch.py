@@ -14,7 +14,8 @@ import pytest
 
 from pipeline.decide import Address
 from pipeline.errors import EXIT_DEPLOY_FAILED, EXIT_PREFLIGHT
-from pipeline.live_switch import AdminUnavailable, IncludeMismatch, LiveSwitch, LiveSwitchFailed, NginxAdmin
+from pipeline.live_switch import (AdminTokenRefused, AdminUnavailable, IncludeMismatch, LiveSwitch,
+                                  LiveSwitchFailed, NginxAdmin)
 from pipeline.nginx_host import LocalHost
 from pipeline.settings import Settings
 from pipeline.switch import LIVE, PREVIEW, make_switch
@@ -22,15 +23,20 @@ from pipeline.switch import LIVE, PREVIEW, make_switch
 REPO = Path(__file__).resolve().parents[2]
 BLUE = Address("172.20.0.2", 8080)
 GREEN = Address("172.20.0.3", 8080)
+TOKEN = "4f1c" * 16     # as `openssl rand -hex 32` makes one
 
 
 class Admin:
     """The admin protocol, with knobs to misbehave. Records every request and, for each PUT,
-    what the live include said at that moment."""
+    what the live include said at that moment. Like app-live.conf, it answers 401 to any request
+    without `Authorization: Bearer TOKEN`, and 403 to a PUT of an address in `refused`."""
 
     def __init__(self, include: Path) -> None:
         self.routes: Dict[str, str] = {}
         self.requests: List[Tuple[str, str]] = []
+        self.token = TOKEN
+        self.authorizations: List[Optional[str]] = []
+        self.refused: List[str] = []
         self.include_at_put: List[Optional[str]] = []
         self.put_status = 200          # answer PUTs with this (the address is stored only on 200)
         self.ignore_puts = False       # answer 200 but keep the old address
@@ -45,6 +51,8 @@ class Admin:
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 outer.requests.append(("GET", self.path))
+                if not self._authorized():
+                    return
                 if self.path == "/pipeline/files":
                     if outer.files is None:
                         return self._answer(404, b"")
@@ -62,14 +70,26 @@ class Admin:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0"))).decode()
                 outer.requests.append(("PUT", self.path))
                 outer.include_at_put.append(include.read_text() if include.exists() else None)
+                if not self._authorized():
+                    return
                 route = outer._route(self.path)
                 if not re.fullmatch(r"\d+\.\d+\.\d+\.\d+:\d+", body):
                     return self._answer(400, b"expected IP:PORT\n")
+                if body in outer.refused:
+                    return self._answer(403, f"{body} is not inside allowed_networks (172.20.0.0/16)\n".encode())
                 if outer.put_status == 200 and not outer.ignore_puts:
                     outer.routes[route] = body
                 if outer._drop() or outer._drop_put():
                     return
                 self._answer(outer.put_status, f"{body}\n".encode())
+
+            def _authorized(self) -> bool:
+                given = self.headers.get_all("Authorization")
+                outer.authorizations.append(given[0] if given and len(given) == 1 else None)
+                if given == [f"Bearer {outer.token}"]:
+                    return True
+                self._answer(401, b"Authorization: Bearer TOKEN required\n")
+                return False
 
             def _answer(self, status: int, body: bytes) -> None:
                 self.send_response(status)
@@ -107,10 +127,19 @@ class Admin:
 
 class NoCommandsHost(LocalHost):
     """The local nginx host, except that running any command fails the test: live mode never
-    tests or reloads nginx. Records the channels opened, which is how the admin is reached."""
+    tests or reloads nginx. Records the channels opened, which is how the admin is reached, and
+    the files read; `unreadable` paths fail to read as a file of another user's would."""
 
     def __init__(self) -> None:
         self.channels: List[Tuple[str, int]] = []
+        self.reads: List[str] = []
+        self.unreadable: List[str] = []
+
+    def read_text(self, path: str) -> Optional[str]:
+        self.reads.append(path)
+        if path in self.unreadable:
+            raise PermissionError(13, "Permission denied", path)
+        return super().read_text(path)
 
     def run(self, argv):  # type: ignore[override]
         raise AssertionError(f"live mode ran a command on the nginx host: {argv}")
@@ -128,7 +157,15 @@ def include(tmp_path) -> Path:
 
 
 @pytest.fixture
-def admin(include):
+def token_file(tmp_path) -> Path:
+    path = tmp_path / "pipeline-admin.token"
+    path.write_text(TOKEN + "\n")
+    path.chmod(0o600)
+    return path
+
+
+@pytest.fixture
+def admin(include, token_file):
     server = Admin(include)
     server.routes["live"] = str(BLUE)
     yield server
@@ -146,6 +183,7 @@ def settings_for(tmp_path: Path, admin_url: str) -> Settings:
         "NGINX_ADMIN_URL": admin_url,
         "NGINX_INCLUDE": str(tmp_path / "service-url.inc"),
         "NGINX_PREVIEW_INCLUDE": str(tmp_path / "service-url-preview.inc"),
+        "NGINX_ADMIN_TOKEN_FILE": str(tmp_path / "pipeline-admin.token"),
         "NGINX_RELOAD_COMMAND": "false",
         "NGINX_TEST_COMMAND": "false",
     }, tmp_path)
@@ -153,7 +191,8 @@ def settings_for(tmp_path: Path, admin_url: str) -> Settings:
 
 def live_switch(host, tmp_path: Path, url: str) -> LiveSwitch:
     settings = settings_for(tmp_path, url)
-    return LiveSwitch(host, settings, NginxAdmin(host, url, timeout=1.0, retry_wait=0.01))
+    admin = NginxAdmin(host, url, str(settings.nginx_admin_token_file), timeout=1.0, retry_wait=0.01)
+    return LiveSwitch(host, settings, admin)
 
 
 def closed_port_url() -> str:
@@ -168,6 +207,7 @@ def test_make_switch_gives_the_live_switch_for_switch_mode_live(tmp_path, host):
     switch = make_switch(host, settings_for(tmp_path, "http://127.0.0.1:8091"))
     assert isinstance(switch, LiveSwitch) and switch.mode == "live"
     assert switch.admin.url == "http://127.0.0.1:8091"
+    assert switch.admin.token_file == str(tmp_path / "pipeline-admin.token")
 
 
 def test_switch_writes_the_include_first_then_sets_and_reads_back_without_commands(tmp_path, host, admin, include):
@@ -230,7 +270,7 @@ def test_a_dropped_connection_is_retried(tmp_path, host, admin, include):
     assert admin.requests[:2] == [("GET", "/pipeline/live"), ("GET", "/pipeline/live")]
 
 
-def test_admin_not_answering_fails_the_switch_before_anything_changes(tmp_path, host, include):
+def test_admin_not_answering_fails_the_switch_before_anything_changes(tmp_path, host, include, token_file):
     before = include.read_text()
     switch = live_switch(host, tmp_path, closed_port_url())
     with pytest.raises(LiveSwitchFailed) as caught:
@@ -246,6 +286,89 @@ def test_a_route_nginx_never_had_cannot_be_restored_and_says_so(tmp_path, host, 
         switch.route_to(PREVIEW, GREEN)
     assert "nginx had no address before" in str(caught.value)
     assert not (tmp_path / "service-url-preview.inc").exists(), "no preview include before, none after"
+
+
+def test_a_refused_address_fails_the_switch_naming_nginx_s_reason(tmp_path, host, admin, include):
+    admin.refused.append(str(GREEN))
+    with pytest.raises(LiveSwitchFailed) as caught:
+        live_switch(host, tmp_path, admin.url).route_to(LIVE, GREEN)
+    message = str(caught.value)
+    assert f"nginx refused {GREEN} for the live route: {GREEN} is not inside allowed_networks" in message
+    assert "DEPLOY_SUBNET" in message and "put the old include back" in message
+    assert include.read_text() == f"set $service_url {BLUE.url};\n" and admin.routes["live"] == str(BLUE)
+
+
+# -- the admin token ---------------------------------------------------------------------------------
+
+def test_every_request_carries_the_token_read_once_from_the_token_file(tmp_path, host, admin, token_file):
+    switch = live_switch(host, tmp_path, admin.url)
+    switch.check()
+    switch.route_to(LIVE, GREEN)
+    assert len(admin.requests) == 4
+    assert admin.authorizations == [f"Bearer {TOKEN}"] * 4      # the file's newline is not part of it
+    assert host.reads.count(str(token_file)) == 1
+    assert repr(switch.admin.token()) == "Secret('***')" and TOKEN not in str(vars(switch.admin))
+
+
+def test_a_token_nginx_refuses_is_a_preflight_error_naming_the_file_and_not_the_token(
+        tmp_path, host, admin, token_file, caplog):
+    token_file.write_text("0" * 64 + "\n")     # a token from before a rotation
+    switch = live_switch(host, tmp_path, admin.url)
+    with caplog.at_level("DEBUG", logger="pipeline"), pytest.raises(AdminTokenRefused) as caught:
+        switch.check()
+    assert caught.value.exit_code == EXIT_PREFLIGHT
+    message = str(caught.value)
+    assert message.startswith(f"nginx admin {admin.url}: NGINX_ADMIN_TOKEN_FILE={token_file}: nginx refused the token")
+    assert "answered 401" in message and "nginx -s reload" in message and "\n" not in message
+    assert admin.requests == [("GET", "/pipeline/files")], "a refused token is not retried"
+    assert "0" * 64 not in message + caplog.text and TOKEN not in message + caplog.text
+    # status still reports, and says why.
+    assert switch.describe()["live"].startswith(f"unknown (NGINX_ADMIN_TOKEN_FILE={token_file}: nginx refused")
+
+
+@pytest.mark.parametrize("content, problem", [
+    (None, "no such file on the nginx host (this machine)"),
+    ("", "the file is empty"),
+    (" \n\n", "the file is empty"),
+    ("secret\n", "does not hold one token of 32 or more letters and digits"),
+    (TOKEN + " " + TOKEN + "\n", "does not hold one token"),
+    (TOKEN + "\r\nX-Injected: 1\n", "does not hold one token"),
+], ids=["missing", "empty", "blank", "short", "two-words", "header-injection"])
+def test_an_unusable_token_file_is_a_preflight_error_before_any_request(tmp_path, host, admin, token_file,
+                                                                         content, problem):
+    if content is None:
+        token_file.unlink()
+    else:
+        token_file.write_text(content)
+    switch = live_switch(host, tmp_path, admin.url)
+    with pytest.raises(AdminTokenRefused) as caught:
+        switch.check()
+    assert caught.value.exit_code == EXIT_PREFLIGHT
+    assert str(caught.value).startswith(f"nginx admin {admin.url}: NGINX_ADMIN_TOKEN_FILE={token_file}: {problem}")
+    assert "secret" not in str(caught.value) and TOKEN not in str(caught.value)
+    assert admin.requests == [], "nothing is sent without a usable token"
+    # A deploy's switch stops before writing anything, too.
+    with pytest.raises(LiveSwitchFailed, match="nothing was changed"):
+        switch.route_to(LIVE, GREEN)
+    assert admin.requests == [] and admin.routes["live"] == str(BLUE)
+
+
+def test_a_token_file_the_ssh_user_cannot_read_names_the_file_and_the_host(tmp_path, host, admin, token_file):
+    host.unreadable.append(str(token_file))
+    with pytest.raises(AdminTokenRefused) as caught:
+        live_switch(host, tmp_path, admin.url).check()
+    assert str(caught.value) == (f"nginx admin {admin.url}: NGINX_ADMIN_TOKEN_FILE={token_file}: "
+                                 f"cannot read it on the nginx host (this machine): Permission denied")
+    assert admin.requests == []
+
+
+def test_the_token_file_is_read_again_by_each_run(tmp_path, host, admin, token_file):
+    # A rotation: new file, `nginx -s reload`. The next run sends the new token.
+    live_switch(host, tmp_path, admin.url).check()
+    admin.token = "9" * 64
+    token_file.write_text(admin.token + "\n")
+    live_switch(host, tmp_path, admin.url).check()
+    assert admin.authorizations == [f"Bearer {TOKEN}", f"Bearer {'9' * 64}"]
 
 
 # -- the preflight check: nginx reads the includes the tool writes ---------------------------------
@@ -274,7 +397,8 @@ def test_check_ignores_the_preview_file_when_no_preview_include_is_set(tmp_path,
     admin.files["preview"] = "/somewhere/else.inc"
     settings = Settings.from_env({"SWITCH_MODE": "live", "NGINX_ADMIN_URL": admin.url,
                                   "NGINX_INCLUDE": str(tmp_path / "service-url.inc")}, tmp_path)
-    LiveSwitch(host, settings, NginxAdmin(host, admin.url, timeout=1.0, retry_wait=0.01)).check()
+    token_file = str(tmp_path / "pipeline-admin.token")
+    LiveSwitch(host, settings, NginxAdmin(host, admin.url, token_file, timeout=1.0, retry_wait=0.01)).check()
 
 
 def test_check_names_an_older_config_without_the_files_endpoint(tmp_path, host, admin):
@@ -300,7 +424,7 @@ def test_current_is_none_when_nginx_has_no_address(tmp_path, host, admin):
     assert live_switch(host, tmp_path, admin.url).current(PREVIEW) is None
 
 
-def test_current_fails_as_preflight_when_the_admin_does_not_answer(tmp_path, host, include):
+def test_current_fails_as_preflight_when_the_admin_does_not_answer(tmp_path, host, include, token_file):
     url = closed_port_url()
     with pytest.raises(AdminUnavailable) as caught:
         live_switch(host, tmp_path, url).current(LIVE)
@@ -324,7 +448,7 @@ def test_describe_reports_what_nginx_serves(tmp_path, host, admin):
     assert switch.describe() == {"admin": admin.url, "live": str(BLUE), "preview": None}   # no "problem"
 
 
-def test_describe_says_unknown_when_the_admin_does_not_answer(tmp_path, host):
+def test_describe_says_unknown_when_the_admin_does_not_answer(tmp_path, host, token_file):
     report = live_switch(host, tmp_path, closed_port_url()).describe()
     assert report["live"].startswith("unknown (GET /pipeline/live failed 3 times")
 
@@ -351,6 +475,26 @@ def test_shipped_admin_server_listens_on_loopback_only_and_denies_everyone_else(
     assert re.findall(r"^\s*listen\s+([^;]+);", block, re.M) == ["127.0.0.1:8091"]
     assert re.search(r"allow 127\.0\.0\.1;\s*deny\s+all;", block)
     assert Settings().nginx_admin_url == "http://127.0.0.1:8091"
+
+
+def test_shipped_admin_server_asks_every_request_for_the_token_first():
+    text = (REPO / "nginx" / "live" / "app-live.conf").read_text()
+    block = next(b for b in _server_blocks(text) if "/pipeline/live" in b)
+    locations = re.findall(r"^    location [^{]+\{(.*?)^    \}", block, re.M | re.S)
+    assert len(locations) == block.count("\n    location "), "a location the pattern missed"
+    # At server level, so every location inherits it; one of their own would replace it, and a
+    # rewrite-phase `return` would answer before it.
+    server_level = re.sub(r"^    location [^{]+\{.*?^    \}", "", block, flags=re.M | re.S)
+    assert re.search(r"access_by_lua_block \{\s*require\(\"pipeline.routes\"\).require_token\(\)\s*\}", server_level)
+    for body in locations:
+        assert "access_by_lua" not in body and not re.search(r"^\s*return\b", body, re.M), body
+
+
+def test_shipped_config_reads_the_token_file_and_allows_the_subnet_the_tool_uses_by_default():
+    text = (REPO / "nginx" / "live" / "app-live.conf").read_text()
+    defaults = Settings()
+    assert re.findall(r'^\s*token_file = "([^"]*)",', text, re.M) == [str(defaults.nginx_admin_token_file)]
+    assert re.findall(r"^\s*allowed_networks = \{ ([^}]*) \},", text, re.M) == [f'"{defaults.deploy_subnet}"']
 
 
 def test_shipped_config_reads_the_include_files_the_tool_writes_by_default():
