@@ -1,6 +1,8 @@
 """`python -m pipeline COMMAND`: parse, read settings, run a flow, map errors to exit codes.
 
-`main(argv, environ)` is the only place where an error becomes an exit code and a message.
+`main(argv, environ)` is the only place where an error becomes an exit code and a message. The
+flows (preflight, lock and history included) are in deploy.py; the parts are put together in
+compose.py.
 """
 from __future__ import annotations
 
@@ -9,23 +11,16 @@ import json
 import logging
 import os
 import sys
-import threading
 import time
 import traceback
-from dataclasses import asdict, replace
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
+from . import compose, errors, log as logsetup
 from . import deploy as flows
-from . import build, errors, log as logsetup
-from .engine import Engine
 from .errors import PipelineError, UsageError
-from .history import Entry, History, format_table
-from .lock import DeployLock, LockInfo, who_am_i
-from .nginx_host import NginxHost, check_writable, connect
+from .history import format_table
 from .settings import Settings
-from .switch import make_switch
 
 log = logging.getLogger("pipeline")
 
@@ -52,10 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop after health (and the preview route): live traffic is left alone")
     locking(p)
     locking(commands.add_parser("promote", help="switch live traffic to the staged release"))
-    locking(commands.add_parser("rollback", help="make the previous release live again"))
+    p = commands.add_parser("rollback", help="make the previous release (or --to VERSION) live again")
+    p.add_argument("--to", metavar="VERSION", help="any release still kept (`history` marks them)")
+    locking(p)
     p = commands.add_parser("status", help="live color, both containers, where nginx points")
     p.add_argument("--json", action="store_true")
-    p = commands.add_parser("history", help="every deploy, promote and rollback")
+    p = commands.add_parser("history", help="every deploy, promote and rollback; marks what is live and "
+                                            "what `rollback --to` can go to")
     p.add_argument("--json", action="store_true")
     p = commands.add_parser("lock", help="show or release the deploy lock")
     p.add_argument("lock_command", choices=["status", "release"])
@@ -102,83 +100,31 @@ def main(argv: Sequence[str], environ: Mapping[str, str], cwd: Optional[Path] = 
         return errors.EXIT_BUG
 
 
-def _run(args: argparse.Namespace, settings: Settings, environ: Mapping[str, str], cwd: Path,
-         stdout, started: float) -> int:
-    host = connect(settings)
-    try:
-        if args.command in ("lock", "history"):
-            return _lock_or_history(args, settings, host, stdout)
-        engine = Engine.connect(settings, environ)
-        ctx = flows.Context(settings, engine, host, make_switch(host, settings), cwd, environ)
+def _run(args: argparse.Namespace, settings: Settings, environ: Mapping[str, str], cwd: Path, stdout,
+         started: float) -> int:
+    if args.command == "lock":
+        with compose.nginx_host(settings) as host:
+            stdout.write(flows.lock_command(host, settings, args.lock_command) + "\n")
+            return errors.EXIT_OK
+    with compose.context(settings, environ, cwd, getattr(args, "lock_wait", 0.0), started) as ctx:
         if args.command == "status":
             _print_status(flows.status(ctx), args.json, stdout)
-            return errors.EXIT_OK
-        return _run_flow(args, ctx, started)
-    finally:
-        host.close()
-
-
-def _run_flow(args: argparse.Namespace, ctx: flows.Context, started: float) -> int:
-    s = ctx.settings
-    action = args.command
-    if action == "deploy" and args.no_promote:
-        action = "stage"
-    if args.command == "deploy" and not s.app_version:
-        # Settled once, up front: the lock, the image tag and history (even of a failure) all
-        # name the same release.
-        s = ctx.settings = replace(s, app_version=build.default_version(ctx.cwd))
-    if threading.current_thread() is threading.main_thread():
-        ctx.guard.install()
-    check_writable(ctx.host, s)
-    lock = DeployLock(ctx.host, str(s.lock_path()))
-    who = who_am_i(ctx.environ)
-    history = History(ctx.host, str(s.history_path()))
-    lock.acquire(LockInfo(who, _machine(), os.getpid(), action, s.app_version or "", _now()), args.lock_wait)
-    try:
-        try:
-            if args.command == "deploy":
-                outcome = flows.deploy(ctx, promote=not args.no_promote)
-            elif args.command == "promote":
-                outcome = flows.promote(ctx)
-            else:
-                outcome = flows.rollback(ctx)
-        except BaseException as exc:
-            if not isinstance(exc, errors.NothingToDo):
-                result = "interrupted" if isinstance(exc, errors.Interrupted) else "failed"
-                history.append(Entry(_now(), who, s.app_name, action, s.app_version or "", "", result,
-                                     round(time.monotonic() - started, 2), flows.describe_failure(exc)[:300]))
-            raise
-        history.append(Entry(_now(), who, s.app_name, outcome.action, outcome.version, outcome.color, "ok",
-                             round(time.monotonic() - started, 2), outcome.message))
-        flows.phase("done: %s in %.1fs", outcome.message, time.monotonic() - started)
-        return errors.EXIT_OK
-    finally:
-        lock.release()
-
-
-def _lock_or_history(args: argparse.Namespace, settings: Settings, host: NginxHost, stdout) -> int:
-    if args.command == "history":
-        entries = History(host, str(settings.history_path())).entries()
-        if args.json:
-            stdout.write(json.dumps([asdict(e) for e in entries], indent=2) + "\n")
+        elif args.command == "history":
+            _print_history(flows.history(ctx), args.json, stdout)
+        elif args.command == "deploy":
+            (flows.stage if args.no_promote else flows.deploy)(ctx)
+        elif args.command == "promote":
+            flows.promote(ctx)
         else:
-            stdout.write(format_table(entries))
-        return errors.EXIT_OK
-    lock = DeployLock(host, str(settings.lock_path()))
-    holder = lock.read()
-    if args.lock_command == "status":
-        if holder is None:
-            stdout.write("unlocked\n")
-        else:
-            why = lock.why_not_stale(holder)
-            stdout.write(f"locked: {holder.describe()} ({why or 'stale: its process is gone'})\n")
-        return errors.EXIT_OK
-    if holder is None:
-        stdout.write("unlocked; nothing to release\n")
-        return errors.EXIT_OK
-    lock.force_release()
-    stdout.write(f"released the lock held by: {holder.describe()}\n")
+            flows.rollback(ctx, args.to)
     return errors.EXIT_OK
+
+
+def _print_history(entries: list, as_json: bool, stdout) -> None:
+    if as_json:
+        stdout.write(json.dumps(entries, indent=2) + "\n")   # one write: the masking sees it whole
+    else:
+        stdout.write(format_table(entries))
 
 
 def _print_status(report: dict, as_json: bool, stdout) -> None:
@@ -198,20 +144,13 @@ def _print_status(report: dict, as_json: bool, stdout) -> None:
         stdout.write(f"warning:  {report['switch_problem']}; live color above is from the include\n")
     if report.get("probe_problem"):
         stdout.write(f"warning:  {report['probe_problem']}\n")
+    releases = report["releases"]
+    stdout.write("releases: " + "  ".join(f"{name}={r['version']} ({r['color']})" if r else f"{name}=none"
+                                          for name, r in releases.items()) + "\n")
     for color, c in report["colors"].items():
         marker = "*" if color == live else " "
         stdout.write(f"{marker} {color:<5}  {c['container']:<24} {c['ip']:<15} {c['state']:<10} "
                      f"{c['version'] or '-':<16} {c['health'] or '-'}\n")
-
-
-def _machine() -> str:
-    import socket
-
-    return socket.gethostname()
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def run() -> None:

@@ -87,6 +87,7 @@ class ColorChoice:
     live: Optional[str]   # None on a first deploy: nothing serves yet
     target: str           # the idle color the new release goes to
     reason: str
+    by_probe: bool = False   # live only because blue answered the seed's probe (no usable include)
 
 
 def choose_colors(include_color: Optional[str], blue_alive: Optional[bool],
@@ -107,7 +108,7 @@ def choose_colors(include_color: Optional[str], blue_alive: Optional[bool],
                                                     f"running; {idle} is, so it is treated as live")
         return ColorChoice(include_color, idle, f"the include points at {include_color}")
     if blue_alive:
-        return ColorChoice("blue", "green", "no usable include; blue answers its health check")
+        return ColorChoice("blue", "green", "no usable include; blue answers its health check", by_probe=True)
     return ColorChoice(None, "blue", "no usable include and blue is not serving: first deploy")
 
 
@@ -126,27 +127,6 @@ class ContainerFact:
     @property
     def running(self) -> bool:
         return self.status == "running"
-
-
-def rollback_target(live: Optional[str], containers: Mapping[str, ContainerFact]) -> Optional[ContainerFact]:
-    """The previous release: the idle color's kept container, if there is one."""
-    if live is None:
-        return None
-    return containers.get(other(live))
-
-
-def staged_release(live: Optional[str], containers: Mapping[str, ContainerFact],
-                   preview: Optional[str]) -> Optional[ContainerFact]:
-    """A release waiting for `promote`: the idle color, running, with the preview pointing at it."""
-    if live is None:
-        candidate = containers.get(preview) if preview else None
-    else:
-        candidate = containers.get(other(live))
-    if candidate is None or not candidate.running:
-        return None
-    if preview is not None and preview != candidate.color:
-        return None
-    return candidate
 
 
 def images_to_remove(images: Mapping[str, float], keep: int, protected: set) -> list:

@@ -2,33 +2,43 @@
 
     preflight -> build -> pick the idle color -> start it -> health -> switch -> drain -> stop old
 
-Facts are gathered first, the decision is made by pure functions (decide.py), then the world is
-touched. Every failure before the switch leaves traffic where it was and removes the new container;
-a failed switch restores the include (switch.py). `promote` and `rollback` reuse the same steps.
+Every flow that changes something starts with `preflight` (lock, settle the version, check; the
+history is written when it ends, however it ends). Facts are gathered next, including the release
+record (releases.py), the decision is made by pure functions (decide.py, releases.py), then the
+world is touched. Every failure before the switch leaves traffic where it was and removes the new
+container; a failed switch restores the include (the switch modules). `stage` (deploy
+--no-promote), `promote` and `rollback` are short flows of the same steps.
 """
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import time
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Dict, Mapping, Optional
+from typing import Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
-from . import build, decide, health
+from . import build, decide, health, releases
 from .decide import Address, ContainerFact
 from .engine import Engine
-from .errors import ContainerExited, Interrupted, NothingToDo, PipelineError
-from .nginx_host import NginxHost
+from .errors import ContainerExited, Interrupted, NothingToDo, PipelineError, SwitchUnavailable
+from .history import Entry, History
+from .lock import DeployLock, LockInfo, who_am_i
+from .nginx_host import NginxHost, check_writable
+from .releases import Release, ReleaseRecord, ReleaseStore
 from .settings import Settings
 from .signals import SignalGuard
-from .switch import LIVE, PREVIEW, IncludeFiles, SwitchUnavailable, TrafficSwitch
+from .switch import LIVE, PREVIEW, IncludeFiles, TrafficSwitch
 
 log = logging.getLogger("pipeline")
 
 
 @dataclass
 class Context:
-    """The outside things a flow works with, handed in (never globals)."""
+    """The outside things a flow works with, handed in (never globals). compose.py builds it."""
 
     settings: Settings
     engine: Engine
@@ -38,6 +48,10 @@ class Context:
     environ: Mapping[str, str]
     guard: SignalGuard = field(default_factory=SignalGuard)
     sleep: Callable[[float], None] = time.sleep
+    # The health gate (health.wait_healthy's signature): the one step that talks to the release.
+    health_gate: Callable[..., int] = health.wait_healthy
+    lock_wait: float = 0.0
+    started: float = field(default_factory=time.monotonic)
     # Where health probes run (the nginx host's side); None: built from `host` and the settings.
     prober: Optional[health.Prober] = None
 
@@ -98,13 +112,6 @@ def gather(ctx: Context, current: Optional[Callable[[str], Optional[Address]]] =
     return Facts(live_address, preview_address, containers, choice)
 
 
-def preflight(ctx: Context) -> None:
-    phase("preflight")
-    ctx.switch.check()
-    if ctx.engine.network_exists():
-        check_probe_routes(ctx)
-
-
 def check_probe_routes(ctx: Context) -> None:
     """Before any probe: both colors' addresses are reached from where probes run (the nginx
     host's side) over a local interface, never through a gateway (exit 3 otherwise)."""
@@ -120,7 +127,128 @@ def address_of(s: Settings, color: str) -> Address:
     return Address(s.ip_of(color), s.app_port)
 
 
+# -- preflight: one place, for every flow that changes something ----------------------------------
+
+class Run:
+    """One flow's run, between preflight and the history entry."""
+
+    def __init__(self) -> None:
+        self.outcome: Optional[Outcome] = None
+
+    def done(self, outcome: Outcome) -> Outcome:
+        """What the history records when the flow's `with preflight(...)` block ends."""
+        self.outcome = outcome
+        return outcome
+
+
+@contextmanager
+def preflight(ctx: Context, action: str) -> Iterator[Run]:
+    """Take the deploy lock, settle the version, check every part the run will use; on the way
+    out write the history (of a failure too) and release the lock.
+
+    A check that fails has changed nothing: the lock is released again.
+    """
+    s = ctx.settings
+    check_writable(ctx.host, s)   # first: the lock and the history are written there
+    if action in ("deploy", "stage") and not s.app_version:
+        # Settled once, up front: the lock, the image tag and history (even of a failure) all
+        # name the same release.
+        s = ctx.settings = replace(s, app_version=build.default_version(ctx.cwd))
+    who = who_am_i(ctx.environ)
+    lock = DeployLock(ctx.host, str(s.lock_path()))
+    history = History(ctx.host, str(s.history_path()))
+    lock.acquire(LockInfo(who, socket.gethostname(), os.getpid(), action, s.app_version or "", _now()),
+                 ctx.lock_wait)
+    run = Run()
+    try:
+        try:
+            phase("preflight")   # from here to "done" this run holds the lock
+            ctx.switch.check()
+            if ctx.engine.network_exists():
+                check_probe_routes(ctx)
+            if ctx.engine.ensure_network():
+                log.info("    created docker network %s (%s, gateway %s)", s.deploy_network, s.deploy_subnet,
+                         s.deploy_gateway)
+                try:
+                    check_probe_routes(ctx)
+                except health.RouteRefused:
+                    ctx.engine.remove_network()   # ours, just made, empty: nothing changed
+                    raise
+            yield run
+        except BaseException as exc:
+            if not isinstance(exc, NothingToDo):
+                result = "interrupted" if isinstance(exc, Interrupted) else "failed"
+                history.append(Entry(_now(), who, s.app_name, action, s.app_version or "", "", result,
+                                     _elapsed(ctx), describe_failure(exc)[:300]))
+            raise
+        outcome = run.outcome
+        assert outcome is not None, f"the {action} flow ended without saying what it did"
+        history.append(Entry(_now(), who, s.app_name, outcome.action, outcome.version, outcome.color, "ok",
+                             _elapsed(ctx), outcome.message))
+        phase("done: %s in %.1fs", outcome.message, time.monotonic() - ctx.started)
+    finally:
+        lock.release()
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _elapsed(ctx: Context) -> float:
+    return round(time.monotonic() - ctx.started, 2)
+
+
+def facts_and_record(ctx: Context) -> Tuple[Facts, ReleaseRecord]:
+    """What the flows decide from: the facts, and the release record checked against them."""
+    facts = _settled(ctx, gather(ctx))
+    return facts, recorded(ctx, facts)
+
+
+def _settled(ctx: Context, facts: Facts) -> Facts:
+    written, _ = record_store(ctx).read()
+    running = frozenset(color for color, fact in facts.containers.items() if fact.running)
+    choice = releases.settle_live(facts.choice, written, running)
+    if choice == facts.choice:
+        return facts
+    log.info("    the release record says nothing is live yet: %s is staged, not live", choice.target)
+    return replace(facts, choice=choice)
+
+
+def recorded(ctx: Context, facts: Facts) -> ReleaseRecord:
+    """The release record, checked against what nginx serves and Docker reports."""
+    s = ctx.settings
+    return releases.load(record_store(ctx), History(ctx.host, str(s.history_path())).entries,
+                         facts.choice.live, facts.containers, s.image_ref)
+
+
+def record_store(ctx: Context) -> ReleaseStore:
+    return ReleaseStore(ctx.host, str(ctx.settings.releases_path()))
+
+
 # -- steps -----------------------------------------------------------------------------------------
+
+def build_release(ctx: Context, color: str) -> Release:
+    """The build command, the image, the registry round trip: the release, not started yet."""
+    s = ctx.settings
+    version = s.app_version or ""
+    image = s.image_ref(version)
+    if s.build_command:
+        phase("building: %s", " ".join(s.build_command))
+        build.run_build(s.build_command, ctx.cwd, ctx.environ)
+    phase("building image %s", image)
+    ctx.engine.build_image(ctx.cwd, image, version)
+    if s.registry:
+        phase("pushing %s to %s and pulling it back", image, s.registry)
+        ctx.engine.push_and_pull(image)
+    return Release(version, color, image)
+
+
+def start(ctx: Context, release: Release) -> None:
+    s = ctx.settings
+    phase("starting %s (%s) at %s", s.container_name(release.color), release.version, s.ip_of(release.color))
+    with ctx.guard.critical():
+        ctx.engine.run(release.color, release.image, release.version)
+
 
 def wait_healthy(ctx: Context, color: str) -> None:
     s = ctx.settings
@@ -138,16 +266,20 @@ def wait_healthy(ctx: Context, color: str) -> None:
 
     url = health_url(s, color)
     phase("waiting for %s to answer %s (every %gs, up to %gs)", name, url, s.health_interval, s.health_timeout)
-    health.wait_healthy(url, s.health_interval, s.health_timeout, check_alive, ctx.prober,
-                        logs=lambda: ctx.engine.logs_tail(color),
-                        can_connect=health.connect_check(ctx.prober, s.ip_of(color), s.app_port))
+    ctx.health_gate(url, s.health_interval, s.health_timeout, check_alive, ctx.prober,
+                    logs=lambda: ctx.engine.logs_tail(color),
+                    can_connect=health.connect_check(ctx.prober, s.ip_of(color), s.app_port))
 
 
-def switch_live(ctx: Context, color: str) -> None:
+def switch_live(ctx: Context, release: Release, record: ReleaseRecord) -> ReleaseRecord:
+    """Move live traffic to `release` and record it, in one step no signal cuts in half."""
     s = ctx.settings
-    phase("switching nginx to %s (%s) [%s]", color, address_of(s, color), ctx.switch.mode)
+    phase("switching nginx to %s (%s) [%s]", release.color, address_of(s, release.color), ctx.switch.mode)
     with ctx.guard.critical():
-        ctx.switch.route_to(LIVE, address_of(s, color))
+        ctx.switch.route_to(LIVE, address_of(s, release.color))
+        record = record.made_live(release)
+        record_store(ctx).write(record)
+    return record
 
 
 def _left_running(ctx: Context, old: Optional[str]) -> None:
@@ -161,6 +293,19 @@ def point_preview(ctx: Context, color: str) -> None:
     phase("pointing the preview at %s (%s)", color, address)
     with ctx.guard.critical():
         ctx.switch.route_to(PREVIEW, address)
+
+
+def preview_follows(ctx: Context, color: str, old: Optional[str]) -> None:
+    """After the live switch, so the preview's own test + reload never delays live traffic."""
+    if not ctx.settings.nginx_preview_include:
+        return
+    try:
+        point_preview(ctx, color)
+    except Interrupted:
+        _left_running(ctx, old)
+        raise
+    except PipelineError as exc:
+        log.warning("    the preview still points at the previous release: %s", exc)
 
 
 def retire(ctx: Context, old: Optional[str]) -> None:
@@ -184,85 +329,36 @@ def retire(ctx: Context, old: Optional[str]) -> None:
         ctx.engine.stop(old)
 
 
-def clean_images(ctx: Context) -> None:
+def clean_images(ctx: Context, record: ReleaseRecord) -> None:
+    """Release images past the newest KEEP_RELEASES, never one a container uses, nor the live,
+    previous or staged release's: rollback recreates from them when their container is gone."""
     s = ctx.settings
     protected = {fact.image for fact in ctx.engine.containers().values()}
+    protected |= {r.image for r in (record.live, record.previous, record.staged) if r is not None}
     for ref in decide.images_to_remove(ctx.engine.release_images(), s.keep_releases, protected):
         log.info("    removing old release image %s", ref)
         ctx.engine.remove_image(ref)
     ctx.engine.prune_dangling()
 
 
-# -- flows -----------------------------------------------------------------------------------------
-
-def deploy(ctx: Context, promote: bool = True) -> Outcome:
-    """Release `APP_VERSION`; the caller settles its default first (cli: git sha or UTC time),
-    so that the lock and history name the release as well."""
-    s = ctx.settings
-    assert s.app_version, "the caller settles the version before the deploy"
-
-    preflight(ctx)
-    if ctx.engine.ensure_network():
-        log.info("    created docker network %s (%s, gateway %s)", s.deploy_network, s.deploy_subnet, s.deploy_gateway)
-        try:
-            check_probe_routes(ctx)
-        except health.RouteRefused:
-            ctx.engine.remove_network()   # ours, just made, empty: nothing changed
-            raise
-    facts = gather(ctx)
-    live, target = facts.choice.live, facts.choice.target
-    log.info("    live: %s; deploying to %s (%s)", live or "none", target, facts.choice.reason)
-
-    version = s.app_version
-    image = s.image_ref(version)
-    if s.build_command:
-        phase("building: %s", " ".join(s.build_command))
-        build.run_build(s.build_command, ctx.cwd, ctx.environ)
-    phase("building image %s", image)
-    ctx.engine.build_image(ctx.cwd, image, version)
-    if s.registry:
-        phase("pushing %s to %s and pulling it back", image, s.registry)
-        ctx.engine.push_and_pull(image)
-
-    phase("starting %s (%s) at %s", s.container_name(target), version, s.ip_of(target))
-    preview_before = facts.preview_address
+@contextmanager
+def abandoned_on_failure(ctx: Context, color: str, facts: Facts, record: ReleaseRecord) -> Iterator[None]:
+    """Around everything from starting the new container to the live switch."""
     try:
-        with ctx.guard.critical():
-            ctx.engine.run(target, image, version)
-        wait_healthy(ctx, target)
-        if promote:
-            switch_live(ctx, target)
-        elif s.nginx_preview_include:
-            point_preview(ctx, target)
+        yield
     except BaseException:
         with ctx.guard.critical():
-            _abandon(ctx, target, preview_before)
+            _abandon(ctx, color, facts.preview_address, record)
         raise
 
-    if not promote:
-        if s.nginx_preview_include:
-            ctx.sleep(ctx.switch.settle_seconds)   # "staged" means the preview serves it
-        phase("%s staged on %s; live traffic still on %s. Run `promote` to switch.", version, target, live or "nothing")
-        return Outcome("stage", version, target, f"staged on {target}")
-    if s.nginx_preview_include:
-        # After the live switch, so the preview's own test + reload never delays live traffic.
-        try:
-            point_preview(ctx, target)
-        except Interrupted:
-            _left_running(ctx, live)
-            raise
-        except PipelineError as exc:
-            log.warning("    the preview still points at the previous release: %s", exc)
-    retire(ctx, live)
-    clean_images(ctx)
-    return Outcome("deploy", version, target, f"{version} live on {target}")
 
-
-def _abandon(ctx: Context, color: str, preview_before: Optional[Address]) -> None:
+def _abandon(ctx: Context, color: str, preview_before: Optional[Address], record: ReleaseRecord) -> None:
     """After a failure before the live switch: no container of the failed release left running."""
     s = ctx.settings
     log.error("==> removing %s; nginx still serves what it served before", s.container_name(color))
     ctx.engine.remove(color)
+    if record.without_color(color) != record:
+        record_store(ctx).write(record.without_color(color))
     if s.nginx_preview_include and ctx.switch.current(PREVIEW) == address_of(s, color) and preview_before:
         try:
             ctx.switch.route_to(PREVIEW, preview_before)
@@ -270,50 +366,148 @@ def _abandon(ctx: Context, color: str, preview_before: Optional[Address]) -> Non
             log.warning("    could not point the preview back at %s: %s", preview_before, exc)
 
 
+# -- flows -----------------------------------------------------------------------------------------
+
+def deploy(ctx: Context) -> Outcome:
+    """Release `APP_VERSION` (settled in preflight: git sha or UTC time) and make it live."""
+    with preflight(ctx, "deploy") as run:
+        facts, record = facts_and_record(ctx)
+        live, target = facts.choice.live, facts.choice.target
+        log.info("    live: %s; deploying to %s (%s)", live or "none", target, facts.choice.reason)
+        release = build_release(ctx, target)
+        with abandoned_on_failure(ctx, target, facts, record):
+            start(ctx, release)
+            wait_healthy(ctx, target)
+            record = switch_live(ctx, release, record)
+        preview_follows(ctx, target, live)
+        retire(ctx, live)
+        clean_images(ctx, record)
+        return run.done(Outcome("deploy", release.version, target, f"{release.version} live on {target}"))
+
+
+def stage(ctx: Context) -> Outcome:
+    """`deploy --no-promote`: build, start, health, the preview route; live traffic untouched.
+    The release is recorded as staged: `promote` makes it live, nothing else does."""
+    s = ctx.settings
+    with preflight(ctx, "stage") as run:
+        facts, record = facts_and_record(ctx)
+        live, target = facts.choice.live, facts.choice.target
+        log.info("    live: %s; staging on %s (%s)", live or "none", target, facts.choice.reason)
+        release = build_release(ctx, target)
+        with abandoned_on_failure(ctx, target, facts, record):
+            start(ctx, release)
+            wait_healthy(ctx, target)
+            if s.nginx_preview_include:
+                point_preview(ctx, target)
+            with ctx.guard.critical():
+                record_store(ctx).write(record.with_staged(release))
+        if s.nginx_preview_include:
+            ctx.sleep(ctx.switch.settle_seconds)   # "staged" means the preview serves it
+        phase("%s staged on %s; live traffic still on %s. Run `promote` to switch.", release.version, target,
+              live or "nothing")
+        return run.done(Outcome("stage", release.version, target, f"staged on {target}"))
+
+
 def promote(ctx: Context) -> Outcome:
-    s = ctx.settings
-    preflight(ctx)
-    facts = gather(ctx)
-    preview_color = decide.color_at(facts.preview_address, s.color_ips)
-    staged = decide.staged_release(facts.choice.live, facts.containers, preview_color)
-    if staged is None:
-        raise NothingToDo("nothing is staged: run `deploy --no-promote` first"
-                          f" (live: {facts.choice.live or 'none'})")
-    log.info("    promoting %s (%s) from %s", staged.version, staged.color, facts.choice.live or "nothing")
-    wait_healthy(ctx, staged.color)
-    switch_live(ctx, staged.color)
-    retire(ctx, facts.choice.live)
-    clean_images(ctx)
-    return Outcome("promote", staged.version or "", staged.color, f"{staged.version} live on {staged.color}")
+    """Make the staged release live: health again, switch, drain and stop the old one."""
+    with preflight(ctx, "promote") as run:
+        facts, record = facts_and_record(ctx)
+        live = facts.choice.live
+        staged = releases.staged_release(record, live, facts.containers)
+        log.info("    promoting %s from %s", staged, live or "nothing")
+        wait_healthy(ctx, staged.color)
+        record = switch_live(ctx, staged, record)
+        retire(ctx, live)
+        clean_images(ctx, record)
+        return run.done(Outcome("promote", staged.version, staged.color, f"{staged.version} live on {staged.color}"))
 
 
-def rollback(ctx: Context) -> Outcome:
+def rollback(ctx: Context, to_version: Optional[str] = None) -> Outcome:
+    """Make the previously live release (or `to_version`) live again on the idle color: its kept
+    container if it is still there, else a new one from its kept image."""
     s = ctx.settings
-    preflight(ctx)
-    facts = gather(ctx)
-    live = facts.choice.live
-    target = decide.rollback_target(live, facts.containers)
-    if live is None or target is None:
-        raise NothingToDo(f"no previous release to roll back to (live: {live or 'none'}, "
-                          f"no {s.container_name(decide.other(live)) if live else 'kept'} container)")
-    live_version = facts.containers[live].version if live in facts.containers else "?"
-    log.info("    rolling back from %s (%s) to %s (%s)", live_version, live, target.version, target.color)
-    was_running = target.running
+    with preflight(ctx, "rollback") as run:
+        facts, record = facts_and_record(ctx)
+        live = facts.choice.live
+        plan = releases.plan_rollback(record, live, facts.containers, ctx.engine.release_images(), to_version)
+        target = plan.release
+        log.info("    rolling back from %s to %s", record.live, target)
+        try:
+            if plan.how == "start":
+                phase("starting kept container %s", s.container_name(target.color))
+                with ctx.guard.critical():
+                    ctx.engine.start(target.color)
+            elif plan.how == "recreate":
+                replaced = f", replacing {plan.replaces}" if plan.replaces else ""
+                phase("recreating %s from its kept image %s%s", s.container_name(target.color), target.image,
+                      replaced)
+                with ctx.guard.critical():
+                    ctx.engine.run(target.color, target.image, target.version)
+            wait_healthy(ctx, target.color)
+            record = switch_live(ctx, target, record)
+        except BaseException:
+            with ctx.guard.critical():
+                _undo_bring_back(ctx, plan, live, record)
+            raise
+        retire(ctx, live)
+        return run.done(Outcome("rollback", target.version, target.color,
+                                 f"{target.version} live on {target.color} again"))
+
+
+def _undo_bring_back(ctx: Context, plan: releases.RollbackPlan, live: Optional[str], record: ReleaseRecord) -> None:
+    name = ctx.settings.container_name(plan.color)
+    if plan.how == "start":
+        log.error("==> stopping %s again; nginx still serves %s", name, live)
+        ctx.engine.stop(plan.color)
+    elif plan.how == "recreate":
+        log.error("==> removing %s; nginx still serves %s", name, live)
+        ctx.engine.remove(plan.color)
+        if record.without_color(plan.color) != record:
+            record_store(ctx).write(record.without_color(plan.color))
+
+
+def history(ctx: Context) -> List[dict]:
+    """Every history entry, marked: `live` (its release serves now) and `rollback_target`
+    (`rollback --to` its version works: it was live, and its container or image is kept)."""
+    s = ctx.settings
+    entries = History(ctx.host, str(s.history_path())).entries()
+    facts = _settled(ctx, _report_facts(ctx))
+    record = recorded(ctx, facts)
+    targets = {r.version for r in releases.rollback_targets(record, facts.choice.live, facts.containers,
+                                                            ctx.engine.release_images())}
+    live_version = record.live.version if record.live else None
+    out = []
+    for entry in entries:
+        release = entry.result == "ok" and entry.action in releases.LIVE_ACTIONS
+        out.append({**asdict(entry), "live": release and entry.version == live_version,
+                    "rollback_target": release and entry.version in targets})
+    return out
+
+
+def lock_command(host: NginxHost, settings: Settings, command: str) -> str:
+    """`lock status` / `lock release`: who holds the deploy lock; release it by hand."""
+    lock = DeployLock(host, str(settings.lock_path()))
+    holder = lock.read()
+    if command == "status":
+        if holder is None:
+            return "unlocked"
+        stale = " (stale: its process is gone)" if lock.is_stale(holder) else ""
+        return f"locked: {holder.describe()}{stale}"
+    if holder is None:
+        return "unlocked; nothing to release"
+    lock.force_release()
+    return f"released the lock held by: {holder.describe()}"
+
+
+def _report_facts(ctx: Context) -> Facts:
+    """For reports: when nginx's admin does not answer, what the include files say. Nothing is
+    probed: the record, not blue's health, tells a staged first release from a live one."""
+    includes = IncludeFiles(ctx.host, ctx.settings)
     try:
-        if not was_running:
-            phase("starting kept container %s", target.name)
-            with ctx.guard.critical():
-                ctx.engine.start(target.color)
-        wait_healthy(ctx, target.color)
-        switch_live(ctx, target.color)
-    except BaseException:
-        if not was_running:
-            with ctx.guard.critical():
-                log.error("==> stopping %s again; nginx still serves %s", target.name, live)
-                ctx.engine.stop(target.color)
-        raise
-    retire(ctx, live)
-    return Outcome("rollback", target.version or "", target.color, f"{target.version} live on {target.color} again")
+        return gather(ctx, probe=False)
+    except SwitchUnavailable as exc:
+        log.warning("%s; reporting what the include files say", exc)
+        return gather(ctx, lambda route: decide.parse_include(includes.read(route)), probe=False)
 
 
 def describe_failure(exc: BaseException) -> str:
@@ -372,4 +566,10 @@ def status(ctx: Context, probe: bool = True) -> dict:
         "colors": colors,
         "nginx_host": ctx.host.description,
         "settings": s.public(),   # the effective settings, secrets masked
+        "releases": _record_report(recorded(ctx, _settled(ctx, facts))),
     }
+
+
+def _record_report(record: ReleaseRecord) -> Dict[str, Optional[dict]]:
+    return {name: asdict(release) if release else None
+            for name, release in (("live", record.live), ("previous", record.previous), ("staged", record.staged))}

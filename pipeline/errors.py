@@ -48,6 +48,34 @@ class PreflightError(PipelineError):
     exit_code = EXIT_PREFLIGHT
 
 
+class RouteRefused(PreflightError):
+    """The probing side would reach a color's address only through a gateway, or not at all."""
+
+
+class SwitchUnavailable(PreflightError):
+    """The switch cannot say where traffic goes now (e.g. nginx's admin port does not answer)."""
+
+
+class AdminUnavailable(SwitchUnavailable):
+    """nginx's admin server did not give a usable answer: which color it serves is unknown."""
+
+    def __init__(self, url: str, problem: str) -> None:
+        self.url, self.problem = url, problem
+        super().__init__(f"nginx admin {url}: {problem}")
+
+
+class AdminTokenRefused(AdminUnavailable):
+    """The admin token file is missing or unusable on the nginx host, or nginx refused its token."""
+
+    def __init__(self, url: str, token_file: str, problem: str) -> None:
+        self.token_file = token_file
+        super().__init__(url, f"NGINX_ADMIN_TOKEN_FILE={token_file}: {problem}")
+
+
+class IncludeMismatch(SwitchUnavailable):
+    """nginx reads a route's address at start from another file than the tool writes."""
+
+
 class LockHeld(PipelineError):
     exit_code = EXIT_LOCKED
 
@@ -121,6 +149,10 @@ class RemoteCommandFailed(DeployFailed):
         self.command, self.code = command, code
         prefix = f"{what}: " if what else ""
         super().__init__(f"{prefix}`{command}` exited with {code}", list(output_tail))
+
+
+class LiveSwitchFailed(DeployFailed):
+    """Setting the new address failed; the include and nginx's address were put back."""
 
 
 class Interrupted(PipelineError):

@@ -27,7 +27,7 @@ import paramiko
 import requests
 from tenacity import RetryCallState, RetryError, Retrying, retry_if_exception_type
 
-from .errors import HealthCheckFailed, PreflightError
+from .errors import HealthCheckFailed, RouteRefused
 from .nginx_host import NginxHost
 
 log = logging.getLogger("pipeline")
@@ -52,10 +52,6 @@ class NotHealthyYet(Exception):
     def __init__(self, last: str) -> None:
         super().__init__(last)
         self.last = last
-
-
-class RouteRefused(PreflightError):
-    """The probing side would reach a color's address only through a gateway, or not at all."""
 
 
 class Transport(Protocol):

@@ -57,12 +57,20 @@ def _parse(line: str) -> Optional[Entry]:
         return None
 
 
-def format_table(entries: List[Entry]) -> str:
-    header = ("TIME", "WHO", "ACTION", "VERSION", "COLOR", "RESULT", "SECONDS", "MESSAGE")
-    rows = [header] + [(e.time, e.who, e.action, e.version, e.color, e.result, f"{e.duration:.1f}",
-                        e.message[:60]) for e in entries]
+def format_table(entries: List[dict]) -> str:
+    """`history`'s table. ROLLBACK says `live` for the release serving now and `yes` for one
+    `rollback --to VERSION` can make live (entries as deploy.history marks them)."""
+    header = ("TIME", "WHO", "ACTION", "VERSION", "COLOR", "RESULT", "SECONDS", "ROLLBACK", "MESSAGE")
+    rows = [header] + [(e["time"], e["who"], e["action"], e["version"], e["color"], e["result"],
+                        f"{e['duration']:.1f}", _mark(e), e["message"][:60]) for e in entries]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
     return "\n".join(
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1]
+        ("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1]).rstrip()
         for row in rows
-    ).rstrip() + "\n"
+    ) + "\n"
+
+
+def _mark(entry: dict) -> str:
+    if entry.get("live"):
+        return "live"
+    return "yes" if entry.get("rollback_target") else "-"

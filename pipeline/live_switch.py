@@ -40,11 +40,11 @@ import paramiko
 from tenacity import RetryCallState, RetryError, Retrying, retry_if_exception_type, stop_after_attempt, wait_fixed
 
 from .decide import Address, parse_include
-from .errors import DeployFailed, PipelineError
+from .errors import AdminTokenRefused, AdminUnavailable, IncludeMismatch, LiveSwitchFailed, PipelineError
 from .log import register_secret
 from .nginx_host import NginxHost
 from .settings import Secret, Settings
-from .switch import LIVE, PREVIEW, IncludeFiles, SwitchUnavailable
+from .switch import LIVE, PREVIEW, IncludeFiles
 
 log = logging.getLogger("pipeline")
 
@@ -60,30 +60,6 @@ _TOKEN_RE = re.compile(r"[A-Za-z0-9._~+/-]{32,}=*")
 # Transport failures: refused or timed-out sockets, an SSH channel that would not open, a broken
 # or non-HTTP answer.
 _TRANSPORT_ERRORS = (OSError, EOFError, paramiko.SSHException, http.client.HTTPException)
-
-
-class AdminUnavailable(SwitchUnavailable):
-    """nginx's admin server did not give a usable answer: which color it serves is unknown."""
-
-    def __init__(self, url: str, problem: str) -> None:
-        self.url, self.problem = url, problem
-        super().__init__(f"nginx admin {url}: {problem}")
-
-
-class AdminTokenRefused(AdminUnavailable):
-    """The admin token file is missing or unusable on the nginx host, or nginx refused its token."""
-
-    def __init__(self, url: str, token_file: str, problem: str) -> None:
-        self.token_file = token_file
-        super().__init__(url, f"NGINX_ADMIN_TOKEN_FILE={token_file}: {problem}")
-
-
-class IncludeMismatch(SwitchUnavailable):
-    """nginx reads a route's address at start from another file than the tool writes."""
-
-
-class LiveSwitchFailed(DeployFailed):
-    """Setting the new address failed; the include and nginx's address were put back."""
 
 
 class NginxAdmin:

@@ -169,6 +169,9 @@ class Settings:
     def history_path(self) -> PurePosixPath:
         return self.nginx_include.parent / f"{self.app_name}.history.jsonl"
 
+    def releases_path(self) -> PurePosixPath:
+        return self.nginx_include.parent / f"{self.app_name}.releases.json"
+
     def check_build_inputs(self, cwd: Path) -> None:
         """What only a build needs: checked in deploy's preflight, not by `status`."""
         dockerfile = self.dockerfile if self.dockerfile.is_absolute() else cwd / self.dockerfile
@@ -472,3 +475,5 @@ _READERS: Dict[str, Tuple[str, Reader]] = {
 }
 
 SETTING_NAMES = tuple(_READERS)
+# Each setting's Settings field, e.g. for checking the README's defaults against the reader's.
+SETTING_FIELDS = {name: attr for name, (attr, _) in _READERS.items()}

@@ -51,7 +51,8 @@ def test_promote_with_nothing_staged_is_a_clear_error(world, nginx, env, tmp_pat
     assert nginx.include.read_text() == include
 
 
-def test_rollback_restarts_the_kept_release_and_is_fast(world, nginx, env, tmp_path):
+def test_rollback_restarts_the_kept_release_under_load(world, nginx, env, tmp_path):
+    # How fast is asserted by bench/rollback_speed.py (tests/integration/test_rollback_bench.py).
     ok(run_pipeline(["deploy"], {**env, "APP_VERSION": "v1"}, tmp_path))
     ok(run_pipeline(["deploy"], {**env, "APP_VERSION": "v2"}, tmp_path))
     assert world.state("blue") == "exited"
@@ -85,6 +86,13 @@ def test_rollback_within_the_drain_window_skips_the_start(world, nginx, env, tmp
     assert deploying.returncode == 143, stderr
     assert "left running, so `rollback` is instant" in stderr
     assert world.state("blue") == "running"
+
+    # Issue 8: the old release left running by the drain is not "staged": promote changes nothing.
+    include, preview = nginx.include.read_text(), nginx.preview_include.read_text()
+    promote = run_pipeline(["promote"], env, tmp_path)
+    assert promote.returncode == 5 and "nothing is staged" in promote.stderr, promote.stderr
+    assert (nginx.include.read_text(), nginx.preview_include.read_text()) == (include, preview)
+    assert nginx.get().text == "version=v2 color=green\n" and world.state("blue") == "running"
 
     with Traffic(f"http://127.0.0.1:{nginx.port}/") as traffic:
         started = time.monotonic()

@@ -1,7 +1,7 @@
 import pytest
 
-from pipeline.decide import (Address, ContainerFact, choose_colors, color_at, images_to_remove,
-                             other, parse_include, render_include, rollback_target, staged_release)
+from pipeline.decide import (Address, choose_colors, color_at, images_to_remove,
+                             other, parse_include, render_include)
 
 IPS = {"blue": "172.20.0.2", "green": "172.20.0.3"}
 
@@ -81,32 +81,6 @@ def test_color_at():
     assert color_at(Address("172.20.0.9", 8080), IPS) is None
     assert color_at(None, IPS) is None
     assert other("blue") == "green" and other("green") == "blue"
-
-
-def fact(color, status="running", version="v1", image="app:v1"):
-    return ContainerFact(color, f"app-{color}", status, version, image, IPS[color])
-
-
-def test_rollback_target_is_the_kept_idle_container():
-    containers = {"blue": fact("blue", "exited", "v1"), "green": fact("green", "running", "v2")}
-    assert rollback_target("green", containers).version == "v1"
-    assert rollback_target("blue", {"blue": fact("blue")}) is None
-    assert rollback_target(None, containers) is None
-
-
-@pytest.mark.parametrize("live,statuses,preview,expected", [
-    ("blue", {"blue": "running", "green": "running"}, "green", "green"),
-    ("blue", {"blue": "running", "green": "running"}, None, "green"),   # no preview configured
-    ("blue", {"blue": "running", "green": "exited"}, "green", None),    # kept for rollback, not staged
-    ("blue", {"blue": "running"}, None, None),
-    ("blue", {"blue": "running", "green": "running"}, "blue", None),    # preview not on the idle color
-    (None, {"blue": "running"}, "blue", "blue"),                        # first release staged
-    (None, {"blue": "running"}, None, None),
-])
-def test_staged_release(live, statuses, preview, expected):
-    containers = {c: fact(c, s) for c, s in statuses.items()}
-    got = staged_release(live, containers, preview)
-    assert (got.color if got else None) == expected
 
 
 def test_images_to_remove_keeps_the_newest_and_protected():

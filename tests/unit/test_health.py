@@ -94,6 +94,8 @@ from pipeline.health import (ChannelTransport, LocalTransport, NotHealthyYet, Pr
 from pipeline.nginx_host import CommandResult  # noqa: E402
 from pipeline.settings import Settings  # noqa: E402
 
+from .fakes import FakeHost  # noqa: E402
+
 BRIDGE = "172.29.5.2 dev br-4e82f078a87e src 172.29.5.1 uid 0 \n    cache \n"
 GATEWAY = "172.20.0.2 via 10.0.0.1 dev eth0 src 10.0.0.5 uid 0 \n    cache \n"
 
@@ -302,9 +304,11 @@ def test_a_deploy_whose_new_network_is_not_a_local_bridge_removes_it_and_changes
     switch = Strict(check=None)
     host = RouteHost({"172.29.5.2": (0, "172.29.5.2 via 192.0.2.1 dev eth0 src 192.0.2.2 uid 0\n")})
     prober = Prober(StrictTransport(), host)
-    ctx = flows.Context(settings, engine, Strict(), switch, Path(tmp_path), {}, prober=prober)
+    files = FakeHost()   # the lock and the history; the include stays untouched
+    ctx = flows.Context(settings, engine, files, switch, Path(tmp_path), {}, prober=prober)
     with pytest.raises(RouteRefused, match="not probing 172.29.5.2"):
         flows.deploy(ctx)
+    assert str(settings.nginx_include) not in files.files and str(settings.releases_path()) not in files.files
     assert engine.calls == ["network_exists", "ensure_network", "remove_network"]
     assert switch.calls == ["check"]
 

@@ -13,12 +13,13 @@ from typing import Dict, List, Optional, Tuple
 import pytest
 
 from pipeline.decide import Address
-from pipeline.errors import EXIT_DEPLOY_FAILED, EXIT_PREFLIGHT
-from pipeline.live_switch import (AdminTokenRefused, AdminUnavailable, IncludeMismatch, LiveSwitch,
-                                  LiveSwitchFailed, NginxAdmin)
+from pipeline.compose import make_switch
+from pipeline.errors import (EXIT_DEPLOY_FAILED, EXIT_PREFLIGHT, AdminTokenRefused, AdminUnavailable, IncludeMismatch,
+                             LiveSwitchFailed)
+from pipeline.live_switch import LiveSwitch, NginxAdmin
 from pipeline.nginx_host import LocalHost
 from pipeline.settings import Settings
-from pipeline.switch import LIVE, PREVIEW, make_switch
+from pipeline.switch import LIVE, PREVIEW
 
 REPO = Path(__file__).resolve().parents[2]
 BLUE = Address("172.20.0.2", 8080)

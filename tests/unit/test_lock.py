@@ -1,4 +1,5 @@
 import json
+import logging
 import os
 import signal
 import socket
@@ -87,10 +88,56 @@ def test_signal_inside_a_critical_step_waits_for_its_end():
                 steps.append("finished the step")
         assert steps == ["finished the step"]
         assert caught.value.exit_code == 143
-        os.kill(os.getpid(), signal.SIGTERM)   # a second signal during cleanup is only logged
     finally:
         signal.signal(signal.SIGTERM, previous)
         signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+@pytest.mark.parametrize("second", [signal.SIGTERM, signal.SIGINT])
+def test_a_second_signal_during_cleanup_is_logged_and_does_not_cut_the_cleanup(second):
+    """What a user pressing Ctrl-C twice, or Jenkins sending SIGTERM then SIGINT, gets: the first
+    signal starts the cleanup; the second one only says to wait."""
+    guard = SignalGuard()
+    previous = signal.getsignal(signal.SIGTERM)
+    messages = _Messages()
+    logger = logging.getLogger("pipeline")
+    logger.addHandler(messages)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    guard.install()
+    cleanup = []
+    try:
+        with pytest.raises(Interrupted) as caught:
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                for _ in range(1000):
+                    pass
+                cleanup.append("never reached: the first signal interrupts")
+            except Interrupted:
+                with guard.critical():
+                    os.kill(os.getpid(), second)       # arrives in the middle of the cleanup
+                    for _ in range(1000):
+                        pass
+                    cleanup.append("cleanup finished")
+                raise
+        # The first signal decides the exit code; the second one did not raise or replace it.
+        assert caught.value.signum == signal.SIGTERM and caught.value.exit_code == 143
+        assert cleanup == ["cleanup finished"]
+        assert messages.lines == [f"==> {second.name} again: still cleaning up, please wait"]
+    finally:
+        logger.removeHandler(messages)
+        logger.setLevel(level)
+        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+class _Messages(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
 
 
 def test_signal_outside_a_critical_step_interrupts_at_once():

@@ -3,7 +3,7 @@ import re
 from pathlib import Path
 
 from pipeline import errors
-from pipeline.settings import SETTING_NAMES, Settings
+from pipeline.settings import SETTING_FIELDS, SETTING_NAMES, Settings
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 
@@ -13,18 +13,33 @@ def test_settings_table_lists_exactly_the_settings_read():
     assert sorted(documented) == sorted(SETTING_NAMES)
 
 
-def test_documented_defaults_match(tmp_path):
-    defaults = Settings.from_env({}, tmp_path).public()
-    rows = dict(re.findall(r"^\| `([A-Z_]+)` \| `([^`]*)` \|", README, re.M))
-    attr = {"APP_NAME": "app_name", "DEPLOY_SUBNET": "deploy_subnet", "BLUE_IP": "blue_ip",
-            "GREEN_IP": "green_ip", "APP_PORT": "app_port", "HEALTH_PATH": "health_path",
-            "NGINX_INCLUDE": "nginx_include", "SWITCH_MODE": "switch_mode", "KEEP_RELEASES": "keep_releases",
-            "BUILD_COMMAND": "build_command", "NGINX_TEST_COMMAND": "nginx_test_command",
-            "NGINX_RELOAD_COMMAND": "nginx_reload_command", "NGINX_ADMIN_URL": "nginx_admin_url"}
-    for name, field in attr.items():
-        assert rows[name] == defaults[field], name
-    for name in ("HEALTH_INTERVAL", "HEALTH_TIMEOUT", "DRAIN_SECONDS", "STOP_TIMEOUT"):
-        assert float(rows[name]) == float(defaults[name.lower()]), name
+def test_every_documented_default_is_the_readers_default(tmp_path):
+    """Every row: a default in backticks is the one the settings reader uses; a default in
+    parentheses (none, required, computed at run time) stands for an empty one."""
+    settings = Settings.from_env({}, tmp_path)
+    defaults = settings.public()
+    rows = dict(re.findall(r"^\| `([A-Z_]+)` \| ([^|]*?) \|", README, re.M))
+    assert sorted(rows) == sorted(SETTING_FIELDS)
+    wrong = []
+    for name, field in SETTING_FIELDS.items():
+        cell, default = rows[name], defaults[field]
+        literal = re.fullmatch(r"`([^`]*)`", cell)
+        if literal:
+            if not _same(literal.group(1), default):
+                wrong.append(f"{name}: README says {literal.group(1)!r}, the reader uses {default!r}")
+        elif re.fullmatch(r"\([^)]*\)", cell):
+            if getattr(settings, field):
+                wrong.append(f"{name}: README says {cell}, the reader uses {default!r}")
+        else:
+            wrong.append(f"{name}: default cell {cell!r} is neither `value` nor (description)")
+    assert wrong == []
+
+
+def _same(documented: str, default: str) -> bool:
+    try:
+        return float(documented) == float(default)
+    except ValueError:
+        return documented == default
 
 
 def test_exit_codes_table_matches():

@@ -1,0 +1,287 @@
+"""The release record: which release is live, which was live before it, which one is staged.
+
+It is kept on the nginx host beside the history (`APP_NAME.releases.json`), rewritten atomically
+whenever traffic or the staged release changes, and read back when a flow starts. Flows decide
+from it plus what Docker reports, never from whatever happens to be running: a container left
+running by an interrupted drain is not "staged", and a never-promoted release sitting in the idle
+color is not "the previous release".
+
+A missing or damaged record, or one that contradicts what nginx serves (a run killed between the
+switch and the write), is rebuilt from the history and the containers' labels, with a warning.
+
+Everything here but `ReleaseStore` is pure.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field, replace
+from typing import Callable, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+from .decide import ColorChoice, ContainerFact, choose_colors, other
+from .errors import NothingToDo, PipelineError
+from .history import Entry
+from .nginx_host import NginxHost
+
+log = logging.getLogger("pipeline")
+
+FORMAT = 1
+# Releases that were live, newest first. Only those whose image is still there (KEEP_RELEASES)
+# can be rolled back to; the list is cut so the file stays small.
+KEPT_MAX = 50
+# History actions after which the entry's release is the live one.
+LIVE_ACTIONS = ("deploy", "promote", "rollback")
+
+
+@dataclass(frozen=True)
+class Release:
+    version: str
+    color: str
+    image: str
+
+    def __str__(self) -> str:
+        return f"{self.version} ({self.color})"
+
+
+@dataclass(frozen=True)
+class ReleaseRecord:
+    live: Optional[Release] = None
+    previous: Optional[Release] = None   # live before `live`: what `rollback` goes back to
+    staged: Optional[Release] = None     # started by `deploy --no-promote`, waiting for `promote`
+    kept: Tuple[Release, ...] = field(default_factory=tuple)   # every release that was live, newest first
+
+    def made_live(self, release: Release) -> "ReleaseRecord":
+        """After a switch: `release` serves. It went to the idle color, so nothing is staged there
+        any more (it was promoted, or replaced)."""
+        previous = self.live if self.live is not None and self.live.version != release.version else self.previous
+        kept = (release,) + tuple(r for r in self.kept if r.version != release.version)
+        return ReleaseRecord(live=release, previous=previous, staged=None, kept=kept[:KEPT_MAX])
+
+    def with_staged(self, release: Optional[Release]) -> "ReleaseRecord":
+        return replace(self, staged=release)
+
+    def without_color(self, color: str) -> "ReleaseRecord":
+        """After the container of `color` was removed or replaced: nothing is staged there."""
+        if self.staged is not None and self.staged.color == color:
+            return replace(self, staged=None)
+        return self
+
+    # -- the file ------------------------------------------------------------------------------
+
+    def to_json(self) -> str:
+        data = {"format": FORMAT, **{k: _out(v) for k, v in
+                                     (("live", self.live), ("previous", self.previous), ("staged", self.staged))},
+                "kept": [asdict(r) for r in self.kept]}
+        return json.dumps(data, indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> "ReleaseRecord":
+        """Raises ValueError for anything but a record this tool wrote."""
+        try:
+            data = json.loads(text)
+            if not isinstance(data, dict) or data.get("format") != FORMAT:
+                raise ValueError(f"not a release record of format {FORMAT}")
+            return cls(live=_in(data.get("live")), previous=_in(data.get("previous")),
+                       staged=_in(data.get("staged")), kept=tuple(_in(r) for r in data.get("kept") or ()))
+        except (TypeError, KeyError, AttributeError) as exc:
+            raise ValueError(f"malformed release record: {exc}") from exc
+
+
+def _out(release: Optional[Release]) -> Optional[dict]:
+    return asdict(release) if release is not None else None
+
+
+def _in(data: object) -> Optional[Release]:
+    if data is None:
+        return None
+    if not isinstance(data, dict):
+        raise ValueError(f"not a release: {data!r}")
+    release = Release(str(data["version"]), str(data["color"]), str(data["image"]))
+    if release.color not in ("blue", "green") or not release.version:
+        raise ValueError(f"not a release: {data!r}")
+    return release
+
+
+# -- reading it back: checked against what nginx serves and Docker reports -------------------------
+
+def problem_with(record: ReleaseRecord, live_color: Optional[str],
+                 containers: Mapping[str, ContainerFact]) -> Optional[str]:
+    """Why `record` cannot be trusted, or None. The live color is what nginx serves (gathered)."""
+    if live_color is None:
+        return None if record.live is None else f"it says {record.live} is live, but nginx serves neither color"
+    fact = containers.get(live_color)
+    if record.live is None:
+        return f"it says nothing is live, but nginx serves {live_color}"
+    if record.live.color != live_color:
+        return f"it says {record.live} is live, but nginx serves {live_color}"
+    if fact is not None and fact.version and fact.version != record.live.version:
+        return f"it says {record.live} is live, but the {live_color} container runs {fact.version}"
+    return None
+
+
+def rebuild(entries: Sequence[Entry], live_color: Optional[str], containers: Mapping[str, ContainerFact],
+            image_of: Callable[[str], str]) -> ReleaseRecord:
+    """The record as the history and the containers' labels tell it.
+
+    The live release is the one whose container nginx serves (its labels); the others, newest
+    first, are the releases the history saw made live; the staged one is the last `stage` after
+    the last switch, if its container still runs it.
+    """
+    kept: List[Release] = []
+    staged_entry: Optional[Entry] = None
+    for entry in reversed(entries):
+        if entry.result != "ok" or not entry.version or entry.color not in ("blue", "green"):
+            continue
+        if entry.action == "stage" and not kept and staged_entry is None:
+            staged_entry = entry
+        if entry.action in LIVE_ACTIONS and all(r.version != entry.version for r in kept):
+            kept.append(Release(entry.version, entry.color, _image(entry.version, entry.color, containers, image_of)))
+    live = None
+    fact = containers.get(live_color) if live_color else None
+    if fact is not None and fact.version:
+        live = Release(fact.version, fact.color, fact.image or image_of(fact.version))
+        kept = [live] + [r for r in kept if r.version != live.version]
+    previous = next((r for r in kept if live is None or r.version != live.version), None)
+    staged = None
+    if staged_entry is not None and live is not None:
+        candidate = containers.get(staged_entry.color)
+        if (staged_entry.color == other(live.color) and candidate is not None and candidate.running
+                and candidate.version == staged_entry.version):
+            staged = Release(staged_entry.version, staged_entry.color, candidate.image)
+    return ReleaseRecord(live=live, previous=previous, staged=staged, kept=tuple(kept[:KEPT_MAX]))
+
+
+def _image(version: str, color: str, containers: Mapping[str, ContainerFact], image_of: Callable[[str], str]) -> str:
+    fact = containers.get(color)
+    if fact is not None and fact.version == version and fact.image:
+        return fact.image
+    return image_of(version)
+
+
+class ReleaseStore:
+    """The record's file on the nginx host."""
+
+    def __init__(self, host: NginxHost, path: str) -> None:
+        self.host = host
+        self.path = path
+
+    def read(self) -> Tuple[Optional[ReleaseRecord], str]:
+        """The record, or None and why it cannot be used."""
+        text = self.host.read_text(self.path)
+        if text is None:
+            return None, f"{self.path} does not exist"
+        try:
+            return ReleaseRecord.from_json(text), ""
+        except ValueError as exc:
+            return None, f"{self.path} is damaged ({exc})"
+
+    def write(self, record: ReleaseRecord) -> None:
+        """Never turns a switch that happened into a failure: a record that could not be written
+        is rebuilt by the next run, which says so."""
+        try:
+            self.host.write_text_atomic(self.path, record.to_json())
+        except (OSError, PipelineError) as exc:
+            log.warning("    could not write the release record %s: %s; the next run rebuilds it from "
+                        "the history and the containers' labels", self.path, exc)
+
+
+def load(store: ReleaseStore, entries: Callable[[], Sequence[Entry]], live_color: Optional[str],
+         containers: Mapping[str, ContainerFact], image_of: Callable[[str], str]) -> ReleaseRecord:
+    record, why = store.read()
+    if record is not None:
+        why = problem_with(record, live_color, containers) or ""
+        if not why:
+            return record
+        why = f"the release record {store.path} is out of date: {why}"
+    elif why and "does not exist" in why and not entries() and not containers:
+        return ReleaseRecord()   # a first deploy: nothing to rebuild, nothing to warn about
+    else:
+        why = f"the release record {why}"
+    log.warning("    %s; rebuilding it from the history and the containers' labels", why)
+    return rebuild(entries(), live_color, containers, image_of)
+
+
+# -- decisions -------------------------------------------------------------------------------------
+
+def settle_live(choice: ColorChoice, record: Optional[ReleaseRecord], running: frozenset) -> ColorChoice:
+    """With no usable include, the seed's probe takes a blue that answers for the live release.
+    A record that says nothing is live (a first release staged in blue) knows better."""
+    if choice.by_probe and record is not None and record.live is None:
+        return choose_colors(None, False, running)
+    return choice
+
+
+@dataclass(frozen=True)
+class RollbackPlan:
+    release: Release            # what becomes live, on `color`
+    color: str                  # always the idle color: the live container is never touched
+    how: str                    # "running" (still up), "start" (kept, stopped) or "recreate" (from its image)
+    replaces: Optional[str]     # the version of the container `recreate` removes, if any
+
+
+def rollback_targets(record: ReleaseRecord, live_color: Optional[str], containers: Mapping[str, ContainerFact],
+                     images: Iterable[str]) -> List[Release]:
+    """Releases `rollback --to` can make live, newest first: they were live once, are not live
+    now, and their kept container or their image is still there."""
+    present = set(images)
+    live_version = record.live.version if record.live is not None else None
+    idle = containers.get(other(live_color)) if live_color else None
+    out = []
+    for release in record.kept:
+        if release.version == live_version:
+            continue
+        if release.image in present or (idle is not None and idle.version == release.version):
+            out.append(release)
+    return out
+
+
+def plan_rollback(record: ReleaseRecord, live_color: Optional[str], containers: Mapping[str, ContainerFact],
+                  images: Iterable[str], to_version: Optional[str] = None) -> RollbackPlan:
+    """Raises NothingToDo (exit 5), naming what can be rolled back to, when there is nothing."""
+    if live_color is None or record.live is None:
+        raise NothingToDo("no previous release to roll back to (nothing is live)")
+    targets = rollback_targets(record, live_color, containers, images)
+    names = ", ".join(r.version for r in targets) or "none"
+    if to_version is None:
+        wanted = record.previous
+        if wanted is None:
+            raise NothingToDo(f"no previous release to roll back to (live: {record.live})")
+        match = [r for r in targets if r.version == wanted.version]
+        if not match:
+            raise NothingToDo(f"no previous release to roll back to: {wanted.version} has neither its container "
+                              f"nor its image any more (live: {record.live}; can go to: {names})")
+    else:
+        if to_version == record.live.version:
+            raise NothingToDo(f"{to_version} is already live on {record.live.color} (can go to: {names})")
+        match = [r for r in targets if r.version == to_version]
+        if not match:
+            raise NothingToDo(f"cannot roll back to {to_version}: not a kept release (can go to: {names})")
+    release = match[0]
+    color = other(live_color)
+    fact = containers.get(color)
+    if fact is not None and fact.version == release.version and fact.image == release.image:
+        how = "running" if fact.running and fact.restart_count == 0 else "start"
+        if fact.status not in ("running", "exited", "created"):
+            how = "recreate"
+        return RollbackPlan(Release(release.version, color, release.image), color, how, None)
+    return RollbackPlan(Release(release.version, color, release.image), color, "recreate",
+                        fact.version if fact is not None else None)
+
+
+def staged_release(record: ReleaseRecord, live_color: Optional[str],
+                   containers: Mapping[str, ContainerFact]) -> Release:
+    """What `promote` makes live: the release `deploy --no-promote` recorded, if its container
+    still runs it in the idle color. Raises NothingToDo (exit 5) otherwise."""
+    staged = record.staged
+    live = f"live: {record.live}" if record.live else "nothing is live"
+    if staged is None:
+        raise NothingToDo(f"nothing is staged: run `deploy --no-promote` first ({live})")
+    fact = containers.get(staged.color)
+    if live_color is not None and staged.color != other(live_color):
+        raise NothingToDo(f"nothing is staged: {staged} was staged, but nginx now serves {live_color} ({live})")
+    if fact is None or fact.version != staged.version or not fact.running:
+        state = "gone" if fact is None else (f"{fact.status}" if fact.version == staged.version
+                                             else f"replaced by {fact.version}")
+        raise NothingToDo(f"nothing is staged: {staged} was staged, but its container is {state}; "
+                          f"run `deploy --no-promote` again ({live})")
+    return staged

@@ -1,0 +1,244 @@
+"""Strict fakes at the flows' seam (deploy.Context): the nginx host's files, the docker engine,
+the traffic switch and the health gate. Like invoke's MockContext they fail on any call they were
+not told about: every method a flow may call is written out here, anything else is an
+AssertionError naming the call. They keep just enough state to act like the real parts."""
+from __future__ import annotations
+
+import itertools
+import signal
+from dataclasses import replace
+from pathlib import Path, PurePosixPath
+from typing import Dict, List, Optional, Set, Tuple
+
+from pipeline import deploy as flows
+from pipeline.decide import Address, ContainerFact
+from pipeline.errors import DeployFailed, HealthCheckFailed, Interrupted, PipelineError
+from pipeline.settings import Settings
+from pipeline.switch import LIVE, PREVIEW
+
+INCLUDE = PurePosixPath("/nginx/service-url.inc")
+PREVIEW_INCLUDE = PurePosixPath("/nginx/service-url-preview.inc")
+
+
+class Strict:
+    def __getattr__(self, name: str):
+        raise AssertionError(f"{type(self).__name__}.{name} was used, but this fake was not told about it")
+
+
+class FakeHost(Strict):
+    """The nginx host's files, in memory. No command runs and no channel opens on it."""
+
+    description = "fake nginx host"
+
+    def __init__(self) -> None:
+        self.files: Dict[str, str] = {}
+
+    def read_text(self, path: str) -> Optional[str]:
+        return self.files.get(path)
+
+    def write_text_atomic(self, path: str, text: str) -> None:
+        self.files[path] = text
+
+    def create_exclusive(self, path: str, text: str) -> bool:
+        if path in self.files:
+            return False
+        self.files[path] = text
+        return True
+
+    def append_text(self, path: str, text: str) -> None:
+        self.files[path] = self.files.get(path, "") + text
+
+    def remove(self, path: str) -> None:
+        self.files.pop(path, None)
+
+
+class FakeEngine(Strict):
+    """Containers by color (status, version, image) and release images; mutations are logged."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.boxes: Dict[str, Dict[str, str]] = {}
+        self.images: Dict[str, int] = {}
+        self.unhealthy: Set[str] = set()     # versions whose health check never passes
+        self.mutations: List[Tuple[str, ...]] = []
+        self._clock = itertools.count(1)
+        self.network = False
+
+    def ensure_network(self) -> bool:
+        created, self.network = not self.network, True
+        return created
+
+    def network_exists(self) -> bool:
+        return self.network
+
+    def remove_network(self) -> None:
+        self.mutations.append(("remove_network",))
+        self.network = False
+
+    def container(self, color: str) -> Optional[ContainerFact]:
+        box = self.boxes.get(color)
+        if box is None:
+            return None
+        return ContainerFact(color, self.settings.container_name(color), box["status"], box["version"],
+                             box["image"], self.settings.ip_of(color))
+
+    def containers(self) -> Dict[str, ContainerFact]:
+        return {color: fact for color in ("blue", "green") if (fact := self.container(color))}
+
+    def holds_address(self, color: str) -> bool:
+        # The gate before any probe of a color's address: here no container holds one, so no flow
+        # under test ever sends a request (the health gate is the World's own fake).
+        return False
+
+    def at_fixed_ip(self, fact: ContainerFact) -> bool:
+        return True
+
+    def build_image(self, cwd: Path, tag: str, version: str) -> str:
+        self.mutations.append(("build_image", tag))
+        self.images[tag] = next(self._clock)
+        return f"sha256:{tag}"
+
+    def run(self, color: str, image: str, version: str) -> None:
+        self.mutations.append(("run", color, version))
+        self.boxes.pop(color, None)
+        if image not in self.images:
+            raise DeployFailed(f"cannot start {self.settings.container_name(color)}: no such image {image}")
+        self.boxes[color] = {"status": "running", "version": version, "image": image}
+
+    def start(self, color: str) -> None:
+        self.mutations.append(("start", color))
+        assert color in self.boxes, f"start of a container that does not exist: {color}"
+        self.boxes[color]["status"] = "running"
+
+    def stop(self, color: str) -> None:
+        self.mutations.append(("stop", color))
+        if color in self.boxes:
+            self.boxes[color]["status"] = "exited"
+
+    def remove(self, color: str) -> None:
+        self.mutations.append(("remove", color))
+        self.boxes.pop(color, None)
+
+    def logs_tail(self, color: str, lines: int = 20) -> List[str]:
+        return []
+
+    def release_images(self) -> Dict[str, float]:
+        return {ref: float(created) for ref, created in self.images.items()}
+
+    def remove_image(self, ref: str) -> None:
+        self.mutations.append(("remove_image", ref))
+        assert all(box["image"] != ref for box in self.boxes.values()), f"removed {ref}, which a container uses"
+        del self.images[ref]
+
+    def prune_dangling(self) -> None:
+        pass
+
+
+class FakeSwitch(Strict):
+    mode = "reload"
+    settle_seconds = 0.0
+
+    def __init__(self) -> None:
+        self.routes: Dict[str, Optional[Address]] = {LIVE: None, PREVIEW: None}
+        self.moves: List[Tuple[str, Address]] = []
+
+    def check(self) -> None:
+        pass
+
+    def current(self, route: str) -> Optional[Address]:
+        return self.routes[route]
+
+    def route_to(self, route: str, address: Address) -> None:
+        self.moves.append((route, address))
+        self.routes[route] = address
+
+    def describe(self) -> Dict[str, Optional[str]]:
+        return {route: str(a) if a else None for route, a in self.routes.items()}
+
+
+class FakeProber(Strict):
+    """Where probes run: every color's address is reached over a local bridge. It sends nothing
+    (the World's health gate stands in for the probes)."""
+
+    def check_route(self, ip: str) -> None:
+        pass
+
+
+class World:
+    """One app on the fakes, driven by the same steps a user types."""
+
+    def __init__(self, preview: bool = True, keep_releases: int = 5) -> None:
+        self.settings = Settings(app_name="app", build_command=(), nginx_include=INCLUDE,
+                                 nginx_preview_include=PREVIEW_INCLUDE if preview else None,
+                                 drain_seconds=1.0, keep_releases=keep_releases)
+        self.host = FakeHost()
+        self.engine = FakeEngine(self.settings)
+        self.switch = FakeSwitch()
+        self.interrupt_drain = False
+        self.sleeps: List[float] = []
+
+    # -- the seam ------------------------------------------------------------------------------
+
+    def context(self, version: Optional[str] = None) -> flows.Context:
+        settings = replace(self.settings, app_version=version)
+        self.engine.settings = settings
+        return flows.Context(settings, self.engine, self.host, self.switch, Path("/work"), {"BUILD_TAG": "unit"},
+                             sleep=self._sleep, health_gate=self._health_gate, prober=FakeProber())
+
+    def _sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        if self.interrupt_drain and seconds > 0:
+            self.interrupt_drain = False
+            raise Interrupted(signal.SIGTERM)
+
+    def _health_gate(self, url: str, interval: float, timeout: float, check_alive, prober, logs=lambda: [],
+                     can_connect=None) -> int:
+        assert isinstance(prober, FakeProber), "probes go through the context's prober"
+        assert callable(can_connect), "the port check goes with the gate"
+        check_alive()
+        color = next(c for c in ("blue", "green") if f"//{self.settings.ip_of(c)}:" in url)
+        if self.engine.boxes[color]["version"] in self.engine.unhealthy:
+            raise HealthCheckFailed(url, 3, "HTTP 503 'starting'")
+        return 1
+
+    # -- steps ---------------------------------------------------------------------------------
+
+    def step(self, command: str) -> Tuple[int, str]:
+        """`deploy v1`, `stage v2`, `promote`, `rollback`, `rollback --to v1`; a trailing
+        `!unhealthy` makes that release fail its health check, `!interrupt-drain` sends SIGTERM
+        during the drain. Returns the exit code and the error's message."""
+        words = command.split()
+        if "!unhealthy" in words:
+            self.engine.unhealthy.add(words[1])
+        self.interrupt_drain = "!interrupt-drain" in words
+        words = [w for w in words if not w.startswith("!")]
+        try:
+            if words[0] == "deploy":
+                flows.deploy(self.context(words[1]))
+            elif words[0] == "stage":
+                flows.stage(self.context(words[1]))
+            elif words[0] == "promote":
+                flows.promote(self.context())
+            elif words[0] == "rollback":
+                flows.rollback(self.context(), words[2] if len(words) > 2 else None)
+            else:
+                raise AssertionError(f"unknown step {command!r}")
+        except PipelineError as exc:
+            return exc.exit_code, str(exc)
+        return 0, ""
+
+    # -- what a test looks at ------------------------------------------------------------------
+
+    def serving(self) -> Optional[Tuple[str, str]]:
+        """(version, color) of what nginx sends live traffic to, if anything."""
+        address = self.switch.routes[LIVE]
+        if address is None:
+            return None
+        color = next(c for c in ("blue", "green") if self.settings.ip_of(c) == address.ip)
+        box = self.engine.boxes.get(color)
+        assert box is not None and box["status"] == "running", f"nginx points at {color}, which is not running"
+        return box["version"], color
+
+    @property
+    def record_path(self) -> str:
+        return str(self.settings.releases_path())

@@ -1,0 +1,220 @@
+"""The deploy, stage, promote and rollback decisions, step by step, against strict fakes at the
+Context seam (tests/unit/fakes.py): no docker, nginx or network. Each row is what a user types,
+the exit code of every step, and what serves at the end. The same sequences run end to end on the
+real stack in tests/integration/test_releases.py."""
+from __future__ import annotations
+
+import json
+import socket
+
+import pytest
+
+from pipeline import deploy as flows
+from pipeline.decide import ColorChoice
+from pipeline.releases import ReleaseRecord, settle_live
+
+from .fakes import World
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    """The flows under test reach nothing: any connection attempt fails the test."""
+    def refuse(sock, address, *args):
+        raise AssertionError(f"a flow under test tried to connect to {address}")
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+
+
+SEQUENCES = [
+    # (name, steps, exit codes, what serves at the end: (version, color))
+    ("two deploys", ["deploy v1", "deploy v2"], [0, 0], ("v2", "green")),
+    ("rollback goes to the previous release",
+     ["deploy v1", "deploy v2", "rollback"], [0, 0, 0], ("v1", "blue")),
+    ("rollback of a rollback", ["deploy v1", "deploy v2", "rollback", "rollback"], [0, 0, 0, 0], ("v2", "green")),
+    # Issue 8: the staged, never-approved v3 replaced v1's container; rollback recreates v1.
+    ("rollback skips a staged release",
+     ["deploy v1", "deploy v2", "stage v3", "rollback"], [0, 0, 0, 0], ("v1", "blue")),
+    # Issue 8: the failed v3 deploy removed v1's kept container; its image is still there.
+    ("rollback after a deploy that never got healthy",
+     ["deploy v1", "deploy v2", "deploy v3 !unhealthy", "rollback"], [0, 0, 1, 0], ("v1", "blue")),
+    ("stage then promote", ["deploy v1", "stage v2", "promote"], [0, 0, 0], ("v2", "green")),
+    ("first release staged, then promoted", ["stage v1", "promote"], [0, 0], ("v1", "blue")),
+    ("promote with nothing staged", ["deploy v1", "promote"], [0, 5], ("v1", "blue")),
+    # Issue 8: the interrupted drain leaves v1 running; it is not "staged".
+    ("promote after an interrupted drain",
+     ["deploy v1", "deploy v2 !interrupt-drain", "promote"], [0, 143, 5], ("v2", "green")),
+    ("a deploy replaces what was staged", ["deploy v1", "stage v2", "deploy v3", "promote"], [0, 0, 0, 5],
+     ("v3", "green")),
+    ("a failed stage stages nothing", ["deploy v1", "stage v2 !unhealthy", "promote"], [0, 1, 5], ("v1", "blue")),
+    ("a promoted release is not staged twice", ["deploy v1", "stage v2", "promote", "promote"], [0, 0, 0, 5],
+     ("v2", "green")),
+    ("rollback with no previous release", ["deploy v1", "rollback"], [0, 5], ("v1", "blue")),
+    ("rollback with nothing deployed", ["rollback"], [5], None),
+    ("rollback --to an older release",
+     ["deploy v1", "deploy v2", "deploy v3", "rollback --to v1"], [0, 0, 0, 0], ("v1", "green")),
+    ("rollback --to the previous release reuses its kept container",
+     ["deploy v1", "deploy v2", "deploy v3", "rollback --to v2"], [0, 0, 0, 0], ("v2", "green")),
+    ("rollback --to an unknown version", ["deploy v1", "deploy v2", "rollback --to v9"], [0, 0, 5], ("v2", "green")),
+    ("rollback --to the live version", ["deploy v1", "deploy v2", "rollback --to v2"], [0, 0, 5], ("v2", "green")),
+    ("rollback --to a release that was only staged",
+     ["deploy v1", "stage v2", "rollback --to v2"], [0, 0, 5], ("v1", "blue")),
+    ("a failed rollback leaves the live release serving",
+     ["deploy v1 ", "deploy v2", "deploy v3 !unhealthy", "rollback --to v3"], [0, 0, 1, 5], ("v2", "green")),
+]
+
+
+@pytest.mark.parametrize("steps,codes,serving", [row[1:] for row in SEQUENCES], ids=[row[0] for row in SEQUENCES])
+def test_sequences(steps, codes, serving):
+    world = World()
+    got = [world.step(step)[0] for step in steps]
+    assert got == codes
+    assert world.serving() == serving
+
+
+def test_rollback_recreates_the_previous_release_over_a_staged_one():
+    world = World()
+    for step in ("deploy v1", "deploy v2", "stage v3"):
+        assert world.step(step)[0] == 0
+    world.engine.mutations.clear()
+    assert world.step("rollback") == (0, "")
+    # v3 sat in blue, where v1 was kept: v1 is recreated from its image there; green (v2) stops.
+    assert world.engine.mutations == [("run", "blue", "v1"), ("stop", "green")]
+    record = ReleaseRecord.from_json(world.host.files[world.record_path])
+    assert (record.live.version, record.previous.version, record.staged) == ("v1", "v2", None)
+
+
+def test_rollback_starts_the_kept_container_when_it_is_there():
+    world = World()
+    world.step("deploy v1")
+    world.step("deploy v2")
+    world.engine.mutations.clear()
+    assert world.step("rollback") == (0, "")
+    assert world.engine.mutations == [("start", "blue"), ("stop", "green")]
+
+
+@pytest.mark.parametrize("preview", [True, False], ids=["with-preview", "no-preview-include"])
+def test_promote_after_an_interrupted_drain_changes_nothing(preview):
+    world = World(preview=preview)
+    world.step("deploy v1")
+    assert world.step("deploy v2 !interrupt-drain")[0] == 143
+    assert world.engine.boxes["blue"]["status"] == "running"   # the old release left running
+    files = dict(world.host.files)
+    world.engine.mutations.clear()
+    world.switch.moves.clear()
+    code, message = world.step("promote")
+    assert code == 5 and message.startswith("nothing is staged")
+    assert world.engine.mutations == [] and world.switch.moves == []
+    assert {k: v for k, v in world.host.files.items() if not k.endswith(".jsonl")} == \
+        {k: v for k, v in files.items() if not k.endswith(".jsonl")}
+
+
+def test_rollback_to_an_unknown_version_names_the_versions_it_can_go_to():
+    world = World()
+    for version in ("v1", "v2", "v3"):
+        world.step(f"deploy {version}")
+    code, message = world.step("rollback --to v9")
+    assert code == 5
+    assert message == "cannot roll back to v9: not a kept release (can go to: v2, v1)"
+
+
+def test_rollback_to_goes_only_to_releases_whose_image_is_kept():
+    world = World(keep_releases=1)
+    for version in ("v1", "v2", "v3", "v4"):
+        assert world.step(f"deploy {version}")[0] == 0
+    # KEEP_RELEASES=1 keeps v4's image, and v3's: the previous release, and its container's.
+    assert sorted(world.engine.images) == ["app:v3", "app:v4"]
+    code, message = world.step("rollback --to v1")
+    assert code == 5 and "(can go to: v3)" in message
+
+
+def test_cleaning_keeps_the_previous_image_after_its_container_was_replaced():
+    world = World(keep_releases=1)
+    for step in ("deploy v1", "deploy v2", "deploy v3 !unhealthy", "stage v4"):
+        world.step(step)
+    # v1's container is gone (replaced by the failed v3, then by the staged v4), but it is v2's
+    # previous release: its image stays, so rollback can recreate it.
+    assert "app:v1" in world.engine.images
+    assert world.step("promote")[0] == 0
+    assert "app:v2" in world.engine.images   # now the previous release
+
+
+@pytest.mark.parametrize("damage", ["missing", "not json", "another format", "out of date"])
+def test_a_missing_or_damaged_record_is_rebuilt_from_history_and_labels(damage, caplog):
+    world = World()
+    for step in ("deploy v1", "deploy v2", "stage v3"):
+        world.step(step)
+    path = world.record_path
+    if damage == "missing":
+        del world.host.files[path]
+    elif damage == "not json":
+        world.host.files[path] = "{ half a rec"
+    elif damage == "another format":
+        world.host.files[path] = json.dumps({"format": 99, "live": None})
+    else:   # as after a run killed between the switch and writing the record
+        world.host.files[path] = ReleaseRecord().to_json()
+    with caplog.at_level("WARNING", logger="pipeline"):
+        assert world.step("rollback") == (0, "")
+    assert "rebuilding it from the history and the containers' labels" in caplog.text
+    assert world.serving() == ("v1", "blue")
+
+
+def test_a_rebuilt_record_knows_the_staged_release():
+    world = World()
+    for step in ("deploy v1", "stage v2"):
+        world.step(step)
+    del world.host.files[world.record_path]
+    assert world.step("promote") == (0, "")
+    assert world.serving() == ("v2", "green")
+
+
+def test_a_first_deploy_writes_the_record_without_a_warning(caplog):
+    world = World()
+    with caplog.at_level("WARNING", logger="pipeline"):
+        assert world.step("deploy v1") == (0, "")
+    assert "release record" not in caplog.text
+    record = ReleaseRecord.from_json(world.host.files[world.record_path])
+    assert (record.live.version, record.live.color, record.live.image) == ("v1", "blue", "app:v1")
+
+
+def test_history_marks_what_is_live_and_what_rollback_can_go_to():
+    world = World()
+    for step in ("deploy v1", "deploy v2", "deploy v3 !unhealthy", "stage v4"):
+        world.step(step)
+    marks = [(e["action"], e["version"], e["result"], e["live"], e["rollback_target"])
+             for e in flows.history(world.context())]
+    assert marks == [
+        ("deploy", "v1", "ok", False, True),
+        ("deploy", "v2", "ok", True, False),
+        ("deploy", "v3", "failed", False, False),
+        ("stage", "v4", "ok", False, False),
+    ]
+
+
+def test_the_fakes_are_strict():
+    world = World()
+    with pytest.raises(AssertionError, match="FakeEngine.inspect_container was used"):
+        world.engine.inspect_container("app-blue")
+    with pytest.raises(AssertionError, match="FakeHost.run was used"):
+        world.host.run(["nginx", "-t"])
+
+
+@pytest.mark.parametrize("by_probe,record,live", [
+    (True, ReleaseRecord(), None),                 # a first release staged in blue: nothing is live
+    (True, None, "blue"),                          # no record (the seed's host): the probe decides
+    (False, ReleaseRecord(), "blue"),              # the include names blue: it decides
+])
+def test_the_record_overrules_the_seeds_probe_only_when_it_says_nothing_is_live(by_probe, record, live):
+    choice = ColorChoice("blue", "green", "reason", by_probe=by_probe)
+    settled = settle_live(choice, record, frozenset({"blue"}))
+    assert settled.live == live
+
+
+def test_status_reports_the_record_and_changes_nothing():
+    world = World()
+    for step in ("deploy v1", "deploy v2", "stage v3"):
+        world.step(step)
+    files = dict(world.host.files)
+    world.engine.mutations.clear()
+    report = flows.status(world.context())
+    assert {name: (r["version"], r["color"]) if r else None for name, r in report["releases"].items()} == {
+        "live": ("v2", "green"), "previous": ("v1", "blue"), "staged": ("v3", "blue")}
+    assert world.engine.mutations == [] and world.host.files == files
