@@ -172,6 +172,11 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     stack = stack_env()
     client = docker.from_env()
+    try:
+        # Before any deploy: a client that cannot reach the engine could not clean up after one.
+        client.ping()
+    except Exception as exc:
+        parser.error(f"docker engine not reachable ({exc}); run: eval \"$(bash scripts/stack.sh env)\"")
     if not (REPO / "demo" / "build" / "libs" / "app.jar").is_file():
         subprocess.run(["bash", str(REPO / "demo" / "build.sh")], check=True, cwd=REPO / "demo")
     rows: List[Row] = []
