@@ -272,7 +272,8 @@ def wait_healthy(ctx: Context, color: str) -> None:
     url = health_url(s, color)
     phase("waiting for %s to answer %s (every %gs, up to %gs)", name, url, s.health_interval, s.health_timeout)
     ctx.health_gate(url, s.health_interval, s.health_timeout, check_alive, ctx.prober,
-                    logs=lambda: ctx.engine.logs_tail(color))
+                    logs=lambda: ctx.engine.logs_tail(color),
+                    can_connect=health.connect_check(ctx.prober, s.ip_of(color), s.app_port))
 
 
 def smoke_test(ctx: Context, color: str) -> None:

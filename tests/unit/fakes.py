@@ -192,8 +192,10 @@ class World:
             self.interrupt_drain = False
             raise Interrupted(signal.SIGTERM)
 
-    def _health_gate(self, url: str, interval: float, timeout: float, check_alive, prober, logs=lambda: []) -> int:
+    def _health_gate(self, url: str, interval: float, timeout: float, check_alive, prober, logs=lambda: [],
+                     can_connect=None) -> int:
         assert isinstance(prober, FakeProber), "probes go through the context's prober"
+        assert callable(can_connect), "the port check goes with the gate"
         check_alive()
         color = next(c for c in ("blue", "green") if f"//{self.settings.ip_of(c)}:" in url)
         if self.engine.boxes[color]["version"] in self.engine.unhealthy:
