@@ -152,7 +152,11 @@ def _run_flow(args: argparse.Namespace, ctx: flows.Context, started: float) -> i
         flows.phase("done: %s in %.1fs", outcome.message, time.monotonic() - started)
         return errors.EXIT_OK
     finally:
-        lock.release()
+        try:
+            lock.release()
+        except errors.NginxHostFailed as exc:   # must not replace the run's own result or error
+            log.error("==> could not release the deploy lock %s (%s); when no run is active: "
+                      "`python -m pipeline lock release`", lock.path, exc)
 
 
 def _lock_or_history(args: argparse.Namespace, settings: Settings, host: NginxHost, stdout) -> int:

@@ -19,7 +19,7 @@ import requests
 from . import build, decide, health
 from .decide import Address, ContainerFact
 from .engine import Engine
-from .errors import ContainerExited, Interrupted, NothingToDo, PipelineError
+from .errors import ContainerExited, Interrupted, NothingToDo, OutsideFailure, PipelineError
 from .nginx_host import NginxHost
 from .settings import Settings
 from .signals import SignalGuard
@@ -180,6 +180,8 @@ def deploy(ctx: Context, promote: bool = True) -> Outcome:
     assert s.app_version, "the caller settles the version before the deploy"
 
     preflight(ctx)
+    if s.registry:
+        ctx.engine.check_registry()
     if ctx.engine.ensure_network():
         log.info("    created docker network %s (%s, gateway %s)", s.deploy_network, s.deploy_subnet, s.deploy_gateway)
     facts = gather(ctx)
@@ -232,15 +234,34 @@ def deploy(ctx: Context, promote: bool = True) -> Outcome:
 
 
 def _abandon(ctx: Context, color: str, preview_before: Optional[Address]) -> None:
-    """After a failure before the live switch: no container of the failed release left running."""
+    """After a failed deploy: no container of the failed release left running, unless the include
+    may name it (a switch that could not be undone), so nginx always has something to serve."""
     s = ctx.settings
+    if _include_may_name(ctx, color):
+        return
     log.error("==> removing %s; nginx still serves what it served before", s.container_name(color))
-    ctx.engine.remove(color)
-    if s.nginx_preview_include and ctx.switch.current(PREVIEW) == address_of(s, color) and preview_before:
-        try:
+    try:
+        ctx.engine.remove(color)
+    except OutsideFailure as exc:
+        log.error("    could not remove %s (%s); the next deploy replaces it", s.container_name(color), exc)
+    try:
+        if s.nginx_preview_include and ctx.switch.current(PREVIEW) == address_of(s, color) and preview_before:
             ctx.switch.route_to(PREVIEW, preview_before)
-        except PipelineError as exc:
-            log.warning("    could not point the preview back at %s: %s", preview_before, exc)
+    except PipelineError as exc:
+        log.warning("    could not point the preview back at %s: %s", preview_before, exc)
+
+
+def _include_may_name(ctx: Context, color: str) -> bool:
+    """True (and said) when the live include names this color or cannot be read: its container
+    must then stay, or nginx's next reload would send traffic nowhere."""
+    try:
+        named = decide.parse_include(IncludeFiles(ctx.host, ctx.settings).read(LIVE)) == address_of(ctx.settings, color)
+    except OutsideFailure as exc:
+        log.error("==> leaving %s running: cannot read the live include (%s)", ctx.settings.container_name(color), exc)
+        return True
+    if named:
+        log.error("==> leaving %s running: the live include names it", ctx.settings.container_name(color))
+    return named
 
 
 def promote(ctx: Context) -> Outcome:
@@ -280,10 +301,13 @@ def rollback(ctx: Context) -> Outcome:
         wait_healthy(ctx, target.color)
         switch_live(ctx, target.color)
     except BaseException:
-        if not was_running:
+        if not was_running and not _include_may_name(ctx, target.color):
             with ctx.guard.critical():
                 log.error("==> stopping %s again; nginx still serves %s", target.name, live)
-                ctx.engine.stop(target.color)
+                try:
+                    ctx.engine.stop(target.color)
+                except OutsideFailure as exc:
+                    log.error("    could not stop %s (%s)", target.name, exc)
         raise
     retire(ctx, live)
     return Outcome("rollback", target.version or "", target.color, f"{target.version} live on {target.color} again")

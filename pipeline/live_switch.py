@@ -231,7 +231,10 @@ class LiveSwitch:
     def __init__(self, host: NginxHost, settings: Settings, admin: Optional[NginxAdmin] = None) -> None:
         self.settings = settings
         self.includes = IncludeFiles(host, settings)
-        self.admin = admin or NginxAdmin(host, settings.nginx_admin_url, str(settings.nginx_admin_token_file))
+        # NETWORK_TIMEOUT bounds each admin request; the admin answers in milliseconds, so its own
+        # 5 s cap applies below that.
+        self.admin = admin or NginxAdmin(host, settings.nginx_admin_url, str(settings.nginx_admin_token_file),
+                                         timeout=min(ADMIN_TIMEOUT, settings.network_timeout))
 
     def check(self) -> None:
         """The include files the tool writes must be the ones nginx reads when it starts:

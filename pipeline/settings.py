@@ -97,6 +97,7 @@ class Settings:
     container_volumes: Tuple[str, ...] = ()
     keep_releases: int = 5
     docker_host: str = ""
+    network_timeout: float = 60.0
 
     # -- derived -------------------------------------------------------------------------------
 
@@ -390,6 +391,7 @@ _READERS: Dict[str, Tuple[str, Reader]] = {
     "CONTAINER_VOLUMES": ("container_volumes", _volumes),
     "KEEP_RELEASES": ("keep_releases", _count),
     "DOCKER_HOST": ("docker_host", _text()),
+    "NETWORK_TIMEOUT": ("network_timeout", _duration(positive=True)),
 }
 
 SETTING_NAMES = tuple(_READERS)
