@@ -168,8 +168,8 @@ class SshHost:
             host.sftp
         except NginxHostFailed as exc:
             host.close()
-            raise PreflightError(f"{exc.part}: {exc.action}: {exc.cause}; the include, the lock and the "
-                                 f"history are written over SFTP (sshd_config: Subsystem sftp ...)") from exc
+            raise PreflightError(f"{exc}; the include, the lock and the history are written over SFTP: "
+                                 f"is there a `Subsystem sftp` line in its sshd_config?") from exc
         try:
             result = host.run(["true"])
         except NginxHostFailed as exc:

@@ -162,3 +162,74 @@ def test_include_written_but_never_reloaded_does_not_mislead_the_next_deploy(wor
     assert report.failed == 0, report.failures[:5]
     assert nginx.get().text == "version=v2 color=green\n"
     assert world.state("blue") == "exited"
+
+
+# -- the fault matrix of outside parts (issue 8, section 2) ---------------------------------------
+# Each fault: one error line naming the part, a documented exit code, the old release served all
+# along, the include naming a running container of ours (here: unchanged), the next deploy working.
+
+def error_line(result) -> str:
+    """The run's one error line; no traceback, no 'internal error'."""
+    lines = [line for line in result.stderr.splitlines() if line.startswith("pipeline: ")]
+    assert len(lines) == 1 and lines[0].startswith("pipeline: error: "), result.stderr
+    assert "Traceback" not in result.stderr and "internal error" not in result.stderr, result.stderr
+    return lines[0]
+
+
+def assert_served_and_recovers(world, nginx, include_before, traffic, settings_env, tmp_path,
+                               version="v3"):
+    report = traffic.stop()
+    assert report.failed == 0, f"{report.failed} failed requests: {report.failures[:5]}"
+    assert report.ok > 20
+    assert set(report.versions) == {"version=v1 color=blue"}
+    assert nginx.include.read_text() == include_before
+    ok(run_pipeline(["deploy"], {**settings_env, "APP_VERSION": version}, tmp_path))
+    assert nginx.get().text == f"version={version} color=green\n"
+
+
+def test_no_sftp_subsystem_is_a_preflight_error(world, nginx, settings_env, ssh_env, stack, live_v1, tmp_path):
+    from .outside import OwnSshd
+
+    sshd = OwnSshd(stack, tmp_path / "sshd", sftp=False)
+    try:
+        with Traffic(f"http://127.0.0.1:{nginx.port}/") as traffic:
+            result = run_pipeline(["deploy"], {**sshd.env(ssh_env), "APP_VERSION": "v2"}, tmp_path)
+            assert result.returncode == 3, result.stderr
+            print(result.stderr)
+            line = error_line(result)
+            assert line.startswith(f"pipeline: error: nginx host root@127.0.0.1:{sshd.port} over SFTP: "
+                                   "starting the SFTP subsystem: "), line
+            assert "Subsystem sftp" in line
+            assert world.state("green") == "absent"
+            assert_served_and_recovers(world, nginx, live_v1, traffic, settings_env, tmp_path)
+    finally:
+        sshd.stop()
+
+
+# Run as NGINX_TEST_COMMAND over SSH: the first time, kill -9 the sshd process serving this
+# session (the connection drops mid-switch); afterwards, the real test.
+KILL_OWN_SESSION = (
+    'if [ ! -e {mark} ]; then touch {mark}; p=$$; '
+    'while ! grep -q "^sshd" /proc/$p/comm; do p=$(cut -d" " -f4 /proc/$p/stat); done; '
+    'kill -9 $p; sleep 10; fi; exec {test}'
+)
+
+
+def test_ssh_session_killed_during_the_switch(world, nginx, settings_env, ssh_env, live_v1, tmp_path):
+    import shlex
+
+    mark = tmp_path / "killed-once"
+    killer = KILL_OWN_SESSION.format(mark=mark, test=nginx.test_command)
+    env = {**ssh_env, "APP_VERSION": "v2", "NGINX_TEST_COMMAND": shlex.join(["sh", "-c", killer])}
+    with Traffic(f"http://127.0.0.1:{nginx.port}/") as traffic:
+        result = run_pipeline(["deploy"], env, tmp_path)
+        assert mark.exists(), result.stderr
+        assert result.returncode == 1, result.stderr
+        print(result.stderr)
+        line = error_line(result)
+        assert line.startswith("pipeline: error: nginx host root@127.0.0.1:"), line
+        assert " over SSH: running `sh -c " in line
+        assert line.endswith("; put the old live include back and reloaded nginx"), line
+        assert "connecting again" in result.stderr
+        assert world.state("green") == "absent", "the include is back on blue: green is removed"
+        assert_served_and_recovers(world, nginx, live_v1, traffic, settings_env, tmp_path)
