@@ -1,6 +1,7 @@
 """The Docker engine, through the docker SDK: network, images, the two color containers."""
 from __future__ import annotations
 
+import http.client
 import logging
 from contextlib import contextmanager
 from pathlib import Path
@@ -304,6 +305,8 @@ def _reason(exc: BaseException, timeout: float) -> str:
     for cause in causes:
         if isinstance(cause, OSError) and cause.strerror:
             return cause.strerror
+        if isinstance(cause, http.client.RemoteDisconnected):
+            return "the engine closed the connection without an answer"
     text = str(exc).splitlines()[0] if str(exc) else ""
     return text or type(exc).__name__
 

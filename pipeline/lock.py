@@ -45,6 +45,10 @@ class LockInfo:
             return None
 
 
+# What a lock file that is not one of ours reads as (garbage, cut short, another tool's).
+DAMAGED = LockInfo("unknown", "unknown", 0, "unknown", "", "unknown")
+
+
 def who_am_i(environ: Mapping[str, str]) -> str:
     """Jenkins' build tag when run by Jenkins, else the user."""
     if environ.get("BUILD_TAG"):
@@ -77,7 +81,7 @@ class DeployLock:
         text = self.host.read_text(self.path)
         if text is None:
             return None
-        return LockInfo.parse(text) or LockInfo("unknown", "unknown", 0, "unknown", "", "unknown")
+        return LockInfo.parse(text) or DAMAGED
 
     def is_stale(self, info: LockInfo) -> bool:
         """Only provable for a holder on this machine: its process is gone."""
@@ -98,6 +102,9 @@ class DeployLock:
                 continue
             if holder is None:
                 continue  # released between our two looks
+            if self.clock() >= deadline and holder is DAMAGED:
+                raise LockHeld(f"deploy lock {self.path} is damaged: it does not say who holds it; if no "
+                               f"deploy is running, release it with `python -m pipeline lock release`")
             if self.clock() >= deadline:
                 raise LockHeld(f"deploy lock {self.path} is held: {holder.describe()}"
                                + ("" if wait_seconds else "; retry later or pass --lock-wait SECONDS"))

@@ -233,3 +233,92 @@ def test_ssh_session_killed_during_the_switch(world, nginx, settings_env, ssh_en
         assert "connecting again" in result.stderr
         assert world.state("green") == "absent", "the include is back on blue: green is removed"
         assert_served_and_recovers(world, nginx, live_v1, traffic, settings_env, tmp_path)
+
+
+def test_docker_engine_gone_during_the_health_wait(world, nginx, settings_env, live_v1, tmp_path):
+    from .outside import DockerRelay
+
+    relay = DockerRelay(tmp_path / "docker.sock")
+    env = {**settings_env, "APP_VERSION": "v2", "DOCKER_HOST": relay.docker_host, "HEALTH_TIMEOUT": "60",
+           "CONTAINER_ENV_FILE": env_file(tmp_path, "STARTUP_DELAY_MS=30000")}
+    try:
+        with Traffic(f"http://127.0.0.1:{nginx.port}/") as traffic:
+            deploying = start_pipeline(["deploy"], env, tmp_path)
+            wait_for(lambda: world.state("green") == "running", 60, 0.05, "the new container")
+            time.sleep(1.0)   # inside the health wait
+            relay.kill()
+            _, stderr = deploying.communicate(timeout=30)
+            assert deploying.returncode == 1, stderr
+            result = type("Result", (), {"stderr": stderr})
+            print(stderr)
+            line = error_line(result)
+            assert line.startswith(f"pipeline: error: docker engine at {relay.docker_host}: "
+                                   f"inspecting container {world.app}-green: "), line
+            # It cannot be removed through an engine that is gone: said, and left to the next deploy.
+            assert f"could not remove {world.app}-green" in stderr and "the next deploy replaces it" in stderr
+            assert_served_and_recovers(world, nginx, live_v1, traffic, settings_env, tmp_path)
+    finally:
+        relay.kill()
+
+
+def test_hanging_registry_fails_the_deploy_within_network_timeout(world, nginx, settings_env, live_v1, tmp_path):
+    from .outside import SilentListener
+
+    registry = SilentListener()
+    env = {**settings_env, "APP_VERSION": "v2", "REGISTRY": f"127.0.0.1:{registry.port}", "NETWORK_TIMEOUT": "5"}
+    try:
+        with Traffic(f"http://127.0.0.1:{nginx.port}/") as traffic:
+            started = time.monotonic()
+            result = run_pipeline(["deploy"], env, tmp_path, timeout=120)
+            elapsed = time.monotonic() - started
+            print(result.stderr)
+            assert result.returncode == 1, result.stderr
+            line = error_line(result)
+            assert line.startswith(f"pipeline: error: registry 127.0.0.1:{registry.port}: docker push "), line
+            assert line.endswith("no answer within 5s (NETWORK_TIMEOUT)"), line
+            assert registry.accepted, "the engine did reach the silent registry"
+            assert elapsed < 40, f"the hanging registry held the deploy for {elapsed:.0f}s"
+            assert world.state("green") == "absent", "no container of the failed release"
+            assert_served_and_recovers(world, nginx, live_v1, traffic, settings_env, tmp_path)
+    finally:
+        registry.stop()
+
+
+@pytest.mark.parametrize("over_ssh", [False, True], ids=["local-nginx", "nginx-over-ssh"])
+def test_history_not_writable_is_a_preflight_error(world, nginx, settings_env, ssh_env, live_v1, tmp_path,
+                                                   over_ssh):
+    # A directory where the history file should be: no open for append succeeds, not even root's.
+    history = nginx.include.parent / f"{world.app}.history.jsonl"
+    kept = history.read_text()
+    history.unlink()
+    history.mkdir()
+    env = {**(ssh_env if over_ssh else settings_env), "APP_VERSION": "v2"}
+    with Traffic(f"http://127.0.0.1:{nginx.port}/") as traffic:
+        result = run_pipeline(["deploy"], env, tmp_path)
+        print(result.stderr)
+        assert result.returncode == 3, result.stderr
+        line = error_line(result)
+        assert line.startswith(f"pipeline: error: history {history}: cannot append on the nginx host ("), line
+        assert world.state("green") == "absent"
+        assert not (nginx.include.parent / f"{world.app}.deploy.lock").exists()
+        history.rmdir()
+        history.write_text(kept)
+        assert_served_and_recovers(world, nginx, live_v1, traffic, settings_env, tmp_path)
+    assert [e["version"] for e in map(__import__("json").loads, history.read_text().splitlines())] == ["v1", "v3"]
+
+
+def test_damaged_lock_file_is_refused_and_released_by_hand(world, nginx, settings_env, live_v1, tmp_path):
+    lock = nginx.include.parent / f"{world.app}.deploy.lock"
+    lock.write_bytes(b"\x00\x13garbage{not json\n")
+    with Traffic(f"http://127.0.0.1:{nginx.port}/") as traffic:
+        result = run_pipeline(["deploy"], {**settings_env, "APP_VERSION": "v2"}, tmp_path)
+        print(result.stderr)
+        assert result.returncode == 4, result.stderr
+        assert error_line(result) == (f"pipeline: error: deploy lock {lock} is damaged: it does not say who "
+                                      f"holds it; if no deploy is running, release it with "
+                                      f"`python -m pipeline lock release`")
+        assert world.state("green") == "absent"
+        assert lock.exists(), "a lock the tool cannot read is never taken over silently"
+        ok(run_pipeline(["lock", "release"], settings_env, tmp_path))
+        assert not lock.exists()
+        assert_served_and_recovers(world, nginx, live_v1, traffic, settings_env, tmp_path)
