@@ -159,6 +159,7 @@ class SshHost:
         self.settings = settings
         self.timeout = settings.network_timeout if settings is not None else COMMAND_TIMEOUT
         self._sftp: Optional[paramiko.SFTPClient] = None
+        self._unreachable: Optional[NginxHostFailed] = None
 
     @classmethod
     def connect(cls, settings: Settings) -> "SshHost":
@@ -196,13 +197,17 @@ class SshHost:
             return transport
         if self.settings is None:
             raise NginxHostFailed(self.ssh_part, "using the connection", "it is closed")
+        if self._unreachable is not None:
+            # Tried once already: every further wait would only add NETWORK_TIMEOUT to the cleanup.
+            raise NginxHostFailed(self.ssh_part, self._unreachable.action, self._unreachable.cause)
         log.warning("    the SSH connection to %s was lost; connecting again", self.description)
         self._drop()
         try:
             self.client = _open_client(self.settings)
         except PreflightError as exc:
-            raise NginxHostFailed(self.ssh_part, "connecting again after the connection was lost",
-                                  str(exc)) from exc
+            self._unreachable = NginxHostFailed(self.ssh_part, "connecting again after the connection was lost",
+                                                str(exc))
+            raise self._unreachable from exc
         transport = self.client.get_transport()
         assert transport is not None
         return transport

@@ -13,7 +13,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import List
+from typing import List, Sequence
 
 from .realstack import free_port, wait_for
 
@@ -114,7 +114,7 @@ class OwnSshd:
     """`sshd -D` of the test's own, from the stack's sshd_config with the port (and possibly
     the SFTP subsystem) changed."""
 
-    def __init__(self, stack: dict, directory: Path, sftp: bool = True) -> None:
+    def __init__(self, stack: dict, directory: Path, sftp: bool = True, extra: Sequence[str] = ()) -> None:
         stack_dir = Path(stack["STACK_DIR"])
         self.port = free_port()
         directory.mkdir(parents=True, exist_ok=True)
@@ -128,6 +128,7 @@ class OwnSshd:
             elif word == "Subsystem" and not sftp:
                 continue
             lines.append(line)
+        lines += list(extra)
         self.config = directory / "sshd_config"
         self.config.write_text("\n".join(lines) + "\n")
         host_key = (stack_dir / "ssh_host_ed25519_key.pub").read_text().split()[:2]

@@ -322,3 +322,49 @@ def test_damaged_lock_file_is_refused_and_released_by_hand(world, nginx, setting
         ok(run_pipeline(["lock", "release"], settings_env, tmp_path))
         assert not lock.exists()
         assert_served_and_recovers(world, nginx, live_v1, traffic, settings_env, tmp_path)
+
+
+def test_include_that_cannot_be_put_back_leaves_the_new_release_running(world, nginx, settings_env, ssh_env,
+                                                                         stack, live_v1, tmp_path):
+    """The SSH session dies mid-switch and the nginx host stays unreachable: the include names
+    the new release, so its container stays, and the message says what to run."""
+    import shlex
+    import subprocess
+
+    from .outside import OwnSshd
+
+    sshd = OwnSshd(stack, tmp_path / "sshd")
+    mark = tmp_path / "killed-once"
+    # Stop the sshd listener first (no reconnect), then cut this session.
+    killer = f"kill {sshd.process.pid}; " + KILL_OWN_SESSION.format(mark=mark, test=nginx.test_command)
+    env = {**sshd.env(ssh_env), "APP_VERSION": "v2", "NGINX_TEST_COMMAND": shlex.join(["sh", "-c", killer]),
+           "NETWORK_TIMEOUT": "5"}
+    try:
+        with Traffic(f"http://127.0.0.1:{nginx.port}/") as traffic:
+            result = run_pipeline(["deploy"], env, tmp_path)
+            print(result.stderr)
+            assert result.returncode == 1, result.stderr
+            line = error_line(result)
+            assert "then putting the old live include back failed (" in line, line
+            assert line.endswith(f"On the nginx host, run `{env['NGINX_TEST_COMMAND']}` and "
+                                 f"`{nginx.reload_command}`: "
+                                 "nginx then serves what the include names, and the next deploy goes to the "
+                                 "other color"), line
+            # Neither the history nor the lock (both on the unreachable host) replaced the error.
+            assert "could not append to history" in result.stderr
+            assert "could not release the deploy lock" in result.stderr
+            # Consistent: the include names green, and green runs; nginx was not reloaded.
+            assert nginx.include.read_text() == f"set $service_url http://{world.network.green_ip}:8080;\n"
+            assert world.state("green") == "running" and world.state("blue") == "running"
+            assert nginx.get().text == "version=v1 color=blue\n"
+            # What the message says to do (the plain test: the session killer is spent), then the next deploy.
+            for command in (nginx.test_command, nginx.reload_command):
+                subprocess.run(shlex.split(command), check=True)
+            wait_for(lambda: nginx.get().text == "version=v2 color=green\n", 5, what="nginx to serve green")
+            ok(run_pipeline(["deploy"], {**settings_env, "APP_VERSION": "v3"}, tmp_path))
+            assert nginx.get().text == "version=v3 color=blue\n"
+            report = traffic.stop()
+        assert report.failed == 0, report.failures[:5]
+        assert set(report.versions) <= {"version=v1 color=blue", "version=v2 color=green", "version=v3 color=blue"}
+    finally:
+        sshd.stop()
