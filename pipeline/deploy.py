@@ -148,7 +148,13 @@ def retire(ctx: Context, old: Optional[str]) -> None:
     """
     s = ctx.settings
     wait = max(s.drain_seconds, ctx.switch.settle_seconds)
-    if old is None or ctx.engine.container(old) is None:
+    try:
+        old_exists = old is not None and ctx.engine.container(old) is not None
+    except OutsideFailure as exc:
+        # The new release is live: an engine that fails now must not fail the deploy.
+        log.warning("==> the new release is live, but %s: the old one may be left running", exc)
+        return
+    if old is None or not old_exists:
         ctx.sleep(ctx.switch.settle_seconds)
         return
     phase("draining %s for %gs", s.container_name(old), wait)
@@ -159,13 +165,21 @@ def retire(ctx: Context, old: Optional[str]) -> None:
         raise
     phase("stopping %s (grace %gs); kept for rollback", s.container_name(old), s.stop_timeout)
     with ctx.guard.critical():
-        ctx.engine.stop(old)
+        try:
+            ctx.engine.stop(old)
+        except OutsideFailure as exc:
+            log.warning("==> the new release is live, but %s; it keeps running (the next deploy replaces it)", exc)
 
 
 def clean_images(ctx: Context) -> None:
     s = ctx.settings
-    protected = {fact.image for fact in ctx.engine.containers().values()}
-    for ref in decide.images_to_remove(ctx.engine.release_images(), s.keep_releases, protected):
+    try:
+        protected = {fact.image for fact in ctx.engine.containers().values()}
+        images = ctx.engine.release_images()
+    except OutsideFailure as exc:
+        log.warning("    old release images not cleaned up: %s", exc)
+        return
+    for ref in decide.images_to_remove(images, s.keep_releases, protected):
         log.info("    removing old release image %s", ref)
         ctx.engine.remove_image(ref)
     ctx.engine.prune_dangling()

@@ -40,7 +40,7 @@ import paramiko
 from tenacity import RetryCallState, RetryError, Retrying, retry_if_exception_type, stop_after_attempt, wait_fixed
 
 from .decide import Address, parse_include
-from .errors import DeployFailed, PipelineError
+from .errors import DeployFailed, NginxHostFailed, PipelineError
 from .nginx_host import NginxHost
 from .settings import Secret, Settings
 from .switch import LIVE, PREVIEW, IncludeFiles, SwitchUnavailable
@@ -56,9 +56,9 @@ MAX_ANSWER_BYTES = 1024   # the admin answers a few bytes; anything longer is no
 # whitespace, such as the newline `openssl rand -hex 32 > FILE` writes, is not part of it.
 _TOKEN_RE = re.compile(r"[A-Za-z0-9._~+/-]{32,}=*")
 
-# Transport failures: refused or timed-out sockets, an SSH channel that would not open, a broken
-# or non-HTTP answer.
-_TRANSPORT_ERRORS = (OSError, EOFError, paramiko.SSHException, http.client.HTTPException)
+# Transport failures: refused or timed-out sockets, an SSH channel that would not open (or the
+# nginx host's own translation of that), a broken or non-HTTP answer.
+_TRANSPORT_ERRORS = (OSError, EOFError, paramiko.SSHException, http.client.HTTPException, NginxHostFailed)
 
 
 class AdminUnavailable(SwitchUnavailable):
@@ -217,6 +217,8 @@ class _ChannelConnection(http.client.HTTPConnection):
 def _describe(exc: Optional[BaseException]) -> str:
     if isinstance(exc, socket.timeout):
         return "timed out"
+    if isinstance(exc, NginxHostFailed):
+        return str(exc)
     if isinstance(exc, paramiko.ChannelException):
         return f"the nginx host could not connect ({exc.text})"
     return f"{type(exc).__name__}: {exc}" if exc else "unknown"
