@@ -11,7 +11,6 @@ from __future__ import annotations
 import socket
 import subprocess
 import threading
-import time
 from pathlib import Path
 from typing import List, Sequence
 
@@ -157,7 +156,3 @@ class OwnSshd:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-
-
-def elapsed_since(started: float) -> float:
-    return time.monotonic() - started

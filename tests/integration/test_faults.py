@@ -168,11 +168,11 @@ def test_include_written_but_never_reloaded_does_not_mislead_the_next_deploy(wor
 # Each fault: one error line naming the part, a documented exit code, the old release served all
 # along, the include naming a running container of ours (here: unchanged), the next deploy working.
 
-def error_line(result) -> str:
+def error_line(stderr: str) -> str:
     """The run's one error line; no traceback, no 'internal error'."""
-    lines = [line for line in result.stderr.splitlines() if line.startswith("pipeline: ")]
-    assert len(lines) == 1 and lines[0].startswith("pipeline: error: "), result.stderr
-    assert "Traceback" not in result.stderr and "internal error" not in result.stderr, result.stderr
+    lines = [line for line in stderr.splitlines() if line.startswith("pipeline: ")]
+    assert len(lines) == 1 and lines[0].startswith("pipeline: error: "), stderr
+    assert "Traceback" not in stderr and "internal error" not in stderr, stderr
     return lines[0]
 
 
@@ -195,8 +195,7 @@ def test_no_sftp_subsystem_is_a_preflight_error(world, nginx, settings_env, ssh_
         with Traffic(f"http://127.0.0.1:{nginx.port}/") as traffic:
             result = run_pipeline(["deploy"], {**sshd.env(ssh_env), "APP_VERSION": "v2"}, tmp_path)
             assert result.returncode == 3, result.stderr
-            print(result.stderr)
-            line = error_line(result)
+            line = error_line(result.stderr)
             assert line.startswith(f"pipeline: error: nginx host root@127.0.0.1:{sshd.port} over SFTP: "
                                    "starting the SFTP subsystem: "), line
             assert "Subsystem sftp" in line
@@ -225,8 +224,7 @@ def test_ssh_session_killed_during_the_switch(world, nginx, settings_env, ssh_en
         result = run_pipeline(["deploy"], env, tmp_path)
         assert mark.exists(), result.stderr
         assert result.returncode == 1, result.stderr
-        print(result.stderr)
-        line = error_line(result)
+        line = error_line(result.stderr)
         assert line.startswith("pipeline: error: nginx host root@127.0.0.1:"), line
         assert " over SSH: running `sh -c " in line
         assert line.endswith("; put the old live include back and reloaded nginx"), line
@@ -249,9 +247,7 @@ def test_docker_engine_gone_during_the_health_wait(world, nginx, settings_env, l
             relay.kill()
             _, stderr = deploying.communicate(timeout=30)
             assert deploying.returncode == 1, stderr
-            result = type("Result", (), {"stderr": stderr})
-            print(stderr)
-            line = error_line(result)
+            line = error_line(stderr)
             assert line.startswith(f"pipeline: error: docker engine at {relay.docker_host}: "
                                    f"inspecting container {world.app}-green: "), line
             # It cannot be removed through an engine that is gone: said, and left to the next deploy.
@@ -271,9 +267,8 @@ def test_hanging_registry_fails_the_deploy_within_network_timeout(world, nginx, 
             started = time.monotonic()
             result = run_pipeline(["deploy"], env, tmp_path, timeout=120)
             elapsed = time.monotonic() - started
-            print(result.stderr)
             assert result.returncode == 1, result.stderr
-            line = error_line(result)
+            line = error_line(result.stderr)
             assert line.startswith(f"pipeline: error: registry 127.0.0.1:{registry.port}: docker push "), line
             assert line.endswith("no answer within 5s (NETWORK_TIMEOUT)"), line
             assert registry.accepted, "the engine did reach the silent registry"
@@ -295,9 +290,8 @@ def test_history_not_writable_is_a_preflight_error(world, nginx, settings_env, s
     env = {**(ssh_env if over_ssh else settings_env), "APP_VERSION": "v2"}
     with Traffic(f"http://127.0.0.1:{nginx.port}/") as traffic:
         result = run_pipeline(["deploy"], env, tmp_path)
-        print(result.stderr)
         assert result.returncode == 3, result.stderr
-        line = error_line(result)
+        line = error_line(result.stderr)
         assert line.startswith(f"pipeline: error: history {history}: cannot append on the nginx host ("), line
         assert world.state("green") == "absent"
         assert not (nginx.include.parent / f"{world.app}.deploy.lock").exists()
@@ -312,9 +306,8 @@ def test_damaged_lock_file_is_refused_and_released_by_hand(world, nginx, setting
     lock.write_bytes(b"\x00\x13garbage{not json\n")
     with Traffic(f"http://127.0.0.1:{nginx.port}/") as traffic:
         result = run_pipeline(["deploy"], {**settings_env, "APP_VERSION": "v2"}, tmp_path)
-        print(result.stderr)
         assert result.returncode == 4, result.stderr
-        assert error_line(result) == (f"pipeline: error: deploy lock {lock} is damaged: it does not say who "
+        assert error_line(result.stderr) == (f"pipeline: error: deploy lock {lock} is damaged: it does not say who "
                                       f"holds it; if no deploy is running, release it with "
                                       f"`python -m pipeline lock release`")
         assert world.state("green") == "absent"
@@ -342,9 +335,8 @@ def test_include_that_cannot_be_put_back_leaves_the_new_release_running(world, n
     try:
         with Traffic(f"http://127.0.0.1:{nginx.port}/") as traffic:
             result = run_pipeline(["deploy"], env, tmp_path)
-            print(result.stderr)
             assert result.returncode == 1, result.stderr
-            line = error_line(result)
+            line = error_line(result.stderr)
             assert "then putting the old live include back failed (" in line, line
             assert line.endswith(f"On the nginx host, run `{env['NGINX_TEST_COMMAND']}` and "
                                  f"`{nginx.reload_command}`: "
