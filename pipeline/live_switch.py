@@ -148,9 +148,9 @@ class NginxAdmin:
 
         try:
             text = self.host.read_text(self.token_file)
-        except (OSError, ValueError) as exc:   # ValueError: not UTF-8 text
+        except (NginxHostFailed, OSError, ValueError) as exc:   # ValueError: not UTF-8 text
             raise refused(f"cannot read it on the nginx host ({self.host.description}): "
-                          f"{getattr(exc, 'strerror', None) or exc}") from exc
+                          f"{getattr(exc, 'cause', None) or getattr(exc, 'strerror', None) or exc}") from exc
         if text is None:
             raise refused(f"no such file on the nginx host ({self.host.description}); create it as "
                           f"docs/live-mode.md says (`openssl rand -hex 32`), then `nginx -s reload`")
