@@ -11,6 +11,7 @@ import os
 import shlex
 import socket
 import subprocess
+import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -289,20 +290,24 @@ class SshHost:
         within NETWORK_TIMEOUT, raises NginxHostFailed: then nobody knows what the command did."""
         command = shlex.join(argv)
         transport = self._transport()
-        with _file_call(self.ssh_part, f"running `{_short(command)}`", self.timeout):
-            channel = transport.open_session(timeout=self.timeout)
-            try:
-                channel.set_combine_stderr(True)
-                channel.settimeout(self.timeout)
-                channel.exec_command(command)
-                output = channel.makefile("rb").read().decode("utf-8", "replace")
-                code = channel.recv_exit_status()
-            finally:
-                channel.close()
-        if code == -1:
-            # No exit status: the session was cut (its sshd killed, the connection lost).
-            raise NginxHostFailed(self.ssh_part, f"running `{_short(command)}`",
-                                  "the session ended before the command reported its exit status")
+        try:
+            with _file_call(self.ssh_part, f"running `{_short(command)}`", self.timeout):
+                channel = transport.open_session(timeout=self.timeout)
+                try:
+                    channel.set_combine_stderr(True)
+                    channel.settimeout(self.timeout)
+                    channel.exec_command(command)
+                    output = channel.makefile("rb").read().decode("utf-8", "replace")
+                    code = channel.recv_exit_status()
+                finally:
+                    channel.close()
+            if code == -1:
+                # No exit status: the session was cut (its sshd killed, the connection lost).
+                raise NginxHostFailed(self.ssh_part, f"running `{_short(command)}`",
+                                      "the session ended before the command reported its exit status")
+        except NginxHostFailed:
+            _settle(transport)
+            raise
         return CommandResult(argv, code, output)
 
     def run_steps(self, steps: Sequence[Sequence[str]]) -> List[CommandResult]:
@@ -407,6 +412,15 @@ def _open_client(settings: Settings) -> paramiko.SSHClient:
     if transport is not None:
         transport.set_keepalive(15)
     return client
+
+
+def _settle(transport: paramiko.Transport, wait: float = 1.0) -> None:
+    """After a failed command: paramiko closes the channels of a lost connection a moment before
+    it marks the transport inactive. Wait for that, so the next operation connects again instead
+    of using a transport that is already gone."""
+    deadline = time.monotonic() + wait
+    while transport.is_active() and time.monotonic() < deadline:
+        time.sleep(0.02)
 
 
 def _is_transport_error(exc: BaseException) -> bool:
