@@ -206,8 +206,9 @@ class SshHost:
         try:
             self.client = _open_client(self.settings)
         except PreflightError as exc:
+            cause = _ssh_reason(exc.__cause__, self.timeout) if exc.__cause__ is not None else str(exc)
             self._unreachable = NginxHostFailed(self.ssh_part, "connecting again after the connection was lost",
-                                                str(exc))
+                                                cause)
             raise self._unreachable from exc
         transport = self.client.get_transport()
         assert transport is not None
