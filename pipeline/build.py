@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import shlex
 import subprocess
 from collections import deque
@@ -10,17 +11,16 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from .errors import BuildFailed
+from .settings import without_secrets
 
 log = logging.getLogger("pipeline")
-
-SECRET_SETTINGS = frozenset({"REGISTRY_PASSWORD"})
 
 
 def run_build(argv: Sequence[str], cwd: Path, environ: Mapping[str, str]) -> None:
     """Run the build in `cwd`, streaming its output; raise BuildFailed with the last lines."""
     last: deque = deque(maxlen=20)
     # The build has no business with the registry password, and its output goes to the log.
-    env = {k: v for k, v in environ.items() if k not in SECRET_SETTINGS}
+    env = without_secrets(environ)
     try:
         process = subprocess.Popen(list(argv), cwd=cwd, env=env, stdout=subprocess.PIPE,
                                    stderr=subprocess.STDOUT, text=True, bufsize=1)
@@ -45,7 +45,7 @@ def default_version(cwd: Path) -> str:
     """The short git sha of HEAD, else a UTC timestamp: one image tag per release."""
     try:
         done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=cwd, capture_output=True,
-                              text=True, timeout=10, check=False)
+                              text=True, timeout=10, check=False, env=without_secrets(os.environ))
         if done.returncode == 0 and done.stdout.strip():
             return done.stdout.strip()
     except (OSError, subprocess.TimeoutExpired):

@@ -74,7 +74,7 @@ def _seconds(text: str) -> float:
 
 def main(argv: Sequence[str], environ: Mapping[str, str], cwd: Optional[Path] = None,
          stdout=None) -> int:
-    stdout = stdout or sys.stdout
+    stdout = logsetup.MaskedStream(stdout or sys.stdout)
     cwd = cwd or Path.cwd()
     verbose = "--verbose" in argv
     logsetup.setup(verbose)
@@ -82,20 +82,21 @@ def main(argv: Sequence[str], environ: Mapping[str, str], cwd: Optional[Path] = 
     try:
         args = build_parser().parse_args(list(argv))
         settings = Settings.from_env(environ, cwd, args.env_file)
+        logsetup.register_secrets(settings.secret_values())
         if args.command == "deploy":
             settings.check_build_inputs(cwd)
         return _run(args, settings, environ, cwd, stdout, started)
     except PipelineError as exc:
-        print(f"pipeline: error: {exc}", file=sys.stderr)
+        print(logsetup.mask(f"pipeline: error: {exc}"), file=sys.stderr)
         for line in exc.detail():
-            print(f"    {line}", file=sys.stderr)
+            print(logsetup.mask(f"    {line}"), file=sys.stderr)
         return exc.exit_code
     except SystemExit as exc:  # --help
         return int(exc.code or 0)
     except Exception as exc:  # a bug: say so plainly, traceback only when asked
-        print(f"pipeline: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(logsetup.mask(f"pipeline: internal error: {type(exc).__name__}: {exc}"), file=sys.stderr)
         if verbose:
-            traceback.print_exc()
+            print(logsetup.mask(traceback.format_exc()), file=sys.stderr, end="")
         else:
             print("    (run with --verbose for the traceback)", file=sys.stderr)
         return errors.EXIT_BUG
@@ -154,7 +155,7 @@ def _run_flow(args: argparse.Namespace, ctx: flows.Context, started: float) -> i
     finally:
         try:
             lock.release()
-        except errors.NginxHostFailed as exc:   # must not replace the run's own result or error
+        except (errors.NginxHostFailed, errors.PreflightError) as exc:   # must not replace the run's result
             log.error("==> could not release the deploy lock %s (%s); when no run is active: "
                       "`python -m pipeline lock release`", lock.path, exc)
 
@@ -163,8 +164,7 @@ def _lock_or_history(args: argparse.Namespace, settings: Settings, host: NginxHo
     if args.command == "history":
         entries = History(host, str(settings.history_path())).entries()
         if args.json:
-            json.dump([asdict(e) for e in entries], stdout, indent=2)
-            stdout.write("\n")
+            stdout.write(json.dumps([asdict(e) for e in entries], indent=2) + "\n")
         else:
             stdout.write(format_table(entries))
         return errors.EXIT_OK
@@ -174,8 +174,8 @@ def _lock_or_history(args: argparse.Namespace, settings: Settings, host: NginxHo
         if holder is None:
             stdout.write("unlocked\n")
         else:
-            stale = " (stale: its process is gone)" if lock.is_stale(holder) else ""
-            stdout.write(f"locked: {holder.describe()}{stale}\n")
+            why = lock.why_not_stale(holder)
+            stdout.write(f"locked: {holder.describe()} ({why or 'stale: its process is gone'})\n")
         return errors.EXIT_OK
     if holder is None:
         stdout.write("unlocked; nothing to release\n")
@@ -187,8 +187,7 @@ def _lock_or_history(args: argparse.Namespace, settings: Settings, host: NginxHo
 
 def _print_status(report: dict, as_json: bool, stdout) -> None:
     if as_json:
-        json.dump(report, stdout, indent=2)
-        stdout.write("\n")
+        stdout.write(json.dumps(report, indent=2) + "\n")
         return
     live = report["live_color"]
     stdout.write(f"app:      {report['app']}\n")
@@ -201,6 +200,8 @@ def _print_status(report: dict, as_json: bool, stdout) -> None:
                  + "".join(f"  {k}={v}" for k, v in report["switch"].items()) + "\n")
     if report["switch_problem"]:
         stdout.write(f"warning:  {report['switch_problem']}; live color above is from the include\n")
+    if report.get("probe_problem"):
+        stdout.write(f"warning:  {report['probe_problem']}\n")
     for color, c in report["colors"].items():
         marker = "*" if color == live else " "
         stdout.write(f"{marker} {color:<5}  {c['container']:<24} {c['ip']:<15} {c['state']:<10} "

@@ -14,8 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, Mapping, Optional
 
-import requests
-
 from . import build, decide, health
 from .decide import Address, ContainerFact
 from .engine import Engine
@@ -40,6 +38,18 @@ class Context:
     environ: Mapping[str, str]
     guard: SignalGuard = field(default_factory=SignalGuard)
     sleep: Callable[[float], None] = time.sleep
+    # Where health probes run (the nginx host's side); None: built from `host` and the settings.
+    prober: Optional[health.Prober] = None
+
+    def __post_init__(self) -> None:
+        if self.prober is None:
+            self.prober = make_prober(self.host, self.settings)
+
+
+def make_prober(host: NginxHost, s: Settings) -> health.Prober:
+    hint = (f"DEPLOY_NETWORK={s.deploy_network} (DEPLOY_SUBNET={s.deploy_subnet}) must be a docker"
+            f" bridge on the machine nginx runs on: point DOCKER_HOST at that machine's engine")
+    return health.Prober.for_host(host, s.remote, hint)
 
 
 @dataclass(frozen=True)
@@ -64,8 +74,10 @@ def phase(message: str, *args: object) -> None:
 
 # -- facts -----------------------------------------------------------------------------------------
 
-def gather(ctx: Context, current: Optional[Callable[[str], Optional[Address]]] = None) -> Facts:
-    """What the flows decide from. `current` says where a route points (default: the switch)."""
+def gather(ctx: Context, current: Optional[Callable[[str], Optional[Address]]] = None,
+           probe: bool = True) -> Facts:
+    """What the flows decide from. `current` says where a route points (default: the switch).
+    `probe=False`: blue is not probed (status, when probes are refused), so it counts as not alive."""
     s = ctx.settings
     current = current or ctx.switch.current
     live_address = current(LIVE)
@@ -73,11 +85,11 @@ def gather(ctx: Context, current: Optional[Callable[[str], Optional[Address]]] =
     containers = ctx.engine.containers()
     include_color = decide.color_at(live_address, s.color_ips)
     blue_alive = None
-    if include_color is None and ctx.engine.holds_address("blue"):
+    if probe and include_color is None and ctx.engine.holds_address("blue"):
         # The seed's rule, kept for a host with no include yet: probe blue, but only because a
         # container of ours holds its address (checked just above).
         try:
-            health.probe(requests.Session(), health_url(s, "blue"), 2.0)
+            health.probe(ctx.prober, health_url(s, "blue"), 2.0)
             blue_alive = True
         except health.NotHealthyYet:
             blue_alive = False
@@ -89,6 +101,15 @@ def gather(ctx: Context, current: Optional[Callable[[str], Optional[Address]]] =
 def preflight(ctx: Context) -> None:
     phase("preflight")
     ctx.switch.check()
+    if ctx.engine.network_exists():
+        check_probe_routes(ctx)
+
+
+def check_probe_routes(ctx: Context) -> None:
+    """Before any probe: both colors' addresses are reached from where probes run (the nginx
+    host's side) over a local interface, never through a gateway (exit 3 otherwise)."""
+    for color in ("blue", "green"):
+        ctx.prober.check_route(ctx.settings.ip_of(color))
 
 
 def health_url(s: Settings, color: str) -> str:
@@ -117,7 +138,7 @@ def wait_healthy(ctx: Context, color: str) -> None:
 
     url = health_url(s, color)
     phase("waiting for %s to answer %s (every %gs, up to %gs)", name, url, s.health_interval, s.health_timeout)
-    health.wait_healthy(url, s.health_interval, s.health_timeout, check_alive,
+    health.wait_healthy(url, s.health_interval, s.health_timeout, check_alive, ctx.prober,
                         logs=lambda: ctx.engine.logs_tail(color))
 
 
@@ -198,6 +219,11 @@ def deploy(ctx: Context, promote: bool = True) -> Outcome:
         ctx.engine.check_registry()
     if ctx.engine.ensure_network():
         log.info("    created docker network %s (%s, gateway %s)", s.deploy_network, s.deploy_subnet, s.deploy_gateway)
+        try:
+            check_probe_routes(ctx)
+        except health.RouteRefused:
+            ctx.engine.remove_network()   # ours, just made, empty: nothing changed
+            raise
     facts = gather(ctx)
     live, target = facts.choice.live, facts.choice.target
     log.info("    live: %s; deploying to %s (%s)", live or "none", target, facts.choice.reason)
@@ -338,15 +364,21 @@ def status(ctx: Context, probe: bool = True) -> dict:
     def written(route: str) -> Optional[Address]:
         return decide.parse_include(includes.read(route))
 
-    switch_problem = None
+    switch_problem = probe_problem = None
+    if probe and ctx.engine.network_exists():
+        try:
+            check_probe_routes(ctx)
+        except health.RouteRefused as exc:
+            probe, probe_problem = False, str(exc)
+            log.warning("%s", exc)
     try:
-        facts = gather(ctx)
+        facts = gather(ctx, probe=probe)
     except SwitchUnavailable as exc:
         # Status is what an operator runs when something is wrong: say what the include says
         # rather than nothing at all, and say plainly that nginx itself did not answer.
         switch_problem = str(exc)
         log.warning("%s; reporting what the include files say", exc)
-        facts = gather(ctx, written)
+        facts = gather(ctx, written, probe=probe)
     include_address = written(LIVE)
     live = facts.choice.live if facts.live_address else None
     colors = {}
@@ -356,9 +388,11 @@ def status(ctx: Context, probe: bool = True) -> dict:
                        "version": None, "health": None}
         if fact is not None:
             entry.update(state=fact.status, version=fact.version)
-            if probe and ctx.engine.holds_address(color):
+            if probe_problem:
+                entry["health"] = "not probed (see probe_problem)"
+            elif probe and ctx.engine.holds_address(color):
                 try:
-                    entry["health"] = health.probe(requests.Session(), health_url(s, color), 2.0)
+                    entry["health"] = health.probe(ctx.prober, health_url(s, color), 2.0)
                 except health.NotHealthyYet as exc:
                     entry["health"] = f"unhealthy: {exc.last}"
         colors[color] = entry
@@ -371,6 +405,7 @@ def status(ctx: Context, probe: bool = True) -> dict:
         "switch_mode": ctx.switch.mode,
         "switch": ctx.switch.describe(),
         "switch_problem": switch_problem,
+        "probe_problem": probe_problem,
         "colors": colors,
         "nginx_host": ctx.host.description,
         "settings": s.public(),   # the effective settings, secrets masked

@@ -13,7 +13,7 @@ import requests.exceptions
 import urllib3.exceptions
 
 from .decide import ContainerFact
-from .errors import DeployFailed, EngineFailed, OutsideFailure, PreflightError, RegistryFailed
+from .errors import DeployFailed, EngineFailed, OutsideFailure, PreflightError, RegistryFailed, SettingsError
 from .settings import COLORS, Settings
 
 log = logging.getLogger("pipeline")
@@ -48,6 +48,10 @@ class Engine:
 
     @classmethod
     def connect(cls, settings: Settings, environ: Mapping[str, str]) -> "Engine":
+        if settings.target != "docker":
+            # pipeline/swarm.py drives a swarm, but the commands do not use it yet (issue 11).
+            raise SettingsError("TARGET", settings.target,
+                                "the commands do not deploy to a swarm yet; use TARGET=docker")
         env = dict(environ)
         if settings.docker_host:
             env["DOCKER_HOST"] = settings.docker_host
@@ -109,6 +113,14 @@ class Engine:
         name = self.settings.deploy_network
         with self._calling(f"listing networks named {name}"):
             return any(n["Name"] == name for n in self.api.networks(names=[name]))
+
+    def remove_network(self) -> None:
+        """Remove the deploy network again (only right after this run created it, still empty)."""
+        try:
+            self.api.remove_network(self.settings.deploy_network)
+        except LIBRARY_ERRORS as exc:
+            log.warning("    could not remove docker network %s again: %s", self.settings.deploy_network,
+                        _reason(exc, self.settings.network_timeout))
 
     # -- images --------------------------------------------------------------------------------
 

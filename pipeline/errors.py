@@ -92,6 +92,28 @@ class ContainerExited(DeployFailed):
         )
 
 
+class NotEnoughNodes(PreflightError):
+    """More REPLICAS than swarm nodes that can take a task (at most one task of a color per node)."""
+
+    def __init__(self, replicas: int, ready: Sequence[str], down: Sequence[str] = ()) -> None:
+        self.replicas, self.ready, self.down = replicas, list(ready), list(down)
+        names = ", ".join(self.ready) or "none"
+        gone = f"; not ready: {', '.join(self.down)}" if self.down else ""
+        super().__init__(f"REPLICAS={replicas} but only {len(self.ready)} swarm node(s) can run a task "
+                         f"(ready: {names}{gone}); at most one task of a color runs per node")
+
+
+class TaskFailed(DeployFailed):
+    """A swarm task of the new release failed, restarted or was moved off its node while starting."""
+
+    def __init__(self, service: str, task_id: str, node: str, state: str, logs: Sequence[str] = ()) -> None:
+        self.service, self.task_id, self.node, self.state = service, task_id, node, state
+        super().__init__(
+            f"task {task_id[:12]} of service {service} on node {node} failed while starting ({state})",
+            [f"task log: {line}" for line in logs],
+        )
+
+
 class RemoteCommandFailed(DeployFailed):
     """A command on the nginx host (test, reload) exited non-zero."""
 

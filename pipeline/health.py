@@ -1,19 +1,30 @@
 """The health gate: GET the new container's health URL until it answers 200.
 
-Probes go only to an address a container of ours holds (checked before every probe), because a
-private address nobody holds here may be routed off this machine.
+Probes run where nginx runs, because that is where the release has to be reachable: through a
+direct-tcpip channel of the SSH connection when nginx is on another machine (`ChannelTransport`),
+from this machine otherwise (`LocalTransport`). A `Prober` wraps either and never lets a probe
+leave unless the probing side reaches the address over a directly connected interface, i.e. the
+deploy network is a local bridge there: an address reached only through the default route (a
+docker network on some other engine, or one that is gone) may be answered by anything outside.
+Callers also probe only an address a container of ours holds (checked before every probe).
 """
 from __future__ import annotations
 
+import http.client
 import logging
+import re
+import socket
 import time
-from typing import Callable, Optional
+from typing import Callable, Dict, Optional, Protocol, Tuple
+from urllib.parse import urlsplit
 
+import paramiko
 import requests
 from tenacity import (RetryCallState, RetryError, Retrying, retry_if_exception_type,
                       stop_after_delay, wait_exponential)
 
-from .errors import HealthCheckFailed
+from .errors import HealthCheckFailed, NginxHostFailed, PreflightError
+from .nginx_host import NginxHost
 
 log = logging.getLogger("pipeline")
 
@@ -22,6 +33,8 @@ log = logging.getLogger("pipeline")
 ALIVE_CHECK_EVERY = 0.25
 # The first wait between probes; each next one doubles, up to HEALTH_INTERVAL.
 FIRST_WAIT = 0.25
+# A health answer is a few bytes; more is read no further (it only goes into messages).
+MAX_ANSWER_BYTES = 4096
 
 
 class NotHealthyYet(Exception):
@@ -30,32 +43,218 @@ class NotHealthyYet(Exception):
         self.last = last
 
 
-def probe(session: requests.Session, url: str, timeout: float) -> str:
+class RouteRefused(PreflightError):
+    """The probing side would reach a color's address only through a gateway, or not at all."""
+
+
+class Transport(Protocol):
+    """An HTTP getter on the side of the network nginx is on."""
+
+    where: str
+
+    def get(self, url: str, timeout: float) -> Tuple[int, str]:
+        """GET without redirects: (status, start of the body); NotHealthyYet if no answer came."""
+        ...
+
+    def can_connect(self, ip: str, port: int, timeout: float) -> bool:
+        """True if a TCP connection to ip:port opens from this side."""
+        ...
+
+
+class LocalTransport:
+    """Probes from this machine (nginx is local)."""
+
+    where = "this machine"
+
+    def __init__(self, session: Optional[requests.Session] = None) -> None:
+        self.session = session or requests.Session()
+        # Straight to the container: a proxy from the environment is not where nginx is.
+        self.session.trust_env = False
+
+    def get(self, url: str, timeout: float) -> Tuple[int, str]:
+        try:
+            response = self.session.get(url, timeout=(min(timeout, 2.0), timeout), allow_redirects=False)
+        except requests.RequestException as exc:
+            raise NotHealthyYet(_short(exc)) from exc
+        return response.status_code, response.text[:120]
+
+    def can_connect(self, ip: str, port: int, timeout: float) -> bool:
+        try:
+            socket.create_connection((ip, port), timeout=timeout).close()
+            return True
+        except OSError:
+            return False
+
+
+class ChannelTransport:
+    """Probes from the nginx host: each one a direct-tcpip channel of the SSH connection, so the
+    connection to the container is made by the nginx host's sshd, from where nginx is."""
+
+    def __init__(self, host: NginxHost) -> None:
+        self.host = host
+        self.where = f"the nginx host {host.description}"
+
+    def get(self, url: str, timeout: float) -> Tuple[int, str]:
+        parts = urlsplit(url)
+        assert parts.hostname, url
+        connection = _ChannelConnection(self.host, parts.hostname, parts.port or 80, timeout)
+        try:
+            path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+            connection.request("GET", path, headers={"Connection": "close"})
+            response = connection.getresponse()
+            body = response.read(MAX_ANSWER_BYTES)
+            return response.status, body.decode("utf-8", "replace")[:120]
+        except paramiko.ChannelException as exc:
+            # The nginx host's sshd tried and could not connect (refused, unreachable).
+            raise NotHealthyYet(f"connection refused or unreachable from the nginx host ({exc.text})") from exc
+        except socket.timeout as exc:
+            raise NotHealthyYet("timed out") from exc
+        except (OSError, EOFError, paramiko.SSHException, http.client.HTTPException) as exc:
+            raise NotHealthyYet(f"through the nginx host: {type(exc).__name__}: {exc}") from exc
+        finally:
+            connection.close()
+
+    def can_connect(self, ip: str, port: int, timeout: float) -> bool:
+        try:
+            self.host.open_channel(ip, port, timeout).close()
+            return True
+        except (OSError, EOFError, paramiko.SSHException):
+            return False
+
+
+class _ChannelConnection(http.client.HTTPConnection):
+    def __init__(self, nginx_host: NginxHost, address: str, port: int, timeout: float) -> None:
+        super().__init__(address, port, timeout=timeout)
+        self._nginx_host = nginx_host
+
+    def connect(self) -> None:
+        self.sock = self._nginx_host.open_channel(self.host, self.port, self.timeout)
+
+
+class Prober:
+    """A transport that lets no probe leave unless the probing side has a directly connected
+    route to the address over a bridge (see `route_problem`), asked of the nginx host (`host`:
+    this machine or the SSH one). The route is checked once per address."""
+
+    def __init__(self, transport: Transport, host: NginxHost, network_hint: str = "") -> None:
+        self.transport = transport
+        self.where = transport.where
+        self.host = host
+        self._hint = network_hint
+        self._checked: Dict[str, Optional[str]] = {}
+
+    @classmethod
+    def for_host(cls, host: NginxHost, remote: bool, network_hint: str = "") -> "Prober":
+        """Probes from where nginx is: over the SSH connection when it is remote."""
+        transport: Transport = ChannelTransport(host) if remote else LocalTransport()
+        return cls(transport, host, network_hint)
+
+    def check_route(self, ip: str) -> None:
+        """Raise RouteRefused unless the probing side reaches `ip` over a local bridge."""
+        if ip not in self._checked:
+            self._checked[ip] = self._route_problem(ip)
+        problem = self._checked[ip]
+        if problem is not None:
+            hint = f" {self._hint}" if self._hint else ""
+            raise RouteRefused(f"not probing {ip}: health probes run on {self.where}, which {problem}.{hint}")
+
+    def _route_problem(self, ip: str) -> Optional[str]:
+        result = self.host.run(["ip", "-4", "route", "get", ip])
+        problem = route_problem(result.code, result.output)
+        if problem is not None:
+            return problem
+        device = route_device(result.output)
+        # A docker network is a bridge; a plain interface (a VPN's tun0 carrying the default
+        # route without a gateway, a LAN) is not where our containers are.
+        try:
+            is_bridge = self.host.read_text(f"/sys/class/net/{device}/bridge/bridge_id") is not None
+        except (OSError, NginxHostFailed) as exc:   # the nginx host reports its own as NginxHostFailed
+            return f"reaches it on {device}, which could not be checked for being a bridge ({exc})"
+        if not is_bridge:
+            return f"reaches it on {device}, which is not a bridge (no docker network there)"
+        return None
+
+    def get(self, url: str, timeout: float) -> Tuple[int, str]:
+        self.check_route(urlsplit(url).hostname or "")
+        return self.transport.get(url, timeout)
+
+    def can_connect(self, ip: str, port: int, timeout: float) -> bool:
+        self.check_route(ip)
+        return self.transport.can_connect(ip, port, timeout)
+
+
+_DEVICE_RE = re.compile(r"[A-Za-z0-9_.:@-]{1,15}")
+# Route types `ip route get` prints first when the route is not a plain unicast one.
+_NOT_UNICAST = ("local", "broadcast", "blackhole", "unreachable", "prohibit", "throw",
+                "multicast", "anycast", "nat")
+
+
+def route_problem(code: int, output: str) -> Optional[str]:
+    """What is wrong with the route `ip -4 route get IP` reported, or None if it is directly
+    connected (`IP dev br-x src ...`: no gateway, a local interface; whether that interface is
+    a bridge is the caller's next question).
+
+    Pure: the answer of the command, as exit code and output, in; a phrase for the message out.
+    """
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    if code == 127:
+        return "has no `ip` command (iproute2) to check the route with"
+    if code == 255 and output.startswith("ssh: "):   # SshHost.run: the session itself failed
+        return f"could not be asked for its route over SSH ({lines[-1][5:]})"
+    if code == 124:                                  # LocalHost.run: the command's timeout
+        return f"did not answer `ip route get` ({lines[-1] if lines else 'timed out'})"
+    if code != 0:
+        return f"has no route to it ({lines[-1] if lines else f'ip exited with {code}'})"
+    if not lines:
+        return "gave no answer to `ip route get`"
+    words = lines[0].split()
+    if words[0] in _NOT_UNICAST:
+        if words[0] == "local":
+            return "holds that address itself (it is not a container there)"
+        return f"has a {words[0]} route for it"
+    gateway, device = _word_after(words, "via"), _word_after(words, "dev")
+    if gateway is not None:
+        return f"reaches it only through the gateway {gateway} ({device or '?'}), not a local bridge"
+    if device is None or not _DEVICE_RE.fullmatch(device):
+        return f"gave an answer without an interface: {lines[0]!r}"
+    return None
+
+
+def route_device(output: str) -> Optional[str]:
+    """The interface of a route `route_problem` found directly connected."""
+    return _word_after(output.split(), "dev")
+
+
+def _word_after(words: list, key: str) -> Optional[str]:
+    for word, value in zip(words, words[1:]):
+        if word == key:
+            return value
+    return None
+
+
+def probe(transport: Transport, url: str, timeout: float) -> str:
     """One GET; returns a short description of the answer, raises NotHealthyYet unless 200."""
-    try:
-        response = session.get(url, timeout=(min(timeout, 2.0), timeout), allow_redirects=False)
-    except requests.RequestException as exc:
-        raise NotHealthyYet(_short(exc)) from exc
-    answer = f"HTTP {response.status_code} {response.text[:120].strip()!r}"
-    if response.status_code != 200:
+    status, text = transport.get(url, timeout)
+    answer = f"HTTP {status} {text.strip()!r}"
+    if status != 200:
         raise NotHealthyYet(answer)
     return answer
 
 
 def wait_healthy(url: str, interval: float, timeout: float, check_alive: Callable[[], None],
-                 session: Optional[requests.Session] = None,
+                 transport: Optional[Transport] = None,
                  logs: Callable[[], list] = lambda: []) -> int:
     """Probe until 200 or `timeout` s pass, at most `interval` s apart; returns the attempts made.
 
     `check_alive` raises (e.g. ContainerExited) if the container is gone or does not hold the
     address any more; it runs before each probe and during every wait.
     """
-    session = session or requests.Session()
+    transport = transport or LocalTransport()
     probe_timeout = max(0.5, min(interval, 5.0))
 
     def attempt() -> str:
         check_alive()
-        return probe(session, url, probe_timeout)
+        return probe(transport, url, probe_timeout)
 
     def sleep(seconds: float) -> None:
         deadline = time.monotonic() + seconds

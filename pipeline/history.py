@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import List, Optional
 
 from .errors import NginxHostFailed
+from .log import mask
 from .nginx_host import NginxHost
 
 log = logging.getLogger("pipeline")
@@ -31,6 +32,8 @@ class History:
         self.path = path
 
     def append(self, entry: Entry) -> None:
+        # A failure's message may quote a secret (a build command's output, say): never on file.
+        entry = replace(entry, message=mask(entry.message), version=mask(entry.version))
         try:
             self.host.append_text(self.path, json.dumps(asdict(entry), ensure_ascii=False) + "\n")
         except NginxHostFailed as exc:

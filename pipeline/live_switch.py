@@ -41,6 +41,7 @@ from tenacity import RetryCallState, RetryError, Retrying, retry_if_exception_ty
 
 from .decide import Address, parse_include
 from .errors import DeployFailed, NginxHostFailed, PipelineError
+from .log import register_secret
 from .nginx_host import NginxHost
 from .settings import Secret, Settings
 from .switch import LIVE, PREVIEW, IncludeFiles, SwitchUnavailable
@@ -161,6 +162,7 @@ class NginxAdmin:
             # Never the value itself: it may be a token with one typo.
             raise refused("does not hold one token of 32 or more letters and digits "
                           "(make one with `openssl rand -hex 32`)")
+        register_secret(token)   # masked in every log line and output from here on
         return Secret(token)
 
     def _request(self, method: str, route: str, body: Optional[str] = None) -> Tuple[int, str]:

@@ -1,26 +1,43 @@
 """The deploy lock: one file beside the include on the nginx host, created atomically.
 
 Whoever holds it is written inside (who, where, pid, action, version, since), so a second run can
-say who is in the way. A lock whose holder ran on this machine and is gone (killed with SIGKILL)
-is stale and taken over; one held from another machine is released by hand with `lock release`.
+say who is in the way, together with what tells a live holder from a dead one: the kernel's boot
+id, the pid namespace and the process's start time (/proc/PID/stat field 22). Hostname and pid
+alone do not: Jenkins agents in containers share host names and low pids.
+
+A holder is provably gone only when it ran under this kernel (same boot id) in this pid namespace
+and its pid is gone, a zombie, or now a different process (another start time). Such a stale lock
+is taken over; anything else (another machine, another container, a lock from before a reboot, a
+lock file pipeline did not write) is released by hand with `lock release`.
+
+Taking over is atomic: the stale file is replaced in one step (rename over it) by whoever holds the
+takeover guard, a file named after the stale lock's exact content and created exclusively. Of any
+number of runs that find the same stale lock, one gets the guard; it checks the lock is still the
+stale one it read, replaces it with its own and removes the guard. A guard whose holder died
+mid-takeover is itself stale and taken over the same way.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import pwd
 import socket
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields, replace
 from typing import Callable, Mapping, Optional
 
-from .errors import LockHeld
+from .errors import LockHeld, NginxHostFailed, PreflightError
 from .nginx_host import NginxHost
 
 log = logging.getLogger("pipeline")
 
-POLL_EVERY = 0.5
+POLL_EVERY = 0.5          # while waiting (--lock-wait) for a live holder
+RETRY_EVERY = 0.05        # after a state that passes in milliseconds (released, taken over)
+RETRY_LIMIT = 60          # such states in a row before giving up: ~3 s, never a busy loop
+ALIVE = "its process is running"
+GUARD_DEPTH = 3           # takeovers of takeovers cut short by SIGKILL before we stop and say so
 
 
 @dataclass(frozen=True)
@@ -31,22 +48,47 @@ class LockInfo:
     action: str
     version: str
     since: str
+    # What tells a live holder from a dead one; filled in by DeployLock.acquire.
+    boot_id: str = ""
+    pid_ns: str = ""
+    start_time: str = ""
+    # Set only by `parse` for a file that is not a lock pipeline wrote: a short excerpt of it.
+    damaged: Optional[str] = None
 
     def describe(self) -> str:
+        if self.damaged is not None:
+            return f"a damaged lock file that pipeline did not write ({self.damaged!r})"
         return (f"{self.who} on {self.machine} (pid {self.pid}) is running {self.action} "
                 f"of {self.version or '?'} since {self.since}")
 
+    def to_text(self) -> str:
+        data = asdict(self)
+        del data["damaged"]
+        return json.dumps(data) + "\n"
+
     @classmethod
-    def parse(cls, text: str) -> Optional["LockInfo"]:
+    def parse(cls, text: str) -> "LockInfo":
+        """The holder written in `text`; a damaged LockInfo if it is not a lock we wrote."""
         try:
             data = json.loads(text)
-            return cls(**{k: data[k] for k in cls.__dataclass_fields__})
-        except (ValueError, KeyError, TypeError):
-            return None
-
-
-# What a lock file that is not one of ours reads as (garbage, cut short, another tool's).
-DAMAGED = LockInfo("unknown", "unknown", 0, "unknown", "", "unknown")
+            values = {}
+            for f in fields(cls):
+                if f.name == "damaged":
+                    continue
+                if f.name not in data:
+                    if f.default is not MISSING:   # written by an older pipeline
+                        continue
+                    raise KeyError(f.name)
+                value = data[f.name]
+                if f.name == "pid" and not (isinstance(value, int) and not isinstance(value, bool)):
+                    raise TypeError("pid")
+                if f.name != "pid" and not isinstance(value, str):
+                    raise TypeError(f.name)
+                values[f.name] = value
+            return cls(**values)
+        except (ValueError, KeyError, TypeError, AttributeError):
+            excerpt = " ".join(text.split())[:60]
+            return cls("unknown", "unknown", 0, "unknown", "", "unknown", damaged=excerpt)
 
 
 def who_am_i(environ: Mapping[str, str]) -> str:
@@ -60,58 +102,178 @@ def who_am_i(environ: Mapping[str, str]) -> str:
     return f"{user}@{socket.gethostname()}"
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+class ProcessTable:
+    """What this machine's /proc says about its kernel and processes (the seam tests fake)."""
+
+    def boot_id(self) -> str:
+        """Changes at every boot; shared by the containers on one kernel. "" if unknown."""
+        try:
+            with open("/proc/sys/kernel/random/boot_id") as handle:
+                return handle.read().strip()
+        except OSError:
+            return ""
+
+    def pid_namespace(self) -> str:
+        """Our pid namespace (e.g. pid:[4026531836]): pids mean something only inside it."""
+        try:
+            return os.readlink("/proc/self/ns/pid")
+        except OSError:
+            return ""
+
+    def start_time(self, pid: int) -> Optional[str]:
+        """When process `pid` started (clock ticks since boot); None if there is none or a zombie."""
+        if pid <= 0:
+            return None
+        try:
+            with open(f"/proc/{pid}/stat") as handle:
+                stat = handle.read()
+        except OSError:
+            return None
+        # The command name (field 2) is in parentheses and may hold spaces or ')': split after it.
+        rest = stat[stat.rfind(")") + 2:].split()
+        if len(rest) < 20 or rest[0] in ("Z", "X"):
+            return None
+        return rest[19]   # field 22: rest[0] is field 3
 
 
 class DeployLock:
-    def __init__(self, host: NginxHost, path: str, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, host: NginxHost, path: str, clock: Callable[[], float] = time.monotonic,
+                 processes: Optional[ProcessTable] = None) -> None:
         self.host = host
         self.path = path
         self.clock = clock
+        self.processes = processes or ProcessTable()
         self.mine: Optional[LockInfo] = None
 
+    # -- looking ---------------------------------------------------------------------------------
+
+    def _read_text(self, path: str) -> Optional[str]:
+        try:
+            return self.host.read_text(path)
+        except (OSError, NginxHostFailed) as exc:
+            raise PreflightError(f"cannot read the deploy lock {path} on the nginx host "
+                                 f"({self.host.description}): {_why(exc)}") from exc
+
+    def _create(self, path: str, text: str) -> bool:
+        try:
+            return self.host.create_exclusive(path, text)
+        except (OSError, NginxHostFailed) as exc:
+            raise PreflightError(f"cannot create the deploy lock {path} on the nginx host "
+                                 f"({self.host.description}): {_why(exc)}") from exc
+
     def read(self) -> Optional[LockInfo]:
-        text = self.host.read_text(self.path)
-        if text is None:
-            return None
-        return LockInfo.parse(text) or DAMAGED
+        text = self._read_text(self.path)
+        return None if text is None else LockInfo.parse(text)
 
     def is_stale(self, info: LockInfo) -> bool:
-        """Only provable for a holder on this machine: its process is gone."""
-        return info.machine == socket.gethostname() and not _pid_alive(info.pid)
+        """True only when the holder is provably gone; see the module's docstring."""
+        return self.why_not_stale(info) is None
+
+    def why_not_stale(self, info: LockInfo) -> Optional[str]:
+        """None for a provably dead holder, else why it must be taken as alive (for messages)."""
+        if info.damaged is not None:
+            return "pipeline cannot tell who holds it"
+        here = self.processes.boot_id()
+        if not info.boot_id or not here or info.boot_id != here:
+            return "held from another machine, or from before a reboot"
+        namespace = self.processes.pid_namespace()
+        if not info.pid_ns or info.pid_ns != namespace:
+            return "held from another container on this machine"
+        if not info.start_time:
+            return "its process's start time is not recorded"
+        if self.processes.start_time(info.pid) == info.start_time:
+            return ALIVE
+        return None
+
+    def stamped(self, info: LockInfo) -> LockInfo:
+        """`info` with what proves its process alive, read from /proc for `info.pid`."""
+        if info.boot_id:
+            return info
+        return replace(info, boot_id=self.processes.boot_id(), pid_ns=self.processes.pid_namespace(),
+                       start_time=self.processes.start_time(info.pid) or "")
+
+    # -- taking ----------------------------------------------------------------------------------
 
     def acquire(self, info: LockInfo, wait_seconds: float = 0.0) -> None:
+        info = self.stamped(info)
+        text = info.to_text()
         deadline = self.clock() + wait_seconds
-        text = json.dumps(asdict(info)) + "\n"
         announced = False
+        passing = 0   # states in a row that pass in milliseconds: bounded, each one paused
         while True:
-            if self.host.create_exclusive(self.path, text):
+            if self._create(self.path, text):
                 self.mine = info
                 return
-            holder = self.read()
-            if holder is not None and self.is_stale(holder):
-                log.warning("    taking over a stale lock: %s (process gone)", holder.describe())
-                self.host.remove(self.path)
+            held_text = self._read_text(self.path)
+            if held_text is None:
+                # Released between our two looks, or the lock cannot be created at all.
+                passing += 1
+                if passing > RETRY_LIMIT:
+                    raise PreflightError(f"cannot create the deploy lock {self.path} on the nginx host "
+                                         f"({self.host.description})")
+                time.sleep(RETRY_EVERY)
                 continue
-            if holder is None:
-                continue  # released between our two looks
-            if self.clock() >= deadline and holder is DAMAGED:
-                raise LockHeld(f"deploy lock {self.path} is damaged: it does not say who holds it; if no "
-                               f"deploy is running, release it with `python -m pipeline lock release`")
+            holder = LockInfo.parse(held_text)
+            if holder.damaged is not None:
+                raise LockHeld(f"deploy lock {self.path} is damaged: not a lock pipeline wrote "
+                               f"({holder.damaged!r}); if no deploy is running, remove it with "
+                               f"`python -m pipeline lock release`")
+            if self.is_stale(holder):
+                if self._take_over(self.path, held_text, text, 0):
+                    log.warning("    taking over a stale lock: %s (its process is gone)", holder.describe())
+                    self.mine = info
+                    return
+                # Another run is taking it over this very moment: look again shortly.
+                passing += 1
+                if passing <= RETRY_LIMIT:
+                    time.sleep(RETRY_EVERY)
+                    continue
+            passing = 0
             if self.clock() >= deadline:
-                raise LockHeld(f"deploy lock {self.path} is held: {holder.describe()}"
-                               + ("" if wait_seconds else "; retry later or pass --lock-wait SECONDS"))
+                reason = self.why_not_stale(holder)
+                if reason is None or reason == ALIVE:
+                    reason = reason or "being taken over by another run"
+                    hint = "" if wait_seconds else "; retry later or pass --lock-wait SECONDS"
+                else:
+                    hint = "; if that run is gone, release it with `python -m pipeline lock release`"
+                raise LockHeld(f"deploy lock {self.path} is held: {holder.describe()} ({reason}){hint}")
             if not announced:
                 log.info("    waiting up to %gs for the deploy lock: %s", wait_seconds, holder.describe())
                 announced = True
             time.sleep(POLL_EVERY)
+
+    def _take_over(self, path: str, stale_text: str, text: str, depth: int) -> bool:
+        """Replace the stale file at `path` (its content `stale_text`) with `text`, atomically
+        against every other run doing the same; False if another run got there first."""
+        guard = guard_path(path, stale_text)
+        if not self._create(guard, text):
+            guard_text = self._read_text(guard)
+            if guard_text is None:
+                return False    # the other run just finished its takeover
+            guard_holder = LockInfo.parse(guard_text)
+            if guard_holder.damaged is None and not self.is_stale(guard_holder):
+                return False    # a live run is taking over
+            if depth >= GUARD_DEPTH:
+                raise LockHeld(f"deploy lock {self.path}: takeovers of its stale lock were cut short "
+                               f"{depth + 1} times; remove {guard} and the lock by hand "
+                               f"(`python -m pipeline lock release`)")
+            if not self._take_over(guard, guard_text, text, depth + 1):
+                return False
+        try:
+            # Only the guard's holder changes a stale lock; it is still the one we judged stale?
+            if self._read_text(path) != stale_text:
+                return False
+            try:
+                self.host.write_text_atomic(path, text)   # one rename over it: never absent
+            except (OSError, NginxHostFailed) as exc:
+                raise PreflightError(f"cannot replace the stale deploy lock {path} on the nginx host "
+                                     f"({self.host.description}): {_why(exc)}") from exc
+            return True
+        finally:
+            try:
+                self.host.remove(guard)
+            except (OSError, NginxHostFailed) as exc:
+                log.warning("    could not remove the takeover guard %s: %s", guard, _why(exc))
 
     def release(self) -> None:
         if self.mine is None:
@@ -122,6 +284,22 @@ class DeployLock:
         self.mine = None
 
     def force_release(self) -> Optional[LockInfo]:
-        holder = self.read()
+        """`lock release`: remove whatever lock there is (and a takeover of it cut short)."""
+        text = self._read_text(self.path)
+        if text is None:
+            return None
+        self.host.remove(guard_path(self.path, text))
         self.host.remove(self.path)
-        return holder
+        return LockInfo.parse(text)
+
+
+def guard_path(path: str, content: str) -> str:
+    """The takeover guard of the lock file at `path` whose content is `content`."""
+    directory, _, name = path.rpartition("/")
+    digest = hashlib.sha256(content.encode()).hexdigest()[:16]
+    return f"{directory}/.{name}.takeover-{digest}"
+
+
+def _why(exc: BaseException) -> str:
+    """The cause of a failed file operation on the nginx host, as it reports it."""
+    return getattr(exc, "cause", None) or getattr(exc, "strerror", None) or str(exc)

@@ -1,10 +1,88 @@
-"""Progress on stderr: a line per phase, indented detail, timestamps a Jenkins log can read."""
+"""Progress on stderr: a line per phase, indented detail, timestamps a Jenkins log can read.
+
+Every secret value registered with `register_secret` is replaced by *** in every log record (a
+filter on the handler) and in whatever `mask` or a `MaskedStream` passes on: the CLI's stdout and
+its error lines.
+"""
 from __future__ import annotations
 
+import json
 import logging
 import sys
+import threading
+from typing import Iterable, List, TextIO
 
 _BOLD, _RED, _YELLOW, _RESET = "\033[1m", "\033[31m", "\033[33m", "\033[0m"
+
+MASK = "***"
+# Shorter values would be masked wherever their characters happen to meet (in timestamps,
+# versions, words): they are no secret anyway, and the log would become unreadable.
+MIN_SECRET_LENGTH = 4
+
+_secrets: List[str] = []     # longest first, with their JSON-escaped forms
+_secrets_lock = threading.Lock()
+
+
+def register_secret(value: str) -> None:
+    """From now on `value` never reaches the log or the CLI's output: it shows as ***."""
+    if not value or len(value) < MIN_SECRET_LENGTH:
+        return
+    forms = {value, json.dumps(value)[1:-1], json.dumps(value, ensure_ascii=False)[1:-1]}
+    with _secrets_lock:
+        for form in forms:
+            if form not in _secrets:
+                _secrets.append(form)
+        _secrets.sort(key=len, reverse=True)
+
+
+def register_secrets(values: Iterable[str]) -> None:
+    for value in values:
+        register_secret(value)
+
+
+def mask(text: str) -> str:
+    """`text` with every registered secret replaced by ***."""
+    for secret in _secrets:
+        if secret in text:
+            text = text.replace(secret, MASK)
+    return text
+
+
+class MaskSecrets(logging.Filter):
+    """Rewrites each record so that no registered secret is in its message or traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not _secrets:
+            return True
+        try:
+            message = record.getMessage()
+        except Exception:   # a bad format call: left for the handler to report as logging does
+            return True
+        record.msg = mask(message)
+        record.args = None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = mask(record.exc_text)
+        if record.stack_info:
+            record.stack_info = mask(record.stack_info)
+        return True
+
+
+class MaskedStream:
+    """A text stream that masks registered secrets in each write (write whole lines to it)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        return self.stream.write(mask(text))
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def isatty(self) -> bool:
+        return hasattr(self.stream, "isatty") and self.stream.isatty()
 
 
 class _Formatter(logging.Formatter):
@@ -31,6 +109,7 @@ def setup(verbose: bool = False, stream=None) -> logging.Logger:
     logger.handlers[:] = []
     handler = logging.StreamHandler(stream)
     handler.setFormatter(_Formatter(colour=hasattr(stream, "isatty") and stream.isatty()))
+    handler.addFilter(MaskSecrets())
     logger.addHandler(handler)
     logger.setLevel(logging.DEBUG if verbose else logging.INFO)
     logger.propagate = False

@@ -21,7 +21,7 @@ from typing import ContextManager, Iterator, List, Optional, Protocol, Sequence
 import paramiko
 
 from .errors import NginxHostFailed, PreflightError
-from .settings import Settings
+from .settings import Settings, without_secrets
 
 log = logging.getLogger("pipeline")
 
@@ -121,8 +121,10 @@ class LocalHost:
 
     def run(self, argv: Sequence[str]) -> CommandResult:
         try:
+            # nginx -t / reload have no business with the registry password (SSH sends no env).
             done = subprocess.run(list(argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                  text=True, timeout=COMMAND_TIMEOUT, check=False)
+                                  text=True, timeout=COMMAND_TIMEOUT, check=False,
+                                  env=without_secrets(os.environ))
         except FileNotFoundError:
             return CommandResult(argv, 127, f"{argv[0]}: command not found")
         except subprocess.TimeoutExpired as exc:

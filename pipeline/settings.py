@@ -21,6 +21,10 @@ from .errors import SettingsError
 COLORS = ("blue", "green")
 SWITCH_MODES = ("reload", "live")
 INCLUDE_FORMS = ("set", "upstream")
+TARGETS = ("docker", "swarm")
+# Settings that only one target reads: set explicitly for the other, they are refused.
+DOCKER_ONLY = ("DEPLOY_NETWORK", "DEPLOY_SUBNET", "DEPLOY_GATEWAY", "BLUE_IP", "GREEN_IP")
+SWARM_ONLY = ("REPLICAS", "BLUE_PORT", "GREEN_PORT")
 
 # Docker container names allow [a-zA-Z0-9][a-zA-Z0-9_.-]; "-blue" / "-green" is appended.
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
@@ -55,6 +59,36 @@ class Secret:
 
     def __hash__(self) -> int:
         return hash(self._value)
+
+
+# A BUILD_ARGS or container env entry whose key holds one of these is a secret: masked everywhere.
+SECRET_KEY_WORDS = ("TOKEN", "SECRET", "PASSWORD", "KEY")
+# Settings that no child process (build, git, nginx test/reload) gets in its environment.
+SECRET_SETTINGS = frozenset({"REGISTRY_PASSWORD"})
+
+
+def is_secret_name(key: str) -> bool:
+    return any(word in key.upper() for word in SECRET_KEY_WORDS)
+
+
+def without_secrets(environ: Mapping[str, str]) -> Dict[str, str]:
+    """The environment for a child process: every secret setting left out."""
+    return {k: v for k, v in environ.items() if k not in SECRET_SETTINGS}
+
+
+def _mask_secret_words(raw: str) -> str:
+    """KEY=VALUE words as shown in an error: the values of secret keys replaced by ***."""
+    try:
+        words = shlex.split(raw)
+    except ValueError:
+        # Cannot tell where the value ends: hide everything from the first secret key on.
+        match = next((m for m in re.finditer(r"[A-Za-z0-9_.-]*=", raw) if is_secret_name(m.group())), None)
+        return raw if match is None else raw[:match.end()] + "***"
+    masked = []
+    for word in words:
+        key, sep, _ = word.partition("=")
+        masked.append(f"{key}=***" if sep and is_secret_name(key) else word)
+    return " ".join(masked)
 
 
 @dataclass(frozen=True)
@@ -98,11 +132,19 @@ class Settings:
     keep_releases: int = 5
     docker_host: str = ""
     network_timeout: float = 60.0
+    target: str = "docker"
+    replicas: int = 2
+    blue_port: int = 8081
+    green_port: int = 8082
 
     # -- derived -------------------------------------------------------------------------------
 
     def container_name(self, color: str) -> str:
         return f"{self.app_name}-{color}"
+
+    def port_of(self, color: str) -> int:
+        """The node port a color's swarm tasks publish APP_PORT on (host mode)."""
+        return self.blue_port if color == "blue" else self.green_port
 
     def ip_of(self, color: str) -> str:
         return str(self.blue_ip if color == "blue" else self.green_ip)
@@ -159,8 +201,22 @@ class Settings:
                 continue
             values[attr] = reader(name, raw.strip(), cwd)
         settings = cls(**values)
+        settings._check_target({name for name, (attr, _) in _READERS.items() if attr in values})
         settings._check_together()
         return settings
+
+    def _check_target(self, given: set) -> None:
+        """Refuse settings the chosen target would silently ignore."""
+        ignored, other = (SWARM_ONLY, "swarm") if self.target == "docker" else (DOCKER_ONLY, "docker")
+        for name in ignored:
+            if name in given:
+                raise SettingsError(name, getattr(self, _READERS[name][0]),
+                                    f"only read with TARGET={other}, not TARGET={self.target}")
+        if self.target == "swarm":
+            if not self.registry:
+                raise SettingsError("REGISTRY", None, "required with TARGET=swarm: every node pulls the release")
+            if self.blue_port == self.green_port:
+                raise SettingsError("GREEN_PORT", self.green_port, "same port as BLUE_PORT")
 
     def _check_together(self) -> None:
         if self.deploy_gateway not in self.deploy_subnet:
@@ -184,11 +240,25 @@ class Settings:
         if self.registry_username and not self.registry_password:
             raise SettingsError("REGISTRY_PASSWORD", None, "required when REGISTRY_USERNAME is set")
 
+    def secret_values(self) -> Tuple[str, ...]:
+        """Every value that must never be shown: for the log's masking (log.register_secret)."""
+        values = [self.registry_password.reveal()]
+        values += [v for k, v in self.build_args.items() if is_secret_name(k)]
+        if self.container_env_file is not None:
+            try:
+                container_env = dotenv_values(self.container_env_file)
+            except OSError:
+                container_env = {}
+            values += [v for k, v in container_env.items() if v and is_secret_name(k)]
+        return tuple(v for v in values if v)
+
     def public(self) -> Dict[str, str]:
         """Every setting as text, secrets masked: for `status --json` and debugging."""
         out = {}
         for f in fields(self):
             value = getattr(self, f.name)
+            if f.name == "build_args":
+                value = {k: "***" if is_secret_name(k) else v for k, v in value.items()}
             if isinstance(value, tuple):
                 value = shlex.join(value) if f.name.endswith("command") else ",".join(value)
             out[f.name] = "" if value is None else str(value)
@@ -312,10 +382,15 @@ def _remote_path(optional: bool) -> Reader:
 
 def _build_args(name: str, raw: str, cwd: Path) -> Dict[str, str]:
     args = {}
-    for word in _command(True)(name, raw, cwd):
+    try:
+        words = _command(True)(name, raw, cwd)
+    except SettingsError as exc:
+        raise SettingsError(name, _mask_secret_words(raw), exc.problem) from None
+    for word in words:
         key, sep, value = word.partition("=")
         if not sep or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key):
-            raise SettingsError(name, raw, f"expected KEY=VALUE words, got {word!r}")
+            raise SettingsError(name, _mask_secret_words(raw),
+                                f"expected KEY=VALUE words, got {_mask_secret_words(word)!r}")
         args[key] = value
     return args
 
@@ -392,6 +467,10 @@ _READERS: Dict[str, Tuple[str, Reader]] = {
     "KEEP_RELEASES": ("keep_releases", _count),
     "DOCKER_HOST": ("docker_host", _text()),
     "NETWORK_TIMEOUT": ("network_timeout", _duration(positive=True)),
+    "TARGET": ("target", _choice(TARGETS)),
+    "REPLICAS": ("replicas", _count),
+    "BLUE_PORT": ("blue_port", _port),
+    "GREEN_PORT": ("green_port", _port),
 }
 
 SETTING_NAMES = tuple(_READERS)

@@ -7,7 +7,8 @@
 # Usage: scripts/stack.sh start|stop [--all]|status|env|install
 #
 #   start    install what is missing, start what is not running, verify it all
-#            (ssh login, registry login); idempotent, safe to run repeatedly
+#            (ssh login, registry login); blackhole routes for the private ranges
+#            (see ensure_blackholes); idempotent, safe to run repeatedly
 #   stop     stop the sshd and registry that start launched (by pid file);
 #            --all also stops dockerd if (and only if) start launched it
 #   status   show what is running
@@ -213,6 +214,52 @@ tune_sysctl() {
     fi
 }
 
+# ---------------------------------------------------------------------- safety net
+
+# A probe of a private address that no local bridge covers (a docker network that is gone, or one
+# on another engine) must not leave by the default route, where something outside may answer it.
+# Blackhole routes for the private ranges drop it here instead; docker's bridges are more specific
+# and still win. The resolver, if it is a private address reached through the default gateway,
+# keeps a /32 route via that gateway. `ip route replace` makes every run end in the same state.
+PRIVATE_RANGES=(10.0.0.0/8 172.16.0.0/12 192.168.0.0/16)
+BLACKHOLE_METRIC=4000
+
+is_private_ipv4() {
+    local a b c d
+    IFS=. read -r a b c d <<<"$1"
+    [[ "$a" =~ ^[0-9]+$ && "$b" =~ ^[0-9]+$ && -n "$c" && -n "$d" ]] || return 1
+    ((a == 10)) || ((a == 172 && b >= 16 && b <= 31)) || ((a == 192 && b == 168))
+}
+
+ensure_blackholes() {
+    if [[ $EUID -ne 0 ]]; then
+        note "not root: no blackhole routes for private ranges (unrouted private probes may leave by the default route)"
+        return 0
+    fi
+    local default gw dev ns route range
+    default="$(ip -4 route show default | head -n1)"
+    gw="$(awk '{for (i = 1; i < NF; i++) if ($i == "via") print $(i + 1)}' <<<"$default")"
+    dev="$(awk '{for (i = 1; i < NF; i++) if ($i == "dev") print $(i + 1)}' <<<"$default")"
+    for ns in $(awk '$1 == "nameserver" {print $2}' /etc/resolv.conf 2>/dev/null); do
+        is_private_ipv4 "$ns" || continue
+        route="$(ip -4 route get "$ns" 2>/dev/null | head -n1 || true)"
+        # Directly connected (no gateway): that route is more specific than a blackhole; leave it.
+        [[ -n "$route" && "$route" != *" via "* ]] && continue
+        # Reached through some other gateway than the default one: a more specific route already.
+        [[ -n "$route" && "$route" != *" via $gw dev $dev "* ]] && continue
+        if [[ -z "$gw" ]]; then
+            note "resolver $ns: no default gateway to keep it reachable by; not adding blackhole routes"
+            return 0
+        fi
+        ip -4 route replace "$ns/32" via "$gw" dev "$dev"
+        log "route: resolver $ns/32 via $gw ($dev)"
+    done
+    for range in "${PRIVATE_RANGES[@]}"; do
+        ip -4 route replace blackhole "$range" metric "$BLACKHOLE_METRIC"
+    done
+    log "route: blackhole ${PRIVATE_RANGES[*]} (metric $BLACKHOLE_METRIC); local bridges still win"
+}
+
 # ------------------------------------------------------------------------------ sshd
 
 sshd_config_text() {
@@ -405,6 +452,7 @@ build_artifacts() {
 # -------------------------------------------------------------------------- commands
 
 cmd_start() {
+    ensure_blackholes
     cmd_install
     ensure_dockerd
     tune_sysctl
@@ -506,4 +554,5 @@ main() {
     esac
 }
 
-main "$@"
+# Sourced (by a test of one function), define the functions only.
+[[ "${BASH_SOURCE[0]}" != "$0" ]] || main "$@"

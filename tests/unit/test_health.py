@@ -77,3 +77,233 @@ def test_a_dead_container_fails_at_once_not_after_the_interval(server):
 def test_nothing_listening_counts_as_not_healthy():
     with pytest.raises(HealthCheckFailed, match="connection refused"):
         wait_healthy("http://127.0.0.1:9/health", interval=0.1, timeout=0.5, check_alive=lambda: None)
+
+
+# -- where probes run, and the route rule ---------------------------------------------------------
+
+import re  # noqa: E402
+import socket  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import paramiko  # noqa: E402
+
+from pipeline import deploy as flows  # noqa: E402
+from pipeline.errors import EXIT_PREFLIGHT  # noqa: E402
+from pipeline.health import (ChannelTransport, LocalTransport, NotHealthyYet, Prober,  # noqa: E402
+                             RouteRefused, probe, route_problem)
+from pipeline.nginx_host import CommandResult  # noqa: E402
+from pipeline.settings import Settings  # noqa: E402
+
+BRIDGE = "172.29.5.2 dev br-4e82f078a87e src 172.29.5.1 uid 0 \n    cache \n"
+GATEWAY = "172.20.0.2 via 10.0.0.1 dev eth0 src 10.0.0.5 uid 0 \n    cache \n"
+
+
+@pytest.mark.parametrize("code, output, problem", [
+    (0, BRIDGE, None),
+    (0, "172.17.0.5 dev docker0 src 172.17.0.1 uid 0 \n    cache \n", None),
+    (0, GATEWAY, "reaches it only through the gateway 10.0.0.1 (eth0), not a local bridge"),
+    (2, "RTNETLINK answers: Network is unreachable\n", "has no route to it (RTNETLINK answers: Network is unreachable)"),
+    (2, "RTNETLINK answers: Invalid argument\n", "has no route to it (RTNETLINK answers: Invalid argument)"),
+    (0, "local 127.0.0.1 dev lo src 127.0.0.1 uid 0 \n    cache <local> \n", "holds that address itself"),
+    (0, "blackhole 10.1.2.3 uid 0\n", "has a blackhole route for it"),
+    (0, "unreachable 10.1.2.3 uid 0\n", "has a unreachable route for it"),
+    (127, "ip: command not found", "has no `ip` command"),
+    (255, "ssh: SSH session not active", "could not be asked for its route over SSH (SSH session not active)"),
+    (124, "timed out after 60s", "did not answer `ip route get` (timed out after 60s)"),
+    (0, "", "gave no answer"),
+    (0, "172.29.5.2 src 172.29.5.1 uid 0\n", "gave an answer without an interface"),
+])
+def test_route_get_answers_are_directly_connected_or_refused(code, output, problem):
+    found = route_problem(code, output)
+    if problem is None:
+        assert found is None
+    else:
+        assert found is not None and found.startswith(problem)
+
+
+class StrictRunner:
+    """`ip -4 route get IP` answers for the addresses it was told about; anything else fails."""
+
+    def __init__(self, answers):
+        self.answers = dict(answers)
+        self.calls = []
+
+    def __call__(self, argv):
+        argv = list(argv)
+        assert argv[:4] == ["ip", "-4", "route", "get"] and len(argv) == 5, f"unexpected command {argv}"
+        assert argv[4] in self.answers, f"no answer prepared for {argv}"
+        self.calls.append(argv[4])
+        code, output = self.answers[argv[4]]
+        return CommandResult(argv, code, output)
+
+
+class RouteHost:
+    """The nginx host as the route check sees it: `ip -4 route get IP` answers and which
+    interfaces are bridges (/sys/class/net/DEV/bridge). Any other call fails."""
+
+    def __init__(self, routes, bridges=()):
+        self.run = StrictRunner(routes)
+        self.bridges = set(bridges)
+        self.read = []
+
+    def read_text(self, path):
+        match = re.fullmatch(r"/sys/class/net/([^/]+)/bridge/bridge_id", path)
+        assert match, f"unexpected read of {path}"
+        self.read.append(match.group(1))
+        return "8000.0242ac1d0501\n" if match.group(1) in self.bridges else None
+
+    def __getattr__(self, name):
+        raise AssertionError(f"unexpected call to NginxHost.{name}")
+
+
+class StrictTransport:
+    """Must not be reached unless a test allows it."""
+
+    where = "the nginx host root@example:22"
+
+    def __init__(self, answer=None):
+        self.answer = answer
+        self.gets = []
+
+    def get(self, url, timeout):
+        assert self.answer is not None, f"a probe left for {url} although it should not have"
+        self.gets.append(url)
+        return self.answer
+
+    def can_connect(self, ip, port, timeout):
+        assert self.answer is not None, f"a connection to {ip}:{port} was tried although it should not have"
+        return True
+
+
+def test_an_address_behind_a_gateway_is_never_probed_and_is_a_preflight_error():
+    transport = StrictTransport()
+    prober = Prober(transport, RouteHost({"172.20.0.2": (0, GATEWAY)}), "DEPLOY_NETWORK=deploy ...")
+    with pytest.raises(RouteRefused) as caught:
+        probe(prober, "http://172.20.0.2:8080/actuator/health", 2.0)
+    assert caught.value.exit_code == EXIT_PREFLIGHT
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "172.20.0.2" in message and "gateway 10.0.0.1" in message
+    assert "the nginx host root@example:22" in message and "DEPLOY_NETWORK=deploy" in message
+    with pytest.raises(RouteRefused):
+        prober.can_connect("172.20.0.2", 8080, 1.0)
+    assert transport.gets == []
+
+
+def test_a_bridge_address_is_checked_once_then_probed_through_the_transport():
+    host = RouteHost({"172.29.5.2": (0, BRIDGE)}, bridges={"br-4e82f078a87e"})
+    transport = StrictTransport(answer=(200, '{"status":"UP"}'))
+    prober = Prober(transport, host)
+    for _ in range(3):
+        assert probe(prober, "http://172.29.5.2:8080/actuator/health", 2.0).startswith("HTTP 200")
+    assert prober.can_connect("172.29.5.2", 8080, 1.0)
+    assert host.run.calls == ["172.29.5.2"] and host.read == ["br-4e82f078a87e"]
+    assert len(transport.gets) == 3
+
+
+def test_a_directly_connected_interface_that_is_not_a_bridge_is_refused():
+    # e.g. a VPN's tun0 carrying the default route without a gateway
+    host = RouteHost({"172.20.0.2": (0, "172.20.0.2 dev tun0 src 10.8.0.6 uid 0\n    cache\n")})
+    prober = Prober(StrictTransport(), host)
+    with pytest.raises(RouteRefused, match="reaches it on tun0, which is not a bridge"):
+        probe(prober, "http://172.20.0.2:8080/actuator/health", 2.0)
+
+
+class ChannelHost:
+    """An NginxHost that offers only open_channel (a plain socket here: the seam the SSH host
+    implements with a direct-tcpip channel) and `ip route get`. Any other call fails."""
+
+    description = "root@nginx-host:22"
+
+    def __init__(self, refuse=False, routes=None):
+        self.channels = []
+        self.refuse = refuse
+        self.routes = routes or {}
+
+    def run(self, argv):
+        """Only `ip -4 route get IP`, for the addresses the test gave an answer for."""
+        return StrictRunner(self.routes)(argv)
+
+    def read_text(self, path):
+        raise AssertionError(f"unexpected read of {path}")
+
+    def open_channel(self, host, port, timeout):
+        self.channels.append((host, port))
+        if self.refuse:
+            raise paramiko.ChannelException(2, "Connect failed")
+        return socket.create_connection((host, port), timeout=timeout)
+
+    def __getattr__(self, name):
+        raise AssertionError(f"unexpected call to NginxHost.{name}")
+
+
+@pytest.mark.parametrize("server", [[503, 200]], indirect=True)
+def test_the_channel_transport_speaks_http_over_the_nginx_hosts_channels(server):
+    host = ChannelHost()
+    attempts = wait_healthy(server.url, interval=0.3, timeout=10, check_alive=lambda: None,
+                            transport=ChannelTransport(host))
+    port = int(server.url.split(":")[2].split("/")[0])
+    assert attempts == 2
+    assert host.channels == [("127.0.0.1", port)] * 2   # one channel per probe, nothing else
+    assert len(server.times) == 2
+    assert ChannelTransport(host).can_connect("127.0.0.1", port, 1.0)
+
+
+def test_a_channel_the_nginx_host_cannot_open_is_not_healthy_yet():
+    with pytest.raises(NotHealthyYet, match="refused or unreachable from the nginx host"):
+        ChannelTransport(ChannelHost(refuse=True)).get("http://172.29.5.2:8080/health", 1.0)
+    assert not ChannelTransport(ChannelHost(refuse=True)).can_connect("172.29.5.2", 8080, 1.0)
+
+
+def test_remote_nginx_means_probes_through_the_ssh_host_and_routes_checked_there():
+    host = ChannelHost(routes={"172.20.0.2": (0, GATEWAY)})
+    prober = Prober.for_host(host, remote=True)
+    assert isinstance(prober.transport, ChannelTransport) and prober.transport.host is host
+    assert prober.where == "the nginx host root@nginx-host:22"
+    with pytest.raises(RouteRefused, match="run on the nginx host root@nginx-host:22, which reaches"):
+        prober.check_route("172.20.0.2")     # asked of the nginx host: its answer decides
+    assert host.channels == []
+    assert isinstance(Prober.for_host(host, remote=False).transport, LocalTransport)
+
+
+@pytest.mark.parametrize("server", [[200]], indirect=True)
+def test_local_probes_ignore_a_proxy_from_the_environment(server, monkeypatch):
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
+    monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    assert probe(LocalTransport(), server.url, 2.0).startswith("HTTP 200")
+    port = int(server.url.split(":")[2].split("/")[0])
+    assert LocalTransport().can_connect("127.0.0.1", port, 1.0)
+
+
+# A deploy refused at the route check, against strict fakes at the Context seam.
+
+class Strict:
+    def __init__(self, **allowed):
+        self.__dict__["_allowed"] = allowed
+        self.__dict__["calls"] = []
+
+    def __getattr__(self, name):
+        if name not in self._allowed:
+            raise AssertionError(f"unexpected call to {name}")
+
+        def call(*args, **kwargs):
+            self.calls.append(name)
+            return self._allowed[name]
+        return call
+
+
+def test_a_deploy_whose_new_network_is_not_a_local_bridge_removes_it_and_changes_nothing(tmp_path):
+    settings = Settings.from_env({"APP_VERSION": "v1", "DEPLOY_SUBNET": "172.29.5.0/24",
+                                  "DEPLOY_GATEWAY": "172.29.5.1", "BLUE_IP": "172.29.5.2",
+                                  "GREEN_IP": "172.29.5.3"}, tmp_path)
+    engine = Strict(network_exists=False, ensure_network=True, remove_network=None)
+    switch = Strict(check=None)
+    host = RouteHost({"172.29.5.2": (0, "172.29.5.2 via 192.0.2.1 dev eth0 src 192.0.2.2 uid 0\n")})
+    prober = Prober(StrictTransport(), host)
+    ctx = flows.Context(settings, engine, Strict(), switch, Path(tmp_path), {}, prober=prober)
+    with pytest.raises(RouteRefused, match="not probing 172.29.5.2"):
+        flows.deploy(ctx)
+    assert engine.calls == ["network_exists", "ensure_network", "remove_network"]
+    assert switch.calls == ["check"]

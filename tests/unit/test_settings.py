@@ -154,3 +154,54 @@ def test_home_is_expanded_in_local_paths(tmp_path, monkeypatch):
              NGINX_SSH_KNOWN_HOSTS="~/.ssh/known_hosts", DOCKERFILE="~/Dockerfile")
     assert (s.nginx_ssh_key, s.nginx_ssh_known_hosts) == (tmp_path / ".ssh/id", tmp_path / ".ssh/known_hosts")
     assert s.dockerfile == tmp_path / "Dockerfile"
+
+
+# -- the target: one engine or a swarm ------------------------------------------------------------
+
+def test_target_defaults_to_the_single_engine(tmp_path):
+    s = read(tmp_path)
+    assert (s.target, s.replicas, s.port_of("blue"), s.port_of("green")) == ("docker", 2, 8081, 8082)
+
+
+def test_swarm_settings_are_read(tmp_path):
+    s = read(tmp_path, TARGET="swarm", REGISTRY="10.99.0.1:5001", REPLICAS="3", BLUE_PORT="9001",
+             GREEN_PORT="9002")
+    assert (s.target, s.replicas, s.port_of("blue"), s.port_of("green")) == ("swarm", 3, 9001, 9002)
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"TARGET": "kubernetes"}, "TARGET=kubernetes: must be one of docker, swarm"),
+    ({"TARGET": "swarm"}, "REGISTRY: required with TARGET=swarm"),
+    ({"TARGET": "swarm", "REGISTRY": "r:5000", "REPLICAS": "0"}, "REPLICAS=0: must be a whole number"),
+    ({"TARGET": "swarm", "REGISTRY": "r:5000", "BLUE_PORT": "70000"}, "BLUE_PORT=70000: must be a port"),
+    ({"TARGET": "swarm", "REGISTRY": "r:5000", "GREEN_PORT": "8081"}, "GREEN_PORT=8081: same port as BLUE_PORT"),
+    # Settings of the other target are refused rather than silently ignored.
+    ({"REPLICAS": "3"}, "REPLICAS=3: only read with TARGET=swarm, not TARGET=docker"),
+    ({"TARGET": "docker", "BLUE_PORT": "8081"}, "BLUE_PORT=8081: only read with TARGET=swarm"),
+    ({"GREEN_PORT": "9000"}, "GREEN_PORT=9000: only read with TARGET=swarm"),
+    ({"TARGET": "swarm", "REGISTRY": "r:5000", "BLUE_IP": "172.20.0.2"},
+     "BLUE_IP=172.20.0.2: only read with TARGET=docker, not TARGET=swarm"),
+    ({"TARGET": "swarm", "REGISTRY": "r:5000", "GREEN_IP": "172.20.0.3"}, "GREEN_IP=172.20.0.3: only read"),
+    ({"TARGET": "swarm", "REGISTRY": "r:5000", "DEPLOY_NETWORK": "deploy"}, "DEPLOY_NETWORK=deploy: only read"),
+    ({"TARGET": "swarm", "REGISTRY": "r:5000", "DEPLOY_SUBNET": "172.20.0.0/16"}, "DEPLOY_SUBNET=172.20.0.0/16: only"),
+    ({"TARGET": "swarm", "REGISTRY": "r:5000", "DEPLOY_GATEWAY": "172.20.0.1"}, "DEPLOY_GATEWAY=172.20.0.1: only"),
+])
+def test_target_settings_are_checked(tmp_path, env, message):
+    with pytest.raises(SettingsError) as caught:
+        read(tmp_path, **env)
+    assert str(caught.value).startswith(message)
+    assert caught.value.exit_code == 2
+
+
+def test_a_setting_of_the_other_target_in_the_env_file_is_refused_too(tmp_path):
+    (tmp_path / ".env").write_text("TARGET=swarm\nREGISTRY=r:5000\nBLUE_IP=172.20.0.2\n")
+    with pytest.raises(SettingsError, match="BLUE_IP=172.20.0.2: only read with TARGET=docker"):
+        read(tmp_path)
+
+
+def test_the_commands_refuse_the_swarm_target_until_they_drive_one(tmp_path):
+    from pipeline.engine import Engine
+
+    s = read(tmp_path, TARGET="swarm", REGISTRY="r:5000")
+    with pytest.raises(SettingsError, match="TARGET=swarm: the commands do not deploy to a swarm yet"):
+        Engine.connect(s, {})

@@ -1,0 +1,492 @@
+"""The swarm target: each color is a replicated service on a Docker Swarm, through the docker SDK.
+
+`SwarmEngine` offers the operations of `engine.Engine` that make sense on a cluster, with the same
+names, so the deploy flow can drive either. A color is the service `APP_NAME-<color>` with
+`REPLICAS` tasks, at most one per node, publishing `APP_PORT` in host mode on the color's own node
+port (`BLUE_PORT`, `GREEN_PORT`) with endpoint mode dnsrr: no routing mesh and no VIP (they need
+IPVS), so every task is reached directly at its node's address. Stopping a color scales it to 0 and
+keeps its spec, so a rollback scales it back up.
+
+What a flow does with the tasks (probe each at `task_addresses`, wait, switch nginx to all of them)
+is not decided here; this module reads the cluster, acts on it, and says which task on which node
+went wrong.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, FrozenSet, List, Mapping, NamedTuple, Optional, TypeVar
+
+import docker
+import docker.errors
+import requests.exceptions
+from docker.types import EndpointSpec, RestartPolicy, ServiceMode
+from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wait_fixed
+
+from .decide import ContainerFact
+from .engine import LABEL_APP, LABEL_COLOR, LABEL_VERSION, Engine, _read_env_file, _reason
+from .errors import DeployFailed, NotEnoughNodes, PreflightError, TaskFailed
+from .settings import COLORS, Settings
+
+log = logging.getLogger("pipeline")
+
+# Task states (swarmkit api/types.proto), in the order a task goes through them.
+STARTING_STATES = ("new", "allocated", "pending", "assigned", "accepted", "preparing", "ready", "starting")
+# Desired states of a task swarm wants to run ("ready": a replacement waiting out the restart delay).
+WANTED_STATES = ("ready", "running")
+# A task of a long-running service that reaches one of these stopped on its own (or never ran).
+FAILED_STATES = ("complete", "failed", "rejected")
+# How long a log request may take: a manager asks every node, and one that is down never answers.
+LOGS_TIMEOUT = 10.0
+# Extra time, beyond STOP_TIMEOUT, for swarm to report a scaled-down task as stopped.
+STOP_SLACK = 15.0
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class NodeFact:
+    """One swarm node, as the manager sees it."""
+
+    node_id: str
+    name: str                   # its host name
+    addr: str                   # the address it advertises: where its host-mode ports are
+    state: str                  # ready, down, unknown, disconnected
+    availability: str           # active, pause, drain
+    manager: bool
+
+    @property
+    def ready(self) -> bool:
+        """Can take a new task."""
+        return self.state == "ready" and self.availability == "active"
+
+
+@dataclass(frozen=True)
+class TaskFact:
+    """One task of a color's service."""
+
+    task_id: str
+    color: str
+    slot: int
+    node_id: str                # "" while the task is not assigned to a node
+    node: str                   # the node's name, or "" / the id when unknown
+    node_addr: Optional[str]
+    port: int                   # the node port it publishes APP_PORT on
+    state: str                  # Status.State: pending, running, failed, shutdown, ...
+    desired_state: str          # running, or shutdown/remove once swarm is stopping or replacing it
+    version: Optional[str]
+    image: str
+    message: str                # Status.Err, else Status.Message
+    exit_code: Optional[int]
+    node_up: bool = True        # its node is ready (the manager reports a down node's tasks as before)
+
+    @property
+    def running(self) -> bool:
+        return self.state == "running" and self.desired_state == "running"
+
+
+class TaskAddress(NamedTuple):
+    """Where a running task answers: `node_addr:port`."""
+
+    node_addr: str
+    port: int
+    task_id: str
+    node: str
+    state: str
+
+
+@dataclass(frozen=True)
+class TaskEvent:
+    """A task of the current run that stopped counting: `kind` is "failed" (it failed, exited,
+    restarted or was shut down by swarm on a node that is up) or "node-lost" (its node is not ready,
+    so swarm moves it to another node)."""
+
+    task: TaskFact
+    kind: str
+    reason: str
+
+
+def classify(task: TaskFact, node_ready: bool) -> Optional[TaskEvent]:
+    """Whether a task of the current run failed, was lost with its node, or is fine (None)."""
+    where = task.node or task.node_id
+    if task.node_id and not node_ready:
+        return TaskEvent(task, "node-lost", f"node {where} is not ready (task {task.state})")
+    if task.state in FAILED_STATES:
+        why = task.state
+        if task.exit_code:
+            why += f", exit code {task.exit_code}"
+        if task.message and task.message not in (task.state, "started", "finished"):
+            why += f": {task.message}"
+        return TaskEvent(task, "failed", why)
+    if task.desired_state in WANTED_STATES:
+        return None  # pending, starting, running, or a replacement waiting out the restart delay
+    # Swarm stops or replaces it though it did not fail: its node was lost or drained, or came
+    # back after the task was rescheduled elsewhere.
+    return TaskEvent(task, "node-lost", f"moved off node {where} ({task.state}, desired {task.desired_state})")
+
+
+class SwarmEngine:
+    """A swarm manager, reached like the single engine (DOCKER_HOST), driving one service per color.
+
+    Image operations (build, push, retention) run on the manager's own engine, through the single
+    `Engine`: the release is built there and pushed to REGISTRY, where every node pulls it.
+    """
+
+    def __init__(self, client: docker.DockerClient, settings: Settings) -> None:
+        self.client = client
+        self.api = client.api
+        self.settings = settings
+        self.images = Engine(client, settings)
+        # Task ids each color had before this engine last ran or started it: the tasks that
+        # came after are the current run's, whose failures fail the health gate.
+        self._baseline: Dict[str, FrozenSet[str]] = {}
+        # Tasks once seen lost with their node stay so when the node comes back: their state then
+        # (failed, shutdown) is the node's restart, not the release's failure.
+        self._lost: set = set()
+
+    @classmethod
+    def connect(cls, settings: Settings, environ: Mapping[str, str]) -> "SwarmEngine":
+        env = dict(environ)
+        if settings.docker_host:
+            env["DOCKER_HOST"] = settings.docker_host
+        where = env.get("DOCKER_HOST") or "the local socket"
+        try:
+            client = docker.from_env(environment=env, timeout=60)
+            swarm = client.info().get("Swarm") or {}
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise PreflightError(f"cannot reach the docker engine at {where}: {_reason(exc)}") from exc
+        if swarm.get("LocalNodeState") != "active":
+            raise PreflightError(f"the docker engine at {where} is not in a swarm "
+                                 f"(state {swarm.get('LocalNodeState') or 'unknown'}); TARGET=swarm needs "
+                                 f"DOCKER_HOST to name a swarm manager")
+        if not swarm.get("ControlAvailable"):
+            raise PreflightError(f"the docker engine at {where} is a swarm worker; TARGET=swarm needs "
+                                 f"DOCKER_HOST to name a swarm manager")
+        return cls(client, settings)
+
+    # -- what the single engine has too ----------------------------------------------------------
+
+    def ensure_network(self) -> bool:
+        """Nothing to create: tasks publish their node's port, there is no deploy network."""
+        return False
+
+    def build_image(self, cwd: Path, tag: str, version: str) -> str:
+        return self.images.build_image(cwd, tag, version)
+
+    def push_and_pull(self, tag: str) -> None:
+        # The registry login is kept by the client: creating a service then hands the same
+        # credentials to the nodes (X-Registry-Auth), so they can pull the release.
+        self.images.push_and_pull(tag)
+
+    def release_images(self) -> Dict[str, float]:
+        return self.images.release_images()
+
+    def remove_image(self, ref: str) -> None:
+        self.images.remove_image(ref)
+
+    def prune_dangling(self) -> None:
+        self.images.prune_dangling()
+
+    def container(self, color: str) -> Optional[ContainerFact]:
+        """The color's service as the fact the flow decides from (status running, starting or
+        stopped; `ip` is None: a service has one address per task, see `task_addresses`)."""
+        service = self._service(color)
+        if service is None:
+            return None
+        spec = service.attrs["Spec"]
+        labels = spec.get("Labels") or {}
+        desired = _replicas(spec)
+        tasks = self.tasks(color)
+        running = sum(1 for t in tasks if t.running)
+        if desired == 0:
+            status = "stopped"
+        elif running >= desired:
+            status = "running"
+        else:
+            status = "starting"
+        failed = sum(1 for e in self.task_events(color) if e.kind == "failed")
+        image = spec["TaskTemplate"]["ContainerSpec"].get("Image", "").split("@", 1)[0]
+        return ContainerFact(color=color, name=self.settings.container_name(color), status=status,
+                             version=labels.get(LABEL_VERSION), image=image, ip=None, restart_count=failed)
+
+    def containers(self) -> Dict[str, ContainerFact]:
+        return {c: fact for c in COLORS if (fact := self.container(c)) is not None}
+
+    def holds_address(self, color: str) -> bool:
+        """True if a task of ours runs for this color: the only addresses ever probed are those
+        of `task_addresses`, nodes of this swarm with a running task of this color."""
+        return bool(self.task_addresses(color))
+
+    def run(self, color: str, image: str, version: str) -> None:
+        """Replace the color's service with `REPLICAS` tasks of the release, one per node at most.
+
+        Refused before anything changes when fewer nodes are ready than REPLICAS.
+        """
+        s = self.settings
+        name = s.container_name(color)
+        self.check_capacity()
+        self.remove(color)
+        environment = {"APP_VERSION": version, "APP_COLOR": color}
+        if s.container_env_file is not None:
+            environment = {**_read_env_file(s.container_env_file), **environment}
+        labels = {LABEL_APP: s.app_name, LABEL_COLOR: color, LABEL_VERSION: version}
+        port = s.port_of(color)
+        self._login()
+        self._baseline[color] = frozenset()
+        self._call(f"create service {name} from {image} on port {port}", lambda: self.client.services.create(
+            image, name=name, labels=labels, container_labels=labels,
+            env=[f"{k}={v}" for k, v in environment.items()],
+            mode=ServiceMode("replicated", replicas=s.replicas),
+            endpoint_spec=EndpointSpec(mode="dnsrr", ports={port: (s.app_port, "tcp", "host")}),
+            maxreplicas=1,
+            mounts=list(s.volumes_for(color)) or None,
+            stop_signal="SIGTERM",
+            stop_grace_period=int(s.stop_timeout * 1e9),
+            # A task that exits is replaced (after a second); the health gate counts that as a failure.
+            restart_policy=RestartPolicy(condition="any", delay=int(1e9)),
+        ))
+        log.info("    service %s: %d task(s) of %s on port %d", name, s.replicas, image, port)
+
+    def start(self, color: str) -> None:
+        """Scale the kept service back up to REPLICAS (rollback, promote)."""
+        service = self._service(color)
+        if service is None:
+            raise DeployFailed(f"cannot start {self.settings.container_name(color)}: no such service")
+        self.check_capacity()
+        self._baseline[color] = frozenset(t.task_id for t in self.tasks(color))
+        self._call(f"scale service {service.name} to {self.settings.replicas}",
+                   lambda: service.scale(self.settings.replicas))
+
+    def stop(self, color: str) -> None:
+        """Scale to 0, keeping the service and its spec for a rollback; waits for the tasks on
+        ready nodes to stop (each gets SIGTERM, then SIGKILL after STOP_TIMEOUT)."""
+        service = self._service(color)
+        if service is None:
+            return
+        self._baseline.pop(color, None)  # its tasks stop now because we asked: no failures
+        if _replicas(service.attrs["Spec"]) != 0:
+            self._call(f"scale service {service.name} to 0", lambda: service.scale(0))
+        self._wait(lambda: not self._running_on_ready_nodes(color), self.settings.stop_timeout + STOP_SLACK,
+                   f"the tasks of {service.name} to stop")
+
+    def remove(self, color: str) -> None:
+        """Stop the color's tasks (so their node ports are free), then remove the service."""
+        service = self._service(color)
+        if service is None:
+            return
+        self.stop(color)
+        try:
+            service.remove()
+        except docker.errors.NotFound:
+            pass
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise DeployFailed(f"swarm manager: remove service {service.name}: {_reason(exc)}") from exc
+
+    def logs_tail(self, color: str, lines: int = 20) -> List[str]:
+        """The last lines of the service's logs, every task's; [] if the manager cannot say."""
+        service = self._service(color)
+        if service is None:
+            return []
+        return self._log_lines(service.id, lines)
+
+    # -- what only a swarm has --------------------------------------------------------------------
+
+    def nodes(self) -> List[NodeFact]:
+        raw = self._call("list nodes", lambda: self.api.nodes())
+        return [_node_fact(n) for n in raw]
+
+    def check_capacity(self) -> List[NodeFact]:
+        """The nodes that can take a task; NotEnoughNodes (exit 3) if fewer than REPLICAS."""
+        nodes = self.nodes()
+        ready = [n for n in nodes if n.ready]
+        if len(ready) < self.settings.replicas:
+            raise NotEnoughNodes(self.settings.replicas, [n.name for n in ready],
+                                 [f"{n.name} ({n.state}, {n.availability})" for n in nodes if not n.ready])
+        return ready
+
+    def tasks(self, color: str) -> List[TaskFact]:
+        """Every task swarm still remembers for the color's service, newest first."""
+        service = self._service(color)
+        if service is None:
+            return []
+        nodes = {n.node_id: n for n in self.nodes()}
+        raw = self._call(f"list the tasks of {service.name}", lambda: service.tasks())
+        facts = [_task_fact(t, color, nodes, self.settings.port_of(color), self.settings.app_port) for t in raw]
+        order = {t["ID"]: t.get("CreatedAt", "") for t in raw}
+        return sorted(facts, key=lambda f: order[f.task_id], reverse=True)
+
+    def task_addresses(self, color: str) -> List[TaskAddress]:
+        """Where the color's running tasks answer, one per task on a node that is up: probe
+        these, and only these (a down node's task still reads "running" at the manager)."""
+        return [TaskAddress(t.node_addr, t.port, t.task_id, t.node, t.state)
+                for t in self.tasks(color) if t.running and t.node_up and t.node_addr]
+
+    def converged(self, color: str) -> bool:
+        """REPLICAS tasks run, each on its own ready node."""
+        nodes = {n.node_id: n for n in self.nodes()}
+        on = {t.node_id for t in self.tasks(color) if t.running and nodes.get(t.node_id, None) is not None
+              and nodes[t.node_id].ready}
+        return len(on) >= self.settings.replicas
+
+    def task_events(self, color: str) -> List[TaskEvent]:
+        """Tasks of the current run (since this engine last ran or started the color; without
+        one, the tasks swarm wants running) that failed or were lost with their node."""
+        baseline = self._baseline.get(color)
+        ready = {n.node_id for n in self.nodes() if n.ready}
+        events = []
+        for task in self.tasks(color):
+            if baseline is None and task.desired_state != "running":
+                continue
+            if baseline is not None and task.task_id in baseline:
+                continue
+            event = classify(task, task.node_id in ready)
+            if event is not None and event.kind == "failed" and task.task_id in self._lost:
+                event = TaskEvent(task, "node-lost", f"lost with node {task.node or task.node_id}, now {task.state}")
+            if event is not None and event.kind == "node-lost":
+                self._lost.add(task.task_id)
+            if event is not None:
+                events.append(event)
+        return events
+
+    def check_tasks(self, color: str) -> None:
+        """Raise TaskFailed, with that task's last log lines, if a task of the current run
+        failed, exited, restarted or was shut down by swarm; tasks lost with their node are not
+        failures here (swarm reschedules them; the health gate waits for REPLICAS healthy)."""
+        for event in self.task_events(color):
+            if event.kind == "failed":
+                task = event.task
+                raise TaskFailed(self.settings.container_name(color), task.task_id,
+                                 task.node or "(none)", event.reason, self.task_logs(color, task.task_id))
+
+    def task_logs(self, color: str, task_id: str, lines: int = 20) -> List[str]:
+        """The last lines one task wrote ([] if the manager cannot say, e.g. its node is down)."""
+        service = self._service(color)
+        if service is None:
+            return []
+        marker = f"com.docker.swarm.task.id={task_id}"
+        out = []
+        for line in self._log_lines(service.id, 200, details=True):
+            meta, _, text = line.partition(" ")
+            if marker in meta.split(","):
+                out.append(text)
+        return out[-lines:]
+
+    # -- helpers ----------------------------------------------------------------------------------
+
+    def _service(self, color: str):
+        """The color's service, None if absent; one not labelled as ours is refused."""
+        name = self.settings.container_name(color)
+        try:
+            service = self.client.services.get(name)
+        except docker.errors.NotFound:
+            return None
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise DeployFailed(f"swarm manager: inspect service {name}: {_reason(exc)}") from exc
+        if service.name != name:  # get() also matches an id prefix
+            return None
+        labels = service.attrs["Spec"].get("Labels") or {}
+        if labels.get(LABEL_APP) != self.settings.app_name:
+            raise PreflightError(f"service {name} exists but was not created by pipeline "
+                                 f"(no label {LABEL_APP}={self.settings.app_name}); remove or rename it")
+        return service
+
+    def _login(self) -> None:
+        """Log the client in to REGISTRY (if it needs a login): the service is then created with
+        these credentials (X-Registry-Auth), which swarm hands to every node that pulls the release."""
+        s = self.settings
+        if not s.registry_username:
+            return
+        registry = s.registry.split("/")[0]
+        try:
+            self.client.login(username=s.registry_username, password=s.registry_password.reveal(),
+                              registry=registry)
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise DeployFailed(f"registry login to {registry} as {s.registry_username} failed: "
+                               f"{_reason(exc)}") from exc
+
+    def _running_on_ready_nodes(self, color: str) -> bool:
+        ready = {n.node_id for n in self.nodes() if n.ready}
+        return any(t.state in ("running", "starting") and t.node_id in ready for t in self.tasks(color))
+
+    def _call(self, what: str, action: Callable[[], T]) -> T:
+        """The manager's failures as one line. DeployFailed, not PreflightError: an unreachable
+        manager is found by `connect` before anything changes; one lost later may be mid-deploy."""
+        try:
+            return action()
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise DeployFailed(f"swarm manager: {what}: {_reason(exc)}") from exc
+
+    def _wait(self, done: Callable[[], bool], timeout: float, what: str) -> None:
+        retrying = Retrying(stop=stop_after_delay(timeout), wait=wait_fixed(0.25),
+                            retry=retry_if_result(lambda ok: not ok))
+        try:
+            retrying(done)
+        except RetryError:
+            raise DeployFailed(f"swarm: timed out after {timeout:g}s waiting for {what}") from None
+
+    def _log_lines(self, service_id: str, lines: int, details: bool = False) -> List[str]:
+        """Service logs, read in a thread so a node that never answers cannot hang the caller."""
+        results: "queue.Queue[List[str]]" = queue.Queue()
+
+        def read() -> None:
+            got: List[str] = []
+            try:
+                for chunk in self.api.service_logs(service_id, stdout=True, stderr=True, tail=lines,
+                                                   details=details, is_tty=False):
+                    got.extend(chunk.decode("utf-8", "replace").splitlines())
+            except (docker.errors.DockerException, requests.exceptions.RequestException):
+                pass
+            results.put(got)
+
+        threading.Thread(target=read, daemon=True, name="swarm-logs").start()
+        try:
+            got = results.get(timeout=LOGS_TIMEOUT)
+        except queue.Empty:
+            return []
+        return [line for line in got if line.strip()][-lines:]
+
+
+# -- pure readers of the manager's answers ---------------------------------------------------------
+
+def _replicas(spec: Mapping) -> int:
+    return int(((spec.get("Mode") or {}).get("Replicated") or {}).get("Replicas", 0))
+
+
+def _node_fact(raw: Mapping) -> NodeFact:
+    status = raw.get("Status") or {}
+    manager = raw.get("ManagerStatus") or {}
+    addr = status.get("Addr") or ""
+    if addr in ("", "0.0.0.0") and manager.get("Addr"):
+        # A manager may report 0.0.0.0 here; its manager address names the node.
+        addr = manager["Addr"].rsplit(":", 1)[0]
+    spec = raw.get("Spec") or {}
+    return NodeFact(node_id=raw["ID"], name=(raw.get("Description") or {}).get("Hostname") or raw["ID"][:12],
+                    addr=addr, state=status.get("State", "unknown"),
+                    availability=spec.get("Availability", "active"), manager=bool(manager))
+
+
+def _task_fact(raw: Mapping, color: str, nodes: Mapping[str, NodeFact], default_port: int,
+               app_port: int) -> TaskFact:
+    status = raw.get("Status") or {}
+    container = (raw.get("Spec") or {}).get("ContainerSpec") or {}
+    node = nodes.get(raw.get("NodeID", ""))
+    port = default_port
+    for published in (status.get("PortStatus") or {}).get("Ports") or []:
+        if published.get("TargetPort") == app_port and published.get("PublishedPort"):
+            port = int(published["PublishedPort"])
+            break
+    exit_code = (status.get("ContainerStatus") or {}).get("ExitCode")
+    return TaskFact(
+        task_id=raw["ID"], color=color, slot=int(raw.get("Slot", 0)), node_id=raw.get("NodeID", ""),
+        node=node.name if node else raw.get("NodeID", "")[:12], node_addr=node.addr if node else None,
+        port=port, state=status.get("State", "unknown"), desired_state=raw.get("DesiredState", "unknown"),
+        version=(container.get("Labels") or {}).get(LABEL_VERSION),
+        image=container.get("Image", "").split("@", 1)[0],
+        message=status.get("Err") or status.get("Message") or "",
+        exit_code=int(exit_code) if exit_code is not None else None,
+        node_up=node is not None and node.state == "ready",
+    )
+
