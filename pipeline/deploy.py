@@ -25,8 +25,8 @@ from typing import Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 from . import build, decide, health, releases, smoke, verify
 from .decide import Address, ContainerFact
 from .engine import Engine
-from .errors import (ContainerExited, Interrupted, InterruptedAfterSwitch, NothingToDo, PipelineError,
-                     SwitchUnavailable)
+from .errors import (ContainerExited, Interrupted, InterruptedAfterSwitch, NothingToDo, OutsideFailure,
+                     PipelineError, PreflightError, SwitchUnavailable)
 from .history import Entry, History
 from .lock import DeployLock, LockInfo, who_am_i
 from .nginx_host import NginxHost, check_writable
@@ -168,6 +168,8 @@ def preflight(ctx: Context, action: str) -> Iterator[Run]:
             ctx.switch.check()
             if action in ("deploy", "promote"):
                 verify.check(ctx)   # the answers verification reads can be read at all
+            if action in ("deploy", "stage") and s.registry:
+                ctx.engine.check_registry()   # the login works (and answers) before anything is built
             if ctx.engine.network_exists():
                 check_probe_routes(ctx)
             if ctx.engine.ensure_network():
@@ -192,7 +194,11 @@ def preflight(ctx: Context, action: str) -> Iterator[Run]:
                              _elapsed(ctx), outcome.message))
         phase("done: %s in %.1fs", outcome.message, time.monotonic() - ctx.started)
     finally:
-        lock.release()
+        try:
+            lock.release()
+        except (OutsideFailure, PreflightError) as exc:   # must not replace the run's result
+            log.error("==> could not release the deploy lock %s (%s); when no run is active: "
+                      "`python -m pipeline lock release`", lock.path, exc)
 
 
 def _now() -> str:
@@ -351,7 +357,13 @@ def retire(ctx: Context, old: Optional[str]) -> None:
     """
     s = ctx.settings
     wait = max(s.drain_seconds, ctx.switch.settle_seconds)
-    if old is None or ctx.engine.container(old) is None:
+    try:
+        old_exists = old is not None and ctx.engine.container(old) is not None
+    except OutsideFailure as exc:
+        # The new release is live: an engine that fails now must not fail the deploy.
+        log.warning("==> the new release is live, but %s: the old one may be left running", exc)
+        return
+    if old is None or not old_exists:
         ctx.sleep(ctx.switch.settle_seconds)
         return
     if s.keep_previous_running:
@@ -367,16 +379,24 @@ def retire(ctx: Context, old: Optional[str]) -> None:
         raise
     phase("stopping %s (grace %gs); kept for rollback", s.container_name(old), s.stop_timeout)
     with ctx.guard.critical():
-        ctx.engine.stop(old)
+        try:
+            ctx.engine.stop(old)
+        except OutsideFailure as exc:
+            log.warning("==> the new release is live, but %s; it keeps running (the next deploy replaces it)", exc)
 
 
 def clean_images(ctx: Context, record: ReleaseRecord) -> None:
     """Release images past the newest KEEP_RELEASES, never one a container uses, nor the live,
     previous or staged release's: rollback recreates from them when their container is gone."""
     s = ctx.settings
-    protected = {fact.image for fact in ctx.engine.containers().values()}
+    try:
+        protected = {fact.image for fact in ctx.engine.containers().values()}
+        images = ctx.engine.release_images()
+    except OutsideFailure as exc:
+        log.warning("    old release images not cleaned up: %s", exc)
+        return
     protected |= {r.image for r in (record.live, record.previous, record.staged) if r is not None}
-    for ref in decide.images_to_remove(ctx.engine.release_images(), s.keep_releases, protected):
+    for ref in decide.images_to_remove(images, s.keep_releases, protected):
         log.info("    removing old release image %s", ref)
         ctx.engine.remove_image(ref)
     ctx.engine.prune_dangling()
@@ -399,17 +419,40 @@ def abandoned_on_failure(ctx: Context, color: str, facts: Facts, record: Release
 
 
 def _abandon(ctx: Context, color: str, preview_before: Optional[Address], record: ReleaseRecord) -> None:
-    """After a failure before the live switch: no container of the failed release left running."""
+    """After a failed deploy: no container of the failed release left running, unless the include
+    may name it (a switch that could not be undone), so nginx always has something to serve."""
     s = ctx.settings
+    if _include_may_name(ctx, color):
+        return
     log.error("==> removing %s; nginx still serves what it served before", s.container_name(color))
-    ctx.engine.remove(color)
+    try:
+        ctx.engine.remove(color)
+    except OutsideFailure as exc:
+        log.error("    could not remove %s (%s); the next deploy replaces it", s.container_name(color), exc)
     if record.without_color(color) != record:
-        record_store(ctx).write(record.without_color(color))
-    if s.nginx_preview_include and ctx.switch.current(PREVIEW) == address_of(s, color) and preview_before:
         try:
+            record_store(ctx).write(record.without_color(color))
+        except OutsideFailure as exc:
+            log.warning("    the release record still names %s as staged (%s); the next run rebuilds it",
+                        s.container_name(color), exc)
+    try:
+        if s.nginx_preview_include and ctx.switch.current(PREVIEW) == address_of(s, color) and preview_before:
             ctx.switch.route_to(PREVIEW, preview_before)
-        except PipelineError as exc:
-            log.warning("    could not point the preview back at %s: %s", preview_before, exc)
+    except PipelineError as exc:
+        log.warning("    could not point the preview back at %s: %s", preview_before, exc)
+
+
+def _include_may_name(ctx: Context, color: str) -> bool:
+    """True (and said) when the live include names this color or cannot be read: its container
+    must then stay, or nginx's next reload would send traffic nowhere."""
+    try:
+        named = decide.parse_include(IncludeFiles(ctx.host, ctx.settings).read(LIVE)) == address_of(ctx.settings, color)
+    except OutsideFailure as exc:
+        log.error("==> leaving %s running: cannot read the live include (%s)", ctx.settings.container_name(color), exc)
+        return True
+    if named:
+        log.error("==> leaving %s running: the live include names it", ctx.settings.container_name(color))
+    return named
 
 
 # -- flows -----------------------------------------------------------------------------------------
@@ -513,14 +556,19 @@ def rollback(ctx: Context, to_version: Optional[str] = None) -> Outcome:
 
 def _undo_bring_back(ctx: Context, plan: releases.RollbackPlan, live: Optional[str], record: ReleaseRecord) -> None:
     name = ctx.settings.container_name(plan.color)
-    if plan.how == "start":
-        log.error("==> stopping %s again; nginx still serves %s", name, live)
-        ctx.engine.stop(plan.color)
-    elif plan.how == "recreate":
-        log.error("==> removing %s; nginx still serves %s", name, live)
-        ctx.engine.remove(plan.color)
-        if record.without_color(plan.color) != record:
-            record_store(ctx).write(record.without_color(plan.color))
+    if plan.how not in ("start", "recreate") or _include_may_name(ctx, plan.color):
+        return
+    try:
+        if plan.how == "start":
+            log.error("==> stopping %s again; nginx still serves %s", name, live)
+            ctx.engine.stop(plan.color)
+        else:
+            log.error("==> removing %s; nginx still serves %s", name, live)
+            ctx.engine.remove(plan.color)
+            if record.without_color(plan.color) != record:
+                record_store(ctx).write(record.without_color(plan.color))
+    except OutsideFailure as exc:
+        log.error("    could not put %s back as it was (%s); the next deploy replaces it", name, exc)
 
 
 def history(ctx: Context) -> List[dict]:

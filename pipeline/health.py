@@ -27,7 +27,7 @@ import paramiko
 import requests
 from tenacity import RetryCallState, RetryError, Retrying, retry_if_exception_type
 
-from .errors import HealthCheckFailed, RouteRefused
+from .errors import HealthCheckFailed, NginxHostFailed, PreflightError, RouteRefused
 from .nginx_host import NginxHost
 
 log = logging.getLogger("pipeline")
@@ -176,7 +176,7 @@ class Prober:
         # route without a gateway, a LAN) is not where our containers are.
         try:
             is_bridge = self.host.read_text(f"/sys/class/net/{device}/bridge/bridge_id") is not None
-        except OSError as exc:
+        except (OSError, NginxHostFailed) as exc:   # the nginx host reports its own as NginxHostFailed
             return f"reaches it on {device}, which could not be checked for being a bridge ({exc})"
         if not is_bridge:
             return f"reaches it on {device}, which is not a bridge (no docker network there)"

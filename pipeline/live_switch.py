@@ -40,7 +40,8 @@ import paramiko
 from tenacity import RetryCallState, RetryError, Retrying, retry_if_exception_type, stop_after_attempt, wait_fixed
 
 from .decide import Address, parse_include
-from .errors import AdminTokenRefused, AdminUnavailable, IncludeMismatch, LiveSwitchFailed, PipelineError
+from .errors import (AdminTokenRefused, AdminUnavailable, DeployFailed, IncludeMismatch, LiveSwitchFailed,
+                     NginxHostFailed, PipelineError)
 from .log import register_secret
 from .nginx_host import NginxHost
 from .settings import Secret, Settings
@@ -59,9 +60,9 @@ MAX_ANSWER_BYTES = 1024   # the admin answers a few bytes; anything longer is no
 # whitespace, such as the newline `openssl rand -hex 32 > FILE` writes, is not part of it.
 _TOKEN_RE = re.compile(r"[A-Za-z0-9._~+/-]{32,}=*")
 
-# Transport failures: refused or timed-out sockets, an SSH channel that would not open, a broken
-# or non-HTTP answer.
-_TRANSPORT_ERRORS = (OSError, EOFError, paramiko.SSHException, http.client.HTTPException)
+# Transport failures: refused or timed-out sockets, an SSH channel that would not open (or the
+# nginx host's own translation of that), a broken or non-HTTP answer.
+_TRANSPORT_ERRORS = (OSError, EOFError, paramiko.SSHException, http.client.HTTPException, NginxHostFailed)
 
 
 class NginxAdmin:
@@ -135,9 +136,9 @@ class NginxAdmin:
 
         try:
             text = self.host.read_text(self.token_file)
-        except (OSError, ValueError) as exc:   # ValueError: not UTF-8 text
+        except (NginxHostFailed, OSError, ValueError) as exc:   # ValueError: not UTF-8 text
             raise refused(f"cannot read it on the nginx host ({self.host.description}): "
-                          f"{getattr(exc, 'strerror', None) or exc}") from exc
+                          f"{getattr(exc, 'cause', None) or getattr(exc, 'strerror', None) or exc}") from exc
         if text is None:
             raise refused(f"no such file on the nginx host ({self.host.description}); create it as "
                           f"docs/live-mode.md says (`openssl rand -hex 32`), then `nginx -s reload`")
@@ -207,6 +208,8 @@ class _ChannelConnection(http.client.HTTPConnection):
 def _describe(exc: Optional[BaseException]) -> str:
     if isinstance(exc, socket.timeout):
         return "timed out"
+    if isinstance(exc, NginxHostFailed):
+        return str(exc)
     if isinstance(exc, paramiko.ChannelException):
         return f"the nginx host could not connect ({exc.text})"
     return f"{type(exc).__name__}: {exc}" if exc else "unknown"
@@ -221,7 +224,10 @@ class LiveSwitch:
     def __init__(self, host: NginxHost, settings: Settings, admin: Optional[NginxAdmin] = None) -> None:
         self.settings = settings
         self.includes = IncludeFiles(host, settings)
-        self.admin = admin or NginxAdmin(host, settings.nginx_admin_url, str(settings.nginx_admin_token_file))
+        # NETWORK_TIMEOUT bounds each admin request; the admin answers in milliseconds, so its own
+        # 5 s cap applies below that.
+        self.admin = admin or NginxAdmin(host, settings.nginx_admin_url, str(settings.nginx_admin_token_file),
+                                         timeout=min(ADMIN_TIMEOUT, settings.network_timeout))
 
     def check(self) -> None:
         """The include files the tool writes must be the ones nginx reads when it starts:

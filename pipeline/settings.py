@@ -138,6 +138,7 @@ class Settings:
     container_volumes: Tuple[str, ...] = ()
     keep_releases: int = 5
     docker_host: str = ""
+    network_timeout: float = 60.0
     target: str = "docker"
     replicas: int = 2
     blue_port: int = 8081
@@ -498,6 +499,7 @@ _READERS: Dict[str, Tuple[str, Reader]] = {
     "CONTAINER_VOLUMES": ("container_volumes", _volumes),
     "KEEP_RELEASES": ("keep_releases", _count),
     "DOCKER_HOST": ("docker_host", _text()),
+    "NETWORK_TIMEOUT": ("network_timeout", _duration(positive=True)),
     "TARGET": ("target", _choice(TARGETS)),
     "REPLICAS": ("replicas", _count),
     "BLUE_PORT": ("blue_port", _port),
