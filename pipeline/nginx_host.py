@@ -11,6 +11,7 @@ import os
 import shlex
 import socket
 import subprocess
+import threading
 import time
 import uuid
 from contextlib import contextmanager
@@ -71,6 +72,34 @@ def _file_call(part: str, action: str, timeout: float = 0.0) -> Iterator[None]:
         yield
     except SSH_ERRORS as exc:
         raise NginxHostFailed(part, action, _ssh_reason(exc, timeout)) from exc
+
+
+@contextmanager
+def _deadline(transport: "paramiko.Transport", seconds: float) -> Iterator[None]:
+    """Bound a whole exchange on a channel by `seconds`.
+
+    paramiko waits with no timeout for the answer to a channel request (`exec`, the `sftp`
+    subsystem) and for a command's exit status; `settimeout` covers only reads. Past the deadline
+    the connection is closed, which ends any such wait with an error, reported as no answer within
+    NETWORK_TIMEOUT; the next operation connects again.
+    """
+    expired = threading.Event()
+
+    def expire() -> None:
+        expired.set()
+        transport.close()
+
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    except SSH_ERRORS as exc:
+        if expired.is_set():
+            raise socket.timeout(f"no answer within {seconds:g}s") from exc
+        raise
+    finally:
+        timer.cancel()
 
 
 class LocalHost:
@@ -248,8 +277,9 @@ class SshHost:
             with _file_call(self.sftp_part, "starting the SFTP subsystem", self.timeout):
                 channel = transport.open_session(timeout=self.timeout)
                 channel.settimeout(self.timeout)
-                channel.invoke_subsystem("sftp")
-                self._sftp = paramiko.SFTPClient(channel)
+                with _deadline(transport, self.timeout):
+                    channel.invoke_subsystem("sftp")
+                    self._sftp = paramiko.SFTPClient(channel)
         return self._sftp
 
     def _sftp_call(self, action: str) -> ContextManager[None]:
@@ -325,9 +355,10 @@ class SshHost:
                 try:
                     channel.set_combine_stderr(True)
                     channel.settimeout(self.timeout)
-                    channel.exec_command(command)
-                    output = channel.makefile("rb").read().decode("utf-8", "replace")
-                    code = channel.recv_exit_status()
+                    with _deadline(transport, self.timeout):
+                        channel.exec_command(command)
+                        output = channel.makefile("rb").read().decode("utf-8", "replace")
+                        code = channel.recv_exit_status()
                 finally:
                     channel.close()
             if code == -1:
