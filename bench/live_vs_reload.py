@@ -230,6 +230,8 @@ def deploy_env(app: str, network, nginx: Nginx, stack: Dict[str, str], cwd: Path
         "DEPLOY_NETWORK": network.name, "DEPLOY_SUBNET": network.subnet, "DEPLOY_GATEWAY": network.gateway,
         "BLUE_IP": network.blue_ip, "GREEN_IP": network.green_ip,
         "HEALTH_INTERVAL": "0.5", "HEALTH_TIMEOUT": "30", "DRAIN_SECONDS": "1", "STOP_TIMEOUT": "5",
+        # This bench compares the switches; verification after them is measured in verify_switchback.py.
+        "VERIFY_SECONDS": "0", "NGINX_ACCESS_LOG": str(nginx.access_log),
         "CONTAINER_ENV_FILE": str(env_file), "NGINX_HOST": "", "NGINX_INCLUDE": str(nginx.include),
         "NGINX_TEST_COMMAND": nginx.test_command, "NGINX_RELOAD_COMMAND": nginx.reload_command,
     }

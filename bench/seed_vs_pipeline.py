@@ -132,10 +132,17 @@ class Part(BenchNetwork):
             "NGINX_SSH_KEY": s["SSH_KEY"], "NGINX_SSH_KNOWN_HOSTS": s["SSH_KNOWN_HOSTS"],
             "NGINX_INCLUDE": str(self.nginx.include), "NGINX_TEST_COMMAND": self.nginx.test_command,
             "NGINX_RELOAD_COMMAND": self.nginx.reload_command,
+            # The seed has no verification; compared like for like (bench/verify_switchback.py has it).
+            "VERIFY_SECONDS": "0",
+            **self.extra_settings(),
         }
         done = run_pipeline(["deploy"], env, self.work, timeout=600)
         (self.work / f"pipeline-{version}.log").write_text(done.stdout + done.stderr)
         return done.returncode
+
+    def extra_settings(self) -> dict:
+        """Settings a variant of this part adds to the tool's (bench/deploy_timeline.py: live mode)."""
+        return {}
 
     # -- measuring -------------------------------------------------------------------------------
 

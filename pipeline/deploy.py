@@ -1,6 +1,7 @@
 """The deploy, as the runbook tells it.
 
-    preflight -> build -> pick the idle color -> start it -> health -> switch -> drain -> stop old
+    preflight -> build -> pick the idle color -> start it -> health -> [smoke] -> switch -> verify
+    -> drain -> stop old
 
 Every flow that changes something starts with `preflight` (lock, settle the version, check; the
 history is written when it ends, however it ends). Facts are gathered next, including the release
@@ -22,9 +23,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
-from . import build, decide, health, releases
+from . import build, decide, health, releases, smoke, verify
 from .decide import Address, ContainerFact
-from .errors import ContainerExited, Interrupted, NothingToDo, PipelineError, SwitchUnavailable
+from .errors import (ContainerExited, Interrupted, InterruptedAfterSwitch, NothingToDo, OutsideFailure,
+                     PipelineError, PreflightError, SwitchUnavailable)
 from .history import Entry, History
 from .lock import DeployLock, LockInfo, who_am_i
 from .nginx_host import NginxHost, check_writable
@@ -181,6 +183,10 @@ def preflight(ctx: Context, action: str) -> Iterator[Run]:
         try:
             phase("preflight")   # from here to "done" this run holds the lock
             ctx.switch.check()
+            if action in ("deploy", "promote"):
+                verify.check(ctx)   # the answers verification reads can be read at all
+            if action in ("deploy", "stage") and s.registry:
+                ctx.engine.check_registry()   # the login works (and answers) before anything is built
             if ctx.engine.network_exists():
                 check_probe_routes(ctx)
             if ctx.engine.ensure_network():
@@ -195,7 +201,8 @@ def preflight(ctx: Context, action: str) -> Iterator[Run]:
             yield run
         except BaseException as exc:
             if not isinstance(exc, NothingToDo):
-                result = "interrupted" if isinstance(exc, Interrupted) else "failed"
+                result = getattr(exc, "history_result", None) or (
+                    "interrupted" if isinstance(exc, Interrupted) else "failed")
                 history.append(Entry(_now(), who, s.app_name, action, s.app_version or "", "", result,
                                      _elapsed(ctx), describe_failure(exc)[:300]))
             raise
@@ -205,7 +212,11 @@ def preflight(ctx: Context, action: str) -> Iterator[Run]:
                              _elapsed(ctx), outcome.message))
         phase("done: %s in %.1fs", outcome.message, time.monotonic() - ctx.started)
     finally:
-        lock.release()
+        try:
+            lock.release()
+        except (OutsideFailure, PreflightError) as exc:   # must not replace the run's result
+            log.error("==> could not release the deploy lock %s (%s); when no run is active: "
+                      "`python -m pipeline lock release`", lock.path, exc)
 
 
 def _now() -> str:
@@ -290,7 +301,20 @@ def wait_healthy(ctx: Context, color: str) -> None:
     url = health_url(s, color)
     phase("waiting for %s to answer %s (every %gs, up to %gs)", name, url, s.health_interval, s.health_timeout)
     ctx.health_gate(url, s.health_interval, s.health_timeout, check_alive, ctx.prober,
-                    logs=lambda: ctx.engine.logs_tail(color))
+                    logs=lambda: ctx.engine.logs_tail(color),
+                    can_connect=health.connect_check(ctx.prober, s.ip_of(color), s.app_port))
+
+
+def smoke_test(ctx: Context, color: str) -> None:
+    s = ctx.settings
+    if s.smoke_command:
+        url = preview_address_of(ctx, color).url
+        phase("smoke test: %s (SMOKE_URL=%s)", s.smoke_command, url)
+        smoke.run_smoke(s.smoke_command, url, ctx.environ, s.health_timeout)
+
+
+def _verified(verdict: Optional[verify.Verdict]) -> str:
+    return f"; {verdict.summary()}" if verdict else ""
 
 
 def wait_tasks_healthy(ctx: Context, color: str) -> None:
@@ -318,11 +342,30 @@ def switch_live(ctx: Context, release: Release, record: ReleaseRecord) -> Releas
     s = ctx.settings
     targets = address_of(ctx, release.color)
     phase("switching nginx to %s (%s) [%s]", release.color, _shown(targets), ctx.switch.mode)
-    with ctx.guard.critical():
-        ctx.switch.route_to(LIVE, targets)
-        record = record.made_live(release)
-        record_store(ctx).write(record)
+    switched = False
+    try:
+        with ctx.guard.critical():
+            ctx.switch.route_to(LIVE, targets)
+            switched = True
+            record = record.made_live(release)
+            record_store(ctx).write(record)
+    except Interrupted as exc:
+        if switched:   # the signal was held through the switch: the release is live now
+            raise InterruptedAfterSwitch(exc.signum) from exc
+        raise
     return record
+
+
+def verified(ctx: Context, mark: Optional[verify.Baseline], before: ReleaseRecord) -> Optional[verify.Verdict]:
+    """The verification window after the switch. On a switch back, the record is put back as it
+    was before the switch: the failed release is live nowhere and no rollback target."""
+    try:
+        return verify.verify(ctx, mark)
+    except (verify.SwitchedBack, verify.SwitchedBackOnSignal):
+        assert mark is not None
+        with ctx.guard.critical():
+            record_store(ctx).write(before.without_color(mark.color))
+        raise
 
 
 def _left_running(ctx: Context, old: Optional[str]) -> None:
@@ -358,8 +401,19 @@ def retire(ctx: Context, old: Optional[str]) -> None:
     """
     s = ctx.settings
     wait = max(s.drain_seconds, ctx.switch.settle_seconds)
-    if old is None or ctx.engine.container(old) is None:
+    try:
+        old_exists = old is not None and ctx.engine.container(old) is not None
+    except OutsideFailure as exc:
+        # The new release is live: an engine that fails now must not fail the deploy.
+        log.warning("==> the new release is live, but %s: the old one may be left running", exc)
+        return
+    if old is None or not old_exists:
         ctx.sleep(ctx.switch.settle_seconds)
+        return
+    if s.keep_previous_running:
+        ctx.sleep(ctx.switch.settle_seconds)
+        phase("%s kept running out of traffic (KEEP_PREVIOUS_RUNNING): `rollback` is a switch only",
+              s.container_name(old))
         return
     phase("draining %s for %gs", s.container_name(old), wait)
     try:
@@ -369,16 +423,24 @@ def retire(ctx: Context, old: Optional[str]) -> None:
         raise
     phase("stopping %s (grace %gs); kept for rollback", s.container_name(old), s.stop_timeout)
     with ctx.guard.critical():
-        ctx.engine.stop(old)
+        try:
+            ctx.engine.stop(old)
+        except OutsideFailure as exc:
+            log.warning("==> the new release is live, but %s; it keeps running (the next deploy replaces it)", exc)
 
 
 def clean_images(ctx: Context, record: ReleaseRecord) -> None:
     """Release images past the newest KEEP_RELEASES, never one a container uses, nor the live,
     previous or staged release's: rollback recreates from them when their container is gone."""
     s = ctx.settings
-    protected = {fact.image for fact in ctx.engine.containers().values()}
+    try:
+        protected = {fact.image for fact in ctx.engine.containers().values()}
+        images = ctx.engine.release_images()
+    except OutsideFailure as exc:
+        log.warning("    old release images not cleaned up: %s", exc)
+        return
     protected |= {r.image for r in (record.live, record.previous, record.staged) if r is not None}
-    for ref in decide.images_to_remove(ctx.engine.release_images(), s.keep_releases, protected):
+    for ref in decide.images_to_remove(images, s.keep_releases, protected):
         log.info("    removing old release image %s", ref)
         ctx.engine.remove_image(ref)
     ctx.engine.prune_dangling()
@@ -389,6 +451,11 @@ def abandoned_on_failure(ctx: Context, color: str, facts: Facts, record: Release
     """Around everything from starting the new container to the live switch."""
     try:
         yield
+    except InterruptedAfterSwitch:
+        # Not a failure of the release: it serves now. The old one is left running (not drained,
+        # not stopped), and the record says so: `rollback` is a switch only.
+        _left_running(ctx, facts.choice.live)
+        raise
     except BaseException:
         with ctx.guard.critical():
             _abandon(ctx, color, facts.preview_address, record)
@@ -396,18 +463,41 @@ def abandoned_on_failure(ctx: Context, color: str, facts: Facts, record: Release
 
 
 def _abandon(ctx: Context, color: str, preview_before: Optional[Address], record: ReleaseRecord) -> None:
-    """After a failure before the live switch: no container of the failed release left running."""
+    """After a failed deploy: no container of the failed release left running, unless the include
+    may name it (a switch that could not be undone), so nginx always has something to serve."""
     s = ctx.settings
+    if _include_may_name(ctx, color):
+        return
     how = "removing" if s.target == "docker" else "scaling to 0"
     log.error("==> %s %s; nginx still serves what it served before", how, s.container_name(color))
-    ctx.engine.discard(color)
+    try:
+        ctx.engine.discard(color)
+    except OutsideFailure as exc:
+        log.error("    could not remove %s (%s); the next deploy replaces it", s.container_name(color), exc)
     if record.without_color(color) != record:
-        record_store(ctx).write(record.without_color(color))
-    if s.nginx_preview_include and ctx.engine.color_at(ctx.switch.current(PREVIEW)) == color and preview_before:
         try:
+            record_store(ctx).write(record.without_color(color))
+        except OutsideFailure as exc:
+            log.warning("    the release record still names %s as staged (%s); the next run rebuilds it",
+                        s.container_name(color), exc)
+    try:
+        if s.nginx_preview_include and ctx.engine.color_at(ctx.switch.current(PREVIEW)) == color and preview_before:
             ctx.switch.route_to(PREVIEW, preview_before)
-        except PipelineError as exc:
-            log.warning("    could not point the preview back at %s: %s", preview_before, exc)
+    except PipelineError as exc:
+        log.warning("    could not point the preview back at %s: %s", preview_before, exc)
+
+
+def _include_may_name(ctx: Context, color: str) -> bool:
+    """True (and said) when the live include names this color or cannot be read: its container
+    must then stay, or nginx's next reload would send traffic nowhere."""
+    try:
+        named = ctx.engine.color_at(decide.parse_include(IncludeFiles(ctx.host, ctx.settings).read(LIVE))) == color
+    except OutsideFailure as exc:
+        log.error("==> leaving %s running: cannot read the live include (%s)", ctx.settings.container_name(color), exc)
+        return True
+    if named:
+        log.error("==> leaving %s running: the live include names it", ctx.settings.container_name(color))
+    return named
 
 
 # -- flows -----------------------------------------------------------------------------------------
@@ -422,11 +512,16 @@ def deploy(ctx: Context) -> Outcome:
         with abandoned_on_failure(ctx, target, facts, record):
             start(ctx, release)
             wait_healthy(ctx, target)
+            smoke_test(ctx, target)
+            mark = verify.baseline(ctx, target, live)
+            before = record
             record = switch_live(ctx, release, record)
+        verdict = verified(ctx, mark, before)
         preview_follows(ctx, target, live)
         retire(ctx, live)
         clean_images(ctx, record)
-        return run.done(Outcome("deploy", release.version, target, f"{release.version} live on {target}"))
+        return run.done(Outcome("deploy", release.version, target,
+                                f"{release.version} live on {target}" + _verified(verdict)))
 
 
 def stage(ctx: Context) -> Outcome:
@@ -441,6 +536,7 @@ def stage(ctx: Context) -> Outcome:
         with abandoned_on_failure(ctx, target, facts, record):
             start(ctx, release)
             wait_healthy(ctx, target)
+            smoke_test(ctx, target)
             if s.nginx_preview_include:
                 point_preview(ctx, target)
             with ctx.guard.critical():
@@ -453,17 +549,22 @@ def stage(ctx: Context) -> Outcome:
 
 
 def promote(ctx: Context) -> Outcome:
-    """Make the staged release live: health again, switch, drain and stop the old one."""
+    """Make the staged release live: health again, [smoke,] switch, verify, drain and stop the old one."""
     with preflight(ctx, "promote") as run:
         facts, record = facts_and_record(ctx)
         live = facts.choice.live
         staged = releases.staged_release(record, live, facts.containers)
         log.info("    promoting %s from %s", staged, live or "nothing")
         wait_healthy(ctx, staged.color)
+        smoke_test(ctx, staged.color)
+        mark = verify.baseline(ctx, staged.color, live)
+        before = record
         record = switch_live(ctx, staged, record)
+        verdict = verified(ctx, mark, before)
         retire(ctx, live)
         clean_images(ctx, record)
-        return run.done(Outcome("promote", staged.version, staged.color, f"{staged.version} live on {staged.color}"))
+        return run.done(Outcome("promote", staged.version, staged.color,
+                                f"{staged.version} live on {staged.color}" + _verified(verdict)))
 
 
 def rollback(ctx: Context, to_version: Optional[str] = None) -> Outcome:
@@ -500,14 +601,19 @@ def rollback(ctx: Context, to_version: Optional[str] = None) -> Outcome:
 
 def _undo_bring_back(ctx: Context, plan: releases.RollbackPlan, live: Optional[str], record: ReleaseRecord) -> None:
     name = ctx.settings.container_name(plan.color)
-    if plan.how == "start":
-        log.error("==> stopping %s again; nginx still serves %s", name, live)
-        ctx.engine.stop(plan.color)
-    elif plan.how == "recreate":
-        log.error("==> removing %s; nginx still serves %s", name, live)
-        ctx.engine.discard(plan.color)
-        if record.without_color(plan.color) != record:
-            record_store(ctx).write(record.without_color(plan.color))
+    if plan.how not in ("start", "recreate") or _include_may_name(ctx, plan.color):
+        return
+    try:
+        if plan.how == "start":
+            log.error("==> stopping %s again; nginx still serves %s", name, live)
+            ctx.engine.stop(plan.color)
+        else:
+            log.error("==> removing %s; nginx still serves %s", name, live)
+            ctx.engine.discard(plan.color)
+            if record.without_color(plan.color) != record:
+                record_store(ctx).write(record.without_color(plan.color))
+    except OutsideFailure as exc:
+        log.error("    could not put %s back as it was (%s); the next deploy replaces it", name, exc)
 
 
 def history(ctx: Context) -> List[dict]:

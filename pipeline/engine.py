@@ -1,16 +1,19 @@
 """The Docker engine, through the docker SDK: network, images, the two color containers."""
 from __future__ import annotations
 
+import http.client
 import logging
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional
+from typing import Dict, Iterator, List, Mapping, Optional, Type
 
 import docker
 import docker.errors
 import requests.exceptions
+import urllib3.exceptions
 
 from .decide import Address, ContainerFact, color_at
-from .errors import DeployFailed, PreflightError
+from .errors import DeployFailed, EngineFailed, OutsideFailure, PreflightError, RegistryFailed
 from .settings import COLORS, Settings
 
 log = logging.getLogger("pipeline")
@@ -19,34 +22,68 @@ LABEL_APP = "pipeline.app"
 LABEL_COLOR = "pipeline.color"
 LABEL_VERSION = "pipeline.version"
 
+# What the docker SDK raises when the engine errs, goes away or does not answer: its own errors,
+# requests' (the HTTP client under it) and urllib3's (read straight from a stream), the socket's.
+LIBRARY_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException,
+                  urllib3.exceptions.HTTPError, OSError)
+
 
 class Engine:
     """The few engine operations a deploy needs, with errors turned into pipeline's own."""
 
-    def __init__(self, client: docker.DockerClient, settings: Settings) -> None:
+    def __init__(self, client: docker.DockerClient, settings: Settings, where: str = "the local socket") -> None:
         self.client = client
         self.api = client.api
         self.settings = settings
+        self.part = f"docker engine at {where}"
+
+    @contextmanager
+    def _calling(self, action: str, error: Type[OutsideFailure] = EngineFailed,
+                 part: Optional[str] = None) -> Iterator[None]:
+        """Turn whatever the docker SDK raises inside into `error`, naming the part and the action."""
+        try:
+            yield
+        except LIBRARY_ERRORS as exc:
+            raise error(part or self.part, action, _reason(exc, self.settings.network_timeout)) from exc
 
     @classmethod
     def connect(cls, settings: Settings, environ: Mapping[str, str]) -> "Engine":
         env = dict(environ)
         if settings.docker_host:
             env["DOCKER_HOST"] = settings.docker_host
+        where = env.get("DOCKER_HOST") or "the local socket"
         try:
-            client = docker.from_env(environment=env, timeout=120)
+            # The default for every API call; the image build alone sets none (it takes as long
+            # as it takes), and `stop` adds its grace period.
+            client = docker.from_env(environment=env, timeout=settings.network_timeout)
             client.ping()
-        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-            where = env.get("DOCKER_HOST") or "the local socket"
-            raise PreflightError(f"cannot reach the docker engine at {where}: {_reason(exc)}") from exc
-        return cls(client, settings)
+        except LIBRARY_ERRORS as exc:
+            raise PreflightError(f"cannot reach the docker engine at {where}: "
+                                 f"{_reason(exc, settings.network_timeout)}") from exc
+        return cls(client, settings, where)
+
+    def check_registry(self) -> None:
+        """Preflight, with REGISTRY_USERNAME set: the registry takes the login (through the engine)."""
+        s = self.settings
+        if not s.registry_username:
+            return
+        try:
+            self.client.login(username=s.registry_username, password=s.registry_password.reveal(),
+                              registry=s.registry.split("/")[0], reauth=True)
+        except LIBRARY_ERRORS as exc:
+            raise PreflightError(f"registry {s.registry}: login as {s.registry_username} failed: "
+                                 f"{_reason(exc, s.network_timeout)}") from exc
 
     # -- network -------------------------------------------------------------------------------
 
     def ensure_network(self) -> bool:
         """Create the deploy network if missing; refuse one with another subnet. True if created."""
         s = self.settings
-        found = self.api.networks(names=[s.deploy_network])
+        try:
+            found = self.api.networks(names=[s.deploy_network])
+        except LIBRARY_ERRORS as exc:
+            raise PreflightError(f"{self.part}: listing networks named {s.deploy_network}: "
+                                 f"{_reason(exc, s.network_timeout)}") from exc
         found = [n for n in found if n["Name"] == s.deploy_network]
         if found:
             configs = (found[0].get("IPAM") or {}).get("Config") or []
@@ -63,21 +100,23 @@ class Engine:
         try:
             self.api.create_network(s.deploy_network, driver="bridge", ipam=ipam,
                                     labels={LABEL_APP: s.app_name})
-        except docker.errors.APIError as exc:
+        except LIBRARY_ERRORS as exc:
             raise PreflightError(f"cannot create docker network {s.deploy_network} "
-                                 f"({s.deploy_subnet}): {_reason(exc)}") from exc
+                                 f"({s.deploy_subnet}): {_reason(exc, s.network_timeout)}") from exc
         return True
 
     def network_exists(self) -> bool:
-        return any(n["Name"] == self.settings.deploy_network
-                   for n in self.api.networks(names=[self.settings.deploy_network]))
+        name = self.settings.deploy_network
+        with self._calling(f"listing networks named {name}"):
+            return any(n["Name"] == name for n in self.api.networks(names=[name]))
 
     def remove_network(self) -> None:
         """Remove the deploy network again (only right after this run created it, still empty)."""
         try:
             self.api.remove_network(self.settings.deploy_network)
-        except docker.errors.APIError as exc:
-            log.warning("    could not remove docker network %s again: %s", self.settings.deploy_network, _reason(exc))
+        except LIBRARY_ERRORS as exc:
+            log.warning("    could not remove docker network %s again: %s", self.settings.deploy_network,
+                        _reason(exc, self.settings.network_timeout))
 
     # -- images --------------------------------------------------------------------------------
 
@@ -102,10 +141,11 @@ class Engine:
                     image_id = chunk["aux"]["ID"]
                 if "error" in chunk:
                     raise DeployFailed(f"docker build of {tag} failed: {chunk['error'].strip()}", last)
-        except docker.errors.APIError as exc:
-            raise DeployFailed(f"docker build of {tag} failed: {_reason(exc)}", last) from exc
+        except LIBRARY_ERRORS as exc:
+            raise EngineFailed(self.part, f"building image {tag}", _reason(exc, s.network_timeout), last) from exc
         if image_id is None:
-            image_id = self.api.inspect_image(tag)["Id"]
+            with self._calling(f"inspecting image {tag}"):
+                image_id = self.api.inspect_image(tag)["Id"]
         return image_id
 
     def push_and_pull(self, tag: str) -> None:
@@ -113,27 +153,25 @@ class Engine:
         s = self.settings
         auth = None
         if s.registry_username:
+            # Checked by check_registry in preflight; the engine takes the credentials per request.
             auth = {"username": s.registry_username, "password": s.registry_password.reveal()}
-            try:
-                self.client.login(username=s.registry_username, password=s.registry_password.reveal(),
-                                  registry=s.registry.split("/")[0], reauth=True)
-            except docker.errors.APIError as exc:
-                raise DeployFailed(f"registry login to {s.registry} as {s.registry_username} failed: "
-                                   f"{_reason(exc)}") from exc
         repository, _, version = tag.rpartition(":")
+        part = f"registry {s.registry}"
         for verb, stream in (("push", self.api.push), ("pull", self.api.pull)):
-            try:
+            # NETWORK_TIMEOUT bounds each wait for the engine's next progress line: a registry that
+            # never answers leaves the engine silent, and the push fails instead of hanging.
+            with self._calling(f"docker {verb} {tag}", RegistryFailed, part):
                 for chunk in stream(repository, tag=version, stream=True, decode=True, auth_config=auth):
                     if "error" in chunk:
-                        raise DeployFailed(f"docker {verb} {tag} failed: {chunk['error']}")
-            except docker.errors.APIError as exc:
-                raise DeployFailed(f"docker {verb} {tag} failed: {_reason(exc)}") from exc
+                        raise RegistryFailed(part, f"docker {verb} {tag}", str(chunk["error"]).strip())
             log.info("    docker %s %s: done", verb, tag)
 
     def release_images(self) -> Dict[str, float]:
         """This app's release images: reference -> creation time (for retention)."""
         images = {}
-        for image in self.api.images(filters={"label": f"{LABEL_APP}={self.settings.app_name}"}):
+        with self._calling("listing release images"):
+            found = self.api.images(filters={"label": f"{LABEL_APP}={self.settings.app_name}"})
+        for image in found:
             for ref in image.get("RepoTags") or []:
                 if ref != "<none>:<none>":
                     images[ref] = float(image.get("Created", 0))
@@ -142,25 +180,26 @@ class Engine:
     def remove_image(self, ref: str) -> None:
         try:
             self.api.remove_image(ref)
-        except docker.errors.APIError as exc:
-            log.warning("    could not remove image %s: %s", ref, _reason(exc))
+        except LIBRARY_ERRORS as exc:
+            log.warning("    could not remove image %s: %s", ref, _reason(exc, self.settings.network_timeout))
 
     def prune_dangling(self) -> None:
         try:
             # Only this app's: another app's build in progress on the same engine has dangling
             # layers too, and pruning them makes its build fail.
             self.api.prune_images(filters={"dangling": True, "label": f"{LABEL_APP}={self.settings.app_name}"})
-        except docker.errors.APIError as exc:
-            log.warning("    could not prune dangling images: %s", _reason(exc))
+        except LIBRARY_ERRORS as exc:
+            log.warning("    could not prune dangling images: %s", _reason(exc, self.settings.network_timeout))
 
     # -- containers ----------------------------------------------------------------------------
 
     def container(self, color: str) -> Optional[ContainerFact]:
         name = self.settings.container_name(color)
-        try:
-            info = self.api.inspect_container(name)
-        except docker.errors.NotFound:
-            return None
+        with self._calling(f"inspecting container {name}"):
+            try:
+                info = self.api.inspect_container(name)
+            except docker.errors.NotFound:
+                return None
         labels = info["Config"].get("Labels") or {}
         if labels.get(LABEL_APP) != self.settings.app_name:
             # Not one of ours: never touch, never probe it.
@@ -230,33 +269,43 @@ class Engine:
                 labels={LABEL_APP: s.app_name, LABEL_COLOR: color, LABEL_VERSION: version},
             )
             self.api.start(created["Id"])
-        except docker.errors.APIError as exc:
-            self.remove(color)
-            raise DeployFailed(f"cannot start {name} from {image} at {s.ip_of(color)}: {_reason(exc)}") from exc
+        except LIBRARY_ERRORS as exc:
+            failure = EngineFailed(self.part, f"starting {name} from {image} at {s.ip_of(color)}",
+                                   _reason(exc, s.network_timeout))
+            try:
+                self.remove(color)
+            except EngineFailed as again:
+                log.warning("    could not remove %s after it failed to start: %s", name, again.cause)
+            raise failure from exc
 
     def start(self, color: str) -> None:
-        try:
-            self.api.start(self.settings.container_name(color))
-        except docker.errors.APIError as exc:
-            raise DeployFailed(f"cannot start {self.settings.container_name(color)}: {_reason(exc)}") from exc
+        name = self.settings.container_name(color)
+        with self._calling(f"starting {name}"):
+            self.api.start(name)
 
     def stop(self, color: str) -> None:
         """Stop gracefully: SIGTERM, then SIGKILL after STOP_TIMEOUT. Kept for rollback."""
-        try:
-            self.api.stop(self.settings.container_name(color), timeout=int(round(self.settings.stop_timeout)))
-        except docker.errors.NotFound:
-            pass
+        name = self.settings.container_name(color)
+        with self._calling(f"stopping {name}"):
+            try:
+                # docker-py waits NETWORK_TIMEOUT plus this grace period for the answer.
+                self.api.stop(name, timeout=int(round(self.settings.stop_timeout)))
+            except docker.errors.NotFound:
+                pass
 
     def remove(self, color: str) -> None:
-        try:
-            self.api.remove_container(self.settings.container_name(color), force=True)
-        except docker.errors.NotFound:
-            pass
+        name = self.settings.container_name(color)
+        with self._calling(f"removing {name}"):
+            try:
+                self.api.remove_container(name, force=True)
+            except docker.errors.NotFound:
+                pass
 
     def logs_tail(self, color: str, lines: int = 20) -> List[str]:
+        """The container's last log lines for an error's detail; none if the engine cannot say."""
         try:
             raw = self.api.logs(self.settings.container_name(color), tail=lines, stdout=True, stderr=True)
-        except docker.errors.APIError:
+        except LIBRARY_ERRORS:
             return []
         return [line for line in raw.decode("utf-8", "replace").splitlines() if line.strip()]
 
@@ -267,9 +316,34 @@ def _read_env_file(path: Path) -> Dict[str, str]:
     return {k: v for k, v in dotenv_values(path).items() if v is not None}
 
 
-def _reason(exc: BaseException) -> str:
-    """The engine's own words, without docker-py's request dump."""
+def _reason(exc: BaseException, timeout: float) -> str:
+    """The engine's own words, without docker-py's request dump; the socket's for a lost
+    connection; the timeout for no answer."""
     explanation = getattr(exc, "explanation", None)
     if explanation:
         return str(explanation.decode() if isinstance(explanation, bytes) else explanation)
-    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    causes = list(_causes(exc))
+    if any(isinstance(c, (requests.exceptions.Timeout, urllib3.exceptions.TimeoutError, TimeoutError))
+           for c in causes):
+        return f"no answer within {timeout:g}s (NETWORK_TIMEOUT)"
+    for cause in causes:
+        if isinstance(cause, OSError) and cause.strerror:
+            return cause.strerror
+        if isinstance(cause, http.client.RemoteDisconnected):
+            return "the engine closed the connection without an answer"
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return text or type(exc).__name__
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """The exception and what it wraps: requests and urllib3 nest the socket's error in args,
+    `reason` and the exception chain."""
+    seen, todo = set(), [exc]
+    while todo:
+        current = todo.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        todo.extend(x for x in (getattr(current, "reason", None), current.__cause__, current.__context__,
+                                *current.args) if isinstance(x, BaseException))

@@ -166,8 +166,61 @@ class Interrupted(PipelineError):
         super().__init__(f"interrupted by {signal.Signals(signum).name}")
 
 
+class InterruptedAfterSwitch(Interrupted):
+    """SIGINT/SIGTERM held through the live switch: the new release serves, the old one runs."""
+
+
+class OutsideFailure(DeployFailed):
+    """A part outside pipeline failed while in use: `PART: ACTION: CAUSE` in one line.
+
+    Raised by the adapters (engine.py, nginx_host.py, ...) `from` the library's exception, so the
+    flows never see a docker, paramiko or requests type.
+    """
+
+    def __init__(self, part: str, action: str, cause: str, detail_lines: Sequence[str] = ()) -> None:
+        self.part, self.action, self.cause = part, action, cause
+        super().__init__(f"{part}: {action}: {cause}", detail_lines)
+
+
+class EngineFailed(OutsideFailure):
+    """The docker engine did not do what was asked (API error, connection lost, no answer)."""
+
+
+class RegistryFailed(OutsideFailure):
+    """The registry (reached through the docker engine) refused or did not answer."""
+
+
+class NginxHostFailed(OutsideFailure):
+    """A file or command on the nginx host failed: over SSH/SFTP, or on this machine."""
+
+
+class SwitchIncomplete(DeployFailed):
+    """A switch failed and the old include could not be put back: the include may name the new
+    release, whose container is therefore left running. The message says what to do."""
+
+
 def tail(text: Optional[str], lines: int = 20) -> list[str]:
     """The last non-empty lines of a command's output, for error details."""
     if not text:
         return []
     return [line for line in text.splitlines() if line.strip()][-lines:]
+
+
+class SmokeFailed(DeployFailed):
+    """SMOKE_COMMAND exited non-zero (or ran too long); nothing was switched."""
+
+
+class SwitchedBack(DeployFailed):
+    """The new release failed verification; traffic is back on the old one."""
+
+    history_result = "switched back"
+
+
+class SwitchedBackOnSignal(Interrupted):
+    """SIGINT/SIGTERM during verification: traffic was put back on the old release first."""
+
+    history_result = "switched back"
+
+    def __init__(self, signum: int, message: str) -> None:
+        super().__init__(signum)
+        self.args = (f"{self.args[0]} during verification; {message}",)

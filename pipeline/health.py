@@ -7,6 +7,11 @@ leave unless the probing side reaches the address over a directly connected inte
 deploy network is a local bridge there: an address reached only through the default route (a
 docker network on some other engine, or one that is gone) may be answered by anything outside.
 Callers also probe only an address a container of ours holds (checked before every probe).
+
+Readiness is seen fast without probing fast: the health probes back off up to HEALTH_INTERVAL,
+while a cheap check that the port accepts connections (`can_connect`, the transport's) runs every
+100 ms in the waits between them. A JVM service listens only once its framework is up, so the
+moment it starts listening the probes start over from short gaps (the first one at once).
 """
 from __future__ import annotations
 
@@ -20,10 +25,9 @@ from urllib.parse import urlsplit
 
 import paramiko
 import requests
-from tenacity import (RetryCallState, RetryError, Retrying, retry_if_exception_type,
-                      stop_after_delay, wait_exponential)
+from tenacity import RetryCallState, RetryError, Retrying, retry_if_exception_type
 
-from .errors import HealthCheckFailed, RouteRefused
+from .errors import HealthCheckFailed, NginxHostFailed, PreflightError, RouteRefused
 from .nginx_host import NginxHost
 
 log = logging.getLogger("pipeline")
@@ -31,8 +35,15 @@ log = logging.getLogger("pipeline")
 # While waiting between probes the container's state is checked this often, so a crash is seen
 # at once rather than after HEALTH_INTERVAL or HEALTH_TIMEOUT.
 ALIVE_CHECK_EVERY = 0.25
+# With a connect check, the container's state and then the port are checked this often.
+CONNECT_CHECK_EVERY = 0.1
 # The first wait between probes; each next one doubles, up to HEALTH_INTERVAL.
 FIRST_WAIT = 0.25
+# Once the port accepts connections: probe at once, then wait this long first, doubling again.
+# Short, because a framework that listens is at most moments from answering its health check.
+FIRST_WAIT_ONCE_LISTENING = 0.1
+# The connect check gives up after this long (a refused connect comes back at once).
+CONNECT_TIMEOUT = 0.2
 # A health answer is a few bytes; more is read no further (it only goes into messages).
 MAX_ANSWER_BYTES = 4096
 
@@ -156,15 +167,16 @@ class Prober:
 
     def _route_problem(self, ip: str) -> Optional[str]:
         result = self.host.run(["ip", "-4", "route", "get", ip])
-        problem = route_problem(result.code, result.output)
+        output = route_answer(result.output, ip)
+        problem = route_problem(result.code, output)
         if problem is not None:
             return problem
-        device = route_device(result.output)
+        device = route_device(output)
         # A docker network is a bridge; a plain interface (a VPN's tun0 carrying the default
         # route without a gateway, a LAN) is not where our containers are.
         try:
             is_bridge = self.host.read_text(f"/sys/class/net/{device}/bridge/bridge_id") is not None
-        except OSError as exc:
+        except (OSError, NginxHostFailed) as exc:   # the nginx host reports its own as NginxHostFailed
             return f"reaches it on {device}, which could not be checked for being a bridge ({exc})"
         if not is_bridge:
             return f"reaches it on {device}, which is not a bridge (no docker network there)"
@@ -183,6 +195,18 @@ _DEVICE_RE = re.compile(r"[A-Za-z0-9_.:@-]{1,15}")
 # Route types `ip route get` prints first when the route is not a plain unicast one.
 _NOT_UNICAST = ("local", "broadcast", "blackhole", "unreachable", "prohibit", "throw",
                 "multicast", "anycast", "nat")
+
+
+def route_answer(output: str, ip: str) -> str:
+    """The lines of `ip route get IP`'s output that are its answer.
+
+    The command's stderr comes mixed in, and over SSH so does whatever the login shell prints
+    (seen here: a pyenv shim's `rm: cannot remove ...` racing another session). The answer's
+    line starts with the address asked for, or with a route type.
+    """
+    lines = [line for line in output.splitlines() if line.strip()]
+    answer = [line for line in lines if line.split()[0] in (ip, *_NOT_UNICAST)]
+    return "\n".join(answer) if answer else output
 
 
 def route_problem(code: int, output: str) -> Optional[str]:
@@ -237,29 +261,92 @@ def probe(transport: Transport, url: str, timeout: float) -> str:
     return answer
 
 
+class Backoff:
+    """The waits between health probes: `first`, doubling, never more than `longest`.
+    `start_over(first)` goes back to short gaps. Also a tenacity wait strategy."""
+
+    def __init__(self, first: float, longest: float) -> None:
+        self.longest = longest
+        self._next = min(first, longest)
+
+    def start_over(self, first: float) -> None:
+        self._next = min(first, self.longest)
+
+    def __call__(self, state: object = None) -> float:
+        gap = self._next
+        self._next = min(gap * 2, self.longest)
+        return gap
+
+
+class PortWatch:
+    """Tells when `can_connect` turns true: the service has just started listening.
+
+    Starts as "not listening", so a port that is already open when the wait begins counts as
+    opening at the first check: one extra probe at most, never a missed start."""
+
+    def __init__(self, can_connect: Optional[Callable[[], bool]]) -> None:
+        self.can_connect = can_connect
+        self.listening = False
+
+    def opened(self) -> bool:
+        if self.can_connect is None:
+            return False
+        was, self.listening = self.listening, bool(self.can_connect())
+        return self.listening and not was
+
+
+def connect_check(transport: Transport, ip: str, port: int,
+                  timeout: float = CONNECT_TIMEOUT) -> Callable[[], bool]:
+    """`can_connect` for wait_healthy: does ip:port accept a TCP connection from where the
+    transport probes? Only for an address a container of ours holds: wait_healthy calls it
+    right after `check_alive` has said so."""
+    return lambda: transport.can_connect(ip, port, timeout)
+
+
 def wait_healthy(url: str, interval: float, timeout: float, check_alive: Callable[[], None],
                  transport: Optional[Transport] = None,
-                 logs: Callable[[], list] = lambda: []) -> int:
+                 logs: Callable[[], list] = lambda: [],
+                 can_connect: Optional[Callable[[], bool]] = None,
+                 clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> int:
     """Probe until 200 or `timeout` s pass, at most `interval` s apart; returns the attempts made.
 
     `check_alive` raises (e.g. ContainerExited) if the container is gone or does not hold the
-    address any more; it runs before each probe and during every wait.
+    address any more; it runs before each probe and during every wait. `can_connect` (optional)
+    says whether the service's port accepts connections; it runs during the waits, every
+    CONNECT_CHECK_EVERY s and right after `check_alive`, and when it turns true the probes start
+    over from short gaps. `clock` and `sleep` are the time this runs on.
     """
     transport = transport or LocalTransport()
     probe_timeout = max(0.5, min(interval, 5.0))
+    started = clock()
+    backoff = Backoff(FIRST_WAIT, interval)
+    port = PortWatch(can_connect)
+    tick = ALIVE_CHECK_EVERY if can_connect is None else CONNECT_CHECK_EVERY
 
     def attempt() -> str:
         check_alive()
         return probe(transport, url, probe_timeout)
 
-    def sleep(seconds: float) -> None:
-        deadline = time.monotonic() + seconds
+    def next_wait(state: RetryCallState) -> float:
+        # Never past the deadline: the last probe comes at `timeout`, not up to `interval` later.
+        return max(0.0, min(backoff(), started + timeout - clock()))
+
+    def wait_for_next_probe(seconds: float) -> None:
+        deadline = clock() + seconds
         while True:
             check_alive()
-            left = deadline - time.monotonic()
+            if port.opened():
+                log.info("    port open after %.1fs; probing now", clock() - started)
+                backoff.start_over(FIRST_WAIT_ONCE_LISTENING)
+                return
+            left = deadline - clock()
             if left <= 0:
                 return
-            time.sleep(min(ALIVE_CHECK_EVERY, left))
+            sleep(min(tick, left))
+
+    def out_of_time(state: RetryCallState) -> bool:
+        return clock() - started >= timeout
 
     def before_sleep(state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
@@ -268,12 +355,13 @@ def wait_healthy(url: str, interval: float, timeout: float, check_alive: Callabl
                  getattr(exc, "last", exc), wait)
 
     retrying = Retrying(
-        stop=stop_after_delay(timeout),
+        stop=out_of_time,
         # Start quick and settle at `interval`: a fast service (or a kept container on rollback)
         # is seen within a fraction of a second, and no probe is ever more than `interval` apart.
-        wait=wait_exponential(multiplier=FIRST_WAIT, max=interval),
+        # The port opening starts the gaps over (wait_for_next_probe).
+        wait=next_wait,
         retry=retry_if_exception_type(NotHealthyYet),
-        sleep=sleep,
+        sleep=wait_for_next_probe,
         before_sleep=before_sleep,
     )
     try:
@@ -283,7 +371,7 @@ def wait_healthy(url: str, interval: float, timeout: float, check_alive: Callabl
         raise HealthCheckFailed(url, exc.last_attempt.attempt_number, getattr(last, "last", str(last)),
                                 logs()) from last
     attempts = retrying.statistics.get("attempt_number", 1)
-    log.info("    healthy after %d attempt(s): %s", attempts, answer)
+    log.info("    healthy after %d attempt(s), %.1fs: %s", attempts, clock() - started, answer)
     return attempts
 
 

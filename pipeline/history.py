@@ -6,6 +6,7 @@ import logging
 from dataclasses import asdict, dataclass, replace
 from typing import List, Optional
 
+from .errors import NginxHostFailed
 from .log import mask
 from .nginx_host import NginxHost
 
@@ -35,8 +36,8 @@ class History:
         entry = replace(entry, message=mask(entry.message), version=mask(entry.version))
         try:
             self.host.append_text(self.path, json.dumps(asdict(entry), ensure_ascii=False) + "\n")
-        except OSError as exc:
-            # The history must not turn a good deploy into a failed one.
+        except NginxHostFailed as exc:
+            # The history must not turn a good deploy into a failed one, nor hide why one failed.
             log.warning("    could not append to history %s: %s", self.path, exc)
 
     def entries(self) -> List[Entry]:

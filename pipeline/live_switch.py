@@ -40,7 +40,8 @@ import paramiko
 from tenacity import RetryCallState, RetryError, Retrying, retry_if_exception_type, stop_after_attempt, wait_fixed
 
 from .decide import Address, parse_include
-from .errors import AdminTokenRefused, AdminUnavailable, IncludeMismatch, LiveSwitchFailed, PipelineError
+from .errors import (AdminTokenRefused, AdminUnavailable, DeployFailed, IncludeMismatch, LiveSwitchFailed,
+                     NginxHostFailed, PipelineError)
 from .log import register_secret
 from .nginx_host import NginxHost
 from .settings import Secret, Settings
@@ -49,6 +50,8 @@ from .switch import LIVE, PREVIEW, IncludeFiles
 log = logging.getLogger("pipeline")
 
 FILES = "files"           # GET /pipeline/files: "ROUTE PATH" lines, the includes nginx reads
+STATS = "stats"           # GET /pipeline/stats: "IP:PORT STATUS COUNT" lines (pipeline/verify.py)
+MAX_STATS_BYTES = 64 * 1024   # at most 1024 counters of a few dozen bytes
 ADMIN_TIMEOUT = 5.0       # per request: connect (or channel open), send, answer
 ADMIN_ATTEMPTS = 3        # GET and PUT are idempotent, so a dropped connection is simply retried
 ADMIN_RETRY_WAIT = 0.3
@@ -57,9 +60,9 @@ MAX_ANSWER_BYTES = 1024   # the admin answers a few bytes; anything longer is no
 # whitespace, such as the newline `openssl rand -hex 32 > FILE` writes, is not part of it.
 _TOKEN_RE = re.compile(r"[A-Za-z0-9._~+/-]{32,}=*")
 
-# Transport failures: refused or timed-out sockets, an SSH channel that would not open, a broken
-# or non-HTTP answer.
-_TRANSPORT_ERRORS = (OSError, EOFError, paramiko.SSHException, http.client.HTTPException)
+# Transport failures: refused or timed-out sockets, an SSH channel that would not open (or the
+# nginx host's own translation of that), a broken or non-HTTP answer.
+_TRANSPORT_ERRORS = (OSError, EOFError, paramiko.SSHException, http.client.HTTPException, NginxHostFailed)
 
 
 class NginxAdmin:
@@ -100,6 +103,14 @@ class NginxAdmin:
                                              f"nginx runs an app-live.conf older than this tool")
         return found
 
+    def stats(self) -> str:
+        """What nginx answered per upstream address and status since it started: the raw lines."""
+        status, body = self._request("GET", STATS, limit=MAX_STATS_BYTES)
+        if status != 200:
+            raise AdminUnavailable(self.url, f"GET {self._path(STATS)} answered {status} {body[:80]!r}; "
+                                             f"verification needs an app-live.conf with /pipeline/stats")
+        return body
+
     def put(self, route: str, address: Address) -> None:
         status, body = self._request("PUT", route, str(address))
         if status == 403:
@@ -125,9 +136,9 @@ class NginxAdmin:
 
         try:
             text = self.host.read_text(self.token_file)
-        except (OSError, ValueError) as exc:   # ValueError: not UTF-8 text
+        except (NginxHostFailed, OSError, ValueError) as exc:   # ValueError: not UTF-8 text
             raise refused(f"cannot read it on the nginx host ({self.host.description}): "
-                          f"{getattr(exc, 'strerror', None) or exc}") from exc
+                          f"{getattr(exc, 'cause', None) or getattr(exc, 'strerror', None) or exc}") from exc
         if text is None:
             raise refused(f"no such file on the nginx host ({self.host.description}); create it as "
                           f"docs/live-mode.md says (`openssl rand -hex 32`), then `nginx -s reload`")
@@ -141,7 +152,8 @@ class NginxAdmin:
         register_secret(token)   # masked in every log line and output from here on
         return Secret(token)
 
-    def _request(self, method: str, route: str, body: Optional[str] = None) -> Tuple[int, str]:
+    def _request(self, method: str, route: str, body: Optional[str] = None,
+                 limit: int = MAX_ANSWER_BYTES) -> Tuple[int, str]:
         def before_sleep(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
             log.info("    nginx admin %s %s, attempt %d: %s; trying again", method, self._path(route),
@@ -151,7 +163,7 @@ class NginxAdmin:
         retrying = Retrying(stop=stop_after_attempt(self.attempts), wait=wait_fixed(self.retry_wait),
                             retry=retry_if_exception_type(_TRANSPORT_ERRORS), before_sleep=before_sleep)
         try:
-            status, answer = retrying(self._exchange, method, self._path(route), body)
+            status, answer = retrying(self._exchange, method, self._path(route), body, limit)
         except RetryError as exc:
             last = exc.last_attempt.exception()
             raise AdminUnavailable(self.url, f"{method} {self._path(route)} failed {self.attempts} times, "
@@ -165,7 +177,8 @@ class NginxAdmin:
                                     f"last started or reloaded: after changing the file, run `nginx -s reload`")
         return status, answer
 
-    def _exchange(self, method: str, path: str, body: Optional[str]) -> Tuple[int, str]:
+    def _exchange(self, method: str, path: str, body: Optional[str],
+                  limit: int = MAX_ANSWER_BYTES) -> Tuple[int, str]:
         connection = _ChannelConnection(self.host, self.address, self.port, self.timeout)
         try:
             headers = {"Connection": "close", "Authorization": f"Bearer {self.token().reveal()}"}
@@ -173,9 +186,9 @@ class NginxAdmin:
                 headers["Content-Type"] = "text/plain"
             connection.request(method, path, body=body.encode() if body is not None else None, headers=headers)
             response = connection.getresponse()
-            data = response.read(MAX_ANSWER_BYTES + 1)
-            if len(data) > MAX_ANSWER_BYTES:
-                raise http.client.HTTPException(f"answer longer than {MAX_ANSWER_BYTES} bytes")
+            data = response.read(limit + 1)
+            if len(data) > limit:
+                raise http.client.HTTPException(f"answer longer than {limit} bytes")
             return response.status, data.decode("utf-8", "replace")
         finally:
             connection.close()
@@ -195,6 +208,8 @@ class _ChannelConnection(http.client.HTTPConnection):
 def _describe(exc: Optional[BaseException]) -> str:
     if isinstance(exc, socket.timeout):
         return "timed out"
+    if isinstance(exc, NginxHostFailed):
+        return str(exc)
     if isinstance(exc, paramiko.ChannelException):
         return f"the nginx host could not connect ({exc.text})"
     return f"{type(exc).__name__}: {exc}" if exc else "unknown"
@@ -209,7 +224,10 @@ class LiveSwitch:
     def __init__(self, host: NginxHost, settings: Settings, admin: Optional[NginxAdmin] = None) -> None:
         self.settings = settings
         self.includes = IncludeFiles(host, settings)
-        self.admin = admin or NginxAdmin(host, settings.nginx_admin_url, str(settings.nginx_admin_token_file))
+        # NETWORK_TIMEOUT bounds each admin request; the admin answers in milliseconds, so its own
+        # 5 s cap applies below that.
+        self.admin = admin or NginxAdmin(host, settings.nginx_admin_url, str(settings.nginx_admin_token_file),
+                                         timeout=min(ADMIN_TIMEOUT, settings.network_timeout))
 
     def check(self) -> None:
         """The include files the tool writes must be the ones nginx reads when it starts:

@@ -28,7 +28,7 @@ import time
 from dataclasses import MISSING, asdict, dataclass, fields, replace
 from typing import Callable, Mapping, Optional
 
-from .errors import LockHeld, PreflightError
+from .errors import LockHeld, NginxHostFailed, PreflightError
 from .nginx_host import NginxHost
 
 log = logging.getLogger("pipeline")
@@ -150,16 +150,16 @@ class DeployLock:
     def _read_text(self, path: str) -> Optional[str]:
         try:
             return self.host.read_text(path)
-        except OSError as exc:
+        except (OSError, NginxHostFailed) as exc:
             raise PreflightError(f"cannot read the deploy lock {path} on the nginx host "
-                                 f"({self.host.description}): {exc.strerror or exc}") from exc
+                                 f"({self.host.description}): {_why(exc)}") from exc
 
     def _create(self, path: str, text: str) -> bool:
         try:
             return self.host.create_exclusive(path, text)
-        except OSError as exc:
+        except (OSError, NginxHostFailed) as exc:
             raise PreflightError(f"cannot create the deploy lock {path} on the nginx host "
-                                 f"({self.host.description}): {exc.strerror or exc}") from exc
+                                 f"({self.host.description}): {_why(exc)}") from exc
 
     def read(self) -> Optional[LockInfo]:
         text = self._read_text(self.path)
@@ -265,15 +265,15 @@ class DeployLock:
                 return False
             try:
                 self.host.write_text_atomic(path, text)   # one rename over it: never absent
-            except OSError as exc:
+            except (OSError, NginxHostFailed) as exc:
                 raise PreflightError(f"cannot replace the stale deploy lock {path} on the nginx host "
-                                     f"({self.host.description}): {exc.strerror or exc}") from exc
+                                     f"({self.host.description}): {_why(exc)}") from exc
             return True
         finally:
             try:
                 self.host.remove(guard)
-            except OSError as exc:
-                log.warning("    could not remove the takeover guard %s: %s", guard, exc.strerror or exc)
+            except (OSError, NginxHostFailed) as exc:
+                log.warning("    could not remove the takeover guard %s: %s", guard, _why(exc))
 
     def release(self) -> None:
         if self.mine is None:
@@ -298,3 +298,8 @@ def guard_path(path: str, content: str) -> str:
     directory, _, name = path.rpartition("/")
     digest = hashlib.sha256(content.encode()).hexdigest()[:16]
     return f"{directory}/.{name}.takeover-{digest}"
+
+
+def _why(exc: BaseException) -> str:
+    """The cause of a failed file operation on the nginx host, as it reports it."""
+    return getattr(exc, "cause", None) or getattr(exc, "strerror", None) or str(exc)

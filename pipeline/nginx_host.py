@@ -11,19 +11,26 @@ import os
 import shlex
 import socket
 import subprocess
+import threading
+import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Protocol, Sequence
+from typing import ContextManager, Iterator, List, Optional, Protocol, Sequence
 
 import paramiko
 
-from .errors import PreflightError
+from .errors import NginxHostFailed, PreflightError
 from .settings import Settings, without_secrets
 
 log = logging.getLogger("pipeline")
 
-COMMAND_TIMEOUT = 60.0
+COMMAND_TIMEOUT = 60.0   # a command on this machine (nginx -t, reload)
+
+# What paramiko raises when the connection, a channel or an SFTP request fails: its own errors,
+# EOF from a closed connection, and socket or SFTP status errors (IOError).
+SSH_ERRORS = (paramiko.SSHException, EOFError, OSError)
 
 
 @dataclass(frozen=True)
@@ -45,6 +52,8 @@ class NginxHost(Protocol):
     def create_exclusive(self, path: str, text: str) -> bool: ...
     def append_text(self, path: str, text: str) -> None: ...
     def remove(self, path: str) -> None: ...
+    def size(self, path: str) -> Optional[int]: ...
+    def read_bytes(self, path: str, offset: int, limit: int) -> bytes: ...
     def run(self, argv: Sequence[str]) -> CommandResult: ...
     def run_steps(self, steps: Sequence[Sequence[str]]) -> List[CommandResult]: ...
     def open_channel(self, host: str, port: int, timeout: float) -> socket.socket: ...
@@ -56,47 +65,103 @@ def _temp_name(path: str) -> str:
     return f"{directory}/.{name}.{uuid.uuid4().hex[:8]}.tmp"
 
 
+@contextmanager
+def _file_call(part: str, action: str, timeout: float = 0.0) -> Iterator[None]:
+    """A file operation on the nginx host: any OS, SFTP or SSH failure becomes NginxHostFailed."""
+    try:
+        yield
+    except SSH_ERRORS as exc:
+        raise NginxHostFailed(part, action, _ssh_reason(exc, timeout)) from exc
+
+
+@contextmanager
+def _deadline(transport: "paramiko.Transport", seconds: float) -> Iterator[None]:
+    """Bound a whole exchange on a channel by `seconds`.
+
+    paramiko waits with no timeout for the answer to a channel request (`exec`, the `sftp`
+    subsystem) and for a command's exit status; `settimeout` covers only reads. Past the deadline
+    the connection is closed, which ends any such wait with an error, reported as no answer within
+    NETWORK_TIMEOUT; the next operation connects again.
+    """
+    expired = threading.Event()
+
+    def expire() -> None:
+        expired.set()
+        transport.close()
+
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    except SSH_ERRORS as exc:
+        if expired.is_set():
+            raise socket.timeout(f"no answer within {seconds:g}s") from exc
+        raise
+    finally:
+        timer.cancel()
+
+
 class LocalHost:
     """nginx on this machine (NGINX_HOST empty)."""
 
     description = "this machine"
+    part = "nginx host (this machine)"
 
     def read_text(self, path: str) -> Optional[str]:
-        try:
-            return Path(path).read_text()
-        except FileNotFoundError:
-            return None
+        with _file_call(self.part, f"reading {path}"):
+            try:
+                return Path(path).read_text()
+            except FileNotFoundError:
+                return None
 
     def write_text_atomic(self, path: str, text: str) -> None:
         temp = _temp_name(path)
-        with open(temp, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temp, 0o644)
-        os.replace(temp, path)
+        with _file_call(self.part, f"writing {path}"):
+            with open(temp, "w") as handle:
+                handle.write(text)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.chmod(temp, 0o644)
+            os.replace(temp, path)
 
     def create_exclusive(self, path: str, text: str) -> bool:
         # Written aside, then linked: link() fails if the name exists, so the file appears whole or not at all.
         temp = _temp_name(path)
-        Path(temp).write_text(text)
-        try:
-            os.link(temp, path)
-            return True
-        except FileExistsError:
-            return False
-        finally:
-            os.unlink(temp)
+        with _file_call(self.part, f"creating {path}"):
+            Path(temp).write_text(text)
+            try:
+                os.link(temp, path)
+                return True
+            except FileExistsError:
+                return False
+            finally:
+                os.unlink(temp)
 
     def append_text(self, path: str, text: str) -> None:
-        with open(path, "a") as handle:
-            handle.write(text)
+        with _file_call(self.part, f"appending to {path}"):
+            with open(path, "a") as handle:
+                handle.write(text)
 
     def remove(self, path: str) -> None:
+        with _file_call(self.part, f"removing {path}"):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+
+    def size(self, path: str) -> Optional[int]:
+        """The file's size in bytes; None if there is no such file."""
         try:
-            os.unlink(path)
+            return os.stat(path).st_size
         except FileNotFoundError:
-            pass
+            return None
+
+    def read_bytes(self, path: str, offset: int, limit: int) -> bytes:
+        """Up to `limit` bytes from `offset` on (e.g. what a log gained since it was that long)."""
+        with open(path, "rb") as handle:
+            handle.seek(offset)
+            return handle.read(limit)
 
     def run(self, argv: Sequence[str]) -> CommandResult:
         try:
@@ -127,109 +192,182 @@ class LocalHost:
 
 
 class SshHost:
-    """nginx on another machine, over SSH with key auth and a checked host key."""
+    """nginx on another machine, over SSH with key auth and a checked host key.
 
-    def __init__(self, client: paramiko.SSHClient, description: str) -> None:
+    Every SSH, SFTP or socket failure becomes NginxHostFailed naming the host, the channel and
+    what was being done. A connection found dead is opened again once before the next operation,
+    so that a switch cut short by a dropped connection can still put the old include back.
+    """
+
+    def __init__(self, client: paramiko.SSHClient, description: str,
+                 settings: Optional[Settings] = None) -> None:
         self.client = client
         self.description = description
+        self.settings = settings
+        self.timeout = settings.network_timeout if settings is not None else COMMAND_TIMEOUT
         self._sftp: Optional[paramiko.SFTPClient] = None
+        self._unreachable: Optional[NginxHostFailed] = None
 
     @classmethod
-    def connect(cls, settings: Settings, timeout: float = 10.0) -> "SshHost":
-        host, port, user = settings.nginx_host, settings.nginx_ssh_port, settings.nginx_ssh_user
-        where = f"{user}@{host}:{port}"
-        known_hosts = settings.nginx_ssh_known_hosts.expanduser()
-        client = paramiko.SSHClient()
+    def connect(cls, settings: Settings) -> "SshHost":
+        """Connect, then prove both channels the tool uses (SFTP, exec): preflight, exit 3."""
+        host = cls(_open_client(settings), _where(settings), settings)
         try:
-            client.load_host_keys(str(known_hosts))
-        except (OSError, paramiko.SSHException) as exc:
-            raise PreflightError(f"cannot read NGINX_SSH_KNOWN_HOSTS={known_hosts}: {exc}") from exc
-        # An unknown host key is refused, never learnt: a deploy must not trust a new machine silently.
-        client.set_missing_host_key_policy(paramiko.RejectPolicy())
+            host.sftp
+        except NginxHostFailed as exc:
+            host.close()
+            raise PreflightError(f"{exc}; the include, the lock and the history are written over SFTP: "
+                                 f"is there a `Subsystem sftp` line in its sshd_config?") from exc
         try:
-            client.connect(host, port=port, username=user, key_filename=str(settings.nginx_ssh_key),
-                           look_for_keys=False, allow_agent=False, timeout=timeout,
-                           banner_timeout=timeout, auth_timeout=timeout)
-        except paramiko.BadHostKeyException as exc:
-            raise PreflightError(f"nginx host {where}: host key does not match {known_hosts} "
-                                 f"(got {exc.key.get_name()} {exc.key.get_fingerprint().hex()})") from exc
-        except paramiko.AuthenticationException as exc:
-            raise PreflightError(f"nginx host {where}: key authentication failed with "
-                                 f"NGINX_SSH_KEY={settings.nginx_ssh_key}") from exc
-        except paramiko.SSHException as exc:
-            if "not found in known_hosts" in str(exc):
-                raise PreflightError(f"nginx host {where}: host key is not in NGINX_SSH_KNOWN_HOSTS="
-                                     f"{known_hosts}; refusing an unknown host") from exc
-            raise PreflightError(f"nginx host {where}: ssh failed: {exc}") from exc
-        except (OSError, EOFError) as exc:
-            raise PreflightError(f"nginx host {where} is unreachable: {exc}") from exc
-        transport = client.get_transport()
-        if transport is not None:
-            transport.set_keepalive(15)
-        return cls(client, where)
+            result = host.run(["true"])
+        except NginxHostFailed as exc:
+            host.close()
+            raise PreflightError(str(exc)) from exc
+        if result.code != 0:
+            host.close()
+            raise PreflightError(f"nginx host {host.description} over SSH: running `true` exited with "
+                                 f"{result.code}: {' '.join(result.output.split())[:200]}")
+        return host
+
+    @property
+    def sftp_part(self) -> str:
+        return f"nginx host {self.description} over SFTP"
+
+    @property
+    def ssh_part(self) -> str:
+        return f"nginx host {self.description} over SSH"
+
+    def _transport(self) -> paramiko.Transport:
+        """The live SSH transport; a dead one is replaced by a new connection, once per call."""
+        transport = self.client.get_transport()
+        if transport is not None and transport.is_active():
+            return transport
+        if self.settings is None:
+            raise NginxHostFailed(self.ssh_part, "using the connection", "it is closed")
+        if self._unreachable is not None:
+            # Tried once already: every further wait would only add NETWORK_TIMEOUT to the cleanup.
+            raise NginxHostFailed(self.ssh_part, self._unreachable.action, self._unreachable.cause)
+        log.warning("    the SSH connection to %s was lost; connecting again", self.description)
+        self._drop()
+        try:
+            self.client = _open_client(self.settings)
+        except PreflightError as exc:
+            cause = _ssh_reason(exc.__cause__, self.timeout) if exc.__cause__ is not None else str(exc)
+            self._unreachable = NginxHostFailed(self.ssh_part, "connecting again after the connection was lost",
+                                                cause)
+            raise self._unreachable from exc
+        transport = self.client.get_transport()
+        assert transport is not None
+        return transport
+
+    def _drop(self) -> None:
+        try:
+            if self._sftp is not None:
+                self._sftp.close()
+            self.client.close()
+        except SSH_ERRORS:
+            pass   # already broken: nothing left to close cleanly
+        self._sftp = None
 
     @property
     def sftp(self) -> paramiko.SFTPClient:
+        transport = self._transport()
         if self._sftp is None:
-            self._sftp = self.client.open_sftp()
+            # SFTPClient.from_transport, with a timeout on opening the channel and on every answer.
+            with _file_call(self.sftp_part, "starting the SFTP subsystem", self.timeout):
+                channel = transport.open_session(timeout=self.timeout)
+                channel.settimeout(self.timeout)
+                with _deadline(transport, self.timeout):
+                    channel.invoke_subsystem("sftp")
+                    self._sftp = paramiko.SFTPClient(channel)
         return self._sftp
 
+    def _sftp_call(self, action: str) -> ContextManager[None]:
+        return _file_call(self.sftp_part, action, self.timeout)
+
     def read_text(self, path: str) -> Optional[str]:
-        try:
-            with self.sftp.open(path, "r") as handle:
-                return handle.read().decode()
-        except FileNotFoundError:
-            return None
+        with self._sftp_call(f"reading {path}"):
+            try:
+                with self.sftp.open(path, "r") as handle:
+                    return handle.read().decode()
+            except FileNotFoundError:
+                return None
 
     def write_text_atomic(self, path: str, text: str) -> None:
         temp = _temp_name(path)
-        with self.sftp.open(temp, "w") as handle:
-            handle.write(text.encode())
-        self.sftp.chmod(temp, 0o644)
-        # posix-rename@openssh.com replaces the target in one step, like rename(2).
-        self.sftp.posix_rename(temp, path)
+        with self._sftp_call(f"writing {path}"):
+            with self.sftp.open(temp, "w") as handle:
+                handle.write(text.encode())
+            self.sftp.chmod(temp, 0o644)
+            # posix-rename@openssh.com replaces the target in one step, like rename(2).
+            self.sftp.posix_rename(temp, path)
 
     def create_exclusive(self, path: str, text: str) -> bool:
         # Plain SFTP rename refuses an existing target (OpenSSH does link+unlink): an atomic create.
         temp = _temp_name(path)
-        with self.sftp.open(temp, "w") as handle:
-            handle.write(text.encode())
-        try:
-            self.sftp.rename(temp, path)
-            return True
-        except OSError:
-            return False
-        finally:
+        with self._sftp_call(f"creating {path}"):
+            with self.sftp.open(temp, "w") as handle:
+                handle.write(text.encode())
             try:
-                self.sftp.remove(temp)
-            except OSError:
-                pass
+                self.sftp.rename(temp, path)
+                return True
+            except OSError as exc:
+                if _is_transport_error(exc):
+                    raise
+                return False
+            finally:
+                try:
+                    self.sftp.remove(temp)
+                except (OSError, NginxHostFailed):
+                    pass
 
     def append_text(self, path: str, text: str) -> None:
-        with self.sftp.open(path, "a") as handle:
-            handle.write(text.encode())
+        with self._sftp_call(f"appending to {path}"):
+            with self.sftp.open(path, "a") as handle:
+                handle.write(text.encode())
 
     def remove(self, path: str) -> None:
+        with self._sftp_call(f"removing {path}"):
+            try:
+                self.sftp.remove(path)
+            except FileNotFoundError:
+                pass
+
+    def size(self, path: str) -> Optional[int]:
         try:
-            self.sftp.remove(path)
+            return self.sftp.stat(path).st_size
         except FileNotFoundError:
-            pass
+            return None
+
+    def read_bytes(self, path: str, offset: int, limit: int) -> bytes:
+        with self.sftp.open(path, "rb") as handle:
+            handle.seek(offset)
+            return handle.read(limit)
 
     def run(self, argv: Sequence[str]) -> CommandResult:
+        """Run a command; its exit code comes back in the result. A broken session, or no answer
+        within NETWORK_TIMEOUT, raises NginxHostFailed: then nobody knows what the command did."""
         command = shlex.join(argv)
+        transport = self._transport()
         try:
-            transport = self.client.get_transport()
-            if transport is None or not transport.is_active():
-                raise paramiko.SSHException("connection closed")
-            channel = transport.open_session(timeout=COMMAND_TIMEOUT)
-            channel.set_combine_stderr(True)
-            channel.settimeout(COMMAND_TIMEOUT)
-            channel.exec_command(command)
-            output = channel.makefile("rb").read().decode("utf-8", "replace")
-            code = channel.recv_exit_status()
-            channel.close()
-        except (paramiko.SSHException, OSError) as exc:
-            return CommandResult(argv, 255, f"ssh: {exc}")
+            with _file_call(self.ssh_part, f"running `{_short(command)}`", self.timeout):
+                channel = transport.open_session(timeout=self.timeout)
+                try:
+                    channel.set_combine_stderr(True)
+                    channel.settimeout(self.timeout)
+                    with _deadline(transport, self.timeout):
+                        channel.exec_command(command)
+                        output = channel.makefile("rb").read().decode("utf-8", "replace")
+                        code = channel.recv_exit_status()
+                finally:
+                    channel.close()
+            if code == -1:
+                # No exit status: the session was cut (its sshd killed, the connection lost).
+                raise NginxHostFailed(self.ssh_part, f"running `{_short(command)}`",
+                                      "the session ended before the command reported its exit status")
+        except NginxHostFailed:
+            _settle(transport)
+            raise
         return CommandResult(argv, code, output)
 
     def run_steps(self, steps: Sequence[Sequence[str]]) -> List[CommandResult]:
@@ -244,7 +382,11 @@ class SshHost:
             f"{shlex.join(argv)} 2>&1; rc=$?; echo; echo {marker}$rc; [ $rc -eq 0 ] || exit 0"
             for argv in steps
         )
-        combined = self.run(["sh", "-c", script])
+        try:
+            combined = self.run(["sh", "-c", script])
+        except NginxHostFailed as exc:
+            ran = " then ".join(f"`{_short(shlex.join(argv))}`" for argv in steps)
+            raise NginxHostFailed(exc.part, f"running {ran}", exc.cause) from exc
         results: List[CommandResult] = []
         chunks = combined.output.split(marker)
         for argv, chunk, after in zip(steps, chunks, chunks[1:]):
@@ -266,14 +408,13 @@ class SshHost:
         return channel  # type: ignore[return-value]
 
     def close(self) -> None:
-        if self._sftp is not None:
-            self._sftp.close()
-        self.client.close()
+        self._drop()
 
 
 def check_writable(host: NginxHost, settings: Settings) -> None:
     """Before a flow changes anything: the includes, the lock and the history live in the
-    includes' directories, which must exist and take a new file on the nginx host."""
+    includes' directories, which must exist and take a new file on the nginx host, and the
+    history must take a new line (a run that cannot record itself does not start)."""
     for name, path in (("NGINX_INCLUDE", settings.nginx_include),
                        ("NGINX_PREVIEW_INCLUDE", settings.nginx_preview_include)):
         if path is None:
@@ -282,9 +423,84 @@ def check_writable(host: NginxHost, settings: Settings) -> None:
         try:
             host.create_exclusive(probe, "")
             host.remove(probe)
-        except OSError as exc:
+        except NginxHostFailed as exc:
             raise PreflightError(f"{name}={path}: cannot write in {path.parent} on the nginx host "
-                                 f"({host.description}): {exc.strerror or exc}") from exc
+                                 f"({host.description}): {exc.cause}") from exc
+    history = str(settings.history_path())
+    try:
+        host.append_text(history, "")   # creates it if missing, changes nothing otherwise
+    except NginxHostFailed as exc:
+        raise PreflightError(f"history {history}: cannot append on the nginx host ({host.description}): "
+                             f"{exc.cause}") from exc
+
+
+def _where(settings: Settings) -> str:
+    return f"{settings.nginx_ssh_user}@{settings.nginx_host}:{settings.nginx_ssh_port}"
+
+
+def _open_client(settings: Settings) -> paramiko.SSHClient:
+    """Connect with key auth and a checked host key; every failure is a PreflightError."""
+    host, port, user = settings.nginx_host, settings.nginx_ssh_port, settings.nginx_ssh_user
+    where = _where(settings)
+    timeout = settings.network_timeout
+    known_hosts = settings.nginx_ssh_known_hosts.expanduser()
+    client = paramiko.SSHClient()
+    try:
+        client.load_host_keys(str(known_hosts))
+    except (OSError, paramiko.SSHException) as exc:
+        raise PreflightError(f"cannot read NGINX_SSH_KNOWN_HOSTS={known_hosts}: {exc}") from exc
+    # An unknown host key is refused, never learnt: a deploy must not trust a new machine silently.
+    client.set_missing_host_key_policy(paramiko.RejectPolicy())
+    try:
+        client.connect(host, port=port, username=user, key_filename=str(settings.nginx_ssh_key),
+                       look_for_keys=False, allow_agent=False, timeout=timeout,
+                       banner_timeout=timeout, auth_timeout=timeout, channel_timeout=timeout)
+    except paramiko.BadHostKeyException as exc:
+        raise PreflightError(f"nginx host {where}: host key does not match {known_hosts} "
+                             f"(got {exc.key.get_name()} {exc.key.get_fingerprint().hex()})") from exc
+    except paramiko.AuthenticationException as exc:
+        raise PreflightError(f"nginx host {where}: key authentication failed with "
+                             f"NGINX_SSH_KEY={settings.nginx_ssh_key}") from exc
+    except paramiko.SSHException as exc:
+        if "not found in known_hosts" in str(exc):
+            raise PreflightError(f"nginx host {where}: host key is not in NGINX_SSH_KNOWN_HOSTS="
+                                 f"{known_hosts}; refusing an unknown host") from exc
+        raise PreflightError(f"nginx host {where}: ssh failed: {_ssh_reason(exc, timeout)}") from exc
+    except (OSError, EOFError) as exc:
+        raise PreflightError(f"nginx host {where} is unreachable: {_ssh_reason(exc, timeout)}") from exc
+    transport = client.get_transport()
+    if transport is not None:
+        transport.set_keepalive(15)
+    return client
+
+
+def _settle(transport: paramiko.Transport, wait: float = 1.0) -> None:
+    """After a failed command: paramiko closes the channels of a lost connection a moment before
+    it marks the transport inactive. Wait for that, so the next operation connects again instead
+    of using a transport that is already gone."""
+    deadline = time.monotonic() + wait
+    while transport.is_active() and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def _is_transport_error(exc: BaseException) -> bool:
+    """A socket failure (timeout, reset), as opposed to an SFTP status such as 'Failure'."""
+    return isinstance(exc, (socket.timeout, ConnectionError, EOFError, paramiko.SSHException))
+
+
+def _ssh_reason(exc: BaseException, timeout: float) -> str:
+    if isinstance(exc, socket.timeout):
+        return f"no answer within {timeout:g}s (NETWORK_TIMEOUT)"
+    if isinstance(exc, EOFError):
+        return "the connection was closed"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    text = str(exc).strip()
+    return text or type(exc).__name__
+
+
+def _short(command: str, limit: int = 120) -> str:
+    return command if len(command) <= limit else command[:limit - 3] + "..."
 
 
 def connect(settings: Settings) -> NginxHost:

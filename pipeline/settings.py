@@ -124,6 +124,13 @@ class Settings:
     nginx_admin_token_file: PurePosixPath = PurePosixPath("/etc/nginx/pipeline-admin.token")
     drain_seconds: float = 10.0
     stop_timeout: float = 30.0
+    # Verification under live traffic after the switch (pipeline/verify.py).
+    verify_seconds: float = 30.0
+    verify_max_error_rate: float = 0.01
+    verify_min_requests: int = 20
+    nginx_access_log: PurePosixPath = PurePosixPath("/var/log/nginx/app.access.log")
+    smoke_command: str = ""
+    keep_previous_running: bool = False
     registry: str = ""
     registry_username: str = ""
     registry_password: Secret = Secret("")
@@ -131,6 +138,7 @@ class Settings:
     container_volumes: Tuple[str, ...] = ()
     keep_releases: int = 5
     docker_host: str = ""
+    network_timeout: float = 60.0
     target: str = "docker"
     replicas: int = 2
     blue_port: int = 8081
@@ -205,6 +213,8 @@ class Settings:
         if values.get("target") == "swarm":
             # A color is several tasks: only the upstream form lists several servers.
             values.setdefault("nginx_include_form", "upstream")
+            # Verification reads one address's answers (verify.py): not yet a color of several tasks.
+            values.setdefault("verify_seconds", 0.0)
         settings = cls(**values)
         settings._check_target({name for name, (attr, _) in _READERS.items() if attr in values})
         settings._check_together()
@@ -225,6 +235,9 @@ class Settings:
             if self.nginx_include_form != "upstream":
                 raise SettingsError("NGINX_INCLUDE_FORM", self.nginx_include_form,
                                     "TARGET=swarm needs the upstream form: it lists every task as a server")
+            if self.verify_seconds != 0:
+                raise SettingsError("VERIFY_SECONDS", self.verify_seconds,
+                                    "not yet with TARGET=swarm (verification watches one address); set 0")
             if self.switch_mode != "reload":
                 raise SettingsError("SWITCH_MODE", self.switch_mode,
                                     "TARGET=swarm switches by reload (live mode takes one address per route)")
@@ -332,6 +345,23 @@ def _count(name: str, raw: str, cwd: Path) -> int:
     if not raw.isdigit() or int(raw) < 1:
         raise SettingsError(name, raw, "must be a whole number of at least 1")
     return int(raw)
+
+
+def _fraction(name: str, raw: str, cwd: Path) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value <= 1:   # also refuses nan
+        raise SettingsError(name, raw, "must be a fraction from 0 to 1, e.g. 0.01 for 1%")
+    return value
+
+
+def _flag(name: str, raw: str, cwd: Path) -> bool:
+    words = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False, "": False}
+    if raw.lower() not in words:
+        raise SettingsError(name, raw, "must be true or false")
+    return words[raw.lower()]
 
 
 def _ip(name: str, raw: str, cwd: Path) -> ipaddress.IPv4Address:
@@ -470,6 +500,12 @@ _READERS: Dict[str, Tuple[str, Reader]] = {
     "NGINX_ADMIN_TOKEN_FILE": ("nginx_admin_token_file", _remote_path(optional=False)),
     "DRAIN_SECONDS": ("drain_seconds", _duration()),
     "STOP_TIMEOUT": ("stop_timeout", _duration()),
+    "VERIFY_SECONDS": ("verify_seconds", _duration()),
+    "VERIFY_MAX_ERROR_RATE": ("verify_max_error_rate", _fraction),
+    "VERIFY_MIN_REQUESTS": ("verify_min_requests", _count),
+    "NGINX_ACCESS_LOG": ("nginx_access_log", _remote_path(optional=False)),
+    "SMOKE_COMMAND": ("smoke_command", _text()),
+    "KEEP_PREVIOUS_RUNNING": ("keep_previous_running", _flag),
     "REGISTRY": ("registry", _text(_REGISTRY_RE, "not a registry address like host:5000")),
     "REGISTRY_USERNAME": ("registry_username", _text()),
     "REGISTRY_PASSWORD": ("registry_password", _secret),
@@ -477,6 +513,7 @@ _READERS: Dict[str, Tuple[str, Reader]] = {
     "CONTAINER_VOLUMES": ("container_volumes", _volumes),
     "KEEP_RELEASES": ("keep_releases", _count),
     "DOCKER_HOST": ("docker_host", _text()),
+    "NETWORK_TIMEOUT": ("network_timeout", _duration(positive=True)),
     "TARGET": ("target", _choice(TARGETS)),
     "REPLICAS": ("replicas", _count),
     "BLUE_PORT": ("blue_port", _port),

@@ -27,8 +27,8 @@ from docker.types import EndpointSpec, RestartPolicy, ServiceMode
 from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wait_fixed
 
 from .decide import Address, ContainerFact, color_at_port
-from .engine import LABEL_APP, LABEL_COLOR, LABEL_VERSION, Engine, _read_env_file, _reason
-from .errors import DeployFailed, NotEnoughNodes, PreflightError, TaskFailed
+from .engine import LABEL_APP, LABEL_COLOR, LABEL_VERSION, LIBRARY_ERRORS, Engine, _read_env_file, _reason
+from .errors import DeployFailed, EngineFailed, NotEnoughNodes, PreflightError, TaskFailed
 from .settings import COLORS, Settings
 
 log = logging.getLogger("pipeline")
@@ -154,10 +154,10 @@ class SwarmEngine:
             env["DOCKER_HOST"] = settings.docker_host
         where = env.get("DOCKER_HOST") or "the local socket"
         try:
-            client = docker.from_env(environment=env, timeout=60)
+            client = docker.from_env(environment=env, timeout=settings.network_timeout)
             swarm = client.info().get("Swarm") or {}
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-            raise PreflightError(f"cannot reach the docker engine at {where}: {_reason(exc)}") from exc
+            raise PreflightError(f"cannot reach the docker engine at {where}: {_reason(exc, settings.network_timeout)}") from exc
         if swarm.get("LocalNodeState") != "active":
             raise PreflightError(f"the docker engine at {where} is not in a swarm "
                                  f"(state {swarm.get('LocalNodeState') or 'unknown'}); TARGET=swarm needs "
@@ -306,8 +306,9 @@ class SwarmEngine:
             service.remove()
         except docker.errors.NotFound:
             pass
-        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-            raise DeployFailed(f"swarm manager: remove service {service.name}: {_reason(exc)}") from exc
+        except LIBRARY_ERRORS as exc:
+            raise EngineFailed("swarm manager", f"remove service {service.name}",
+                               _reason(exc, self.settings.network_timeout)) from exc
 
     def logs_tail(self, color: str, lines: int = 20) -> List[str]:
         """The last lines of the service's logs, every task's; [] if the manager cannot say."""
@@ -407,8 +408,9 @@ class SwarmEngine:
             service = self.client.services.get(name)
         except docker.errors.NotFound:
             return None
-        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-            raise DeployFailed(f"swarm manager: inspect service {name}: {_reason(exc)}") from exc
+        except LIBRARY_ERRORS as exc:
+            raise EngineFailed("swarm manager", f"inspect service {name}",
+                               _reason(exc, self.settings.network_timeout)) from exc
         if service.name != name:  # get() also matches an id prefix
             return None
         labels = service.attrs["Spec"].get("Labels") or {}
@@ -429,7 +431,7 @@ class SwarmEngine:
                               registry=registry)
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
             raise DeployFailed(f"registry login to {registry} as {s.registry_username} failed: "
-                               f"{_reason(exc)}") from exc
+                               f"{_reason(exc, self.settings.network_timeout)}") from exc
 
     def _running_on_ready_nodes(self, color: str) -> bool:
         ready = {n.node_id for n in self.nodes() if n.ready}
@@ -440,8 +442,8 @@ class SwarmEngine:
         manager is found by `connect` before anything changes; one lost later may be mid-deploy."""
         try:
             return action()
-        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-            raise DeployFailed(f"swarm manager: {what}: {_reason(exc)}") from exc
+        except LIBRARY_ERRORS as exc:
+            raise EngineFailed("swarm manager", what, _reason(exc, self.settings.network_timeout)) from exc
 
     def _wait(self, done: Callable[[], bool], timeout: float, what: str) -> None:
         retrying = Retrying(stop=stop_after_delay(timeout), wait=wait_fixed(0.25),

@@ -148,3 +148,64 @@ def test_unreachable_docker_engine_is_a_preflight_error(world, nginx, settings_e
     result = run_pipeline(["deploy"], {**settings_env, "DOCKER_HOST": f"unix://{tmp_path}/no.sock"}, tmp_path)
     assert result.returncode == 3
     assert "cannot reach the docker engine" in result.stderr
+
+
+# -- every channel the run will use is proven before anything changes (exit 3, one line) ---------
+
+def snapshot_but_history(world, nginx):
+    """As snapshot(), but a run refused inside the flow is recorded in the history file."""
+    containers, networks, include, files = snapshot(world, nginx)
+    return containers, networks, include, [f for f in files if not f.endswith(".history.jsonl")]
+
+
+def one_line(result) -> str:
+    """The one error line (progress lines such as `==> preflight` may come before it)."""
+    lines = [line for line in result.stderr.strip().splitlines() if " ==> " not in line]
+    assert len(lines) == 1 and lines[0].startswith("pipeline: error: "), result.stderr
+    return lines[0]
+
+
+def test_refused_registry_login_is_a_preflight_error(world, nginx, settings_env, stack, tmp_path):
+    before = snapshot_but_history(world, nginx)
+    env = {**settings_env, "REGISTRY": stack["REGISTRY_ADDR"], "REGISTRY_USERNAME": stack["REGISTRY_USER"],
+           "REGISTRY_PASSWORD": "not-the-password"}
+    result = run_pipeline(["deploy"], env, tmp_path)
+    assert result.returncode == 3, result.stderr
+    line = one_line(result)
+    assert line.startswith(f"pipeline: error: registry {stack['REGISTRY_ADDR']}: login as "
+                           f"{stack['REGISTRY_USER']} failed: "), line
+    assert "not-the-password" not in result.stderr
+    assert snapshot_but_history(world, nginx) == before
+
+
+def test_registry_that_never_answers_the_login_is_a_preflight_error(world, nginx, settings_env, tmp_path):
+    from .outside import SilentListener
+
+    registry = SilentListener()
+    before = snapshot_but_history(world, nginx)
+    env = {**settings_env, "REGISTRY": f"127.0.0.1:{registry.port}", "REGISTRY_USERNAME": "someone",
+           "REGISTRY_PASSWORD": "secret", "NETWORK_TIMEOUT": "3"}
+    try:
+        result = run_pipeline(["deploy"], env, tmp_path, timeout=60)
+    finally:
+        registry.stop()
+    assert result.returncode == 3, result.stderr
+    assert one_line(result) == (f"pipeline: error: registry 127.0.0.1:{registry.port}: login as someone failed: "
+                                f"no answer within 3s (NETWORK_TIMEOUT)")
+    assert snapshot_but_history(world, nginx) == before
+
+
+def test_nginx_host_that_runs_no_commands_is_a_preflight_error(world, nginx, ssh_env, stack, tmp_path):
+    """An SFTP-only account: files work, commands (nginx -t, reload) never would."""
+    from .outside import OwnSshd
+
+    sshd = OwnSshd(stack, tmp_path / "sshd", extra=["ForceCommand internal-sftp"])
+    before = snapshot(world, nginx)
+    try:
+        result = run_pipeline(["deploy"], {**sshd.env(ssh_env), "NETWORK_TIMEOUT": "3"}, tmp_path, timeout=60)
+    finally:
+        sshd.stop()
+    assert result.returncode == 3, result.stderr
+    line = one_line(result)
+    assert line.startswith(f"pipeline: error: nginx host root@127.0.0.1:{sshd.port} over SSH: running `true`"), line
+    assert snapshot(world, nginx) == before

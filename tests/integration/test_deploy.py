@@ -107,8 +107,10 @@ def test_registry_with_a_wrong_password_fails_without_touching_traffic(world, ng
     env = {**settings_env, "REGISTRY": stack["REGISTRY_ADDR"], "REGISTRY_USERNAME": stack["REGISTRY_USER"],
            "REGISTRY_PASSWORD": "not-the-password", "APP_VERSION": "v2"}
     result = deploy(env, tmp_path)
-    assert result.returncode == 1
-    assert "registry login" in result.stderr and "not-the-password" not in result.stderr
+    # Proven in preflight, before the build: exit 3.
+    assert result.returncode == 3, result.stderr
+    assert f"registry {stack['REGISTRY_ADDR']}: login as {stack['REGISTRY_USER']} failed: " in result.stderr
+    assert "not-the-password" not in result.stderr and "building image" not in result.stderr
     assert nginx.get().text == "version=v1 color=blue\n"
     assert world.container("green") is None
 

@@ -162,3 +162,201 @@ def test_include_written_but_never_reloaded_does_not_mislead_the_next_deploy(wor
     assert report.failed == 0, report.failures[:5]
     assert nginx.get().text == "version=v2 color=green\n"
     assert world.state("blue") == "exited"
+
+
+# -- the fault matrix of outside parts (issue 8, section 2) ---------------------------------------
+# Each fault: one error line naming the part, a documented exit code, the old release served all
+# along, the include naming a running container of ours (here: unchanged), the next deploy working.
+
+def error_line(stderr: str) -> str:
+    """The run's one error line; no traceback, no 'internal error'."""
+    lines = [line for line in stderr.splitlines() if line.startswith("pipeline: ")]
+    assert len(lines) == 1 and lines[0].startswith("pipeline: error: "), stderr
+    assert "Traceback" not in stderr and "internal error" not in stderr, stderr
+    return lines[0]
+
+
+def assert_served_and_recovers(world, nginx, include_before, traffic, settings_env, tmp_path,
+                               version="v3"):
+    report = traffic.stop()
+    assert report.failed == 0, f"{report.failed} failed requests: {report.failures[:5]}"
+    assert report.ok > 20
+    assert set(report.versions) == {"version=v1 color=blue"}
+    assert nginx.include.read_text() == include_before
+    ok(run_pipeline(["deploy"], {**settings_env, "APP_VERSION": version}, tmp_path))
+    assert nginx.get().text == f"version={version} color=green\n"
+
+
+def test_no_sftp_subsystem_is_a_preflight_error(world, nginx, settings_env, ssh_env, stack, live_v1, tmp_path):
+    from .outside import OwnSshd
+
+    sshd = OwnSshd(stack, tmp_path / "sshd", sftp=False)
+    try:
+        with Traffic(f"http://127.0.0.1:{nginx.port}/") as traffic:
+            result = run_pipeline(["deploy"], {**sshd.env(ssh_env), "APP_VERSION": "v2"}, tmp_path)
+            assert result.returncode == 3, result.stderr
+            line = error_line(result.stderr)
+            assert line.startswith(f"pipeline: error: nginx host root@127.0.0.1:{sshd.port} over SFTP: "
+                                   "starting the SFTP subsystem: "), line
+            assert "Subsystem sftp" in line
+            assert world.state("green") == "absent"
+            assert_served_and_recovers(world, nginx, live_v1, traffic, settings_env, tmp_path)
+    finally:
+        sshd.stop()
+
+
+# Run as NGINX_TEST_COMMAND over SSH: the first time, kill -9 the sshd process serving this
+# session (the connection drops mid-switch); afterwards, the real test.
+KILL_OWN_SESSION = (
+    'if [ ! -e {mark} ]; then touch {mark}; p=$$; '
+    'while ! grep -q "^sshd" /proc/$p/comm; do p=$(cut -d" " -f4 /proc/$p/stat); done; '
+    'kill -9 $p; sleep 10; fi; exec {test}'
+)
+
+
+def test_ssh_session_killed_during_the_switch(world, nginx, settings_env, ssh_env, live_v1, tmp_path):
+    import shlex
+
+    mark = tmp_path / "killed-once"
+    killer = KILL_OWN_SESSION.format(mark=mark, test=nginx.test_command)
+    env = {**ssh_env, "APP_VERSION": "v2", "NGINX_TEST_COMMAND": shlex.join(["sh", "-c", killer])}
+    with Traffic(f"http://127.0.0.1:{nginx.port}/") as traffic:
+        result = run_pipeline(["deploy"], env, tmp_path)
+        assert mark.exists(), result.stderr
+        assert result.returncode == 1, result.stderr
+        line = error_line(result.stderr)
+        assert line.startswith("pipeline: error: nginx host root@127.0.0.1:"), line
+        assert " over SSH: running `sh -c " in line
+        assert line.endswith("; put the old live include back and reloaded nginx"), line
+        assert "connecting again" in result.stderr
+        assert world.state("green") == "absent", "the include is back on blue: green is removed"
+        assert_served_and_recovers(world, nginx, live_v1, traffic, settings_env, tmp_path)
+
+
+def test_docker_engine_gone_during_the_health_wait(world, nginx, settings_env, live_v1, tmp_path):
+    from .outside import DockerRelay
+
+    relay = DockerRelay(tmp_path / "docker.sock")
+    env = {**settings_env, "APP_VERSION": "v2", "DOCKER_HOST": relay.docker_host, "HEALTH_TIMEOUT": "60",
+           "CONTAINER_ENV_FILE": env_file(tmp_path, "STARTUP_DELAY_MS=30000")}
+    try:
+        with Traffic(f"http://127.0.0.1:{nginx.port}/") as traffic:
+            deploying = start_pipeline(["deploy"], env, tmp_path)
+            wait_for(lambda: world.state("green") == "running", 60, 0.05, "the new container")
+            time.sleep(1.0)   # inside the health wait
+            relay.kill()
+            _, stderr = deploying.communicate(timeout=30)
+            assert deploying.returncode == 1, stderr
+            line = error_line(stderr)
+            assert line.startswith(f"pipeline: error: docker engine at {relay.docker_host}: "
+                                   f"inspecting container {world.app}-green: "), line
+            # It cannot be removed through an engine that is gone: said, and left to the next deploy.
+            assert f"could not remove {world.app}-green" in stderr and "the next deploy replaces it" in stderr
+            assert_served_and_recovers(world, nginx, live_v1, traffic, settings_env, tmp_path)
+    finally:
+        relay.kill()
+
+
+def test_hanging_registry_fails_the_deploy_within_network_timeout(world, nginx, settings_env, live_v1, tmp_path):
+    from .outside import SilentListener
+
+    registry = SilentListener()
+    env = {**settings_env, "APP_VERSION": "v2", "REGISTRY": f"127.0.0.1:{registry.port}", "NETWORK_TIMEOUT": "5"}
+    try:
+        with Traffic(f"http://127.0.0.1:{nginx.port}/") as traffic:
+            started = time.monotonic()
+            result = run_pipeline(["deploy"], env, tmp_path, timeout=120)
+            elapsed = time.monotonic() - started
+            assert result.returncode == 1, result.stderr
+            line = error_line(result.stderr)
+            assert line.startswith(f"pipeline: error: registry 127.0.0.1:{registry.port}: docker push "), line
+            assert line.endswith("no answer within 5s (NETWORK_TIMEOUT)"), line
+            assert registry.accepted, "the engine did reach the silent registry"
+            assert elapsed < 40, f"the hanging registry held the deploy for {elapsed:.0f}s"
+            assert world.state("green") == "absent", "no container of the failed release"
+            assert_served_and_recovers(world, nginx, live_v1, traffic, settings_env, tmp_path)
+    finally:
+        registry.stop()
+
+
+@pytest.mark.parametrize("over_ssh", [False, True], ids=["local-nginx", "nginx-over-ssh"])
+def test_history_not_writable_is_a_preflight_error(world, nginx, settings_env, ssh_env, live_v1, tmp_path,
+                                                   over_ssh):
+    # A directory where the history file should be: no open for append succeeds, not even root's.
+    history = nginx.include.parent / f"{world.app}.history.jsonl"
+    kept = history.read_text()
+    history.unlink()
+    history.mkdir()
+    env = {**(ssh_env if over_ssh else settings_env), "APP_VERSION": "v2"}
+    with Traffic(f"http://127.0.0.1:{nginx.port}/") as traffic:
+        result = run_pipeline(["deploy"], env, tmp_path)
+        assert result.returncode == 3, result.stderr
+        line = error_line(result.stderr)
+        assert line.startswith(f"pipeline: error: history {history}: cannot append on the nginx host ("), line
+        assert world.state("green") == "absent"
+        assert not (nginx.include.parent / f"{world.app}.deploy.lock").exists()
+        history.rmdir()
+        history.write_text(kept)
+        assert_served_and_recovers(world, nginx, live_v1, traffic, settings_env, tmp_path)
+    assert [e["version"] for e in map(__import__("json").loads, history.read_text().splitlines())] == ["v1", "v3"]
+
+
+def test_damaged_lock_file_is_refused_and_released_by_hand(world, nginx, settings_env, live_v1, tmp_path):
+    lock = nginx.include.parent / f"{world.app}.deploy.lock"
+    lock.write_bytes(b"\x00\x13garbage{not json\n")
+    with Traffic(f"http://127.0.0.1:{nginx.port}/") as traffic:
+        result = run_pipeline(["deploy"], {**settings_env, "APP_VERSION": "v2"}, tmp_path)
+        assert result.returncode == 4, result.stderr
+        line = error_line(result.stderr)
+        assert line.startswith(f"pipeline: error: deploy lock {lock} is damaged: not a lock pipeline wrote ("), line
+        assert line.endswith("if no deploy is running, remove it with `python -m pipeline lock release`"), line
+        assert world.state("green") == "absent"
+        assert lock.exists(), "a lock the tool cannot read is never taken over silently"
+        ok(run_pipeline(["lock", "release"], settings_env, tmp_path))
+        assert not lock.exists()
+        assert_served_and_recovers(world, nginx, live_v1, traffic, settings_env, tmp_path)
+
+
+def test_include_that_cannot_be_put_back_leaves_the_new_release_running(world, nginx, settings_env, ssh_env,
+                                                                         stack, live_v1, tmp_path):
+    """The SSH session dies mid-switch and the nginx host stays unreachable: the include names
+    the new release, so its container stays, and the message says what to run."""
+    import shlex
+    import subprocess
+
+    from .outside import OwnSshd
+
+    sshd = OwnSshd(stack, tmp_path / "sshd")
+    mark = tmp_path / "killed-once"
+    # Stop the sshd listener first (no reconnect), then cut this session.
+    killer = f"kill {sshd.process.pid}; " + KILL_OWN_SESSION.format(mark=mark, test=nginx.test_command)
+    env = {**sshd.env(ssh_env), "APP_VERSION": "v2", "NGINX_TEST_COMMAND": shlex.join(["sh", "-c", killer]),
+           "NETWORK_TIMEOUT": "5"}
+    try:
+        with Traffic(f"http://127.0.0.1:{nginx.port}/") as traffic:
+            result = run_pipeline(["deploy"], env, tmp_path)
+            assert result.returncode == 1, result.stderr
+            line = error_line(result.stderr)
+            assert "then putting the old live include back failed (" in line, line
+            assert line.endswith(f"On the nginx host, run `{env['NGINX_TEST_COMMAND']}` and "
+                                 f"`{nginx.reload_command}`: "
+                                 "nginx then serves what the include names, and the next deploy goes to the "
+                                 "other color"), line
+            # Neither the history nor the lock (both on the unreachable host) replaced the error.
+            assert "could not append to history" in result.stderr
+            assert "could not release the deploy lock" in result.stderr
+            # Consistent: the include names green, and green runs; nginx was not reloaded.
+            assert nginx.include.read_text() == f"set $service_url http://{world.network.green_ip}:8080;\n"
+            assert world.state("green") == "running" and world.state("blue") == "running"
+            assert nginx.get().text == "version=v1 color=blue\n"
+            # What the message says to do (the plain test: the session killer is spent), then the next deploy.
+            for command in (nginx.test_command, nginx.reload_command):
+                subprocess.run(shlex.split(command), check=True)
+            wait_for(lambda: nginx.get().text == "version=v2 color=green\n", 5, what="nginx to serve green")
+            ok(run_pipeline(["deploy"], {**settings_env, "APP_VERSION": "v3"}, tmp_path))
+            assert nginx.get().text == "version=v3 color=blue\n"
+            report = traffic.stop()
+        assert report.failed == 0, report.failures[:5]
+        assert set(report.versions) <= {"version=v1 color=blue", "version=v2 color=green", "version=v3 color=blue"}
+    finally:
+        sshd.stop()

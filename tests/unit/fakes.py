@@ -185,7 +185,8 @@ class World:
     def __init__(self, preview: bool = True, keep_releases: int = 5) -> None:
         self.settings = Settings(app_name="app", build_command=(), nginx_include=INCLUDE,
                                  nginx_preview_include=PREVIEW_INCLUDE if preview else None,
-                                 drain_seconds=1.0, keep_releases=keep_releases)
+                                 drain_seconds=1.0, keep_releases=keep_releases,
+                                 verify_seconds=0)   # the window has its own tests (test_verify.py)
         self.host = FakeHost()
         self.engine = FakeEngine(self.settings)
         self.switch = FakeSwitch()
@@ -206,8 +207,10 @@ class World:
             self.interrupt_drain = False
             raise Interrupted(signal.SIGTERM)
 
-    def _health_gate(self, url: str, interval: float, timeout: float, check_alive, prober, logs=lambda: []) -> int:
+    def _health_gate(self, url: str, interval: float, timeout: float, check_alive, prober, logs=lambda: [],
+                     can_connect=None) -> int:
         assert isinstance(prober, FakeProber), "probes go through the context's prober"
+        assert callable(can_connect), "the port check goes with the gate"
         check_alive()
         color = next(c for c in ("blue", "green") if f"//{self.settings.ip_of(c)}:" in url)
         if self.engine.boxes[color]["version"] in self.engine.unhealthy:

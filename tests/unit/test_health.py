@@ -90,7 +90,7 @@ import paramiko  # noqa: E402
 from pipeline import deploy as flows  # noqa: E402
 from pipeline.errors import EXIT_PREFLIGHT  # noqa: E402
 from pipeline.health import (ChannelTransport, LocalTransport, NotHealthyYet, Prober,  # noqa: E402
-                             RouteRefused, probe, route_problem)
+                             RouteRefused, probe, route_answer, route_problem)
 from pipeline.nginx_host import CommandResult  # noqa: E402
 from pipeline.settings import Settings  # noqa: E402
 
@@ -116,7 +116,7 @@ GATEWAY = "172.20.0.2 via 10.0.0.1 dev eth0 src 10.0.0.5 uid 0 \n    cache \n"
     (0, "172.29.5.2 src 172.29.5.1 uid 0\n", "gave an answer without an interface"),
 ])
 def test_route_get_answers_are_directly_connected_or_refused(code, output, problem):
-    found = route_problem(code, output)
+    found = route_problem(code, route_answer(output, "172.29.5.2"))
     if problem is None:
         assert found is None
     else:
@@ -299,7 +299,9 @@ class Strict:
 def test_a_deploy_whose_new_network_is_not_a_local_bridge_removes_it_and_changes_nothing(tmp_path):
     settings = Settings.from_env({"APP_VERSION": "v1", "DEPLOY_SUBNET": "172.29.5.0/24",
                                   "DEPLOY_GATEWAY": "172.29.5.1", "BLUE_IP": "172.29.5.2",
-                                  "GREEN_IP": "172.29.5.3"}, tmp_path)
+                                  "GREEN_IP": "172.29.5.3",
+                                  # Verification has its own preflight (verify.check); not this test's.
+                                  "VERIFY_SECONDS": "0"}, tmp_path)
     engine = Strict(network_exists=False, ensure_network=True, remove_network=None,
                     probe_ips=["172.29.5.2", "172.29.5.3"])
     switch = Strict(check=None)
@@ -312,3 +314,138 @@ def test_a_deploy_whose_new_network_is_not_a_local_bridge_removes_it_and_changes
     assert str(settings.nginx_include) not in files.files and str(settings.releases_path()) not in files.files
     assert engine.calls == ["network_exists", "ensure_network", "probe_ips", "remove_network"]
     assert switch.calls == ["check"]
+
+
+SHELL_NOISE = "rm: cannot remove '/root/.pyenv/shims/tmp.QXSeTsXbXe': No such file or directory\n"
+
+
+@pytest.mark.parametrize("output", [SHELL_NOISE + BRIDGE, BRIDGE + SHELL_NOISE])
+def test_what_the_login_shell_prints_around_the_route_is_not_the_answer(output):
+    # Seen over SSH on a loaded machine: the shell's own stderr came before `ip`'s answer.
+    assert route_problem(0, route_answer(output, "172.29.5.2")) is None
+    assert route_problem(0, route_answer(SHELL_NOISE + GATEWAY, "172.20.0.2")).startswith("reaches it only")
+
+
+# -- the schedule, on a fake clock ------------------------------------------------------------------
+#
+# A fake service at our seams: `clock`/`sleep` are the time wait_healthy runs on, and it is the
+# Transport: it answers the health GET as a service would that listens from `listen_at` and is
+# healthy from `healthy_at`, and `can_connect` says whether it listens. Each records what it was
+# asked, and anything else it is asked fails the test.
+
+from pipeline import health  # noqa: E402
+
+
+class FakeService:
+    where = "the fake"
+
+    def __init__(self, listen_at: float, healthy_at: float = None):
+        self.now = 0.0
+        self.listen_at = listen_at
+        self.healthy_at = listen_at if healthy_at is None else healthy_at
+        self.probes = []        # times of health GETs
+        self.events = []        # ("alive" | "connect" | "probe", time), in order
+
+    # time
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        assert 0 <= seconds <= health.ALIVE_CHECK_EVERY + 1e-9, f"slept {seconds}s in one go"
+        self.now += seconds
+
+    # the container
+    def check_alive(self) -> None:
+        self.events.append(("alive", self.now))
+
+    def can_connect(self, ip, port, timeout) -> bool:
+        assert (ip, port) == ("10.0.0.2", 8080) and 0 < timeout <= 1
+        self.events.append(("connect", self.now))
+        self.now += 0.001                   # a refused or accepted connect on a local bridge
+        return self.now >= self.listen_at
+
+    # the transport's GET, strict: only the health URL
+    def get(self, url, timeout):
+        assert url == "http://10.0.0.2:8080/health"
+        self.events.append(("probe", self.now))
+        self.probes.append(self.now)
+        self.now += 0.002
+        if self.now < self.listen_at:
+            raise NotHealthyYet("connection refused or unreachable")
+        if self.now < self.healthy_at:
+            return 503, '{"status":"DOWN"}'
+        return 200, '{"status":"UP"}'
+
+    def wait(self, interval=10.0, timeout=300.0, connect=True) -> int:
+        can_connect = health.connect_check(self, "10.0.0.2", 8080) if connect else None
+        return wait_healthy("http://10.0.0.2:8080/health", interval, timeout, self.check_alive, self,
+                            can_connect=can_connect, clock=self.clock, sleep=self.sleep)
+
+    def gaps(self):
+        return [b - a for a, b in zip(self.probes, self.probes[1:])]
+
+
+def test_without_a_connect_check_the_gaps_double_from_a_quarter_second_to_the_interval():
+    service = FakeService(listen_at=40.0)
+    service.wait(interval=10.0, connect=False)
+    assert service.gaps() == pytest.approx([0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 10.0, 10.0, 10.0], abs=0.01)
+    # So a service ready at 8 s waited until the probe at 15.75 s: what the connect check is for.
+
+
+@pytest.mark.parametrize("startup", [1, 2, 5, 8, 12, 20, 30])
+def test_with_a_connect_check_readiness_is_seen_within_a_tick_of_listening(startup):
+    service = FakeService(listen_at=float(startup))
+    service.wait(interval=10.0)
+    assert startup <= service.probes[-1] <= startup + health.CONNECT_CHECK_EVERY + 0.01
+    # ... and the health probes themselves still back off to HEALTH_INTERVAL, never further apart.
+    assert max(service.gaps()) <= 10.0 + 0.01
+    assert len(service.probes) <= 9
+
+
+def test_once_listening_the_probes_start_over_from_short_gaps():
+    # Listens at 8 s, but its health answers 503 for another 1.2 s (a framework still wiring up).
+    service = FakeService(listen_at=8.0, healthy_at=9.2)
+    service.wait(interval=10.0)
+    after = [t for t in service.probes if t >= 8.0]
+    gaps = [b - a for a, b in zip(after, after[1:])]
+    assert after[0] <= 8.0 + health.CONNECT_CHECK_EVERY + 0.01     # at once when the port opens
+    assert gaps == pytest.approx([0.1, 0.2, 0.4, 0.8], abs=0.01)   # then short gaps, doubling
+    assert service.probes[-1] - 9.2 < 0.8
+
+
+def test_the_port_is_tried_only_right_after_the_container_was_checked():
+    service = FakeService(listen_at=3.0)
+    service.wait(interval=10.0)
+    kinds = [kind for kind, _ in service.events]
+    assert kinds.count("connect") >= 25                             # every 0.1 s for 3 s
+    for i, kind in enumerate(kinds):
+        if kind in ("connect", "probe"):
+            assert kinds[i - 1] == "alive", f"event {i} ({kind}) not preceded by the container check"
+
+
+def test_a_port_open_from_the_start_costs_one_extra_probe_not_a_faster_schedule():
+    # Listening at once but unhealthy for 20 s: the port says nothing new after the first check,
+    # so the probes back off to HEALTH_INTERVAL as without the check.
+    service = FakeService(listen_at=0.0, healthy_at=20.0)
+    service.wait(interval=10.0)
+    gaps = service.gaps()
+    assert gaps[0] < 0.01                     # the first check sees it open: probe again at once
+    assert gaps[1:] == pytest.approx([0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 10.0], abs=0.01)
+
+
+def test_the_last_probe_comes_at_the_timeout_not_an_interval_later():
+    service = FakeService(listen_at=1000.0)
+    with pytest.raises(HealthCheckFailed, match="connection refused"):
+        service.wait(interval=10.0, timeout=25.0)
+    assert 25.0 <= service.probes[-1] <= 25.0 + health.CONNECT_CHECK_EVERY + 0.01
+    assert max(service.gaps()) <= 10.0 + 0.01
+
+
+def test_connect_check_against_a_real_listener():
+    import socket
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        port = listener.getsockname()[1]
+        assert health.connect_check(LocalTransport(), "127.0.0.1", port)() is True
+    assert health.connect_check(LocalTransport(), "127.0.0.1", port)() is False

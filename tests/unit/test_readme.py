@@ -39,7 +39,8 @@ def _same(documented: str, default: str) -> bool:
     try:
         return float(documented) == float(default)
     except ValueError:
-        return documented == default
+        # A flag is documented as the value a user writes (`false`), the reader holds a bool.
+        return documented == default or documented == str(default).lower() and default in ("True", "False")
 
 
 def test_exit_codes_table_matches():

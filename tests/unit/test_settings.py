@@ -59,6 +59,8 @@ def test_dotenv_does_not_touch_os_environ(tmp_path, monkeypatch):
     ("HEALTH_TIMEOUT", "nan", "non-negative number"),
     ("DRAIN_SECONDS", "-0.5", "non-negative number"),
     ("STOP_TIMEOUT", "inf", "non-negative number"),
+    ("NETWORK_TIMEOUT", "0", "positive number"),
+    ("NETWORK_TIMEOUT", "1m", "positive number"),
     ("NGINX_INCLUDE", "conf.d/service-url.inc", "absolute file path"),
     ("NGINX_INCLUDE", "/etc/nginx/../x.inc", "absolute file path"),
     ("NGINX_PREVIEW_INCLUDE", "preview.inc", "absolute file path"),

@@ -15,6 +15,7 @@ import java.util.concurrent.Executors;
 import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicBoolean;
 import java.util.concurrent.atomic.AtomicInteger;
+import java.util.concurrent.atomic.AtomicLong;
 
 /**
  * Stand-in for a Spring Boot service, used by the blue-green deploy tests and demo.
@@ -26,6 +27,11 @@ import java.util.concurrent.atomic.AtomicInteger;
  *   APP_COLOR          echoed by GET /
  *   STARTUP_DELAY_MS   sleep before binding the port, mimics a slow Spring Boot start
  *   HEALTH_FAIL=1      /actuator/health answers 503 forever, / still works
+ *   HEALTH_FAIL_AFTER  seconds: once this long has passed since health first answered 200,
+ *                      /actuator/health answers 503 (a release that breaks after the switch)
+ *   FAIL_RATE          0..1: this share of requests to other paths than the health endpoint is
+ *                      answered 500 (deterministically: every request whose running count
+ *                      crosses the next multiple of 1/FAIL_RATE), health stays fine
  *   CRASH_ON_START=1   print an error to stderr and exit(1) immediately
  *   GRACE_SECONDS      max seconds SIGTERM waits for in-flight requests (default 10)
  *   THREADS            handler threads (default 32)
@@ -38,6 +44,10 @@ public final class Demo {
     private static final AtomicInteger IN_FLIGHT = new AtomicInteger();
     /** Set once SIGTERM arrives: responses then carry "Connection: close". */
     private static final AtomicBoolean STOPPING = new AtomicBoolean();
+    /** Requests to non-health paths so far, for FAIL_RATE. */
+    private static final AtomicLong SERVED = new AtomicLong();
+    /** When health first answered 200 (System.nanoTime()), 0 until then; for HEALTH_FAIL_AFTER. */
+    private static final AtomicLong FIRST_HEALTHY = new AtomicLong();
 
     private Demo() {
     }
@@ -50,6 +60,8 @@ public final class Demo {
         boolean healthFail = "1".equals(System.getenv("HEALTH_FAIL"));
         int graceSeconds = intEnv("GRACE_SECONDS", 10);
         int threads = intEnv("THREADS", 32);
+        double failRate = Math.max(0.0, Math.min(1.0, doubleEnv("FAIL_RATE", 0.0)));
+        double healthFailAfter = doubleEnv("HEALTH_FAIL_AFTER", -1.0);
 
         if ("1".equals(System.getenv("CRASH_ON_START"))) {
             System.err.println("demo " + version + ": CRASH_ON_START=1, exiting with status 1");
@@ -76,21 +88,28 @@ public final class Demo {
         server.setExecutor(pool);
 
         // HttpServer contexts match by prefix, so "/" sees every path not claimed below.
+        byte[] injected = "injected failure (FAIL_RATE)\n".getBytes(StandardCharsets.UTF_8);
         server.createContext("/", counted(ex -> {
-            if (!"/".equals(ex.getRequestURI().getPath())) {
+            if (failRate > 0 && injectFailure(failRate)) {
+                send(ex, 500, "text/plain; charset=utf-8", injected);
+            } else if (!"/".equals(ex.getRequestURI().getPath())) {
                 send(ex, 404, "text/plain; charset=utf-8", "not found\n".getBytes(StandardCharsets.UTF_8));
             } else {
                 send(ex, 200, "text/plain; charset=utf-8", rootBody);
             }
         }));
         server.createContext("/actuator/health", counted(ex -> {
-            if (healthFail) {
+            if (healthFail || healthExpired(healthFailAfter)) {
                 send(ex, 503, "application/json", down);
             } else {
                 send(ex, 200, "application/json", up);
             }
         }));
         server.createContext("/slow", counted(ex -> {
+            if (failRate > 0 && injectFailure(failRate)) {
+                send(ex, 500, "text/plain; charset=utf-8", injected);
+                return;
+            }
             long ms = queryLong(ex.getRequestURI(), "ms", 1000);
             try {
                 Thread.sleep(Math.max(0, Math.min(ms, 600_000)));
@@ -145,6 +164,22 @@ public final class Demo {
         long ms = TimeUnit.NANOSECONDS.toMillis(System.nanoTime() - t0);
         System.out.println("demo stopped after " + ms + " ms drain, in-flight left: " + IN_FLIGHT.get());
         System.out.flush();
+    }
+
+    /** FAIL_RATE: true for the requests whose count crosses the next multiple of 1/rate. */
+    private static boolean injectFailure(double rate) {
+        long n = SERVED.incrementAndGet();
+        return Math.floor(n * rate) > Math.floor((n - 1) * rate);
+    }
+
+    /** HEALTH_FAIL_AFTER: notes the first healthy answer; true once the given seconds passed since. */
+    private static boolean healthExpired(double afterSeconds) {
+        if (afterSeconds < 0) {
+            return false;
+        }
+        long now = System.nanoTime();
+        FIRST_HEALTHY.compareAndSet(0, now);
+        return now - FIRST_HEALTHY.get() >= (long) (afterSeconds * 1e9);
     }
 
     /** Wraps a handler so the shutdown hook can see how many requests are running. */
@@ -208,6 +243,19 @@ public final class Demo {
     private static String env(String name, String dflt) {
         String v = System.getenv(name);
         return v == null || v.isEmpty() ? dflt : v;
+    }
+
+    private static double doubleEnv(String name, double dflt) {
+        String v = System.getenv(name);
+        if (v == null || v.isEmpty()) {
+            return dflt;
+        }
+        try {
+            return Double.parseDouble(v.trim());
+        } catch (NumberFormatException e) {
+            System.err.println("demo: ignoring bad " + name + "=" + v);
+            return dflt;
+        }
     }
 
     private static int intEnv(String name, int dflt) {

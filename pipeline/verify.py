@@ -1,0 +1,360 @@
+"""Verify the new release under live traffic after the switch; switch back by itself if it fails.
+
+For VERIFY_SECONDS after the switch the old release keeps running, and the tool watches:
+
+- the new release's container (exited, restarted, lost its address: fail at once);
+- its health, probed every HEALTH_INTERVAL but at most 2 s apart (two failures in a row: fail);
+- what nginx answered for requests that went to the new release's address: the share of 5xx
+  (nginx's own 502/504 included) above VERIFY_MAX_ERROR_RATE, once at least VERIFY_MIN_REQUESTS
+  were counted, fails.
+
+Where the answers come from depends on the switch (one reader per mode, both here):
+
+- reload mode: nginx's access log (NGINX_ACCESS_LOG, in the shipped `pipeline` format with
+  `upstream=` and the status), read through the NginxHost from its size just before the switch;
+  each poll reads only the bytes added since.
+- live mode: counters nginx keeps per upstream address and status in its Lua log phase
+  (nginx/live/app-live.conf), read through the admin's `GET /pipeline/stats`; the counts just
+  before the switch are the baseline.
+
+On failure the old release is put back through the same switch (same checks), the new container
+is stopped and removed, and SwitchedBack is raised (exit 1). SIGINT/SIGTERM during the window
+does the same, as the safest choice: the old release is running and was serving until seconds
+ago, while the new one is unproven; then the signal's exit code (130/143).
+
+`baseline()` runs just before the switch, `verify()` right after it.
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Counter, Dict, Optional, Protocol, Tuple
+
+from . import health
+from .decide import Address
+from .errors import DeployFailed, Interrupted, PipelineError, PreflightError, SwitchedBack, SwitchedBackOnSignal
+from .nginx_host import NginxHost
+from .settings import Settings
+from .signals import SignalGuard
+from .switch import LIVE
+
+
+
+class Context(Protocol):
+    """What the window uses of the flow's context (deploy.Context has all of it; importing that
+    here would close an import circle)."""
+
+    settings: Settings
+    engine: Any
+    host: NginxHost
+    switch: Any
+    guard: SignalGuard
+    prober: Any
+    sleep: Callable[[float], None]
+
+log = logging.getLogger("pipeline")
+
+TRAFFIC_POLL = 0.5        # how often nginx's answers are read during the window
+HEALTH_EVERY_MAX = 2.0    # health is probed at least this often during the window
+HEALTH_FAILS = 2          # this many failed probes in a row fail the release
+READ_LIMIT = 8 * 1024 * 1024   # access-log bytes read per poll at most (the rest at the next one)
+
+
+# -- pure: parsing and judging ----------------------------------------------------------------------
+
+# The shipped `pipeline` log format (nginx/conf.d/00-log-format.conf):
+#   ... [$time_local] "$request" $status $body_bytes_sent "$http_referer" "$http_user_agent"
+#   upstream=$upstream_addr upstream_status=$upstream_status ...
+# nginx writes a `"` inside a variable as \x22, so the quoted fields hold no bare quote.
+_LOG_RE = re.compile(r'\] "[^"]*" (\d{3}) \S+ "[^"]*" "[^"]*" upstream=(.*?) upstream_status=')
+_ADDRESS_RE = re.compile(r"(\d{1,3}(?:\.\d{1,3}){3}:\d{1,5})\s*$")
+
+
+def parse_log_line(line: str) -> Optional[Tuple[Optional[str], int]]:
+    """(upstream address that answered, status) of one access-log line; None if not the format.
+
+    The address is None when nginx answered by itself (upstream=-). After a retry
+    $upstream_addr lists several ("a, b", or "a : b" after an internal redirect): the last one
+    answered.
+    """
+    match = _LOG_RE.search(line)
+    if match is None:
+        return None
+    address = _ADDRESS_RE.search(match.group(2))
+    return (address.group(1) if address else None), int(match.group(1))
+
+
+def parse_stats(text: str) -> Dict[str, Counter]:
+    """`GET /pipeline/stats` lines "IP:PORT STATUS COUNT" -> address -> status -> count."""
+    counts: Dict[str, Counter] = collections.defaultdict(collections.Counter)
+    for line in text.splitlines():
+        words = line.split()
+        if len(words) == 3 and words[1].isdigit() and words[2].isdigit():
+            counts[words[0]][int(words[1])] += int(words[2])
+    return dict(counts)
+
+
+@dataclass(frozen=True)
+class Tally:
+    """What nginx answered for requests to the new release during the window."""
+
+    statuses: Dict[int, int] = field(default_factory=dict)
+
+    @property
+    def requests(self) -> int:
+        return sum(self.statuses.values())
+
+    @property
+    def errors(self) -> int:
+        return sum(n for status, n in self.statuses.items() if status >= 500)
+
+    @property
+    def rate(self) -> float:
+        return self.errors / self.requests if self.requests else 0.0
+
+    def commonest(self, n: int = 3) -> str:
+        ranked = sorted(self.statuses.items(), key=lambda item: (-item[1], item[0]))[:n]
+        return ", ".join(f"{status} x{count}" for status, count in ranked) or "none"
+
+    def describe(self) -> str:
+        return (f"{self.rate:.1%} 5xx of {self.requests} requests (commonest: {self.commonest()})")
+
+
+def too_many_errors(tally: Tally, max_rate: float, min_requests: int) -> bool:
+    """The release fails on its answers: enough of them counted, and too many 5xx."""
+    return tally.requests >= min_requests and tally.rate > max_rate
+
+
+# -- readers: what nginx answered for one address ---------------------------------------------------
+
+class AnswerReader(Protocol):
+    def read(self) -> Tally:
+        """Everything counted for the address since the baseline."""
+
+
+class AccessLogReader:
+    """Follows NGINX_ACCESS_LOG from its size at the baseline, reading only what was added."""
+
+    def __init__(self, host: NginxHost, path: str, address: Address) -> None:
+        self.host, self.path, self.address = host, path, str(address)
+        size = host.size(path)
+        if size is None:
+            raise PreflightError(f"NGINX_ACCESS_LOG={path}: no such file on the nginx host ({host.description})")
+        self.offset = size
+        self.partial = b""
+        self.counts: Counter = collections.Counter()
+        self.unparsed = 0
+
+    def read(self) -> Tally:
+        size = self.host.size(self.path)
+        if size is not None and size < self.offset:
+            log.warning("    %s shrank (rotated?); reading it from the start", self.path)
+            self.offset, self.partial = 0, b""
+        data = self.host.read_bytes(self.path, self.offset, READ_LIMIT)
+        self.offset += len(data)
+        lines = (self.partial + data).split(b"\n")
+        self.partial = lines.pop()          # an unfinished last line waits for the next read
+        for raw in lines:
+            parsed = parse_log_line(raw.decode("utf-8", "replace"))
+            if parsed is None:
+                self.unparsed += 1
+            elif parsed[0] == self.address:
+                self.counts[parsed[1]] += 1
+        return Tally(dict(self.counts))
+
+
+class StatsReader:
+    """Live mode: nginx's counters for the address, minus what they were at the baseline."""
+
+    def __init__(self, admin, address: Address) -> None:
+        self.admin, self.address = admin, str(address)
+        self.before = parse_stats(admin.stats()).get(self.address, collections.Counter())
+        self.unparsed = 0
+
+    def read(self) -> Tally:
+        now = parse_stats(self.admin.stats()).get(self.address, collections.Counter())
+        return Tally({status: n - self.before.get(status, 0) for status, n in now.items()
+                      if n - self.before.get(status, 0) > 0})
+
+
+def make_reader(ctx: Context, address: Address) -> AnswerReader:
+    s = ctx.settings
+    if ctx.switch.mode == "live":
+        return StatsReader(ctx.switch.admin, address)   # type: ignore[attr-defined]
+    return AccessLogReader(ctx.host, str(s.nginx_access_log), address)
+
+
+# -- the step ---------------------------------------------------------------------------------------
+
+
+
+@dataclass(frozen=True)
+class Verdict:
+    seconds: float
+    tally: Tally
+    probes: int
+
+    def summary(self) -> str:
+        return (f"verified for {self.seconds:g}s: {self.tally.errors} 5xx of {self.tally.requests} "
+                f"requests ({self.tally.rate:.1%}), {self.probes} health probes ok")
+
+
+@dataclass
+class Baseline:
+    """Taken just before the switch: where counting starts."""
+
+    color: str
+    old: str
+    reader: AnswerReader
+
+
+def check(ctx: Context) -> None:
+    """Preflight: can the answers be read at all? (Nothing is changed yet.)"""
+    s = ctx.settings
+    if s.verify_seconds == 0:
+        return
+    if ctx.switch.mode == "live":
+        ctx.switch.admin.stats()   # type: ignore[attr-defined]  # AdminUnavailable: exit 3
+    elif ctx.host.size(str(s.nginx_access_log)) is None:
+        raise PreflightError(f"NGINX_ACCESS_LOG={s.nginx_access_log}: no such file on the nginx host "
+                             f"({ctx.host.description}); verification reads nginx's answers there "
+                             f"(the `pipeline` log format), or set VERIFY_SECONDS=0")
+
+
+def baseline(ctx: Context, color: str, old: Optional[str]) -> Optional[Baseline]:
+    """Mark where counting starts, just before the switch; None when nothing will be verified."""
+    s = ctx.settings
+    if s.verify_seconds == 0:
+        return None
+    fact = ctx.engine.container(old) if old else None
+    if fact is None or not fact.running:
+        log.info("    no running previous release to switch back to: not verifying")
+        return None
+    return Baseline(color, old, make_reader(ctx, Address(s.ip_of(color), s.app_port)))  # type: ignore[arg-type]
+
+
+def verify(ctx: Context, mark: Optional[Baseline]) -> Optional[Verdict]:
+    """Watch the new release for VERIFY_SECONDS; on failure (or a signal) switch back."""
+    if mark is None:
+        return None
+    s = ctx.settings
+    log.info("==> verifying %s for %gs under live traffic (5xx at most %g%% once %d requests are "
+             "counted; health every %gs); %s keeps running meanwhile", s.container_name(mark.color),
+             s.verify_seconds, s.verify_max_error_rate * 100, s.verify_min_requests,
+             min(s.health_interval, HEALTH_EVERY_MAX), s.container_name(mark.old))
+    watch = _Watch(ctx, mark)
+    try:
+        problem = watch.run()
+    except Interrupted as exc:
+        log.warning("==> %s during verification: putting traffic back on %s, which is still running",
+                    exc, s.container_name(mark.old))
+        _switch_back(ctx, mark.color, mark.old)
+        raise SwitchedBackOnSignal(exc.signum, f"switched back to {mark.old} "
+                                               f"({watch.tally.describe()})") from exc
+    if problem is not None:
+        _switch_back(ctx, mark.color, mark.old)
+        raise SwitchedBack(f"switched back to {mark.old}: {problem}")
+    if getattr(mark.reader, "unparsed", 0) and watch.tally.requests == 0:
+        log.warning("    %d new lines of %s are not in the `pipeline` log format: no answer was judged",
+                    getattr(mark.reader, "unparsed"), s.nginx_access_log)
+    verdict = Verdict(s.verify_seconds, watch.tally, watch.probes)
+    log.info("    %s", verdict.summary())
+    return verdict
+
+
+class _Watch:
+    """The window itself: returns why the release failed, or None when it held to the end."""
+
+    def __init__(self, ctx: Context, mark: Baseline) -> None:
+        self.ctx, self.mark = ctx, mark
+        self.tally = Tally()
+        self.probes = 0
+        self._read_warned = False
+
+    def run(self) -> Optional[str]:
+        ctx, s, color = self.ctx, self.ctx.settings, self.mark.color
+        every = min(s.health_interval, HEALTH_EVERY_MAX)
+        url = f"http://{s.ip_of(color)}:{s.app_port}{s.health_path}"
+        started = time.monotonic()
+        deadline = started + s.verify_seconds
+        next_probe = started + every
+        next_report = started + 5.0
+        failed_in_row = 0
+        while True:
+            problem = _container_problem(ctx, color)
+            if problem is not None:
+                return f"{problem}; traffic: {self.tally.describe()}"
+            self._read()
+            if too_many_errors(self.tally, s.verify_max_error_rate, s.verify_min_requests):
+                return (f"{color} answered 5xx to {self.tally.rate:.1%} of {self.tally.requests} requests "
+                        f"(limit {s.verify_max_error_rate:.1%}; commonest: {self.tally.commonest()})")
+            now = time.monotonic()
+            if now >= next_probe:
+                next_probe = now + every
+                self.probes += 1
+                try:
+                    # Only after _container_problem found the container holding its address, and
+                    # from where nginx is (ctx.prober checks the route there first).
+                    # A generous timeout: a busy host must not turn a slow answer into a switch-back.
+                    health.probe(ctx.prober, url, HEALTH_EVERY_MAX)
+                    failed_in_row = 0
+                except health.NotHealthyYet as exc:
+                    failed_in_row += 1
+                    log.warning("    health probe %d failed (%d in a row): %s", self.probes, failed_in_row, exc.last)
+                    if failed_in_row >= HEALTH_FAILS:
+                        return (f"{color}'s health failed {failed_in_row} times in a row (last: {exc.last}); "
+                                f"traffic: {self.tally.describe()}")
+            if now >= deadline:
+                return None
+            if now >= next_report:
+                next_report = now + 5.0
+                log.info("    %.0fs: %s", now - started, self.tally.describe())
+            ctx.sleep(max(0.0, min(TRAFFIC_POLL, deadline - now, next_probe - now)))
+
+    def _read(self) -> None:
+        try:
+            self.tally = self.mark.reader.read()
+            self._read_warned = False
+        except (OSError, EOFError, PipelineError) as exc:
+            if not self._read_warned:
+                log.warning("    cannot read nginx's answers (%s); watching health only until it reads again", exc)
+                self._read_warned = True
+
+
+def _container_problem(ctx: Context, color: str) -> Optional[str]:
+    """Why the new container cannot be serving (and must not be probed), or None."""
+    s = ctx.settings
+    fact = ctx.engine.container(color)
+    if fact is None:
+        return f"container {s.container_name(color)} was removed"
+    if not fact.running or fact.restart_count > 0:
+        return f"container {s.container_name(color)} stopped ({fact.status}, restarted {fact.restart_count}x)"
+    if not ctx.engine.at_fixed_ip(fact):
+        return f"container {s.container_name(color)} no longer holds {s.ip_of(color)} on {s.deploy_network}"
+    return None
+
+
+def _switch_back(ctx: Context, color: str, old: str) -> None:
+    """Old release back in traffic through the same switch, then the new container removed.
+
+    If the switch back itself fails, the new release stays live and running (removing it would
+    leave nginx pointing at nothing): say so and how to act.
+    """
+    s = ctx.settings
+    address = Address(s.ip_of(old), s.app_port)
+    log.error("==> switching back to %s (%s) [%s]", old, address, ctx.switch.mode)
+    with ctx.guard.critical():
+        try:
+            ctx.switch.route_to(LIVE, address)
+        except PipelineError as exc:
+            raise DeployFailed(f"{color} failed verification and switching back to {old} failed: {exc}; "
+                               f"{s.container_name(color)} is still live, {s.container_name(old)} running: "
+                               f"run `rollback` once nginx is fixed") from exc
+        # Requests nginx's old workers (reload mode) still send to the new release finish first.
+        ctx.sleep(ctx.switch.settle_seconds)
+        log.error("==> removing %s; traffic is on %s again", s.container_name(color), s.container_name(old))
+        ctx.engine.stop(color)
+        ctx.engine.remove(color)

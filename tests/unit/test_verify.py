@@ -1,0 +1,248 @@
+"""Verification after the switch: parsing nginx's answers, judging them, and the switch-back.
+
+The window itself runs against small strict fakes at our own seams (engine, switch, answer
+reader); health probes are kept out of these windows by HEALTH_INTERVAL (the first probe would be
+2 s in), so nothing here touches the network.
+"""
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+from typing import List
+
+import pytest
+
+from pipeline import verify
+from pipeline.decide import Address, ContainerFact
+from pipeline.deploy import Context
+from pipeline.errors import Interrupted, SettingsError
+from pipeline.nginx_host import LocalHost
+from pipeline.settings import Settings
+from pipeline.signals import SignalGuard
+from pipeline.switch import LIVE
+
+LINE = ('127.0.0.1 - - [01/Dec/2026:20:00:00 +0000] "GET /x?a=\\x22b HTTP/1.1" {status} 12 "-" '
+        '"wrk \\x22quoted\\x22" upstream={upstream} upstream_status={status} request_time=0.001 '
+        'upstream_response_time=0.001')
+
+
+@pytest.mark.parametrize("upstream,status,expected", [
+    ("172.20.0.3:8080", 200, ("172.20.0.3:8080", 200)),
+    ("172.20.0.3:8080", 500, ("172.20.0.3:8080", 500)),
+    ("172.20.0.3:8080", 502, ("172.20.0.3:8080", 502)),       # nginx's own: connection refused
+    ("-", 503, (None, 503)),                                     # nginx answered by itself
+    ("172.20.0.2:8080, 172.20.0.3:8080", 200, ("172.20.0.3:8080", 200)),   # a retry: the last one
+    ("172.20.0.2:8080 : 172.20.0.3:8080", 504, ("172.20.0.3:8080", 504)),  # internal redirect
+])
+def test_access_log_lines_in_the_pipeline_format(upstream, status, expected):
+    assert verify.parse_log_line(LINE.format(upstream=upstream, status=status)) == expected
+
+
+@pytest.mark.parametrize("line", ["", "garbage", '127.0.0.1 - - [x] "GET / HTTP/1.1" 200 5 "-" "-"'])
+def test_lines_in_another_format_are_not_counted(line):
+    assert verify.parse_log_line(line) is None
+
+
+def test_the_shipped_log_format_is_the_one_parsed():
+    shipped = (Path(__file__).resolve().parents[2] / "nginx" / "conf.d" / "00-log-format.conf").read_text()
+    assert '"$request" \'\n' in shipped and "'$status $body_bytes_sent \"$http_referer\" \"$http_user_agent\" '" in shipped
+    assert "'upstream=$upstream_addr upstream_status=$upstream_status " in shipped
+
+
+def test_stats_lines():
+    text = "172.20.0.2:8080 200 10\n172.20.0.3:8080 200 7\n172.20.0.3:8080 500 3\nnonsense\n"
+    assert verify.parse_stats(text) == {"172.20.0.2:8080": {200: 10}, "172.20.0.3:8080": {200: 7, 500: 3}}
+    assert verify.parse_stats("") == {}
+
+
+@pytest.mark.parametrize("statuses,fails", [
+    ({200: 19, 500: 0}, False),           # below VERIFY_MIN_REQUESTS: not judged
+    ({500: 19}, False),
+    ({200: 14, 500: 6}, True),            # 30% of 20
+    ({200: 99, 502: 1}, False),           # exactly 1%: not above the limit
+    ({200: 98, 502: 2}, True),            # nginx's own 502 counts
+    ({200: 90, 404: 10}, False),          # 4xx is the client's business
+    ({}, False),
+])
+def test_judging_the_answers(statuses, fails):
+    assert verify.too_many_errors(verify.Tally(statuses), 0.01, 20) is fails
+
+
+def test_tally_describes_rate_count_and_commonest_statuses():
+    tally = verify.Tally({200: 70, 500: 30, 502: 2})
+    assert tally.describe() == "31.4% 5xx of 102 requests (commonest: 200 x70, 500 x30, 502 x2)"
+
+
+def test_access_log_reader_reads_only_what_was_added(tmp_path):
+    path = tmp_path / "app.access.log"
+    path.write_text(LINE.format(upstream="172.20.0.3:8080", status=500) + "\n")   # before the mark
+    reader = verify.AccessLogReader(LocalHost(), str(path), Address("172.20.0.3", 8080))
+    with path.open("a") as log:
+        log.write(LINE.format(upstream="172.20.0.3:8080", status=200) + "\n")
+        log.write(LINE.format(upstream="172.20.0.2:8080", status=500) + "\n")     # the old color
+        log.write(LINE.format(upstream="172.20.0.3:8080", status=502)[:40])        # half written
+    assert reader.read().statuses == {200: 1}
+    with path.open("a") as log:
+        log.write(LINE.format(upstream="172.20.0.3:8080", status=502)[40:] + "\n")
+    assert reader.read().statuses == {200: 1, 502: 1}
+    path.write_text("")                                                            # rotated
+    assert reader.read().statuses == {200: 1, 502: 1}
+
+
+def test_access_log_reader_needs_the_file(tmp_path):
+    with pytest.raises(verify.PreflightError, match="NGINX_ACCESS_LOG=.*no such file"):
+        verify.AccessLogReader(LocalHost(), str(tmp_path / "missing.log"), Address("172.20.0.3", 8080))
+
+
+@pytest.mark.parametrize("name,value,words", [
+    ("VERIFY_SECONDS", "-1", "non-negative number"),
+    ("VERIFY_MAX_ERROR_RATE", "1.5", "fraction from 0 to 1"),
+    ("VERIFY_MAX_ERROR_RATE", "nan", "fraction from 0 to 1"),
+    ("VERIFY_MAX_ERROR_RATE", "1%", "fraction from 0 to 1"),
+    ("VERIFY_MIN_REQUESTS", "0", "at least 1"),
+    ("NGINX_ACCESS_LOG", "app.log", "absolute file path"),
+    ("KEEP_PREVIOUS_RUNNING", "maybe", "true or false"),
+])
+def test_bad_verification_settings_name_the_setting(tmp_path, name, value, words):
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env({name: value}, tmp_path)
+    assert str(caught.value).startswith(f"{name}={value}:") and words in str(caught.value)
+
+
+def test_verification_defaults(tmp_path):
+    s = Settings.from_env({}, tmp_path)
+    assert (s.verify_seconds, s.verify_max_error_rate, s.verify_min_requests) == (30.0, 0.01, 20)
+    assert (str(s.nginx_access_log), s.smoke_command, s.keep_previous_running) == \
+        ("/var/log/nginx/app.access.log", "", False)
+    assert Settings.from_env({"KEEP_PREVIOUS_RUNNING": "True"}, tmp_path).keep_previous_running is True
+
+
+# -- the window, with strict fakes --------------------------------------------------------------------
+
+class Calls(list):
+    def expect(self, *names: str) -> None:
+        assert [c[0] for c in self] == list(names), self
+
+
+class FakeEngine:
+    """Knows two running containers at their fixed IPs; records what is done to them."""
+
+    def __init__(self, settings: Settings, calls: Calls) -> None:
+        self.settings, self.calls = settings, calls
+        self.states = {"blue": "running", "green": "running"}
+
+    def container(self, color: str):
+        if self.states.get(color) is None:
+            return None
+        return ContainerFact(color, self.settings.container_name(color), self.states[color], "v", "img",
+                             self.settings.ip_of(color))
+
+    def at_fixed_ip(self, fact) -> bool:
+        return True
+
+    def stop(self, color: str) -> None:
+        self.calls.append(("stop", color))
+
+    def remove(self, color: str) -> None:
+        self.calls.append(("remove", color))
+        self.states[color] = None
+
+    def __getattr__(self, name: str):
+        raise AssertionError(f"unexpected engine call: {name}")
+
+
+class FakeSwitch:
+    mode = "reload"
+    settle_seconds = 0.0
+
+    def __init__(self, calls: Calls) -> None:
+        self.calls = calls
+
+    def route_to(self, route: str, address: Address) -> None:
+        self.calls.append(("route_to", route, str(address)))
+
+    def __getattr__(self, name: str):
+        raise AssertionError(f"unexpected switch call: {name}")
+
+
+class Script:
+    """An answer reader that gives one tally per read, then the last one again."""
+
+    def __init__(self, *tallies: dict) -> None:
+        self.tallies: List[dict] = list(tallies)
+
+    def read(self) -> verify.Tally:
+        statuses = self.tallies.pop(0) if len(self.tallies) > 1 else self.tallies[0]
+        return verify.Tally(statuses)
+
+
+def window(tmp_path, reader, sleep=lambda seconds: None, **env):
+    settings = Settings.from_env({"VERIFY_SECONDS": "0.2", "HEALTH_INTERVAL": "10", **env}, tmp_path)
+    calls = Calls()
+    ctx = Context(settings, FakeEngine(settings, calls), LocalHost(), FakeSwitch(calls), tmp_path, {},
+                  SignalGuard(), sleep)
+    return ctx, calls, verify.Baseline("green", "blue", reader)
+
+
+def test_a_good_release_passes_and_nothing_is_switched(tmp_path):
+    ctx, calls, mark = window(tmp_path, Script({200: 5}, {200: 40}))
+    verdict = verify.verify(ctx, mark)
+    assert verdict.tally.statuses == {200: 40}
+    assert verdict.summary().startswith("verified for 0.2s: 0 5xx of 40 requests (0.0%)")
+    calls.expect()
+
+
+def test_too_many_5xx_switches_back_then_removes_the_new_container(tmp_path):
+    ctx, calls, mark = window(tmp_path, Script({200: 10}, {200: 70, 500: 30}))
+    with pytest.raises(verify.SwitchedBack) as caught:
+        verify.verify(ctx, mark)
+    assert str(caught.value) == ("switched back to blue: green answered 5xx to 30.0% of 100 requests "
+                                 "(limit 1.0%; commonest: 200 x70, 500 x30)")
+    assert caught.value.history_result == "switched back" and caught.value.exit_code == 1
+    calls.expect("route_to", "stop", "remove")
+    assert calls[0] == ("route_to", LIVE, f"{ctx.settings.blue_ip}:8080")
+
+
+def test_a_new_container_that_exits_is_switched_back_at_once(tmp_path):
+    ctx, calls, mark = window(tmp_path, Script({200: 3}))
+    ctx.engine.states["green"] = "exited"
+    with pytest.raises(verify.SwitchedBack, match="green stopped \\(exited"):
+        verify.verify(ctx, mark)
+    calls.expect("route_to", "stop", "remove")
+
+
+def test_a_signal_during_the_window_switches_back_and_keeps_its_exit_code(tmp_path):
+    signals = [signal.SIGTERM]
+
+    def sleep(seconds: float) -> None:
+        if signals:   # once, as SignalGuard does: a second signal only logs "still cleaning up"
+            raise Interrupted(signals.pop())
+
+    ctx, calls, mark = window(tmp_path, Script({200: 3}), sleep=sleep)
+    with pytest.raises(verify.SwitchedBackOnSignal) as caught:
+        verify.verify(ctx, mark)
+    assert caught.value.exit_code == 143 and caught.value.history_result == "switched back"
+    assert "interrupted by SIGTERM during verification; switched back to blue" in str(caught.value)
+    calls.expect("route_to", "stop", "remove")
+
+
+def test_a_failed_switch_back_leaves_the_new_release_running_and_says_so(tmp_path):
+    ctx, calls, mark = window(tmp_path, Script({500: 30}))
+
+    def refuse(route, address):
+        raise verify.DeployFailed("nginx -t exited with 1")
+
+    ctx.switch.route_to = refuse
+    with pytest.raises(verify.DeployFailed, match="switching back to blue failed: .* still live"):
+        verify.verify(ctx, mark)
+    calls.expect()   # nothing stopped or removed
+
+
+def test_verification_off_or_nothing_to_go_back_to(tmp_path):
+    ctx, calls, _ = window(tmp_path, Script({}), VERIFY_SECONDS="0")
+    assert verify.baseline(ctx, "green", "blue") is None
+    ctx, calls, _ = window(tmp_path, Script({}))
+    assert verify.baseline(ctx, "green", None) is None
+    ctx.engine.states["blue"] = "exited"
+    assert verify.baseline(ctx, "green", "blue") is None
+    assert verify.verify(ctx, None) is None
