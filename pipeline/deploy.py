@@ -8,8 +8,8 @@ history is written when it ends, however it ends). Facts are gathered next, incl
 record (releases.py), the decision is made by pure functions (decide.py, releases.py), then the
 world is touched. Every failure before the switch leaves traffic where it was and removes the new
 container (on a swarm: scales the new service to 0); a failed switch restores the include (the
-switch modules). The colors run on a Target (target.py): one engine or a swarm, the same steps. `stage` (deploy
---no-promote), `promote` and `rollback` are short flows of the same steps.
+switch modules). `stage` (deploy --no-promote), `promote` and `rollback` are short flows of the
+same steps. The colors run on a Target (target.py), one engine or a swarm: the same runbook.
 """
 from __future__ import annotations
 

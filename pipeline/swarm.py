@@ -197,6 +197,11 @@ class SwarmEngine:
         """After a failed start: scaled to 0, its spec kept (the failed tasks' logs stay readable)."""
         self.stop(color)
 
+    def check_registry(self) -> None:
+        """Preflight: REGISTRY takes the login, through the manager's engine (where the release is
+        built and pushed; the same login goes to the nodes with the service)."""
+        self.images.check_registry()
+
     def build_image(self, cwd: Path, tag: str, version: str) -> str:
         return self.images.build_image(cwd, tag, version)
 

@@ -33,6 +33,9 @@ class Target(Protocol):
         """Raise NotEnoughNodes (exit 3) before anything changes if a color cannot get REPLICAS
         tasks (one per node); one engine always can."""
 
+    def check_registry(self) -> None:
+        """Preflight, with REGISTRY_USERNAME set: the registry takes the login."""
+
     def build_image(self, cwd: Path, tag: str, version: str) -> str: ...
 
     def push_and_pull(self, tag: str) -> None: ...
