@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 
 import paramiko
 import requests
-from tenacity import RetryCallState, RetryError, Retrying, retry_if_exception_type
+from tenacity import RetryCallState, RetryError, Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from .errors import HealthCheckFailed, NginxHostFailed, PreflightError, RouteRefused
 from .nginx_host import NginxHost
