@@ -95,7 +95,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     work = Path(tempfile.mkdtemp(prefix=f"{app}-"))
     nginx = Nginx(work / "nginx", free_port(), free_port())
     nginx.directory.mkdir()
-    common = {"HEALTH_INTERVAL": "0.5", "DRAIN_SECONDS": "0.5", "STOP_TIMEOUT": "5", "NGINX_HOST": "",
+    common = {"HEALTH_INTERVAL": "0.5", "DRAIN_SECONDS": "0.5", "STOP_TIMEOUT": "5", "NGINX_HOST": "", "VERIFY_SECONDS": "0",
               "NGINX_INCLUDE": str(nginx.include), "NGINX_TEST_COMMAND": nginx.test_command,
               "NGINX_RELOAD_COMMAND": nginx.reload_command}
     env = {"APP_NAME": app, "BUILD_COMMAND": "", "DOCKERFILE": str(REPO / "docker" / "Dockerfile"),
