@@ -95,8 +95,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     work = Path(tempfile.mkdtemp(prefix=f"{app}-"))
     nginx = Nginx(work / "nginx", free_port(), free_port())
     nginx.directory.mkdir()
-    common = {"HEALTH_INTERVAL": "0.5", "DRAIN_SECONDS": "0.5", "STOP_TIMEOUT": "5", "NGINX_HOST": "", "VERIFY_SECONDS": "0",
-              "NGINX_INCLUDE": str(nginx.include), "NGINX_TEST_COMMAND": nginx.test_command,
+    common = {"HEALTH_INTERVAL": "0.5", "DRAIN_SECONDS": "0.5", "STOP_TIMEOUT": "5", "VERIFY_SECONDS": "0",
+              "NGINX_HOST": "", "NGINX_INCLUDE": str(nginx.include), "NGINX_TEST_COMMAND": nginx.test_command,
               "NGINX_RELOAD_COMMAND": nginx.reload_command}
     env = {"APP_NAME": app, "BUILD_COMMAND": "", "DOCKERFILE": str(REPO / "docker" / "Dockerfile"),
            "BUILD_CONTEXT": str(REPO / "demo"), "BUILD_ARGS": f"BASE_IMAGE={stack['JRE_IMAGE']} JAR=build/libs/app.jar",
