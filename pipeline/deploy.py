@@ -327,7 +327,7 @@ def wait_tasks_healthy(ctx: Context, color: str) -> None:
 
     def ready() -> list:
         # Only tasks of a converged service count: a replacement on its way is not healthy yet.
-        return engine.addresses(color) if engine.converged(color) else []   # type: ignore[attr-defined]
+        return engine.task_addresses(color) if engine.converged(color) else []   # type: ignore[attr-defined]
 
     phase("waiting for %d task(s) of %s to answer %s on port %d (every %gs, up to %gs)", s.replicas, name,
           s.health_path, s.port_of(color), s.health_interval, s.health_timeout)

@@ -97,6 +97,14 @@ class TaskAddress(NamedTuple):
     node: str
     state: str
 
+    @property
+    def url(self) -> str:
+        return f"http://{self.node_addr}:{self.port}"
+
+    def __str__(self) -> str:
+        """How the health gate names it: which task, on which node, where."""
+        return f"task {self.task_id[:12]} on {self.node} ({self.node_addr}:{self.port})"
+
 
 @dataclass(frozen=True)
 class TaskEvent:

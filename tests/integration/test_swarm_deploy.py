@@ -137,7 +137,7 @@ def test_a_release_that_never_gets_healthy_is_scaled_to_0_and_the_old_one_keeps_
     assert failed.returncode == 1, failed.stderr
     # Both tasks ran and were probed, each at its node's address: the message names them.
     assert re.search(r"every task of \S+-green at /nope did not answer 200 .*0 of 2 answer 200 \(2 running\); "
-                     r"10\.99\.0\.\d+:8082: HTTP 404", failed.stderr), failed.stderr
+                     r"task \w+ on \S+ \(10\.99\.0\.\d+:8082\): HTTP 404", failed.stderr), failed.stderr
     assert "scaling to 0" in failed.stderr
     assert nginx.include.read_text() == before
     assert nginx.get().text == "version=v1 color=blue\n"
