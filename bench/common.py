@@ -11,7 +11,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Dict
+from typing import Dict, List, Sequence
 
 import docker
 
@@ -74,3 +74,11 @@ class BenchNetwork:
                 return container
             time.sleep(0.2)
         raise SystemExit(f"{role} container did not start: {container.logs()[-500:]!r}")
+
+
+def format_table(rows: List[Dict[str, object]], columns: Sequence[str]) -> str:
+    """The rows as a plain text table, one left-aligned column per name in `columns`."""
+    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in columns}
+    lines = ["  ".join(c.ljust(widths[c]) for c in columns)]
+    lines += ["  ".join(str(r[c]).ljust(widths[c]) for c in columns) for r in rows]
+    return "\n".join(lines) + "\n"

@@ -39,6 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from bench import common  # noqa: E402
 from tests.integration.realstack import (LUA_MODULES, Nginx, free_port, remove_app,  # noqa: E402
                                          remove_network, reserve_network, run_pipeline, stack_env)
 
@@ -255,13 +256,12 @@ def make_nginx(mode: str, directory: Path, network) -> Nginx:
                  allowed_networks=[network.subnet] if form == "live" else [])
 
 
+COLUMNS = ["mode", "requests", "seconds", "req_per_s", "non_2xx", "connect", "read", "write", "timeout",
+           "p99_ms", "deploys_s"]
+
+
 def format_table(rows: List[Dict[str, object]]) -> str:
-    columns = ["mode", "requests", "seconds", "req_per_s", "non_2xx", "connect", "read", "write", "timeout",
-               "p99_ms", "deploys_s"]
-    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in columns}
-    lines = ["  ".join(c.ljust(widths[c]) for c in columns)]
-    lines += ["  ".join(str(r[c]).ljust(widths[c]) for c in columns) for r in rows]
-    return "\n".join(lines) + "\n"
+    return common.format_table(rows, COLUMNS)
 
 
 def _run_mode(mode: str, args: argparse.Namespace, stack: Dict[str, str], client) -> Measurement:

@@ -36,10 +36,13 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from bench.common import format_table  # noqa: E402
 from bench.live_vs_reload import deploy_env, make_nginx  # noqa: E402
 from tests.integration.realstack import (pipeline_env, remove_app, remove_network, reserve_network,  # noqa: E402
                                          run_pipeline, stack_env)
 from tests.integration.timeline import Timeline  # noqa: E402
+
+COLUMNS = ["mode", "round", "served_s", "done_s", "tool_s", "failed", "startup_s", "load_avg"]
 
 
 def one_mode(mode: str, rounds: int, stack: Dict[str, str], client) -> List[Dict[str, object]]:
@@ -95,14 +98,6 @@ def one_mode(mode: str, rounds: int, stack: Dict[str, str], client) -> List[Dict
             remove_network(client, network.name)
 
 
-def format_table(rows: List[Dict[str, object]]) -> str:
-    columns = ["mode", "round", "served_s", "done_s", "tool_s", "failed", "startup_s", "load_avg"]
-    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in columns}
-    lines = ["  ".join(c.ljust(widths[c]) for c in columns)]
-    lines += ["  ".join(str(r[c]).ljust(widths[c]) for c in columns) for r in rows]
-    return "\n".join(lines) + "\n"
-
-
 def main(argv: List[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--modes", default="reload,live")
@@ -120,7 +115,7 @@ def main(argv: List[str]) -> int:
     if not (REPO / "demo" / "build" / "libs" / "app.jar").is_file():
         subprocess.run(["bash", str(REPO / "demo" / "build.sh")], check=True, cwd=REPO / "demo")
     rows = [row for mode in modes for row in one_mode(mode, args.rounds, stack, client)]
-    sys.stdout.write(format_table(rows))
+    sys.stdout.write(format_table(rows, COLUMNS))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
     return 0

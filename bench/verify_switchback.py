@@ -39,12 +39,15 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from bench.common import format_table  # noqa: E402
 from bench.live_vs_reload import deploy_env, make_nginx  # noqa: E402
 from tests.integration import loadgen  # noqa: E402
 from tests.integration.realstack import remove_app, remove_network, reserve_network, run_pipeline, stack_env  # noqa: E402
 from tests.integration.timeline import bad_window, log_msec  # noqa: E402
 
 MODES = {"reload": ("reload", False), "reload-ssh": ("reload", True), "live": ("live", False)}
+
+COLUMNS = ["mode", "round", "back_s", "failed", "to_v2", "wrk_failed", "rate", "tool"]
 
 
 def ssh_settings(stack: Dict[str, str]) -> Dict[str, str]:
@@ -97,14 +100,6 @@ def _error_line(stderr: str) -> str:
     return lines[-1][len("pipeline: error: "):][:100] if lines else "?"
 
 
-def format_table(rows: List[Dict[str, object]]) -> str:
-    columns = ["mode", "round", "back_s", "failed", "to_v2", "wrk_failed", "rate", "tool"]
-    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in columns}
-    lines = ["  ".join(c.ljust(widths[c]) for c in columns)]
-    lines += ["  ".join(str(r[c]).ljust(widths[c]) for c in columns) for r in rows]
-    return "\n".join(lines) + "\n"
-
-
 def main(argv: List[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--modes", default="reload,reload-ssh,live")
@@ -127,7 +122,7 @@ def main(argv: List[str]) -> int:
         for mode in modes:
             rows.append({**one_run(mode, stack, client, args.max_seconds), "round": round_number + 1})
             print(f"# {rows[-1]}", file=sys.stderr)
-    sys.stdout.write(format_table(rows))
+    sys.stdout.write(format_table(rows, COLUMNS))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
     return 0
