@@ -6,6 +6,7 @@ an address on it unless a container of ours holds that address.
 from __future__ import annotations
 
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -82,3 +83,9 @@ def format_table(rows: List[Dict[str, object]], columns: Sequence[str]) -> str:
     lines = ["  ".join(c.ljust(widths[c]) for c in columns)]
     lines += ["  ".join(str(r[c]).ljust(widths[c]) for c in columns) for r in rows]
     return "\n".join(lines) + "\n"
+
+
+def ensure_demo_jar() -> None:
+    """Build the demo service's jar unless it is there already (the bench images copy it in)."""
+    if not (REPO / "demo" / "build" / "libs" / "app.jar").is_file():
+        subprocess.run(["bash", str(REPO / "demo" / "build.sh")], check=True, cwd=REPO / "demo")

@@ -305,8 +305,7 @@ def main(argv: List[str]) -> int:
 
     stack = stack_env()
     client = docker.from_env()
-    if not (REPO / "demo" / "build" / "libs" / "app.jar").is_file():
-        subprocess.run(["bash", str(REPO / "demo" / "build.sh")], check=True, cwd=REPO / "demo")
+    common.ensure_demo_jar()
     rows = []
     for round_number in range(args.rounds):
         for mode in modes:

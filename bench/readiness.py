@@ -40,6 +40,7 @@ for path in (REPO, REPO / "bench"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
+from bench.common import ensure_demo_jar  # noqa: E402
 from live_vs_reload import MODES as NGINX_FORMS, DeployFailed, deploy_env, make_nginx  # noqa: E402
 from tests.integration.realstack import pipeline_env, remove_app, remove_network, reserve_network, stack_env  # noqa: E402
 from tests.integration.switchwatch import Watch  # noqa: E402
@@ -177,8 +178,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         client.ping()
     except Exception as exc:
         parser.error(f"docker engine not reachable ({exc}); run: eval \"$(bash scripts/stack.sh env)\"")
-    if not (REPO / "demo" / "build" / "libs" / "app.jar").is_file():
-        subprocess.run(["bash", str(REPO / "demo" / "build.sh")], check=True, cwd=REPO / "demo")
+    ensure_demo_jar()
     rows: List[Row] = []
     for round_number in range(1, args.rounds + 1):
         for mode in modes:

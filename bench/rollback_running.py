@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.common import format_table  # noqa: E402
+from bench.common import ensure_demo_jar, format_table  # noqa: E402
 from bench.live_vs_reload import deploy_env, make_nginx  # noqa: E402
 from tests.integration.realstack import (pipeline_env, remove_app, remove_network, reserve_network,  # noqa: E402
                                          run_pipeline, stack_env)
@@ -112,8 +112,7 @@ def main(argv: List[str]) -> int:
 
     stack = stack_env()
     client = docker.from_env()
-    if not (REPO / "demo" / "build" / "libs" / "app.jar").is_file():
-        subprocess.run(["bash", str(REPO / "demo" / "build.sh")], check=True, cwd=REPO / "demo")
+    ensure_demo_jar()
     rows = [row for mode in modes for row in one_mode(mode, args.rounds, stack, client)]
     sys.stdout.write(format_table(rows, COLUMNS))
     if args.json:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,7 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.common import format_table  # noqa: E402
+from bench.common import ensure_demo_jar, format_table  # noqa: E402
 from bench.live_vs_reload import deploy_env, make_nginx  # noqa: E402
 from tests.integration import loadgen  # noqa: E402
 from tests.integration.realstack import remove_app, remove_network, reserve_network, run_pipeline, stack_env  # noqa: E402
@@ -115,8 +114,7 @@ def main(argv: List[str]) -> int:
 
     stack = stack_env()
     client = docker.from_env()
-    if not (REPO / "demo" / "build" / "libs" / "app.jar").is_file():
-        subprocess.run(["bash", str(REPO / "demo" / "build.sh")], check=True, cwd=REPO / "demo")
+    ensure_demo_jar()
     rows = []
     for round_number in range(args.rounds):
         for mode in modes:
