@@ -11,8 +11,9 @@ import sys
 import tempfile
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Sequence, Tuple
 
 import docker
 
@@ -20,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from tests.integration.realstack import remove_network, reserve_network, stack_env  # noqa: E402
+from tests.integration.realstack import remove_app, remove_network, reserve_network, stack_env  # noqa: E402
 
 
 class BenchNetwork:
@@ -89,3 +90,23 @@ def ensure_demo_jar() -> None:
     """Build the demo service's jar unless it is there already (the bench images copy it in)."""
     if not (REPO / "demo" / "build" / "libs" / "app.jar").is_file():
         subprocess.run(["bash", str(REPO / "demo" / "build.sh")], check=True, cwd=REPO / "demo")
+
+
+@contextmanager
+def nginx_world(client: docker.DockerClient, prefix: str, make_nginx: Callable[[Path, Any], Any],
+                app_prefix: str = "b") -> Iterator[Tuple[Path, Any, str, Any]]:
+    """A work directory, a reserved network, an app name and a started nginx of the bench's own
+    (`make_nginx(directory, network)`), as (cwd, network, app, nginx). On exit nginx and the app's
+    containers go before the network, so nothing is probed on a vanished one."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as temp:
+        cwd = Path(temp)
+        network = reserve_network(client)
+        app = f"{app_prefix}{uuid.uuid4().hex[:8]}"
+        nginx = make_nginx(cwd / "nginx", network)
+        nginx.start()
+        try:
+            yield cwd, network, app, nginx
+        finally:
+            nginx.stop()
+            remove_app(client, app)
+            remove_network(client, network.name)

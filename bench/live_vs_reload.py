@@ -28,9 +28,8 @@ import re
 import signal
 import subprocess
 import sys
-import tempfile
 import time
-import uuid
+from functools import partial
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -40,8 +39,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench import common  # noqa: E402
-from tests.integration.realstack import (LUA_MODULES, Nginx, free_port, remove_app,  # noqa: E402
-                                         remove_network, reserve_network, run_pipeline, stack_env)
+from tests.integration.realstack import LUA_MODULES, Nginx, free_port, run_pipeline, stack_env  # noqa: E402
 
 MODES = {"live": "live", "reload": "set", "reload-upstream": "upstream"}   # mode -> Nginx helper form
 
@@ -265,24 +263,13 @@ def format_table(rows: List[Dict[str, object]]) -> str:
 
 
 def _run_mode(mode: str, args: argparse.Namespace, stack: Dict[str, str], client) -> Measurement:
-    with tempfile.TemporaryDirectory(prefix=f"bench-{mode}-") as temp:
-        cwd = Path(temp)
-        network = reserve_network(client)
-        app = f"b{uuid.uuid4().hex[:8]}"
-        nginx = make_nginx(mode, cwd / "nginx", network)
-        nginx.start()
-        try:
-            env = deploy_env(app, network, nginx, stack, cwd)
-            first = run_pipeline(["deploy"], env, cwd)
-            if first.returncode != 0:
-                raise DeployFailed(f"{mode}: first deploy exited {first.returncode}\n{first.stderr}")
-            return measure(mode, env, nginx, cwd, ["v2", "v3"], args.connections, args.threads,
-                           args.delay_ms, args.max_seconds)
-        finally:
-            # nginx and the containers go before the network, so nothing is probed on a vanished one.
-            nginx.stop()
-            remove_app(client, app)
-            remove_network(client, network.name)
+    with common.nginx_world(client, f"bench-{mode}-", partial(make_nginx, mode)) as (cwd, network, app, nginx):
+        env = deploy_env(app, network, nginx, stack, cwd)
+        first = run_pipeline(["deploy"], env, cwd)
+        if first.returncode != 0:
+            raise DeployFailed(f"{mode}: first deploy exited {first.returncode}\n{first.stderr}")
+        return measure(mode, env, nginx, cwd, ["v2", "v3"], args.connections, args.threads,
+                       args.delay_ms, args.max_seconds)
 
 
 def main(argv: List[str]) -> int:

@@ -28,9 +28,8 @@ import argparse
 import json
 import re
 import sys
-import tempfile
 import time
-import uuid
+from functools import partial
 from pathlib import Path
 from typing import Dict, List
 
@@ -38,10 +37,10 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.common import ensure_demo_jar, format_table  # noqa: E402
+from bench.common import ensure_demo_jar, format_table, nginx_world  # noqa: E402
 from bench.live_vs_reload import deploy_env, make_nginx  # noqa: E402
 from tests.integration import loadgen  # noqa: E402
-from tests.integration.realstack import remove_app, remove_network, reserve_network, run_pipeline, stack_env  # noqa: E402
+from tests.integration.realstack import run_pipeline, stack_env  # noqa: E402
 from tests.integration.timeline import bad_window, log_msec  # noqa: E402
 
 MODES = {"reload": ("reload", False), "reload-ssh": ("reload", True), "live": ("live", False)}
@@ -56,42 +55,33 @@ def ssh_settings(stack: Dict[str, str]) -> Dict[str, str]:
 
 def one_run(mode: str, stack: Dict[str, str], client, max_seconds: int) -> Dict[str, object]:
     switch_mode, over_ssh = MODES[mode]
-    with tempfile.TemporaryDirectory(prefix=f"bench-verify-{mode}-") as temp:
-        cwd = Path(temp)
-        network = reserve_network(client)
-        app = f"b{uuid.uuid4().hex[:8]}"
-        nginx = make_nginx(switch_mode, cwd / "nginx", network)
-        nginx.start()
-        try:
-            log_msec(nginx)
-            env = deploy_env(app, network, nginx, stack, cwd)
-            del env["CONTAINER_ENV_FILE"]
-            env.update(VERIFY_SECONDS="10", NGINX_ACCESS_LOG=str(nginx.access_log), DRAIN_SECONDS="0.5")
-            if over_ssh:
-                env.update(ssh_settings(stack))
-            first = run_pipeline(["deploy"], env, cwd)
-            if first.returncode != 0:
-                raise SystemExit(f"{mode}: deploy v1 exited {first.returncode}\n{first.stderr}")
-            bad = cwd / "bad.env"
-            bad.write_text("FAIL_RATE=0.3\n")
-            url = f"http://127.0.0.1:{nginx.port}/"
-            with loadgen.Load(url, profile="close", connections=16, seconds=max_seconds, pause_ms=20) as wrk:
-                time.sleep(1)
-                result = run_pipeline(["deploy"], {**env, "APP_VERSION": "v2", "CONTAINER_ENV_FILE": str(bad)}, cwd)
-                time.sleep(1)
-            if result.returncode != 1 or "switched back to blue" not in result.stderr:
-                raise SystemExit(f"{mode}: the bad deploy was not switched back (exit {result.returncode})\n"
-                                 f"{result.stderr}")
-            load = wrk.result
-            green = bad_window(nginx.access_log, f"{network.green_ip}:8080")
-            counted = re.search(r"answered 5xx to ([\d.]+%) of (\d+) requests", result.stderr)
-            return {"mode": mode, "back_s": round(green.back_after, 2) if green.back_after is not None else None,
-                    "failed": green.errors, "to_v2": green.requests, "wrk_failed": load.failed,
-                    "rate": round(load.rate), "tool": f"{counted.group(1)} of {counted.group(2)}" if counted else _error_line(result.stderr)}
-        finally:
-            nginx.stop()
-            remove_app(client, app)
-            remove_network(client, network.name)
+    with nginx_world(client, f"bench-verify-{mode}-",
+                     partial(make_nginx, switch_mode)) as (cwd, network, app, nginx):
+        log_msec(nginx)
+        env = deploy_env(app, network, nginx, stack, cwd)
+        del env["CONTAINER_ENV_FILE"]
+        env.update(VERIFY_SECONDS="10", NGINX_ACCESS_LOG=str(nginx.access_log), DRAIN_SECONDS="0.5")
+        if over_ssh:
+            env.update(ssh_settings(stack))
+        first = run_pipeline(["deploy"], env, cwd)
+        if first.returncode != 0:
+            raise SystemExit(f"{mode}: deploy v1 exited {first.returncode}\n{first.stderr}")
+        bad = cwd / "bad.env"
+        bad.write_text("FAIL_RATE=0.3\n")
+        url = f"http://127.0.0.1:{nginx.port}/"
+        with loadgen.Load(url, profile="close", connections=16, seconds=max_seconds, pause_ms=20) as wrk:
+            time.sleep(1)
+            result = run_pipeline(["deploy"], {**env, "APP_VERSION": "v2", "CONTAINER_ENV_FILE": str(bad)}, cwd)
+            time.sleep(1)
+        if result.returncode != 1 or "switched back to blue" not in result.stderr:
+            raise SystemExit(f"{mode}: the bad deploy was not switched back (exit {result.returncode})\n"
+                             f"{result.stderr}")
+        load = wrk.result
+        green = bad_window(nginx.access_log, f"{network.green_ip}:8080")
+        counted = re.search(r"answered 5xx to ([\d.]+%) of (\d+) requests", result.stderr)
+        return {"mode": mode, "back_s": round(green.back_after, 2) if green.back_after is not None else None,
+                "failed": green.errors, "to_v2": green.requests, "wrk_failed": load.failed,
+                "rate": round(load.rate), "tool": f"{counted.group(1)} of {counted.group(2)}" if counted else _error_line(result.stderr)}
 
 
 def _error_line(stderr: str) -> str:
