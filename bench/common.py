@@ -5,6 +5,7 @@ an address on it unless a container of ours holds that address.
 """
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import docker
 
@@ -84,6 +85,13 @@ def format_table(rows: List[Dict[str, object]], columns: Sequence[str]) -> str:
     lines = ["  ".join(c.ljust(widths[c]) for c in columns)]
     lines += ["  ".join(str(r[c]).ljust(widths[c]) for c in columns) for r in rows]
     return "\n".join(lines) + "\n"
+
+
+def write_rows(rows: List[Dict[str, object]], columns: Sequence[str], json_path: Optional[Path]) -> None:
+    """The table on stdout; every row, with all its keys, also as JSON to `json_path` if given."""
+    sys.stdout.write(format_table(rows, columns))
+    if json_path:
+        json_path.write_text(json.dumps(rows, indent=2) + "\n")
 
 
 def ensure_demo_jar() -> None:

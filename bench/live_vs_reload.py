@@ -23,7 +23,6 @@ tests/integration/test_live_mode.py runs `measure` from here under pytest's fixt
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import signal
 import subprocess
@@ -300,9 +299,7 @@ def main(argv: List[str]) -> int:
             rows.append({**measurement.row(), "round": round_number + 1,
                          "answers": measurement.wrk.answers})
             print(f"# {mode} round {round_number + 1}: {measurement.wrk.answers}", file=sys.stderr)
-    sys.stdout.write(format_table(rows))
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+    common.write_rows(rows, COLUMNS, args.json)
     return 0
 
 

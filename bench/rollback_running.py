@@ -21,7 +21,6 @@ Reported per rollback:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import subprocess
@@ -35,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.common import ensure_demo_jar, format_table, nginx_world  # noqa: E402
+from bench.common import ensure_demo_jar, nginx_world, write_rows  # noqa: E402
 from bench.live_vs_reload import deploy_env, make_nginx  # noqa: E402
 from tests.integration.realstack import pipeline_env, run_pipeline, stack_env  # noqa: E402
 from tests.integration.timeline import Timeline  # noqa: E402
@@ -103,9 +102,7 @@ def main(argv: List[str]) -> int:
     client = docker.from_env()
     ensure_demo_jar()
     rows = [row for mode in modes for row in one_mode(mode, args.rounds, stack, client)]
-    sys.stdout.write(format_table(rows, COLUMNS))
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+    write_rows(rows, COLUMNS, args.json)
     return 0
 
 

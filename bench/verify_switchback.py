@@ -25,7 +25,6 @@ app-live.conf, the Lua counters through the admin).
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 import time
@@ -37,7 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.common import ensure_demo_jar, format_table, nginx_world  # noqa: E402
+from bench.common import ensure_demo_jar, nginx_world, write_rows  # noqa: E402
 from bench.live_vs_reload import deploy_env, make_nginx  # noqa: E402
 from tests.integration import loadgen  # noqa: E402
 from tests.integration.realstack import run_pipeline, stack_env  # noqa: E402
@@ -110,9 +109,7 @@ def main(argv: List[str]) -> int:
         for mode in modes:
             rows.append({**one_run(mode, stack, client, args.max_seconds), "round": round_number + 1})
             print(f"# {rows[-1]}", file=sys.stderr)
-    sys.stdout.write(format_table(rows, COLUMNS))
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+    write_rows(rows, COLUMNS, args.json)
     return 0
 
 
