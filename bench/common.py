@@ -5,13 +5,16 @@ an address on it unless a container of ours holds that address.
 """
 from __future__ import annotations
 
+import json
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Dict
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import docker
 
@@ -19,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from tests.integration.realstack import remove_network, reserve_network, stack_env  # noqa: E402
+from tests.integration.realstack import remove_app, remove_network, reserve_network, stack_env  # noqa: E402
 
 
 class BenchNetwork:
@@ -74,3 +77,44 @@ class BenchNetwork:
                 return container
             time.sleep(0.2)
         raise SystemExit(f"{role} container did not start: {container.logs()[-500:]!r}")
+
+
+def format_table(rows: List[Dict[str, object]], columns: Sequence[str]) -> str:
+    """The rows as a plain text table, one left-aligned column per name in `columns`."""
+    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in columns}
+    lines = ["  ".join(c.ljust(widths[c]) for c in columns)]
+    lines += ["  ".join(str(r[c]).ljust(widths[c]) for c in columns) for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_rows(rows: List[Dict[str, object]], columns: Sequence[str], json_path: Optional[Path]) -> None:
+    """The table on stdout; every row, with all its keys, also as JSON to `json_path` if given."""
+    sys.stdout.write(format_table(rows, columns))
+    if json_path:
+        json_path.write_text(json.dumps(rows, indent=2) + "\n")
+
+
+def ensure_demo_jar() -> None:
+    """Build the demo service's jar unless it is there already (the bench images copy it in)."""
+    if not (REPO / "demo" / "build" / "libs" / "app.jar").is_file():
+        subprocess.run(["bash", str(REPO / "demo" / "build.sh")], check=True, cwd=REPO / "demo")
+
+
+@contextmanager
+def nginx_world(client: docker.DockerClient, prefix: str, make_nginx: Callable[[Path, Any], Any],
+                app_prefix: str = "b") -> Iterator[Tuple[Path, Any, str, Any]]:
+    """A work directory, a reserved network, an app name and a started nginx of the bench's own
+    (`make_nginx(directory, network)`), as (cwd, network, app, nginx). On exit nginx and the app's
+    containers go before the network, so nothing is probed on a vanished one."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as temp:
+        cwd = Path(temp)
+        network = reserve_network(client)
+        app = f"{app_prefix}{uuid.uuid4().hex[:8]}"
+        nginx = make_nginx(cwd / "nginx", network)
+        nginx.start()
+        try:
+            yield cwd, network, app, nginx
+        finally:
+            nginx.stop()
+            remove_app(client, app)
+            remove_network(client, network.name)

@@ -1,9 +1,10 @@
 """One deploy, second by second: requests answered and requests failed under the same load, for
-the seed's flow, the tool in reload mode and the tool in live mode. Draws docs/deploy-timeline.png.
+the seed's flow, the tool in reload mode, the tool in live mode, and a bad release that the tool's
+verification switches back. Draws docs/deploy-timeline.png.
 
     bash scripts/stack.sh start && eval "$(bash scripts/stack.sh env)"
     pip install '.[bench]'        # matplotlib, for the picture only
-    python bench/deploy_timeline.py [--flows seed,reload,live] [--png docs/deploy-timeline.png]
+    python bench/deploy_timeline.py [--flows seed,reload,live,switch-back] [--png docs/deploy-timeline.png]
                                     [--json FILE] [--startup-delay-ms 5000]
 
 Each flow gets what bench/seed_vs_pipeline.py gives a tool: a docker network of its own (fixed
@@ -15,8 +16,13 @@ v2 is deployed under the load, which runs from `--before` seconds before the dep
   seed    bench/seed_deploy.sh, nginx/conf.d/app.conf (the seed's `proxy_pass $service_url`)
   reload  `pipeline deploy`, SWITCH_MODE=reload, the same nginx config
   live    `pipeline deploy`, SWITCH_MODE=live, nginx/live/app-live.conf (Lua balancer)
+  switch-back  as live, but v2 is a bad release: the demo's FAIL_RATE=0.3 (500 to 30% of
+          requests, health fine) and verification on at its defaults (VERIFY_SECONDS=30,
+          VERIFY_MAX_ERROR_RATE=0.01, VERIFY_MIN_REQUESTS=20). The tool switches back to v1 and
+          exits 1; the picture marks when nginx answered from v1 again.
 
-The tool runs with its defaults (HEALTH_INTERVAL=10, DRAIN_SECONDS=10). The release takes
+The tool runs with its defaults (HEALTH_INTERVAL=10, DRAIN_SECONDS=10); seed, reload and live run
+with VERIFY_SECONDS=0, like for like with the seed, which has no verification. The release takes
 --startup-delay-ms to start (the demo service's STARTUP_DELAY_MS, passed in CONTAINER_ENV_FILE).
 
 The load: wrk, keep-alive connections (as browsers and API clients hold them), each pausing
@@ -47,12 +53,15 @@ for path in (REPO, REPO / "bench"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
+import requests  # noqa: E402
 from seed_vs_pipeline import Part, wait_until  # noqa: E402
 from tests.integration import loadgen  # noqa: E402
 from tests.integration.realstack import LUA_MODULES, Nginx, free_port  # noqa: E402
+from tests.integration.switchwatch import Watch  # noqa: E402
 
 PNG = REPO / "docs" / "deploy-timeline.png"
 OK_COLOR, FAILED_COLOR, SERVED_COLOR, MARK_COLOR = "#4c9f70", "#d1495b", "#1f5fa8", "#555555"
+BACK_COLOR = "#e08e0b"
 
 
 # -- the flows -----------------------------------------------------------------------------------
@@ -74,6 +83,51 @@ class LivePart(Part):
                 "NGINX_TEST_COMMAND": "false", "NGINX_RELOAD_COMMAND": "false"}
 
 
+class BackWatch(Watch):
+    """A Watch that also notes when nginx, having served `version`, answers from `back` again."""
+
+    def __init__(self, *args, back: str, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.back = back
+        self.back_at: Optional[float] = None
+
+    def _nginx(self) -> None:
+        while not self._stop.is_set():
+            try:
+                answer = requests.get(self.nginx_url, timeout=1, headers={"Connection": "close"})
+                ok, body = answer.status_code == 200, answer.text
+            except requests.RequestException:
+                ok, body = False, ""
+            now = time.monotonic()
+            if not ok:
+                self.failures.append(now)
+            elif self.served_at is None and body.startswith(f"version={self.version} "):
+                self.served_at = now
+            elif self.served_at is not None and self.back_at is None and body.startswith(f"version={self.back} "):
+                self.back_at = now
+            time.sleep(0.02)
+
+
+class SwitchBackPart(LivePart):
+    """Live mode with verification on at its defaults; every release after v1 is a bad one: the
+    demo answers 500 to 30% of requests (FAIL_RATE=0.3) while its health stays fine."""
+
+    def extra_settings(self) -> dict:
+        # Part sets VERIFY_SECONDS=0 for the like-for-like flows; this one verifies, at the default.
+        return {**super().extra_settings(), "VERIFY_SECONDS": "30"}
+
+    def deploy(self, version: str) -> int:
+        bad = "" if version == "v1" else "FAIL_RATE=0.3\n"
+        self.env_file.write_text(f"STARTUP_DELAY_MS={self.args.startup_delay_ms}\n{bad}")
+        return super().deploy(version)
+
+    def watch(self, version: str) -> Watch:
+        if version == "v1":
+            return super().watch(version)
+        names = [f"{self.name}-blue", f"{self.name}-green"]
+        return BackWatch(self.client, self.net.name, names, version, self.url, back="v1").start()
+
+
 def seed_flow(args: argparse.Namespace) -> Part:
     return Part("seed", args)
 
@@ -88,6 +142,10 @@ def live_flow(args: argparse.Namespace) -> Part:
     return LivePart(args)
 
 
+def switch_back_flow(args: argparse.Namespace) -> Part:
+    return SwitchBackPart(args)
+
+
 @dataclass(frozen=True)
 class Flow:
     title: str                                      # above its panel in the picture
@@ -95,14 +153,13 @@ class Flow:
     exit_code: int = 0                              # what its v2 deploy should exit with
 
 
-# The series, in the order drawn. The switch-back one, once verification is merged, is a
-# function like these whose v2 fails verification (e.g. answers 500 to part of its requests,
-# through CONTAINER_ENV_FILE), registered as
-#     "switch-back": Flow("pipeline deploy, a bad release switched back", switch_back_flow, exit_code=1)
+# The series, in the order drawn.
 FLOWS: Dict[str, Flow] = {
     "seed": Flow("the seed's flow (bench/seed_deploy.sh)", seed_flow),
     "reload": Flow("pipeline deploy, SWITCH_MODE=reload", reload_flow),
     "live": Flow("pipeline deploy, SWITCH_MODE=live", live_flow),
+    "switch-back": Flow("pipeline deploy, SWITCH_MODE=live, verification on: a bad release (500 to 30%) "
+                        "switched back", switch_back_flow, exit_code=1),
 }
 
 
@@ -125,6 +182,7 @@ class Series:
     deploy_seconds: float                  # from the deploy's start until it returned
     served_at: Optional[float]             # nginx's first answer from v2, after the deploy's start
     seconds: List[Second] = field(default_factory=list)
+    back_at: Optional[float] = None        # switch-back: nginx's first answer from v1 again
 
     @property
     def ok(self) -> int:
@@ -156,12 +214,15 @@ def record(name: str, args: argparse.Namespace) -> Series:
                 watch.stop()
     series = Series(name, flow.title, code, round(took, 2),
                     None if watch.served_at is None else round(watch.served_at - started, 2))
+    back_at = getattr(watch, "back_at", None)
+    if back_at is not None:
+        series.back_at = round(back_at - started, 2)
     for piece in load.slices:
         result = piece.result
         series.seconds.append(Second(round(piece.started - started_wall, 3), round(piece.ended - piece.started, 3),
                                      result.requests - result.non_2xx, result.failed, result.versions()))
     print(f"#   {series.ok} ok, {series.failed} failed; deploy {series.deploy_seconds} s (exit {code}), "
-          f"nginx served v2 at {series.served_at} s", file=sys.stderr, flush=True)
+          f"nginx served v2 at {series.served_at} s, v1 again at {series.back_at} s", file=sys.stderr, flush=True)
     return series
 
 
@@ -194,6 +255,8 @@ def draw(series: List[Series], png: Path, note: str) -> None:
         ax.axvline(one.deploy_seconds, color=MARK_COLOR, linestyle=":", linewidth=1.2)
         if one.served_at is not None:
             ax.axvline(one.served_at, color=SERVED_COLOR, linewidth=1.5)
+        if one.back_at is not None:
+            ax.axvline(one.back_at, color=BACK_COLOR, linewidth=1.5)
         ax.set_ylim(0, peak * 1.3)
         ax.set_xlim(start, end)
         ax.set_ylabel("requests / s")
@@ -205,12 +268,17 @@ def draw(series: List[Series], png: Path, note: str) -> None:
     handles = [Patch(color=OK_COLOR), Patch(color=FAILED_COLOR),
                Line2D([], [], color=MARK_COLOR, linestyle="--"), Line2D([], [], color=SERVED_COLOR),
                Line2D([], [], color=MARK_COLOR, linestyle=":")]
-    fig.legend(handles, ["answered 2xx", "failed (non-2xx or socket error)", "deploy starts",
-                         "nginx serves v2", "deploy returns"],
-               loc="upper center", bbox_to_anchor=(0.5, 0.955), ncol=5, fontsize=8, frameon=False)
+    labels = ["answered 2xx", "failed (non-2xx or socket error)", "deploy starts", "nginx serves v2",
+              "deploy returns"]
+    if any(one.back_at is not None for one in series):
+        handles.append(Line2D([], [], color=BACK_COLOR))
+        labels.append("nginx serves v1 again")
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.955), ncol=len(labels),
+               fontsize=8, frameon=False)
     fig.suptitle("One deploy (v1 -> v2) under the same keep-alive load, second by second", fontsize=12)
     fig.text(0.01, 0.005, note, fontsize=7, color=MARK_COLOR)
-    fig.tight_layout(rect=(0, 0.035, 1, 0.93))
+    lines = note.count("\n") + 1          # room at the bottom for the note, about 0.12 in a line
+    fig.tight_layout(rect=(0, 0.13 * lines / fig.get_figheight(), 1, 0.93))
     png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, dpi=110)
     plt.close(fig)
@@ -247,6 +315,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         saved = {s["flow"]: Series(**{**s, "seconds": [Second(**x) for x in s["seconds"]]}) for s in kept["series"]}
         note = kept["note"]
     series = [saved[name] if name in saved else record(name, args) for name in names]
+    measured = [name for name in names if name not in saved]
+    if note and measured:
+        # The kept note describes the kept series' run; say when and under what load the rest ran.
+        note += (f"\n{', '.join(measured)}: measured {time.strftime('%Y-%m-%d')}, load average "
+                 f"{os.getloadavg()[0]:.0f} on {os.cpu_count()} CPUs, same load and settings")
     if not note:
         note = (f"python bench/deploy_timeline.py: wrk, {args.connections} keep-alive connections pausing "
                 f"{args.pause_ms} ms between requests, to 127.0.0.1; the release starts in "

@@ -23,14 +23,12 @@ tests/integration/test_live_mode.py runs `measure` from here under pytest's fixt
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import signal
 import subprocess
 import sys
-import tempfile
 import time
-import uuid
+from functools import partial
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -39,8 +37,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from tests.integration.realstack import (LUA_MODULES, Nginx, free_port, remove_app,  # noqa: E402
-                                         remove_network, reserve_network, run_pipeline, stack_env)
+from bench import common  # noqa: E402
+from tests.integration.realstack import LUA_MODULES, Nginx, free_port, run_pipeline, stack_env  # noqa: E402
 
 MODES = {"live": "live", "reload": "set", "reload-upstream": "upstream"}   # mode -> Nginx helper form
 
@@ -255,34 +253,22 @@ def make_nginx(mode: str, directory: Path, network) -> Nginx:
                  allowed_networks=[network.subnet] if form == "live" else [])
 
 
+COLUMNS = ["mode", "requests", "seconds", "req_per_s", "non_2xx", "connect", "read", "write", "timeout",
+           "p99_ms", "deploys_s"]
+
+
 def format_table(rows: List[Dict[str, object]]) -> str:
-    columns = ["mode", "requests", "seconds", "req_per_s", "non_2xx", "connect", "read", "write", "timeout",
-               "p99_ms", "deploys_s"]
-    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in columns}
-    lines = ["  ".join(c.ljust(widths[c]) for c in columns)]
-    lines += ["  ".join(str(r[c]).ljust(widths[c]) for c in columns) for r in rows]
-    return "\n".join(lines) + "\n"
+    return common.format_table(rows, COLUMNS)
 
 
 def _run_mode(mode: str, args: argparse.Namespace, stack: Dict[str, str], client) -> Measurement:
-    with tempfile.TemporaryDirectory(prefix=f"bench-{mode}-") as temp:
-        cwd = Path(temp)
-        network = reserve_network(client)
-        app = f"b{uuid.uuid4().hex[:8]}"
-        nginx = make_nginx(mode, cwd / "nginx", network)
-        nginx.start()
-        try:
-            env = deploy_env(app, network, nginx, stack, cwd)
-            first = run_pipeline(["deploy"], env, cwd)
-            if first.returncode != 0:
-                raise DeployFailed(f"{mode}: first deploy exited {first.returncode}\n{first.stderr}")
-            return measure(mode, env, nginx, cwd, ["v2", "v3"], args.connections, args.threads,
-                           args.delay_ms, args.max_seconds)
-        finally:
-            # nginx and the containers go before the network, so nothing is probed on a vanished one.
-            nginx.stop()
-            remove_app(client, app)
-            remove_network(client, network.name)
+    with common.nginx_world(client, f"bench-{mode}-", partial(make_nginx, mode)) as (cwd, network, app, nginx):
+        env = deploy_env(app, network, nginx, stack, cwd)
+        first = run_pipeline(["deploy"], env, cwd)
+        if first.returncode != 0:
+            raise DeployFailed(f"{mode}: first deploy exited {first.returncode}\n{first.stderr}")
+        return measure(mode, env, nginx, cwd, ["v2", "v3"], args.connections, args.threads,
+                       args.delay_ms, args.max_seconds)
 
 
 def main(argv: List[str]) -> int:
@@ -305,8 +291,7 @@ def main(argv: List[str]) -> int:
 
     stack = stack_env()
     client = docker.from_env()
-    if not (REPO / "demo" / "build" / "libs" / "app.jar").is_file():
-        subprocess.run(["bash", str(REPO / "demo" / "build.sh")], check=True, cwd=REPO / "demo")
+    common.ensure_demo_jar()
     rows = []
     for round_number in range(args.rounds):
         for mode in modes:
@@ -314,9 +299,7 @@ def main(argv: List[str]) -> int:
             rows.append({**measurement.row(), "round": round_number + 1,
                          "answers": measurement.wrk.answers})
             print(f"# {mode} round {round_number + 1}: {measurement.wrk.answers}", file=sys.stderr)
-    sys.stdout.write(format_table(rows))
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+    common.write_rows(rows, COLUMNS, args.json)
     return 0
 
 

@@ -28,9 +28,8 @@ import argparse
 import json
 import subprocess
 import sys
-import tempfile
 import time
-import uuid
+from functools import partial
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -40,8 +39,9 @@ for path in (REPO, REPO / "bench"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
+from bench.common import ensure_demo_jar, nginx_world  # noqa: E402
 from live_vs_reload import MODES as NGINX_FORMS, DeployFailed, deploy_env, make_nginx  # noqa: E402
-from tests.integration.realstack import pipeline_env, remove_app, remove_network, reserve_network, stack_env  # noqa: E402
+from tests.integration.realstack import pipeline_env, stack_env  # noqa: E402
 from tests.integration.switchwatch import Watch  # noqa: E402
 
 MODES = ("reload", "live")
@@ -86,46 +86,36 @@ def run_mode(mode: str, startups: List[float], round_number: int, args: argparse
              stack: Dict[str, str], client) -> List[Row]:
     deploy = Deployer(args.tool_tree)
     rows: List[Row] = []
-    with tempfile.TemporaryDirectory(prefix=f"bench-readiness-{mode}-") as temp:
-        cwd = Path(temp)
-        network = reserve_network(client)
-        app = f"r{uuid.uuid4().hex[:8]}"
-        nginx = make_nginx(mode, cwd / "nginx", network)
-        nginx.start()
-        try:
-            env = deploy_env(app, network, nginx, stack, cwd)
-            for name in NOT_DEFAULTS:
-                env.pop(name)
-            if args.drain is not None:
-                env["DRAIN_SECONDS"] = f"{args.drain:g}"
-            env_file = Path(env["CONTAINER_ENV_FILE"])
-            env_file.write_text("STARTUP_DELAY_MS=1000\n")
-            first = deploy({**env, "APP_VERSION": "v1"}, cwd)
-            if first.returncode != 0:
-                raise DeployFailed(f"{mode}: first deploy exited {first.returncode}\n{first.stderr}")
-            names = [f"{app}-blue", f"{app}-green"]
-            for number, startup in enumerate(startups, start=2):
-                version = f"v{number}"
-                env_file.write_text(f"STARTUP_DELAY_MS={int(startup * 1000)}\n")
-                print(f"# {mode} round {round_number}: {version} starts in {startup:g}s ...",
-                      file=sys.stderr, flush=True)
-                with Watch(client, network.name, names, version, f"http://127.0.0.1:{nginx.port}/") as watch:
-                    started = time.monotonic()
-                    result = deploy({**env, "APP_VERSION": version}, cwd)
-                    took = time.monotonic() - started
-                    time.sleep(0.1)
-                if result.returncode != 0:
-                    raise DeployFailed(f"{mode}: deploy {version} exited {result.returncode}\n{result.stderr}")
-                row = Row(mode, startup, version, watch.delay, round(took, 1), attempts_from(result.stderr),
-                          round_number)
-                rows.append(row)
-                print(f"#   ready -> served {_fmt(row.ready_to_served)} s, health attempts {row.health_attempts}, "
-                      f"deploy {row.deploy_seconds} s", file=sys.stderr, flush=True)
-        finally:
-            # nginx and the containers go before the network, so nothing is probed on a vanished one.
-            nginx.stop()
-            remove_app(client, app)
-            remove_network(client, network.name)
+    with nginx_world(client, f"bench-readiness-{mode}-", partial(make_nginx, mode),
+                     app_prefix="r") as (cwd, network, app, nginx):
+        env = deploy_env(app, network, nginx, stack, cwd)
+        for name in NOT_DEFAULTS:
+            env.pop(name)
+        if args.drain is not None:
+            env["DRAIN_SECONDS"] = f"{args.drain:g}"
+        env_file = Path(env["CONTAINER_ENV_FILE"])
+        env_file.write_text("STARTUP_DELAY_MS=1000\n")
+        first = deploy({**env, "APP_VERSION": "v1"}, cwd)
+        if first.returncode != 0:
+            raise DeployFailed(f"{mode}: first deploy exited {first.returncode}\n{first.stderr}")
+        names = [f"{app}-blue", f"{app}-green"]
+        for number, startup in enumerate(startups, start=2):
+            version = f"v{number}"
+            env_file.write_text(f"STARTUP_DELAY_MS={int(startup * 1000)}\n")
+            print(f"# {mode} round {round_number}: {version} starts in {startup:g}s ...",
+                  file=sys.stderr, flush=True)
+            with Watch(client, network.name, names, version, f"http://127.0.0.1:{nginx.port}/") as watch:
+                started = time.monotonic()
+                result = deploy({**env, "APP_VERSION": version}, cwd)
+                took = time.monotonic() - started
+                time.sleep(0.1)
+            if result.returncode != 0:
+                raise DeployFailed(f"{mode}: deploy {version} exited {result.returncode}\n{result.stderr}")
+            row = Row(mode, startup, version, watch.delay, round(took, 1), attempts_from(result.stderr),
+                      round_number)
+            rows.append(row)
+            print(f"#   ready -> served {_fmt(row.ready_to_served)} s, health attempts {row.health_attempts}, "
+                  f"deploy {row.deploy_seconds} s", file=sys.stderr, flush=True)
     return rows
 
 
@@ -177,8 +167,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         client.ping()
     except Exception as exc:
         parser.error(f"docker engine not reachable ({exc}); run: eval \"$(bash scripts/stack.sh env)\"")
-    if not (REPO / "demo" / "build" / "libs" / "app.jar").is_file():
-        subprocess.run(["bash", str(REPO / "demo" / "build.sh")], check=True, cwd=REPO / "demo")
+    ensure_demo_jar()
     rows: List[Row] = []
     for round_number in range(1, args.rounds + 1):
         for mode in modes:

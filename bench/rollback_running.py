@@ -21,14 +21,12 @@ Reported per rollback:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import subprocess
 import sys
-import tempfile
 import time
-import uuid
+from functools import partial
 from pathlib import Path
 from typing import Dict, List
 
@@ -36,71 +34,56 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from bench.common import ensure_demo_jar, nginx_world, write_rows  # noqa: E402
 from bench.live_vs_reload import deploy_env, make_nginx  # noqa: E402
-from tests.integration.realstack import (pipeline_env, remove_app, remove_network, reserve_network,  # noqa: E402
-                                         run_pipeline, stack_env)
+from tests.integration.realstack import pipeline_env, run_pipeline, stack_env  # noqa: E402
 from tests.integration.timeline import Timeline  # noqa: E402
+
+COLUMNS = ["mode", "round", "served_s", "done_s", "tool_s", "failed", "startup_s", "load_avg"]
 
 
 def one_mode(mode: str, rounds: int, stack: Dict[str, str], client) -> List[Dict[str, object]]:
-    with tempfile.TemporaryDirectory(prefix=f"bench-rollback-{mode}-") as temp:
-        cwd = Path(temp)
-        network = reserve_network(client)
-        app = f"b{uuid.uuid4().hex[:8]}"
-        nginx = make_nginx(mode, cwd / "nginx", network)
-        nginx.start()
-        try:
-            env = deploy_env(app, network, nginx, stack, cwd)
-            del env["CONTAINER_ENV_FILE"]
-            env.update(KEEP_PREVIOUS_RUNNING="true", VERIFY_SECONDS="2", DRAIN_SECONDS="0",
-                       NGINX_ACCESS_LOG=str(nginx.access_log))
-            for version in ("v1", "v2"):
-                done = run_pipeline(["deploy"], {**env, "APP_VERSION": version}, cwd)
-                if done.returncode != 0:
-                    raise SystemExit(f"{mode}: deploy {version} exited {done.returncode}\n{done.stderr}")
-            rows = []
-            live = "version=v2 color=green"
-            other = "version=v1 color=blue"
-            url = f"http://127.0.0.1:{nginx.port}/"
-            full_env = pipeline_env(env)
-            for round_number in range(rounds):
-                began = time.monotonic()
-                subprocess.run([sys.executable, "-m", "pipeline", "--help"], cwd=cwd, env=full_env,
-                               capture_output=True, timeout=60, check=True)
-                startup = time.monotonic() - began
-                with Timeline(url, every=0.002, max_seconds=60) as timeline:
-                    time.sleep(0.3)
-                    started = time.monotonic()
-                    process = subprocess.run([sys.executable, "-m", "pipeline", "rollback"], cwd=cwd, env=full_env,
-                                             capture_output=True, text=True, timeout=120)
-                    finished = time.monotonic()
-                    time.sleep(0.2)
-                if process.returncode != 0:
-                    raise SystemExit(f"{mode}: rollback exited {process.returncode}\n{process.stderr}")
-                served = timeline.first(lambda a: a.body == other and a.at > started)
-                rows.append({"mode": mode, "round": round_number + 1,
-                             "served_s": round(served.at - started, 2) if served else None,
-                             "done_s": round(finished - started, 2),
-                             "failed": sum(1 for a in timeline.answers if a.status != 200),
-                             "tool_s": float(re.search(r"==> done: .* in ([\d.]+)s", process.stderr).group(1)),
-                             "startup_s": round(startup, 2),
-                             "load_avg": round(os.getloadavg()[0], 1)})
-                print(f"# {rows[-1]}", file=sys.stderr)
-                live, other = other, live
-                time.sleep(1)
-            return rows
-        finally:
-            nginx.stop()
-            remove_app(client, app)
-            remove_network(client, network.name)
-
-
-def format_table(rows: List[Dict[str, object]]) -> str:
-    columns = ["mode", "round", "served_s", "done_s", "tool_s", "failed", "startup_s", "load_avg"]
-    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in columns}
-    lines = ["  ".join(c.ljust(widths[c]) for c in columns)]
-    lines += ["  ".join(str(r[c]).ljust(widths[c]) for c in columns) for r in rows]
-    return "\n".join(lines) + "\n"
+    with nginx_world(client, f"bench-rollback-{mode}-",
+                     partial(make_nginx, mode)) as (cwd, network, app, nginx):
+        env = deploy_env(app, network, nginx, stack, cwd)
+        del env["CONTAINER_ENV_FILE"]
+        env.update(KEEP_PREVIOUS_RUNNING="true", VERIFY_SECONDS="2", DRAIN_SECONDS="0",
+                   NGINX_ACCESS_LOG=str(nginx.access_log))
+        for version in ("v1", "v2"):
+            done = run_pipeline(["deploy"], {**env, "APP_VERSION": version}, cwd)
+            if done.returncode != 0:
+                raise SystemExit(f"{mode}: deploy {version} exited {done.returncode}\n{done.stderr}")
+        rows = []
+        live = "version=v2 color=green"
+        other = "version=v1 color=blue"
+        url = f"http://127.0.0.1:{nginx.port}/"
+        full_env = pipeline_env(env)
+        for round_number in range(rounds):
+            began = time.monotonic()
+            subprocess.run([sys.executable, "-m", "pipeline", "--help"], cwd=cwd, env=full_env,
+                           capture_output=True, timeout=60, check=True)
+            startup = time.monotonic() - began
+            with Timeline(url, every=0.002, max_seconds=60) as timeline:
+                time.sleep(0.3)
+                started = time.monotonic()
+                process = subprocess.run([sys.executable, "-m", "pipeline", "rollback"], cwd=cwd, env=full_env,
+                                         capture_output=True, text=True, timeout=120)
+                finished = time.monotonic()
+                time.sleep(0.2)
+            if process.returncode != 0:
+                raise SystemExit(f"{mode}: rollback exited {process.returncode}\n{process.stderr}")
+            served = timeline.first(lambda a: a.body == other and a.at > started)
+            rows.append({"mode": mode, "round": round_number + 1,
+                         "served_s": round(served.at - started, 2) if served else None,
+                         "done_s": round(finished - started, 2),
+                         "failed": sum(1 for a in timeline.answers if a.status != 200),
+                         "tool_s": float(re.search(r"==> done: .* in ([\d.]+)s", process.stderr).group(1)),
+                         "startup_s": round(startup, 2),
+                         "load_avg": round(os.getloadavg()[0], 1)})
+            print(f"# {rows[-1]}", file=sys.stderr)
+            live, other = other, live
+            time.sleep(1)
+        return rows
 
 
 def main(argv: List[str]) -> int:
@@ -117,12 +100,9 @@ def main(argv: List[str]) -> int:
 
     stack = stack_env()
     client = docker.from_env()
-    if not (REPO / "demo" / "build" / "libs" / "app.jar").is_file():
-        subprocess.run(["bash", str(REPO / "demo" / "build.sh")], check=True, cwd=REPO / "demo")
+    ensure_demo_jar()
     rows = [row for mode in modes for row in one_mode(mode, args.rounds, stack, client)]
-    sys.stdout.write(format_table(rows))
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+    write_rows(rows, COLUMNS, args.json)
     return 0
 
 

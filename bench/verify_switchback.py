@@ -25,13 +25,10 @@ app-live.conf, the Lua counters through the admin).
 from __future__ import annotations
 
 import argparse
-import json
 import re
-import subprocess
 import sys
-import tempfile
 import time
-import uuid
+from functools import partial
 from pathlib import Path
 from typing import Dict, List
 
@@ -39,12 +36,15 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from bench.common import ensure_demo_jar, nginx_world, write_rows  # noqa: E402
 from bench.live_vs_reload import deploy_env, make_nginx  # noqa: E402
 from tests.integration import loadgen  # noqa: E402
-from tests.integration.realstack import remove_app, remove_network, reserve_network, run_pipeline, stack_env  # noqa: E402
+from tests.integration.realstack import run_pipeline, stack_env  # noqa: E402
 from tests.integration.timeline import bad_window, log_msec  # noqa: E402
 
 MODES = {"reload": ("reload", False), "reload-ssh": ("reload", True), "live": ("live", False)}
+
+COLUMNS = ["mode", "round", "back_s", "failed", "to_v2", "wrk_failed", "rate", "tool"]
 
 
 def ssh_settings(stack: Dict[str, str]) -> Dict[str, str]:
@@ -54,55 +54,38 @@ def ssh_settings(stack: Dict[str, str]) -> Dict[str, str]:
 
 def one_run(mode: str, stack: Dict[str, str], client, max_seconds: int) -> Dict[str, object]:
     switch_mode, over_ssh = MODES[mode]
-    with tempfile.TemporaryDirectory(prefix=f"bench-verify-{mode}-") as temp:
-        cwd = Path(temp)
-        network = reserve_network(client)
-        app = f"b{uuid.uuid4().hex[:8]}"
-        nginx = make_nginx(switch_mode, cwd / "nginx", network)
-        nginx.start()
-        try:
-            log_msec(nginx)
-            env = deploy_env(app, network, nginx, stack, cwd)
-            del env["CONTAINER_ENV_FILE"]
-            env.update(VERIFY_SECONDS="10", NGINX_ACCESS_LOG=str(nginx.access_log), DRAIN_SECONDS="0.5")
-            if over_ssh:
-                env.update(ssh_settings(stack))
-            first = run_pipeline(["deploy"], env, cwd)
-            if first.returncode != 0:
-                raise SystemExit(f"{mode}: deploy v1 exited {first.returncode}\n{first.stderr}")
-            bad = cwd / "bad.env"
-            bad.write_text("FAIL_RATE=0.3\n")
-            url = f"http://127.0.0.1:{nginx.port}/"
-            with loadgen.Load(url, profile="close", connections=16, seconds=max_seconds, pause_ms=20) as wrk:
-                time.sleep(1)
-                result = run_pipeline(["deploy"], {**env, "APP_VERSION": "v2", "CONTAINER_ENV_FILE": str(bad)}, cwd)
-                time.sleep(1)
-            if result.returncode != 1 or "switched back to blue" not in result.stderr:
-                raise SystemExit(f"{mode}: the bad deploy was not switched back (exit {result.returncode})\n"
-                                 f"{result.stderr}")
-            load = wrk.result
-            green = bad_window(nginx.access_log, f"{network.green_ip}:8080")
-            counted = re.search(r"answered 5xx to ([\d.]+%) of (\d+) requests", result.stderr)
-            return {"mode": mode, "back_s": round(green.back_after, 2) if green.back_after is not None else None,
-                    "failed": green.errors, "to_v2": green.requests, "wrk_failed": load.failed,
-                    "rate": round(load.rate), "tool": f"{counted.group(1)} of {counted.group(2)}" if counted else _error_line(result.stderr)}
-        finally:
-            nginx.stop()
-            remove_app(client, app)
-            remove_network(client, network.name)
+    with nginx_world(client, f"bench-verify-{mode}-",
+                     partial(make_nginx, switch_mode)) as (cwd, network, app, nginx):
+        log_msec(nginx)
+        env = deploy_env(app, network, nginx, stack, cwd)
+        del env["CONTAINER_ENV_FILE"]
+        env.update(VERIFY_SECONDS="10", NGINX_ACCESS_LOG=str(nginx.access_log), DRAIN_SECONDS="0.5")
+        if over_ssh:
+            env.update(ssh_settings(stack))
+        first = run_pipeline(["deploy"], env, cwd)
+        if first.returncode != 0:
+            raise SystemExit(f"{mode}: deploy v1 exited {first.returncode}\n{first.stderr}")
+        bad = cwd / "bad.env"
+        bad.write_text("FAIL_RATE=0.3\n")
+        url = f"http://127.0.0.1:{nginx.port}/"
+        with loadgen.Load(url, profile="close", connections=16, seconds=max_seconds, pause_ms=20) as wrk:
+            time.sleep(1)
+            result = run_pipeline(["deploy"], {**env, "APP_VERSION": "v2", "CONTAINER_ENV_FILE": str(bad)}, cwd)
+            time.sleep(1)
+        if result.returncode != 1 or "switched back to blue" not in result.stderr:
+            raise SystemExit(f"{mode}: the bad deploy was not switched back (exit {result.returncode})\n"
+                             f"{result.stderr}")
+        load = wrk.result
+        green = bad_window(nginx.access_log, f"{network.green_ip}:8080")
+        counted = re.search(r"answered 5xx to ([\d.]+%) of (\d+) requests", result.stderr)
+        return {"mode": mode, "back_s": round(green.back_after, 2) if green.back_after is not None else None,
+                "failed": green.errors, "to_v2": green.requests, "wrk_failed": load.failed,
+                "rate": round(load.rate), "tool": f"{counted.group(1)} of {counted.group(2)}" if counted else _error_line(result.stderr)}
 
 
 def _error_line(stderr: str) -> str:
     lines = [line for line in stderr.splitlines() if line.startswith("pipeline: error:")]
     return lines[-1][len("pipeline: error: "):][:100] if lines else "?"
-
-
-def format_table(rows: List[Dict[str, object]]) -> str:
-    columns = ["mode", "round", "back_s", "failed", "to_v2", "wrk_failed", "rate", "tool"]
-    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in columns}
-    lines = ["  ".join(c.ljust(widths[c]) for c in columns)]
-    lines += ["  ".join(str(r[c]).ljust(widths[c]) for c in columns) for r in rows]
-    return "\n".join(lines) + "\n"
 
 
 def main(argv: List[str]) -> int:
@@ -120,16 +103,13 @@ def main(argv: List[str]) -> int:
 
     stack = stack_env()
     client = docker.from_env()
-    if not (REPO / "demo" / "build" / "libs" / "app.jar").is_file():
-        subprocess.run(["bash", str(REPO / "demo" / "build.sh")], check=True, cwd=REPO / "demo")
+    ensure_demo_jar()
     rows = []
     for round_number in range(args.rounds):
         for mode in modes:
             rows.append({**one_run(mode, stack, client, args.max_seconds), "round": round_number + 1})
             print(f"# {rows[-1]}", file=sys.stderr)
-    sys.stdout.write(format_table(rows))
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+    write_rows(rows, COLUMNS, args.json)
     return 0
 
 

@@ -28,7 +28,7 @@ import requests
 from tenacity import RetryCallState, RetryError, Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from .errors import HealthCheckFailed, NginxHostFailed, PreflightError, RouteRefused
-from .nginx_host import NginxHost
+from .nginx_host import ChannelConnection, NginxHost
 
 log = logging.getLogger("pipeline")
 
@@ -104,7 +104,7 @@ class ChannelTransport:
     def get(self, url: str, timeout: float) -> Tuple[int, str]:
         parts = urlsplit(url)
         assert parts.hostname, url
-        connection = _ChannelConnection(self.host, parts.hostname, parts.port or 80, timeout)
+        connection = ChannelConnection(self.host, parts.hostname, parts.port or 80, timeout)
         try:
             path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
             connection.request("GET", path, headers={"Connection": "close"})
@@ -127,15 +127,6 @@ class ChannelTransport:
             return True
         except (OSError, EOFError, paramiko.SSHException):
             return False
-
-
-class _ChannelConnection(http.client.HTTPConnection):
-    def __init__(self, nginx_host: NginxHost, address: str, port: int, timeout: float) -> None:
-        super().__init__(address, port, timeout=timeout)
-        self._nginx_host = nginx_host
-
-    def connect(self) -> None:
-        self.sock = self._nginx_host.open_channel(self.host, self.port, self.timeout)
 
 
 class Prober:

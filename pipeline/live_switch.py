@@ -43,7 +43,7 @@ from .decide import Address, parse_include
 from .errors import (AdminTokenRefused, AdminUnavailable, DeployFailed, IncludeMismatch, LiveSwitchFailed,
                      NginxHostFailed, PipelineError)
 from .log import register_secret
-from .nginx_host import NginxHost
+from .nginx_host import ChannelConnection, NginxHost
 from .settings import Secret, Settings
 from .switch import LIVE, PREVIEW, IncludeFiles
 
@@ -179,7 +179,7 @@ class NginxAdmin:
 
     def _exchange(self, method: str, path: str, body: Optional[str],
                   limit: int = MAX_ANSWER_BYTES) -> Tuple[int, str]:
-        connection = _ChannelConnection(self.host, self.address, self.port, self.timeout)
+        connection = ChannelConnection(self.host, self.address, self.port, self.timeout)
         try:
             headers = {"Connection": "close", "Authorization": f"Bearer {self.token().reveal()}"}
             if body is not None:
@@ -192,17 +192,6 @@ class NginxAdmin:
             return response.status, data.decode("utf-8", "replace")
         finally:
             connection.close()
-
-
-class _ChannelConnection(http.client.HTTPConnection):
-    """http.client over a socket from the nginx host: local, or a direct-tcpip SSH channel."""
-
-    def __init__(self, nginx_host: NginxHost, address: str, port: int, timeout: float) -> None:
-        super().__init__(address, port, timeout=timeout)
-        self._nginx_host = nginx_host
-
-    def connect(self) -> None:
-        self.sock = self._nginx_host.open_channel(self.host, self.port, self.timeout)
 
 
 def _describe(exc: Optional[BaseException]) -> str:

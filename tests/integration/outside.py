@@ -1,5 +1,6 @@
 """Outside parts that fail on cue, for the fault matrix: each started by a test and stopped after.
 
+- pump: one direction of a socket relay (also used by netns.Relay).
 - DockerRelay: a unix socket that relays to the real dockerd; `kill()` makes the engine vanish
   for the tool alone (the shared dockerd and everyone else's containers are untouched).
 - SilentListener: accepts TCP on 127.0.0.1 and never answers (a hanging registry).
@@ -17,6 +18,24 @@ from typing import List, Sequence
 from .realstack import free_port, wait_for
 
 DOCKER_SOCKET = "/var/run/docker.sock"
+
+
+def pump(source: socket.socket, sink: socket.socket) -> None:
+    """Copy `source` to `sink` until either side ends, then shut both down (one direction of a relay)."""
+    try:
+        while True:
+            data = source.recv(65536)
+            if not data:
+                break
+            sink.sendall(data)
+    except OSError:
+        pass
+    finally:
+        for sock in (source, sink):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
 
 class DockerRelay:
@@ -50,24 +69,7 @@ class DockerRelay:
                     return
                 self._open += [client, upstream]
             for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pump(source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while True:
-                data = source.recv(65536)
-                if not data:
-                    break
-                sink.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (source, sink):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+                threading.Thread(target=pump, args=(a, b), daemon=True).start()
 
     def kill(self) -> None:
         """The engine is gone: the socket refuses, every open connection is cut."""
