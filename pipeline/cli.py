@@ -149,8 +149,12 @@ def _print_status(report: dict, as_json: bool, stdout) -> None:
                                           for name, r in releases.items()) + "\n")
     for color, c in report["colors"].items():
         marker = "*" if color == live else " "
-        stdout.write(f"{marker} {color:<5}  {c['container']:<24} {c['ip']:<15} {c['state']:<10} "
+        where = c["ip"] or f"port {c.get('port')}"
+        stdout.write(f"{marker} {color:<5}  {c['container']:<24} {where:<15} {c['state']:<10} "
                      f"{c['version'] or '-':<16} {c['health'] or '-'}\n")
+        for task in c.get("tasks") or []:   # TARGET=swarm: one line per task
+            stdout.write(f"      task {task['task']:<12} {task['node']:<12} {task['address'] or '-':<20} "
+                         f"{task['state']:<10} {task['version'] or '-':<16} {task['health'] or '-'}\n")
 
 
 def run() -> None:

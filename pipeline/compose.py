@@ -1,6 +1,6 @@
 """The composition root: where the program's parts are chosen and put together.
 
-Only here are the implementations of an interface named (the switches), so no module imports its
+Only here are the implementations of an interface named (the switches, the targets), so no module imports its
 own implementations back; and only here are the nginx host and the docker engine connected and
 handed to a flow as its Context.
 """
@@ -18,13 +18,22 @@ from .live_switch import LiveSwitch
 from .nginx_host import NginxHost, connect
 from .reload_switch import ReloadSwitch
 from .settings import Settings
+from .swarm import SwarmEngine
 from .switch import TrafficSwitch
+from .target import Target
 
 
 def make_switch(host: NginxHost, settings: Settings) -> TrafficSwitch:
     if settings.switch_mode == "live":
         return LiveSwitch(host, settings)
     return ReloadSwitch(host, settings)
+
+
+def make_target(settings: Settings, environ: Mapping[str, str]) -> Target:
+    """Where releases run: TARGET=swarm, a swarm manager; else the one docker engine."""
+    if settings.target == "swarm":
+        return SwarmEngine.connect(settings, environ)
+    return Engine.connect(settings, environ)
 
 
 @contextmanager
@@ -41,7 +50,7 @@ def context(settings: Settings, environ: Mapping[str, str], cwd: Path, lock_wait
             started: Optional[float] = None) -> Iterator[Context]:
     """Every part a flow works with, connected; closed again on the way out."""
     with nginx_host(settings) as host:
-        engine = Engine.connect(settings, environ)
+        engine = make_target(settings, environ)
         ctx = Context(settings, engine, host, make_switch(host, settings), cwd, environ, lock_wait=lock_wait,
                       started=time.monotonic() if started is None else started)
         if threading.current_thread() is threading.main_thread():

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Mapping, Optional
+from typing import List, Mapping, Optional, Sequence, Union
 
 from .settings import COLORS
 
@@ -46,19 +46,46 @@ def other(color: str) -> str:
     return "green" if color == "blue" else "blue"
 
 
-def render_include(address: Address, form: str = "set", variable: str = "service_url",
+# Where a route sends traffic: one address (one engine), or several (a swarm color's tasks).
+Targets = Union[Address, Sequence[Address]]
+
+
+def as_list(targets: Targets) -> List[Address]:
+    return [targets] if isinstance(targets, Address) else list(targets)
+
+
+def render_include(address: Targets, form: str = "set", variable: str = "service_url",
                    upstream: str = "app_live") -> str:
-    """The include file's text. `set` is the seed's one-liner; `upstream` keeps connections alive."""
+    """The include file's text. `set` is the seed's one-liner; `upstream` keeps connections alive
+    and lists one `server` per address (nginx spreads requests over them, and tries the next
+    one when a connection to one fails)."""
+    addresses = as_list(address)
+    if not addresses:
+        raise ValueError("no address to route to")
     if form == "set":
-        return f"set ${variable} {address.url};\n"
+        if len(addresses) != 1:
+            raise ValueError(f"the set form takes one address, not {len(addresses)}")
+        return f"set ${variable} {addresses[0].url};\n"
     if form == "upstream":
+        servers = "".join(f"    server {a};\n" for a in addresses)
         return (
             f"upstream {upstream} {{\n"
-            f"    server {address};\n"
+            f"{servers}"
             f"    keepalive {UPSTREAM_KEEPALIVE};\n"
             f"}}\n"
         )
     raise ValueError(f"unknown include form {form!r}")
+
+
+def parse_include_all(text: Optional[str]) -> List[Address]:
+    """Every address an include points at (the set form has one; an upstream one per server)."""
+    if not text:
+        return []
+    match = _SET_RE.search(text)
+    if match:
+        found = Address.parse(f"{match.group(1)}:{match.group(2)}")
+        return [found] if found else []
+    return [a for m in _SERVER_RE.finditer(text) if (a := Address.parse(f"{m.group(1)}:{m.group(2)}"))]
 
 
 def parse_include(text: Optional[str]) -> Optional[Address]:
@@ -69,6 +96,16 @@ def parse_include(text: Optional[str]) -> Optional[Address]:
         match = pattern.search(text)
         if match:
             return Address.parse(f"{match.group(1)}:{match.group(2)}")
+    return None
+
+
+def color_at_port(address: Optional[Address], color_ports: Mapping[str, int]) -> Optional[str]:
+    """The color whose node port the address is (TARGET=swarm: a color's tasks share its port)."""
+    if address is None:
+        return None
+    for color, port in color_ports.items():
+        if address.port == port:
+            return color
     return None
 
 

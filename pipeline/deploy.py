@@ -7,8 +7,9 @@ Every flow that changes something starts with `preflight` (lock, settle the vers
 history is written when it ends, however it ends). Facts are gathered next, including the release
 record (releases.py), the decision is made by pure functions (decide.py, releases.py), then the
 world is touched. Every failure before the switch leaves traffic where it was and removes the new
-container; a failed switch restores the include (the switch modules). `stage` (deploy
---no-promote), `promote` and `rollback` are short flows of the same steps.
+container (on a swarm: scales the new service to 0); a failed switch restores the include (the
+switch modules). `stage` (deploy --no-promote), `promote` and `rollback` are short flows of the
+same steps. The colors run on a Target (target.py), one engine or a swarm: the same runbook.
 """
 from __future__ import annotations
 
@@ -24,7 +25,6 @@ from typing import Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
 from . import build, decide, health, releases, smoke, verify
 from .decide import Address, ContainerFact
-from .engine import Engine
 from .errors import (ContainerExited, Interrupted, InterruptedAfterSwitch, NothingToDo, OutsideFailure,
                      PipelineError, PreflightError, SwitchUnavailable)
 from .history import Entry, History
@@ -34,6 +34,7 @@ from .releases import Release, ReleaseRecord, ReleaseStore
 from .settings import Settings
 from .signals import SignalGuard
 from .switch import LIVE, PREVIEW, IncludeFiles, TrafficSwitch
+from .target import Target
 
 log = logging.getLogger("pipeline")
 
@@ -43,7 +44,7 @@ class Context:
     """The outside things a flow works with, handed in (never globals). compose.py builds it."""
 
     settings: Settings
-    engine: Engine
+    engine: Target       # one engine (engine.py) or a swarm (swarm.py): compose.make_target
     host: NginxHost
     switch: TrafficSwitch
     cwd: Path
@@ -99,13 +100,13 @@ def gather(ctx: Context, current: Optional[Callable[[str], Optional[Address]]] =
     live_address = current(LIVE)
     preview_address = current(PREVIEW) if s.nginx_preview_include else None
     containers = ctx.engine.containers()
-    include_color = decide.color_at(live_address, s.color_ips)
+    include_color = ctx.engine.color_at(live_address)
     blue_alive = None
     if probe and include_color is None and ctx.engine.holds_address("blue"):
         # The seed's rule, kept for a host with no include yet: probe blue, but only because a
         # container of ours holds its address (checked just above).
         try:
-            health.probe(ctx.prober, health_url(s, "blue"), 2.0)
+            health.probe(ctx.prober, health_urls(ctx, "blue")[0], 2.0)
             blue_alive = True
         except health.NotHealthyYet:
             blue_alive = False
@@ -115,18 +116,34 @@ def gather(ctx: Context, current: Optional[Callable[[str], Optional[Address]]] =
 
 
 def check_probe_routes(ctx: Context) -> None:
-    """Before any probe: both colors' addresses are reached from where probes run (the nginx
-    host's side) over a local interface, never through a gateway (exit 3 otherwise)."""
-    for color in ("blue", "green"):
-        ctx.prober.check_route(ctx.settings.ip_of(color))
+    """Before any probe: both colors' addresses (a swarm's: its nodes') are reached from where
+    probes run (the nginx host's side) over a local interface, never through a gateway (exit 3
+    otherwise)."""
+    for ip in ctx.engine.probe_ips():
+        ctx.prober.check_route(ip)
 
 
 def health_url(s: Settings, color: str) -> str:
     return f"http://{s.ip_of(color)}:{s.app_port}{s.health_path}"
 
 
-def address_of(s: Settings, color: str) -> Address:
-    return Address(s.ip_of(color), s.app_port)
+def health_urls(ctx: Context, color: str) -> List[str]:
+    return [f"{a.url}{ctx.settings.health_path}" for a in ctx.engine.addresses(color)]
+
+
+def address_of(ctx: Context, color: str) -> decide.Targets:
+    """Where a route to `color` sends traffic: its one address, or every task of a swarm color."""
+    addresses = ctx.engine.addresses(color)
+    return addresses[0] if len(addresses) == 1 else tuple(addresses)
+
+
+def preview_address_of(ctx: Context, color: str) -> Address:
+    """The preview serves a tester, not the load: one address (a swarm color's first task)."""
+    return decide.as_list(address_of(ctx, color))[0]
+
+
+def _shown(targets: decide.Targets) -> str:
+    return ", ".join(str(a) for a in decide.as_list(targets))
 
 
 # -- preflight: one place, for every flow that changes something ----------------------------------
@@ -180,6 +197,7 @@ def preflight(ctx: Context, action: str) -> Iterator[Run]:
                 except health.RouteRefused:
                     ctx.engine.remove_network()   # ours, just made, empty: nothing changed
                     raise
+            ctx.engine.check_capacity()   # a swarm with fewer nodes up than REPLICAS: exit 3 here
             yield run
         except BaseException as exc:
             if not isinstance(exc, NothingToDo):
@@ -256,7 +274,9 @@ def build_release(ctx: Context, color: str) -> Release:
 
 def start(ctx: Context, release: Release) -> None:
     s = ctx.settings
-    phase("starting %s (%s) at %s", s.container_name(release.color), release.version, s.ip_of(release.color))
+    where = s.ip_of(release.color) if s.target == "docker" else \
+        f"{s.replicas} task(s) on port {s.port_of(release.color)}"
+    phase("starting %s (%s) at %s", s.container_name(release.color), release.version, where)
     with ctx.guard.critical():
         ctx.engine.run(release.color, release.image, release.version)
 
@@ -264,6 +284,9 @@ def start(ctx: Context, release: Release) -> None:
 def wait_healthy(ctx: Context, color: str) -> None:
     s = ctx.settings
     name = s.container_name(color)
+    if s.target == "swarm":
+        wait_tasks_healthy(ctx, color)
+        return
 
     def check_alive() -> None:
         fact = ctx.engine.container(color)
@@ -285,7 +308,7 @@ def wait_healthy(ctx: Context, color: str) -> None:
 def smoke_test(ctx: Context, color: str) -> None:
     s = ctx.settings
     if s.smoke_command:
-        url = address_of(s, color).url
+        url = preview_address_of(ctx, color).url
         phase("smoke test: %s (SMOKE_URL=%s)", s.smoke_command, url)
         smoke.run_smoke(s.smoke_command, url, ctx.environ, s.health_timeout)
 
@@ -294,14 +317,35 @@ def _verified(verdict: Optional[verify.Verdict]) -> str:
     return f"; {verdict.summary()}" if verdict else ""
 
 
+def wait_tasks_healthy(ctx: Context, color: str) -> None:
+    """The swarm's gate: REPLICAS tasks run, each on its own node, and every one answers 200 at
+    its node's address. A task that fails or restarts ends the wait at once (TaskFailed, naming
+    the task, its node and its last log lines); a task lost with its node is waited out."""
+    s = ctx.settings
+    engine = ctx.engine
+    name = s.container_name(color)
+
+    def ready() -> list:
+        # Only tasks of a converged service count: a replacement on its way is not healthy yet.
+        return engine.task_addresses(color) if engine.converged(color) else []   # type: ignore[attr-defined]
+
+    phase("waiting for %d task(s) of %s to answer %s on port %d (every %gs, up to %gs)", s.replicas, name,
+          s.health_path, s.port_of(color), s.health_interval, s.health_timeout)
+    health.wait_all_healthy(f"every task of {name} at {s.health_path}", ready, s.health_path, s.replicas,
+                            s.health_interval, s.health_timeout,
+                            lambda: engine.check_tasks(color),   # type: ignore[attr-defined]
+                            ctx.prober, logs=lambda: engine.logs_tail(color))
+
+
 def switch_live(ctx: Context, release: Release, record: ReleaseRecord) -> ReleaseRecord:
     """Move live traffic to `release` and record it, in one step no signal cuts in half."""
     s = ctx.settings
-    phase("switching nginx to %s (%s) [%s]", release.color, address_of(s, release.color), ctx.switch.mode)
+    targets = address_of(ctx, release.color)
+    phase("switching nginx to %s (%s) [%s]", release.color, _shown(targets), ctx.switch.mode)
     switched = False
     try:
         with ctx.guard.critical():
-            ctx.switch.route_to(LIVE, address_of(s, release.color))
+            ctx.switch.route_to(LIVE, targets)
             switched = True
             record = record.made_live(release)
             record_store(ctx).write(record)
@@ -331,7 +375,7 @@ def _left_running(ctx: Context, old: Optional[str]) -> None:
 
 
 def point_preview(ctx: Context, color: str) -> None:
-    address = address_of(ctx.settings, color)
+    address = preview_address_of(ctx, color)
     phase("pointing the preview at %s (%s)", color, address)
     with ctx.guard.critical():
         ctx.switch.route_to(PREVIEW, address)
@@ -424,9 +468,10 @@ def _abandon(ctx: Context, color: str, preview_before: Optional[Address], record
     s = ctx.settings
     if _include_may_name(ctx, color):
         return
-    log.error("==> removing %s; nginx still serves what it served before", s.container_name(color))
+    how = "removing" if s.target == "docker" else "scaling to 0"
+    log.error("==> %s %s; nginx still serves what it served before", how, s.container_name(color))
     try:
-        ctx.engine.remove(color)
+        ctx.engine.discard(color)
     except OutsideFailure as exc:
         log.error("    could not remove %s (%s); the next deploy replaces it", s.container_name(color), exc)
     if record.without_color(color) != record:
@@ -436,7 +481,7 @@ def _abandon(ctx: Context, color: str, preview_before: Optional[Address], record
             log.warning("    the release record still names %s as staged (%s); the next run rebuilds it",
                         s.container_name(color), exc)
     try:
-        if s.nginx_preview_include and ctx.switch.current(PREVIEW) == address_of(s, color) and preview_before:
+        if s.nginx_preview_include and ctx.engine.color_at(ctx.switch.current(PREVIEW)) == color and preview_before:
             ctx.switch.route_to(PREVIEW, preview_before)
     except PipelineError as exc:
         log.warning("    could not point the preview back at %s: %s", preview_before, exc)
@@ -446,7 +491,7 @@ def _include_may_name(ctx: Context, color: str) -> bool:
     """True (and said) when the live include names this color or cannot be read: its container
     must then stay, or nginx's next reload would send traffic nowhere."""
     try:
-        named = decide.parse_include(IncludeFiles(ctx.host, ctx.settings).read(LIVE)) == address_of(ctx.settings, color)
+        named = ctx.engine.color_at(decide.parse_include(IncludeFiles(ctx.host, ctx.settings).read(LIVE))) == color
     except OutsideFailure as exc:
         log.error("==> leaving %s running: cannot read the live include (%s)", ctx.settings.container_name(color), exc)
         return True
@@ -564,7 +609,7 @@ def _undo_bring_back(ctx: Context, plan: releases.RollbackPlan, live: Optional[s
             ctx.engine.stop(plan.color)
         else:
             log.error("==> removing %s; nginx still serves %s", name, live)
-            ctx.engine.remove(plan.color)
+            ctx.engine.discard(plan.color)
             if record.without_color(plan.color) != record:
                 record_store(ctx).write(record.without_color(plan.color))
     except OutsideFailure as exc:
@@ -648,10 +693,17 @@ def status(ctx: Context, probe: bool = True) -> dict:
         fact = facts.containers.get(color)
         entry: dict = {"container": s.container_name(color), "ip": s.ip_of(color), "state": "absent",
                        "version": None, "health": None}
+        if s.target == "swarm":
+            entry.update(ip=None, port=s.port_of(color), tasks=[])
         if fact is not None:
             entry.update(state=fact.status, version=fact.version)
             if probe_problem:
                 entry["health"] = "not probed (see probe_problem)"
+            elif s.target == "swarm":
+                entry["tasks"] = _task_report(ctx, color, probe)
+                if probe:
+                    healthy = sum(1 for task in entry["tasks"] if str(task["health"]).startswith("HTTP 200"))
+                    entry["health"] = f"{healthy} of {s.replicas} task(s) answer 200"
             elif probe and ctx.engine.holds_address(color):
                 try:
                     entry["health"] = health.probe(ctx.prober, health_url(s, color), 2.0)
@@ -662,7 +714,8 @@ def status(ctx: Context, probe: bool = True) -> dict:
         "app": s.app_name,
         "live_color": live,
         "live_version": colors[live]["version"] if live else None,
-        "include": {"path": str(s.nginx_include), "points_at": str(include_address) if include_address else None},
+        "include": {"path": str(s.nginx_include),
+                    "points_at": _shown(decide.parse_include_all(includes.read(LIVE))) if include_address else None},
         "preview": str(facts.preview_address) if facts.preview_address else None,
         "switch_mode": ctx.switch.mode,
         "switch": ctx.switch.describe(),
@@ -673,6 +726,24 @@ def status(ctx: Context, probe: bool = True) -> dict:
         "settings": s.public(),   # the effective settings, secrets masked
         "releases": _record_report(recorded(ctx, _settled(ctx, facts))),
     }
+
+
+def _task_report(ctx: Context, color: str, probe: bool) -> List[dict]:
+    """TARGET=swarm: every task the manager remembers for the color: node, address, state,
+    version, health (probed only while running on a node that is up: an address of this swarm)."""
+    report = []
+    for task in ctx.engine.tasks(color):   # type: ignore[attr-defined]
+        entry = {"task": task.task_id[:12], "node": task.node, "address": None, "state": task.state,
+                 "desired": task.desired_state, "version": task.version, "health": None}
+        if task.node_addr:
+            entry["address"] = f"{task.node_addr}:{task.port}"
+        if probe and task.running and task.node_up and task.node_addr:
+            try:
+                entry["health"] = health.probe(ctx.prober, f"http://{entry['address']}{ctx.settings.health_path}", 2.0)
+            except health.NotHealthyYet as exc:
+                entry["health"] = f"unhealthy: {exc.last}"
+        report.append(entry)
+    return report
 
 
 def _record_report(record: ReleaseRecord) -> Dict[str, Optional[dict]]:

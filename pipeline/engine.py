@@ -12,8 +12,8 @@ import docker.errors
 import requests.exceptions
 import urllib3.exceptions
 
-from .decide import ContainerFact
-from .errors import DeployFailed, EngineFailed, OutsideFailure, PreflightError, RegistryFailed, SettingsError
+from .decide import Address, ContainerFact, color_at
+from .errors import DeployFailed, EngineFailed, OutsideFailure, PreflightError, RegistryFailed
 from .settings import COLORS, Settings
 
 log = logging.getLogger("pipeline")
@@ -48,10 +48,6 @@ class Engine:
 
     @classmethod
     def connect(cls, settings: Settings, environ: Mapping[str, str]) -> "Engine":
-        if settings.target != "docker":
-            # pipeline/swarm.py drives a swarm, but the commands do not use it yet (issue 11).
-            raise SettingsError("TARGET", settings.target,
-                                "the commands do not deploy to a swarm yet; use TARGET=docker")
         env = dict(environ)
         if settings.docker_host:
             env["DOCKER_HOST"] = settings.docker_host
@@ -228,6 +224,22 @@ class Engine:
         """
         fact = self.container(color)
         return fact is not None and fact.running and self.at_fixed_ip(fact)
+
+    def addresses(self, color: str) -> List[Address]:
+        """The color's one fixed address, whether or not its container runs now."""
+        return [Address(self.settings.ip_of(color), self.settings.app_port)]
+
+    def color_at(self, address: Optional[Address]) -> Optional[str]:
+        return color_at(address, self.settings.color_ips)
+
+    def probe_ips(self) -> List[str]:
+        return [self.settings.ip_of(color) for color in COLORS]
+
+    def discard(self, color: str) -> None:
+        self.remove(color)
+
+    def check_capacity(self) -> None:
+        """One engine always has room for the one container of a color."""
 
     def at_fixed_ip(self, fact: ContainerFact) -> bool:
         """The container holds its color's address on a deploy network that exists now."""

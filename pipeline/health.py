@@ -20,12 +20,12 @@ import logging
 import re
 import socket
 import time
-from typing import Callable, Dict, Optional, Protocol, Tuple
+from typing import Callable, Dict, List, Optional, Protocol, Sequence, Tuple
 from urllib.parse import urlsplit
 
 import paramiko
 import requests
-from tenacity import RetryCallState, RetryError, Retrying, retry_if_exception_type
+from tenacity import RetryCallState, RetryError, Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from .errors import HealthCheckFailed, NginxHostFailed, PreflightError, RouteRefused
 from .nginx_host import ChannelConnection, NginxHost
@@ -372,3 +372,54 @@ def _short(exc: requests.RequestException) -> str:
     if isinstance(exc, requests.Timeout):
         return "timed out"
     return type(exc).__name__
+
+
+def wait_all_healthy(what: str, addresses: Callable[[], Sequence[object]], path: str, want: int,
+                     interval: float, timeout: float, check_alive: Callable[[], None],
+                     transport: Transport, logs: Callable[[], list] = lambda: []) -> List[object]:
+    """The gate for a color of several tasks: probe every address `addresses()` lists (objects
+    with `.url`, e.g. decide.Address) until `want` of them answer 200, or `timeout` s pass.
+
+    Addresses come and go while waiting (a task moved to another node): each attempt asks anew,
+    so a lost node is waited out until `timeout`. Returns the addresses that answered 200.
+    """
+    probe_timeout = max(0.5, min(interval, 5.0))
+
+    def attempt() -> List[object]:
+        check_alive()
+        found = list(addresses())
+        healthy, problems = [], []
+        for address in found:
+            try:
+                probe(transport, f"{address.url}{path}", probe_timeout)   # type: ignore[attr-defined]
+                healthy.append(address)
+            except NotHealthyYet as exc:
+                problems.append(f"{address}: {exc.last}")
+        if len(healthy) < want:
+            detail = f"; {'; '.join(problems)}" if problems else ""
+            raise NotHealthyYet(f"{len(healthy)} of {want} answer 200 ({len(found)} running){detail}")
+        return healthy
+
+    def sleep(seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while True:
+            check_alive()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            time.sleep(min(ALIVE_CHECK_EVERY, left))
+
+    def before_sleep(state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        log.info("    health attempt %d: %s", state.attempt_number, getattr(exc, "last", exc))
+
+    retrying = Retrying(stop=stop_after_delay(timeout), wait=wait_exponential(multiplier=FIRST_WAIT, max=interval),
+                        retry=retry_if_exception_type(NotHealthyYet), sleep=sleep, before_sleep=before_sleep)
+    try:
+        healthy = retrying(attempt)
+    except RetryError as exc:
+        last = exc.last_attempt.exception()
+        raise HealthCheckFailed(what, exc.last_attempt.attempt_number, getattr(last, "last", str(last)),
+                                logs()) from last
+    log.info("    healthy: %s", ", ".join(str(a) for a in healthy))
+    return healthy

@@ -261,7 +261,7 @@ def plan_rollback(record: ReleaseRecord, live_color: Optional[str], containers: 
     fact = containers.get(color)
     if fact is not None and fact.version == release.version and fact.image == release.image:
         how = "running" if fact.running and fact.restart_count == 0 else "start"
-        if fact.status not in ("running", "exited", "created"):
+        if fact.status not in ("running", "exited", "created", "stopped"):   # "stopped": a swarm color at 0
             how = "recreate"
         return RollbackPlan(Release(release.version, color, release.image), color, how, None)
     return RollbackPlan(Release(release.version, color, release.image), color, "recreate",

@@ -210,6 +210,11 @@ class Settings:
             if raw is None:
                 continue
             values[attr] = reader(name, raw.strip(), cwd)
+        if values.get("target") == "swarm":
+            # A color is several tasks: only the upstream form lists several servers.
+            values.setdefault("nginx_include_form", "upstream")
+            # Verification reads one address's answers (verify.py): not yet a color of several tasks.
+            values.setdefault("verify_seconds", 0.0)
         settings = cls(**values)
         settings._check_target({name for name, (attr, _) in _READERS.items() if attr in values})
         settings._check_together()
@@ -227,6 +232,15 @@ class Settings:
                 raise SettingsError("REGISTRY", None, "required with TARGET=swarm: every node pulls the release")
             if self.blue_port == self.green_port:
                 raise SettingsError("GREEN_PORT", self.green_port, "same port as BLUE_PORT")
+            if self.nginx_include_form != "upstream":
+                raise SettingsError("NGINX_INCLUDE_FORM", self.nginx_include_form,
+                                    "TARGET=swarm needs the upstream form: it lists every task as a server")
+            if self.verify_seconds != 0:
+                raise SettingsError("VERIFY_SECONDS", self.verify_seconds,
+                                    "not yet with TARGET=swarm (verification watches one address); set 0")
+            if self.switch_mode != "reload":
+                raise SettingsError("SWITCH_MODE", self.switch_mode,
+                                    "TARGET=swarm switches by reload (live mode takes one address per route)")
 
     def _check_together(self) -> None:
         if self.deploy_gateway not in self.deploy_subnet:

@@ -26,9 +26,9 @@ import requests.exceptions
 from docker.types import EndpointSpec, RestartPolicy, ServiceMode
 from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wait_fixed
 
-from .decide import ContainerFact
-from .engine import LABEL_APP, LABEL_COLOR, LABEL_VERSION, Engine, _read_env_file, _reason
-from .errors import DeployFailed, NotEnoughNodes, PreflightError, TaskFailed
+from .decide import Address, ContainerFact, color_at_port
+from .engine import LABEL_APP, LABEL_COLOR, LABEL_VERSION, LIBRARY_ERRORS, Engine, _read_env_file, _reason
+from .errors import DeployFailed, EngineFailed, NotEnoughNodes, PreflightError, TaskFailed
 from .settings import COLORS, Settings
 
 log = logging.getLogger("pipeline")
@@ -97,6 +97,14 @@ class TaskAddress(NamedTuple):
     node: str
     state: str
 
+    @property
+    def url(self) -> str:
+        return f"http://{self.node_addr}:{self.port}"
+
+    def __str__(self) -> str:
+        """How the health gate names it: which task, on which node, where."""
+        return f"task {self.task_id[:12]} on {self.node} ({self.node_addr}:{self.port})"
+
 
 @dataclass(frozen=True)
 class TaskEvent:
@@ -154,10 +162,10 @@ class SwarmEngine:
             env["DOCKER_HOST"] = settings.docker_host
         where = env.get("DOCKER_HOST") or "the local socket"
         try:
-            client = docker.from_env(environment=env, timeout=60)
+            client = docker.from_env(environment=env, timeout=settings.network_timeout)
             swarm = client.info().get("Swarm") or {}
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-            raise PreflightError(f"cannot reach the docker engine at {where}: {_reason(exc)}") from exc
+            raise PreflightError(f"cannot reach the docker engine at {where}: {_reason(exc, settings.network_timeout)}") from exc
         if swarm.get("LocalNodeState") != "active":
             raise PreflightError(f"the docker engine at {where} is not in a swarm "
                                  f"(state {swarm.get('LocalNodeState') or 'unknown'}); TARGET=swarm needs "
@@ -172,6 +180,35 @@ class SwarmEngine:
     def ensure_network(self) -> bool:
         """Nothing to create: tasks publish their node's port, there is no deploy network."""
         return False
+
+    def network_exists(self) -> bool:
+        """The nodes' network is always there to check: probes go to node addresses."""
+        return True
+
+    def remove_network(self) -> None:
+        """Nothing was created."""
+
+    def probe_ips(self) -> List[str]:
+        """The nodes' addresses: the only places a task of either color is ever probed."""
+        return sorted({n.addr for n in self.nodes() if n.addr})
+
+    def addresses(self, color: str) -> List[Address]:
+        """Every running task of the color on a node that is up, as `NODE_ADDR:PORT`, sorted."""
+        return sorted({Address(a.node_addr, a.port) for a in self.task_addresses(color)},
+                      key=lambda a: (tuple(int(x) for x in a.ip.split(".")), a.port))
+
+    def color_at(self, address: Optional[Address]) -> Optional[str]:
+        """By the port: every task of a color publishes the color's own port."""
+        return color_at_port(address, {c: self.settings.port_of(c) for c in COLORS})
+
+    def discard(self, color: str) -> None:
+        """After a failed start: scaled to 0, its spec kept (the failed tasks' logs stay readable)."""
+        self.stop(color)
+
+    def check_registry(self) -> None:
+        """Preflight: REGISTRY takes the login, through the manager's engine (where the release is
+        built and pushed; the same login goes to the nodes with the service)."""
+        self.images.check_registry()
 
     def build_image(self, cwd: Path, tag: str, version: str) -> str:
         return self.images.build_image(cwd, tag, version)
@@ -282,8 +319,9 @@ class SwarmEngine:
             service.remove()
         except docker.errors.NotFound:
             pass
-        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-            raise DeployFailed(f"swarm manager: remove service {service.name}: {_reason(exc)}") from exc
+        except LIBRARY_ERRORS as exc:
+            raise EngineFailed("swarm manager", f"remove service {service.name}",
+                               _reason(exc, self.settings.network_timeout)) from exc
 
     def logs_tail(self, color: str, lines: int = 20) -> List[str]:
         """The last lines of the service's logs, every task's; [] if the manager cannot say."""
@@ -383,8 +421,9 @@ class SwarmEngine:
             service = self.client.services.get(name)
         except docker.errors.NotFound:
             return None
-        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-            raise DeployFailed(f"swarm manager: inspect service {name}: {_reason(exc)}") from exc
+        except LIBRARY_ERRORS as exc:
+            raise EngineFailed("swarm manager", f"inspect service {name}",
+                               _reason(exc, self.settings.network_timeout)) from exc
         if service.name != name:  # get() also matches an id prefix
             return None
         labels = service.attrs["Spec"].get("Labels") or {}
@@ -405,7 +444,7 @@ class SwarmEngine:
                               registry=registry)
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
             raise DeployFailed(f"registry login to {registry} as {s.registry_username} failed: "
-                               f"{_reason(exc)}") from exc
+                               f"{_reason(exc, self.settings.network_timeout)}") from exc
 
     def _running_on_ready_nodes(self, color: str) -> bool:
         ready = {n.node_id for n in self.nodes() if n.ready}
@@ -416,8 +455,8 @@ class SwarmEngine:
         manager is found by `connect` before anything changes; one lost later may be mid-deploy."""
         try:
             return action()
-        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-            raise DeployFailed(f"swarm manager: {what}: {_reason(exc)}") from exc
+        except LIBRARY_ERRORS as exc:
+            raise EngineFailed("swarm manager", what, _reason(exc, self.settings.network_timeout)) from exc
 
     def _wait(self, done: Callable[[], bool], timeout: float, what: str) -> None:
         retrying = Retrying(stop=stop_after_delay(timeout), wait=wait_fixed(0.25),

@@ -125,3 +125,14 @@ def ssh_env(settings_env, stack) -> Dict[str, str]:
         "NGINX_SSH_KEY": stack["SSH_KEY"],
         "NGINX_SSH_KNOWN_HOSTS": stack["SSH_KNOWN_HOSTS"],
     }
+
+
+@pytest.fixture(scope="session")
+def swarm(stack) -> Iterator[Dict[str, str]]:
+    """The 3-node test swarm (scripts/swarm.sh), its registry holding the JRE base image; stopped
+    at the end of the session."""
+    from .swarmstack import start_swarm, swarm_sh
+
+    env = start_swarm(stack)
+    yield env
+    swarm_sh("stop")

@@ -5,49 +5,22 @@ swarm.sh created (no default route there), from this host.
 """
 from __future__ import annotations
 
-import re
-import subprocess
 import uuid
 from dataclasses import replace
 from pathlib import Path
 from typing import Dict, Iterator, List
 
-import docker
 import pytest
 import requests
 
 from pipeline.errors import NotEnoughNodes, TaskFailed
-from pipeline.settings import Secret, Settings
+from pipeline.settings import Secret
 from pipeline.swarm import SwarmEngine
 
 from .realstack import REPO, wait_for
+from .swarmstack import CONVERGE_TIMEOUT, NODES, swarm_settings, swarm_sh
 
 pytestmark = pytest.mark.integration
-
-SWARM_SH = REPO / "scripts" / "swarm.sh"
-NODES = 3
-# A JVM per task on 2 shared cores: a few seconds each, more while other tests run.
-CONVERGE_TIMEOUT = 120
-
-
-def swarm_sh(*args: str, timeout: float = 300) -> str:
-    result = subprocess.run(["bash", str(SWARM_SH), *args], capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, f"swarm.sh {' '.join(args)} exited {result.returncode}:\n{result.stdout}{result.stderr}"
-    return result.stdout
-
-
-@pytest.fixture(scope="session")
-def swarm(stack) -> Iterator[Dict[str, str]]:
-    swarm_sh("start", str(NODES))
-    env = {}
-    for line in swarm_sh("env").splitlines():
-        name, _, value = line.removeprefix("export ").partition("=")
-        env[name] = value.replace("\\ ", " ")
-    remove_leftovers(env)
-    # The release's base image, where the manager builds and every node pulls.
-    swarm_sh("push", stack["JRE_IMAGE"])
-    yield env
-    swarm_sh("stop")
 
 
 @pytest.fixture(scope="session")
@@ -61,29 +34,6 @@ def release(swarm, demo_jar, stack) -> str:
     engine.build_image(REPO, tag, "v1")
     engine.push_and_pull(tag)
     return tag
-
-
-def remove_leftovers(swarm: Dict[str, str]) -> None:
-    """Services of an earlier, killed test session would hold the node ports 8081/8082."""
-    client = docker.DockerClient(base_url=swarm["SWARM_MANAGER"], timeout=60)
-    for service in client.services.list():
-        if re.fullmatch(r"s[0-9a-f]{8}", (service.attrs["Spec"].get("Labels") or {}).get("pipeline.app", "")):
-            service.remove()
-    client.close()
-
-
-def swarm_settings(swarm: Dict[str, str], app: str, **extra: str) -> Settings:
-    env = {
-        "TARGET": "swarm", "DOCKER_HOST": swarm["SWARM_MANAGER"], "REGISTRY": swarm["SWARM_REGISTRY"],
-        "REGISTRY_USERNAME": swarm["SWARM_REGISTRY_USER"],
-        "REGISTRY_PASSWORD": Path(swarm["SWARM_REGISTRY_PASSWORD_FILE"]).read_text().strip(),
-        "APP_NAME": app, "STOP_TIMEOUT": "5", "BUILD_COMMAND": "",
-        "DOCKERFILE": str(REPO / "docker" / "Dockerfile"), "BUILD_CONTEXT": str(REPO / "demo"),
-        "BUILD_ARGS": f"BASE_IMAGE={swarm['SWARM_REGISTRY']}/pipeline/jre:17 JAR=build/libs/app.jar",
-        **extra,
-    }
-    # Read from here, where no .env file is: only these settings count.
-    return Settings.from_env(env, Path(__file__).parent)
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from pathlib import Path, PurePosixPath
 from typing import Dict, List, Optional, Set, Tuple
 
 from pipeline import deploy as flows
-from pipeline.decide import Address, ContainerFact
+from pipeline.decide import Address, ContainerFact, color_at
 from pipeline.errors import DeployFailed, HealthCheckFailed, Interrupted, PipelineError
 from pipeline.settings import Settings
 from pipeline.switch import LIVE, PREVIEW
@@ -92,6 +92,21 @@ class FakeEngine(Strict):
 
     def at_fixed_ip(self, fact: ContainerFact) -> bool:
         return True
+
+    def probe_ips(self) -> List[str]:
+        return [self.settings.ip_of(color) for color in ("blue", "green")]
+
+    def addresses(self, color: str) -> List[Address]:
+        return [Address(self.settings.ip_of(color), self.settings.app_port)]
+
+    def color_at(self, address: Optional[Address]) -> Optional[str]:
+        return color_at(address, self.settings.color_ips)
+
+    def discard(self, color: str) -> None:
+        self.remove(color)   # what the one engine does after a failed start
+
+    def check_capacity(self) -> None:
+        pass
 
     def build_image(self, cwd: Path, tag: str, version: str) -> str:
         self.mutations.append(("build_image", tag))

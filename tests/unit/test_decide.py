@@ -1,7 +1,8 @@
 import pytest
 
-from pipeline.decide import (Address, choose_colors, color_at, images_to_remove,
-                             other, parse_include, render_include)
+from pipeline.decide import (Address, choose_colors, color_at, color_at_port, images_to_remove,
+                             other, parse_include, parse_include_all, render_include)
+
 
 IPS = {"blue": "172.20.0.2", "green": "172.20.0.3"}
 
@@ -88,3 +89,52 @@ def test_images_to_remove_keeps_the_newest_and_protected():
     assert images_to_remove(images, keep=2, protected=set()) == ["app:v3", "app:v2", "app:v1"]
     assert images_to_remove(images, keep=2, protected={"app:v1"}) == ["app:v3", "app:v2"]
     assert images_to_remove(images, keep=5, protected=set()) == []
+
+
+# -- several addresses: a swarm color's tasks (TARGET=swarm) ---------------------------------------
+
+TASKS = [Address("10.99.0.11", 8082), Address("10.99.0.12", 8082), Address("10.99.0.13", 8082)]
+
+
+def test_upstream_form_lists_every_task_and_parses_back():
+    text = render_include(TASKS, "upstream")
+    assert text == ("upstream app_live {\n    server 10.99.0.11:8082;\n    server 10.99.0.12:8082;\n"
+                    "    server 10.99.0.13:8082;\n    keepalive 32;\n}\n")
+    assert parse_include_all(text) == TASKS
+    assert parse_include(text) == TASKS[0]
+
+
+@pytest.mark.parametrize("targets", [TASKS, TASKS[:1], TASKS[0]])
+def test_one_address_or_a_list_of_one_render_the_same(targets):
+    if isinstance(targets, list) and len(targets) > 1:
+        return
+    assert render_include(targets, "upstream") == render_include(TASKS[0], "upstream")
+    assert render_include(targets, "set") == "set $service_url http://10.99.0.11:8082;\n"
+
+
+def test_the_set_form_takes_one_address_and_no_form_takes_none():
+    with pytest.raises(ValueError, match="the set form takes one address, not 3"):
+        render_include(TASKS, "set")
+    with pytest.raises(ValueError, match="no address"):
+        render_include([], "upstream")
+
+
+@pytest.mark.parametrize("text, expected", [
+    (None, []),
+    ("", []),
+    ("set $service_url http://172.20.0.2:8080;\n", [Address("172.20.0.2", 8080)]),
+    ("upstream u {\n server 10.99.0.12:8081 max_fails=0;\n server 10.99.0.13:8081;\n}\n",
+     [Address("10.99.0.12", 8081), Address("10.99.0.13", 8081)]),
+])
+def test_parse_include_all(text, expected):
+    assert parse_include_all(text) == expected
+
+
+@pytest.mark.parametrize("address, expected", [
+    (Address("10.99.0.11", 8081), "blue"),
+    (Address("10.99.0.13", 8082), "green"),
+    (Address("10.99.0.13", 8080), None),
+    (None, None),
+])
+def test_color_at_port(address, expected):
+    assert color_at_port(address, {"blue": 8081, "green": 8082}) == expected

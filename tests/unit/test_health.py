@@ -302,7 +302,8 @@ def test_a_deploy_whose_new_network_is_not_a_local_bridge_removes_it_and_changes
                                   "GREEN_IP": "172.29.5.3",
                                   # Verification has its own preflight (verify.check); not this test's.
                                   "VERIFY_SECONDS": "0"}, tmp_path)
-    engine = Strict(network_exists=False, ensure_network=True, remove_network=None)
+    engine = Strict(network_exists=False, ensure_network=True, remove_network=None,
+                    probe_ips=["172.29.5.2", "172.29.5.3"])
     switch = Strict(check=None)
     host = RouteHost({"172.29.5.2": (0, "172.29.5.2 via 192.0.2.1 dev eth0 src 192.0.2.2 uid 0\n")})
     prober = Prober(StrictTransport(), host)
@@ -311,7 +312,7 @@ def test_a_deploy_whose_new_network_is_not_a_local_bridge_removes_it_and_changes
     with pytest.raises(RouteRefused, match="not probing 172.29.5.2"):
         flows.deploy(ctx)
     assert str(settings.nginx_include) not in files.files and str(settings.releases_path()) not in files.files
-    assert engine.calls == ["network_exists", "ensure_network", "remove_network"]
+    assert engine.calls == ["network_exists", "ensure_network", "probe_ips", "remove_network"]
     assert switch.calls == ["check"]
 
 
@@ -448,3 +449,68 @@ def test_connect_check_against_a_real_listener():
         port = listener.getsockname()[1]
         assert health.connect_check(LocalTransport(), "127.0.0.1", port)() is True
     assert health.connect_check(LocalTransport(), "127.0.0.1", port)() is False
+
+
+# -- the swarm's gate: every task of a color (health.wait_all_healthy) ------------------------------
+
+from pipeline.decide import Address  # noqa: E402
+
+
+class ScriptedTransport:
+    """Answers per URL from a script: each URL's next status (the last one repeats)."""
+
+    where = "this machine"
+
+    def __init__(self, script):
+        self.script = {url: list(statuses) for url, statuses in script.items()}
+        self.gets = []
+
+    def get(self, url, timeout):
+        self.gets.append(url)
+        statuses = self.script[url]
+        status = statuses.pop(0) if len(statuses) > 1 else statuses[0]
+        return status, "ok" if status == 200 else "no"
+
+
+TASK_A, TASK_B, TASK_C = Address("10.99.0.11", 8082), Address("10.99.0.12", 8082), Address("10.99.0.13", 8082)
+
+
+def url(a):
+    return f"http://{a}/health"
+
+
+def test_the_swarm_gate_waits_until_every_task_answers_200():
+    transport = ScriptedTransport({url(TASK_A): [503, 200], url(TASK_B): [503, 503, 200]})
+    healthy = health.wait_all_healthy("blue", lambda: [TASK_A, TASK_B], "/health", 2, 0.05, 5,
+                                      lambda: None, transport)
+    assert healthy == [TASK_A, TASK_B]
+    assert transport.gets.count(url(TASK_B)) == 3
+
+
+def test_the_swarm_gate_waits_for_tasks_still_to_come_and_asks_for_the_addresses_anew():
+    # A task lost with its node: the address list shrinks, then its replacement elsewhere appears.
+    lists = iter([[TASK_A, TASK_B], [TASK_A], [TASK_A, TASK_C]])
+    last = []
+
+    def addresses():
+        last[:] = next(lists, last)
+        return list(last)
+    transport = ScriptedTransport({url(TASK_A): [200], url(TASK_B): [503], url(TASK_C): [200]})
+    assert health.wait_all_healthy("blue", addresses, "/health", 2, 0.05, 5, lambda: None,
+                                   transport) == [TASK_A, TASK_C]
+
+
+def test_the_swarm_gate_fails_naming_each_task_that_did_not_answer():
+    transport = ScriptedTransport({url(TASK_A): [200], url(TASK_B): [404]})
+    with pytest.raises(HealthCheckFailed, match=r"blue did not answer 200 after \d+ attempts \(last: 1 of 2 answer "
+                                                r"200 \(2 running\); 10\.99\.0\.12:8082: HTTP 404 'no'\)"):
+        health.wait_all_healthy("blue", lambda: [TASK_A, TASK_B], "/health", 2, 0.05, 0.5, lambda: None, transport)
+
+
+def test_the_swarm_gate_stops_at_once_when_a_task_fails():
+    def failed():
+        raise ContainerExited("app-blue", "task failed")
+    transport = ScriptedTransport({url(TASK_A): [503]})
+    with pytest.raises(ContainerExited):
+        health.wait_all_healthy("blue", lambda: [TASK_A], "/health", 1, 0.05, 30, failed, transport)
+    assert transport.gets == []

@@ -199,9 +199,13 @@ def test_a_setting_of_the_other_target_in_the_env_file_is_refused_too(tmp_path):
         read(tmp_path)
 
 
-def test_the_commands_refuse_the_swarm_target_until_they_drive_one(tmp_path):
-    from pipeline.engine import Engine
-
+def test_the_swarm_target_lists_tasks_in_the_upstream_form_and_switches_by_reload(tmp_path):
     s = read(tmp_path, TARGET="swarm", REGISTRY="r:5000")
-    with pytest.raises(SettingsError, match="TARGET=swarm: the commands do not deploy to a swarm yet"):
-        Engine.connect(s, {})
+    assert (s.nginx_include_form, s.switch_mode) == ("upstream", "reload")
+    with pytest.raises(SettingsError, match="NGINX_INCLUDE_FORM=set: TARGET=swarm needs the upstream form"):
+        read(tmp_path, TARGET="swarm", REGISTRY="r:5000", NGINX_INCLUDE_FORM="set")
+    with pytest.raises(SettingsError, match="SWITCH_MODE=live: TARGET=swarm switches by reload"):
+        read(tmp_path, TARGET="swarm", REGISTRY="r:5000", SWITCH_MODE="live")
+    assert s.verify_seconds == 0
+    with pytest.raises(SettingsError, match="VERIFY_SECONDS=30.0: not yet with TARGET=swarm"):
+        read(tmp_path, TARGET="swarm", REGISTRY="r:5000", VERIFY_SECONDS="30")

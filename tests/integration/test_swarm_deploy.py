@@ -1,0 +1,194 @@
+"""The commands on a real 3-node swarm (issue 11): TARGET=swarm deploys, switches the host's nginx
+to every task, rolls back and refuses what the swarm cannot run, through the real CLI.
+
+nginx runs on this host in the upstream form; every task is reached at its node's address on the
+bridge pswarm0 (network namespaces swarm.sh created, no default route there).
+"""
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from pathlib import Path
+from typing import Dict, Iterator, List
+
+import pytest
+
+from pipeline.swarm import SwarmEngine
+
+from .loadgen import Load
+from .realstack import Nginx, free_port, run_pipeline, start_pipeline, wait_for
+from .swarmstack import NODES, swarm_env, swarm_settings, swarm_sh
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def app(swarm) -> Iterator[str]:
+    name = f"s{uuid.uuid4().hex[:8]}"
+    yield name
+    engine = SwarmEngine.connect(swarm_settings(swarm, name), {})
+    for color in ("blue", "green"):
+        engine.remove(color)
+
+
+@pytest.fixture
+def nginx(tmp_path) -> Iterator[Nginx]:
+    server = Nginx(tmp_path / "nginx", free_port(), free_port(), form="upstream")
+    server.directory.mkdir()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def env(swarm, app, nginx, demo_jar) -> Dict[str, str]:
+    return swarm_env(swarm, app, REPLICAS="3", HEALTH_INTERVAL="0.5", HEALTH_TIMEOUT="120",
+                     DRAIN_SECONDS="1", NGINX_HOST="", NGINX_INCLUDE=str(nginx.include),
+                     NGINX_TEST_COMMAND=nginx.test_command, NGINX_RELOAD_COMMAND=nginx.reload_command)
+
+
+def run(args: List[str], env: Dict[str, str], cwd: Path, **overrides: str):
+    return run_pipeline(args, {**env, **overrides}, cwd)
+
+
+def assert_ok(result) -> None:
+    assert result.returncode == 0, f"exit {result.returncode}\nstdout:{result.stdout}\nstderr:{result.stderr}"
+
+
+def servers(nginx: Nginx) -> List[str]:
+    return re.findall(r"server (\S+);", nginx.include.read_text())
+
+
+def upstreams(nginx: Nginx, port: int) -> set:
+    """The distinct task addresses nginx's access log shows answering on the color's port."""
+    return set(re.findall(rf"upstream=(10\.99\.0\.\d+:{port})\b", nginx.access_log.read_text()))
+
+
+def test_deploy_twice_under_load_loses_nothing_spreads_over_3_tasks_and_rolls_back(swarm, env, nginx, tmp_path):
+    nodes = sorted(swarm["SWARM_NODES"].split())
+    first = run(["deploy"], env, tmp_path, APP_VERSION="v1")
+    assert_ok(first)
+    assert sorted(servers(nginx)) == [f"{addr}:8081" for addr in nodes]   # every task, one per node
+    assert "waiting for 3 task(s)" in first.stderr
+    assert nginx.get().text == "version=v1 color=blue\n"
+
+    url = f"http://127.0.0.1:{nginx.port}/"
+    with Load(url, profile="close", seconds=240, connections=8) as load:
+        wait_for(lambda: upstreams(nginx, 8081) == {f"{a}:8081" for a in nodes}, 20, interval=0.2,
+                 what="the load to reach every blue task")
+        second = run(["deploy"], env, tmp_path, APP_VERSION="v2")
+        assert_ok(second)
+        wait_for(lambda: len(upstreams(nginx, 8082)) == NODES, 20, interval=0.2,
+                 what="the load to reach every green task")
+    result = load.result
+    assert result is not None
+    print(result.line())
+    assert result.failed == 0, result.summary()
+    assert set(result.versions()) == {"version=v1 color=blue", "version=v2 color=green"}, result.summary()
+    assert upstreams(nginx, 8082) == {f"{addr}:8082" for addr in nodes}   # 3 distinct tasks answered
+    assert sorted(servers(nginx)) == [f"{addr}:8082" for addr in nodes]
+
+    status = run(["status", "--json"], env, tmp_path)
+    assert_ok(status)
+    report = json.loads(status.stdout)
+    assert (report["live_color"], report["live_version"]) == ("green", "v2")
+    green, blue = report["colors"]["green"], report["colors"]["blue"]
+    assert (green["state"], green["port"], green["health"]) == ("running", 8082, "3 of 3 task(s) answer 200")
+    running = [t for t in green["tasks"] if t["state"] == "running"]
+    assert sorted(t["address"] for t in running) == [f"{addr}:8082" for addr in nodes]
+    assert {t["version"] for t in running} == {"v2"} and len({t["node"] for t in running}) == NODES
+    assert all(t["health"].startswith("HTTP 200") for t in running)
+    assert blue["state"] == "stopped" and blue["version"] == "v1"   # scaled to 0, kept for rollback
+    text = run(["status"], env, tmp_path)
+    assert_ok(text)
+    assert "live:     green (v2)" in text.stdout and text.stdout.count("      task ") >= NODES
+
+    back = run(["rollback"], env, tmp_path)
+    assert_ok(back)
+    assert sorted(servers(nginx)) == [f"{addr}:8081" for addr in nodes]
+    assert nginx.get().text == "version=v1 color=blue\n"
+    engine = SwarmEngine.connect(swarm_settings(swarm, env["APP_NAME"]), {})
+    assert engine.container("green").status == "stopped"
+
+    # Staged behind the preview (the color's first task), live untouched; then promoted.
+    preview = {"NGINX_PREVIEW_INCLUDE": str(nginx.preview_include)}
+    staged = run(["deploy", "--no-promote"], env, tmp_path, APP_VERSION="v3", **preview)
+    assert_ok(staged)
+    assert nginx.get().text == "version=v1 color=blue\n"
+    assert nginx.get(preview=True).text == "version=v3 color=green\n"
+    assert_ok(run(["promote"], env, tmp_path, **preview))
+    assert sorted(servers(nginx)) == [f"{addr}:8082" for addr in nodes]
+    assert nginx.get().text == "version=v3 color=green\n"
+    history = run(["history", "--json"], env, tmp_path)
+    assert_ok(history)
+    entries = json.loads(history.stdout)
+    assert [(e["action"], e["version"], e["result"]) for e in entries] == [
+        ("deploy", "v1", "ok"), ("deploy", "v2", "ok"), ("rollback", "v1", "ok"), ("stage", "v3", "ok"),
+        ("promote", "v3", "ok")]
+    assert entries[-1]["live"] and entries[0]["rollback_target"]
+
+
+def test_a_release_that_never_gets_healthy_is_scaled_to_0_and_the_old_one_keeps_serving(swarm, env, nginx, tmp_path):
+    assert_ok(run(["deploy"], env, tmp_path, APP_VERSION="v1", REPLICAS="2"))
+    before = nginx.include.read_text()
+    failed = run(["deploy"], env, tmp_path, APP_VERSION="v2", REPLICAS="2", HEALTH_PATH="/nope",
+                 HEALTH_TIMEOUT="20")
+    assert failed.returncode == 1, failed.stderr
+    # Both tasks ran and were probed, each at its node's address: the message names them.
+    assert re.search(r"every task of \S+-green at /nope did not answer 200 .*0 of 2 answer 200 \(2 running\); "
+                     r"task \w+ on \S+ \(10\.99\.0\.\d+:8082\): HTTP 404", failed.stderr), failed.stderr
+    assert "scaling to 0" in failed.stderr
+    assert nginx.include.read_text() == before
+    assert nginx.get().text == "version=v1 color=blue\n"
+    engine = SwarmEngine.connect(swarm_settings(swarm, env["APP_NAME"]), {})
+    green = engine.container("green")
+    assert green is not None and green.status == "stopped"   # kept, scaled to 0
+    assert engine.task_addresses("green") == []
+
+
+def test_a_node_lost_during_the_health_wait_is_waited_out_and_a_node_down_limits_the_next_deploy(
+        swarm, env, nginx, tmp_path):
+    engine = SwarmEngine.connect(swarm_settings(swarm, env["APP_NAME"]), {})
+    manager = next(n for n in engine.nodes() if n.manager)
+    by_addr = {n.addr: n for n in engine.nodes()}
+    (tmp_path / "app.env").write_text("STARTUP_DELAY_MS=12000\n")   # time to lose a node mid-gate
+    slow = {**env, "APP_VERSION": "v1", "REPLICAS": "2", "CONTAINER_ENV_FILE": str(tmp_path / "app.env")}
+    victim = None
+    try:
+        deploying = start_pipeline(["deploy"], slow, tmp_path)
+        try:
+            running = wait_for(lambda: [a for a in engine.task_addresses("blue")] if len(
+                engine.task_addresses("blue")) == 2 else None, 60, interval=0.2, what="2 blue tasks running")
+            victim = by_addr[next(a.node_addr for a in running if a.node_addr != manager.addr)]
+            swarm_sh("stop-node", str(int(victim.addr.rsplit(".", 1)[1]) - 10))
+            _, stderr = deploying.communicate(timeout=180)
+        finally:
+            if deploying.poll() is None:
+                deploying.kill()
+        assert deploying.returncode == 0, stderr
+        # The gate waited for swarm to move the lost task, then switched to the 2 healthy ones.
+        addrs = {s.split(":")[0] for s in servers(nginx)}
+        assert len(addrs) == 2 and victim.addr not in addrs, nginx.include.read_text()
+        assert nginx.get().text == "version=v1 color=blue\n"
+        # A task had been placed on the lost node; the one that serves now runs elsewhere.
+        assert victim.name in {task.node for task in engine.tasks("blue")}
+
+        # With the node still down: more REPLICAS than nodes up is refused before anything changes.
+        before = nginx.include.read_text()
+        refused = run(["deploy"], env, tmp_path, APP_VERSION="v2")
+        assert refused.returncode == 3, refused.stderr
+        assert "REPLICAS=3 but only 2 swarm node(s) can run a task" in refused.stderr
+        assert "building image" not in refused.stderr   # refused in preflight
+        assert nginx.include.read_text() == before and "green" not in engine.containers()
+
+        # REPLICAS no more than the nodes up: the tasks go to the nodes left.
+        assert_ok(run(["deploy"], env, tmp_path, APP_VERSION="v2", REPLICAS="2"))
+        addrs = {s.split(":")[0] for s in servers(nginx)}
+        assert len(addrs) == 2 and victim.addr not in addrs
+        assert nginx.get().text == "version=v2 color=green\n"
+    finally:
+        if victim is not None:
+            swarm_sh("start")   # the stopped node comes back and rejoins
+    wait_for(lambda: sum(n.ready for n in engine.nodes()) == NODES, 60, interval=0.5,
+             what="the stopped node to be ready again")
