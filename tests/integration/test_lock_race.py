@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from .outside import pump
 from .realstack import run_pipeline, start_pipeline, wait_for
 
 pytestmark = pytest.mark.integration
@@ -85,23 +86,6 @@ class StartingGate:
             return
         upstream = socket.socket(socket.AF_UNIX)
         upstream.connect(self.engine)
-
-        def pump(src: socket.socket, dst: socket.socket) -> None:
-            try:
-                while True:
-                    data = src.recv(65536)
-                    if not data:
-                        break
-                    dst.sendall(data)
-            except OSError:
-                pass
-            finally:
-                for sock in (src, dst):
-                    try:
-                        sock.shutdown(socket.SHUT_RDWR)
-                    except OSError:
-                        pass
-
         threading.Thread(target=pump, args=(upstream, client), daemon=True).start()
         pump(client, upstream)
 
