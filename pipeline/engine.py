@@ -48,10 +48,7 @@ class Engine:
 
     @classmethod
     def connect(cls, settings: Settings, environ: Mapping[str, str]) -> "Engine":
-        env = dict(environ)
-        if settings.docker_host:
-            env["DOCKER_HOST"] = settings.docker_host
-        where = env.get("DOCKER_HOST") or "the local socket"
+        env, where = engine_environment(settings, environ)
         try:
             # The default for every API call; the image build alone sets none (it takes as long
             # as it takes), and `stop` adds its grace period.
@@ -308,6 +305,15 @@ class Engine:
         except LIBRARY_ERRORS:
             return []
         return [line for line in raw.decode("utf-8", "replace").splitlines() if line.strip()]
+
+
+def engine_environment(settings: Settings, environ: Mapping[str, str]) -> "tuple[Dict[str, str], str]":
+    """The environment the docker SDK reads (DOCKER_HOST from the settings wins) and, for
+    messages, where that engine is."""
+    env = dict(environ)
+    if settings.docker_host:
+        env["DOCKER_HOST"] = settings.docker_host
+    return env, env.get("DOCKER_HOST") or "the local socket"
 
 
 def _read_env_file(path: Path) -> Dict[str, str]:

@@ -27,7 +27,8 @@ from docker.types import EndpointSpec, RestartPolicy, ServiceMode
 from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wait_fixed
 
 from .decide import Address, ContainerFact, color_at_port
-from .engine import LABEL_APP, LABEL_COLOR, LABEL_VERSION, LIBRARY_ERRORS, Engine, _read_env_file, _reason
+from .engine import (LABEL_APP, LABEL_COLOR, LABEL_VERSION, LIBRARY_ERRORS, Engine, _read_env_file, _reason,
+                     engine_environment)
 from .errors import DeployFailed, EngineFailed, NotEnoughNodes, PreflightError, TaskFailed
 from .settings import COLORS, Settings
 
@@ -157,10 +158,7 @@ class SwarmEngine:
 
     @classmethod
     def connect(cls, settings: Settings, environ: Mapping[str, str]) -> "SwarmEngine":
-        env = dict(environ)
-        if settings.docker_host:
-            env["DOCKER_HOST"] = settings.docker_host
-        where = env.get("DOCKER_HOST") or "the local socket"
+        env, where = engine_environment(settings, environ)
         try:
             client = docker.from_env(environment=env, timeout=settings.network_timeout)
             swarm = client.info().get("Swarm") or {}
