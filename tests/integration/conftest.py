@@ -2,6 +2,7 @@
 before the test's docker network is removed, so nothing is ever probed on a vanished network."""
 from __future__ import annotations
 
+import os
 import subprocess
 import uuid
 from dataclasses import dataclass
@@ -130,9 +131,17 @@ def ssh_env(settings_env, stack) -> Dict[str, str]:
 @pytest.fixture(scope="session")
 def swarm(stack) -> Iterator[Dict[str, str]]:
     """The 3-node test swarm (scripts/swarm.sh), its registry holding the JRE base image; stopped
-    at the end of the session."""
+    at the end of the session (left running with PIPELINE_KEEP_SWARM=1, for the next session).
+
+    One swarm serves one pytest session at a time: its bridge, namespaces and node ports are
+    the machine's, so a second session waits here (an flock) until the first is done."""
+    import fcntl
+
     from .swarmstack import start_swarm, swarm_sh
 
-    env = start_swarm(stack)
-    yield env
-    swarm_sh("stop")
+    with open("/tmp/pipeline-swarm.lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        env = start_swarm(stack)
+        yield env
+        if os.environ.get("PIPELINE_KEEP_SWARM") != "1":
+            swarm_sh("stop")
