@@ -213,8 +213,6 @@ class Settings:
         if values.get("target") == "swarm":
             # A color is several tasks: only the upstream form lists several servers.
             values.setdefault("nginx_include_form", "upstream")
-            # Verification reads one address's answers (verify.py): not yet a color of several tasks.
-            values.setdefault("verify_seconds", 0.0)
         settings = cls(**values)
         settings._check_target({name for name, (attr, _) in _READERS.items() if attr in values})
         settings._check_together()
@@ -235,9 +233,6 @@ class Settings:
             if self.nginx_include_form != "upstream":
                 raise SettingsError("NGINX_INCLUDE_FORM", self.nginx_include_form,
                                     "TARGET=swarm needs the upstream form: it lists every task as a server")
-            if self.verify_seconds != 0:
-                raise SettingsError("VERIFY_SECONDS", self.verify_seconds,
-                                    "not yet with TARGET=swarm (verification watches one address); set 0")
             if self.switch_mode != "reload":
                 raise SettingsError("SWITCH_MODE", self.switch_mode,
                                     "TARGET=swarm switches by reload (live mode takes one address per route)")

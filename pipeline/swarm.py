@@ -18,7 +18,7 @@ import queue
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, FrozenSet, List, Mapping, NamedTuple, Optional, TypeVar
+from typing import Callable, Dict, FrozenSet, List, Mapping, NamedTuple, Optional, Sequence, TypeVar
 
 import docker
 import docker.errors
@@ -135,6 +135,40 @@ def classify(task: TaskFact, node_ready: bool) -> Optional[TaskEvent]:
     # Swarm stops or replaces it though it did not fail: its node was lost or drained, or came
     # back after the task was rescheduled elsewhere.
     return TaskEvent(task, "node-lost", f"moved off node {where} ({task.state}, desired {task.desired_state})")
+
+
+def task_where(task: TaskFact) -> str:
+    """A task as the health gate names it: which task, on which node, where."""
+    at = f" ({task.node_addr}:{task.port})" if task.node_addr else ""
+    return f"task {task.task_id[:12]} on {task.node or '(no node)'}{at}"
+
+
+def serving_problem(tasks: Sequence[TaskFact], watched: FrozenSet[str], replicas: int) -> Optional[str]:
+    """After the switch (verification): why the color no longer serves as it did when nginx was
+    switched to it, or None. This is the swarm's "the container exited".
+
+    `watched` are the tasks that passed the health gate and that nginx was switched to. One of
+    them that failed, exited or was moved off its node (or whose node is not ready), a task swarm
+    started since (a restart or a reschedule), or fewer than `replicas` of them running fails the
+    release.
+    """
+    by_id = {t.task_id: t for t in tasks}
+    for task_id in sorted(watched):
+        task = by_id.get(task_id)
+        if task is None:
+            return f"task {task_id[:12]} is gone from the service"
+        if not (task.running and task.node_up):
+            event = classify(task, task.node_up)
+            why = event.reason if event is not None else f"{task.state}, desired {task.desired_state}"
+            return f"{task_where(task)} stopped serving ({why})"
+    for task in tasks:
+        if task.task_id not in watched and task.desired_state in WANTED_STATES:
+            return (f"swarm started {task_where(task)} ({task.state}) after the switch: a task was restarted "
+                    f"or rescheduled")
+    running = sum(1 for task_id in watched if by_id[task_id].running)
+    if running < replicas:
+        return f"only {running} of REPLICAS={replicas} task(s) running"
+    return None
 
 
 class SwarmEngine:

@@ -2,11 +2,15 @@
 
 For VERIFY_SECONDS after the switch the old release keeps running, and the tool watches:
 
-- the new release's container (exited, restarted, lost its address: fail at once);
+- the new release's container (exited, restarted, lost its address: fail at once); on a swarm
+  (TARGET=swarm) the tasks nginx was switched to: one that fails, restarts or is rescheduled, or
+  fewer than REPLICAS running, fails at once (swarm.serving_problem);
 - its health, probed every HEALTH_INTERVAL but at most 2 s apart (two failures in a row: fail);
-- what nginx answered for requests that went to the new release's address: the share of 5xx
-  (nginx's own 502/504 included) above VERIFY_MAX_ERROR_RATE, once at least VERIFY_MIN_REQUESTS
-  were counted, fails.
+  on a swarm every task is probed at its node's address, and two failures in a row on any one
+  task fail the release, naming the task, its node and address;
+- what nginx answered for requests that went to the new release's addresses (one, or every task
+  of a swarm color: summed): the share of 5xx (nginx's own 502/504 included) above
+  VERIFY_MAX_ERROR_RATE, once at least VERIFY_MIN_REQUESTS were counted, fails.
 
 Where the answers come from depends on the switch (one reader per mode, both here):
 
@@ -17,8 +21,10 @@ Where the answers come from depends on the switch (one reader per mode, both her
   (nginx/live/app-live.conf), read through the admin's `GET /pipeline/stats`; the counts just
   before the switch are the baseline.
 
-On failure the old release is put back through the same switch (same checks), the new container
-is stopped and removed, and SwitchedBack is raised (exit 1). SIGINT/SIGTERM during the window
+On failure the old release is put back through the same switch (same checks; on a swarm to every
+running task of the old color, which stays scaled up until verification passes), the new container
+is stopped and removed (a swarm's new service is scaled to 0, its spec kept, as after a failed
+start), and SwitchedBack is raised (exit 1). SIGINT/SIGTERM during the window
 does the same, as the safest choice: the old release is running and was serving until seconds
 ago, while the new one is unproven; then the signal's exit code (130/143).
 
@@ -31,10 +37,10 @@ import logging
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Counter, Dict, Optional, Protocol, Tuple
+from typing import Any, Callable, Counter, Dict, FrozenSet, List, Optional, Protocol, Tuple
 
 from . import health
-from .decide import Address
+from .decide import Targets, as_list
 from .errors import DeployFailed, Interrupted, PipelineError, PreflightError, SwitchedBack, SwitchedBackOnSignal
 from .nginx_host import NginxHost
 from .settings import Settings
@@ -128,18 +134,31 @@ def too_many_errors(tally: Tally, max_rate: float, min_requests: int) -> bool:
     return tally.requests >= min_requests and tally.rate > max_rate
 
 
-# -- readers: what nginx answered for one address ---------------------------------------------------
+# -- readers: what nginx answered for the new release's addresses -----------------------------------
+
+def address_set(addresses: Targets) -> FrozenSet[str]:
+    """One address or several (a swarm color's tasks) as the `IP:PORT` strings nginx reports."""
+    return frozenset(str(a) for a in as_list(addresses))
+
+
+def summed(counts: Dict[str, Counter], addresses: FrozenSet[str]) -> Counter:
+    """Status -> count over every one of `addresses` (a color of several tasks answers at each)."""
+    total: Counter = collections.Counter()
+    for address in addresses:
+        total.update(counts.get(address, {}))
+    return total
+
 
 class AnswerReader(Protocol):
     def read(self) -> Tally:
-        """Everything counted for the address since the baseline."""
+        """Everything counted for the addresses since the baseline, summed."""
 
 
 class AccessLogReader:
     """Follows NGINX_ACCESS_LOG from its size at the baseline, reading only what was added."""
 
-    def __init__(self, host: NginxHost, path: str, address: Address) -> None:
-        self.host, self.path, self.address = host, path, str(address)
+    def __init__(self, host: NginxHost, path: str, addresses: Targets) -> None:
+        self.host, self.path, self.addresses = host, path, address_set(addresses)
         size = host.size(path)
         if size is None:
             raise PreflightError(f"NGINX_ACCESS_LOG={path}: no such file on the nginx host ({host.description})")
@@ -161,30 +180,31 @@ class AccessLogReader:
             parsed = parse_log_line(raw.decode("utf-8", "replace"))
             if parsed is None:
                 self.unparsed += 1
-            elif parsed[0] == self.address:
+            elif parsed[0] in self.addresses:
                 self.counts[parsed[1]] += 1
         return Tally(dict(self.counts))
 
 
 class StatsReader:
-    """Live mode: nginx's counters for the address, minus what they were at the baseline."""
+    """Live mode: nginx's counters for the addresses (one stats line per upstream address and
+    status), summed, minus what they were at the baseline."""
 
-    def __init__(self, admin, address: Address) -> None:
-        self.admin, self.address = admin, str(address)
-        self.before = parse_stats(admin.stats()).get(self.address, collections.Counter())
+    def __init__(self, admin, addresses: Targets) -> None:
+        self.admin, self.addresses = admin, address_set(addresses)
+        self.before = summed(parse_stats(admin.stats()), self.addresses)
         self.unparsed = 0
 
     def read(self) -> Tally:
-        now = parse_stats(self.admin.stats()).get(self.address, collections.Counter())
+        now = summed(parse_stats(self.admin.stats()), self.addresses)
         return Tally({status: n - self.before.get(status, 0) for status, n in now.items()
                       if n - self.before.get(status, 0) > 0})
 
 
-def make_reader(ctx: Context, address: Address) -> AnswerReader:
+def make_reader(ctx: Context, addresses: Targets) -> AnswerReader:
     s = ctx.settings
     if ctx.switch.mode == "live":
-        return StatsReader(ctx.switch.admin, address)   # type: ignore[attr-defined]
-    return AccessLogReader(ctx.host, str(s.nginx_access_log), address)
+        return StatsReader(ctx.switch.admin, addresses)   # type: ignore[attr-defined]
+    return AccessLogReader(ctx.host, str(s.nginx_access_log), addresses)
 
 
 # -- the step ---------------------------------------------------------------------------------------
@@ -204,11 +224,13 @@ class Verdict:
 
 @dataclass
 class Baseline:
-    """Taken just before the switch: where counting starts."""
+    """Taken just before the switch: where counting starts, and (on a swarm) the tasks nginx is
+    switched to, which are the ones watched and probed."""
 
     color: str
     old: str
     reader: AnswerReader
+    tasks: FrozenSet[str] = frozenset()
 
 
 def check(ctx: Context) -> None:
@@ -233,7 +255,10 @@ def baseline(ctx: Context, color: str, old: Optional[str]) -> Optional[Baseline]
     if fact is None or not fact.running:
         log.info("    no running previous release to switch back to: not verifying")
         return None
-    return Baseline(color, old, make_reader(ctx, Address(s.ip_of(color), s.app_port)))  # type: ignore[arg-type]
+    tasks: FrozenSet[str] = frozenset()
+    if s.target == "swarm":
+        tasks = frozenset(t.task_id for t in ctx.engine.task_addresses(color))
+    return Baseline(color, old, make_reader(ctx, ctx.engine.addresses(color)), tasks)  # type: ignore[arg-type]
 
 
 def verify(ctx: Context, mark: Optional[Baseline]) -> Optional[Verdict]:
@@ -277,14 +302,13 @@ class _Watch:
     def run(self) -> Optional[str]:
         ctx, s, color = self.ctx, self.ctx.settings, self.mark.color
         every = min(s.health_interval, HEALTH_EVERY_MAX)
-        url = f"http://{s.ip_of(color)}:{s.app_port}{s.health_path}"
         started = time.monotonic()
         deadline = started + s.verify_seconds
         next_probe = started + every
         next_report = started + 5.0
-        failed_in_row = 0
+        failed_in_row: Dict[str, int] = {}   # per probed address (a swarm color has one per task)
         while True:
-            problem = _container_problem(ctx, color)
+            problem, targets = _serving(ctx, self.mark)
             if problem is not None:
                 return f"{problem}; traffic: {self.tally.describe()}"
             self._read()
@@ -294,19 +318,21 @@ class _Watch:
             now = time.monotonic()
             if now >= next_probe:
                 next_probe = now + every
-                self.probes += 1
-                try:
-                    # Only after _container_problem found the container holding its address, and
-                    # from where nginx is (ctx.prober checks the route there first).
-                    # A generous timeout: a busy host must not turn a slow answer into a switch-back.
-                    health.probe(ctx.prober, url, HEALTH_EVERY_MAX)
-                    failed_in_row = 0
-                except health.NotHealthyYet as exc:
-                    failed_in_row += 1
-                    log.warning("    health probe %d failed (%d in a row): %s", self.probes, failed_in_row, exc.last)
-                    if failed_in_row >= HEALTH_FAILS:
-                        return (f"{color}'s health failed {failed_in_row} times in a row (last: {exc.last}); "
-                                f"traffic: {self.tally.describe()}")
+                for where, url in targets:
+                    self.probes += 1
+                    try:
+                        # Only where _serving just found ours holding the address, and from where
+                        # nginx is (ctx.prober checks the route there first). A generous timeout:
+                        # a busy host must not turn a slow answer into a switch-back.
+                        health.probe(ctx.prober, url, HEALTH_EVERY_MAX)
+                        failed_in_row[where] = 0
+                    except health.NotHealthyYet as exc:
+                        fails = failed_in_row[where] = failed_in_row.get(where, 0) + 1
+                        on = f" on {where}" if where else ""
+                        log.warning("    health probe %d%s failed (%d in a row): %s", self.probes, on, fails, exc.last)
+                        if fails >= HEALTH_FAILS:
+                            return (f"{color}'s health failed {fails} times in a row{on} (last: {exc.last}); "
+                                    f"traffic: {self.tally.describe()}")
             if now >= deadline:
                 return None
             if now >= next_report:
@@ -324,6 +350,23 @@ class _Watch:
                 self._read_warned = True
 
 
+def _serving(ctx: Context, mark: Baseline) -> Tuple[Optional[str], List[Tuple[str, str]]]:
+    """Why the new release cannot be serving (nothing is probed then), else the health URLs to
+    probe now, each with how a failure names it ("" for the one container)."""
+    s = ctx.settings
+    if s.target != "swarm":
+        return (_container_problem(ctx, mark.color),
+                [("", f"http://{s.ip_of(mark.color)}:{s.app_port}{s.health_path}")])
+    from .swarm import serving_problem, task_where   # only a swarm has tasks (and needs this module)
+    tasks = ctx.engine.tasks(mark.color)
+    problem = serving_problem(tasks, mark.tasks, s.replicas)
+    if problem is not None:
+        return f"{s.container_name(mark.color)}: {problem}", []
+    # Network safety: only the watched tasks, running on a node that is up, at their node's address.
+    return None, [(task_where(t), f"http://{t.node_addr}:{t.port}{s.health_path}") for t in tasks
+                  if t.task_id in mark.tasks and t.running and t.node_up and t.node_addr]
+
+
 def _container_problem(ctx: Context, color: str) -> Optional[str]:
     """Why the new container cannot be serving (and must not be probed), or None."""
     s = ctx.settings
@@ -338,23 +381,32 @@ def _container_problem(ctx: Context, color: str) -> Optional[str]:
 
 
 def _switch_back(ctx: Context, color: str, old: str) -> None:
-    """Old release back in traffic through the same switch, then the new container removed.
+    """Old release back in traffic through the same switch, then the new container removed (a
+    swarm's new service scaled to 0, as after a failed start).
 
     If the switch back itself fails, the new release stays live and running (removing it would
     leave nginx pointing at nothing): say so and how to act.
     """
     s = ctx.settings
-    address = Address(s.ip_of(old), s.app_port)
-    log.error("==> switching back to %s (%s) [%s]", old, address, ctx.switch.mode)
+    addresses = ctx.engine.addresses(old)   # one engine: its fixed address; a swarm: every running task
+    targets: Targets = addresses[0] if len(addresses) == 1 else tuple(addresses)
+    log.error("==> switching back to %s (%s) [%s]", old, ", ".join(str(a) for a in addresses), ctx.switch.mode)
     with ctx.guard.critical():
         try:
-            ctx.switch.route_to(LIVE, address)
+            if not addresses:
+                raise DeployFailed(f"{s.container_name(old)} has no running task")
+            ctx.switch.route_to(LIVE, targets)
         except PipelineError as exc:
             raise DeployFailed(f"{color} failed verification and switching back to {old} failed: {exc}; "
                                f"{s.container_name(color)} is still live, {s.container_name(old)} running: "
                                f"run `rollback` once nginx is fixed") from exc
         # Requests nginx's old workers (reload mode) still send to the new release finish first.
         ctx.sleep(ctx.switch.settle_seconds)
+        if s.target == "swarm":
+            log.error("==> scaling %s to 0 (its spec kept); traffic is on %s again", s.container_name(color),
+                      s.container_name(old))
+            ctx.engine.discard(color)
+            return
         log.error("==> removing %s; traffic is on %s again", s.container_name(color), s.container_name(old))
         ctx.engine.stop(color)
         ctx.engine.remove(color)

@@ -53,6 +53,8 @@ def swarm_env(swarm: Dict[str, str], app: str, **extra: str) -> Dict[str, str]:
         "REGISTRY_USERNAME": swarm["SWARM_REGISTRY_USER"],
         "REGISTRY_PASSWORD": Path(swarm["SWARM_REGISTRY_PASSWORD_FILE"]).read_text().strip(),
         "APP_NAME": app, "STOP_TIMEOUT": "5", "BUILD_COMMAND": "",
+        # Verification (30 s by default, on a swarm too) only where a test turns it on.
+        "VERIFY_SECONDS": "0",
         "DOCKERFILE": str(REPO / "docker" / "Dockerfile"), "BUILD_CONTEXT": str(REPO / "demo"),
         "BUILD_ARGS": f"BASE_IMAGE={swarm['SWARM_REGISTRY']}/pipeline/jre:17 JAR=build/libs/app.jar",
         **extra,

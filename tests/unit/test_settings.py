@@ -206,6 +206,10 @@ def test_the_swarm_target_lists_tasks_in_the_upstream_form_and_switches_by_reloa
         read(tmp_path, TARGET="swarm", REGISTRY="r:5000", NGINX_INCLUDE_FORM="set")
     with pytest.raises(SettingsError, match="SWITCH_MODE=live: TARGET=swarm switches by reload"):
         read(tmp_path, TARGET="swarm", REGISTRY="r:5000", SWITCH_MODE="live")
-    assert s.verify_seconds == 0
-    with pytest.raises(SettingsError, match="VERIFY_SECONDS=30.0: not yet with TARGET=swarm"):
-        read(tmp_path, TARGET="swarm", REGISTRY="r:5000", VERIFY_SECONDS="30")
+
+
+def test_the_swarm_target_verifies_as_one_engine_does(tmp_path):
+    s = read(tmp_path, TARGET="swarm", REGISTRY="r:5000")
+    assert (s.verify_seconds, s.verify_max_error_rate, s.verify_min_requests) == (30.0, 0.01, 20)
+    assert read(tmp_path, TARGET="swarm", REGISTRY="r:5000", VERIFY_SECONDS="5",
+                KEEP_PREVIOUS_RUNNING="true").verify_seconds == 5

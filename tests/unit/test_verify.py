@@ -140,6 +140,9 @@ class FakeEngine:
     def at_fixed_ip(self, fact) -> bool:
         return True
 
+    def addresses(self, color: str) -> List[Address]:
+        return [Address(self.settings.ip_of(color), self.settings.app_port)]
+
     def stop(self, color: str) -> None:
         self.calls.append(("stop", color))
 
