@@ -77,8 +77,12 @@ def test_deploy_twice_under_load_loses_nothing_spreads_over_3_tasks_and_rolls_ba
     with Load(url, profile="close", seconds=240, connections=8) as load:
         wait_for(lambda: upstreams(nginx, 8081) == {f"{a}:8081" for a in nodes}, 20, interval=0.2,
                  what="the load to reach every blue task")
-        second = run(["deploy"], env, tmp_path, APP_VERSION="v2")
+        # A good release, verified under the load over every task (issue 10 on the swarm).
+        second = run(["deploy"], env, tmp_path, APP_VERSION="v2", VERIFY_SECONDS="4",
+                     NGINX_ACCESS_LOG=str(nginx.access_log))
         assert_ok(second)
+        assert "verified for 4s: 0 5xx of" in second.stderr
+        assert second.stderr.index("verified for 4s") < second.stderr.index("draining ")   # blue up till then
         wait_for(lambda: len(upstreams(nginx, 8082)) == NODES, 20, interval=0.2,
                  what="the load to reach every green task")
     result = load.result
@@ -117,15 +121,20 @@ def test_deploy_twice_under_load_loses_nothing_spreads_over_3_tasks_and_rolls_ba
     assert_ok(staged)
     assert nginx.get().text == "version=v1 color=blue\n"
     assert nginx.get(preview=True).text == "version=v3 color=green\n"
-    assert_ok(run(["promote"], env, tmp_path, **preview))
+    promoted = run(["promote"], env, tmp_path, KEEP_PREVIOUS_RUNNING="true", **preview)
+    assert_ok(promoted)
     assert sorted(servers(nginx)) == [f"{addr}:8082" for addr in nodes]
     assert nginx.get().text == "version=v3 color=green\n"
+    # KEEP_PREVIOUS_RUNNING on a swarm: the old color stays scaled up, out of traffic.
+    assert "kept running out of traffic" in promoted.stderr
+    assert engine.container("blue").status == "running" and len(engine.task_addresses("blue")) == NODES
     history = run(["history", "--json"], env, tmp_path)
     assert_ok(history)
     entries = json.loads(history.stdout)
     assert [(e["action"], e["version"], e["result"]) for e in entries] == [
         ("deploy", "v1", "ok"), ("deploy", "v2", "ok"), ("rollback", "v1", "ok"), ("stage", "v3", "ok"),
         ("promote", "v3", "ok")]
+    assert "verified for 4s: 0 5xx of" in entries[1]["message"]
     assert entries[-1]["live"] and entries[0]["rollback_target"]
 
 

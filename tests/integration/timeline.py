@@ -14,7 +14,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
+from typing import Iterable, List, Optional, Union
 
 import requests
 
@@ -99,15 +99,17 @@ class BadWindow:
 _MSEC_RE = re.compile(r" msec=(\d+\.\d+)")
 
 
-def bad_window(access_log: Path, address: str) -> BadWindow:
-    """What nginx's log (with log_msec) says about the requests that went to `address`."""
+def bad_window(access_log: Path, address: Union[str, Iterable[str]]) -> BadWindow:
+    """What nginx's log (with log_msec) says about the requests that went to `address` (or to
+    any of several: a swarm color's tasks)."""
     from pipeline.verify import parse_log_line
 
+    addresses = {address} if isinstance(address, str) else set(address)
     first_bad = last = None
     requests_, errors = 0, 0
     for line in access_log.read_text().splitlines():
         parsed, stamp = parse_log_line(line), _MSEC_RE.search(line)
-        if parsed is None or stamp is None or parsed[0] != address:
+        if parsed is None or stamp is None or parsed[0] not in addresses:
             continue
         at = float(stamp.group(1))
         requests_ += 1
