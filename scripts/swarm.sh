@@ -224,6 +224,9 @@ launch_node() {
     if pid_alive "$dir/docker.pid" dockerd; then
         return 0
     fi
+    # A dockerd that crashed (seen: a swarmkit panic while a service was removed) leaves its pid
+    # file, and a new one refuses to start ("pid file found"): it names no live dockerd (above).
+    rm -f "$dir/docker.pid"
     mkdir -p "$dir/data" "$dir/exec"
     node_config_text >"$dir/daemon.json"
     # A dockerd that exited leaves its data-root bind mount; a new one would mount on top.
