@@ -1,7 +1,8 @@
 """Verification after the switch on a real 3-node swarm (issues 10 and 11), reload mode, through
 the real CLI: a release whose health is fine but which answers 500 to 30% of other requests is
 switched back to every task of the old color, which stayed scaled up through the window; the new
-service is scaled to 0. (A good release verified under the same load: test_swarm_deploy.py's v2.)
+service is scaled to 0. Then one whose health fails on its tasks during the window. (A good release
+verified under the same load: test_swarm_deploy.py's v2.)
 
 The setup is test_swarm_deploy.py's (its fixtures and helpers): nginx on this host in the upstream
 form, every task reached at its node's address on the bridge pswarm0; the load is wrk on
@@ -10,6 +11,7 @@ form, every task reached at its node's address on the bridge pswarm0; the load i
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import pytest
@@ -79,3 +81,16 @@ def test_a_release_answering_500_to_30_percent_on_every_task_is_switched_back_to
     assert "5xx to" in last["message"] and "requests" in last["message"] and "commonest" in last["message"]
     # The failed release is no rollback target: nothing was live before v1.
     assert run(["rollback"], env, tmp_path).returncode == 5
+
+    # Health probed on every task at its node's address during the window: a release whose health
+    # fails 3 s after it first answered 200 is switched back, naming the task, node and address.
+    (tmp_path / "sick.env").write_text("HEALTH_FAIL_AFTER=3\n")
+    sick = run(["deploy"], env, tmp_path, APP_VERSION="v3", VERIFY_SECONDS="10",
+               CONTAINER_ENV_FILE=str(tmp_path / "sick.env"))
+    assert sick.returncode == 1, sick.stderr
+    assert re.search(r"switched back to blue: green's health failed 2 times in a row on task \w{12} on "
+                     r"pswarm-n\d \(10\.99\.0\.1\d:8082\) \(last: HTTP 503", sick.stderr), sick.stderr
+    assert sorted(servers(nginx)) == [f"{a}:8081" for a in nodes]
+    assert nginx.get().text == "version=v1 color=blue\n"
+    assert engine.container("green").status == "stopped" and engine.container("blue").status == "running"
+    assert history(env, tmp_path)[-1]["result"] == "switched back"
