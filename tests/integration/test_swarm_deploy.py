@@ -1,8 +1,9 @@
 """The commands on a real 3-node swarm (issue 11): TARGET=swarm deploys, switches the host's nginx
 to every task, rolls back and refuses what the swarm cannot run, through the real CLI.
 
-nginx runs on this host in the upstream form; every task is reached at its node's address on the
-bridge pswarm0 (network namespaces swarm.sh created, no default route there).
+nginx runs on this host in the upstream form (or, for SWITCH_MODE=live, nginx/live/app-live.conf,
+its routes listing every task); every task is reached at its node's address on the bridge pswarm0
+(network namespaces swarm.sh created, no default route there).
 """
 from __future__ import annotations
 
