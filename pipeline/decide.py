@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass
 from typing import List, Mapping, Optional, Sequence, Union
 
-from .settings import COLORS
+from .settings import COLORS, MAX_ROUTE_ADDRESSES
 
 # `set $service_url http://172.20.0.2:8080;` (the seed's form) ...
 _SET_RE = re.compile(r"^\s*set\s+\$\w+\s+http://(\d{1,3}(?:\.\d{1,3}){3}):(\d{1,5})/?\s*;", re.M)
@@ -52,6 +52,50 @@ Targets = Union[Address, Sequence[Address]]
 
 def as_list(targets: Targets) -> List[Address]:
     return [targets] if isinstance(targets, Address) else list(targets)
+
+
+def as_targets(addresses: Sequence[Address]) -> Targets:
+    """One address as itself, several as a tuple (what `Targets` holds)."""
+    return addresses[0] if len(addresses) == 1 else tuple(addresses)
+
+
+def shown(targets: Optional[Targets]) -> str:
+    """For messages: `IP:PORT` or `IP:PORT, IP:PORT, ...`; `nothing` for no address."""
+    return ", ".join(str(a) for a in as_list(targets)) if targets else "nothing"
+
+
+# What a live-mode route takes (nginx/live/app-live.conf, routes.parse_list): 1 to
+# MAX_ROUTE_ADDRESSES (32) distinct addresses, `IP:PORT[,IP:PORT...]`, at most 32 * 21 bytes and
+# the commas between them.
+MAX_ROUTE_TEXT = MAX_ROUTE_ADDRESSES * 22 - 1
+
+
+def render_route(targets: Targets) -> str:
+    """The live-mode admin body for a route: `IP:PORT` or `IP:PORT,IP:PORT,...`, in order."""
+    addresses = as_list(targets)
+    if not addresses:
+        raise ValueError("no address to route to")
+    if len(addresses) > MAX_ROUTE_ADDRESSES:
+        raise ValueError(f"{len(addresses)} addresses; a route takes at most {MAX_ROUTE_ADDRESSES}")
+    if len(set(addresses)) != len(addresses):
+        raise ValueError(f"an address listed twice in {shown(targets)}")
+    return ",".join(str(a) for a in addresses)
+
+
+def parse_route(text: str) -> Optional[Targets]:
+    """An admin answer `IP:PORT[,IP:PORT...]` (surrounding whitespace aside) -> Targets; None if
+    it is anything else, by the same rules nginx stores it by (no empty item, no duplicate, no
+    space inside, at most MAX_ROUTE_ADDRESSES)."""
+    text = text.strip()
+    if not text or len(text) > MAX_ROUTE_TEXT:
+        return None
+    items = text.split(",")
+    if len(items) > MAX_ROUTE_ADDRESSES:
+        return None
+    addresses = [Address.parse(item) if item == item.strip() else None for item in items]
+    if any(a is None for a in addresses) or len(set(addresses)) != len(addresses):
+        return None
+    return as_targets(addresses)   # type: ignore[arg-type]
 
 
 def render_include(address: Targets, form: str = "set", variable: str = "service_url",
@@ -99,8 +143,10 @@ def parse_include(text: Optional[str]) -> Optional[Address]:
     return None
 
 
-def color_at_port(address: Optional[Address], color_ports: Mapping[str, int]) -> Optional[str]:
-    """The color whose node port the address is (TARGET=swarm: a color's tasks share its port)."""
+def color_at_port(targets: Optional[Targets], color_ports: Mapping[str, int]) -> Optional[str]:
+    """The color whose node port the address is (TARGET=swarm: a color's tasks share its port).
+    For several addresses (a live-mode route to every task), the first one's, like the include."""
+    address = as_list(targets)[0] if targets else None
     if address is None:
         return None
     for color, port in color_ports.items():
@@ -109,8 +155,9 @@ def color_at_port(address: Optional[Address], color_ports: Mapping[str, int]) ->
     return None
 
 
-def color_at(address: Optional[Address], color_ips: Mapping[str, str]) -> Optional[str]:
-    """The color whose fixed IP the address is, if any."""
+def color_at(targets: Optional[Targets], color_ips: Mapping[str, str]) -> Optional[str]:
+    """The color whose fixed IP the address (the first of several) is, if any."""
+    address = as_list(targets)[0] if targets else None
     if address is None:
         return None
     for color, ip in color_ips.items():

@@ -71,8 +71,8 @@ def make_prober(host: NginxHost, s: Settings) -> health.Prober:
 
 @dataclass(frozen=True)
 class Facts:
-    live_address: Optional[Address]
-    preview_address: Optional[Address]
+    live_address: Optional[decide.Targets]      # live mode on a swarm: every task's address
+    preview_address: Optional[decide.Targets]
     containers: Dict[str, ContainerFact]
     choice: decide.ColorChoice
 
@@ -716,7 +716,7 @@ def status(ctx: Context, probe: bool = True) -> dict:
         "live_version": colors[live]["version"] if live else None,
         "include": {"path": str(s.nginx_include),
                     "points_at": _shown(decide.parse_include_all(includes.read(LIVE))) if include_address else None},
-        "preview": str(facts.preview_address) if facts.preview_address else None,
+        "preview": _shown(facts.preview_address) if facts.preview_address else None,
         "switch_mode": ctx.switch.mode,
         "switch": ctx.switch.describe(),
         "switch_problem": switch_problem,

@@ -3,15 +3,20 @@
 nginx runs nginx/live/app-live.conf: a balancer that takes each route's address from a shared
 dict, and an admin server on the nginx host's loopback that sets and reports it:
 
-    PUT /pipeline/live     body IP:PORT   -> 200 IP:PORT (400: not an address; 403: not allowed)
-    GET /pipeline/live                    -> 200 IP:PORT, or 404 when nothing is set
+    PUT /pipeline/live     body IP:PORT[,IP:PORT...]  -> 200 and the same (400: not a list of
+                                                 1-32 distinct addresses; 403: one is not allowed)
+    GET /pipeline/live                    -> 200 what was set, or 404 when nothing is set
     (the same for /pipeline/preview)
+
+One address is a container of the single engine; several are a swarm color's tasks, which
+nginx's balancer takes in turn, trying the next one when a connection fails.
 
 Every request carries `Authorization: Bearer TOKEN`, else nginx answers 401. The token is read
 from NGINX_ADMIN_TOKEN_FILE on the nginx host (over SFTP when it is remote), once per run, and is
 kept in a `Secret` so it never reaches a log line or an error message. A 401 or an unusable token
 file is a preflight error (exit 3) naming that file. nginx stores only addresses inside the
-networks app-live.conf allows (`allowed_networks`): a 403 names the refused address.
+networks app-live.conf allows (`allowed_networks`): a 403 names the refused address (one refused
+address refuses the whole list).
 
 A switch writes the include first (atomically: nginx reads it when it starts or reloads, so it
 stays the truth for restarts), then PUTs the address and GETs it back. It never runs the reload
@@ -39,7 +44,7 @@ from urllib.parse import urlsplit
 import paramiko
 from tenacity import RetryCallState, RetryError, Retrying, retry_if_exception_type, stop_after_attempt, wait_fixed
 
-from .decide import Address, parse_include
+from .decide import Targets, as_list, parse_include_all, parse_route, render_route, shown
 from .errors import (AdminTokenRefused, AdminUnavailable, DeployFailed, IncludeMismatch, LiveSwitchFailed,
                      NginxHostFailed, PipelineError)
 from .log import register_secret
@@ -82,17 +87,18 @@ class NginxAdmin:
         self.attempts = attempts
         self.retry_wait = retry_wait
 
-    def get(self, route: str) -> Optional[Address]:
-        """The route's address as nginx uses it now; None when nginx has none set."""
+    def get(self, route: str) -> Optional[Targets]:
+        """The route's address(es) as nginx uses them now; None when nginx has none set."""
         status, body = self._request("GET", route)
         if status == 404:
             return None
         if status != 200:
             raise AdminUnavailable(self.url, f"GET {self._path(route)} answered {status} {body[:80]!r}")
-        address = Address.parse(body)
-        if address is None:
-            raise AdminUnavailable(self.url, f"GET {self._path(route)} answered {body[:80]!r}, not IP:PORT")
-        return address
+        targets = parse_route(body)
+        if targets is None:
+            raise AdminUnavailable(self.url, f"GET {self._path(route)} answered {body[:80]!r}, "
+                                             f"not IP:PORT[,IP:PORT...]")
+        return targets
 
     def files(self) -> Dict[str, str]:
         """The include file nginx reads each route's address from when it starts or reloads."""
@@ -111,14 +117,20 @@ class NginxAdmin:
                                              f"verification needs an app-live.conf with /pipeline/stats")
         return body
 
-    def put(self, route: str, address: Address) -> None:
-        status, body = self._request("PUT", route, str(address))
+    def put(self, route: str, targets: Targets) -> None:
+        try:
+            text = render_route(targets)
+        except ValueError as exc:   # more than nginx takes: said before anything is sent
+            raise AdminUnavailable(self.url, f"cannot set the {route} route to {shown(targets)}: {exc}") from exc
+        status, body = self._request("PUT", route, text)
         if status == 403:
-            raise AdminUnavailable(self.url, f"nginx refused {address} for the {route} route: {body.strip()[:160]}; "
-                                             f"it takes only addresses inside allowed_networks in app-live.conf "
-                                             f"(set it to DEPLOY_SUBNET)")
+            raise AdminUnavailable(self.url, f"nginx refused {shown(targets)} for the {route} route: "
+                                             f"{body.strip()[:160]}; it takes only addresses inside "
+                                             f"allowed_networks in app-live.conf (set it to DEPLOY_SUBNET, or "
+                                             f"the swarm nodes' network)")
         if status != 200:
-            raise AdminUnavailable(self.url, f"PUT {self._path(route)} {address} answered {status} {body[:80]!r}")
+            raise AdminUnavailable(self.url, f"PUT {self._path(route)} {shown(targets)} answered {status} "
+                                             f"{body[:80]!r}")
 
     @staticmethod
     def _path(route: str) -> str:
@@ -229,45 +241,51 @@ class LiveSwitch:
                                       f"{reads[route]} when it starts (app-live.conf, init_by_lua_block); "
                                       f"a restarted nginx would not serve what the tool sets: make them the same")
 
-    def current(self, route: str) -> Optional[Address]:
+    def current(self, route: str) -> Optional[Targets]:
+        """What nginx serves the route from: one address, a tuple of several, or None."""
         served = self.admin.get(route)
         if self.includes.path(route):
-            written = parse_include(self.includes.read(route))
-            if written != served:
+            written = parse_include_all(self.includes.read(route))
+            if written != (as_list(served) if served else []):
                 # A switch cut short after writing the include, or someone set nginx by hand.
                 # nginx is what carries the traffic, so it decides.
                 log.warning("    the %s include says %s but nginx serves %s; going by nginx",
-                            route, written or "nothing", served or "nothing")
+                            route, shown(written), shown(served))
         return served
 
-    def route_to(self, route: str, address: Address) -> None:
+    def route_to(self, route: str, targets: Targets) -> None:
+        try:
+            render_route(targets)   # more addresses than nginx takes, or one twice: before anything changes
+        except ValueError as exc:
+            raise LiveSwitchFailed(f"cannot switch the {route} route to {shown(targets)}: {exc}; "
+                                   f"nothing was changed") from exc
         try:
             served_before = self.admin.get(route)
         except AdminUnavailable as exc:
             raise LiveSwitchFailed(f"cannot switch the {route} route: {exc}; nothing was changed") from exc
         include_before = self.includes.read(route)
-        self.includes.write(route, self.includes.render(route, address))
+        self.includes.write(route, self.includes.render(route, targets))
         try:
-            self.admin.put(route, address)
+            self.admin.put(route, targets)
             served_now = self.admin.get(route)
-            if served_now != address:
-                raise AdminUnavailable(self.admin.url, f"set {address} but nginx reports {served_now or 'nothing'}")
+            if not served_now or as_list(served_now) != as_list(targets):
+                raise AdminUnavailable(self.admin.url, f"set {shown(targets)} but nginx reports {shown(served_now)}")
         except PipelineError as exc:
             self.includes.write(route, include_before)
             restored = self._put_back(route, served_before)
-            raise LiveSwitchFailed(f"nginx did not take {address} for the {route} route: {exc}; "
+            raise LiveSwitchFailed(f"nginx did not take {shown(targets)} for the {route} route: {exc}; "
                                    f"put the old include back{restored}") from exc
-        log.info("    nginx %s route: %s -> %s (no reload)", route, served_before or "nothing", address)
+        log.info("    nginx %s route: %s -> %s (no reload)", route, shown(served_before), shown(targets))
 
-    def _put_back(self, route: str, served_before: Optional[Address]) -> str:
+    def _put_back(self, route: str, served_before: Optional[Targets]) -> str:
         """Best effort: the PUT may have landed even though its answer or the read-back failed."""
         if served_before is None:
             return " (nginx had no address before, so there is none to restore)"
         try:
             self.admin.put(route, served_before)
-            return f" and nginx's address {served_before}"
+            return f" and nginx's address {shown(served_before)}"
         except AdminUnavailable as exc:
-            return f"; could not set nginx back to {served_before}: {exc.problem}"
+            return f"; could not set nginx back to {shown(served_before)}: {exc.problem}"
 
     def describe(self) -> Dict[str, Optional[str]]:
         report: Dict[str, Optional[str]] = {"admin": self.admin.url}
@@ -280,7 +298,7 @@ class LiveSwitch:
         for route in (LIVE, PREVIEW):
             try:
                 served = self.admin.get(route)
-                report[route] = str(served) if served else None
+                report[route] = shown(served) if served else None
             except AdminUnavailable as exc:
                 report[route] = f"unknown ({exc.problem})"
         return report

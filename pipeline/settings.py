@@ -22,6 +22,8 @@ COLORS = ("blue", "green")
 SWITCH_MODES = ("reload", "live")
 INCLUDE_FORMS = ("set", "upstream")
 TARGETS = ("docker", "swarm")
+# The most addresses a live-mode route takes (nginx/live/app-live.conf, routes.max_addresses).
+MAX_ROUTE_ADDRESSES = 32
 # Settings that only one target reads: set explicitly for the other, they are refused.
 DOCKER_ONLY = ("DEPLOY_NETWORK", "DEPLOY_SUBNET", "DEPLOY_GATEWAY", "BLUE_IP", "GREEN_IP")
 SWARM_ONLY = ("REPLICAS", "BLUE_PORT", "GREEN_PORT")
@@ -233,9 +235,9 @@ class Settings:
             if self.nginx_include_form != "upstream":
                 raise SettingsError("NGINX_INCLUDE_FORM", self.nginx_include_form,
                                     "TARGET=swarm needs the upstream form: it lists every task as a server")
-            if self.switch_mode != "reload":
-                raise SettingsError("SWITCH_MODE", self.switch_mode,
-                                    "TARGET=swarm switches by reload (live mode takes one address per route)")
+            if self.switch_mode == "live" and self.replicas > MAX_ROUTE_ADDRESSES:
+                raise SettingsError("REPLICAS", self.replicas, f"SWITCH_MODE=live routes to at most "
+                                                               f"{MAX_ROUTE_ADDRESSES} tasks")
 
     def _check_together(self) -> None:
         if self.deploy_gateway not in self.deploy_subnet:

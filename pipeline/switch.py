@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Dict, Optional, Protocol
 
-from .decide import Address, render_include
+from .decide import Targets, render_include
 from .nginx_host import NginxHost
 from .settings import Settings
 
@@ -31,11 +31,13 @@ class TrafficSwitch(Protocol):
         """Raise a PreflightError if this switch cannot work as configured. Flows call it before
         they change anything."""
 
-    def current(self, route: str) -> Optional[Address]:
-        """Where the route sends traffic now; raises SwitchUnavailable when it cannot tell."""
+    def current(self, route: str) -> Optional[Targets]:
+        """Where the route sends traffic now (one address, or a swarm color's several); raises
+        SwitchUnavailable when it cannot tell."""
 
-    def route_to(self, route: str, address: Address) -> None:
-        """Send the route's traffic to `address`; on failure raise, leaving the route as it was."""
+    def route_to(self, route: str, address: Targets) -> None:
+        """Send the route's traffic to `address` (one, or several to spread over); on failure
+        raise, leaving the route as it was."""
 
     def describe(self) -> Dict[str, Optional[str]]:
         """What the switch reports, for `status`."""
@@ -58,7 +60,7 @@ class IncludeFiles:
         path = self.path(route)
         return self.host.read_text(path) if path else None
 
-    def render(self, route: str, address: Address) -> str:
+    def render(self, route: str, address: Targets) -> str:
         s = self.settings
         if route == LIVE:
             return render_include(address, s.nginx_include_form, "service_url", s.nginx_upstream)

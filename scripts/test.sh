@@ -5,7 +5,20 @@ set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
 
+began=$SECONDS
+stamp() { echo "test.sh: $* ($((SECONDS - began)) s)"; }
+
 bash scripts/stack.sh start
+stamp "stack up"
+# The test swarm takes about a minute to start, mostly waiting on its daemons: start it now,
+# beside the steps below and the first tests. The swarm tests' fixture runs `swarm.sh start`
+# again, which waits on swarm.sh's own lock for this one and then finds everything up.
+swarm_log="${TMPDIR:-/tmp}/pipeline-swarm-start.log"
+eval "$(bash scripts/stack.sh env)"
+(bash scripts/swarm.sh start 3 && bash scripts/swarm.sh push "$JRE_IMAGE") >"$swarm_log" 2>&1 &
 python3 -m pip install --quiet --disable-pip-version-check -e '.[test]'
+stamp "package installed"
 bash scripts/lint-jenkinsfile.sh
-python3 -m pytest -q -p no:cacheprovider --durations=12 "$@" tests
+stamp "Jenkinsfile linted"
+python3 -m pytest -q -p no:cacheprovider --durations=25 "$@" tests
+stamp "tests done"

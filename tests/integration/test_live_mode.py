@@ -23,6 +23,8 @@ from typing import Dict, Iterator, List, Optional
 import pytest
 import requests
 
+from pipeline import verify
+
 from .realstack import LUA_MODULES, REPO, Nginx, free_port, run_pipeline, wait_for
 
 pytestmark = pytest.mark.integration
@@ -203,6 +205,22 @@ def test_nginx_reads_the_include_when_it_starts_and_reloads_if_its_address_is_al
     nginx.start()
     assert admin(nginx, "GET", "live").text == f"{net.green_ip}:4321\n"
 
+    # The upstream form with several servers (a swarm color's tasks): all of them, in order; one
+    # refused server refuses the whole include.
+    tasks = [f"{net.green_ip}:4321", f"{net.blue_ip}:4321"]
+    nginx.include.write_text("upstream app_live {\n" + "".join(f"    server {a};\n" for a in tasks) + "}\n")
+    nginx.reload()
+    wait_for(lambda: admin(nginx, "GET", "live").text == ",".join(tasks) + "\n", 5, what="reload to read the list")
+    nginx.include.write_text("upstream app_live {\n" + "".join(f"    server {a};\n" for a in tasks)
+                             + "    server 169.254.169.254:80;\n}\n")
+    nginx.reload()
+    wait_for(lambda: admin(nginx, "GET", "live").status_code == 404, 5, what="the reload to refuse the list")
+    assert f"pipeline: not loading {nginx.include}: 169.254.169.254:80 is in 169.254.0.0/16" in nginx.error_log.read_text()
+    nginx.include.write_text("upstream app_live {\n" + "".join(f"    server {a};\n" for a in tasks * 2) + "}\n")
+    nginx.reload()
+    assert f"pipeline: not loading {nginx.include}: expected IP:PORT[,IP:PORT...]; {tasks[0]} is listed twice" \
+        in nginx.error_log.read_text()
+
     # An include naming an address outside allowed_networks is not loaded: on a reload it unsets
     # the route, at a start the route stays unset. Either way the public port says 503 and never
     # connects anywhere.
@@ -301,6 +319,8 @@ def hostile_requests(nginx: Nginx, net, other: str) -> List[tuple]:
     """(what, PUT query, token, body, answer) for one route; `other` is an address the route may
     take, so a request that got through would show."""
     token = nginx.token
+    prefix = net.blue_ip.rsplit(".", 1)[0]
+    spare = f"{prefix}.9:8080"   # allowed too (nothing is ever sent to it: every list here is refused)
     return [
         ("no token", "", None, other, 401),
         ("a wrong token", "", "0" * 64, other, 401),
@@ -317,10 +337,25 @@ def hostile_requests(nginx: Nginx, net, other: str) -> List[tuple]:
         ("an overlong body", "", token, other + " " * 2000, 400),
         ("a long line of digits", "", token, "9" * 2000, 400),
         ("two addresses", "", token, f"{net.blue_ip}:8080 {net.green_ip}:8080", 400),
-        ("two addresses with a comma", "", token, f"{net.blue_ip}:8080,{net.green_ip}:8080", 400),
         ("two lines", "", token, f"{other}\n{other}", 400),
         ("a CR/LF", "", token, f"{other}\r\n", 400),
         ("a header after a CR/LF", "", token, f"{other}\r\nX-Evil: 1", 400),
+        # Lists (a swarm color's tasks): one refused address refuses all of them.
+        ("a list with the admin in it", "", token, f"{other},127.0.0.1:{nginx.admin_port}", 403),
+        ("a list with cloud metadata", "", token, f"{other},{spare},169.254.169.254:80", 403),
+        ("a list with the nginx host's own address first", "", token, f"{net.gateway}:{nginx.port},{other}", 403),
+        ("a list with an address outside the list", "", token, f"{other},10.0.0.5:8080", 403),
+        ("a list with 0.0.0.0", "", token, f"{other},0.0.0.0:8080", 403),
+        ("a list without the token", "", None, f"{other},{spare}", 401),
+        ("33 addresses", "", token, ",".join(f"{prefix}.{n}:8080" for n in range(10, 43)), 400),
+        ("an overlong list", "", token, ",".join(f"{prefix}.{n}:{port}" for n in range(10, 42) for port in (8080, 8081)), 400),
+        ("an empty item", "", token, f"{other},,{spare}", 400),
+        ("a trailing comma", "", token, f"{other},", 400),
+        ("a leading comma", "", token, f",{other}", 400),
+        ("the same address twice", "", token, f"{other},{spare},{other}", 400),
+        ("a space after a comma", "", token, f"{other}, {spare}", 400),
+        ("a CR/LF between items", "", token, f"{other},\r\n{spare}", 400),
+        ("a bad item in a list", "", token, f"{other},{prefix}.9:0", 400),
     ]
 
 
@@ -353,9 +388,32 @@ def test_hostile_admin_requests_are_refused_and_traffic_stays_on_the_release(wor
     assert "refused to set the live route: 169.254.169.254:80 is in 169.254.0.0/16" in refusals
     assert f"refused to set the preview route: {net.gateway}:{nginx.port} is an address of the nginx host itself" \
         in refusals
+    assert f"refused to set the live route: 127.0.0.1:{nginx.admin_port} is in 127.0.0.0/8" in refusals
     # The tool still moves traffic, with the token.
     run(["promote"], env, tmp_path)
     assert nginx.get().text == "version=v2 color=green\n"
+
+    # A list the admin takes, read back as it was set. Its first address is a port nothing listens
+    # on, in green's own container: the balancer tries the next address, and every client gets 200.
+    listed = f"{net.green_ip}:9,{net.green_ip}:8080"
+    assert (admin(nginx, "PUT", "live", listed).status_code, admin(nginx, "GET", "live").text) == (200, listed + "\n")
+    before = admin(nginx, "GET", "stats").text
+    answers = [nginx.get() for _ in range(10)]
+    assert [(a.status_code, a.text) for a in answers] == [(200, "version=v2 color=green\n")] * 10
+    # Round robin: every other request began at the closed port. (nginx logs a request after it
+    # answered it: the last line may come a moment later.)
+    wait_for(lambda: nginx.access_log.read_text().count(f"upstream={net.green_ip}:9, {net.green_ip}:8080 ") == 5,
+             5, what="5 retried requests in the access log")
+    # Counted once per request, for the address that answered: the sums stay the requests served.
+    was = verify.parse_stats(before)
+    counts = wait_for(lambda: (lambda c: c if c[f"{net.green_ip}:8080"][200] - was[f"{net.green_ip}:8080"][200] == 10
+                               else None)(verify.parse_stats(admin(nginx, "GET", "stats").text)), 5,
+                      what="10 more answers counted for green")
+    assert f"{net.green_ip}:9" not in counts
+    # nginx's error log names each failed attempt.
+    assert f'connect() failed (111: Connection refused) while connecting to upstream' in \
+        (nginx.directory / "app.error.log").read_text()
+    assert admin(nginx, "PUT", "live", f"{net.green_ip}:8080").status_code == 200
 
 
 def test_a_token_nginx_refuses_or_no_token_file_stops_the_deploy_in_preflight(world, nginx, env, tmp_path):

@@ -1,8 +1,9 @@
 """The commands on a real 3-node swarm (issue 11): TARGET=swarm deploys, switches the host's nginx
 to every task, rolls back and refuses what the swarm cannot run, through the real CLI.
 
-nginx runs on this host in the upstream form; every task is reached at its node's address on the
-bridge pswarm0 (network namespaces swarm.sh created, no default route there).
+nginx runs on this host in the upstream form (or, for SWITCH_MODE=live, nginx/live/app-live.conf,
+its routes listing every task); every task is reached at its node's address on the bridge pswarm0
+(network namespaces swarm.sh created, no default route there).
 """
 from __future__ import annotations
 
@@ -13,11 +14,13 @@ from pathlib import Path
 from typing import Dict, Iterator, List
 
 import pytest
+import requests
 
+from pipeline import verify
 from pipeline.swarm import SwarmEngine
 
 from .loadgen import Load
-from .realstack import Nginx, free_port, run_pipeline, start_pipeline, wait_for
+from .realstack import LUA_MODULES, Nginx, free_port, run_pipeline, start_pipeline, wait_for
 from .swarmstack import NODES, swarm_env, swarm_settings, swarm_sh
 
 pytestmark = pytest.mark.integration
@@ -201,3 +204,87 @@ def test_a_node_lost_during_the_health_wait_is_waited_out_and_a_node_down_limits
             swarm_sh("start")   # the stopped node comes back and rejoins
     wait_for(lambda: sum(n.ready for n in engine.nodes()) == NODES, 60, interval=0.5,
              what="the stopped node to be ready again")
+
+
+# -- SWITCH_MODE=live: a route lists every task ------------------------------------------------------
+
+def _live_admin(nginx: Nginx, route: str) -> str:
+    answer = requests.get(f"{nginx.admin_url}/pipeline/{route}", timeout=5,
+                          headers={"Authorization": f"Bearer {nginx.token}", "Connection": "close"})
+    return answer.text
+
+
+def test_live_mode_spreads_over_every_task_and_retries_past_a_stopped_node(swarm, app, demo_jar, tmp_path):
+    # nginx/live/app-live.conf, its admin taking the swarm nodes' network only.
+    nginx = Nginx(tmp_path / "nginx", free_port(), free_port(), form="live", extra_conf=list(LUA_MODULES),
+                  admin_port=free_port(), allowed_networks=["10.99.0.0/24"])
+    nginx.directory.mkdir()
+    nginx.start()
+    victim = None
+    engine = SwarmEngine.connect(swarm_settings(swarm, app), {})
+    try:
+        env = swarm_env(swarm, app, REPLICAS="3", HEALTH_INTERVAL="0.5", HEALTH_TIMEOUT="120", DRAIN_SECONDS="1",
+                        NGINX_HOST="", NGINX_INCLUDE=str(nginx.include), SWITCH_MODE="live",
+                        NGINX_ADMIN_URL=nginx.admin_url, NGINX_ADMIN_TOKEN_FILE=str(nginx.token_file),
+                        # Live mode never tests or reloads nginx; a deploy that did would fail.
+                        NGINX_TEST_COMMAND="false", NGINX_RELOAD_COMMAND="false")
+        nodes = sorted(swarm["SWARM_NODES"].split())
+        workers = nginx.worker_pids()
+        assert_ok(run(["deploy"], env, tmp_path, APP_VERSION="v1"))
+        assert _live_admin(nginx, "live") == ",".join(f"{a}:8081" for a in nodes) + "\n"
+        assert sorted(servers(nginx)) == [f"{a}:8081" for a in nodes]   # the include, for restarts
+
+        url = f"http://127.0.0.1:{nginx.port}/"
+        with Load(url, profile="close", seconds=240, connections=8) as load:
+            wait_for(lambda: upstreams(nginx, 8081) == {f"{a}:8081" for a in nodes}, 20, interval=0.2,
+                     what="the load to reach every blue task")
+            second = run(["deploy"], env, tmp_path, APP_VERSION="v2")
+            assert_ok(second)
+            wait_for(lambda: len(upstreams(nginx, 8082)) == NODES, 20, interval=0.2,
+                     what="the load to reach every green task")
+        result = load.result
+        assert result is not None
+        print(f"\nlive, deploy v1 -> v2 on 3 tasks: {result.line()}")
+        assert result.failed == 0, result.summary()
+        assert set(result.versions()) == {"version=v1 color=blue", "version=v2 color=green"}, result.summary()
+        assert upstreams(nginx, 8082) == {f"{a}:8082" for a in nodes}   # 3 distinct tasks answered
+        assert _live_admin(nginx, "live") == ",".join(f"{a}:8082" for a in nodes) + "\n"
+        assert "(no reload)" in second.stderr and nginx.worker_pids() == workers
+
+        # A node's dockerd stopped under load: its task is gone, its address still listed. The
+        # balancer tries the next address, so no client sees a 502.
+        manager = next(n for n in engine.nodes() if n.manager)
+        victim = next(a for a in nodes if a != manager.addr)
+        log_before = len(nginx.access_log.read_text())
+        stats_before = verify.parse_stats(_live_admin(nginx, "stats"))
+        with Load(url, profile="close", seconds=60, connections=4) as load:
+            swarm_sh("stop-node", str(int(victim.rsplit(".", 1)[1]) - 10))
+            after_stop = len(nginx.access_log.read_text())
+            # Until the victim's address has been tried and passed over a few dozen times.
+            wait_for(lambda: nginx.access_log.read_text()[after_stop:].count(f"upstream={victim}:8082, ") >= 20,
+                     30, interval=0.2, what=f"requests retried past {victim}")
+        result = load.result
+        assert result is not None
+        since = nginx.access_log.read_text()[log_before:]
+        retried = since.count(f"upstream={victim}:8082, ")
+        print(f"live, {victim}'s dockerd stopped under load: {result.line()}; {retried} requests went to the next "
+              f"address after {victim}:8082 failed")
+        assert result.failed == 0, result.summary()
+        assert result.statuses.get(200, 0) == result.requests > 0
+        # What nginx answered each client (an attempt before the answer may have failed): 200, or
+        # 499 for the few requests wrk gave up on when it was stopped; never a 5xx.
+        assert "200" in set(re.findall(r'" (\d{3}) \d+ "', since)) <= {"200", "499"}
+        # The stats count each request once, for the task that answered: summed over green's
+        # addresses, their 200s are the answers served (wrk may have missed a few at its end),
+        # none for an attempt that failed.
+        stats = verify.parse_stats(_live_admin(nginx, "stats"))
+        grew = {a: stats.get(a, {}).get(200, 0) - stats_before.get(a, {}).get(200, 0) for a in (f"{n}:8082" for n in nodes)}
+        assert result.requests <= sum(grew.values()) <= result.requests + 8, (grew, result.requests)
+        assert all(set(stats[a]) <= {200, 499} for a in grew if a in stats), stats
+    finally:
+        nginx.stop()
+        if victim is not None:
+            swarm_sh("start")   # the stopped node comes back and rejoins
+    if victim is not None:
+        wait_for(lambda: sum(n.ready for n in engine.nodes()) == NODES, 60, interval=0.5,
+                 what="the stopped node to be ready again")

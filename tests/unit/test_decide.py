@@ -1,7 +1,7 @@
 import pytest
 
-from pipeline.decide import (Address, choose_colors, color_at, color_at_port, images_to_remove,
-                             other, parse_include, parse_include_all, render_include)
+from pipeline.decide import (MAX_ROUTE_ADDRESSES, Address, choose_colors, color_at, color_at_port, images_to_remove,
+                             other, parse_include, parse_include_all, parse_route, render_include, render_route, shown)
 
 
 IPS = {"blue": "172.20.0.2", "green": "172.20.0.3"}
@@ -135,6 +135,50 @@ def test_parse_include_all(text, expected):
     (Address("10.99.0.13", 8082), "green"),
     (Address("10.99.0.13", 8080), None),
     (None, None),
+    (tuple(TASKS), "green"),                   # a live-mode route to every task: by the first
 ])
 def test_color_at_port(address, expected):
     assert color_at_port(address, {"blue": 8081, "green": 8082}) == expected
+
+
+# -- a live-mode route: the admin body `IP:PORT[,IP:PORT...]` ---------------------------------------
+
+MANY = [Address(f"10.99.{n // 250}.{n % 250 + 1}", 8081) for n in range(MAX_ROUTE_ADDRESSES + 1)]
+
+
+@pytest.mark.parametrize("targets, text", [
+    (TASKS[0], "10.99.0.11:8082"),
+    ([TASKS[0]], "10.99.0.11:8082"),
+    (tuple(TASKS), "10.99.0.11:8082,10.99.0.12:8082,10.99.0.13:8082"),
+    (list(reversed(TASKS)), "10.99.0.13:8082,10.99.0.12:8082,10.99.0.11:8082"),   # in the order given
+    (MANY[:MAX_ROUTE_ADDRESSES], ",".join(str(a) for a in MANY[:MAX_ROUTE_ADDRESSES])),
+])
+def test_render_route_then_parse_round_trips(targets, text):
+    assert render_route(targets) == text
+    parsed = parse_route(text + "\n")   # nginx answers with a final newline
+    assert parsed == (TASKS[0] if isinstance(targets, Address) or len(targets) == 1 else tuple(targets))
+
+
+@pytest.mark.parametrize("targets, problem", [
+    ([], "no address"),
+    (MANY, "33 addresses; a route takes at most 32"),
+    ([TASKS[0], TASKS[1], TASKS[0]], "an address listed twice in 10.99.0.11:8082, 10.99.0.12:8082, 10.99.0.11:8082"),
+])
+def test_render_route_refuses_what_nginx_would(targets, problem):
+    with pytest.raises(ValueError, match=problem):
+        render_route(targets)
+
+
+@pytest.mark.parametrize("text", [
+    "", "\n", ",", "10.99.0.11:8082,", ",10.99.0.11:8082", "10.99.0.11:8082,,10.99.0.12:8082",
+    "10.99.0.11:8082, 10.99.0.12:8082", "10.99.0.11:8082 10.99.0.12:8082", "10.99.0.11:8082,10.99.0.11:8082",
+    "10.99.0.11:8082;10.99.0.12:8082", "10.99.0.11:8082,host:80", "10.99.0.11:8082,10.99.0.12:0",
+    "10.99.0.11:8082\r\n10.99.0.12:8082", ",".join(str(a) for a in MANY), "9" * 2000,
+])
+def test_parse_route_believes_only_what_nginx_stores(text):
+    assert parse_route(text) is None
+
+
+def test_shown():
+    assert (shown(None), shown(TASKS[0]), shown(tuple(TASKS[:2]))) == (
+        "nothing", "10.99.0.11:8082", "10.99.0.11:8082, 10.99.0.12:8082")

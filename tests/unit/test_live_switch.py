@@ -74,10 +74,11 @@ class Admin:
                 if not self._authorized():
                     return
                 route = outer._route(self.path)
-                if not re.fullmatch(r"\d+\.\d+\.\d+\.\d+:\d+", body):
-                    return self._answer(400, b"expected IP:PORT\n")
-                if body in outer.refused:
-                    return self._answer(403, f"{body} is not inside allowed_networks (172.20.0.0/16)\n".encode())
+                if not re.fullmatch(r"\d+\.\d+\.\d+\.\d+:\d+(,\d+\.\d+\.\d+\.\d+:\d+){0,31}", body):
+                    return self._answer(400, b"expected IP:PORT[,IP:PORT...]\n")
+                refused = [item for item in body.split(",") if item in outer.refused]
+                if refused:   # one refused address refuses the list, as app-live.conf does
+                    return self._answer(403, f"{refused[0]} is not inside allowed_networks (172.20.0.0/16)\n".encode())
                 if outer.put_status == 200 and not outer.ignore_puts:
                     outer.routes[route] = body
                 if outer._drop() or outer._drop_put():
@@ -178,8 +179,8 @@ def host() -> NoCommandsHost:
     return NoCommandsHost()
 
 
-def settings_for(tmp_path: Path, admin_url: str) -> Settings:
-    return Settings.from_env({
+def settings_for(tmp_path: Path, admin_url: str, **extra: str) -> Settings:
+    return Settings.from_env({**extra,
         "SWITCH_MODE": "live",
         "NGINX_ADMIN_URL": admin_url,
         "NGINX_INCLUDE": str(tmp_path / "service-url.inc"),
@@ -190,8 +191,8 @@ def settings_for(tmp_path: Path, admin_url: str) -> Settings:
     }, tmp_path)
 
 
-def live_switch(host, tmp_path: Path, url: str) -> LiveSwitch:
-    settings = settings_for(tmp_path, url)
+def live_switch(host, tmp_path: Path, url: str, **extra: str) -> LiveSwitch:
+    settings = settings_for(tmp_path, url, **extra)
     admin = NginxAdmin(host, url, str(settings.nginx_admin_token_file), timeout=1.0, retry_wait=0.01)
     return LiveSwitch(host, settings, admin)
 
@@ -297,6 +298,90 @@ def test_a_refused_address_fails_the_switch_naming_nginx_s_reason(tmp_path, host
     assert f"nginx refused {GREEN} for the live route: {GREEN} is not inside allowed_networks" in message
     assert "DEPLOY_SUBNET" in message and "put the old include back" in message
     assert include.read_text() == f"set $service_url {BLUE.url};\n" and admin.routes["live"] == str(BLUE)
+
+
+# -- a list of addresses (TARGET=swarm: every task of a color) --------------------------------------
+
+TASKS_BLUE = (Address("10.99.0.11", 8081), Address("10.99.0.12", 8081), Address("10.99.0.13", 8081))
+TASKS_GREEN = (Address("10.99.0.11", 8082), Address("10.99.0.12", 8082), Address("10.99.0.13", 8082))
+
+
+def swarm_switch(host, tmp_path: Path, admin: Admin, include: Path) -> LiveSwitch:
+    """A live switch whose live route serves blue's three tasks, in the upstream form a swarm uses."""
+    switch = live_switch(host, tmp_path, admin.url, NGINX_INCLUDE_FORM="upstream")
+    include.write_text(switch.includes.render(LIVE, TASKS_BLUE))
+    admin.routes["live"] = ",".join(map(str, TASKS_BLUE))
+    return switch
+
+
+def test_a_list_is_set_whole_read_back_as_a_tuple_and_written_to_the_include(tmp_path, host, admin, include, caplog):
+    switch = swarm_switch(host, tmp_path, admin, include)
+    assert switch.current(LIVE) == TASKS_BLUE
+    with caplog.at_level("INFO", logger="pipeline"):
+        switch.route_to(LIVE, TASKS_GREEN)
+    assert admin.routes["live"] == "10.99.0.11:8082,10.99.0.12:8082,10.99.0.13:8082"
+    assert include.read_text() == ("upstream app_live {\n    server 10.99.0.11:8082;\n    server 10.99.0.12:8082;\n"
+                                   "    server 10.99.0.13:8082;\n    keepalive 32;\n}\n")
+    assert admin.include_at_put == [include.read_text()]   # the include first, for restarts
+    assert switch.current(LIVE) == TASKS_GREEN and "going by nginx" not in caplog.text
+    assert ("nginx live route: 10.99.0.11:8081, 10.99.0.12:8081, 10.99.0.13:8081 -> 10.99.0.11:8082, "
+            "10.99.0.12:8082, 10.99.0.13:8082 (no reload)") in caplog.text
+    assert switch.describe()["live"] == "10.99.0.11:8082, 10.99.0.12:8082, 10.99.0.13:8082"
+    # Back to one address: the same as on one host.
+    switch.route_to(LIVE, GREEN)
+    assert admin.routes["live"] == str(GREEN) and switch.current(LIVE) == GREEN
+
+
+def test_one_refused_address_fails_the_list_and_puts_include_and_nginx_back(tmp_path, host, admin, include):
+    switch = swarm_switch(host, tmp_path, admin, include)
+    before = include.read_text()
+    admin.refused.append(str(TASKS_GREEN[2]))
+    with pytest.raises(LiveSwitchFailed) as caught:
+        switch.route_to(LIVE, TASKS_GREEN)
+    message = str(caught.value)
+    assert message.startswith("nginx did not take 10.99.0.11:8082, 10.99.0.12:8082, 10.99.0.13:8082 for the live "
+                              "route: ")
+    assert "nginx refused 10.99.0.11:8082, 10.99.0.12:8082, 10.99.0.13:8082 for the live route: 10.99.0.13:8082 is " \
+           "not inside allowed_networks" in message and "\n" not in message
+    assert include.read_text() == before and admin.routes["live"] == ",".join(map(str, TASKS_BLUE))
+
+
+def test_a_list_whose_read_back_differs_is_undone_to_the_old_list(tmp_path, host, admin, include):
+    switch = swarm_switch(host, tmp_path, admin, include)
+    admin.drop_put_answers = 3   # nginx took it, but no answer came back
+    with pytest.raises(LiveSwitchFailed) as caught:
+        switch.route_to(LIVE, TASKS_GREEN)
+    assert "and nginx's address 10.99.0.11:8081, 10.99.0.12:8081, 10.99.0.13:8081" in str(caught.value)
+    assert admin.routes["live"] == ",".join(map(str, TASKS_BLUE))
+    assert switch.current(LIVE) == TASKS_BLUE
+
+
+def test_a_list_longer_than_nginx_takes_is_refused_before_anything_is_sent(tmp_path, host, admin, include):
+    switch = swarm_switch(host, tmp_path, admin, include)
+    before = include.read_text()
+    many = tuple(Address(f"10.99.1.{n}", 8082) for n in range(1, 34))
+    with pytest.raises(LiveSwitchFailed, match="cannot switch the live route to 10.99.1.1:8082, .*: 33 addresses; "
+                                               "a route takes at most 32; nothing was changed"):
+        switch.route_to(LIVE, many)
+    assert admin.requests == []
+    assert include.read_text() == before and admin.routes["live"] == ",".join(map(str, TASKS_BLUE))
+
+
+def test_current_goes_by_nginx_when_the_include_lists_other_tasks(tmp_path, host, admin, include, caplog):
+    switch = swarm_switch(host, tmp_path, admin, include)
+    include.write_text(switch.includes.render(LIVE, TASKS_GREEN))   # a switch cut short after the include
+    with caplog.at_level("WARNING", logger="pipeline"):
+        assert switch.current(LIVE) == TASKS_BLUE
+    assert ("the live include says 10.99.0.11:8082, 10.99.0.12:8082, 10.99.0.13:8082 but nginx serves "
+            "10.99.0.11:8081, 10.99.0.12:8081, 10.99.0.13:8081; going by nginx") in caplog.text
+
+
+@pytest.mark.parametrize("answer", [b"10.99.0.11:8081,", b"10.99.0.11:8081,10.99.0.11:8081",
+                                    b"10.99.0.11:8081, 10.99.0.12:8081"], ids=["empty-item", "twice", "space"])
+def test_a_list_answer_nginx_would_never_store_is_not_believed(tmp_path, host, admin, answer):
+    admin.get_answer = answer
+    with pytest.raises(AdminUnavailable, match=r"not IP:PORT\[,IP:PORT...\]"):
+        live_switch(host, tmp_path, admin.url).current(LIVE)
 
 
 # -- the admin token ---------------------------------------------------------------------------------
@@ -434,7 +519,7 @@ def test_current_fails_as_preflight_when_the_admin_does_not_answer(tmp_path, hos
 
 
 @pytest.mark.parametrize("answer, problem", [
-    (b"hello", "not IP:PORT"),
+    (b"hello", "not IP:PORT[,IP:PORT...]"),
     (b"1.2.3.4:80" + b" " * 2000, "longer than 1024 bytes"),
 ], ids=["not-an-address", "too-long"])
 def test_an_answer_that_is_not_an_address_is_not_believed(tmp_path, host, admin, answer, problem):

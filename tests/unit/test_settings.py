@@ -199,13 +199,17 @@ def test_a_setting_of_the_other_target_in_the_env_file_is_refused_too(tmp_path):
         read(tmp_path)
 
 
-def test_the_swarm_target_lists_tasks_in_the_upstream_form_and_switches_by_reload(tmp_path):
+def test_the_swarm_target_lists_tasks_in_the_upstream_form_and_switches_by_reload_or_live(tmp_path):
     s = read(tmp_path, TARGET="swarm", REGISTRY="r:5000")
     assert (s.nginx_include_form, s.switch_mode) == ("upstream", "reload")
     with pytest.raises(SettingsError, match="NGINX_INCLUDE_FORM=set: TARGET=swarm needs the upstream form"):
         read(tmp_path, TARGET="swarm", REGISTRY="r:5000", NGINX_INCLUDE_FORM="set")
-    with pytest.raises(SettingsError, match="SWITCH_MODE=live: TARGET=swarm switches by reload"):
-        read(tmp_path, TARGET="swarm", REGISTRY="r:5000", SWITCH_MODE="live")
+    # Live mode takes a list of addresses per route, at most 32: one per task.
+    live = read(tmp_path, TARGET="swarm", REGISTRY="r:5000", SWITCH_MODE="live", REPLICAS="32")
+    assert (live.switch_mode, live.replicas, live.nginx_include_form) == ("live", 32, "upstream")
+    with pytest.raises(SettingsError, match="REPLICAS=33: SWITCH_MODE=live routes to at most 32 tasks"):
+        read(tmp_path, TARGET="swarm", REGISTRY="r:5000", SWITCH_MODE="live", REPLICAS="33")
+    assert read(tmp_path, TARGET="swarm", REGISTRY="r:5000", REPLICAS="33").replicas == 33   # reload: no cap
 
 
 def test_the_swarm_target_verifies_as_one_engine_does(tmp_path):
