@@ -238,8 +238,11 @@ def test_live_mode_spreads_over_every_task_and_retries_past_a_stopped_node(swarm
         with Load(url, profile="close", seconds=240, connections=8) as load:
             wait_for(lambda: upstreams(nginx, 8081) == {f"{a}:8081" for a in nodes}, 20, interval=0.2,
                      what="the load to reach every blue task")
-            second = run(["deploy"], env, tmp_path, APP_VERSION="v2")
+            # Verified under the load over every task, from nginx's per-address stats.
+            second = run(["deploy"], env, tmp_path, APP_VERSION="v2", VERIFY_SECONDS="4",
+                         NGINX_ACCESS_LOG=str(nginx.access_log))
             assert_ok(second)
+            assert "verified for 4s: 0 5xx of" in second.stderr
             wait_for(lambda: len(upstreams(nginx, 8082)) == NODES, 20, interval=0.2,
                      what="the load to reach every green task")
         result = load.result

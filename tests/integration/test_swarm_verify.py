@@ -1,33 +1,70 @@
-"""Verification after the switch on a real 3-node swarm (issues 10 and 11), reload mode, through
-the real CLI: a release whose health is fine but which answers 500 to 30% of other requests is
-switched back to every task of the old color, which stayed scaled up through the window; the new
-service is scaled to 0. Then one whose health fails on its tasks during the window. (A good release
-verified under the same load: test_swarm_deploy.py's v2.)
+"""Verification after the switch on a real 3-node swarm (issues 10 and 11), in both switch
+modes, through the real CLI: a release whose health is fine but which answers 500 to 30% of other
+requests is switched back to every task of the old color, which stayed scaled up through the
+window; the new service is scaled to 0. Then (reload mode: the probes do not depend on the switch)
+one whose health fails on its tasks during the window. (Good releases verified under the same
+load, in both modes: the v2 deploys of test_swarm_deploy.py.)
 
-The setup is test_swarm_deploy.py's (its fixtures and helpers): nginx on this host in the upstream
-form, every task reached at its node's address on the bridge pswarm0; the load is wrk on
-127.0.0.1 with a new connection per request, bounded by its -d.
+The setup is test_swarm_deploy.py's (its helpers): nginx on this host, in the upstream form or
+the live form (nginx/live/app-live.conf, the admin taking the nodes' network), every task reached
+at its node's address on the bridge pswarm0; the load is wrk on 127.0.0.1 with a new connection
+per request, bounded by its -d.
 """
 from __future__ import annotations
 
 import json
 import re
 import time
+from typing import Dict, Iterator
 
 import pytest
 
 from pipeline.swarm import SwarmEngine
 
 from .loadgen import Load
-from .realstack import wait_for
-from .swarmstack import swarm_settings
-from .test_swarm_deploy import app, assert_ok, env, nginx, run, servers, upstreams  # noqa: F401  (fixtures)
+from .realstack import LUA_MODULES, Nginx, free_port, wait_for
+from .swarmstack import swarm_env, swarm_settings
+from .test_swarm_deploy import _live_admin, app, assert_ok, run, servers, upstreams  # noqa: F401  (app: fixture)
 from .timeline import bad_window, log_msec
 
 pytestmark = pytest.mark.integration
 
 MIN_RATE = 200      # req/s the bound is asserted at (issue 10)
 BACK_WITHIN = 5.0   # s from the first bad answer to the last request the bad release served (issue 10)
+
+
+@pytest.fixture(params=["reload", "live"])
+def mode(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def nginx(tmp_path, mode) -> Iterator[Nginx]:
+    if mode == "live":
+        server = Nginx(tmp_path / "nginx", free_port(), free_port(), form="live", extra_conf=list(LUA_MODULES),
+                       admin_port=free_port(), allowed_networks=["10.99.0.0/24"])
+    else:
+        server = Nginx(tmp_path / "nginx", free_port(), free_port(), form="upstream")
+    server.directory.mkdir()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def env(swarm, app, nginx, demo_jar, mode) -> Dict[str, str]:
+    """test_swarm_deploy.py's settings, verification on for 5 s, nginx's access log where it is."""
+    settings = swarm_env(swarm, app, REPLICAS="3", HEALTH_INTERVAL="0.5", HEALTH_TIMEOUT="120", DRAIN_SECONDS="1",
+                         NGINX_HOST="", NGINX_INCLUDE=str(nginx.include), VERIFY_SECONDS="5",
+                         NGINX_ACCESS_LOG=str(nginx.access_log))
+    if mode == "live":
+        # Live mode never tests or reloads nginx; a deploy that did would fail.
+        settings.update(SWITCH_MODE="live", NGINX_ADMIN_URL=nginx.admin_url,
+                        NGINX_ADMIN_TOKEN_FILE=str(nginx.token_file), NGINX_TEST_COMMAND="false",
+                        NGINX_RELOAD_COMMAND="false")
+    else:
+        settings.update(NGINX_TEST_COMMAND=nginx.test_command, NGINX_RELOAD_COMMAND=nginx.reload_command)
+    return settings
 
 
 def history(env, cwd) -> list:
@@ -37,9 +74,8 @@ def history(env, cwd) -> list:
 
 
 def test_a_release_answering_500_to_30_percent_on_every_task_is_switched_back_to_every_old_task(
-        swarm, env, nginx, tmp_path):
+        swarm, env, nginx, tmp_path, mode):
     nodes = sorted(swarm["SWARM_NODES"].split())
-    env = {**env, "VERIFY_SECONDS": "5", "NGINX_ACCESS_LOG": str(nginx.access_log)}
     log_msec(nginx)   # this test's nginx only: every request time-stamped to the millisecond
     first = run(["deploy"], env, tmp_path, APP_VERSION="v1")
     assert_ok(first)
@@ -54,7 +90,7 @@ def test_a_release_answering_500_to_30_percent_on_every_task_is_switched_back_to
     result = load.result
     assert result is not None
     green = bad_window(nginx.access_log, {f"{a}:8082" for a in nodes})
-    print(f"\nswarm reload: green served its last request {green.back_after}s after its first 500; "
+    print(f"\nswarm {mode}: green served its last request {green.back_after}s after its first 500; "
           f"{green.errors} 5xx of {green.requests} to {len(upstreams(nginx, 8082))} task(s); {result.line()}")
 
     assert failed.returncode == 1, failed.stderr
@@ -66,6 +102,8 @@ def test_a_release_answering_500_to_30_percent_on_every_task_is_switched_back_to
     assert upstreams(nginx, 8082) == {f"{a}:8082" for a in nodes}
     # Back on every blue task: blue was never scaled down during the window.
     assert sorted(servers(nginx)) == [f"{a}:8081" for a in nodes]
+    if mode == "live":
+        assert _live_admin(nginx, "live") == ",".join(f"{a}:8081" for a in nodes) + "\n"
     assert nginx.get().text == "version=v1 color=blue\n"
     engine = SwarmEngine.connect(swarm_settings(swarm, env["APP_NAME"]), {})
     assert engine.container("blue").status == "running" and len(engine.task_addresses("blue")) == len(nodes)
@@ -82,15 +120,17 @@ def test_a_release_answering_500_to_30_percent_on_every_task_is_switched_back_to
     # The failed release is no rollback target: nothing was live before v1.
     assert run(["rollback"], env, tmp_path).returncode == 5
 
-    # Health probed on every task at its node's address during the window: a release whose health
-    # fails 3 s after it first answered 200 is switched back, naming the task, node and address.
-    (tmp_path / "sick.env").write_text("HEALTH_FAIL_AFTER=3\n")
-    sick = run(["deploy"], env, tmp_path, APP_VERSION="v3", VERIFY_SECONDS="10",
-               CONTAINER_ENV_FILE=str(tmp_path / "sick.env"))
-    assert sick.returncode == 1, sick.stderr
-    assert re.search(r"switched back to blue: green's health failed 2 times in a row on task \w{12} on "
-                     r"pswarm-n\d \(10\.99\.0\.1\d:8082\) \(last: HTTP 503", sick.stderr), sick.stderr
-    assert sorted(servers(nginx)) == [f"{a}:8081" for a in nodes]
-    assert nginx.get().text == "version=v1 color=blue\n"
-    assert engine.container("green").status == "stopped" and engine.container("blue").status == "running"
-    assert history(env, tmp_path)[-1]["result"] == "switched back"
+    if mode == "reload":   # the probes do not depend on the switch
+        # Health probed on every task at its node's address during the window: a release whose
+        # health fails 3 s after it first answered 200 is switched back, naming the task, node and
+        # address.
+        (tmp_path / "sick.env").write_text("HEALTH_FAIL_AFTER=3\n")
+        sick = run(["deploy"], env, tmp_path, APP_VERSION="v3", VERIFY_SECONDS="10",
+                   CONTAINER_ENV_FILE=str(tmp_path / "sick.env"))
+        assert sick.returncode == 1, sick.stderr
+        assert re.search(r"switched back to blue: green's health failed 2 times in a row on task \w{12} on "
+                         r"pswarm-n\d \(10\.99\.0\.1\d:8082\) \(last: HTTP 503", sick.stderr), sick.stderr
+        assert sorted(servers(nginx)) == [f"{a}:8081" for a in nodes]
+        assert nginx.get().text == "version=v1 color=blue\n"
+        assert engine.container("green").status == "stopped" and engine.container("blue").status == "running"
+        assert history(env, tmp_path)[-1]["result"] == "switched back"
