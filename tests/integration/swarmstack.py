@@ -11,10 +11,12 @@ import docker
 
 from pipeline.settings import Settings
 
-from .realstack import REPO
+from .realstack import LUA_MODULES, REPO, Nginx, free_port
 
 SWARM_SH = REPO / "scripts" / "swarm.sh"
 NODES = 3
+# scripts/swarm.sh's bridge pswarm0: the nodes' addresses, and all a live nginx's admin takes.
+NODE_NETWORK = "10.99.0.0/24"
 # A JVM per task on 2 shared cores: a few seconds each, more while other tests run.
 CONVERGE_TIMEOUT = 120
 
@@ -64,3 +66,26 @@ def swarm_env(swarm: Dict[str, str], app: str, **extra: str) -> Dict[str, str]:
 def swarm_settings(swarm: Dict[str, str], app: str, **extra: str) -> Settings:
     # Read from here, where no .env file is: only these settings count.
     return Settings.from_env(swarm_env(swarm, app, **extra), Path(__file__).parent)
+
+
+def swarm_nginx(directory: Path, mode: str) -> Nginx:
+    """A started nginx of the test's own in front of the swarm: for `live`, app-live.conf with its
+    admin taking the nodes' network only; else the upstream form, which reload mode rewrites."""
+    if mode == "live":
+        server = Nginx(directory, free_port(), free_port(), form="live", extra_conf=list(LUA_MODULES),
+                       admin_port=free_port(), allowed_networks=[NODE_NETWORK])
+    else:
+        server = Nginx(directory, free_port(), free_port(), form="upstream")
+    server.directory.mkdir()
+    server.start()
+    return server
+
+
+def switch_env(nginx: Nginx, mode: str) -> Dict[str, str]:
+    """The settings that make deploys switch `nginx` in `mode`."""
+    if mode == "live":
+        # Live mode never tests or reloads nginx; a deploy that did would fail.
+        return {"SWITCH_MODE": "live", "NGINX_ADMIN_URL": nginx.admin_url,
+                "NGINX_ADMIN_TOKEN_FILE": str(nginx.token_file),
+                "NGINX_TEST_COMMAND": "false", "NGINX_RELOAD_COMMAND": "false"}
+    return {"NGINX_TEST_COMMAND": nginx.test_command, "NGINX_RELOAD_COMMAND": nginx.reload_command}

@@ -20,8 +20,8 @@ from pipeline import verify
 from pipeline.swarm import SwarmEngine
 
 from .loadgen import Load
-from .realstack import LUA_MODULES, Nginx, free_port, run_pipeline, start_pipeline, wait_for
-from .swarmstack import NODES, swarm_env, swarm_settings, swarm_sh
+from .realstack import Nginx, run_pipeline, start_pipeline, wait_for
+from .swarmstack import NODES, swarm_env, swarm_nginx, swarm_settings, swarm_sh, switch_env
 
 pytestmark = pytest.mark.integration
 
@@ -37,9 +37,7 @@ def app(swarm) -> Iterator[str]:
 
 @pytest.fixture
 def nginx(tmp_path) -> Iterator[Nginx]:
-    server = Nginx(tmp_path / "nginx", free_port(), free_port(), form="upstream")
-    server.directory.mkdir()
-    server.start()
+    server = swarm_nginx(tmp_path / "nginx", "reload")
     yield server
     server.stop()
 
@@ -48,7 +46,7 @@ def nginx(tmp_path) -> Iterator[Nginx]:
 def env(swarm, app, nginx, demo_jar) -> Dict[str, str]:
     return swarm_env(swarm, app, REPLICAS="3", HEALTH_INTERVAL="0.5", HEALTH_TIMEOUT="120",
                      DRAIN_SECONDS="1", NGINX_HOST="", NGINX_INCLUDE=str(nginx.include),
-                     NGINX_TEST_COMMAND=nginx.test_command, NGINX_RELOAD_COMMAND=nginx.reload_command)
+                     **switch_env(nginx, "reload"))
 
 
 def run(args: List[str], env: Dict[str, str], cwd: Path, **overrides: str):
@@ -216,18 +214,12 @@ def _live_admin(nginx: Nginx, route: str) -> str:
 
 def test_live_mode_spreads_over_every_task_and_retries_past_a_stopped_node(swarm, app, demo_jar, tmp_path):
     # nginx/live/app-live.conf, its admin taking the swarm nodes' network only.
-    nginx = Nginx(tmp_path / "nginx", free_port(), free_port(), form="live", extra_conf=list(LUA_MODULES),
-                  admin_port=free_port(), allowed_networks=["10.99.0.0/24"])
-    nginx.directory.mkdir()
-    nginx.start()
+    nginx = swarm_nginx(tmp_path / "nginx", "live")
     victim = None
     engine = SwarmEngine.connect(swarm_settings(swarm, app), {})
     try:
         env = swarm_env(swarm, app, REPLICAS="3", HEALTH_INTERVAL="0.5", HEALTH_TIMEOUT="120", DRAIN_SECONDS="1",
-                        NGINX_HOST="", NGINX_INCLUDE=str(nginx.include), SWITCH_MODE="live",
-                        NGINX_ADMIN_URL=nginx.admin_url, NGINX_ADMIN_TOKEN_FILE=str(nginx.token_file),
-                        # Live mode never tests or reloads nginx; a deploy that did would fail.
-                        NGINX_TEST_COMMAND="false", NGINX_RELOAD_COMMAND="false")
+                        NGINX_HOST="", NGINX_INCLUDE=str(nginx.include), **switch_env(nginx, "live"))
         nodes = sorted(swarm["SWARM_NODES"].split())
         workers = nginx.worker_pids()
         assert_ok(run(["deploy"], env, tmp_path, APP_VERSION="v1"))

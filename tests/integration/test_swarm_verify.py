@@ -22,8 +22,8 @@ import pytest
 from pipeline.swarm import SwarmEngine
 
 from .loadgen import Load
-from .realstack import LUA_MODULES, Nginx, free_port, wait_for
-from .swarmstack import swarm_env, swarm_settings
+from .realstack import Nginx, wait_for
+from .swarmstack import swarm_env, swarm_nginx, swarm_settings, switch_env
 from .test_swarm_deploy import _live_admin, app, assert_ok, run, servers, upstreams  # noqa: F401  (app: fixture)
 from .timeline import bad_window, log_msec
 
@@ -40,13 +40,7 @@ def mode(request) -> str:
 
 @pytest.fixture
 def nginx(tmp_path, mode) -> Iterator[Nginx]:
-    if mode == "live":
-        server = Nginx(tmp_path / "nginx", free_port(), free_port(), form="live", extra_conf=list(LUA_MODULES),
-                       admin_port=free_port(), allowed_networks=["10.99.0.0/24"])
-    else:
-        server = Nginx(tmp_path / "nginx", free_port(), free_port(), form="upstream")
-    server.directory.mkdir()
-    server.start()
+    server = swarm_nginx(tmp_path / "nginx", mode)
     yield server
     server.stop()
 
@@ -57,13 +51,7 @@ def env(swarm, app, nginx, demo_jar, mode) -> Dict[str, str]:
     settings = swarm_env(swarm, app, REPLICAS="3", HEALTH_INTERVAL="0.5", HEALTH_TIMEOUT="120", DRAIN_SECONDS="1",
                          NGINX_HOST="", NGINX_INCLUDE=str(nginx.include), VERIFY_SECONDS="5",
                          NGINX_ACCESS_LOG=str(nginx.access_log))
-    if mode == "live":
-        # Live mode never tests or reloads nginx; a deploy that did would fail.
-        settings.update(SWITCH_MODE="live", NGINX_ADMIN_URL=nginx.admin_url,
-                        NGINX_ADMIN_TOKEN_FILE=str(nginx.token_file), NGINX_TEST_COMMAND="false",
-                        NGINX_RELOAD_COMMAND="false")
-    else:
-        settings.update(NGINX_TEST_COMMAND=nginx.test_command, NGINX_RELOAD_COMMAND=nginx.reload_command)
+    settings.update(switch_env(nginx, mode))
     return settings
 
 
