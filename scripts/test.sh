@@ -14,8 +14,11 @@ stamp "stack up"
 # beside the steps below and the first tests. The swarm tests' fixture runs `swarm.sh start`
 # again, which waits on swarm.sh's own lock for this one and then finds everything up.
 swarm_log="${TMPDIR:-/tmp}/pipeline-swarm-start.log"
-eval "$(bash scripts/stack.sh env)"
-(bash scripts/swarm.sh start 3 && bash scripts/swarm.sh push "$JRE_IMAGE") >"$swarm_log" 2>&1 &
+# In a subshell: the stack's settings must not reach pytest's environment (the tests set their own).
+(
+    eval "$(bash scripts/stack.sh env)"
+    bash scripts/swarm.sh start 3 && bash scripts/swarm.sh push "$JRE_IMAGE"
+) >"$swarm_log" 2>&1 &
 python3 -m pip install --quiet --disable-pip-version-check -e '.[test]'
 stamp "package installed"
 bash scripts/lint-jenkinsfile.sh
