@@ -18,7 +18,7 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ContextManager, Iterator, List, Optional, Protocol, Sequence
+from typing import ContextManager, Iterator, List, Optional, Protocol, Sequence, Tuple, Type
 
 import paramiko
 
@@ -29,9 +29,13 @@ log = logging.getLogger("pipeline")
 
 COMMAND_TIMEOUT = 60.0   # a command on this machine (nginx -t, reload)
 
-# What paramiko raises when the connection, a channel or an SFTP request fails: its own errors,
-# EOF from a closed connection, and socket or SFTP status errors (IOError).
-SSH_ERRORS = (paramiko.SSHException, EOFError, OSError)
+
+def ssh_errors() -> Tuple[Type[BaseException], ...]:
+    """What paramiko raises when the connection, a channel or an SFTP request fails: its own
+    errors, EOF from a closed connection, and socket or SFTP status errors (IOError). A function,
+    not a constant: naming paramiko's errors loads paramiko (deferred, see pipeline/__init__.py),
+    and with nginx on this machine that happens only when a file operation has failed."""
+    return (paramiko.SSHException, EOFError, OSError)
 
 
 @dataclass(frozen=True)
@@ -82,7 +86,7 @@ def _file_call(part: str, action: str, timeout: float = 0.0) -> Iterator[None]:
     """A file operation on the nginx host: any OS, SFTP or SSH failure becomes NginxHostFailed."""
     try:
         yield
-    except SSH_ERRORS as exc:
+    except ssh_errors() as exc:
         raise NginxHostFailed(part, action, _ssh_reason(exc, timeout)) from exc
 
 
@@ -106,7 +110,7 @@ def _deadline(transport: "paramiko.Transport", seconds: float) -> Iterator[None]
     timer.start()
     try:
         yield
-    except SSH_ERRORS as exc:
+    except ssh_errors() as exc:
         if expired.is_set():
             raise socket.timeout(f"no answer within {seconds:g}s") from exc
         raise
@@ -277,7 +281,7 @@ class SshHost:
             if self._sftp is not None:
                 self._sftp.close()
             self.client.close()
-        except SSH_ERRORS:
+        except ssh_errors():
             pass   # already broken: nothing left to close cleanly
         self._sftp = None
 
