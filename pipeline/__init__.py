@@ -12,3 +12,7 @@ __version__ = "0.1.0"
 # that loads on its first attribute use (pipeline/_lazy.py). tests/unit/test_startup.py checks that
 # nothing uses it early.
 defer_import("paramiko")
+# requests imports charset_normalizer (0.04-0.1 s here) for guessing the encoding of an answer that
+# names none, which the docker engine's and the health endpoint's answers do not need; at import
+# it reads only the version.
+defer_import("charset_normalizer", version_from="version")

@@ -19,7 +19,7 @@ import importlib.util
 import sys
 import threading
 import types
-from typing import Any
+from typing import Any, Optional
 
 
 class _Deferred(types.ModuleType):
@@ -38,9 +38,15 @@ class _Deferred(types.ModuleType):
         return types.ModuleType.__getattribute__(self, attr)
 
 
-def defer_import(name: str) -> None:
+def defer_import(name: str, version_from: Optional[str] = None) -> None:
     """Defer loading the top-level module `name`; nothing changes if it is loaded already or
-    not installed (then `import name` fails where it is used, as it would have)."""
+    not installed (then `import name` fails where it is used, as it would have).
+
+    `version_from`: a small submodule whose `__version__` is put on the deferred module at once,
+    for a library that others import only to read its version (requests does
+    `from charset_normalizer import __version__` to check compatibility). If that submodule
+    cannot be read, `name` is not deferred.
+    """
     if name in sys.modules:
         return
     spec = importlib.util.find_spec(name)
@@ -50,6 +56,16 @@ def defer_import(name: str) -> None:
     module = importlib.util.module_from_spec(spec)
     module.__class__ = _Deferred
     sys.modules[name] = module
+    if version_from is None:
+        return
+    try:
+        # A submodule runs without its package's __init__ (the deferred module has its __path__).
+        version = importlib.import_module(f"{name}.{version_from}").__version__
+    except Exception:   # another layout than expected: load it the ordinary way, when imported
+        sys.modules.pop(f"{name}.{version_from}", None)
+        del sys.modules[name]
+        return
+    module.__dict__["__version__"] = version
 
 
 def is_deferred(name: str) -> bool:

@@ -1,5 +1,5 @@
 """paramiko is loaded only when SSH is used (pipeline/_lazy.py, issue 10): a local rollback never
-loads it, and with the docker engine *and* nginx over SSH (127.0.0.1:2222) deploy and rollback
+loads it (nor charset_normalizer), and with the docker engine *and* nginx over SSH (127.0.0.1:2222) deploy and rollback
 still work, through the docker SDK's own ssh:// transport and through ours."""
 from __future__ import annotations
 
@@ -41,6 +41,7 @@ def test_a_local_rollback_to_a_running_release_never_loads_paramiko(nginx, setti
                 if line.startswith("import time:")}
     assert "docker" in imported and "pipeline.deploy" in imported   # the listing is complete
     assert not {"paramiko.transport", "paramiko.client", "invoke"} & imported
+    assert "charset_normalizer.api" not in imported   # nor the charset guessing requests brings
 
 
 def test_deploy_and_rollback_with_the_engine_and_nginx_over_ssh(world, nginx, ssh_env, stack, tmp_path):

@@ -1,6 +1,7 @@
 """Start-up: the tool does not load paramiko (nor invoke, which paramiko.config imports) unless
-something uses SSH, so a rollback to a running release is not a fifth of a second slower for
-nothing (issue 10). And the deferred module still is paramiko as soon as it is used."""
+something uses SSH, nor charset_normalizer (which requests imports) unless an answer's charset
+must be guessed, so a rollback to a running release is not 0.2-0.3 s slower for nothing (issue
+10). And a deferred module still is the library as soon as it is used."""
 from __future__ import annotations
 
 import json
@@ -20,8 +21,9 @@ _REPORT = """
 import json, sys
 from pipeline._lazy import is_deferred
 {body}
-loaded = [m for m in ("paramiko", "invoke") if m in sys.modules and not is_deferred(m)]
-print(json.dumps({{"loaded": loaded, "paramiko_deferred": is_deferred("paramiko")}}))
+loaded = [m for m in ("paramiko", "invoke", "charset_normalizer") if m in sys.modules and not is_deferred(m)]
+print(json.dumps({{"loaded": loaded, "paramiko_deferred": is_deferred("paramiko"),
+                  "charset_normalizer_deferred": is_deferred("charset_normalizer")}}))
 """
 
 
@@ -42,13 +44,45 @@ def _report(body: str) -> dict:
     "import pipeline.cli\ntry:\n    pipeline.cli.build_parser().parse_args(['rollback', '--help'])\n"
     "except SystemExit:\n    pass",
 ])
-def test_importing_the_tool_loads_no_ssh_library(body):
-    assert _report(body) == {"loaded": [], "paramiko_deferred": True}
+def test_importing_the_tool_loads_neither_ssh_nor_charset_guessing(body):
+    assert _report(body) == {"loaded": [], "paramiko_deferred": True, "charset_normalizer_deferred": True}
 
 
 def test_the_deferred_module_is_paramiko_once_used():
     report = _report("import pipeline.cli, paramiko\nassert paramiko.SSHClient.__module__ == 'paramiko.client'")
-    assert report == {"loaded": ["paramiko", "invoke"], "paramiko_deferred": False}
+    assert report == {"loaded": ["paramiko", "invoke"], "paramiko_deferred": False,
+                      "charset_normalizer_deferred": True}
+
+
+def test_requests_still_guesses_a_charset_when_asked_to():
+    body = "import pipeline.cli, requests\nr = requests.Response()\nr._content = 'caf\\xe9 cr\\xe8me'.encode('cp1252')\n" \
+           "assert r.apparent_encoding and r.text"
+    report = _report(body)
+    assert report["loaded"] == ["charset_normalizer"] and not report["charset_normalizer_deferred"]
+
+
+def test_a_health_answer_naming_no_charset_is_read_as_utf8_without_guessing():
+    # Spring Boot's actuator answers application/vnd.spring-boot.actuator.v3+json, no charset.
+    body = """
+import http.server, threading
+from pipeline.health import LocalTransport
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        data = '{"status":"UP","by":"\u00e9quipe"}'.encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/vnd.spring-boot.actuator.v3+json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+    def log_message(self, *args):
+        pass
+server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+threading.Thread(target=server.serve_forever, daemon=True).start()
+answer = LocalTransport().get(f"http://127.0.0.1:{server.server_address[1]}/health", 5.0)
+assert answer == (200, '{"status":"UP","by":"\u00e9quipe"}'), answer
+server.shutdown()
+"""
+    assert _report(body)["charset_normalizer_deferred"] is True
 
 
 def test_the_docker_sdk_still_has_its_ssh_transport():
