@@ -14,7 +14,6 @@ import socket
 import subprocess
 import threading
 import time
-import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,7 +77,7 @@ class ChannelConnection(http.client.HTTPConnection):
 
 def _temp_name(path: str) -> str:
     directory, _, name = path.rpartition("/")
-    return f"{directory}/.{name}.{uuid.uuid4().hex[:8]}.tmp"
+    return f"{directory}/.{name}.{os.urandom(4).hex()}.tmp"
 
 
 @contextmanager
@@ -393,7 +392,7 @@ class SshHost:
         then `nginx -s reload` sit between a healthy container and nginx serving it. Every word is
         quoted with shlex; a marker line after each command carries its exit code back.
         """
-        marker = f"__pipeline_rc_{uuid.uuid4().hex}="
+        marker = f"__pipeline_rc_{os.urandom(16).hex()}="
         script = "; ".join(
             f"{shlex.join(argv)} 2>&1; rc=$?; echo; echo {marker}$rc; [ $rc -eq 0 ] || exit 0"
             for argv in steps
