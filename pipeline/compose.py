@@ -18,7 +18,6 @@ from .live_switch import LiveSwitch
 from .nginx_host import NginxHost, connect
 from .reload_switch import ReloadSwitch
 from .settings import Settings
-from .swarm import SwarmEngine
 from .switch import TrafficSwitch
 from .target import Target
 
@@ -32,6 +31,9 @@ def make_switch(host: NginxHost, settings: Settings) -> TrafficSwitch:
 def make_target(settings: Settings, environ: Mapping[str, str]) -> Target:
     """Where releases run: TARGET=swarm, a swarm manager; else the one docker engine."""
     if settings.target == "swarm":
+        # Imported here: the one engine's runs (a rollback: a switch) start without it.
+        from .swarm import SwarmEngine
+
         return SwarmEngine.connect(settings, environ)
     return Engine.connect(settings, environ)
 

@@ -52,8 +52,9 @@ class Engine:
         try:
             # The default for every API call; the image build alone sets none (it takes as long
             # as it takes), and `stop` adds its grace period.
+            # No version given, so the SDK asks the engine for it (GET /version) here: that
+            # answer is the proof the engine is reachable; a ping after it was a second round trip.
             client = docker.from_env(environment=env, timeout=settings.network_timeout)
-            client.ping()
         except LIBRARY_ERRORS as exc:
             raise PreflightError(f"cannot reach the docker engine at {where}: "
                                  f"{_reason(exc, settings.network_timeout)}") from exc

@@ -83,7 +83,7 @@ class LocalTransport:
             response = self.session.get(url, timeout=(min(timeout, 2.0), timeout), allow_redirects=False)
         except requests.RequestException as exc:
             raise NotHealthyYet(_short(exc)) from exc
-        return response.status_code, response.text[:120]
+        return response.status_code, _preview(response)
 
     def can_connect(self, ip: str, port: int, timeout: float) -> bool:
         try:
@@ -364,6 +364,17 @@ def wait_healthy(url: str, interval: float, timeout: float, check_alive: Callabl
     attempts = retrying.statistics.get("attempt_number", 1)
     log.info("    healthy after %d attempt(s), %.1fs: %s", attempts, clock() - started, answer)
     return attempts
+
+
+def _preview(response: requests.Response) -> str:
+    """The answer's start, for messages. Not `response.text`: for an answer that names no charset
+    (Spring Boot's application/vnd.spring-boot.actuator.v3+json) requests would guess one with
+    charset_normalizer: loading it (0.05-0.1 s, see pipeline/__init__.py), then running it on every
+    probe. JSON is UTF-8 (RFC 8259); a charset the answer names is used as before."""
+    try:
+        return response.content.decode(response.encoding or "utf-8", "replace")[:120]
+    except LookupError:   # a charset Python does not know
+        return response.content.decode("utf-8", "replace")[:120]
 
 
 def _short(exc: requests.RequestException) -> str:

@@ -42,7 +42,7 @@ from typing import Dict, Optional, Tuple
 from urllib.parse import urlsplit
 
 import paramiko
-from tenacity import RetryCallState, RetryError, Retrying, retry_if_exception_type, stop_after_attempt, wait_fixed
+from tenacity import RetryCallState, RetryError, Retrying, retry_if_exception, stop_after_attempt, wait_fixed
 
 from .decide import Targets, as_list, parse_include_all, parse_route, render_route, shown
 from .errors import (AdminTokenRefused, AdminUnavailable, DeployFailed, IncludeMismatch, LiveSwitchFailed,
@@ -67,7 +67,13 @@ _TOKEN_RE = re.compile(r"[A-Za-z0-9._~+/-]{32,}=*")
 
 # Transport failures: refused or timed-out sockets, an SSH channel that would not open (or the
 # nginx host's own translation of that), a broken or non-HTTP answer.
-_TRANSPORT_ERRORS = (OSError, EOFError, paramiko.SSHException, http.client.HTTPException, NginxHostFailed)
+_TRANSPORT_ERRORS = (OSError, EOFError, http.client.HTTPException, NginxHostFailed)
+
+
+def _is_transport_error(exc: BaseException) -> bool:
+    # paramiko's errors asked last: naming them loads paramiko (deferred, see pipeline/__init__.py),
+    # which with nginx on this machine only a failure that is none of the others comes to.
+    return isinstance(exc, _TRANSPORT_ERRORS) or isinstance(exc, paramiko.SSHException)
 
 
 class NginxAdmin:
@@ -173,7 +179,7 @@ class NginxAdmin:
 
         self.token()   # a token file problem is said once, before any attempt
         retrying = Retrying(stop=stop_after_attempt(self.attempts), wait=wait_fixed(self.retry_wait),
-                            retry=retry_if_exception_type(_TRANSPORT_ERRORS), before_sleep=before_sleep)
+                            retry=retry_if_exception(_is_transport_error), before_sleep=before_sleep)
         try:
             status, answer = retrying(self._exchange, method, self._path(route), body, limit)
         except RetryError as exc:

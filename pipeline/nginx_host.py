@@ -14,11 +14,10 @@ import socket
 import subprocess
 import threading
 import time
-import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ContextManager, Iterator, List, Optional, Protocol, Sequence
+from typing import ContextManager, Iterator, List, Optional, Protocol, Sequence, Tuple, Type
 
 import paramiko
 
@@ -29,9 +28,13 @@ log = logging.getLogger("pipeline")
 
 COMMAND_TIMEOUT = 60.0   # a command on this machine (nginx -t, reload)
 
-# What paramiko raises when the connection, a channel or an SFTP request fails: its own errors,
-# EOF from a closed connection, and socket or SFTP status errors (IOError).
-SSH_ERRORS = (paramiko.SSHException, EOFError, OSError)
+
+def ssh_errors() -> Tuple[Type[BaseException], ...]:
+    """What paramiko raises when the connection, a channel or an SFTP request fails: its own
+    errors, EOF from a closed connection, and socket or SFTP status errors (IOError). A function,
+    not a constant: naming paramiko's errors loads paramiko (deferred, see pipeline/__init__.py),
+    and with nginx on this machine that happens only when a file operation has failed."""
+    return (paramiko.SSHException, EOFError, OSError)
 
 
 @dataclass(frozen=True)
@@ -74,7 +77,7 @@ class ChannelConnection(http.client.HTTPConnection):
 
 def _temp_name(path: str) -> str:
     directory, _, name = path.rpartition("/")
-    return f"{directory}/.{name}.{uuid.uuid4().hex[:8]}.tmp"
+    return f"{directory}/.{name}.{os.urandom(4).hex()}.tmp"
 
 
 @contextmanager
@@ -82,7 +85,7 @@ def _file_call(part: str, action: str, timeout: float = 0.0) -> Iterator[None]:
     """A file operation on the nginx host: any OS, SFTP or SSH failure becomes NginxHostFailed."""
     try:
         yield
-    except SSH_ERRORS as exc:
+    except ssh_errors() as exc:
         raise NginxHostFailed(part, action, _ssh_reason(exc, timeout)) from exc
 
 
@@ -106,7 +109,7 @@ def _deadline(transport: "paramiko.Transport", seconds: float) -> Iterator[None]
     timer.start()
     try:
         yield
-    except SSH_ERRORS as exc:
+    except ssh_errors() as exc:
         if expired.is_set():
             raise socket.timeout(f"no answer within {seconds:g}s") from exc
         raise
@@ -277,7 +280,7 @@ class SshHost:
             if self._sftp is not None:
                 self._sftp.close()
             self.client.close()
-        except SSH_ERRORS:
+        except ssh_errors():
             pass   # already broken: nothing left to close cleanly
         self._sftp = None
 
@@ -389,7 +392,7 @@ class SshHost:
         then `nginx -s reload` sit between a healthy container and nginx serving it. Every word is
         quoted with shlex; a marker line after each command carries its exit code back.
         """
-        marker = f"__pipeline_rc_{uuid.uuid4().hex}="
+        marker = f"__pipeline_rc_{os.urandom(16).hex()}="
         script = "; ".join(
             f"{shlex.join(argv)} 2>&1; rc=$?; echo; echo {marker}$rc; [ $rc -eq 0 ] || exit 0"
             for argv in steps

@@ -14,8 +14,6 @@ from pathlib import Path, PurePosixPath
 from typing import Callable, Dict, Mapping, Optional, Tuple
 from urllib.parse import urlsplit
 
-from dotenv import dotenv_values
-
 from .errors import SettingsError
 
 COLORS = ("blue", "green")
@@ -204,6 +202,8 @@ class Settings:
         if env_file is not None and not path.is_file():
             raise SettingsError("--env-file", path, "no such file")
         if path.is_file():
+            from dotenv import dotenv_values   # here: a run with no .env file starts without it
+
             merged.update({k: v for k, v in dotenv_values(path).items() if v is not None})
         merged.update({k: v for k, v in environ.items() if k in _READERS})
         values = {}
@@ -266,6 +266,8 @@ class Settings:
         values = [self.registry_password.reveal()]
         values += [v for k, v in self.build_args.items() if is_secret_name(k)]
         if self.container_env_file is not None:
+            from dotenv import dotenv_values
+
             try:
                 container_env = dotenv_values(self.container_env_file)
             except OSError:
