@@ -22,4 +22,10 @@ fi
 
 # --noserver: otherwise it leaves a CodeNarc JVM (~400 MB) listening on
 # localhost:7484 after exiting, which CI would inherit and concurrent runs share.
-exec npx --yes "npm-groovy-lint@$version" --noserver --failon error "$jenkinsfile"
+# --prefer-offline: the version is pinned, so a cached copy is the one wanted; npx then skips
+# asking the registry again on every run (~4-7 s). A machine without it still fetches it.
+# --javaoptions: the tool's defaults (-Xms256m,-Xmx2048m) plus C1-only JIT and the serial GC:
+# the CodeNarc JVM lives for one short run, where C2 compiling and a parallel GC only take CPU
+# from everything else (half the CPU time here; the findings are the same).
+exec npx --yes --prefer-offline "npm-groovy-lint@$version" --noserver --failon error \
+    "--javaoptions=-Xms256m,-Xmx2048m,-XX:TieredStopAtLevel=1,-XX:+UseSerialGC" "$jenkinsfile"
