@@ -8,6 +8,7 @@
 #   start [N]    bring up N nodes (default 3, or as many as the running swarm has); idempotent:
 #                starts only what is missing, a stopped node's dockerd comes back and rejoins
 #   stop         stop every node, the registry, and remove the namespaces, bridge and state
+#                (the nodes' dockerd logs are kept in $SWARM_DIR.logs)
 #   env          print `export` lines: eval "$(scripts/swarm.sh env)"
 #   status       show each node's dockerd, its swarm state, and the swarm's node list
 #   stop-node I  stop node I's dockerd (by its pid file), leaving its state: a node that is down
@@ -345,8 +346,14 @@ cmd_stop() {
     if [[ "$(</proc/self/mountinfo)" == *" $SWARM_DIR"* ]]; then
         die "mounts left under $SWARM_DIR; not removing it"
     fi
+    # The nodes' daemon logs outlive the swarm, for a crash found only after the fact.
+    rm -rf "$SWARM_DIR.logs"
+    mkdir -p "$SWARM_DIR.logs"
+    for ((i = 1; i <= n; i++)); do
+        cp "$(node_dir "$i")/dockerd.log" "$SWARM_DIR.logs/n$i-dockerd.log" 2>/dev/null || true
+    done
     rm -rf "$SWARM_DIR"
-    log "stopped and removed"
+    log "stopped and removed (the nodes' dockerd logs are kept in $SWARM_DIR.logs)"
 }
 
 cmd_status() {

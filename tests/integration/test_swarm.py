@@ -5,7 +5,6 @@ swarm.sh created (no default route there), from this host.
 """
 from __future__ import annotations
 
-import uuid
 from dataclasses import replace
 from pathlib import Path
 from typing import Dict, Iterator, List
@@ -18,7 +17,7 @@ from pipeline.settings import Secret
 from pipeline.swarm import SwarmEngine
 
 from .realstack import REPO, wait_for
-from .swarmstack import CONVERGE_TIMEOUT, NODES, swarm_settings, swarm_sh
+from .swarmstack import CONVERGE_TIMEOUT, NODES, app_of_its_own, swarm_settings, swarm_sh
 
 pytestmark = pytest.mark.integration
 
@@ -39,11 +38,7 @@ def release(swarm, demo_jar, stack) -> str:
 @pytest.fixture
 def app(swarm) -> Iterator[str]:
     """An app name of the test's own; its services are removed after the test."""
-    name = f"s{uuid.uuid4().hex[:8]}"
-    yield name
-    engine = SwarmEngine.connect(swarm_settings(swarm, name), {})
-    for color in ("blue", "green"):
-        engine.remove(color)
+    yield from app_of_its_own(swarm)
 
 
 def node_addrs(swarm: Dict[str, str]) -> List[str]:

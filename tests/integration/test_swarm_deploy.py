@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import uuid
 from pathlib import Path
 from typing import Dict, Iterator, List
 
@@ -21,18 +20,15 @@ from pipeline.swarm import SwarmEngine
 
 from .loadgen import Load
 from .realstack import Nginx, run_pipeline, start_pipeline, wait_for
-from .swarmstack import NODES, swarm_env, swarm_nginx, swarm_settings, swarm_sh, switch_env
+from .swarmstack import NODES, app_of_its_own, swarm_env, swarm_nginx, swarm_settings, swarm_sh, switch_env
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 def app(swarm) -> Iterator[str]:
-    name = f"s{uuid.uuid4().hex[:8]}"
-    yield name
-    engine = SwarmEngine.connect(swarm_settings(swarm, name), {})
-    for color in ("blue", "green"):
-        engine.remove(color)
+    """An app name of the test's own; its services are removed after the test."""
+    yield from app_of_its_own(swarm)
 
 
 @pytest.fixture
@@ -66,20 +62,15 @@ def upstreams(nginx: Nginx, port: int) -> set:
     return set(re.findall(rf"upstream=(10\.99\.0\.\d+:{port})\b", nginx.access_log.read_text()))
 
 
-def test_deploy_twice_under_load_loses_nothing_spreads_over_3_tasks_and_rolls_back(swarm, env, nginx, tmp_path):
-    nodes = sorted(swarm["SWARM_NODES"].split())
-    first = run(["deploy"], env, tmp_path, APP_VERSION="v1")
-    assert_ok(first)
-    assert sorted(servers(nginx)) == [f"{addr}:8081" for addr in nodes]   # every task, one per node
-    assert "waiting for 3 task(s)" in first.stderr
-    assert nginx.get().text == "version=v1 color=blue\n"
-
+def deploy_v2_under_load(env: Dict[str, str], nginx: Nginx, nodes: List[str], cwd: Path, mode: str):
+    """With v1 live on blue's 3 tasks: deploy v2 under `Connection: close` load, verified for 4 s
+    over every task (issue 10 on the swarm); 0 failed requests, and green's 3 distinct tasks
+    answered. Returns the deploy's result."""
     url = f"http://127.0.0.1:{nginx.port}/"
     with Load(url, profile="close", seconds=240, connections=8) as load:
         wait_for(lambda: upstreams(nginx, 8081) == {f"{a}:8081" for a in nodes}, 20, interval=0.2,
                  what="the load to reach every blue task")
-        # A good release, verified under the load over every task (issue 10 on the swarm).
-        second = run(["deploy"], env, tmp_path, APP_VERSION="v2", VERIFY_SECONDS="4",
+        second = run(["deploy"], env, cwd, APP_VERSION="v2", VERIFY_SECONDS="4",
                      NGINX_ACCESS_LOG=str(nginx.access_log))
         assert_ok(second)
         assert "verified for 4s: 0 5xx of" in second.stderr
@@ -88,10 +79,22 @@ def test_deploy_twice_under_load_loses_nothing_spreads_over_3_tasks_and_rolls_ba
                  what="the load to reach every green task")
     result = load.result
     assert result is not None
-    print(result.line())
+    print(f"\n{mode}, deploy v1 -> v2 on 3 tasks: {result.line()}")
     assert result.failed == 0, result.summary()
     assert set(result.versions()) == {"version=v1 color=blue", "version=v2 color=green"}, result.summary()
-    assert upstreams(nginx, 8082) == {f"{addr}:8082" for addr in nodes}   # 3 distinct tasks answered
+    assert upstreams(nginx, 8082) == {f"{a}:8082" for a in nodes}   # 3 distinct tasks answered
+    return second
+
+
+def test_deploy_twice_under_load_loses_nothing_spreads_over_3_tasks_and_rolls_back(swarm, env, nginx, tmp_path):
+    nodes = sorted(swarm["SWARM_NODES"].split())
+    first = run(["deploy"], env, tmp_path, APP_VERSION="v1")
+    assert_ok(first)
+    assert sorted(servers(nginx)) == [f"{addr}:8081" for addr in nodes]   # every task, one per node
+    assert "waiting for 3 task(s)" in first.stderr
+    assert nginx.get().text == "version=v1 color=blue\n"
+
+    deploy_v2_under_load(env, nginx, nodes, tmp_path, "reload")
     assert sorted(servers(nginx)) == [f"{addr}:8082" for addr in nodes]
 
     status = run(["status", "--json"], env, tmp_path)
@@ -226,23 +229,9 @@ def test_live_mode_spreads_over_every_task_and_retries_past_a_stopped_node(swarm
         assert _live_admin(nginx, "live") == ",".join(f"{a}:8081" for a in nodes) + "\n"
         assert sorted(servers(nginx)) == [f"{a}:8081" for a in nodes]   # the include, for restarts
 
+        # Verified from nginx's per-address stats.
+        second = deploy_v2_under_load(env, nginx, nodes, tmp_path, "live")
         url = f"http://127.0.0.1:{nginx.port}/"
-        with Load(url, profile="close", seconds=240, connections=8) as load:
-            wait_for(lambda: upstreams(nginx, 8081) == {f"{a}:8081" for a in nodes}, 20, interval=0.2,
-                     what="the load to reach every blue task")
-            # Verified under the load over every task, from nginx's per-address stats.
-            second = run(["deploy"], env, tmp_path, APP_VERSION="v2", VERIFY_SECONDS="4",
-                         NGINX_ACCESS_LOG=str(nginx.access_log))
-            assert_ok(second)
-            assert "verified for 4s: 0 5xx of" in second.stderr
-            wait_for(lambda: len(upstreams(nginx, 8082)) == NODES, 20, interval=0.2,
-                     what="the load to reach every green task")
-        result = load.result
-        assert result is not None
-        print(f"\nlive, deploy v1 -> v2 on 3 tasks: {result.line()}")
-        assert result.failed == 0, result.summary()
-        assert set(result.versions()) == {"version=v1 color=blue", "version=v2 color=green"}, result.summary()
-        assert upstreams(nginx, 8082) == {f"{a}:8082" for a in nodes}   # 3 distinct tasks answered
         assert _live_admin(nginx, "live") == ",".join(f"{a}:8082" for a in nodes) + "\n"
         assert "(no reload)" in second.stderr and nginx.worker_pids() == workers
 
