@@ -219,8 +219,8 @@ def test_live_mode_spreads_over_every_task_and_retries_past_a_stopped_node(swarm
     # nginx/live/app-live.conf, its admin taking the swarm nodes' network only.
     nginx = swarm_nginx(tmp_path / "nginx", "live")
     victim = None
-    engine = SwarmEngine.connect(swarm_settings(swarm, app), {})
     try:
+        engine = SwarmEngine.connect(swarm_settings(swarm, app), {})
         env = swarm_env(swarm, app, REPLICAS="3", HEALTH_INTERVAL="0.5", HEALTH_TIMEOUT="120", DRAIN_SECONDS="1",
                         NGINX_HOST="", NGINX_INCLUDE=str(nginx.include), **switch_env(nginx, "live"))
         nodes = sorted(swarm["SWARM_NODES"].split())
