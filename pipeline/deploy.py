@@ -133,17 +133,12 @@ def health_urls(ctx: Context, color: str) -> List[str]:
 
 def address_of(ctx: Context, color: str) -> decide.Targets:
     """Where a route to `color` sends traffic: its one address, or every task of a swarm color."""
-    addresses = ctx.engine.addresses(color)
-    return addresses[0] if len(addresses) == 1 else tuple(addresses)
+    return decide.as_targets(ctx.engine.addresses(color))
 
 
 def preview_address_of(ctx: Context, color: str) -> Address:
     """The preview serves a tester, not the load: one address (a swarm color's first task)."""
     return decide.as_list(address_of(ctx, color))[0]
-
-
-def _shown(targets: decide.Targets) -> str:
-    return ", ".join(str(a) for a in decide.as_list(targets))
 
 
 # -- preflight: one place, for every flow that changes something ----------------------------------
@@ -339,9 +334,8 @@ def wait_tasks_healthy(ctx: Context, color: str) -> None:
 
 def switch_live(ctx: Context, release: Release, record: ReleaseRecord) -> ReleaseRecord:
     """Move live traffic to `release` and record it, in one step no signal cuts in half."""
-    s = ctx.settings
     targets = address_of(ctx, release.color)
-    phase("switching nginx to %s (%s) [%s]", release.color, _shown(targets), ctx.switch.mode)
+    phase("switching nginx to %s (%s) [%s]", release.color, decide.shown(targets), ctx.switch.mode)
     switched = False
     try:
         with ctx.guard.critical():
@@ -715,8 +709,8 @@ def status(ctx: Context, probe: bool = True) -> dict:
         "live_color": live,
         "live_version": colors[live]["version"] if live else None,
         "include": {"path": str(s.nginx_include),
-                    "points_at": _shown(decide.parse_include_all(includes.read(LIVE))) if include_address else None},
-        "preview": _shown(facts.preview_address) if facts.preview_address else None,
+                    "points_at": decide.shown(decide.parse_include_all(includes.read(LIVE))) if include_address else None},
+        "preview": decide.shown(facts.preview_address) if facts.preview_address else None,
         "switch_mode": ctx.switch.mode,
         "switch": ctx.switch.describe(),
         "switch_problem": switch_problem,

@@ -27,7 +27,7 @@ import paramiko
 import requests
 from tenacity import RetryCallState, RetryError, Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
-from .errors import HealthCheckFailed, NginxHostFailed, PreflightError, RouteRefused
+from .errors import HealthCheckFailed, NginxHostFailed, RouteRefused
 from .nginx_host import ChannelConnection, NginxHost
 
 log = logging.getLogger("pipeline")

@@ -45,7 +45,7 @@ import paramiko
 from tenacity import RetryCallState, RetryError, Retrying, retry_if_exception, stop_after_attempt, wait_fixed
 
 from .decide import Targets, as_list, parse_include_all, parse_route, render_route, shown
-from .errors import (AdminTokenRefused, AdminUnavailable, DeployFailed, IncludeMismatch, LiveSwitchFailed,
+from .errors import (AdminTokenRefused, AdminUnavailable, IncludeMismatch, LiveSwitchFailed,
                      NginxHostFailed, PipelineError)
 from .log import register_secret
 from .nginx_host import ChannelConnection, NginxHost

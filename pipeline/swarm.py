@@ -18,7 +18,7 @@ import queue
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, FrozenSet, List, Mapping, NamedTuple, Optional, Sequence, TypeVar
+from typing import Callable, Dict, FrozenSet, List, Mapping, NamedTuple, Optional, Sequence, TypeVar, Union
 
 import docker
 import docker.errors
@@ -104,7 +104,7 @@ class TaskAddress(NamedTuple):
 
     def __str__(self) -> str:
         """How the health gate names it: which task, on which node, where."""
-        return f"task {self.task_id[:12]} on {self.node} ({self.node_addr}:{self.port})"
+        return task_where(self)
 
 
 @dataclass(frozen=True)
@@ -137,7 +137,7 @@ def classify(task: TaskFact, node_ready: bool) -> Optional[TaskEvent]:
     return TaskEvent(task, "node-lost", f"moved off node {where} ({task.state}, desired {task.desired_state})")
 
 
-def task_where(task: TaskFact) -> str:
+def task_where(task: Union[TaskFact, TaskAddress]) -> str:
     """A task as the health gate names it: which task, on which node, where."""
     at = f" ({task.node_addr}:{task.port})" if task.node_addr else ""
     return f"task {task.task_id[:12]} on {task.node or '(no node)'}{at}"

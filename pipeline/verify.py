@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Counter, Dict, FrozenSet, List, Optional, Protocol, Tuple
 
 from . import health
-from .decide import Targets, as_list
+from .decide import Targets, as_list, as_targets, shown
 from .errors import DeployFailed, Interrupted, PipelineError, PreflightError, SwitchedBack, SwitchedBackOnSignal
 from .nginx_host import NginxHost
 from .settings import Settings
@@ -389,13 +389,13 @@ def _switch_back(ctx: Context, color: str, old: str) -> None:
     """
     s = ctx.settings
     addresses = ctx.engine.addresses(old)   # one engine: its fixed address; a swarm: every running task
-    targets: Targets = addresses[0] if len(addresses) == 1 else tuple(addresses)
-    log.error("==> switching back to %s (%s) [%s]", old, ", ".join(str(a) for a in addresses), ctx.switch.mode)
+    log.error("==> switching back to %s (%s) [%s]", old, shown(tuple(addresses)) if addresses else "",
+              ctx.switch.mode)
     with ctx.guard.critical():
         try:
             if not addresses:
                 raise DeployFailed(f"{s.container_name(old)} has no running task")
-            ctx.switch.route_to(LIVE, targets)
+            ctx.switch.route_to(LIVE, as_targets(addresses))
         except PipelineError as exc:
             raise DeployFailed(f"{color} failed verification and switching back to {old} failed: {exc}; "
                                f"{s.container_name(color)} is still live, {s.container_name(old)} running: "
