@@ -53,7 +53,6 @@ for path in (REPO, REPO / "bench"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
-import requests  # noqa: E402
 from seed_vs_pipeline import Part, wait_until  # noqa: E402
 from tests.integration import loadgen  # noqa: E402
 from tests.integration.realstack import LUA_MODULES, Nginx, free_port  # noqa: E402
@@ -91,21 +90,11 @@ class BackWatch(Watch):
         self.back = back
         self.back_at: Optional[float] = None
 
-    def _nginx(self) -> None:
-        while not self._stop.is_set():
-            try:
-                answer = requests.get(self.nginx_url, timeout=1, headers={"Connection": "close"})
-                ok, body = answer.status_code == 200, answer.text
-            except requests.RequestException:
-                ok, body = False, ""
-            now = time.monotonic()
-            if not ok:
-                self.failures.append(now)
-            elif self.served_at is None and body.startswith(f"version={self.version} "):
-                self.served_at = now
-            elif self.served_at is not None and self.back_at is None and body.startswith(f"version={self.back} "):
-                self.back_at = now
-            time.sleep(0.02)
+    def _answered(self, now: float, ok: bool, body: str) -> None:
+        served_before = self.served_at
+        super()._answered(now, ok, body)
+        if ok and served_before is not None and self.back_at is None and body.startswith(f"version={self.back} "):
+            self.back_at = now
 
 
 class SwitchBackPart(LivePart):

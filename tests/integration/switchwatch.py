@@ -82,12 +82,15 @@ class Watch:
                 ok, body = answer.status_code == 200, answer.text
             except requests.RequestException:
                 ok, body = False, ""
-            now = time.monotonic()    # when the answer came, as for the health URL
-            if not ok:
-                self.failures.append(now)
-            elif self.served_at is None and body.startswith(f"version={self.version} "):
-                self.served_at = now
+            self._answered(time.monotonic(), ok, body)   # when the answer came, as for the health URL
             time.sleep(0.02)
+
+    def _answered(self, now: float, ok: bool, body: str) -> None:
+        """One answer of nginx's: a failure, or the first from `version`."""
+        if not ok:
+            self.failures.append(now)
+        elif self.served_at is None and body.startswith(f"version={self.version} "):
+            self.served_at = now
 
     @property
     def unavailable(self) -> float:

@@ -411,7 +411,7 @@ def test_hostile_admin_requests_are_refused_and_traffic_stays_on_the_release(wor
                       what="10 more answers counted for green")
     assert f"{net.green_ip}:9" not in counts
     # nginx's error log names each failed attempt.
-    assert f'connect() failed (111: Connection refused) while connecting to upstream' in \
+    assert 'connect() failed (111: Connection refused) while connecting to upstream' in \
         (nginx.directory / "app.error.log").read_text()
     assert admin(nginx, "PUT", "live", f"{net.green_ip}:8080").status_code == 200
 
