@@ -178,6 +178,8 @@ def preflight(ctx: Context, action: str) -> Iterator[Run]:
     run = Run()
     try:
         try:
+            if lock.taken_over is not None:
+                history.append(killed_entry(lock.taken_over, s.app_name, who))
             phase("preflight")   # from here to "done" this run holds the lock
             ctx.switch.check()
             if action in ("deploy", "promote"):
@@ -214,6 +216,15 @@ def preflight(ctx: Context, action: str) -> Iterator[Run]:
         except (OutsideFailure, PreflightError) as exc:   # must not replace the run's result
             log.error("==> could not release the deploy lock %s (%s); when no run is active: "
                       "`python -m pipeline lock release`", lock.path, exc)
+
+
+def killed_entry(dead: LockInfo, app: str, found_by: str) -> Entry:
+    """The history entry of a run that died holding the lock (SIGKILL, a crash): it never wrote
+    its own. Its start time and what it ran; how far it got is not known (`status` says what
+    serves now)."""
+    return Entry(dead.since, dead.who, app, dead.action, dead.version, "", "killed", 0.0,
+                 f"its process ended without finishing (pid {dead.pid} on {dead.machine}); "
+                 f"{found_by} took over its lock at {_now()}")
 
 
 def _now() -> str:

@@ -218,3 +218,23 @@ def test_status_reports_the_record_and_changes_nothing():
     assert {name: (r["version"], r["color"]) if r else None for name, r in report["releases"].items()} == {
         "live": ("v2", "green"), "previous": ("v1", "blue"), "staged": ("v3", "blue")}
     assert world.engine.mutations == [] and world.host.files == files
+
+
+def test_a_run_killed_holding_the_lock_is_written_into_the_history_by_the_run_that_takes_it_over():
+    """A SIGKILLed run writes no history entry of its own; the next run, taking over its stale
+    lock, writes one for it (result `killed`), so `history` shows every run that changed things."""
+    from pipeline.lock import LockInfo, ProcessTable
+
+    world = World()
+    assert world.step("deploy v1")[0] == 0
+    here = ProcessTable()
+    dead = LockInfo("jenkins-app-6", "agent-1", 2 ** 22 + 1, "deploy", "v2", "2026-11-23T10:00:00Z",
+                    boot_id=here.boot_id(), pid_ns=here.pid_namespace(), start_time="1")   # no such pid
+    world.host.files[str(world.settings.lock_path())] = dead.to_text()
+    assert world.step("deploy v3")[0] == 0
+    entries = [json.loads(line) for line in world.host.files[str(world.settings.history_path())].splitlines()]
+    assert [(e["action"], e["version"], e["result"]) for e in entries] == [
+        ("deploy", "v1", "ok"), ("deploy", "v2", "killed"), ("deploy", "v3", "ok")]
+    killed = entries[1]
+    assert (killed["time"], killed["who"], killed["color"]) == (dead.since, "jenkins-app-6", "")
+    assert "pid 4194305 on agent-1" in killed["message"] and "unit took over its lock" in killed["message"]
