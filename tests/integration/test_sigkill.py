@@ -5,18 +5,19 @@ live v1, under steady traffic through the test's nginx, a deploy of v2 is SIGKIL
 
 - at named instants: while taking over a stale lock (left by a deploy killed before it), during
   the build, right after its container started, during the health wait, right after the live
-  include is renamed (before nginx is told), right after nginx reloaded (before the record is
-  written), with the record's new text written aside but not yet renamed, right after the record
-  is replaced, during verification and during the drain; in live mode (SWITCH_MODE=live) right
-  after the include's rename (before nginx's balancer is told) and at the record's rename;
+  include is renamed (before nginx is told), by the reload command before it reloads, right after
+  nginx reloaded (before the record is written), with the record's new text written aside but
+  not yet renamed, right after the record is replaced, during verification and during the drain;
+  in live mode (SWITCH_MODE=live) right after the include's rename (before nginx's balancer is
+  told) and at the record's rename;
 - at random delays across a whole deploy (seeded: the seed is in every failure message; set
-  PIPELINE_SIGKILL_SEED to run one again).
+  PIPELINE_SIGKILL_SEED to run one again, PIPELINE_SIGKILL_KILLS for a longer hunt).
 
-Right after the kill, `status --json` must name what nginx serves (or say it cannot tell). Then
-a plain `deploy` of the next version must succeed (and write the killed run into the history), nginx must serve it, `status --json` must
-say so (`live_version` and the record's live release), exactly one container of the app must be
-running, the lock (and any takeover guard of it) must be gone, and not one request through nginx may have failed, from before
-the kill to the end.
+Right after the kill, `status --json` must name what nginx serves (or say it cannot tell). Then a
+plain `deploy` of the next version must succeed (and write the killed run into the history),
+nginx must serve it, `status --json` must say so (`live_version` and the record's live release),
+exactly one container of the app must be running, the lock (and any takeover guard of it) must be
+gone, and not one request through nginx may have failed, from before the kill to the end.
 
 How the exact instants are reached: the include by `NGINX_TEST_COMMAND` (which the switch runs
 right after the rename) SIGKILLing the deploy, whose pid the test wrote to a file; the reload by
@@ -324,6 +325,17 @@ def include_renamed(scene: Scene) -> Killed:
     return run
 
 
+def reload_started(scene: Scene) -> Killed:
+    """Killed by the reload command itself, before it reloads: the switch's check around it had
+    begun (it runs on, orphaned, and sees no reload), nginx was never told."""
+    pid_file = scene.cwd / "v2.pid"
+    run = start_deploy({**scene.env, "APP_VERSION": "v2", "NGINX_RELOAD_COMMAND": killer(pid_file)}, scene.cwd, "v2")
+    run.wait_killed()
+    assert scene.world.network.green_ip in scene.nginx.include.read_text()
+    assert scene.served() == "version=v1 color=blue", "nginx was not told: it still serves blue"
+    return run
+
+
 def after_reload(scene: Scene) -> Killed:
     """Killed by the reload command once `nginx -s reload` returned: before the record is written."""
     pid_file = scene.cwd / "v2.pid"
@@ -375,6 +387,7 @@ INSTANTS = {
     "container-started": after_container_start,
     "health": during_health,
     "include-renamed": include_renamed,
+    "reload-started": reload_started,
     "nginx-reloaded": after_reload,
     "record-written-aside": record_written_aside,
     "record-replaced": record_replaced,
