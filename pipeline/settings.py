@@ -355,8 +355,9 @@ def _duration(positive: bool = False, maximum: float = MAX_DURATION) -> Reader:
         value = _decimal(raw)
         if value is None or value > maximum or (positive and value == 0):
             kind = "a positive number of seconds" if positive else "a non-negative number of seconds"
-            raise SettingsError(name, raw, f"must be {kind} in decimal digits (e.g. 2.5), at most {maximum:g}")
+            raise SettingsError(name, raw, f"must be {kind} in decimal digits (e.g. 2.5), at most {maximum:.15g}")
         return value
+    read.maximum = maximum   # type: ignore[attr-defined]   # SETTING_MAXIMUMS, for the README's table
     return read
 
 
@@ -366,6 +367,7 @@ def _count(maximum: int) -> Reader:
         if value is None or not 1 <= value <= maximum:
             raise SettingsError(name, raw, f"must be a whole number of at least 1, at most {maximum}")
         return value
+    read.maximum = maximum   # type: ignore[attr-defined]
     return read
 
 
@@ -566,3 +568,6 @@ _READERS: Dict[str, Tuple[str, Reader]] = {
 SETTING_NAMES = tuple(_READERS)
 # Each setting's Settings field, e.g. for checking the README's defaults against the reader's.
 SETTING_FIELDS = {name: attr for name, (attr, _) in _READERS.items()}
+# The largest value each bounded setting takes (durations, counts): the README's table says each.
+SETTING_MAXIMUMS = {name: reader.maximum for name, (_, reader) in _READERS.items()   # type: ignore[attr-defined]
+                    if hasattr(reader, "maximum")}

@@ -357,3 +357,16 @@ def test_the_cli_exits_2_with_one_line_naming_the_setting(tmp_path, capsys, name
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"pipeline: error: {name}="), err
     assert "hunter2pass" not in err and stdout.getvalue() == ""
+
+
+def test_the_readme_states_every_bound():
+    import re
+
+    from pipeline.settings import SETTING_MAXIMUMS
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    rows = dict(re.findall(r"^\| `([A-Z_]+)` \| [^|]*? \| (.*) \|$", readme, re.M))
+    assert {"DRAIN_SECONDS", "NETWORK_TIMEOUT", "KEEP_RELEASES"} <= set(SETTING_MAXIMUMS)
+    missing = [f"{name}: at most {limit:.15g}" for name, limit in SETTING_MAXIMUMS.items()
+               if f"at most {limit:.15g}" not in rows[name]]
+    assert missing == []
