@@ -1,4 +1,5 @@
-"""The build command (e.g. ./gradlew bootJar) and the release version."""
+"""The build command (e.g. ./gradlew bootJar), the release version, and what a build must not do:
+build over a release on record."""
 from __future__ import annotations
 
 import logging
@@ -8,9 +9,11 @@ import subprocess
 from collections import deque
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Iterable, Mapping, Optional, Sequence
 
-from .errors import BuildFailed
+from .decide import ContainerFact
+from .errors import BuildFailed, SettingsError
+from .releases import ReleaseRecord, rollback_targets
 from .settings import without_secrets
 
 log = logging.getLogger("pipeline")
@@ -51,3 +54,35 @@ def default_version(cwd: Path) -> str:
     except (OSError, subprocess.TimeoutExpired):
         pass
     return datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S")
+
+
+def reused_version(version: str, record: ReleaseRecord, live_color: Optional[str],
+                   containers: Mapping[str, ContainerFact], images: Iterable[str]) -> Optional[str]:
+    """Why `version` must not be built again, or None.
+
+    A release on record (live, staged, or one `rollback --to` can still go to: its container or
+    image kept) is only ever the image it was: building the same tag again would silently change
+    what the record, a rollback or a recreated container runs. A version that never went live
+    (a failed deploy, a run killed before the switch: nothing on record uses it) may be built
+    again: that is Jenkins re-running a job on the same commit after a failure.
+    """
+    shown = "set a new APP_VERSION (the default is HEAD's short git sha)"
+    if record.live is not None and record.live.version == version:
+        return f"already live on {record.live.color}; its image {record.live.image} is not built over: {shown}"
+    if record.staged is not None and record.staged.version == version:
+        return (f"staged on {record.staged.color}; its image {record.staged.image} is not built over: "
+                f"`promote` makes it live, or {shown}")
+    for release in rollback_targets(record, live_color, containers, images):
+        if release.version == version:
+            return (f"was live before and is kept for rollback; its image {release.image} is not built over: "
+                    f"`rollback --to {version}` makes it live again, or {shown}")
+    return None
+
+
+def check_new_version(version: str, record: ReleaseRecord, live_color: Optional[str],
+                      containers: Mapping[str, ContainerFact], images: Iterable[str]) -> None:
+    """Before anything is built: a version on record is refused (exit 2, nothing changed)."""
+    problem = reused_version(version, record, live_color, containers, images)
+    if problem is not None:
+        raise SettingsError("APP_VERSION", version, problem)
+
