@@ -1,5 +1,5 @@
 """The build command (e.g. ./gradlew bootJar), the release version, and what a build must not do:
-build over a release on record."""
+build over a release on record, or put secrets where the image keeps them."""
 from __future__ import annotations
 
 import logging
@@ -14,7 +14,7 @@ from typing import Iterable, Mapping, Optional, Sequence
 from .decide import ContainerFact
 from .errors import BuildFailed, SettingsError
 from .releases import ReleaseRecord, rollback_targets
-from .settings import without_secrets
+from .settings import is_secret_name, without_secrets
 
 log = logging.getLogger("pipeline")
 
@@ -86,3 +86,14 @@ def check_new_version(version: str, record: ReleaseRecord, live_color: Optional[
     if problem is not None:
         raise SettingsError("APP_VERSION", version, problem)
 
+
+def warn_secret_build_args(build_args: Mapping[str, str]) -> None:
+    """One warning naming every secret-looking BUILD_ARGS key (never a value): a build arg is
+    written into the image's history (`docker history`, as `|1 KEY=VALUE` on each RUN step
+    after its ARG) and goes to the registry with the image, whatever the log masks."""
+    keys = [key for key in build_args if is_secret_name(key)]
+    if keys:
+        looks = "look like secrets" if len(keys) > 1 else "looks like a secret"
+        log.warning("    BUILD_ARGS %s %s: build args are stored in the image (`docker history`) and pushed "
+                    "with it to the registry; give secrets to BUILD_COMMAND in its environment, or to the "
+                    "container in CONTAINER_ENV_FILE", ", ".join(keys), looks)

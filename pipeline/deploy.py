@@ -270,6 +270,7 @@ def build_release(ctx: Context, color: str) -> Release:
     if s.build_command:
         phase("building: %s", " ".join(s.build_command))
         build.run_build(s.build_command, ctx.cwd, ctx.environ)
+    build.warn_secret_build_args(s.build_args)
     phase("building image %s", image)
     ctx.engine.build_image(ctx.cwd, image, version)
     if s.registry:

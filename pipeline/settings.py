@@ -60,8 +60,9 @@ class Secret:
         return hash(self._value)
 
 
-# A BUILD_ARGS or container env entry whose key holds one of these is a secret: masked everywhere.
-SECRET_KEY_WORDS = ("TOKEN", "SECRET", "PASSWORD", "KEY")
+# A BUILD_ARGS or container env entry whose key holds one of these is a secret: masked everywhere
+# (and, in BUILD_ARGS, warned about: the image keeps build args, see build.warn_secret_build_args).
+SECRET_KEY_WORDS = ("TOKEN", "SECRET", "PASSWORD", "PASSWD", "KEY", "CREDENTIAL")
 # Settings that no child process (build, git, nginx test/reload) gets in its environment.
 SECRET_SETTINGS = frozenset({"REGISTRY_PASSWORD"})
 

@@ -2,6 +2,9 @@
 record relies on, or take a secret as a build arg without saying that the image keeps it."""
 from __future__ import annotations
 
+import json
+import uuid
+
 import pytest
 
 from .realstack import REPO, run_pipeline
@@ -78,3 +81,24 @@ def test_a_version_that_never_went_live_is_built_again(world, nginx, settings_en
     again = ok(run_pipeline(["deploy"], {**settings_env, "APP_VERSION": "v2"}, tmp_path))
     assert f"image {world.app}:v2 is left from a run that never went live: it is built again" in again.stderr
     assert nginx.get().text == "version=v2 color=green\n"
+
+
+def test_a_secret_build_arg_is_kept_in_the_image_history_and_the_run_says_so(world, nginx, settings_env,
+                                                                            tmp_path):
+    """The fact the README states: a build arg a RUN step sees is written into the image's
+    history (and so goes to the registry with it), whatever the log masks."""
+    token = f"npm-{uuid.uuid4().hex}"
+    # A RUN step after the ARG, as a real `npm ci` would be (the JRE base has no shell: exec form).
+    uses_it = dockerfile(tmp_path, "Dockerfile.npm", '\nARG NPM_TOKEN\nRUN ["java", "-version"]\n')
+    env = {**settings_env, "APP_VERSION": "v1", "DOCKERFILE": uses_it,
+           "BUILD_ARGS": settings_env["BUILD_ARGS"] + f" NPM_TOKEN={token}"}
+    result = ok(run_pipeline(["deploy"], env, tmp_path))
+    warnings = [line for line in result.stderr.splitlines() if "BUILD_ARGS" in line]
+    assert len(warnings) == 1, result.stderr
+    assert "BUILD_ARGS NPM_TOKEN looks like a secret: build args are stored in the image (`docker history`)" \
+        in warnings[0]
+    assert token not in result.stderr + result.stdout
+
+    history = world.client.api.history(f"{world.app}:v1")
+    assert any(f"NPM_TOKEN={token}" in step["CreatedBy"] for step in history), json.dumps(history, indent=1)
+    assert nginx.get().text == "version=v1 color=blue\n"

@@ -127,3 +127,37 @@ def test_a_version_built_again_says_so(caplog):
     assert "image app:v2 is left from a run that never went live: it is built again" in caplog.text
     record, _ = ReleaseStore(world.host, world.record_path).read()
     assert (record.live.version, record.previous.version) == ("v2", "v1")
+
+
+# -- a secret-looking build arg is named, once, never its value -----------------------------------
+
+@pytest.mark.parametrize("args,named", [
+    ({"NPM_TOKEN": "npm-abcdef123", "JAR": "build/libs/app.jar"}, "BUILD_ARGS NPM_TOKEN looks like a secret"),
+    ({"DB_PASSWORD": "pw-abcdef123", "GIT_CREDENTIALS": "cred-abcdef123", "BASE_IMAGE": "jre"},
+     "BUILD_ARGS DB_PASSWORD, GIT_CREDENTIALS look like secrets"),
+    ({"api_key": "key-abcdef123"}, "BUILD_ARGS api_key looks like a secret"),
+])
+def test_a_secret_looking_build_arg_is_warned_about_by_key(caplog, args, named):
+    caplog.set_level(logging.INFO, logger="pipeline")
+    build.warn_secret_build_args(args)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and named in warnings[0]
+    assert "`docker history`" in warnings[0] and "CONTAINER_ENV_FILE" in warnings[0]
+    for value in args.values():
+        assert value not in warnings[0]
+
+
+def test_plain_build_args_are_not_warned_about(caplog):
+    build.warn_secret_build_args({"BASE_IMAGE": "pipeline/jre:17", "JAR": "build/libs/app.jar"})
+    assert caplog.records == []
+
+
+def test_a_deploy_warns_once_about_a_secret_build_arg(caplog):
+    from dataclasses import replace
+
+    caplog.set_level(logging.INFO, logger="pipeline")
+    world = World()
+    world.settings = replace(world.settings, build_args={"NPM_TOKEN": "npm-abcdef123"})
+    assert world.step("deploy v1") == (0, "")
+    warnings = [r.getMessage() for r in caplog.records if "BUILD_ARGS" in r.getMessage()]
+    assert len(warnings) == 1 and "NPM_TOKEN" in warnings[0] and "npm-abcdef123" not in caplog.text
