@@ -26,7 +26,7 @@ from typing import Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 from . import build, decide, health, releases, smoke, verify
 from .decide import Address, ContainerFact
 from .errors import (ContainerExited, Interrupted, InterruptedAfterSwitch, NothingToDo, OutsideFailure,
-                     PipelineError, PreflightError, SwitchUnavailable)
+                     PipelineError, PreflightError, SettingsError, SwitchUnavailable)
 from .history import Entry, History
 from .lock import DeployLock, LockInfo, who_am_i
 from .nginx_host import NginxHost, check_writable
@@ -195,7 +195,7 @@ def preflight(ctx: Context, action: str) -> Iterator[Run]:
             ctx.engine.check_capacity()   # a swarm with fewer nodes up than REPLICAS: exit 3 here
             yield run
         except BaseException as exc:
-            if not isinstance(exc, NothingToDo):
+            if not isinstance(exc, (NothingToDo, SettingsError)):   # neither changed anything
                 result = getattr(exc, "history_result", None) or (
                     "interrupted" if isinstance(exc, Interrupted) else "failed")
                 history.append(Entry(_now(), who, s.app_name, action, s.app_version or "", "", result,
@@ -251,6 +251,17 @@ def record_store(ctx: Context) -> ReleaseStore:
 
 # -- steps -----------------------------------------------------------------------------------------
 
+def check_version_is_new(ctx: Context, facts: Facts, record: ReleaseRecord) -> None:
+    """A version on record (live, staged, a rollback target) is never built over: exit 2 here,
+    before anything is built or changed."""
+    version = ctx.settings.app_version or ""
+    images = ctx.engine.release_images()
+    build.check_new_version(version, record, facts.choice.live, facts.containers, images)
+    if ctx.settings.image_ref(version) in images:
+        log.info("    image %s is left from a run that never went live: it is built again",
+                 ctx.settings.image_ref(version))
+
+
 def build_release(ctx: Context, color: str) -> Release:
     """The build command, the image, the registry round trip: the release, not started yet."""
     s = ctx.settings
@@ -259,6 +270,7 @@ def build_release(ctx: Context, color: str) -> Release:
     if s.build_command:
         phase("building: %s", " ".join(s.build_command))
         build.run_build(s.build_command, ctx.cwd, ctx.environ)
+    build.warn_secret_build_args(s.build_args)
     phase("building image %s", image)
     ctx.engine.build_image(ctx.cwd, image, version)
     if s.registry:
@@ -502,6 +514,7 @@ def deploy(ctx: Context) -> Outcome:
         facts, record = facts_and_record(ctx)
         live, target = facts.choice.live, facts.choice.target
         log.info("    live: %s; deploying to %s (%s)", live or "none", target, facts.choice.reason)
+        check_version_is_new(ctx, facts, record)
         release = build_release(ctx, target)
         with abandoned_on_failure(ctx, target, facts, record):
             start(ctx, release)
@@ -526,6 +539,7 @@ def stage(ctx: Context) -> Outcome:
         facts, record = facts_and_record(ctx)
         live, target = facts.choice.live, facts.choice.target
         log.info("    live: %s; staging on %s (%s)", live or "none", target, facts.choice.reason)
+        check_version_is_new(ctx, facts, record)
         release = build_release(ctx, target)
         with abandoned_on_failure(ctx, target, facts, record):
             start(ctx, release)
