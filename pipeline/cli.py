@@ -61,13 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _seconds(text: str) -> float:
+    """--lock-wait: read as the duration settings are (ASCII digits, at most MAX_DURATION)."""
+    from .settings import MAX_DURATION, SettingsError, read_seconds
+
     try:
-        value = float(text)
-    except ValueError:
-        value = -1
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"--lock-wait={text}: must be a non-negative number of seconds")
-    return value
+        return read_seconds("--lock-wait", text)
+    except SettingsError:
+        raise argparse.ArgumentTypeError(f"--lock-wait={text}: must be a non-negative number of seconds "
+                                         f"in decimal digits, at most {MAX_DURATION:.15g}") from None
 
 
 def main(argv: Sequence[str], environ: Mapping[str, str], cwd: Optional[Path] = None,

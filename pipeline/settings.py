@@ -362,6 +362,11 @@ def _duration(positive: bool = False, maximum: float = MAX_DURATION) -> Reader:
     return read
 
 
+def read_seconds(name: str, raw: str, maximum: float = MAX_DURATION) -> float:
+    """A duration given outside the settings (a command-line flag), read the same way."""
+    return float(_duration(maximum=maximum)(name, raw, Path()))
+
+
 def _count(maximum: int) -> Reader:
     def read(name: str, raw: str, cwd: Path) -> int:
         value = _whole(raw)

@@ -370,3 +370,15 @@ def test_the_readme_states_every_bound():
     missing = [f"{name}: at most {limit:.15g}" for name, limit in SETTING_MAXIMUMS.items()
                if f"at most {limit:.15g}" not in rows[name]]
     assert missing == []
+
+
+@pytest.mark.parametrize("value", ["١", "inf", "nan", "1e10", "-1", "3601"])
+def test_lock_wait_is_read_as_the_duration_settings_are(tmp_path, capsys, value):
+    import io
+
+    from pipeline import cli
+
+    code = cli.main(["deploy", "--lock-wait", value], {}, tmp_path, io.StringIO())
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert f"--lock-wait={value}: must be a non-negative number of seconds" in err, err
