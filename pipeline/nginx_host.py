@@ -225,7 +225,9 @@ class SshHost:
 
     @classmethod
     def connect(cls, settings: Settings) -> "SshHost":
-        """Connect, then prove both channels the tool uses (SFTP, exec): preflight, exit 3."""
+        """Connect, then prove the SFTP channel: preflight, exit 3. That the host runs commands
+        is proven by a flow's first one, the route check in preflight (Prober.check_routes):
+        a session of its own here cost a saturated machine most of a second (issue 15)."""
         host = cls(_open_client(settings), _where(settings), settings)
         try:
             host.sftp
@@ -233,15 +235,6 @@ class SshHost:
             host.close()
             raise PreflightError(f"{exc}; the include, the lock and the history are written over SFTP: "
                                  f"is there a `Subsystem sftp` line in its sshd_config?") from exc
-        try:
-            result = host.run(["true"])
-        except NginxHostFailed as exc:
-            host.close()
-            raise PreflightError(str(exc)) from exc
-        if result.code != 0:
-            host.close()
-            raise PreflightError(f"nginx host {host.description} over SSH: running `true` exited with "
-                                 f"{result.code}: {' '.join(result.output.split())[:200]}")
         return host
 
     @property
@@ -522,3 +515,4 @@ def connect(settings: Settings) -> NginxHost:
     if settings.remote:
         return SshHost.connect(settings)
     return LocalHost()
+
