@@ -516,3 +516,40 @@ def connect(settings: Settings) -> NginxHost:
         return SshHost.connect(settings)
     return LocalHost()
 
+
+class Connecting:
+    """`connect(settings)` under way in a thread of its own, started before the rest of the tool
+    is imported (cli.py): over SSH the handshake, the login and the SFTP subsystem's start are
+    mostly the nginx host's work (sshd, the login shell), which then overlaps this process's
+    imports instead of following them. On a saturated machine that is most of a second of a
+    rollback (issue 15). `result()` gives the host, or raises what connecting raised, where
+    `connect` would have raised it; `close()` closes a host nobody took."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._host: Optional[NginxHost] = None
+        self._error: Optional[BaseException] = None
+        self._taken = False
+        self._thread = threading.Thread(target=self._connect, args=(settings,), name="connect-nginx-host",
+                                        daemon=True)
+        self._thread.start()
+
+    def _connect(self, settings: Settings) -> None:
+        try:
+            self._host = connect(settings)
+        except BaseException as exc:   # handed to the caller of result(), in the main thread
+            self._error = exc
+
+    def result(self) -> NginxHost:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._host is not None
+        self._taken = True
+        return self._host
+
+    def close(self) -> None:
+        if self._taken:
+            return
+        self._thread.join()
+        if self._host is not None:
+            self._host.close()
