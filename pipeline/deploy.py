@@ -118,9 +118,8 @@ def gather(ctx: Context, current: Optional[Callable[[str], Optional[Address]]] =
 def check_probe_routes(ctx: Context) -> None:
     """Before any probe: both colors' addresses (a swarm's: its nodes') are reached from where
     probes run (the nginx host's side) over a local interface, never through a gateway (exit 3
-    otherwise)."""
-    for ip in ctx.engine.probe_ips():
-        ctx.prober.check_route(ip)
+    otherwise). The first command the nginx host runs in a flow: one, for every address."""
+    ctx.prober.check_routes(ctx.engine.probe_ips())
 
 
 def health_url(s: Settings, color: str) -> str:
@@ -184,12 +183,14 @@ def preflight(ctx: Context, action: str) -> Iterator[Run]:
                 ctx.engine.check_registry()   # the login works (and answers) before anything is built
             if ctx.engine.network_exists():
                 check_probe_routes(ctx)
+            else:
+                ctx.prober.check_routes([])   # that the nginx host runs commands, before a network is made
             if ctx.engine.ensure_network():
                 log.info("    created docker network %s (%s, gateway %s)", s.deploy_network, s.deploy_subnet,
                          s.deploy_gateway)
                 try:
                     check_probe_routes(ctx)
-                except health.RouteRefused:
+                except PreflightError:   # no route, or the nginx host runs no commands
                     ctx.engine.remove_network()   # ours, just made, empty: nothing changed
                     raise
             ctx.engine.check_capacity()   # a swarm with fewer nodes up than REPLICAS: exit 3 here
