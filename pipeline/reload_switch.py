@@ -172,8 +172,8 @@ class ReloadSwitch:
     failure."""
 
     mode = "reload"
-    # route_to returns once nginx's new workers run and the old ones shut down; old workers
-    # finish the requests they hold meanwhile.
+    # route_to returns once nginx's new workers run and the old ones shut down (they take no new
+    # connection); a margin for the requests the old ones still hold, as before the check.
     settle_seconds = 0.3
 
     def __init__(self, host: NginxHost, settings: Settings) -> None:
