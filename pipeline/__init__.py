@@ -12,6 +12,11 @@ __version__ = "0.1.0"
 # that loads on its first attribute use (pipeline/_lazy.py). tests/unit/test_startup.py checks that
 # nothing uses it early.
 defer_import("paramiko")
+# paramiko.config imports invoke (0.05 s, with its vendored yaml and unittest.mock) for one thing
+# only: `Match exec` lines of an ssh_config, which our connections never read (the docker SDK's
+# ssh:// transport may: then invoke loads when paramiko first asks it for anything). Deferred, so
+# an SSH rollback does not pay for it (issue 15).
+defer_import("invoke")
 # requests imports charset_normalizer (0.04-0.1 s here) for guessing the encoding of an answer that
 # names none, which the docker engine's and the health endpoint's answers do not need; at import
 # it reads only the version.

@@ -1,4 +1,5 @@
-"""The build command (e.g. ./gradlew bootJar) and the release version."""
+"""The build command (e.g. ./gradlew bootJar), the release version, and what a build must not do:
+build over a release on record, or put secrets where the image keeps them."""
 from __future__ import annotations
 
 import logging
@@ -8,10 +9,12 @@ import subprocess
 from collections import deque
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Iterable, Mapping, Optional, Sequence
 
-from .errors import BuildFailed
-from .settings import without_secrets
+from .decide import ContainerFact
+from .errors import BuildFailed, SettingsError
+from .releases import ReleaseRecord, rollback_targets
+from .settings import is_secret_name, without_secrets
 
 log = logging.getLogger("pipeline")
 
@@ -51,3 +54,46 @@ def default_version(cwd: Path) -> str:
     except (OSError, subprocess.TimeoutExpired):
         pass
     return datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S")
+
+
+def reused_version(version: str, record: ReleaseRecord, live_color: Optional[str],
+                   containers: Mapping[str, ContainerFact], images: Iterable[str]) -> Optional[str]:
+    """Why `version` must not be built again, or None.
+
+    A release on record (live, staged, or one `rollback --to` can still go to: its container or
+    image kept) is only ever the image it was: building the same tag again would silently change
+    what the record, a rollback or a recreated container runs. A version that never went live
+    (a failed deploy, a run killed before the switch: nothing on record uses it) may be built
+    again: that is Jenkins re-running a job on the same commit after a failure.
+    """
+    shown = "set a new APP_VERSION (the default is HEAD's short git sha)"
+    if record.live is not None and record.live.version == version:
+        return f"already live on {record.live.color}; its image {record.live.image} is not built over: {shown}"
+    if record.staged is not None and record.staged.version == version:
+        return (f"staged on {record.staged.color}; its image {record.staged.image} is not built over: "
+                f"`promote` makes it live, or {shown}")
+    for release in rollback_targets(record, live_color, containers, images):
+        if release.version == version:
+            return (f"was live before and is kept for rollback; its image {release.image} is not built over: "
+                    f"`rollback --to {version}` makes it live again, or {shown}")
+    return None
+
+
+def check_new_version(version: str, record: ReleaseRecord, live_color: Optional[str],
+                      containers: Mapping[str, ContainerFact], images: Iterable[str]) -> None:
+    """Before anything is built: a version on record is refused (exit 2, nothing changed)."""
+    problem = reused_version(version, record, live_color, containers, images)
+    if problem is not None:
+        raise SettingsError("APP_VERSION", version, problem)
+
+
+def warn_secret_build_args(build_args: Mapping[str, str]) -> None:
+    """One warning naming every secret-looking BUILD_ARGS key (never a value): a build arg is
+    written into the image's history (`docker history`, as `|1 KEY=VALUE` on each RUN step
+    after its ARG) and goes to the registry with the image, whatever the log masks."""
+    keys = [key for key in build_args if is_secret_name(key)]
+    if keys:
+        looks = "look like secrets" if len(keys) > 1 else "looks like a secret"
+        log.warning("    BUILD_ARGS %s %s: build args are stored in the image (`docker history`) and pushed "
+                    "with it to the registry; give secrets to BUILD_COMMAND in its environment, or to the "
+                    "container in CONTAINER_ENV_FILE", ", ".join(keys), looks)

@@ -16,10 +16,9 @@ import traceback
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
-from . import compose, errors, log as logsetup
-from . import deploy as flows
+from . import errors, log as logsetup
 from .errors import PipelineError, UsageError
-from .history import format_table
+from .nginx_host import Connecting
 from .settings import Settings
 
 log = logging.getLogger("pipeline")
@@ -61,13 +60,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _seconds(text: str) -> float:
+    """--lock-wait: read as the duration settings are (ASCII digits, at most MAX_DURATION)."""
+    from .settings import MAX_DURATION, SettingsError, read_seconds
+
     try:
-        value = float(text)
-    except ValueError:
-        value = -1
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"--lock-wait={text}: must be a non-negative number of seconds")
-    return value
+        return read_seconds("--lock-wait", text)
+    except SettingsError:
+        raise argparse.ArgumentTypeError(f"--lock-wait={text}: must be a non-negative number of seconds "
+                                         f"in decimal digits, at most {MAX_DURATION:.15g}") from None
 
 
 def main(argv: Sequence[str], environ: Mapping[str, str], cwd: Optional[Path] = None,
@@ -102,11 +102,21 @@ def main(argv: Sequence[str], environ: Mapping[str, str], cwd: Optional[Path] = 
 
 def _run(args: argparse.Namespace, settings: Settings, environ: Mapping[str, str], cwd: Path, stdout,
          started: float) -> int:
+    # The nginx host first, in a thread: over SSH its handshake and login run on the nginx host's
+    # side while the rest of the tool (the docker SDK, requests, the flows) is imported here.
+    # Only then: `--help` and bad input never load any of it (issue 15).
+    connecting = Connecting(settings)
+    try:
+        from . import compose
+        from . import deploy as flows
+    except BaseException:
+        connecting.close()
+        raise
     if args.command == "lock":
-        with compose.nginx_host(settings) as host:
+        with compose.nginx_host(settings, connecting) as host:
             stdout.write(flows.lock_command(host, settings, args.lock_command) + "\n")
             return errors.EXIT_OK
-    with compose.context(settings, environ, cwd, getattr(args, "lock_wait", 0.0), started) as ctx:
+    with compose.context(settings, environ, cwd, getattr(args, "lock_wait", 0.0), started, connecting) as ctx:
         if args.command == "status":
             _print_status(flows.status(ctx), args.json, stdout)
         elif args.command == "history":
@@ -121,6 +131,8 @@ def _run(args: argparse.Namespace, settings: Settings, environ: Mapping[str, str
 
 
 def _print_history(entries: list, as_json: bool, stdout) -> None:
+    from .history import format_table
+
     if as_json:
         stdout.write(json.dumps(entries, indent=2) + "\n")   # one write: the masking sees it whole
     else:

@@ -15,7 +15,7 @@ from typing import Iterator, Mapping, Optional
 from .deploy import Context
 from .engine import Engine
 from .live_switch import LiveSwitch
-from .nginx_host import NginxHost, connect
+from .nginx_host import Connecting, NginxHost, connect
 from .reload_switch import ReloadSwitch
 from .settings import Settings
 from .switch import TrafficSwitch
@@ -39,8 +39,9 @@ def make_target(settings: Settings, environ: Mapping[str, str]) -> Target:
 
 
 @contextmanager
-def nginx_host(settings: Settings) -> Iterator[NginxHost]:
-    host = connect(settings)
+def nginx_host(settings: Settings, connecting: Optional[Connecting] = None) -> Iterator[NginxHost]:
+    """The nginx host, connected (or, `connecting`, the connection cli.py started early)."""
+    host = connecting.result() if connecting is not None else connect(settings)
     try:
         yield host
     finally:
@@ -49,9 +50,9 @@ def nginx_host(settings: Settings) -> Iterator[NginxHost]:
 
 @contextmanager
 def context(settings: Settings, environ: Mapping[str, str], cwd: Path, lock_wait: float = 0.0,
-            started: Optional[float] = None) -> Iterator[Context]:
+            started: Optional[float] = None, connecting: Optional[Connecting] = None) -> Iterator[Context]:
     """Every part a flow works with, connected; closed again on the way out."""
-    with nginx_host(settings) as host:
+    with nginx_host(settings, connecting) as host:
         engine = make_target(settings, environ)
         ctx = Context(settings, engine, host, make_switch(host, settings), cwd, environ, lock_wait=lock_wait,
                       started=time.monotonic() if started is None else started)

@@ -216,9 +216,9 @@ def may_serve(include_color: Optional[str], include_loaded: bool, running: froze
     """The colors whose running container nginx may be sending traffic to.
 
     Reload mode: the include is what nginx serves only once a reload was seen to load it (the
-    switch writes a copy of it beside it when the reload has replaced nginx's workers, and removes
-    that copy before every reload). Until then nginx serves what it loaded last, which may be
-    anything an older include named: any running color.
+    switch writes a copy of it beside it when the reload has replaced nginx's workers, and moves
+    that copy aside before every reload). Until then nginx serves what it loaded last, which may
+    be anything an older include named: any running color.
     """
     named = frozenset({include_color}) & running if include_color in COLORS else frozenset()
     return named if include_loaded else frozenset(running)

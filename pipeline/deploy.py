@@ -27,7 +27,8 @@ from typing import Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 from . import build, decide, health, releases, smoke, verify
 from .decide import Address, ContainerFact
 from .errors import (ContainerExited, DeployFailed, IncludeNotLoaded, Interrupted, InterruptedAfterSwitch,
-                     NothingToDo, OutsideFailure, PipelineError, PreflightError, SwitchIncomplete, SwitchUnavailable)
+                     NothingToDo, OutsideFailure, PipelineError, PreflightError, SettingsError, SwitchIncomplete,
+                     SwitchUnavailable)
 from .history import Entry, History
 from .lock import DeployLock, LockInfo, who_am_i
 from .nginx_host import NginxHost, check_writable
@@ -120,9 +121,8 @@ def gather(ctx: Context, current: Optional[Callable[[str], Optional[decide.Targe
 def check_probe_routes(ctx: Context) -> None:
     """Before any probe: both colors' addresses (a swarm's: its nodes') are reached from where
     probes run (the nginx host's side) over a local interface, never through a gateway (exit 3
-    otherwise)."""
-    for ip in ctx.engine.probe_ips():
-        ctx.prober.check_route(ip)
+    otherwise). The first command the nginx host runs in a flow: one, for every address."""
+    ctx.prober.check_routes(ctx.engine.probe_ips())
 
 
 def health_url(s: Settings, color: str) -> str:
@@ -188,18 +188,20 @@ def preflight(ctx: Context, action: str) -> Iterator[Run]:
                 ctx.engine.check_registry()   # the login works (and answers) before anything is built
             if ctx.engine.network_exists():
                 check_probe_routes(ctx)
+            else:
+                ctx.prober.check_routes([])   # that the nginx host runs commands, before a network is made
             if ctx.engine.ensure_network():
                 log.info("    created docker network %s (%s, gateway %s)", s.deploy_network, s.deploy_subnet,
                          s.deploy_gateway)
                 try:
                     check_probe_routes(ctx)
-                except health.RouteRefused:
+                except PreflightError:   # no route, or the nginx host runs no commands
                     ctx.engine.remove_network()   # ours, just made, empty: nothing changed
                     raise
             ctx.engine.check_capacity()   # a swarm with fewer nodes up than REPLICAS: exit 3 here
             yield run
         except BaseException as exc:
-            if not isinstance(exc, NothingToDo):
+            if not isinstance(exc, (NothingToDo, SettingsError)):   # neither changed anything
                 result = getattr(exc, "history_result", None) or (
                     "interrupted" if isinstance(exc, Interrupted) else "failed")
                 history.append(Entry(_now(), who, s.app_name, action, s.app_version or "", "", result,
@@ -296,6 +298,17 @@ def record_store(ctx: Context) -> ReleaseStore:
 
 # -- steps -----------------------------------------------------------------------------------------
 
+def check_version_is_new(ctx: Context, facts: Facts, record: ReleaseRecord) -> None:
+    """A version on record (live, staged, a rollback target) is never built over: exit 2 here,
+    before anything is built or changed."""
+    version = ctx.settings.app_version or ""
+    images = ctx.engine.release_images()
+    build.check_new_version(version, record, facts.choice.live, facts.containers, images)
+    if ctx.settings.image_ref(version) in images:
+        log.info("    image %s is left from a run that never went live: it is built again",
+                 ctx.settings.image_ref(version))
+
+
 def build_release(ctx: Context, color: str) -> Release:
     """The build command, the image, the registry round trip: the release, not started yet."""
     s = ctx.settings
@@ -304,6 +317,7 @@ def build_release(ctx: Context, color: str) -> Release:
     if s.build_command:
         phase("building: %s", " ".join(s.build_command))
         build.run_build(s.build_command, ctx.cwd, ctx.environ)
+    build.warn_secret_build_args(s.build_args)
     phase("building image %s", image)
     ctx.engine.build_image(ctx.cwd, image, version)
     if s.registry:
@@ -551,6 +565,7 @@ def deploy(ctx: Context) -> Outcome:
         facts, record = facts_and_record(ctx)
         live, target = facts.choice.live, facts.choice.target
         log.info("    live: %s; deploying to %s (%s)", live or "none", target, facts.choice.reason)
+        check_version_is_new(ctx, facts, record)
         release = build_release(ctx, target)
         with abandoned_on_failure(ctx, target, facts, record):
             start(ctx, release)
@@ -575,6 +590,7 @@ def stage(ctx: Context) -> Outcome:
         facts, record = facts_and_record(ctx)
         live, target = facts.choice.live, facts.choice.target
         log.info("    live: %s; staging on %s (%s)", live or "none", target, facts.choice.reason)
+        check_version_is_new(ctx, facts, record)
         release = build_release(ctx, target)
         with abandoned_on_failure(ctx, target, facts, record):
             start(ctx, release)

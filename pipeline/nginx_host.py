@@ -222,10 +222,13 @@ class SshHost:
         self.timeout = settings.network_timeout if settings is not None else COMMAND_TIMEOUT
         self._sftp: Optional[paramiko.SFTPClient] = None
         self._unreachable: Optional[NginxHostFailed] = None
+        self._spare: Optional[_SpareSession] = None
 
     @classmethod
     def connect(cls, settings: Settings) -> "SshHost":
-        """Connect, then prove both channels the tool uses (SFTP, exec): preflight, exit 3."""
+        """Connect, then prove the SFTP channel: preflight, exit 3. That the host runs commands
+        is proven by a flow's first one, the route check in preflight (Prober.check_routes):
+        a session of its own here cost a saturated machine most of a second (issue 15)."""
         host = cls(_open_client(settings), _where(settings), settings)
         try:
             host.sftp
@@ -233,15 +236,7 @@ class SshHost:
             host.close()
             raise PreflightError(f"{exc}; the include, the lock and the history are written over SFTP: "
                                  f"is there a `Subsystem sftp` line in its sshd_config?") from exc
-        try:
-            result = host.run(["true"])
-        except NginxHostFailed as exc:
-            host.close()
-            raise PreflightError(str(exc)) from exc
-        if result.code != 0:
-            host.close()
-            raise PreflightError(f"nginx host {host.description} over SSH: running `true` exited with "
-                                 f"{result.code}: {' '.join(result.output.split())[:200]}")
+        host._start_spare()
         return host
 
     @property
@@ -276,13 +271,26 @@ class SshHost:
         return transport
 
     def _drop(self) -> None:
+        spare, self._spare = self._spare, None
         try:
+            if spare is not None:
+                spare.close()
             if self._sftp is not None:
                 self._sftp.close()
             self.client.close()
         except ssh_errors():
             pass   # already broken: nothing left to close cleanly
         self._sftp = None
+
+    def _start_spare(self) -> None:
+        """Start the next command's session now, in the background (see `run`)."""
+        transport = self.client.get_transport()
+        if self._spare is None and transport is not None and transport.is_active():
+            self._spare = _SpareSession(transport, self.timeout)
+
+    def _take_spare(self, transport: "paramiko.Transport") -> "Optional[paramiko.Channel]":
+        spare, self._spare = self._spare, None
+        return spare.take(transport) if spare is not None else None
 
     @property
     def sftp(self) -> paramiko.SFTPClient:
@@ -361,21 +369,37 @@ class SshHost:
 
     def run(self, argv: Sequence[str]) -> CommandResult:
         """Run a command; its exit code comes back in the result. A broken session, or no answer
-        within NETWORK_TIMEOUT, raises NginxHostFailed: then nobody knows what the command did."""
+        within NETWORK_TIMEOUT, raises NginxHostFailed: then nobody knows what the command did.
+
+        Every session starts the SSH user's login shell on the nginx host, whose start-up
+        (.bashrc: 0.15 s of CPU where it runs `pyenv init`) a saturated machine stretches to most
+        of a second (issue 15). So the session for the next command is started ahead, in the
+        background, right after the connection and after each command: its shell starts while
+        this process does other work, then waits in `sh -s` for the command line, which `run`
+        sends (and then EOF). A spare that is no longer usable is dropped for a new session."""
         command = shlex.join(argv)
         transport = self._transport()
         try:
             with _file_call(self.ssh_part, f"running `{_short(command)}`", self.timeout):
-                channel = transport.open_session(timeout=self.timeout)
+                channel = self._take_spare(transport)
+                started = channel is not None
+                if channel is None:
+                    channel = transport.open_session(timeout=self.timeout)
                 try:
-                    channel.set_combine_stderr(True)
-                    channel.settimeout(self.timeout)
+                    if not started:
+                        channel.set_combine_stderr(True)
+                        channel.settimeout(self.timeout)
                     with _deadline(transport, self.timeout):
-                        channel.exec_command(command)
+                        if started:
+                            channel.sendall(command.encode() + b"\n")
+                            channel.shutdown_write()
+                        else:
+                            channel.exec_command(command)
                         output = channel.makefile("rb").read().decode("utf-8", "replace")
                         code = channel.recv_exit_status()
                 finally:
                     channel.close()
+            self._start_spare()
             if code == -1:
                 # No exit status: the session was cut (its sshd killed, the connection lost).
                 raise NginxHostFailed(self.ssh_part, f"running `{_short(command)}`",
@@ -424,6 +448,50 @@ class SshHost:
 
     def close(self) -> None:
         self._drop()
+
+
+class _SpareSession:
+    """An SSH session opened in a thread of its own, running `exec sh -s`: once its login shell has
+    started, it waits for a command line on stdin (SshHost.run)."""
+
+    COMMAND = "exec sh -s"
+
+    def __init__(self, transport: "paramiko.Transport", timeout: float) -> None:
+        self.transport = transport
+        self.timeout = timeout
+        self.channel: Optional["paramiko.Channel"] = None
+        self._thread = threading.Thread(target=self._open, name="ssh-spare-session", daemon=True)
+        self._thread.start()
+
+    def _open(self) -> None:
+        channel = None
+        try:
+            channel = self.transport.open_session(timeout=self.timeout)
+            channel.set_combine_stderr(True)
+            channel.settimeout(self.timeout)
+            channel.exec_command(self.COMMAND)
+            self.channel = channel
+        except ssh_errors() as exc:   # no spare then: the command opens its own session, as it would
+            log.debug("    no spare SSH session: %s", exc)
+            if channel is not None:
+                channel.close()
+
+    def take(self, transport: "paramiko.Transport") -> "Optional[paramiko.Channel]":
+        """The session, if it is still waiting on this (live) connection; else None."""
+        self._thread.join(self.timeout + 1)
+        channel = self.channel
+        if channel is None or self._thread.is_alive():
+            return None
+        if transport is not self.transport or not transport.is_active() or channel.closed \
+                or channel.exit_status_ready():
+            channel.close()
+            return None
+        return channel
+
+    def close(self) -> None:
+        self._thread.join(self.timeout + 1)
+        if self.channel is not None:
+            self.channel.close()
 
 
 def check_writable(host: NginxHost, settings: Settings) -> None:
@@ -522,3 +590,41 @@ def connect(settings: Settings) -> NginxHost:
     if settings.remote:
         return SshHost.connect(settings)
     return LocalHost()
+
+
+class Connecting:
+    """`connect(settings)` under way in a thread of its own, started before the rest of the tool
+    is imported (cli.py): over SSH the handshake, the login and the SFTP subsystem's start are
+    mostly the nginx host's work (sshd, the login shell), which then overlaps this process's
+    imports instead of following them. On a saturated machine that is most of a second of a
+    rollback (issue 15). `result()` gives the host, or raises what connecting raised, where
+    `connect` would have raised it; `close()` closes a host nobody took."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._host: Optional[NginxHost] = None
+        self._error: Optional[BaseException] = None
+        self._taken = False
+        self._thread = threading.Thread(target=self._connect, args=(settings,), name="connect-nginx-host",
+                                        daemon=True)
+        self._thread.start()
+
+    def _connect(self, settings: Settings) -> None:
+        try:
+            self._host = connect(settings)
+        except BaseException as exc:   # handed to the caller of result(), in the main thread
+            self._error = exc
+
+    def result(self) -> NginxHost:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._host is not None
+        self._taken = True
+        return self._host
+
+    def close(self) -> None:
+        if self._taken:
+            return
+        self._thread.join()
+        if self._host is not None:
+            self._host.close()

@@ -39,7 +39,7 @@ import os
 import re
 import shlex
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 from .decide import Address, Targets, as_targets, parse_include, parse_include_all, shown
 from .errors import (DeployFailed, IncludeNotLoaded, NginxHostFailed, PipelineError, PreflightError,
@@ -172,8 +172,8 @@ class ReloadSwitch:
     failure."""
 
     mode = "reload"
-    # route_to returns once nginx's new workers run and the old ones shut down; old workers
-    # finish the requests they hold meanwhile.
+    # route_to returns once nginx's new workers run and the old ones shut down (they take no new
+    # connection); a margin for the requests the old ones still hold, as before the check.
     settle_seconds = 0.3
 
     def __init__(self, host: NginxHost, settings: Settings) -> None:
@@ -231,8 +231,9 @@ class ReloadSwitch:
         except NginxHostFailed as exc:
             # Cut off mid-way: the include may be either, and nginx may have reloaded. The old
             # include and a reload seen to apply bring back what nginx served before.
-            self._put_back(route, before, address, exc, reload=True)
-            raise DeployFailed(f"{exc}; put the old {route} include back and reloaded nginx") from exc
+            failed = self._named(exc, self.settings.nginx_test_command, self.settings.nginx_reload_command)
+            self._put_back(route, before, address, failed, reload=True)
+            raise DeployFailed(f"{failed}; put the old {route} include back and reloaded nginx") from exc
         test = results[0]
         if test.code != 0:
             failure = RemoteCommandFailed(test.command, test.code, tail(test.output),
@@ -259,7 +260,17 @@ class ReloadSwitch:
     def _reload(self, route: str) -> Reload:
         """The reload command alone, seen to apply or not (after putting an include back)."""
         token = f"__pipeline_reload_{os.urandom(8).hex()}"
-        return Reload.parse(self.host.run(self._reload_step(route, token)), token)
+        try:
+            return Reload.parse(self.host.run(self._reload_step(route, token)), token)
+        except NginxHostFailed as exc:
+            raise self._named(exc, self.settings.nginx_reload_command) from exc
+
+    @staticmethod
+    def _named(exc: NginxHostFailed, *commands: Sequence[str]) -> NginxHostFailed:
+        """The failure, naming the commands as configured rather than the check around the reload
+        (a script of many lines, which would break the one-line message)."""
+        ran = " then ".join(f"`{_short(shlex.join(argv))}`" for argv in commands)
+        return NginxHostFailed(exc.part, f"running {ran}", exc.cause)
 
     def _failure(self, route: str, reload: Reload) -> PipelineError:
         s = self.settings
@@ -318,6 +329,10 @@ class ReloadSwitch:
         """What each include names, read from the files (whether nginx loaded it: `current`)."""
         return {route: _text(parse_include(self.includes.read(route)))
                 for route in (LIVE, PREVIEW) if self.includes.path(route)}
+
+
+def _short(command: str, limit: int = 120) -> str:
+    return command if len(command) <= limit else command[:limit - 3] + "..."
 
 
 def _text(address: Optional[Address]) -> Optional[str]:

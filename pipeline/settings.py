@@ -6,7 +6,6 @@ variable and the value it got, so a bad value is a one-line error before anythin
 from __future__ import annotations
 
 import ipaddress
-import math
 import re
 import shlex
 from dataclasses import dataclass, field, fields
@@ -61,8 +60,9 @@ class Secret:
         return hash(self._value)
 
 
-# A BUILD_ARGS or container env entry whose key holds one of these is a secret: masked everywhere.
-SECRET_KEY_WORDS = ("TOKEN", "SECRET", "PASSWORD", "KEY")
+# A BUILD_ARGS or container env entry whose key holds one of these is a secret: masked everywhere
+# (and, in BUILD_ARGS, warned about: the image keeps build args, see build.warn_secret_build_args).
+SECRET_KEY_WORDS = ("TOKEN", "SECRET", "PASSWORD", "PASSWD", "KEY", "CREDENTIAL")
 # Settings that no child process (build, git, nginx test/reload) gets in its environment.
 SECRET_SETTINGS = frozenset({"REGISTRY_PASSWORD"})
 
@@ -323,37 +323,65 @@ def _choice(options: Tuple[str, ...]) -> Reader:
     return read
 
 
+# Numbers are written the one way an operator reads them back: ASCII digits, an optional decimal
+# point. Python's int() and float() take much more ('²'.isdigit(), int('٨٠٨٠') == 8080,
+# float('1e10'), float('1_000'), 'nan', 'inf'), none of which belongs in a deploy setting.
+_WHOLE_RE = re.compile(r"^[0-9]{1,12}$")
+_DECIMAL_RE = re.compile(r"^(?:[0-9]{1,12}(?:\.[0-9]{0,9})?|\.[0-9]{1,9})$")
+# The longest wait any duration setting may ask for unless it says otherwise: generous for any
+# start-up, drain or verification window, and far from where a sleep or a socket timeout
+# overflows (time_t: OverflowError beyond ~9.2e9 s; DRAIN_SECONDS=1e10 used to crash after the switch).
+MAX_DURATION = 3600.0
+
+
+def _whole(raw: str) -> Optional[int]:
+    """ASCII digits as an int, else None."""
+    return int(raw) if _WHOLE_RE.match(raw) else None
+
+
+def _decimal(raw: str) -> Optional[float]:
+    """ASCII digits with an optional decimal point as a float, else None (no sign, exponent,
+    underscore, nan or inf)."""
+    return float(raw) if _DECIMAL_RE.match(raw) else None
+
+
 def _port(name: str, raw: str, cwd: Path) -> int:
-    if not raw.isdigit() or not 1 <= int(raw) <= 65535:
+    value = _whole(raw)
+    if value is None or not 1 <= value <= 65535:
         raise SettingsError(name, raw, "must be a port number from 1 to 65535")
-    return int(raw)
+    return value
 
 
-def _duration(positive: bool = False) -> Reader:
+def _duration(positive: bool = False, maximum: float = MAX_DURATION) -> Reader:
+    """Seconds, in plain decimal digits, from 0 (above 0 if `positive`) to `maximum`."""
     def read(name: str, raw: str, cwd: Path) -> float:
-        try:
-            value = float(raw)
-        except ValueError:
-            value = math.nan
-        if math.isnan(value) or math.isinf(value) or value < 0 or (positive and value == 0):
+        value = _decimal(raw)
+        if value is None or value > maximum or (positive and value == 0):
             kind = "a positive number of seconds" if positive else "a non-negative number of seconds"
-            raise SettingsError(name, raw, f"must be {kind}")
+            raise SettingsError(name, raw, f"must be {kind} in decimal digits (e.g. 2.5), at most {maximum:.15g}")
         return value
+    read.maximum = maximum   # type: ignore[attr-defined]   # SETTING_MAXIMUMS, for the README's table
     return read
 
 
-def _count(name: str, raw: str, cwd: Path) -> int:
-    if not raw.isdigit() or int(raw) < 1:
-        raise SettingsError(name, raw, "must be a whole number of at least 1")
-    return int(raw)
+def read_seconds(name: str, raw: str, maximum: float = MAX_DURATION) -> float:
+    """A duration given outside the settings (a command-line flag), read the same way."""
+    return float(_duration(maximum=maximum)(name, raw, Path()))
+
+
+def _count(maximum: int) -> Reader:
+    def read(name: str, raw: str, cwd: Path) -> int:
+        value = _whole(raw)
+        if value is None or not 1 <= value <= maximum:
+            raise SettingsError(name, raw, f"must be a whole number of at least 1, at most {maximum}")
+        return value
+    read.maximum = maximum   # type: ignore[attr-defined]
+    return read
 
 
 def _fraction(name: str, raw: str, cwd: Path) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        value = math.nan
-    if not 0 <= value <= 1:   # also refuses nan
+    value = _decimal(raw)
+    if value is None or not 0 <= value <= 1:
         raise SettingsError(name, raw, "must be a fraction from 0 to 1, e.g. 0.01 for 1%")
     return value
 
@@ -448,7 +476,23 @@ def _volumes(name: str, raw: str, cwd: Path) -> Tuple[str, ...]:
     return volumes
 
 
+def _masked_url(raw: str) -> str:
+    """A URL as shown in an error: whatever stands before its last '@' (user, password, token)
+    replaced by ***. Found by text, not by urlsplit: a password holding '/' or '#' moves
+    urlsplit's idea of where the host starts."""
+    scheme, sep, rest = raw.partition("://")
+    if not sep:
+        scheme, rest = "", raw
+    if "@" not in rest:
+        return raw
+    return f"{scheme}{sep}***@{rest.rpartition('@')[2]}"
+
+
 def _admin_url(name: str, raw: str, cwd: Path) -> str:
+    shown = _masked_url(raw)
+    if shown != raw:
+        raise SettingsError(name, shown, "must not hold credentials (user:password@): the admin token is "
+                                         "read from NGINX_ADMIN_TOKEN_FILE on the nginx host")
     parts = urlsplit(raw)
     if parts.scheme != "http" or not parts.hostname or parts.path not in ("", "/"):
         raise SettingsError(name, raw, "must look like http://127.0.0.1:8091")
@@ -457,6 +501,14 @@ def _admin_url(name: str, raw: str, cwd: Path) -> str:
     except ValueError:
         raise SettingsError(name, raw, "has a bad port") from None
     return raw.rstrip("/")
+
+
+def _registry(name: str, raw: str, cwd: Path) -> str:
+    if raw and not _REGISTRY_RE.match(raw):
+        shown = _masked_url(raw)   # a password written into the address is not echoed
+        hint = " (the login goes in REGISTRY_USERNAME and REGISTRY_PASSWORD)" if shown != raw else ""
+        raise SettingsError(name, shown, "not a registry address like host:5000" + hint)
+    return raw
 
 
 def _health_path(name: str, raw: str, cwd: Path) -> str:
@@ -483,7 +535,7 @@ _READERS: Dict[str, Tuple[str, Reader]] = {
     "GREEN_IP": ("green_ip", _ip),
     "APP_PORT": ("app_port", _port),
     "HEALTH_PATH": ("health_path", _health_path),
-    "HEALTH_INTERVAL": ("health_interval", _duration(positive=True)),
+    "HEALTH_INTERVAL": ("health_interval", _duration(positive=True, maximum=600)),
     "HEALTH_TIMEOUT": ("health_timeout", _duration()),
     "NGINX_HOST": ("nginx_host", _text(re.compile(r"^[A-Za-z0-9.:-]+$"), "not a host name or address")),
     "NGINX_SSH_USER": ("nginx_ssh_user", _text(re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$"), "not a user name", allow_empty=False)),
@@ -504,20 +556,20 @@ _READERS: Dict[str, Tuple[str, Reader]] = {
     "STOP_TIMEOUT": ("stop_timeout", _duration()),
     "VERIFY_SECONDS": ("verify_seconds", _duration()),
     "VERIFY_MAX_ERROR_RATE": ("verify_max_error_rate", _fraction),
-    "VERIFY_MIN_REQUESTS": ("verify_min_requests", _count),
+    "VERIFY_MIN_REQUESTS": ("verify_min_requests", _count(maximum=1_000_000)),
     "NGINX_ACCESS_LOG": ("nginx_access_log", _remote_path(optional=False)),
     "SMOKE_COMMAND": ("smoke_command", _text()),
     "KEEP_PREVIOUS_RUNNING": ("keep_previous_running", _flag),
-    "REGISTRY": ("registry", _text(_REGISTRY_RE, "not a registry address like host:5000")),
+    "REGISTRY": ("registry", _registry),
     "REGISTRY_USERNAME": ("registry_username", _text()),
     "REGISTRY_PASSWORD": ("registry_password", _secret),
     "CONTAINER_ENV_FILE": ("container_env_file", _local_path(must_exist=True)),
     "CONTAINER_VOLUMES": ("container_volumes", _volumes),
-    "KEEP_RELEASES": ("keep_releases", _count),
+    "KEEP_RELEASES": ("keep_releases", _count(maximum=1000)),
     "DOCKER_HOST": ("docker_host", _text()),
-    "NETWORK_TIMEOUT": ("network_timeout", _duration(positive=True)),
+    "NETWORK_TIMEOUT": ("network_timeout", _duration(positive=True, maximum=600)),
     "TARGET": ("target", _choice(TARGETS)),
-    "REPLICAS": ("replicas", _count),
+    "REPLICAS": ("replicas", _count(maximum=1000)),
     "BLUE_PORT": ("blue_port", _port),
     "GREEN_PORT": ("green_port", _port),
 }
@@ -525,3 +577,6 @@ _READERS: Dict[str, Tuple[str, Reader]] = {
 SETTING_NAMES = tuple(_READERS)
 # Each setting's Settings field, e.g. for checking the README's defaults against the reader's.
 SETTING_FIELDS = {name: attr for name, (attr, _) in _READERS.items()}
+# The largest value each bounded setting takes (durations, counts): the README's table says each.
+SETTING_MAXIMUMS = {name: reader.maximum for name, (_, reader) in _READERS.items()   # type: ignore[attr-defined]
+                    if hasattr(reader, "maximum")}

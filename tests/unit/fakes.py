@@ -184,6 +184,9 @@ class FakeProber(Strict):
     def check_route(self, ip: str) -> None:
         pass
 
+    def check_routes(self, ips: List[str]) -> None:
+        pass
+
 
 class World:
     """One app on the fakes, driven by the same steps a user types."""

@@ -88,7 +88,7 @@ from pathlib import Path  # noqa: E402
 import paramiko  # noqa: E402
 
 from pipeline import deploy as flows  # noqa: E402
-from pipeline.errors import EXIT_PREFLIGHT  # noqa: E402
+from pipeline.errors import EXIT_PREFLIGHT, NginxHostFailed, PreflightError  # noqa: E402
 from pipeline.health import (ChannelTransport, LocalTransport, NotHealthyYet, Prober,  # noqa: E402
                              RouteRefused, probe, route_answer, route_problem)
 from pipeline.nginx_host import CommandResult  # noqa: E402
@@ -143,10 +143,29 @@ class RouteHost:
     """The nginx host as the route check sees it: `ip -4 route get IP` answers and which
     interfaces are bridges (/sys/class/net/DEV/bridge). Any other call fails."""
 
-    def __init__(self, routes, bridges=()):
+    description = "root@nginx-host:22"
+
+    def __init__(self, routes, bridges=(), runs_commands=True):
         self.run = StrictRunner(routes)
         self.bridges = set(bridges)
         self.read = []
+        self.batches = []   # the commands of each run_steps call: one session each over SSH
+        self.runs_commands = runs_commands
+
+    def run_steps(self, steps):
+        """As NginxHost.run_steps: in order, until one fails; `true` as a host that runs commands
+        (or, `runs_commands=False`, an SFTP-only account's) answers it."""
+        self.batches.append([list(argv) for argv in steps])
+        results = []
+        for argv in steps:
+            if list(argv) == ["true"]:
+                results.append(CommandResult(argv, 0 if self.runs_commands else 1,
+                                             "" if self.runs_commands else "This service allows sftp connections only."))
+            else:
+                results.append(self.run(argv))
+            if results[-1].code != 0:
+                break
+        return results
 
     def read_text(self, path):
         match = re.fullmatch(r"/sys/class/net/([^/]+)/bridge/bridge_id", path)
@@ -305,7 +324,8 @@ def test_a_deploy_whose_new_network_is_not_a_local_bridge_removes_it_and_changes
     engine = Strict(network_exists=False, ensure_network=True, remove_network=None,
                     probe_ips=["172.29.5.2", "172.29.5.3"])
     switch = Strict(check=None)
-    host = RouteHost({"172.29.5.2": (0, "172.29.5.2 via 192.0.2.1 dev eth0 src 192.0.2.2 uid 0\n")})
+    host = RouteHost({"172.29.5.2": (0, "172.29.5.2 via 192.0.2.1 dev eth0 src 192.0.2.2 uid 0\n"),
+                      "172.29.5.3": (0, "172.29.5.3 via 192.0.2.1 dev eth0 src 192.0.2.2 uid 0\n")})
     prober = Prober(StrictTransport(), host)
     files = FakeHost()   # the lock and the history; the include stays untouched
     ctx = flows.Context(settings, engine, files, switch, Path(tmp_path), {}, prober=prober)
@@ -314,6 +334,46 @@ def test_a_deploy_whose_new_network_is_not_a_local_bridge_removes_it_and_changes
     assert str(settings.nginx_include) not in files.files and str(settings.releases_path()) not in files.files
     assert engine.calls == ["network_exists", "ensure_network", "probe_ips", "remove_network"]
     assert switch.calls == ["check"]
+
+
+def test_the_routes_of_every_address_are_asked_in_one_command_after_true_and_each_bridge_read_once():
+    # Over SSH each command is a session of its own (the login shell starts for each): issue 15.
+    other = "172.29.5.3 dev br-4e82f078a87e src 172.29.5.1 uid 0 \n    cache \n"
+    host = RouteHost({"172.29.5.2": (0, BRIDGE), "172.29.5.3": (0, other)}, bridges={"br-4e82f078a87e"})
+    prober = Prober(StrictTransport(), host)
+    prober.check_routes(["172.29.5.2", "172.29.5.3"])
+    assert host.batches == [[["true"], ["ip", "-4", "route", "get", "172.29.5.2"],
+                             ["ip", "-4", "route", "get", "172.29.5.3"]]]
+    assert host.read == ["br-4e82f078a87e"]   # one device, read once
+    prober.check_routes(["172.29.5.2", "172.29.5.3"])   # known now: nothing asked again
+    prober.check_route("172.29.5.3")
+    assert len(host.batches) == 1 and host.run.calls == ["172.29.5.2", "172.29.5.3"]
+
+
+def test_the_first_address_refused_ends_the_check_and_later_ones_are_not_asked():
+    host = RouteHost({"172.29.5.2": (2, "RTNETLINK answers: Network is unreachable\n")})
+    with pytest.raises(RouteRefused, match="not probing 172.29.5.2: .* has no route to it"):
+        Prober(StrictTransport(), host).check_routes(["172.29.5.2", "172.29.5.3"])
+    assert host.run.calls == ["172.29.5.2"]
+
+
+def test_a_nginx_host_that_runs_no_commands_is_a_preflight_error_at_the_route_check():
+    host = RouteHost({}, runs_commands=False)
+    with pytest.raises(PreflightError) as caught:
+        Prober(StrictTransport(), host).check_routes(["172.29.5.2"])
+    assert not isinstance(caught.value, RouteRefused) and caught.value.exit_code == EXIT_PREFLIGHT
+    assert str(caught.value) == ("nginx host root@nginx-host:22 over SSH: running `true` exited with 1: "
+                                 "This service allows sftp connections only.")
+    assert host.run.calls == []
+
+
+def test_a_session_that_fails_at_the_route_check_is_a_preflight_error_naming_the_commands():
+    class Broken(RouteHost):
+        def run_steps(self, steps):
+            raise NginxHostFailed("nginx host root@nginx-host:22 over SSH", "running `true` then `ip ...`",
+                                  "no answer within 3s (NETWORK_TIMEOUT)")
+    with pytest.raises(PreflightError, match=r"^nginx host root@nginx-host:22 over SSH: running `true` then"):
+        Prober(StrictTransport(), Broken({})).check_routes(["172.29.5.2"])
 
 
 SHELL_NOISE = "rm: cannot remove '/root/.pyenv/shims/tmp.QXSeTsXbXe': No such file or directory\n"

@@ -217,3 +217,168 @@ def test_the_swarm_target_verifies_as_one_engine_does(tmp_path):
     assert (s.verify_seconds, s.verify_max_error_rate, s.verify_min_requests) == (30.0, 0.01, 20)
     assert read(tmp_path, TARGET="swarm", REGISTRY="r:5000", VERIFY_SECONDS="5",
                 KEEP_PREVIOUS_RUNNING="true").verify_seconds == 5
+
+
+# -- numbers: ASCII digits only, every duration bounded (issue 15) --------------------------------
+
+@pytest.mark.parametrize("name,value", [
+    # int() and str.isdigit() take far more than ASCII digits.
+    ("APP_PORT", "²"),                   # isdigit, but int() raises: was exit 70
+    ("APP_PORT", "٨٠٨٠"),                # Arabic-Indic digits: was taken as 8080
+    ("APP_PORT", "８０８０"),             # full-width digits
+    ("APP_PORT", "+8080"),
+    ("APP_PORT", "8_080"),
+    ("NGINX_SSH_PORT", "²²"),
+    ("KEEP_RELEASES", "٥"),
+    pytest.param("KEEP_RELEASES", "9" * 5000, id="KEEP_RELEASES-5000-digits"),   # int() refuses: was exit 70
+    ("KEEP_RELEASES", "1001"),
+    ("VERIFY_MIN_REQUESTS", "1_000"),
+    ("VERIFY_MIN_REQUESTS", "1000001"),
+    # float() takes Unicode digits, exponents, underscores, nan and inf.
+    ("HEALTH_TIMEOUT", "١.٥"),
+    ("HEALTH_TIMEOUT", "1e3"),
+    ("HEALTH_TIMEOUT", "1_000"),
+    ("HEALTH_TIMEOUT", "infinity"),
+    ("HEALTH_TIMEOUT", "-0"),
+    ("HEALTH_TIMEOUT", "0x10"),
+    ("DRAIN_SECONDS", "1e10"),           # crashed after the switch (OverflowError in the drain's wait)
+    ("DRAIN_SECONDS", "3600.5"),
+    ("STOP_TIMEOUT", "NaN"),
+    ("STOP_TIMEOUT", "86400"),
+    ("VERIFY_SECONDS", "3601"),
+    ("HEALTH_INTERVAL", "601"),
+    ("NETWORK_TIMEOUT", "1e10"),         # crashed on connect (OverflowError in settimeout)
+    ("NETWORK_TIMEOUT", "601"),
+    ("VERIFY_MAX_ERROR_RATE", "1e-2"),
+    ("VERIFY_MAX_ERROR_RATE", "٠.٥"),
+    ("VERIFY_MAX_ERROR_RATE", "nan"),
+])
+def test_numbers_are_plain_ascii_and_durations_are_bounded(tmp_path, name, value):
+    with pytest.raises(SettingsError) as caught:
+        read(tmp_path, **{name: value})
+    assert str(caught.value) == f"{name}={value}: {caught.value.problem}"
+    assert caught.value.exit_code == 2
+
+
+@pytest.mark.parametrize("name,value,expected", [
+    ("APP_PORT", "8080", 8080),
+    ("APP_PORT", "08080", 8080),
+    ("NGINX_SSH_PORT", "65535", 65535),
+    ("KEEP_RELEASES", "1000", 1000),
+    ("HEALTH_TIMEOUT", "0", 0.0),
+    ("HEALTH_TIMEOUT", "3600", 3600.0),
+    ("HEALTH_TIMEOUT", "2.5", 2.5),
+    ("HEALTH_TIMEOUT", ".5", 0.5),
+    ("HEALTH_TIMEOUT", "5.", 5.0),
+    ("DRAIN_SECONDS", "0.0", 0.0),
+    ("STOP_TIMEOUT", "3600", 3600.0),
+    ("VERIFY_SECONDS", "3600", 3600.0),
+    ("HEALTH_INTERVAL", "600", 600.0),
+    ("NETWORK_TIMEOUT", "600", 600.0),
+    ("NETWORK_TIMEOUT", "0.5", 0.5),
+    ("VERIFY_MAX_ERROR_RATE", "1", 1.0),
+    ("VERIFY_MAX_ERROR_RATE", "0.001", 0.001),
+])
+def test_plain_numbers_up_to_the_bounds_are_taken(tmp_path, name, value, expected):
+    from pipeline.settings import SETTING_FIELDS
+
+    assert getattr(read(tmp_path, **{name: value}), SETTING_FIELDS[name]) == expected
+
+
+def test_the_bounds_are_said_in_the_message(tmp_path):
+    with pytest.raises(SettingsError, match=r"^DRAIN_SECONDS=1e10: must be a non-negative number of seconds "
+                                            r"in decimal digits \(e.g. 2.5\), at most 3600$"):
+        read(tmp_path, DRAIN_SECONDS="1e10")
+    with pytest.raises(SettingsError, match=r"^NETWORK_TIMEOUT=0: must be a positive number of seconds .*at most 600$"):
+        read(tmp_path, NETWORK_TIMEOUT="0")
+
+
+def test_every_duration_setting_has_an_upper_bound(tmp_path):
+    """A new duration setting gets the default bound unless it names its own: none is unbounded."""
+    from pipeline.settings import SETTING_FIELDS, Settings as S
+
+    durations = [name for name, attr in SETTING_FIELDS.items()
+                 if isinstance(getattr(S(), attr), float) and name != "VERIFY_MAX_ERROR_RATE"]
+    assert "DRAIN_SECONDS" in durations and "NETWORK_TIMEOUT" in durations
+    for name in durations:
+        with pytest.raises(SettingsError, match=f"^{name}=100000: .*at most"):
+            read(tmp_path, **{name: "100000"})
+
+
+# -- credentials never in a URL setting, never echoed ---------------------------------------------
+
+@pytest.mark.parametrize("value,shown", [
+    ("http://admin:hunter2pass@127.0.0.1:8091", "http://***@127.0.0.1:8091"),
+    ("http://admin@127.0.0.1:8091", "http://***@127.0.0.1:8091"),
+    ("http://tok3n-value@127.0.0.1:8091", "http://***@127.0.0.1:8091"),
+    ("http://admin:pa/ss#w@rd@127.0.0.1:8091", "http://***@127.0.0.1:8091"),   # '/' and '#' in the password
+    ("https://admin:hunter2pass@127.0.0.1:8091", "https://***@127.0.0.1:8091"),
+    ("admin:hunter2pass@127.0.0.1:8091", "***@127.0.0.1:8091"),
+])
+def test_credentials_in_the_admin_url_are_refused_without_echoing_them(tmp_path, value, shown):
+    with pytest.raises(SettingsError) as caught:
+        read(tmp_path, NGINX_ADMIN_URL=value)
+    message = str(caught.value)
+    assert message == (f"NGINX_ADMIN_URL={shown}: must not hold credentials (user:password@): the admin "
+                       "token is read from NGINX_ADMIN_TOKEN_FILE on the nginx host")
+    for word in ("hunter2pass", "pa/ss", "tok3n", "admin:"):
+        assert word not in message
+    assert caught.value.exit_code == 2
+
+
+def test_a_password_written_into_the_registry_address_is_not_echoed(tmp_path):
+    with pytest.raises(SettingsError) as caught:
+        read(tmp_path, REGISTRY="ci:hunter2pass@registry.internal:5000")
+    assert str(caught.value) == ("REGISTRY=***@registry.internal:5000: not a registry address like host:5000 "
+                                 "(the login goes in REGISTRY_USERNAME and REGISTRY_PASSWORD)")
+
+
+# -- through the CLI: exit 2 with one line, never 70 ----------------------------------------------
+
+@pytest.mark.parametrize("name,value", [
+    ("APP_PORT", "²"),
+    ("APP_PORT", "٨٠٨٠"),
+    pytest.param("KEEP_RELEASES", "9" * 5000, id="KEEP_RELEASES-5000-digits"),
+    ("HEALTH_TIMEOUT", "١.٥"),
+    ("DRAIN_SECONDS", "1e10"),
+    ("NETWORK_TIMEOUT", "1e10"),
+    ("NGINX_ADMIN_URL", "http://admin:hunter2pass@127.0.0.1:8091"),
+])
+def test_the_cli_exits_2_with_one_line_naming_the_setting(tmp_path, capsys, name, value):
+    import io
+
+    from pipeline import cli
+
+    stdout = io.StringIO()
+    # `lock status` reads the settings first; with a bad one nothing else is touched.
+    code = cli.main(["lock", "status"], {name: value}, tmp_path, stdout)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"pipeline: error: {name}="), err
+    assert "hunter2pass" not in err and stdout.getvalue() == ""
+
+
+def test_the_readme_states_every_bound():
+    import re
+
+    from pipeline.settings import SETTING_MAXIMUMS
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    rows = dict(re.findall(r"^\| `([A-Z_]+)` \| [^|]*? \| (.*) \|$", readme, re.M))
+    assert {"DRAIN_SECONDS", "NETWORK_TIMEOUT", "KEEP_RELEASES"} <= set(SETTING_MAXIMUMS)
+    missing = [f"{name}: at most {limit:.15g}" for name, limit in SETTING_MAXIMUMS.items()
+               if f"at most {limit:.15g}" not in rows[name]]
+    assert missing == []
+
+
+@pytest.mark.parametrize("value", ["١", "inf", "nan", "1e10", "-1", "3601"])
+def test_lock_wait_is_read_as_the_duration_settings_are(tmp_path, capsys, value):
+    import io
+
+    from pipeline import cli
+
+    code = cli.main(["deploy", "--lock-wait", value], {}, tmp_path, io.StringIO())
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert f"--lock-wait={value}: must be a non-negative number of seconds" in err, err

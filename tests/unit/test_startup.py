@@ -22,6 +22,7 @@ import json, sys
 from pipeline._lazy import is_deferred
 {body}
 loaded = [m for m in ("paramiko", "invoke", "charset_normalizer") if m in sys.modules and not is_deferred(m)]
+assert "invoke.collection" not in sys.modules or "invoke" in loaded   # its code ran only if loaded
 print(json.dumps({{"loaded": loaded, "paramiko_deferred": is_deferred("paramiko"),
                   "charset_normalizer_deferred": is_deferred("charset_normalizer")}}))
 """
@@ -50,8 +51,17 @@ def test_importing_the_tool_loads_neither_ssh_nor_charset_guessing(body):
 
 def test_the_deferred_module_is_paramiko_once_used():
     report = _report("import pipeline.cli, paramiko\nassert paramiko.SSHClient.__module__ == 'paramiko.client'")
-    assert report == {"loaded": ["paramiko", "invoke"], "paramiko_deferred": False,
+    assert report == {"loaded": ["paramiko"], "paramiko_deferred": False,
                       "charset_normalizer_deferred": True}
+
+
+def test_using_ssh_does_not_load_invoke_until_paramiko_asks_it_for_something():
+    # paramiko.config imports invoke; only a `Match exec` line of an ssh_config runs it.
+    report = _report("import pipeline.cli, paramiko, paramiko.config\n"
+                     "assert paramiko.SSHClient and 'invoke.collection' not in sys.modules\n"
+                     "config = paramiko.SSHConfig.from_text('Match exec \"true\"\\n  User matched\\n')\n"
+                     "assert config.lookup('example')['user'] == 'matched'")
+    assert report["loaded"] == ["paramiko", "invoke"]
 
 
 def test_requests_still_guesses_a_charset_when_asked_to():
