@@ -11,7 +11,7 @@ import re
 import shlex
 from dataclasses import dataclass, field, fields
 from pathlib import Path, PurePosixPath
-from typing import Callable, Dict, Mapping, Optional, Tuple
+from typing import Callable, Dict, Mapping, Optional, Tuple, cast
 from urllib.parse import urlsplit
 
 from .errors import SettingsError
@@ -130,6 +130,9 @@ class Settings:
     verify_min_requests: int = 20
     nginx_access_log: PurePosixPath = PurePosixPath("/var/log/nginx/app.access.log")
     smoke_command: str = ""
+    # After the health gate (and the smoke test), before any switch: the new release must stay
+    # running and answer health this long (deploy.hold_ready; Kubernetes' minReadySeconds).
+    min_ready_seconds: float = 0.0
     keep_previous_running: bool = False
     registry: str = ""
     registry_username: str = ""
@@ -340,6 +343,20 @@ def _duration(positive: bool = False) -> Reader:
     return read
 
 
+# MIN_READY_SECONDS at most: every deploy waits it out before its switch, so an hour is a typo.
+MIN_READY_MAX = 3600.0
+
+
+def _at_most(reader: Reader, most: float) -> Reader:
+    """A duration no longer than `most` seconds."""
+    def read(name: str, raw: str, cwd: Path) -> float:
+        value = cast(float, reader(name, raw, cwd))
+        if value > most:
+            raise SettingsError(name, raw, f"must be at most {most:g} seconds")
+        return value
+    return read
+
+
 def _count(name: str, raw: str, cwd: Path) -> int:
     if not raw.isdigit() or int(raw) < 1:
         raise SettingsError(name, raw, "must be a whole number of at least 1")
@@ -504,6 +521,7 @@ _READERS: Dict[str, Tuple[str, Reader]] = {
     "VERIFY_MIN_REQUESTS": ("verify_min_requests", _count),
     "NGINX_ACCESS_LOG": ("nginx_access_log", _remote_path(optional=False)),
     "SMOKE_COMMAND": ("smoke_command", _text()),
+    "MIN_READY_SECONDS": ("min_ready_seconds", _at_most(_duration(), MIN_READY_MAX)),
     "KEEP_PREVIOUS_RUNNING": ("keep_previous_running", _flag),
     "REGISTRY": ("registry", _text(_REGISTRY_RE, "not a registry address like host:5000")),
     "REGISTRY_USERNAME": ("registry_username", _text()),
