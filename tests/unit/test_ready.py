@@ -14,12 +14,17 @@ import pytest
 
 from pipeline import deploy as flows
 from pipeline import health
-from pipeline.errors import SettingsError
+from pipeline.deploy import Context
+from pipeline.errors import DeployFailed, SettingsError, SwitchedBack
+from pipeline.nginx_host import LocalHost
+from pipeline.releases import Release as Rel
 from pipeline.releases import ReleaseRecord
 from pipeline.settings import Settings
+from pipeline.signals import SignalGuard
 from pipeline.switch import LIVE, PREVIEW
 
 from .fakes import World
+from .test_verify_swarm import FakeBaselineSwarm, FakeProber, FakeSwitch, health_urls, task
 
 
 @pytest.fixture(autouse=True)
@@ -266,3 +271,99 @@ def test_min_ready_seconds_defaults_to_0_and_takes_fractions(tmp_path):
     assert Settings.from_env({}, tmp_path).min_ready_seconds == 0
     assert Settings.from_env({"MIN_READY_SECONDS": "2.5"}, tmp_path).min_ready_seconds == 2.5
     assert Settings.from_env({"MIN_READY_SECONDS": "3600"}, tmp_path).min_ready_seconds == 3600
+
+
+# -- on a swarm: every task ----------------------------------------------------------------------------
+
+class Swarm(FakeBaselineSwarm):
+    """Three tasks per color; `events` (time -> (color, slot, TaskFact)) replace a task's fact
+    once the fake clock reaches that time."""
+
+    def __init__(self, settings, calls, clock) -> None:
+        super().__init__(settings, calls)
+        self.clock = clock
+        self.events: List[tuple] = []
+
+    def tasks(self, color: str):
+        for at, (c, slot, fact) in list(self.events):
+            if self.clock.now >= at:
+                self.now[c][slot] = fact
+                self.events.remove((at, (c, slot, fact)))
+        return super().tasks(color)
+
+    def task_addresses(self, color: str):
+        return [t for t in self.tasks(color) if t.running]
+
+    def logs_tail(self, color: str, lines: int = 20) -> List[str]:
+        return ["task log line"]
+
+    def stop(self, color: str) -> None:
+        self.calls.append(("stop", color))
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def swarm_context(tmp_path, answers=None, **env):
+    settings = Settings.from_env({"TARGET": "swarm", "REGISTRY": "r:5001", "REPLICAS": "3", "VERIFY_SECONDS": "0",
+                                  "HEALTH_INTERVAL": "10", "HEALTH_PATH": "/health", "DRAIN_SECONDS": "1",
+                                  "NGINX_INCLUDE": str(tmp_path / "service-upstream.inc"), **env}, tmp_path)
+    calls: list = []
+    clock = Clock()
+    prober = FakeProber(answers or {})
+    engine = Swarm(settings, calls, clock)
+    ctx = Context(settings, engine, LocalHost(), FakeSwitch(calls), tmp_path, {}, SignalGuard(), clock.sleep,
+                  clock=lambda: clock.now, prober=prober)
+    return ctx, calls, prober, clock
+
+
+def test_min_ready_on_a_swarm_probes_every_task_and_holds_its_seconds(tmp_path):
+    ctx, calls, prober, clock = swarm_context(tmp_path, MIN_READY_SECONDS="3")
+    flows.hold_ready(ctx, "green")
+    assert clock.now == 3.0 and calls == []
+    assert prober.asked == health_urls("green") * 3   # every task, at 1, 2 and 3 s
+
+
+def test_min_ready_on_a_swarm_fails_when_one_task_fails_naming_it(tmp_path):
+    ctx, calls, prober, clock = swarm_context(tmp_path, MIN_READY_SECONDS="5")
+    ctx.engine.events.append((1.6, ("green", 2, task("green", 2, "failed", "shutdown", exit_code=1,
+                                                    message="task: non-zero exit (1)"))))
+    with pytest.raises(DeployFailed) as caught:
+        flows.hold_ready(ctx, "green")
+    assert str(caught.value) == (
+        "app-green did not stay ready for MIN_READY_SECONDS=5: app-green: task green-task-2 on pswarm-n3 "
+        "(10.99.0.13:8082) stopped serving (failed, exit code 1: task: non-zero exit (1)) 1.8s after it was "
+        "healthy; nothing was switched")
+    assert prober.asked == health_urls("green")   # the probes at 1 s; none after the task failed
+
+
+def test_min_ready_on_a_swarm_fails_when_one_task_stops_answering(tmp_path):
+    sick = health_urls("green")[1]
+    ctx, _, prober, _ = swarm_context(tmp_path, {sick: [200, 503]}, MIN_READY_SECONDS="5")
+    with pytest.raises(DeployFailed, match=r"its health failed 2 times in a row \(last: task green-task-1 on "
+                                           r"pswarm-n2 \(10.99.0.12:8082\): HTTP 503 'DOWN'\) 2.5s after"):
+        flows.hold_ready(ctx, "green")
+
+
+def test_the_last_look_on_a_swarm_switches_back_to_every_old_task_and_scales_the_new_to_0(tmp_path):
+    ctx, calls, prober, clock = swarm_context(tmp_path)
+    ctx.engine.events.append((0.5, ("green", 0, task("green", 0, "failed", "shutdown", exit_code=137))))
+    v1, v2 = Rel("v1", "blue", "r:5001/app:v1"), Rel("v2", "green", "r:5001/app:v2")
+    before = ReleaseRecord().made_live(v1)
+    with pytest.raises(SwitchedBack) as caught:
+        flows.retire(ctx, "blue", "green", before)
+    assert str(caught.value) == ("switched back to blue: app-green: only 2 of REPLICAS=3 task(s) running, "
+                                 "in the last look before stopping app-blue")
+    assert calls == [("route_to", LIVE, ("10.99.0.11:8081", "10.99.0.12:8081", "10.99.0.13:8081")),
+                     ("discard", "green")]   # blue never stopped
+    assert prober.asked == []
+    assert ReleaseRecord.from_json((tmp_path / "app.releases.json").read_text()) == before
+    # A good release: every task probed once after the drain, then the old color stops.
+    ctx, calls, prober, clock = swarm_context(tmp_path)
+    flows.retire(ctx, "blue", "green", before.made_live(v2))
+    assert prober.asked == health_urls("green") and calls == [("stop", "blue")]
