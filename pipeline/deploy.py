@@ -655,7 +655,7 @@ def _report_facts(ctx: Context) -> Facts:
 
 
 def describe_failure(exc: BaseException) -> str:
-    return str(exc) if isinstance(exc, PipelineError) else f"{type(exc).__name__}: {exc}"
+    return str(exc) if isinstance(exc, (PipelineError, Interrupted)) else f"{type(exc).__name__}: {exc}"
 
 
 def status(ctx: Context, probe: bool = True) -> dict:

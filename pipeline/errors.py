@@ -155,8 +155,13 @@ class LiveSwitchFailed(DeployFailed):
     """Setting the new address failed; the include and nginx's address were put back."""
 
 
-class Interrupted(PipelineError):
-    """SIGINT or SIGTERM arrived; raised in the main thread so cleanup runs."""
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM arrived; raised in the main thread so cleanup runs.
+
+    Not an Exception, as KeyboardInterrupt is not: an `except PipelineError` (or `except
+    Exception`) around a step must never swallow the signal and let the run carry on. Code that
+    must clean up on a signal says so (`except Interrupted`, `except BaseException`, `finally`).
+    """
 
     def __init__(self, signum: int) -> None:
         import signal
@@ -164,6 +169,9 @@ class Interrupted(PipelineError):
         self.signum = signum
         self.exit_code = EXIT_SIGINT if signum == signal.SIGINT else EXIT_SIGTERM
         super().__init__(f"interrupted by {signal.Signals(signum).name}")
+
+    def detail(self) -> Sequence[str]:
+        return ()
 
 
 class InterruptedAfterSwitch(Interrupted):

@@ -45,7 +45,7 @@ import paramiko
 from tenacity import RetryCallState, RetryError, Retrying, retry_if_exception, stop_after_attempt, wait_fixed
 
 from .decide import Targets, as_list, parse_include_all, parse_route, render_route, shown
-from .errors import (AdminTokenRefused, AdminUnavailable, IncludeMismatch, LiveSwitchFailed,
+from .errors import (AdminTokenRefused, AdminUnavailable, IncludeMismatch, Interrupted, LiveSwitchFailed,
                      NginxHostFailed, PipelineError)
 from .log import register_secret
 from .nginx_host import ChannelConnection, NginxHost
@@ -276,9 +276,11 @@ class LiveSwitch:
             served_now = self.admin.get(route)
             if not served_now or as_list(served_now) != as_list(targets):
                 raise AdminUnavailable(self.admin.url, f"set {shown(targets)} but nginx reports {shown(served_now)}")
-        except PipelineError as exc:
+        except (PipelineError, Interrupted) as exc:
             self.includes.write(route, include_before)
             restored = self._put_back(route, served_before)
+            if isinstance(exc, Interrupted):   # a signal outside a critical step: undone, then raised on
+                raise
             raise LiveSwitchFailed(f"nginx did not take {shown(targets)} for the {route} route: {exc}; "
                                    f"put the old include back{restored}") from exc
         log.info("    nginx %s route: %s -> %s (no reload)", route, shown(served_before), shown(targets))
