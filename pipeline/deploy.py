@@ -25,8 +25,8 @@ from typing import Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
 from . import build, decide, health, releases, smoke, verify
 from .decide import Address, ContainerFact
-from .errors import (ContainerExited, Interrupted, InterruptedAfterSwitch, NothingToDo, OutsideFailure,
-                     PipelineError, PreflightError, SwitchUnavailable)
+from .errors import (ContainerExited, Interrupted, InterruptedAfterSwitch, LiveUnverified, NothingToDo,
+                     OutsideFailure, PipelineError, PreflightError, SwitchUnavailable)
 from .history import Entry, History
 from .lock import DeployLock, LockInfo, who_am_i
 from .nginx_host import NginxHost, check_writable
@@ -198,8 +198,8 @@ def preflight(ctx: Context, action: str) -> Iterator[Run]:
             if not isinstance(exc, NothingToDo):
                 result = getattr(exc, "history_result", None) or (
                     "interrupted" if isinstance(exc, Interrupted) else "failed")
-                history.append(Entry(_now(), who, s.app_name, action, s.app_version or "", "", result,
-                                     _elapsed(ctx), describe_failure(exc)[:300]))
+                history.append(Entry(_now(), who, s.app_name, action, s.app_version or "",
+                                     getattr(exc, "color", ""), result, _elapsed(ctx), describe_failure(exc)[:300]))
             raise
         outcome = run.outcome
         assert outcome is not None, f"the {action} flow ended without saying what it did"
@@ -355,7 +355,7 @@ def verified(ctx: Context, mark: Optional[verify.Baseline], before: ReleaseRecor
     was before the switch: the failed release is live nowhere and no rollback target."""
     try:
         return verify.verify(ctx, mark)
-    except (verify.SwitchedBack, verify.SwitchedBackOnSignal):
+    except (verify.SwitchedBack, verify.SwitchedBackOnSignal, verify.SwitchedBackAfterBug):
         assert mark is not None
         with ctx.guard.critical():
             record_store(ctx).write(before.without_color(mark.color))
@@ -622,7 +622,8 @@ def history(ctx: Context) -> List[dict]:
     live_version = record.live.version if record.live else None
     out = []
     for entry in entries:
-        release = entry.result == "ok" and entry.action in releases.LIVE_ACTIONS
+        # "live unverified": it failed verification and could not be switched back, so it went live.
+        release = entry.result in ("ok", LiveUnverified.history_result) and entry.action in releases.LIVE_ACTIONS
         out.append({**asdict(entry), "live": release and entry.version == live_version,
                     "rollback_target": release and entry.version in targets})
     return out

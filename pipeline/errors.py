@@ -13,6 +13,7 @@ EXIT_BAD_INPUT = 2       # bad setting, unknown command or flag; nothing was cha
 EXIT_PREFLIGHT = 3       # docker engine, nginx host or network not usable; nothing was changed
 EXIT_LOCKED = 4          # another deploy holds the lock
 EXIT_NOTHING_TO_DO = 5   # promote with nothing staged, rollback with no previous release
+EXIT_LIVE_UNVERIFIED = 6  # the new release failed verification and switching back failed: it serves
 EXIT_BUG = 70            # an unexpected error: a bug in pipeline
 EXIT_SIGINT = 130
 EXIT_SIGTERM = 143
@@ -222,6 +223,27 @@ class SwitchedBack(DeployFailed):
     """The new release failed verification; traffic is back on the old one."""
 
     history_result = "switched back"
+
+
+class SwitchedBackAfterBug(Exception):
+    """A bug in pipeline inside the verification window: traffic was put back on the old release
+    first. Not a PipelineError: it is still a bug (exit 70, its traceback with --verbose)."""
+
+    history_result = "switched back"
+
+
+class LiveUnverified(PipelineError):
+    """The new release failed verification (or verification could not go on, or was interrupted)
+    and switching back failed too: the new release keeps the traffic, unproven, while the old one
+    still runs. Not exit 1, which says the working version still serves; `history` marks the
+    release live. The message says what serves and what to run."""
+
+    exit_code = EXIT_LIVE_UNVERIFIED
+    history_result = "live unverified"
+
+    def __init__(self, message: str, color: str) -> None:
+        self.color = color
+        super().__init__(message)
 
 
 class SwitchedBackOnSignal(Interrupted):

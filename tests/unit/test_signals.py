@@ -101,6 +101,7 @@ def test_cli_maps_an_interrupt_to_its_exit_code_in_one_line(tmp_path, monkeypatc
         raise Interrupted(signum)
 
     monkeypatch.setattr(cli, "_run", interrupted)
+    monkeypatch.setattr(cli.logsetup, "setup", lambda verbose=False: None)   # the pipeline logger stays pytest's
     assert cli.main(["status"], {}, tmp_path, io.StringIO()) == code
     err = capsys.readouterr().err
     assert err == f"pipeline: error: interrupted by {signal.Signals(signum).name}\n"
