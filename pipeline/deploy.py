@@ -26,7 +26,7 @@ from typing import Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 from . import build, decide, health, releases, smoke, verify
 from .decide import Address, ContainerFact
 from .errors import (ContainerExited, Interrupted, InterruptedAfterSwitch, LiveUnverified, NothingToDo,
-                     OutsideFailure, PipelineError, PreflightError, SwitchUnavailable)
+                     OutsideFailure, PipelineError, PreflightError, SwitchIncomplete, SwitchUnavailable)
 from .history import Entry, History
 from .lock import DeployLock, LockInfo, who_am_i
 from .nginx_host import NginxHost, check_writable
@@ -450,6 +450,11 @@ def abandoned_on_failure(ctx: Context, color: str, facts: Facts, record: Release
         # not stopped), and the record says so: `rollback` is a switch only.
         _left_running(ctx, facts.choice.live)
         raise
+    except SwitchIncomplete:
+        # The switch could not be undone: nginx may serve the new release (or will, once it
+        # reloads). Its message says what to run; the container stays meanwhile.
+        log.error("==> leaving %s running: nginx may serve it", ctx.settings.container_name(color))
+        raise
     except BaseException:
         with ctx.guard.critical():
             _abandon(ctx, color, facts.preview_address, record)
@@ -457,10 +462,10 @@ def abandoned_on_failure(ctx: Context, color: str, facts: Facts, record: Release
 
 
 def _abandon(ctx: Context, color: str, preview_before: Optional[Address], record: ReleaseRecord) -> None:
-    """After a failed deploy: no container of the failed release left running, unless the include
-    may name it (a switch that could not be undone), so nginx always has something to serve."""
+    """After a failed deploy: no container of the failed release left running, unless nginx may
+    serve it, so nginx always has something to serve."""
     s = ctx.settings
-    if _include_may_name(ctx, color):
+    if _nginx_may_serve(ctx, color):
         return
     how = "removing" if s.target == "docker" else "scaling to 0"
     log.error("==> %s %s; nginx still serves what it served before", how, s.container_name(color))
@@ -481,17 +486,20 @@ def _abandon(ctx: Context, color: str, preview_before: Optional[Address], record
         log.warning("    could not point the preview back at %s: %s", preview_before, exc)
 
 
-def _include_may_name(ctx: Context, color: str) -> bool:
-    """True (and said) when the live include names this color or cannot be read: its container
-    must then stay, or nginx's next reload would send traffic nowhere."""
+def _nginx_may_serve(ctx: Context, color: str) -> bool:
+    """True (and said) when the switch says the live route goes to this color, or cannot say:
+    its container must then stay. A switch that failed half-way raises SwitchIncomplete, which
+    the flows honour first; this is the last look before removing anything (in live mode it asks
+    nginx's admin, not the include, which nginx may not serve)."""
     try:
-        named = ctx.engine.color_at(decide.parse_include(IncludeFiles(ctx.host, ctx.settings).read(LIVE))) == color
-    except OutsideFailure as exc:
-        log.error("==> leaving %s running: cannot read the live include (%s)", ctx.settings.container_name(color), exc)
+        serving = ctx.engine.color_at(ctx.switch.current(LIVE)) == color
+    except PipelineError as exc:
+        log.error("==> leaving %s running: cannot tell whether nginx serves it (%s)",
+                  ctx.settings.container_name(color), exc)
         return True
-    if named:
-        log.error("==> leaving %s running: the live include names it", ctx.settings.container_name(color))
-    return named
+    if serving:
+        log.error("==> leaving %s running: nginx's live route goes to it", ctx.settings.container_name(color))
+    return serving
 
 
 # -- flows -----------------------------------------------------------------------------------------
@@ -584,6 +592,14 @@ def rollback(ctx: Context, to_version: Optional[str] = None) -> Outcome:
                     ctx.engine.run(target.color, target.image, target.version)
             wait_healthy(ctx, target.color)
             record = switch_live(ctx, target, record)
+        except InterruptedAfterSwitch:
+            _left_running(ctx, live)   # the release brought back serves now
+            raise
+        except SwitchIncomplete:
+            # The switch could not be undone: nginx may serve the release brought back, which
+            # stays as it is; the message says what to run.
+            log.error("==> leaving %s running: nginx may serve it", s.container_name(target.color))
+            raise
         except BaseException:
             with ctx.guard.critical():
                 _undo_bring_back(ctx, plan, live, record)
@@ -595,7 +611,7 @@ def rollback(ctx: Context, to_version: Optional[str] = None) -> Outcome:
 
 def _undo_bring_back(ctx: Context, plan: releases.RollbackPlan, live: Optional[str], record: ReleaseRecord) -> None:
     name = ctx.settings.container_name(plan.color)
-    if plan.how not in ("start", "recreate") or _include_may_name(ctx, plan.color):
+    if plan.how not in ("start", "recreate") or _nginx_may_serve(ctx, plan.color):
         return
     try:
         if plan.how == "start":

@@ -73,6 +73,12 @@ class AdminTokenRefused(AdminUnavailable):
         super().__init__(url, f"NGINX_ADMIN_TOKEN_FILE={token_file}: {problem}")
 
 
+class AdminRefused(AdminUnavailable):
+    """nginx's admin answered a change with an error (400: not an address list, 403: an address
+    not allowed, 500: not stored): app-live.conf stored nothing, unlike a request whose answer was
+    lost, which may have landed."""
+
+
 class IncludeMismatch(SwitchUnavailable):
     """nginx reads a route's address at start from another file than the tool writes."""
 
@@ -204,8 +210,9 @@ class NginxHostFailed(OutsideFailure):
 
 
 class SwitchIncomplete(DeployFailed):
-    """A switch failed and the old include could not be put back: the include may name the new
-    release, whose container is therefore left running. The message says what to do."""
+    """A switch failed and could not be undone: the include may name the new release (reload
+    mode), or nginx's balancer may send traffic to it (live mode). The flows leave its container
+    running whenever a switch raises this; the message says what to do."""
 
 
 def tail(text: Optional[str], lines: int = 20) -> list[str]:

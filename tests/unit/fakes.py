@@ -172,11 +172,12 @@ class FakeSwitch(Strict):
 
 
 class FakeAdmin(Strict):
-    """nginx's admin server as a live switch uses it (live_switch.NginxAdmin's get and put): what
-    nginx serves per route, and a script of what the next calls do. Each script step is
-    (call, exception or None[, "lands"]): the call must be the one named; it raises the exception
-    instead of answering, after storing the address when the step says "lands" (the answer was
-    lost, not the request). Once the script is spent, calls just answer."""
+    """nginx's admin server as a live switch uses it (live_switch.NginxAdmin): what nginx serves
+    per route, and what goes wrong. `script`: what the next calls do, each step (call, exception
+    or None[, "lands"]); the call must be the one named; it raises the exception instead of
+    answering, after storing the address when the step says "lands" (the answer was lost, not the
+    request). Once the script is spent, calls just answer. `down_after_put`: the admin takes the
+    next PUT, answers it, and from then on every request fails with this exception."""
 
     url = "http://127.0.0.1:8091"
 
@@ -184,6 +185,12 @@ class FakeAdmin(Strict):
         self.routes: Dict[str, Address] = dict(routes or {})
         self.script: List[tuple] = []
         self.calls: List[Tuple[str, str]] = []
+        self.down_after_put: Optional[BaseException] = None
+        self.down: Optional[BaseException] = None
+
+    def files(self) -> Dict[str, str]:
+        """The includes nginx reads at start: the World's."""
+        return {LIVE: str(INCLUDE), PREVIEW: str(PREVIEW_INCLUDE)}
 
     def _step(self, call: str) -> Tuple[Optional[BaseException], bool]:
         if not self.script:
@@ -194,6 +201,8 @@ class FakeAdmin(Strict):
 
     def get(self, route: str) -> Optional[Address]:
         self.calls.append(("get", route))
+        if self.down is not None:
+            raise self.down
         failure, _ = self._step("get")
         if failure is not None:
             raise failure
@@ -201,11 +210,14 @@ class FakeAdmin(Strict):
 
     def put(self, route: str, targets: Address) -> None:
         self.calls.append(("put", route))
+        if self.down is not None:
+            raise self.down
         failure, lands = self._step("put")
         if failure is None or lands:
             self.routes[route] = targets
         if failure is not None:
             raise failure
+        self.down, self.down_after_put = self.down_after_put, None
 
 
 class FakeProber(Strict):
