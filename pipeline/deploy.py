@@ -352,7 +352,9 @@ def switch_live(ctx: Context, release: Release, record: ReleaseRecord) -> Releas
 
 def verified(ctx: Context, mark: Optional[verify.Baseline], before: ReleaseRecord) -> Optional[verify.Verdict]:
     """The verification window after the switch. On a switch back, the record is put back as it
-    was before the switch: the failed release is live nowhere and no rollback target."""
+    was before the switch: the failed release is live nowhere and no rollback target. When the
+    switch back failed (LiveUnverified), the record stays as the switch wrote it: that release
+    is live."""
     try:
         return verify.verify(ctx, mark)
     except (verify.SwitchedBack, verify.SwitchedBackOnSignal, verify.SwitchedBackAfterBug):
