@@ -25,9 +25,9 @@ from typing import Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
 from . import build, decide, health, releases, smoke, verify
 from .decide import Address, ContainerFact
-from .errors import (ContainerExited, DeployFailed, Interrupted, InterruptedAfterSwitch, NothingToDo, OutsideFailure,
-                     PipelineError, PreflightError, SettingsError, SwitchedBack, SwitchedBackOnSignal,
-                     SwitchUnavailable)
+from .errors import (ContainerExited, DeployFailed, Interrupted, InterruptedAfterSwitch, LiveUnverified, NothingToDo,
+                     OutsideFailure, PipelineError, PreflightError, SettingsError, SwitchedBack, SwitchedBackOnSignal,
+                     SwitchIncomplete, SwitchUnavailable)
 from .history import Entry, History
 from .lock import DeployLock, LockInfo, who_am_i
 from .nginx_host import NginxHost, check_writable
@@ -201,8 +201,8 @@ def preflight(ctx: Context, action: str) -> Iterator[Run]:
             if not isinstance(exc, (NothingToDo, SettingsError)):   # neither changed anything
                 result = getattr(exc, "history_result", None) or (
                     "interrupted" if isinstance(exc, Interrupted) else "failed")
-                history.append(Entry(_now(), who, s.app_name, action, s.app_version or "", "", result,
-                                     _elapsed(ctx), describe_failure(exc)[:300]))
+                history.append(Entry(_now(), who, s.app_name, action, s.app_version or "",
+                                     getattr(exc, "color", ""), result, _elapsed(ctx), describe_failure(exc)[:300]))
             raise
         outcome = run.outcome
         assert outcome is not None, f"the {action} flow ended without saying what it did"
@@ -432,10 +432,12 @@ def switch_live(ctx: Context, release: Release, record: ReleaseRecord) -> Releas
 
 def verified(ctx: Context, mark: Optional[verify.Baseline], before: ReleaseRecord) -> Optional[verify.Verdict]:
     """The verification window after the switch. On a switch back, the record is put back as it
-    was before the switch: the failed release is live nowhere and no rollback target."""
+    was before the switch: the failed release is live nowhere and no rollback target. When the
+    switch back failed (LiveUnverified), the record stays as the switch wrote it: that release
+    is live."""
     try:
         return verify.verify(ctx, mark)
-    except (verify.SwitchedBack, verify.SwitchedBackOnSignal):
+    except (verify.SwitchedBack, verify.SwitchedBackOnSignal, verify.SwitchedBackAfterBug):
         assert mark is not None
         with ctx.guard.critical():
             record_store(ctx).write(before.without_color(mark.color))
@@ -539,10 +541,11 @@ def _back_after_last_look(ctx: Context, new: str, old: str, before: ReleaseRecor
     (scaled to 0), and the record is put back as before the switch. Raises SwitchedBack (exit 1)."""
     s = ctx.settings
     log.error("==> %s is not serving (%s); %s still runs", s.container_name(new), reason, s.container_name(old))
-    message = f"switched back to {old}: {reason}, in the last look before stopping {s.container_name(old)}"
+    why = f"{reason}, in the last look before stopping {s.container_name(old)}"
+    message = f"switched back to {old}: {why}"
     try:
         with ctx.guard.critical():
-            verify._switch_back(ctx, new, old)
+            verify.switch_back(ctx, new, old, why)
             record_store(ctx).write(before.without_color(new))
     except Interrupted as exc:   # held through the switch back, which is done
         raise SwitchedBackOnSignal(exc.signum, message) from exc
@@ -577,6 +580,11 @@ def abandoned_on_failure(ctx: Context, color: str, facts: Facts, record: Release
         # not stopped), and the record says so: `rollback` is a switch only.
         _left_running(ctx, facts.choice.live)
         raise
+    except SwitchIncomplete:
+        # The switch could not be undone: nginx may serve the new release (or will, once it
+        # reloads). Its message says what to run; the container stays meanwhile.
+        log.error("==> leaving %s running: nginx may serve it", ctx.settings.container_name(color))
+        raise
     except BaseException:
         with ctx.guard.critical():
             _abandon(ctx, color, facts.preview_address, record)
@@ -584,10 +592,10 @@ def abandoned_on_failure(ctx: Context, color: str, facts: Facts, record: Release
 
 
 def _abandon(ctx: Context, color: str, preview_before: Optional[Address], record: ReleaseRecord) -> None:
-    """After a failed deploy: no container of the failed release left running, unless the include
-    may name it (a switch that could not be undone), so nginx always has something to serve."""
+    """After a failed deploy: no container of the failed release left running, unless nginx may
+    serve it, so nginx always has something to serve."""
     s = ctx.settings
-    if _include_may_name(ctx, color):
+    if _nginx_may_serve(ctx, color):
         return
     how = "removing" if s.target == "docker" else "scaling to 0"
     log.error("==> %s %s; nginx still serves what it served before", how, s.container_name(color))
@@ -614,17 +622,20 @@ def _preview_back(ctx: Context, color: str, preview_before: Optional[Address]) -
         log.warning("    could not point the preview back at %s: %s", preview_before, exc)
 
 
-def _include_may_name(ctx: Context, color: str) -> bool:
-    """True (and said) when the live include names this color or cannot be read: its container
-    must then stay, or nginx's next reload would send traffic nowhere."""
+def _nginx_may_serve(ctx: Context, color: str) -> bool:
+    """True (and said) when the switch says the live route goes to this color, or cannot say:
+    its container must then stay. A switch that failed half-way raises SwitchIncomplete, which
+    the flows honour first; this is the last look before removing anything (in live mode it asks
+    nginx's admin, not the include, which nginx may not serve)."""
     try:
-        named = ctx.engine.color_at(decide.parse_include(IncludeFiles(ctx.host, ctx.settings).read(LIVE))) == color
-    except OutsideFailure as exc:
-        log.error("==> leaving %s running: cannot read the live include (%s)", ctx.settings.container_name(color), exc)
+        serving = ctx.engine.color_at(ctx.switch.current(LIVE)) == color
+    except PipelineError as exc:
+        log.error("==> leaving %s running: cannot tell whether nginx serves it (%s)",
+                  ctx.settings.container_name(color), exc)
         return True
-    if named:
-        log.error("==> leaving %s running: the live include names it", ctx.settings.container_name(color))
-    return named
+    if serving:
+        log.error("==> leaving %s running: nginx's live route goes to it", ctx.settings.container_name(color))
+    return serving
 
 
 # -- flows -----------------------------------------------------------------------------------------
@@ -725,6 +736,14 @@ def rollback(ctx: Context, to_version: Optional[str] = None) -> Outcome:
                 hold_ready(ctx, target.color)
             before = record
             record = switch_live(ctx, target, record)
+        except InterruptedAfterSwitch:
+            _left_running(ctx, live)   # the release brought back serves now
+            raise
+        except SwitchIncomplete:
+            # The switch could not be undone: nginx may serve the release brought back, which
+            # stays as it is; the message says what to run.
+            log.error("==> leaving %s running: nginx may serve it", s.container_name(target.color))
+            raise
         except BaseException:
             with ctx.guard.critical():
                 _undo_bring_back(ctx, plan, live, record)
@@ -736,7 +755,7 @@ def rollback(ctx: Context, to_version: Optional[str] = None) -> Outcome:
 
 def _undo_bring_back(ctx: Context, plan: releases.RollbackPlan, live: Optional[str], record: ReleaseRecord) -> None:
     name = ctx.settings.container_name(plan.color)
-    if plan.how not in ("start", "recreate") or _include_may_name(ctx, plan.color):
+    if plan.how not in ("start", "recreate") or _nginx_may_serve(ctx, plan.color):
         return
     try:
         if plan.how == "start":
@@ -763,7 +782,8 @@ def history(ctx: Context) -> List[dict]:
     live_version = record.live.version if record.live else None
     out = []
     for entry in entries:
-        release = entry.result == "ok" and entry.action in releases.LIVE_ACTIONS
+        # "live unverified": it failed verification and could not be switched back, so it went live.
+        release = entry.result in ("ok", LiveUnverified.history_result) and entry.action in releases.LIVE_ACTIONS
         out.append({**asdict(entry), "live": release and entry.version == live_version,
                     "rollback_target": release and entry.version in targets})
     return out
@@ -796,7 +816,7 @@ def _report_facts(ctx: Context) -> Facts:
 
 
 def describe_failure(exc: BaseException) -> str:
-    return str(exc) if isinstance(exc, PipelineError) else f"{type(exc).__name__}: {exc}"
+    return str(exc) if isinstance(exc, (PipelineError, Interrupted)) else f"{type(exc).__name__}: {exc}"
 
 
 def status(ctx: Context, probe: bool = True) -> dict:

@@ -182,6 +182,55 @@ class FakeSwitch(Strict):
         return {route: str(a) if a else None for route, a in self.routes.items()}
 
 
+class FakeAdmin(Strict):
+    """nginx's admin server as a live switch uses it (live_switch.NginxAdmin): what nginx serves
+    per route, and what goes wrong. `script`: what the next calls do, each step (call, exception
+    or None[, "lands"]); the call must be the one named; it raises the exception instead of
+    answering, after storing the address when the step says "lands" (the answer was lost, not the
+    request). Once the script is spent, calls just answer. `down_after_put`: the admin takes the
+    next PUT, answers it, and from then on every request fails with this exception."""
+
+    url = "http://127.0.0.1:8091"
+
+    def __init__(self, routes: Optional[Dict[str, Address]] = None) -> None:
+        self.routes: Dict[str, Address] = dict(routes or {})
+        self.script: List[tuple] = []
+        self.calls: List[Tuple[str, str]] = []
+        self.down_after_put: Optional[BaseException] = None
+        self.down: Optional[BaseException] = None
+
+    def files(self) -> Dict[str, str]:
+        """The includes nginx reads at start: the World's."""
+        return {LIVE: str(INCLUDE), PREVIEW: str(PREVIEW_INCLUDE)}
+
+    def _step(self, call: str) -> Tuple[Optional[BaseException], bool]:
+        if not self.script:
+            return None, False
+        step = self.script.pop(0)
+        assert step[0] == call, f"the admin expected {step[0]}, got {call}"
+        return step[1], len(step) > 2 and step[2] == "lands"
+
+    def get(self, route: str) -> Optional[Address]:
+        self.calls.append(("get", route))
+        if self.down is not None:
+            raise self.down
+        failure, _ = self._step("get")
+        if failure is not None:
+            raise failure
+        return self.routes.get(route)
+
+    def put(self, route: str, targets: Address) -> None:
+        self.calls.append(("put", route))
+        if self.down is not None:
+            raise self.down
+        failure, lands = self._step("put")
+        if failure is None or lands:
+            self.routes[route] = targets
+        if failure is not None:
+            raise failure
+        self.down, self.down_after_put = self.down_after_put, None
+
+
 class FakeProber(Strict):
     """Where probes run: every color's address is reached over a local bridge. It sends nothing:
     the World's health gate stands in for the gate's probes, and a probe after the gate (while
@@ -272,7 +321,7 @@ class World:
                 flows.rollback(self.context(), words[2] if len(words) > 2 else None)
             else:
                 raise AssertionError(f"unknown step {command!r}")
-        except PipelineError as exc:
+        except (PipelineError, Interrupted) as exc:
             return exc.exit_code, str(exc)
         return 0, ""
 
