@@ -328,7 +328,7 @@ class LiveSwitch:
             said.append(f"{path} names {shown(parse_include_all(include_before))} again")
         if include_problem is None and include_before is not None:
             fix = ("on the nginx host, run `nginx -s reload`: nginx then serves what the include names "
-                   f"(app-live.conf reads it when it reloads), and the next deploy goes to the other color")
+                   "(app-live.conf reads it when it reloads), and the next deploy goes to the other color")
         else:
             fix = (f"once nginx's admin at {self.admin.url} answers, `python -m pipeline status` shows what "
                    f"nginx serves, and the next deploy goes to the other color")
