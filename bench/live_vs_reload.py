@@ -232,6 +232,7 @@ def deploy_env(app: str, network, nginx: Nginx, stack: Dict[str, str], cwd: Path
         "VERIFY_SECONDS": "0", "NGINX_ACCESS_LOG": str(nginx.access_log),
         "CONTAINER_ENV_FILE": str(env_file), "NGINX_HOST": "", "NGINX_INCLUDE": str(nginx.include),
         "NGINX_TEST_COMMAND": nginx.test_command, "NGINX_RELOAD_COMMAND": nginx.reload_command,
+        "NGINX_PID_FILE": str(nginx.pid_file),
     }
     if nginx.form == "upstream":
         env["NGINX_INCLUDE_FORM"] = "upstream"

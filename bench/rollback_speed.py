@@ -65,6 +65,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         "BLUE_IP": net.blue_ip, "GREEN_IP": net.green_ip, "HEALTH_INTERVAL": "0.5", "HEALTH_TIMEOUT": "30",
         "DRAIN_SECONDS": "0.5", "STOP_TIMEOUT": "5", "NGINX_HOST": "", "NGINX_INCLUDE": str(nginx.include),
         "NGINX_TEST_COMMAND": nginx.test_command, "NGINX_RELOAD_COMMAND": nginx.reload_command,
+        "NGINX_PID_FILE": str(nginx.pid_file),
         # The rollback is measured, not the verification window of the deploys before it (this
         # nginx writes no `pipeline` access log for it to read).
         "VERIFY_SECONDS": "0",

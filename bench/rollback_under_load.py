@@ -226,7 +226,7 @@ def settings(app: str, network, nginx, stack: Dict[str, str]) -> Dict[str, str]:
         "NGINX_HOST": "127.0.0.1", "NGINX_SSH_PORT": stack["SSH_PORT"], "NGINX_SSH_USER": "root",
         "NGINX_SSH_KEY": stack["SSH_KEY"], "NGINX_SSH_KNOWN_HOSTS": stack["SSH_KNOWN_HOSTS"],
         "NGINX_INCLUDE": str(nginx.include), "NGINX_TEST_COMMAND": nginx.test_command,
-        "NGINX_RELOAD_COMMAND": nginx.reload_command,
+        "NGINX_RELOAD_COMMAND": nginx.reload_command, "NGINX_PID_FILE": str(nginx.pid_file),
     }
 
 

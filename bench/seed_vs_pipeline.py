@@ -131,7 +131,7 @@ class Part(BenchNetwork):
             "NGINX_HOST": "127.0.0.1", "NGINX_SSH_PORT": s["SSH_PORT"], "NGINX_SSH_USER": "root",
             "NGINX_SSH_KEY": s["SSH_KEY"], "NGINX_SSH_KNOWN_HOSTS": s["SSH_KNOWN_HOSTS"],
             "NGINX_INCLUDE": str(self.nginx.include), "NGINX_TEST_COMMAND": self.nginx.test_command,
-            "NGINX_RELOAD_COMMAND": self.nginx.reload_command,
+            "NGINX_RELOAD_COMMAND": self.nginx.reload_command, "NGINX_PID_FILE": str(self.nginx.pid_file),
             # The seed has no verification; compared like for like (bench/verify_switchback.py has it).
             "VERIFY_SECONDS": "0",
             **self.extra_settings(),

@@ -97,7 +97,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     nginx.directory.mkdir()
     common = {"HEALTH_INTERVAL": "0.5", "DRAIN_SECONDS": "0.5", "STOP_TIMEOUT": "5", "VERIFY_SECONDS": "0",
               "NGINX_HOST": "", "NGINX_INCLUDE": str(nginx.include), "NGINX_TEST_COMMAND": nginx.test_command,
-              "NGINX_RELOAD_COMMAND": nginx.reload_command}
+              "NGINX_RELOAD_COMMAND": nginx.reload_command, "NGINX_PID_FILE": str(nginx.pid_file)}
     env = {"APP_NAME": app, "BUILD_COMMAND": "", "DOCKERFILE": str(REPO / "docker" / "Dockerfile"),
            "BUILD_CONTEXT": str(REPO / "demo"), "BUILD_ARGS": f"BASE_IMAGE={stack['JRE_IMAGE']} JAR=build/libs/app.jar",
            "DEPLOY_NETWORK": net.name, "DEPLOY_SUBNET": net.subnet, "DEPLOY_GATEWAY": net.gateway,
@@ -118,7 +118,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     nginx = Nginx(work / "nginx", free_port(), free_port(), form="upstream")
     nginx.directory.mkdir()
     common.update(NGINX_INCLUDE=str(nginx.include), NGINX_TEST_COMMAND=nginx.test_command,
-                  NGINX_RELOAD_COMMAND=nginx.reload_command)
+                  NGINX_RELOAD_COMMAND=nginx.reload_command, NGINX_PID_FILE=str(nginx.pid_file))
     env = swarm_env(swarm, app, REPLICAS="3", HEALTH_TIMEOUT="120", **common)
     nginx.start()
     try:

@@ -6,7 +6,7 @@ functions, then acts. Unit tests cover them with tables.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import List, Mapping, Optional, Sequence, Union
 
 from .settings import COLORS, MAX_ROUTE_ADDRESSES
@@ -172,11 +172,14 @@ class ColorChoice:
     target: str           # the idle color the new release goes to
     reason: str
     by_probe: bool = False   # live only because blue answered the seed's probe (no usable include)
+    # Not None when nginx may still serve `target`'s running container (the include was not seen
+    # loaded): "reload" (load the include first, then decide again) or "refuse" (exit 3).
+    settle: Optional[str] = None
 
 
 def choose_colors(include_color: Optional[str], blue_alive: Optional[bool],
-                  running: frozenset = frozenset(COLORS)) -> ColorChoice:
-    """Pick the idle color, as the seed's script meant to.
+                  running: frozenset = frozenset(COLORS), include_loaded: bool = True) -> ColorChoice:
+    """Pick the idle color, as the seed's script meant to, never one nginx may be serving.
 
     The include is the truth: the live color is the one it points at, unless that color's
     container is not running while the other one is. That happens when a deploy was killed
@@ -184,7 +187,20 @@ def choose_colors(include_color: Optional[str], blue_alive: Optional[bool],
     and deploying over it would cut live traffic. Without a usable include we fall back on the
     seed's rule (blue healthy -> deploy green, else blue). `blue_alive` is None when it was not
     probed (no container of ours holds blue's address), which counts as not alive.
+
+    `include_loaded` (SWITCH_MODE=reload) is False when nginx was not seen loading the include
+    as it stands: see `settle_before_touching`.
     """
+    choice = _choose(include_color, blue_alive, running)
+    settle = settle_before_touching(choice.target, include_color, include_loaded, running)
+    if settle is None:
+        return choice
+    return replace(choice, settle=settle,
+                   reason=f"{choice.reason}, but nginx was not seen loading the include and may still "
+                          f"serve {choice.target}")
+
+
+def _choose(include_color: Optional[str], blue_alive: Optional[bool], running: frozenset) -> ColorChoice:
     if include_color in COLORS:
         idle = other(include_color)
         if include_color not in running and idle in running:
@@ -194,6 +210,41 @@ def choose_colors(include_color: Optional[str], blue_alive: Optional[bool],
     if blue_alive:
         return ColorChoice("blue", "green", "no usable include; blue answers its health check", by_probe=True)
     return ColorChoice(None, "blue", "no usable include and blue is not serving: first deploy")
+
+
+def may_serve(include_color: Optional[str], include_loaded: bool, running: frozenset) -> frozenset:
+    """The colors whose running container nginx may be sending traffic to.
+
+    Reload mode: the include is what nginx serves only once a reload was seen to load it (the
+    switch writes a copy of it beside it when the reload has replaced nginx's workers, and moves
+    that copy aside before every reload). Until then nginx serves what it loaded last, which may
+    be anything an older include named: any running color.
+    """
+    named = frozenset({include_color}) & running if include_color in COLORS else frozenset()
+    return named if include_loaded else frozenset(running)
+
+
+def settle_before_touching(target: str, include_color: Optional[str], include_loaded: bool,
+                           running: frozenset) -> Optional[str]:
+    """What must happen before a run may replace, stop or remove `target`'s container.
+
+    None: nginx cannot be serving it (the include was seen loaded and names the other color, or
+    `target` is not running: a stopped container serves nothing).
+
+    "reload": nginx was not seen loading the include, `target` runs, and the include names a
+    running color. Covers: a run SIGKILLed after the include was renamed and before nginx reloaded
+    (include green, nginx still on blue, both running); a reload that exited 0 without applying;
+    a switch whose put-back reload was cut off (include blue again, nginx maybe on green). Loading
+    the include (test + reload, seen applied) makes nginx serve the include's color, a running
+    container, and then `target` is idle for certain.
+
+    "refuse": the same, but the include names no running color of ours (a placeholder, a foreign
+    address, a color whose container is gone): loading it would send the traffic nginx may be
+    serving from `target` nowhere. A person must say which color serves.
+    """
+    if target not in may_serve(include_color, include_loaded, running):
+        return None
+    return "reload" if include_color in running else "refuse"
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import socket
 import time
 from contextlib import contextmanager
@@ -25,9 +26,9 @@ from typing import Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
 from . import build, decide, health, releases, smoke, verify
 from .decide import Address, ContainerFact
-from .errors import (ContainerExited, DeployFailed, Interrupted, InterruptedAfterSwitch, LiveUnverified, NothingToDo,
-                     OutsideFailure, PipelineError, PreflightError, SettingsError, SwitchedBack, SwitchedBackOnSignal,
-                     SwitchIncomplete, SwitchUnavailable)
+from .errors import (ContainerExited, DeployFailed, IncludeNotLoaded, Interrupted, InterruptedAfterSwitch,
+                     LiveUnverified, NothingToDo, OutsideFailure, PipelineError, PreflightError, SettingsError,
+                     SwitchedBack, SwitchedBackOnSignal, SwitchIncomplete, SwitchUnavailable)
 from .history import Entry, History
 from .lock import DeployLock, LockInfo, who_am_i
 from .nginx_host import NginxHost, check_writable
@@ -93,10 +94,11 @@ def phase(message: str, *args: object) -> None:
 
 # -- facts -----------------------------------------------------------------------------------------
 
-def gather(ctx: Context, current: Optional[Callable[[str], Optional[Address]]] = None,
-           probe: bool = True) -> Facts:
+def gather(ctx: Context, current: Optional[Callable[[str], Optional[decide.Targets]]] = None,
+           probe: bool = True, include_loaded: bool = True) -> Facts:
     """What the flows decide from. `current` says where a route points (default: the switch).
-    `probe=False`: blue is not probed (status, when probes are refused), so it counts as not alive."""
+    `probe=False`: blue is not probed (status, when probes are refused), so it counts as not alive.
+    `include_loaded=False`: nginx was not seen loading the live include (decide.may_serve)."""
     s = ctx.settings
     current = current or ctx.switch.current
     live_address = current(LIVE)
@@ -113,7 +115,7 @@ def gather(ctx: Context, current: Optional[Callable[[str], Optional[Address]]] =
         except health.NotHealthyYet:
             blue_alive = False
     running = frozenset(color for color, fact in containers.items() if fact.running)
-    choice = decide.choose_colors(include_color, blue_alive, running)
+    choice = decide.choose_colors(include_color, blue_alive, running, include_loaded)
     return Facts(live_address, preview_address, containers, choice)
 
 
@@ -227,8 +229,40 @@ def _elapsed(ctx: Context) -> float:
 
 def facts_and_record(ctx: Context) -> Tuple[Facts, ReleaseRecord]:
     """What the flows decide from: the facts, and the release record checked against them."""
-    facts = _settled(ctx, gather(ctx))
+    facts = _settled(ctx, _gathered_settled(ctx))
     return facts, recorded(ctx, facts)
+
+
+def _gathered_settled(ctx: Context) -> Facts:
+    """The facts, for a flow that changes something. When nginx was not seen loading the live
+    include (reload mode: a run killed between the include and the reload, a reload that did not
+    apply) and may still serve the color this run would replace, nginx loads the include first
+    (test + reload, seen to apply), so that it serves what the include names; or the run stops
+    (exit 3) saying what to do (decide.settle_before_touching)."""
+    try:
+        return gather(ctx)
+    except IncludeNotLoaded as exc:
+        unloaded = exc
+    facts = gather(ctx, lambda route: unloaded.address if route == LIVE else ctx.switch.current(route),
+                    include_loaded=False)
+    choice, s = facts.choice, ctx.settings
+    if choice.settle is None:
+        return facts
+    todo = (f"on the nginx host, run `{shlex.join(s.nginx_test_command)}` and "
+            f"`{shlex.join(s.nginx_reload_command)}`, then run again")
+    if choice.settle == "refuse":
+        raise PreflightError(f"{unloaded}; {s.container_name(choice.target)} runs and nginx may serve it, but the "
+                             f"include names no running color of ours: point the include at the color nginx "
+                             f"should serve, {todo}")
+    phase("settling what nginx serves: %s; reloading it before touching %s", unloaded,
+          s.container_name(choice.target))
+    try:
+        with ctx.guard.critical():
+            ctx.switch.route_to(LIVE, unloaded.address)
+    except DeployFailed as exc:
+        raise PreflightError(f"{unloaded}, and {s.container_name(choice.target)} runs; reloading nginx to settle "
+                             f"that failed: {exc}. Nothing was changed: {todo}") from exc
+    return gather(ctx)
 
 
 def _settled(ctx: Context, facts: Facts) -> Facts:

@@ -83,6 +83,16 @@ class IncludeMismatch(SwitchUnavailable):
     """nginx reads a route's address at start from another file than the tool writes."""
 
 
+class IncludeNotLoaded(SwitchUnavailable):
+    """SWITCH_MODE=reload: the live include was written, but nginx was not seen loading it (a run
+    killed between the write and the reload, a reload that did not apply): nginx may still serve
+    what an older include named. `address` is what the include names."""
+
+    def __init__(self, message: str, address: object) -> None:
+        self.address = address
+        super().__init__(message)
+
+
 class LockHeld(PipelineError):
     exit_code = EXIT_LOCKED
 

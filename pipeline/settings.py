@@ -119,6 +119,8 @@ class Settings:
     nginx_upstream: str = "app_live"
     nginx_test_command: Tuple[str, ...] = ("nginx", "-t")
     nginx_reload_command: Tuple[str, ...] = ("nginx", "-s", "reload")
+    # Reload mode: nginx's pid file, to see a reload replace the master's worker processes.
+    nginx_pid_file: PurePosixPath = PurePosixPath("/run/nginx.pid")
     switch_mode: str = "reload"
     nginx_admin_url: str = "http://127.0.0.1:8091"
     nginx_admin_token_file: PurePosixPath = PurePosixPath("/etc/nginx/pipeline-admin.token")
@@ -549,6 +551,7 @@ _READERS: Dict[str, Tuple[str, Reader]] = {
     "NGINX_UPSTREAM": ("nginx_upstream", _text(_NGINX_NAME_RE, "not an nginx upstream name", allow_empty=False)),
     "NGINX_TEST_COMMAND": ("nginx_test_command", _command(allow_empty=False)),
     "NGINX_RELOAD_COMMAND": ("nginx_reload_command", _command(allow_empty=False)),
+    "NGINX_PID_FILE": ("nginx_pid_file", _remote_path(optional=False)),
     "SWITCH_MODE": ("switch_mode", _choice(SWITCH_MODES)),
     "NGINX_ADMIN_URL": ("nginx_admin_url", _admin_url),
     "NGINX_ADMIN_TOKEN_FILE": ("nginx_admin_token_file", _remote_path(optional=False)),

@@ -72,6 +72,7 @@ NGINX_INCLUDE=$DEMO_DIR/service-url.inc
 NGINX_PREVIEW_INCLUDE=$DEMO_DIR/service-url-preview.inc
 NGINX_TEST_COMMAND=${nginx_argv[*]} -t -q
 NGINX_RELOAD_COMMAND=${nginx_argv[*]} -s reload
+NGINX_PID_FILE=$DEMO_DIR/nginx.pid
 ENV
 echo "settings: $DEMO_DIR/demo.env"
 

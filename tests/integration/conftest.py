@@ -134,6 +134,7 @@ def settings_env(world, nginx, stack) -> Dict[str, str]:
         "NGINX_INCLUDE": str(nginx.include),
         "NGINX_TEST_COMMAND": nginx.test_command,
         "NGINX_RELOAD_COMMAND": nginx.reload_command,
+        "NGINX_PID_FILE": str(nginx.pid_file),
     }
 
 

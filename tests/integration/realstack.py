@@ -153,6 +153,11 @@ class Nginx:
         return ["nginx", "-p", str(self.directory), "-c", str(self.conf), *extra]
 
     @property
+    def pid_file(self) -> Path:
+        """Where the master writes its pid (the `pid` directive): NGINX_PID_FILE."""
+        return self.directory / "nginx.pid"
+
+    @property
     def test_command(self) -> str:
         return shlex.join(self.argv("-t", "-q"))
 

@@ -94,7 +94,8 @@ def switch_env(nginx: Nginx, mode: str) -> Dict[str, str]:
         return {"SWITCH_MODE": "live", "NGINX_ADMIN_URL": nginx.admin_url,
                 "NGINX_ADMIN_TOKEN_FILE": str(nginx.token_file),
                 "NGINX_TEST_COMMAND": "false", "NGINX_RELOAD_COMMAND": "false"}
-    return {"NGINX_TEST_COMMAND": nginx.test_command, "NGINX_RELOAD_COMMAND": nginx.reload_command}
+    return {"NGINX_TEST_COMMAND": nginx.test_command, "NGINX_RELOAD_COMMAND": nginx.reload_command,
+            "NGINX_PID_FILE": str(nginx.pid_file)}
 
 
 def dead_nodes(swarm: Dict[str, str]) -> List[int]:

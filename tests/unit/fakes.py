@@ -12,7 +12,7 @@ from typing import Dict, List, Optional, Set, Tuple
 
 from pipeline import deploy as flows
 from pipeline.decide import Address, ContainerFact, color_at
-from pipeline.errors import DeployFailed, HealthCheckFailed, Interrupted, PipelineError
+from pipeline.errors import DeployFailed, HealthCheckFailed, IncludeNotLoaded, Interrupted, PipelineError
 from pipeline.health import NotHealthyYet
 from pipeline.settings import Settings
 from pipeline.switch import LIVE, PREVIEW
@@ -167,16 +167,22 @@ class FakeSwitch(Strict):
     def __init__(self) -> None:
         self.routes: Dict[str, Optional[Address]] = {LIVE: None, PREVIEW: None}
         self.moves: List[Tuple[str, Address]] = []
+        # False: the include was written but nginx was not seen loading it (reload mode, a run
+        # killed in between): current() raises IncludeNotLoaded, as ReloadSwitch does.
+        self.loaded: Dict[str, bool] = {LIVE: True, PREVIEW: True}
 
     def check(self) -> None:
         pass
 
     def current(self, route: str) -> Optional[Address]:
+        if not self.loaded[route]:
+            raise IncludeNotLoaded(f"nginx was not seen loading the {route} include", self.routes[route])
         return self.routes[route]
 
     def route_to(self, route: str, address: Address) -> None:
         self.moves.append((route, address))
         self.routes[route] = address
+        self.loaded[route] = True
 
     def describe(self) -> Dict[str, Optional[str]]:
         return {route: str(a) if a else None for route, a in self.routes.items()}

@@ -15,29 +15,31 @@ import urllib3.exceptions
 
 from pipeline import engine, nginx_host
 from pipeline.decide import Address
-from pipeline.errors import (EXIT_DEPLOY_FAILED, DeployFailed, NginxHostFailed, RemoteCommandFailed,
-                             SwitchIncomplete)
+from pipeline.errors import (EXIT_DEPLOY_FAILED, EXIT_PREFLIGHT, DeployFailed, IncludeNotLoaded, NginxHostFailed,
+                             PreflightError, SwitchIncomplete)
 from pipeline.history import Entry, History
 from pipeline.nginx_host import CommandResult, LocalHost
 from pipeline.settings import Settings
-from pipeline.reload_switch import ReloadSwitch
+from pipeline.reload_switch import CONFIRM_SECONDS, RELOAD_SCRIPT, ReloadSwitch
 from pipeline.switch import LIVE
 
 INCLUDE = "/etc/nginx/conf.d/service-url.inc"
 BLUE_TEXT = "set $service_url http://172.20.0.2:8080;\n"
 GREEN = Address("172.20.0.3", 8080)
 GREEN_TEXT = "set $service_url http://172.20.0.3:8080;\n"
+LOADED = INCLUDE + ".loaded"
 LOST = NginxHostFailed("nginx host root@n1:22 over SSH", "running `nginx -t`", "the connection was closed")
 
 
 class ScriptedHost:
     """A strict fake nginx host: files in a dict, and a script of what each call does. Any call
-    the script does not expect fails the test."""
+    the script does not expect fails the test. An outcome that is a function gets the call's
+    arguments (the reload step's verdict line carries a token the switch makes up)."""
 
     description = "root@n1:22"
 
     def __init__(self, script: List[tuple]) -> None:
-        self.files: Dict[str, str] = {INCLUDE: BLUE_TEXT}
+        self.files: Dict[str, str] = {INCLUDE: BLUE_TEXT, LOADED: BLUE_TEXT}
         self.script = list(script)
 
     def _next(self, call: str, *args: object) -> object:
@@ -46,14 +48,14 @@ class ScriptedHost:
         assert expected == call, f"expected {expected}, got {call}{args}"
         if isinstance(outcome, BaseException):
             raise outcome
-        return outcome
+        return outcome(*args) if callable(outcome) else outcome
 
     def read_text(self, path: str) -> Optional[str]:
-        self._next("read")
+        self._next("read", path)
         return self.files.get(path)
 
     def write_text_atomic(self, path: str, text: str) -> None:
-        self._next("write")
+        self._next("write", path)
         self.files[path] = text
 
     def run(self, argv: Sequence[str]) -> CommandResult:
@@ -70,20 +72,97 @@ def ok_result(argv: Sequence[str] = ("nginx",)) -> CommandResult:
     return CommandResult(argv, 0, "")
 
 
+def reloaded(verdict: str, code: int = 0, output: str = "", note: str = ""):
+    """What the reload step (RELOAD_SCRIPT) answers, for `run` (one step) or as the second of
+    `run_steps` after a passing `nginx -t`."""
+    def answer(argv: Sequence[str]) -> CommandResult:
+        token = argv[4]
+        after = {"applied": "100: 102", "changed": "100: 101 102"}.get(verdict, "100: 101")
+        line = f"{token}|{verdict}|{code}|100: 101|{after}|{note}"
+        return CommandResult(argv, 0 if verdict == "applied" else 1, f"{output}\n{line}\n")
+
+    def steps(steps: Sequence[Sequence[str]]) -> List[CommandResult]:
+        return [ok_result(steps[0]), answer(steps[1])]
+
+    answer.steps = steps   # type: ignore[attr-defined]
+    return answer
+
+
 def switch(host: ScriptedHost) -> ReloadSwitch:
     settings = Settings()
     assert str(settings.nginx_include) == INCLUDE
     return ReloadSwitch(host, settings)  # type: ignore[arg-type]
 
 
-def test_a_session_lost_mid_switch_puts_the_include_back_and_reloads():
-    host = ScriptedHost([("read", None), ("write", None), ("run_steps", LOST), ("write", None),
-                         ("run", ok_result())])
+def test_a_switch_is_done_when_the_reload_is_seen_to_apply():
+    host = ScriptedHost([("read", None), ("write", None), ("run_steps", reloaded("applied").steps)])
+    switch(host).route_to(LIVE, GREEN)
+    host.done()
+    assert host.files[INCLUDE] == GREEN_TEXT
+
+
+def test_the_reload_step_runs_the_reload_command_under_the_check():
+    host = ScriptedHost([("read", None), ("write", None), ("run_steps", reloaded("applied").steps)])
+    seen = []
+    host.run_steps = lambda steps: seen.extend(steps) or reloaded("applied").steps(steps)   # type: ignore
+    host.script = host.script[:2]
+    switch(host).route_to(LIVE, GREEN)
+    test, step = seen
+    assert test == ("nginx", "-t")
+    assert step[:2] == ["sh", "-c"] and step[2] == RELOAD_SCRIPT
+    # token, pid file, the `.loaded` copy, the include, the seconds, then the reload command itself
+    assert step[5:] == ["/run/nginx.pid", LOADED, INCLUDE, str(CONFIRM_SECONDS), "nginx", "-s", "reload"]
+
+
+@pytest.mark.parametrize("verdict,code,words", [
+    ("unchanged", 0, "`nginx -s reload` exited 0, but nginx was not seen loading the new live include within 10s "
+                     "(its worker processes were not replaced, see nginx's error log); put the old live include back"),
+    ("unchanged", 1, "nginx reload failed; put the old live include back: `nginx -s reload` exited with 1"),
+    ("no-master", 0, "NGINX_PID_FILE=/run/nginx.pid names no running process on the nginx host: nginx was not "
+                     "reloaded (a reload there could not be seen to apply); put the old live include back"),
+    ("no-workers", 0, "has no worker process: nginx was not reloaded; put the old live include back"),
+    ("marker", 0, f"could not move {INCLUDE}.loaded aside on the nginx host: nginx was not reloaded; put the old "
+                  f"live include back"),
+], ids=["exit-0-not-applied", "reload-fails", "no-master", "no-workers", "marker"])
+def test_a_reload_that_did_not_apply_puts_the_include_back_without_reloading(verdict, code, words):
+    # Nothing was loaded (the workers are those of before), or nothing was reloaded: the old
+    # include is all it takes.
+    host = ScriptedHost([("read", None), ("write", None), ("run_steps", reloaded(verdict, code).steps),
+                         ("write", None)])
+    with pytest.raises(DeployFailed) as caught:
+        switch(host).route_to(LIVE, GREEN)
+    host.done()
+    assert words in str(caught.value)
+    assert not isinstance(caught.value, SwitchIncomplete)
+    assert host.files[INCLUDE] == BLUE_TEXT
+
+
+@pytest.mark.parametrize("code,words", [
+    (0, "`nginx -s reload` exited 0, but nginx was not seen loading the new live include within 10s (its worker "
+        "processes went from 100: 101 to 100: 101 102); put the old live include back"),
+    (1, "nginx reload failed; put the old live include back: `nginx -s reload` exited with 1"),
+], ids=["exit-0", "exit-1"])
+def test_a_reload_that_may_have_applied_is_undone_by_a_reload_seen_to_apply(code, words):
+    host = ScriptedHost([("read", None), ("write", None), ("run_steps", reloaded("changed", code).steps),
+                         ("write", None), ("run", reloaded("applied"))])
     with pytest.raises(DeployFailed) as caught:
         switch(host).route_to(LIVE, GREEN)
     host.done()
     assert not isinstance(caught.value, SwitchIncomplete)
-    assert str(caught.value) == f"{LOST}; put the old live include back and reloaded nginx"
+    assert str(caught.value) == words
+    assert host.files[INCLUDE] == BLUE_TEXT
+
+
+def test_a_session_lost_mid_switch_puts_the_include_back_and_reloads():
+    host = ScriptedHost([("read", None), ("write", None), ("run_steps", LOST), ("write", None),
+                         ("run", reloaded("applied"))])
+    with pytest.raises(DeployFailed) as caught:
+        switch(host).route_to(LIVE, GREEN)
+    host.done()
+    assert not isinstance(caught.value, SwitchIncomplete)
+    # The commands as configured, not the check wrapped around the reload (many lines of sh).
+    assert str(caught.value) == ("nginx host root@n1:22 over SSH: running `nginx -t` then `nginx -s reload`: the "
+                                 "connection was closed; put the old live include back and reloaded nginx")
     assert host.files[INCLUDE] == BLUE_TEXT
 
 
@@ -91,36 +170,69 @@ def test_a_session_lost_mid_switch_puts_the_include_back_and_reloads():
     # the include cannot be written back
     ([("read", None), ("write", None), ("run_steps", LOST), ("write", LOST)], str(LOST)),
     # written back, but the reload that must follow (nginx may have loaded green) fails
-    ([("read", None), ("write", None), ("run_steps", LOST), ("write", None), ("run", CommandResult(("nginx",), 1, "x"))],
-     "`nginx` after putting it back exited with 1"),
+    ([("read", None), ("write", None), ("run_steps", LOST), ("write", None), ("run", reloaded("unchanged", 1))],
+     "`nginx -s reload` after putting it back was not seen to apply (unchanged, exit 1)"),
+    # ... or exits 0 without applying
+    ([("read", None), ("write", None), ("run_steps", reloaded("changed").steps), ("write", None),
+      ("run", reloaded("unchanged"))],
+     "`nginx -s reload` after putting it back was not seen to apply (unchanged, exit 0)"),
+    # ... or is cut off
+    ([("read", None), ("write", None), ("run_steps", LOST), ("write", None), ("run", LOST)],
+     "nginx host root@n1:22 over SSH: running `nginx -s reload`: the connection was closed"),
     # nginx -t rejected the new include, and writing the old one back fails
     ([("read", None), ("write", None), ("run_steps", [CommandResult(("nginx", "-t"), 1, "bad")]), ("write", LOST)],
      str(LOST)),
-], ids=["write-back-fails", "reload-after-write-back-fails", "test-failed-then-write-back-fails"])
+], ids=["write-back-fails", "reload-after-write-back-fails", "reload-after-write-back-does-not-apply",
+        "reload-after-write-back-cut-off", "test-failed-then-write-back-fails"])
 def test_an_include_that_cannot_be_put_back_says_what_to_do(script, problem):
     host = ScriptedHost(script)
     with pytest.raises(SwitchIncomplete) as caught:
         switch(host).route_to(LIVE, GREEN)
     host.done()
     message = str(caught.value)
-    assert caught.value.exit_code == EXIT_DEPLOY_FAILED
+    assert caught.value.exit_code == EXIT_DEPLOY_FAILED and "\n" not in message
     assert f"then putting the old live include back failed ({problem})" in message
-    assert f"{INCLUDE} on the nginx host may name {GREEN} or the old address" in message
+    assert f"{INCLUDE} on the nginx host may name {GREEN} or the old address, and nginx may serve either" in message
     assert message.endswith("On the nginx host, run `nginx -t` and `nginx -s reload`: nginx then serves what "
                             "the include names, and the next deploy goes to the other color")
 
 
-def test_a_failed_reload_whose_retry_is_cut_off_still_reports_the_reload():
-    # nginx stayed on its old config (the reload failed), the include is back: nothing more to do.
-    host = ScriptedHost([("read", None), ("write", None),
-                         ("run_steps", [ok_result(("nginx", "-t")), CommandResult(("nginx", "-s", "reload"), 1, "no")]),
-                         ("write", None), ("run", LOST)])
-    with pytest.raises(RemoteCommandFailed) as caught:
-        switch(host).route_to(LIVE, GREEN)
+# -- what nginx serves: the include only once nginx was seen loading it --------------------------
+
+@pytest.mark.parametrize("loaded", [BLUE_TEXT, None, GREEN_TEXT], ids=["same", "missing", "other"])
+def test_the_live_route_is_the_include_only_when_nginx_was_seen_loading_it(loaded):
+    host = ScriptedHost([("read", None), ("read", None)])
+    host.files[LOADED] = loaded   # type: ignore[assignment]
+    if loaded == BLUE_TEXT:
+        assert switch(host).current(LIVE) == Address("172.20.0.2", 8080)
+    else:
+        with pytest.raises(IncludeNotLoaded) as caught:
+            switch(host).current(LIVE)
+        assert caught.value.exit_code == EXIT_PREFLIGHT
+        assert caught.value.address == Address("172.20.0.2", 8080)
+        assert str(caught.value).startswith(f"nginx was not seen loading {INCLUDE} (it names 172.20.0.2:8080; "
+                                            f"{LOADED} ")
     host.done()
-    assert "nginx reload failed; put the old live include back (reload after restoring also failed: " \
-           "the connection was closed)" in str(caught.value)
-    assert host.files[INCLUDE] == BLUE_TEXT
+
+
+@pytest.mark.parametrize("pid_text,words", [
+    (None, "NGINX_PID_FILE=/run/nginx.pid: no such file on the nginx host (root@n1:22); set it to the path in "
+           "nginx's `pid` directive"),
+    ("nginx\n", "NGINX_PID_FILE=/run/nginx.pid: holds 'nginx' on the nginx host (root@n1:22), not a process id"),
+    ("", "NGINX_PID_FILE=/run/nginx.pid: holds '' on the nginx host (root@n1:22), not a process id"),
+    ("1234\n", None),
+])
+def test_check_reads_the_pid_file(pid_text, words):
+    host = ScriptedHost([("read", None)])
+    if pid_text is not None:
+        host.files["/run/nginx.pid"] = pid_text
+    if words is None:
+        switch(host).check()
+    else:
+        with pytest.raises(PreflightError) as caught:
+            switch(host).check()
+        assert str(caught.value).startswith(words)
+    host.done()
 
 
 # -- wording of library errors -------------------------------------------------------------------
