@@ -84,7 +84,7 @@ def main(argv: Sequence[str], environ: Mapping[str, str], cwd: Optional[Path] = 
         if args.command == "deploy":
             settings.check_build_inputs(cwd)
         return _run(args, settings, environ, cwd, stdout, started)
-    except PipelineError as exc:
+    except (PipelineError, errors.Interrupted) as exc:   # Interrupted: SIGINT/SIGTERM, after cleaning up
         print(logsetup.mask(f"pipeline: error: {exc}"), file=sys.stderr)
         for line in exc.detail():
             print(logsetup.mask(f"    {line}"), file=sys.stderr)

@@ -1,7 +1,7 @@
 """The deploy, as the runbook tells it.
 
-    preflight -> build -> pick the idle color -> start it -> health -> [smoke] -> switch -> verify
-    -> drain -> stop old
+    preflight -> build -> pick the idle color -> start it -> health -> [smoke] -> [min ready]
+    -> switch -> verify -> drain -> last look -> stop old
 
 Every flow that changes something starts with `preflight` (lock, settle the version, check; the
 history is written when it ends, however it ends). Facts are gathered next, including the release
@@ -27,8 +27,8 @@ from typing import Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 from . import build, decide, health, releases, smoke, verify
 from .decide import Address, ContainerFact
 from .errors import (ContainerExited, DeployFailed, IncludeNotLoaded, Interrupted, InterruptedAfterSwitch,
-                     NothingToDo, OutsideFailure, PipelineError, PreflightError, SettingsError, SwitchIncomplete,
-                     SwitchUnavailable)
+                     LiveUnverified, NothingToDo, OutsideFailure, PipelineError, PreflightError, SettingsError,
+                     SwitchedBack, SwitchedBackOnSignal, SwitchIncomplete, SwitchUnavailable)
 from .history import Entry, History
 from .lock import DeployLock, LockInfo, who_am_i
 from .nginx_host import NginxHost, check_writable
@@ -53,6 +53,7 @@ class Context:
     environ: Mapping[str, str]
     guard: SignalGuard = field(default_factory=SignalGuard)
     sleep: Callable[[float], None] = time.sleep
+    clock: Callable[[], float] = time.monotonic   # what `sleep` waits on (MIN_READY_SECONDS, the last look)
     # The health gate (health.wait_healthy's signature): the one step that talks to the release.
     health_gate: Callable[..., int] = health.wait_healthy
     lock_wait: float = 0.0
@@ -204,8 +205,8 @@ def preflight(ctx: Context, action: str) -> Iterator[Run]:
             if not isinstance(exc, (NothingToDo, SettingsError)):   # neither changed anything
                 result = getattr(exc, "history_result", None) or (
                     "interrupted" if isinstance(exc, Interrupted) else "failed")
-                history.append(Entry(_now(), who, s.app_name, action, s.app_version or "", "", result,
-                                     _elapsed(ctx), describe_failure(exc)[:300]))
+                history.append(Entry(_now(), who, s.app_name, action, s.app_version or "",
+                                     getattr(exc, "color", ""), result, _elapsed(ctx), describe_failure(exc)[:300]))
             raise
         outcome = run.outcome
         assert outcome is not None, f"the {action} flow ended without saying what it did"
@@ -367,6 +368,71 @@ def smoke_test(ctx: Context, color: str) -> None:
         smoke.run_smoke(s.smoke_command, url, ctx.environ, s.health_timeout)
 
 
+def hold_ready(ctx: Context, color: str) -> None:
+    """MIN_READY_SECONDS after the health gate (and the smoke test), before any switch: the new
+    release keeps running and answering health that long, or it fails as a failed gate does
+    (nothing switched; the caller removes it). A release that dies right after its first 200
+    then costs no request. 0 (the default) skips it."""
+    s = ctx.settings
+    if s.min_ready_seconds <= 0:
+        return
+    name = s.container_name(color)
+    problem, probe_all = ready_checks(ctx, color)
+    phase("holding %s for MIN_READY_SECONDS=%gs: it must keep running and answering %s (every %gs)", name,
+          s.min_ready_seconds, s.health_path, min(s.health_interval, health.READY_PROBE_EVERY_MAX))
+    started = ctx.clock()
+    reason = health.stay_ready(s.min_ready_seconds, s.health_interval, problem, probe_all, ctx.clock, ctx.sleep)
+    if reason is not None:
+        raise DeployFailed(f"{name} did not stay ready for MIN_READY_SECONDS={s.min_ready_seconds:g}: {reason} "
+                           f"{ctx.clock() - started:.1f}s after it was healthy; nothing was switched",
+                           [f"container log: {line}" for line in ctx.engine.logs_tail(color)])
+    log.info("    %s stayed ready for %gs", name, s.min_ready_seconds)
+
+
+def ready_checks(ctx: Context, color: str) -> Tuple[Callable[[], Optional[str]], Callable[[float], object]]:
+    """For health.stay_ready, on a color that passed its gate: why it is not serving (None if it
+    is), and a probe of every address it answers at. On a swarm: the tasks running now, each
+    probed at its node's address; any of them failing, restarting or moved, or fewer than
+    REPLICAS running, is a problem. Probes go only where the check just found ours."""
+    s = ctx.settings
+    name = s.container_name(color)
+    if s.target != "swarm":
+        url = health_url(s, color)
+
+        def container_problem() -> Optional[str]:
+            fact = ctx.engine.container(color)
+            if fact is None:
+                return f"container {name} was removed"
+            if not fact.running or fact.restart_count > 0:
+                return f"container {name} stopped ({fact.status}, restarted {fact.restart_count}x)"
+            if not ctx.engine.at_fixed_ip(fact):
+                return f"container {name} no longer holds {s.ip_of(color)} on {s.deploy_network}"
+            return None
+
+        return container_problem, lambda timeout: health.probe(ctx.prober, url, timeout)
+
+    from .swarm import serving_problem, task_where   # only a swarm has tasks (as in verify.py)
+    engine = ctx.engine
+    watched = frozenset(t.task_id for t in engine.task_addresses(color))   # type: ignore[attr-defined]
+    seen: list = []
+
+    def tasks_problem() -> Optional[str]:
+        seen[:] = engine.tasks(color)   # type: ignore[attr-defined]
+        found = serving_problem(seen, watched, s.replicas)
+        return f"{name}: {found}" if found else None
+
+    def probe_tasks(timeout: float) -> None:
+        for task in seen:
+            if task.task_id in watched and task.running and task.node_up and task.node_addr:
+                url = f"http://{task.node_addr}:{task.port}{s.health_path}"
+                try:
+                    health.probe(ctx.prober, url, timeout)
+                except health.NotHealthyYet as exc:
+                    raise health.NotHealthyYet(f"{task_where(task)}: {exc.last}") from exc
+
+    return tasks_problem, probe_tasks
+
+
 def _verified(verdict: Optional[verify.Verdict]) -> str:
     return f"; {verdict.summary()}" if verdict else ""
 
@@ -411,10 +477,12 @@ def switch_live(ctx: Context, release: Release, record: ReleaseRecord) -> Releas
 
 def verified(ctx: Context, mark: Optional[verify.Baseline], before: ReleaseRecord) -> Optional[verify.Verdict]:
     """The verification window after the switch. On a switch back, the record is put back as it
-    was before the switch: the failed release is live nowhere and no rollback target."""
+    was before the switch: the failed release is live nowhere and no rollback target. When the
+    switch back failed (LiveUnverified), the record stays as the switch wrote it: that release
+    is live."""
     try:
         return verify.verify(ctx, mark)
-    except (verify.SwitchedBack, verify.SwitchedBackOnSignal):
+    except (verify.SwitchedBack, verify.SwitchedBackOnSignal, verify.SwitchedBackAfterBug):
         assert mark is not None
         with ctx.guard.critical():
             record_store(ctx).write(before.without_color(mark.color))
@@ -447,39 +515,87 @@ def preview_follows(ctx: Context, color: str, old: Optional[str]) -> None:
         log.warning("    the preview still points at the previous release: %s", exc)
 
 
-def retire(ctx: Context, old: Optional[str]) -> None:
-    """Drain, then stop the old color gracefully. It is kept (stopped) for rollback.
+def retire(ctx: Context, old: Optional[str], new: str, before: ReleaseRecord,
+           preview_before: Optional[Address] = None) -> None:
+    """Drain, take one last look at the new color, then stop the old color gracefully. It is kept
+    (stopped) for rollback.
 
     The wait is at least the switch's settle time, so "done" means nginx serves the new color.
+    The last look: the old color is never left out of traffic while the new one is not running
+    and answering health (a release that died right after its gate, with nothing else watching
+    it, e.g. VERIFY_SECONDS=0). If it is not, traffic goes back to the old color and the run
+    ends as a failed verification does (`before`: the record as it was before the switch).
     """
     s = ctx.settings
     wait = max(s.drain_seconds, ctx.switch.settle_seconds)
     try:
-        old_exists = old is not None and ctx.engine.container(old) is not None
+        old_fact = ctx.engine.container(old) if old is not None else None
     except OutsideFailure as exc:
         # The new release is live: an engine that fails now must not fail the deploy.
         log.warning("==> the new release is live, but %s: the old one may be left running", exc)
         return
-    if old is None or not old_exists:
+    if old is None or old_fact is None:
         ctx.sleep(ctx.switch.settle_seconds)
         return
-    if s.keep_previous_running:
-        ctx.sleep(ctx.switch.settle_seconds)
-        phase("%s kept running out of traffic (KEEP_PREVIOUS_RUNNING): `rollback` is a switch only",
-              s.container_name(old))
-        return
-    phase("draining %s for %gs", s.container_name(old), wait)
     try:
-        ctx.sleep(wait)
+        if s.keep_previous_running:
+            ctx.sleep(ctx.switch.settle_seconds)
+        else:
+            phase("draining %s for %gs", s.container_name(old), wait)
+            ctx.sleep(wait)
+        serving, reason = last_look(ctx, new, old) if old_fact.running else (True, "")
     except Interrupted:
         _left_running(ctx, old)
         raise
+    if serving is False:
+        _back_after_last_look(ctx, new, old, before, preview_before, reason)
+    if serving is None:
+        return   # cannot tell: the old color keeps running
+    if s.keep_previous_running:
+        phase("%s kept running out of traffic (KEEP_PREVIOUS_RUNNING): `rollback` is a switch only",
+              s.container_name(old))
+        return
     phase("stopping %s (grace %gs); kept for rollback", s.container_name(old), s.stop_timeout)
     with ctx.guard.critical():
         try:
             ctx.engine.stop(old)
         except OutsideFailure as exc:
             log.warning("==> the new release is live, but %s; it keeps running (the next deploy replaces it)", exc)
+
+
+def last_look(ctx: Context, new: str, old: str) -> Tuple[Optional[bool], str]:
+    """Right before the old color (running) is stopped or left out of traffic for good: is the new
+    one still running and answering health (a probe, retried once)? (True, ""): go on.
+    (False, why): it is not. (None, why): it cannot be told (the engine or the probe's route
+    failed), so the old color must keep running."""
+    s = ctx.settings
+    try:
+        problem, probe_all = ready_checks(ctx, new)
+        reason = health.stay_ready(0, s.health_interval, problem, probe_all, ctx.clock, ctx.sleep)
+    except (OutsideFailure, PreflightError) as exc:
+        log.warning("==> cannot look at %s before stopping %s (%s): %s left running", s.container_name(new),
+                    s.container_name(old), exc, s.container_name(old))
+        return None, str(exc)
+    return (True, "") if reason is None else (False, reason)
+
+
+def _back_after_last_look(ctx: Context, new: str, old: str, before: ReleaseRecord,
+                          preview_before: Optional[Address], reason: str) -> None:
+    """The new release stopped serving after the switch: the old color (still running) takes
+    traffic back through the same switch as after a failed verification, the new one is removed
+    (scaled to 0), and the record is put back as before the switch. Raises SwitchedBack (exit 1)."""
+    s = ctx.settings
+    log.error("==> %s is not serving (%s); %s still runs", s.container_name(new), reason, s.container_name(old))
+    why = f"{reason}, in the last look before stopping {s.container_name(old)}"
+    message = f"switched back to {old}: {why}"
+    try:
+        with ctx.guard.critical():
+            verify.switch_back(ctx, new, old, why)
+            record_store(ctx).write(before.without_color(new))
+    except Interrupted as exc:   # held through the switch back, which is done
+        raise SwitchedBackOnSignal(exc.signum, message) from exc
+    _preview_back(ctx, new, preview_before)
+    raise SwitchedBack(message)
 
 
 def clean_images(ctx: Context, record: ReleaseRecord) -> None:
@@ -510,7 +626,8 @@ def abandoned_on_failure(ctx: Context, color: str, facts: Facts, record: Release
         _left_running(ctx, facts.choice.live)
         raise
     except SwitchIncomplete:
-        # nginx may serve the new release whatever the include says: it stays.
+        # The switch could not be undone: nginx may serve the new release (or will, once it
+        # reloads). Its message says what to run; the container stays meanwhile.
         log.error("==> leaving %s running: nginx may serve it", ctx.settings.container_name(color))
         raise
     except BaseException:
@@ -520,10 +637,10 @@ def abandoned_on_failure(ctx: Context, color: str, facts: Facts, record: Release
 
 
 def _abandon(ctx: Context, color: str, preview_before: Optional[Address], record: ReleaseRecord) -> None:
-    """After a failed deploy: no container of the failed release left running, unless the include
-    may name it (a switch that could not be undone), so nginx always has something to serve."""
+    """After a failed deploy: no container of the failed release left running, unless nginx may
+    serve it, so nginx always has something to serve."""
     s = ctx.settings
-    if _include_may_name(ctx, color):
+    if _nginx_may_serve(ctx, color):
         return
     how = "removing" if s.target == "docker" else "scaling to 0"
     log.error("==> %s %s; nginx still serves what it served before", how, s.container_name(color))
@@ -537,24 +654,33 @@ def _abandon(ctx: Context, color: str, preview_before: Optional[Address], record
         except OutsideFailure as exc:
             log.warning("    the release record still names %s as staged (%s); the next run rebuilds it",
                         s.container_name(color), exc)
+    _preview_back(ctx, color, preview_before)
+
+
+def _preview_back(ctx: Context, color: str, preview_before: Optional[Address]) -> None:
+    """The preview, if it points at `color` (removed), back where it pointed before."""
     try:
-        if s.nginx_preview_include and ctx.engine.color_at(ctx.switch.current(PREVIEW)) == color and preview_before:
+        if ctx.settings.nginx_preview_include and ctx.engine.color_at(ctx.switch.current(PREVIEW)) == color \
+                and preview_before:
             ctx.switch.route_to(PREVIEW, preview_before)
     except PipelineError as exc:
         log.warning("    could not point the preview back at %s: %s", preview_before, exc)
 
 
-def _include_may_name(ctx: Context, color: str) -> bool:
-    """True (and said) when the live include names this color or cannot be read: its container
-    must then stay, or nginx's next reload would send traffic nowhere."""
+def _nginx_may_serve(ctx: Context, color: str) -> bool:
+    """True (and said) when the switch says the live route goes to this color, or cannot say:
+    its container must then stay. A switch that failed half-way raises SwitchIncomplete, which
+    the flows honour first; this is the last look before removing anything (in live mode it asks
+    nginx's admin, not the include, which nginx may not serve)."""
     try:
-        named = ctx.engine.color_at(decide.parse_include(IncludeFiles(ctx.host, ctx.settings).read(LIVE))) == color
-    except OutsideFailure as exc:
-        log.error("==> leaving %s running: cannot read the live include (%s)", ctx.settings.container_name(color), exc)
+        serving = ctx.engine.color_at(ctx.switch.current(LIVE)) == color
+    except PipelineError as exc:
+        log.error("==> leaving %s running: cannot tell whether nginx serves it (%s)",
+                  ctx.settings.container_name(color), exc)
         return True
-    if named:
-        log.error("==> leaving %s running: the live include names it", ctx.settings.container_name(color))
-    return named
+    if serving:
+        log.error("==> leaving %s running: nginx's live route goes to it", ctx.settings.container_name(color))
+    return serving
 
 
 # -- flows -----------------------------------------------------------------------------------------
@@ -571,12 +697,13 @@ def deploy(ctx: Context) -> Outcome:
             start(ctx, release)
             wait_healthy(ctx, target)
             smoke_test(ctx, target)
+            hold_ready(ctx, target)
             mark = verify.baseline(ctx, target, live)
             before = record
             record = switch_live(ctx, release, record)
         verdict = verified(ctx, mark, before)
         preview_follows(ctx, target, live)
-        retire(ctx, live)
+        retire(ctx, live, target, before, facts.preview_address)
         clean_images(ctx, record)
         return run.done(Outcome("deploy", release.version, target,
                                 f"{release.version} live on {target}" + _verified(verdict)))
@@ -596,6 +723,7 @@ def stage(ctx: Context) -> Outcome:
             start(ctx, release)
             wait_healthy(ctx, target)
             smoke_test(ctx, target)
+            hold_ready(ctx, target)
             if s.nginx_preview_include:
                 point_preview(ctx, target)
             with ctx.guard.critical():
@@ -616,11 +744,12 @@ def promote(ctx: Context) -> Outcome:
         log.info("    promoting %s from %s", staged, live or "nothing")
         wait_healthy(ctx, staged.color)
         smoke_test(ctx, staged.color)
+        hold_ready(ctx, staged.color)
         mark = verify.baseline(ctx, staged.color, live)
         before = record
         record = switch_live(ctx, staged, record)
         verdict = verified(ctx, mark, before)
-        retire(ctx, live)
+        retire(ctx, live, staged.color, before)
         clean_images(ctx, record)
         return run.done(Outcome("promote", staged.version, staged.color,
                                 f"{staged.version} live on {staged.color}" + _verified(verdict)))
@@ -648,22 +777,30 @@ def rollback(ctx: Context, to_version: Optional[str] = None) -> Outcome:
                 with ctx.guard.critical():
                     ctx.engine.run(target.color, target.image, target.version)
             wait_healthy(ctx, target.color)
+            if plan.how != "running":   # one found running has been up since before this run
+                hold_ready(ctx, target.color)
+            before = record
             record = switch_live(ctx, target, record)
+        except InterruptedAfterSwitch:
+            _left_running(ctx, live)   # the release brought back serves now
+            raise
         except SwitchIncomplete:
+            # The switch could not be undone: nginx may serve the release brought back, which
+            # stays as it is; the message says what to run.
             log.error("==> leaving %s running: nginx may serve it", s.container_name(target.color))
             raise
         except BaseException:
             with ctx.guard.critical():
                 _undo_bring_back(ctx, plan, live, record)
             raise
-        retire(ctx, live)
+        retire(ctx, live, target.color, before)
         return run.done(Outcome("rollback", target.version, target.color,
                                  f"{target.version} live on {target.color} again"))
 
 
 def _undo_bring_back(ctx: Context, plan: releases.RollbackPlan, live: Optional[str], record: ReleaseRecord) -> None:
     name = ctx.settings.container_name(plan.color)
-    if plan.how not in ("start", "recreate") or _include_may_name(ctx, plan.color):
+    if plan.how not in ("start", "recreate") or _nginx_may_serve(ctx, plan.color):
         return
     try:
         if plan.how == "start":
@@ -690,7 +827,8 @@ def history(ctx: Context) -> List[dict]:
     live_version = record.live.version if record.live else None
     out = []
     for entry in entries:
-        release = entry.result == "ok" and entry.action in releases.LIVE_ACTIONS
+        # "live unverified": it failed verification and could not be switched back, so it went live.
+        release = entry.result in ("ok", LiveUnverified.history_result) and entry.action in releases.LIVE_ACTIONS
         out.append({**asdict(entry), "live": release and entry.version == live_version,
                     "rollback_target": release and entry.version in targets})
     return out
@@ -723,7 +861,7 @@ def _report_facts(ctx: Context) -> Facts:
 
 
 def describe_failure(exc: BaseException) -> str:
-    return str(exc) if isinstance(exc, PipelineError) else f"{type(exc).__name__}: {exc}"
+    return str(exc) if isinstance(exc, (PipelineError, Interrupted)) else f"{type(exc).__name__}: {exc}"
 
 
 def status(ctx: Context, probe: bool = True) -> dict:

@@ -13,6 +13,7 @@ EXIT_BAD_INPUT = 2       # bad setting, unknown command or flag; nothing was cha
 EXIT_PREFLIGHT = 3       # docker engine, nginx host or network not usable; nothing was changed
 EXIT_LOCKED = 4          # another deploy holds the lock
 EXIT_NOTHING_TO_DO = 5   # promote with nothing staged, rollback with no previous release
+EXIT_LIVE_UNVERIFIED = 6  # the new release failed verification and switching back failed: it serves
 EXIT_BUG = 70            # an unexpected error: a bug in pipeline
 EXIT_SIGINT = 130
 EXIT_SIGTERM = 143
@@ -70,6 +71,12 @@ class AdminTokenRefused(AdminUnavailable):
     def __init__(self, url: str, token_file: str, problem: str) -> None:
         self.token_file = token_file
         super().__init__(url, f"NGINX_ADMIN_TOKEN_FILE={token_file}: {problem}")
+
+
+class AdminRefused(AdminUnavailable):
+    """nginx's admin answered a change with an error (400: not an address list, 403: an address
+    not allowed, 500: not stored): app-live.conf stored nothing, unlike a request whose answer was
+    lost, which may have landed."""
 
 
 class IncludeMismatch(SwitchUnavailable):
@@ -165,8 +172,13 @@ class LiveSwitchFailed(DeployFailed):
     """Setting the new address failed; the include and nginx's address were put back."""
 
 
-class Interrupted(PipelineError):
-    """SIGINT or SIGTERM arrived; raised in the main thread so cleanup runs."""
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM arrived; raised in the main thread so cleanup runs.
+
+    Not an Exception, as KeyboardInterrupt is not: an `except PipelineError` (or `except
+    Exception`) around a step must never swallow the signal and let the run carry on. Code that
+    must clean up on a signal says so (`except Interrupted`, `except BaseException`, `finally`).
+    """
 
     def __init__(self, signum: int) -> None:
         import signal
@@ -174,6 +186,9 @@ class Interrupted(PipelineError):
         self.signum = signum
         self.exit_code = EXIT_SIGINT if signum == signal.SIGINT else EXIT_SIGTERM
         super().__init__(f"interrupted by {signal.Signals(signum).name}")
+
+    def detail(self) -> Sequence[str]:
+        return ()
 
 
 class InterruptedAfterSwitch(Interrupted):
@@ -205,8 +220,9 @@ class NginxHostFailed(OutsideFailure):
 
 
 class SwitchIncomplete(DeployFailed):
-    """A switch failed and the old include could not be put back: the include may name the new
-    release, whose container is therefore left running. The message says what to do."""
+    """A switch failed and could not be undone: the include may name the new release (reload
+    mode), or nginx's balancer may send traffic to it (live mode). The flows leave its container
+    running whenever a switch raises this; the message says what to do."""
 
 
 def tail(text: Optional[str], lines: int = 20) -> list[str]:
@@ -224,6 +240,27 @@ class SwitchedBack(DeployFailed):
     """The new release failed verification; traffic is back on the old one."""
 
     history_result = "switched back"
+
+
+class SwitchedBackAfterBug(Exception):
+    """A bug in pipeline inside the verification window: traffic was put back on the old release
+    first. Not a PipelineError: it is still a bug (exit 70, its traceback with --verbose)."""
+
+    history_result = "switched back"
+
+
+class LiveUnverified(PipelineError):
+    """The new release failed verification (or verification could not go on, or was interrupted)
+    and switching back failed too: the new release keeps the traffic, unproven, while the old one
+    still runs. Not exit 1, which says the working version still serves; `history` marks the
+    release live. The message says what serves and what to run."""
+
+    exit_code = EXIT_LIVE_UNVERIFIED
+    history_result = "live unverified"
+
+    def __init__(self, message: str, color: str) -> None:
+        self.color = color
+        super().__init__(message)
 
 
 class SwitchedBackOnSignal(Interrupted):

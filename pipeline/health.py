@@ -411,6 +411,55 @@ def wait_healthy(url: str, interval: float, timeout: float, check_alive: Callabl
     return attempts
 
 
+# After the gate (MIN_READY_SECONDS, and the last look before the old color is stopped): probes
+# at most this far apart, HEALTH_INTERVAL if shorter; each may take this long; after a failed one
+# the next comes this soon; this many failed in a row mean the release stopped answering.
+READY_PROBE_EVERY_MAX = 1.0
+READY_PROBE_TIMEOUT = 2.0
+READY_RETRY_AFTER = 0.5
+READY_FAILS = 2
+
+
+def stay_ready(seconds: float, interval: float, problem: Callable[[], Optional[str]],
+               probe_all: Callable[[float], object],
+               clock: Callable[[], float] = time.monotonic,
+               sleep: Callable[[float], None] = time.sleep) -> Optional[str]:
+    """Watch a release that has passed its health gate for `seconds`: why it stopped being ready,
+    or None when it held to the end.
+
+    `problem` (the container or tasks: exited, restarted, gone, lost their address; None if
+    fine) runs every ALIVE_CHECK_EVERY s and right before each probe, so a crash is seen at once
+    and an address nothing of ours holds is never probed. `probe_all(timeout)` (raises
+    NotHealthyYet unless every address answers 200) runs every `interval` s, at most
+    READY_PROBE_EVERY_MAX apart, and once more at the end: the window ends only on a probe that
+    passed, and READY_FAILS failures in a row (one slow answer on a busy host is not one) end it.
+    `seconds=0` is one look: the check, then a probe (retried once).
+    """
+    started = clock()
+    end = started + seconds
+    every = min(interval, READY_PROBE_EVERY_MAX)
+    next_probe = min(started + every, end)
+    fails = 0
+    while True:
+        found = problem()
+        if found is not None:
+            return found
+        now = clock()
+        if now >= next_probe:
+            try:
+                probe_all(READY_PROBE_TIMEOUT)
+                fails = 0
+            except NotHealthyYet as exc:
+                fails += 1
+                if fails >= READY_FAILS:
+                    return f"its health failed {fails} times in a row (last: {exc.last})"
+                log.warning("    health probe failed (%d in a row): %s", fails, exc.last)
+            if not fails and now >= end:
+                return None
+            next_probe = clock() + READY_RETRY_AFTER if fails else min(clock() + every, end)
+        sleep(max(0.0, min(ALIVE_CHECK_EVERY, next_probe - clock())))
+
+
 def _preview(response: requests.Response) -> str:
     """The answer's start, for messages. Not `response.text`: for an answer that names no charset
     (Spring Boot's application/vnd.spring-boot.actuator.v3+json) requests would guess one with

@@ -21,7 +21,7 @@ class Entry:
     action: str       # deploy, stage, promote, rollback
     version: str
     color: str
-    result: str       # ok, failed, interrupted
+    result: str       # ok, failed, interrupted, switched back, live unverified
     duration: float
     message: str = ""
 

@@ -38,15 +38,15 @@ import http.client
 import logging
 import re
 import socket
-from typing import Dict, Optional, Tuple
+from typing import Dict, NoReturn, Optional, Tuple
 from urllib.parse import urlsplit
 
 import paramiko
 from tenacity import RetryCallState, RetryError, Retrying, retry_if_exception, stop_after_attempt, wait_fixed
 
 from .decide import Targets, as_list, parse_include_all, parse_route, render_route, shown
-from .errors import (AdminTokenRefused, AdminUnavailable, IncludeMismatch, LiveSwitchFailed,
-                     NginxHostFailed, PipelineError)
+from .errors import (AdminRefused, AdminTokenRefused, AdminUnavailable, IncludeMismatch, Interrupted,
+                     LiveSwitchFailed, NginxHostFailed, PipelineError, SwitchIncomplete)
 from .log import register_secret
 from .nginx_host import ChannelConnection, NginxHost
 from .settings import Secret, Settings
@@ -130,13 +130,13 @@ class NginxAdmin:
             raise AdminUnavailable(self.url, f"cannot set the {route} route to {shown(targets)}: {exc}") from exc
         status, body = self._request("PUT", route, text)
         if status == 403:
-            raise AdminUnavailable(self.url, f"nginx refused {shown(targets)} for the {route} route: "
-                                             f"{body.strip()[:160]}; it takes only addresses inside "
-                                             f"allowed_networks in app-live.conf (set it to DEPLOY_SUBNET, or "
-                                             f"the swarm nodes' network)")
-        if status != 200:
-            raise AdminUnavailable(self.url, f"PUT {self._path(route)} {shown(targets)} answered {status} "
-                                             f"{body[:80]!r}")
+            raise AdminRefused(self.url, f"nginx refused {shown(targets)} for the {route} route: "
+                                         f"{body.strip()[:160]}; it takes only addresses inside "
+                                         f"allowed_networks in app-live.conf (set it to DEPLOY_SUBNET, or "
+                                         f"the swarm nodes' network)")
+        if status != 200:   # app-live.conf answers 200 right after storing: anything else stored nothing
+            raise AdminRefused(self.url, f"PUT {self._path(route)} {shown(targets)} answered {status} "
+                                         f"{body[:80]!r}")
 
     @staticmethod
     def _path(route: str) -> str:
@@ -271,27 +271,68 @@ class LiveSwitch:
             raise LiveSwitchFailed(f"cannot switch the {route} route: {exc}; nothing was changed") from exc
         include_before = self.includes.read(route)
         self.includes.write(route, self.includes.render(route, targets))
+        landed = True   # the PUT may have landed until nginx says it stored nothing
         try:
-            self.admin.put(route, targets)
+            try:
+                self.admin.put(route, targets)
+            except (AdminRefused, AdminTokenRefused):
+                landed = False
+                raise
             served_now = self.admin.get(route)
             if not served_now or as_list(served_now) != as_list(targets):
                 raise AdminUnavailable(self.admin.url, f"set {shown(targets)} but nginx reports {shown(served_now)}")
-        except PipelineError as exc:
-            self.includes.write(route, include_before)
-            restored = self._put_back(route, served_before)
-            raise LiveSwitchFailed(f"nginx did not take {shown(targets)} for the {route} route: {exc}; "
-                                   f"put the old include back{restored}") from exc
+        except (PipelineError, Interrupted) as exc:
+            self._undo(route, targets, include_before, served_before, landed, exc)
         log.info("    nginx %s route: %s -> %s (no reload)", route, shown(served_before), shown(targets))
 
-    def _put_back(self, route: str, served_before: Optional[Targets]) -> str:
-        """Best effort: the PUT may have landed even though its answer or the read-back failed."""
-        if served_before is None:
-            return " (nginx had no address before, so there is none to restore)"
+    def _undo(self, route: str, targets: Targets, include_before: Optional[str], served_before: Optional[Targets],
+              landed: bool, why: BaseException) -> NoReturn:
+        """Put the include back and, when the PUT may have landed (its answer or the read-back
+        failed), nginx's old address too; a signal is raised on once that is done. When nginx may
+        be left on the new address, or the include on it, SwitchIncomplete: the flow must then
+        keep the new release running."""
+        failed = f"nginx did not take {shown(targets)} for the {route} route: {why}"
+        include_problem = nginx_problem = None
         try:
-            self.admin.put(route, served_before)
-            return f" and nginx's address {shown(served_before)}"
-        except AdminUnavailable as exc:
-            return f"; could not set nginx back to {shown(served_before)}: {exc.problem}"
+            self.includes.write(route, include_before)
+        except NginxHostFailed as exc:
+            include_problem = str(exc)
+        if landed and served_before is None:
+            nginx_problem = "nginx had no address before, so none can be set back"
+        elif landed:
+            try:
+                self.admin.put(route, served_before)   # type: ignore[arg-type]
+            except AdminUnavailable as exc:
+                nginx_problem = f"setting nginx back to {shown(served_before)} failed too ({exc.problem})"
+        if isinstance(why, Interrupted):   # a signal outside a critical step: undone as far as it goes
+            raise why
+        if nginx_problem is None and include_problem is None:
+            done = (f"and nginx's address {shown(served_before)}" if landed else
+                    f"(nginx kept {shown(served_before)})" if served_before else
+                    "(nginx had no address before, so there is none to restore)")
+            raise LiveSwitchFailed(f"{failed}; put the old include back {done}") from why
+        raise SwitchIncomplete(self._left_on_new(route, targets, include_before, failed, include_problem,
+                                                 nginx_problem)) from why
+
+    def _left_on_new(self, route: str, targets: Targets, include_before: Optional[str], failed: str,
+                     include_problem: Optional[str], nginx_problem: Optional[str]) -> str:
+        """What a switch that could not be undone left, and what to run."""
+        path, new = self.includes.path(route), shown(targets)
+        said = [failed]
+        if nginx_problem is not None:
+            said.append(f"then {nginx_problem}: nginx may still send the {route} traffic to {new}")
+        if include_problem is not None:
+            said.append(f"putting the old include back failed ({include_problem}): {path} names {new}, "
+                        f"which nginx serves if it restarts or reloads")
+        else:
+            said.append(f"{path} names {shown(parse_include_all(include_before))} again")
+        if include_problem is None and include_before is not None:
+            fix = ("on the nginx host, run `nginx -s reload`: nginx then serves what the include names "
+                   "(app-live.conf reads it when it reloads), and the next deploy goes to the other color")
+        else:
+            fix = (f"once nginx's admin at {self.admin.url} answers, `python -m pipeline status` shows what "
+                   f"nginx serves, and the next deploy goes to the other color")
+        return f"{'; '.join(said)}. So the new container is left running. To settle it, {fix}"
 
     def describe(self) -> Dict[str, Optional[str]]:
         report: Dict[str, Optional[str]] = {"admin": self.admin.url}

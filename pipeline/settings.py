@@ -132,6 +132,9 @@ class Settings:
     verify_min_requests: int = 20
     nginx_access_log: PurePosixPath = PurePosixPath("/var/log/nginx/app.access.log")
     smoke_command: str = ""
+    # After the health gate (and the smoke test), before any switch: the new release must stay
+    # running and answer health this long (deploy.hold_ready; Kubernetes' minReadySeconds).
+    min_ready_seconds: float = 0.0
     keep_previous_running: bool = False
     registry: str = ""
     registry_username: str = ""
@@ -559,6 +562,7 @@ _READERS: Dict[str, Tuple[str, Reader]] = {
     "VERIFY_MIN_REQUESTS": ("verify_min_requests", _count(maximum=1_000_000)),
     "NGINX_ACCESS_LOG": ("nginx_access_log", _remote_path(optional=False)),
     "SMOKE_COMMAND": ("smoke_command", _text()),
+    "MIN_READY_SECONDS": ("min_ready_seconds", _duration()),
     "KEEP_PREVIOUS_RUNNING": ("keep_previous_running", _flag),
     "REGISTRY": ("registry", _registry),
     "REGISTRY_USERNAME": ("registry_username", _text()),

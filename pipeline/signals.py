@@ -3,6 +3,9 @@
 Inside `critical()` (writing the include and reloading, creating a container, cleaning up) the
 signal is held until the step ends: a deploy is never cut between "include written" and
 "nginx reloaded", which would leave the include pointing at a container about to be removed.
+
+Interrupted is a BaseException (as KeyboardInterrupt is), so no `except PipelineError` around a
+step can mistake the signal for that step's failure and carry on.
 """
 from __future__ import annotations
 

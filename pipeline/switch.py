@@ -2,7 +2,9 @@
 the one small interface every way of switching implements.
 
 The deploy flow only calls `current(route)` and `route_to(route, address)`. `route_to` either
-succeeds or raises with traffic left exactly where it was.
+succeeds or raises with traffic left exactly where it was, except SwitchIncomplete: the switch
+could not be undone and nginx may serve (or, after a reload, will serve) the new address, so the
+flows keep that release running.
 
 - ReloadSwitch (SWITCH_MODE=reload, reload_switch.py): rewrite the include, `nginx -t`, reload.
 - LiveSwitch (SWITCH_MODE=live, live_switch.py): rewrite the include, then tell nginx's Lua
@@ -37,7 +39,7 @@ class TrafficSwitch(Protocol):
 
     def route_to(self, route: str, address: Targets) -> None:
         """Send the route's traffic to `address` (one, or several to spread over); on failure
-        raise, leaving the route as it was."""
+        raise, leaving the route as it was, or SwitchIncomplete when that could not be done."""
 
     def describe(self) -> Dict[str, Optional[str]]:
         """What the switch reports, for `status`."""

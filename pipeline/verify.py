@@ -26,7 +26,10 @@ running task of the old color, which stays scaled up until verification passes),
 is stopped and removed (a swarm's new service is scaled to 0, its spec kept, as after a failed
 start), and SwitchedBack is raised (exit 1). SIGINT/SIGTERM during the window
 does the same, as the safest choice: the old release is running and was serving until seconds
-ago, while the new one is unproven; then the signal's exit code (130/143).
+ago, while the new one is unproven; then the signal's exit code (130/143). So does anything else
+that ends the window early: an error (the engine or the swarm manager not answering, a route
+check refused: exit 1) or a bug (SwitchedBackAfterBug: exit 70). If switching back fails, the new
+release keeps the traffic unverified: LiveUnverified (exit 6) says what serves and what to run.
 
 `baseline()` runs just before the switch, `verify()` right after it.
 """
@@ -40,8 +43,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Counter, Dict, FrozenSet, List, Optional, Protocol, Tuple
 
 from . import health
-from .decide import Targets, as_list, as_targets, shown
-from .errors import DeployFailed, Interrupted, PipelineError, PreflightError, SwitchedBack, SwitchedBackOnSignal
+from .decide import Address, Targets, as_list, as_targets, shown
+from .errors import (DeployFailed, Interrupted, LiveUnverified, OutsideFailure, PipelineError, PreflightError,
+                     SwitchedBack, SwitchedBackAfterBug, SwitchedBackOnSignal, SwitchIncomplete)
 from .nginx_host import NginxHost
 from .settings import Settings
 from .signals import SignalGuard
@@ -231,6 +235,7 @@ class Baseline:
     old: str
     reader: AnswerReader
     tasks: FrozenSet[str] = frozenset()
+    old_addresses: Tuple[Address, ...] = ()   # where the old release answered: the switch back's fallback
 
 
 def check(ctx: Context) -> None:
@@ -258,7 +263,8 @@ def baseline(ctx: Context, color: str, old: Optional[str]) -> Optional[Baseline]
     tasks: FrozenSet[str] = frozenset()
     if s.target == "swarm":
         tasks = frozenset(t.task_id for t in ctx.engine.task_addresses(color))
-    return Baseline(color, old, make_reader(ctx, ctx.engine.addresses(color)), tasks)  # type: ignore[arg-type]
+    return Baseline(color, old, make_reader(ctx, ctx.engine.addresses(color)), tasks,  # type: ignore[arg-type]
+                    tuple(ctx.engine.addresses(old)))
 
 
 def verify(ctx: Context, mark: Optional[Baseline]) -> Optional[Verdict]:
@@ -271,17 +277,33 @@ def verify(ctx: Context, mark: Optional[Baseline]) -> Optional[Verdict]:
              s.verify_seconds, s.verify_max_error_rate * 100, s.verify_min_requests,
              min(s.health_interval, HEALTH_EVERY_MAX), s.container_name(mark.old))
     watch = _Watch(ctx, mark)
+    cause: Optional[PipelineError] = None
     try:
         problem = watch.run()
     except Interrupted as exc:
         log.warning("==> %s during verification: putting traffic back on %s, which is still running",
                     exc, s.container_name(mark.old))
-        _switch_back(ctx, mark.color, mark.old)
+        switch_back(ctx, mark.color, mark.old, f"{exc} during verification", mark.old_addresses)
         raise SwitchedBackOnSignal(exc.signum, f"switched back to {mark.old} "
                                                f"({watch.tally.describe()})") from exc
+    except PipelineError as exc:
+        # The window could not go on (the engine or the swarm manager not answering, a route
+        # check refused): the new release is unproven and the old one runs, so this is a failure
+        # like any other, not a reason to leave the unproven release with the traffic.
+        problem, cause = f"verification could not go on: {exc}; traffic: {watch.tally.describe()}", exc
+    except Exception as exc:
+        # A bug in pipeline. It is still reported as one (exit 70, the traceback with --verbose),
+        # but only once the release nobody verified is out of traffic.
+        log.error("==> internal error during verification (%s: %s): putting traffic back on %s",
+                  type(exc).__name__, exc, s.container_name(mark.old))
+        _switched_back(ctx, mark, f"internal error during verification ({type(exc).__name__}: {exc})")
+        raise SwitchedBackAfterBug(f"{type(exc).__name__}: {exc} during verification; switched back to "
+                                   f"{mark.old}") from exc
     if problem is not None:
-        _switch_back(ctx, mark.color, mark.old)
-        raise SwitchedBack(f"switched back to {mark.old}: {problem}")
+        if cause is not None:
+            log.error("==> %s: putting traffic back on %s", problem, s.container_name(mark.old))
+        _switched_back(ctx, mark, problem)
+        raise SwitchedBack(f"switched back to {mark.old}: {problem}") from cause
     if getattr(mark.reader, "unparsed", 0) and watch.tally.requests == 0:
         log.warning("    %d new lines of %s are not in the `pipeline` log format: no answer was judged",
                     getattr(mark.reader, "unparsed"), s.nginx_access_log)
@@ -380,33 +402,66 @@ def _container_problem(ctx: Context, color: str) -> Optional[str]:
     return None
 
 
-def _switch_back(ctx: Context, color: str, old: str) -> None:
+def _switched_back(ctx: Context, mark: Baseline, why: str) -> None:
+    """switch_back, for a failure: a signal held through it is raised once it is done, and by
+    then traffic is on the old release again, so it is reported as a switch back on a signal."""
+    try:
+        switch_back(ctx, mark.color, mark.old, why, mark.old_addresses)
+    except Interrupted as exc:
+        raise SwitchedBackOnSignal(exc.signum, f"switched back to {mark.old}: {why}") from exc
+
+
+def switch_back(ctx: Context, color: str, old: str, why: str, old_addresses: Tuple[Address, ...] = ()) -> None:
     """Old release back in traffic through the same switch, then the new container removed (a
-    swarm's new service scaled to 0, as after a failed start).
+    swarm's new service scaled to 0, as after a failed start). All of it one critical step.
 
     If the switch back itself fails, the new release stays live and running (removing it would
-    leave nginx pointing at nothing): say so and how to act.
+    leave nginx pointing at nothing): LiveUnverified says what serves and what to run. If only
+    removing the new container fails (the engine is what failed), traffic is back all the same:
+    said, and left to the next deploy.
     """
     s = ctx.settings
-    addresses = ctx.engine.addresses(old)   # one engine: its fixed address; a swarm: every running task
-    log.error("==> switching back to %s (%s) [%s]", old, shown(tuple(addresses)) if addresses else "",
-              ctx.switch.mode)
+    new_name, old_name = s.container_name(color), s.container_name(old)
+    addresses: Optional[List[Address]] = None
     with ctx.guard.critical():
         try:
+            addresses = _old_addresses(ctx, old, old_addresses)
+            log.error("==> switching back to %s (%s) [%s]", old, shown(tuple(addresses)) if addresses else "",
+                      ctx.switch.mode)
             if not addresses:
-                raise DeployFailed(f"{s.container_name(old)} has no running task")
+                raise DeployFailed(f"{old_name} has no running task")
             ctx.switch.route_to(LIVE, as_targets(addresses))
         except PipelineError as exc:
-            raise DeployFailed(f"{color} failed verification and switching back to {old} failed: {exc}; "
-                               f"{s.container_name(color)} is still live, {s.container_name(old)} running: "
-                               f"run `rollback` once nginx is fixed") from exc
+            if isinstance(exc, SwitchIncomplete):
+                serving = f"nginx serves {new_name} or {old_name}: both are left running"
+            else:
+                old_state = ("was running at the switch" if addresses is None else
+                             "is still running" if addresses else "has no running task")
+                serving = f"{new_name} still has the traffic, unverified; {old_name} {old_state}"
+            raise LiveUnverified(f"{why}; switching back to {old} failed: {exc}. {serving}. To go back to "
+                                 f"{old}, run `python -m pipeline rollback` once that is fixed", color) from exc
         # Requests nginx's old workers (reload mode) still send to the new release finish first.
         ctx.sleep(ctx.switch.settle_seconds)
-        if s.target == "swarm":
-            log.error("==> scaling %s to 0 (its spec kept); traffic is on %s again", s.container_name(color),
-                      s.container_name(old))
-            ctx.engine.discard(color)
-            return
-        log.error("==> removing %s; traffic is on %s again", s.container_name(color), s.container_name(old))
-        ctx.engine.stop(color)
-        ctx.engine.remove(color)
+        try:
+            if s.target == "swarm":
+                log.error("==> scaling %s to 0 (its spec kept); traffic is on %s again", new_name, old_name)
+                ctx.engine.discard(color)
+            else:
+                log.error("==> removing %s; traffic is on %s again", new_name, old_name)
+                ctx.engine.stop(color)
+                ctx.engine.remove(color)
+        except OutsideFailure as exc:
+            log.error("    could not remove %s (%s); traffic is on %s again, and the next deploy replaces it",
+                      new_name, exc, old_name)
+
+
+def _old_addresses(ctx: Context, old: str, at_switch: Tuple[Address, ...]) -> List[Address]:
+    """Where the old release answers now (a swarm: every running task); if the engine (the swarm
+    manager) does not answer, where it answered at the switch."""
+    try:
+        return list(ctx.engine.addresses(old))
+    except OutsideFailure as exc:
+        if not at_switch:
+            raise
+        log.warning("    %s; switching back to where %s answered at the switch", exc, old)
+        return list(at_switch)

@@ -17,6 +17,7 @@ import importlib.util
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional
 
@@ -25,7 +26,8 @@ import requests
 
 from pipeline import verify
 
-from .realstack import LUA_MODULES, REPO, Nginx, free_port, run_pipeline, wait_for
+from . import loadgen
+from .realstack import LUA_MODULES, REPO, Nginx, free_port, pipeline_env, run_pipeline, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -480,6 +482,97 @@ def test_an_include_nginx_does_not_read_at_start_stops_the_deploy_in_preflight(w
     report = json.loads(run(["status", "--json"], moved, tmp_path).stdout)
     assert report["switch"]["problem"].startswith(f"NGINX_INCLUDE={elsewhere}, but nginx reads")
     assert report["switch"]["live"] == f"{world.network.blue_ip}:8080"
+
+
+# -- a switch nginx took but that could not be put back (issue 15) -----------------------------------
+
+# The tool's CLI, with one fault caused for real at the worst moment: right after nginx's admin
+# answered the first PUT of the live route, the admin token is rotated and nginx reloaded (as
+# docs/live-mode.md says to rotate it). nginx then serves what the include named at that moment,
+# the address just PUT, and refuses the tool's token: the read-back and the put-back both fail.
+ROTATE_AFTER_FIRST_PUT = """
+import sys, time, subprocess
+from pipeline import live_switch
+from pipeline.cli import run
+
+NGINX, PID_FILE, TOKEN_FILE, NEW_TOKEN = {nginx!r}, {pid_file!r}, {token_file!r}, {token!r}
+put = live_switch.NginxAdmin.put
+done = []
+
+def workers():
+    master = open(PID_FILE).read().strip()
+    return set(open(f"/proc/{{master}}/task/{{master}}/children").read().split())
+
+def put_then_rotate(self, route, targets):
+    put(self, route, targets)
+    if route == "live" and not done:
+        done.append(route)
+        with open(TOKEN_FILE, "w") as f:
+            f.write(NEW_TOKEN + "\\n")
+        before = workers()
+        subprocess.run(NGINX + ["-s", "reload"], check=True)
+        # Returns once only new workers run: every later request meets the new token.
+        deadline = time.monotonic() + 10
+        while (not workers() or workers() & before) and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+live_switch.NginxAdmin.put = put_then_rotate
+sys.exit(run())
+"""
+
+
+def run_rotating_after_the_put(args: List[str], env: Dict[str, str], cwd: Path, nginx: Nginx,
+                               new_token: str) -> subprocess.CompletedProcess:
+    script = cwd / "rotate_after_put.py"
+    script.write_text(ROTATE_AFTER_FIRST_PUT.format(nginx=nginx.argv(), pid_file=str(nginx.directory / "nginx.pid"),
+                                                    token_file=str(nginx.token_file), token=new_token))
+    return subprocess.run([sys.executable, str(script), *args], cwd=cwd, env=pipeline_env(env),
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("flow", ["deploy", "rollback"])
+def test_a_switch_whose_read_back_and_put_back_fail_keeps_what_nginx_serves_running(world, nginx, env, tmp_path,
+                                                                                      flow):
+    net = world.network
+    run(["deploy"], env, tmp_path, APP_VERSION="v1")
+    if flow == "rollback":
+        run(["deploy"], env, tmp_path, APP_VERSION="v2")
+        new, old, args, serving = net.blue_ip, net.green_ip, ["rollback"], "version=v1 color=blue"
+        served_after_reload, next_color = "version=v2 color=green", "blue"
+    else:
+        new, old, args, serving = net.green_ip, net.blue_ip, ["deploy"], "version=v2 color=green"
+        served_after_reload, next_color = "version=v1 color=blue", "green"
+    new_token = "6a" * 32
+    with loadgen.Load(f"http://127.0.0.1:{nginx.port}/", profile="close", connections=8, seconds=120,
+                      pause_ms=10) as wrk:
+        time.sleep(0.5)
+        result = run_rotating_after_the_put(args, {**env, "APP_VERSION": "v2"}, tmp_path, nginx, new_token)
+        nginx.token = new_token   # for admin() below
+        # What nginx serves runs: nothing of ours was removed or stopped. (Before: the new release
+        # was removed, or stopped again, because the restored include named the other color.)
+        assert world.state("blue") == "running" and world.state("green") == "running", result.stderr
+        assert nginx.get().text == serving + "\n"
+        assert admin(nginx, "GET", "live").text == f"{new}:8080\n"
+        assert nginx.include.read_text() == f"set $service_url http://{old}:8080;\n"
+        assert result.returncode == 1, result.stderr
+        lines = [line for line in result.stderr.splitlines() if line.startswith("pipeline: ")]
+        assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+        line = lines[0]
+        assert line.startswith(f"pipeline: error: nginx did not take {new}:8080 for the live route: "), line
+        assert f"then setting nginx back to {old}:8080 failed too (" in line, line
+        assert f"nginx may still send the live traffic to {new}:8080" in line, line
+        assert line.endswith("So the new container is left running. To settle it, on the nginx host, run "
+                             "`nginx -s reload`: nginx then serves what the include names (app-live.conf reads "
+                             "it when it reloads), and the next deploy goes to the other color"), line
+
+        # What the message says to run; then the next deploy goes to the other color.
+        nginx.reload()
+        assert nginx.get().text == served_after_reload + "\n"
+        run(["deploy"], env, tmp_path, APP_VERSION="v3")
+        assert nginx.get().text == f"version=v3 color={next_color}\n"
+        time.sleep(0.5)
+    assert wrk.result.failed == 0, wrk.result.line()
+    assert wrk.result.versions().get(serving, 0) > 0, wrk.result.versions()
 
 
 # -- under keep-alive load: live vs reload -----------------------------------------------------------

@@ -247,3 +247,43 @@ def test_keep_previous_running_makes_rollback_a_switch_only(world, nginx, env, t
     # The next deploy replaces the kept one.
     ok(deploy(env, tmp_path, "v3"))
     assert nginx.get().text == "version=v3 color=green\n" and world.state("blue") == "running"
+
+
+# -- the engine failing inside the window (issue 15) --------------------------------------------------
+
+def test_the_engine_gone_during_verification_switches_back_and_no_request_fails(world, nginx, env, tmp_path, mode):
+    """A docker call that fails inside the window (here every one: the tool's engine socket is cut
+    after the switch) is a failed verification: traffic goes back to blue, the run exits 1 and
+    says which call failed; the green container, which the engine can no longer remove, is
+    replaced by the next deploy."""
+    from .outside import DockerRelay
+
+    ok(deploy(env, tmp_path, "v1"))
+    relay = DockerRelay(tmp_path / "docker.sock")
+    try:
+        with load(nginx) as wrk:
+            time.sleep(0.5)
+            deploying = start_pipeline(["deploy"], {**env, "APP_VERSION": "v2", "VERIFY_SECONDS": "30",
+                                                    "DOCKER_HOST": relay.docker_host}, tmp_path)
+            wait_for(lambda: nginx.get().text == "version=v2 color=green\n", 60, 0.1, "v2 live")
+            time.sleep(1)   # inside the window
+            relay.kill()
+            _, stderr = deploying.communicate(timeout=60)
+            time.sleep(0.5)
+    finally:
+        relay.kill()
+    result = wrk.result
+    print(f"\n{mode}: engine cut during verification: {result.line()}")
+    assert deploying.returncode == 1, stderr
+    assert (f"pipeline: error: switched back to blue: verification could not go on: docker engine at "
+            f"{relay.docker_host}: inspecting container {world.app}-green: ") in stderr, stderr
+    assert f"could not remove {world.app}-green" in stderr and "Traceback" not in stderr
+    assert nginx.get().text == V1 + "\n"
+    assert result.failed == 0, result.line()
+    assert result.versions().get("version=v2 color=green", 0) > 0, "the load crossed the switch to v2 and back"
+    assert world.state("blue") == "running" and world.state("green") == "running"
+    last = history(env, tmp_path)[-1]
+    assert (last["version"], last["result"]) == ("v2", "switched back")
+    assert run_pipeline(["rollback"], env, tmp_path).returncode == 5, "v2 is no rollback target"
+    ok(deploy(env, tmp_path, "v3"))
+    assert nginx.get().text == "version=v3 color=green\n"

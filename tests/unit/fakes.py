@@ -13,6 +13,7 @@ from typing import Dict, List, Optional, Set, Tuple
 from pipeline import deploy as flows
 from pipeline.decide import Address, ContainerFact, color_at
 from pipeline.errors import DeployFailed, HealthCheckFailed, IncludeNotLoaded, Interrupted, PipelineError
+from pipeline.health import NotHealthyYet
 from pipeline.settings import Settings
 from pipeline.switch import LIVE, PREVIEW
 
@@ -60,9 +61,18 @@ class FakeEngine(Strict):
         self.boxes: Dict[str, Dict[str, str]] = {}
         self.images: Dict[str, int] = {}
         self.unhealthy: Set[str] = set()     # versions whose health check never passes
+        self.sick: Set[str] = set()          # colors whose health answers 503 (the container runs on)
         self.mutations: List[Tuple[str, ...]] = []
         self._clock = itertools.count(1)
         self.network = False
+
+    def answer(self, url: str) -> Tuple[int, str]:
+        """What the color at the URL's address answers its health probe, if it runs."""
+        color = next(c for c in ("blue", "green") if f"//{self.settings.ip_of(c)}:" in url)
+        box = self.boxes.get(color)
+        if box is None or box["status"] != "running":
+            raise NotHealthyYet("connection refused or unreachable")
+        return (503, '{"status":"DOWN"}') if color in self.sick else (200, '{"status":"UP"}')
 
     def ensure_network(self) -> bool:
         created, self.network = not self.network, True
@@ -116,6 +126,7 @@ class FakeEngine(Strict):
     def run(self, color: str, image: str, version: str) -> None:
         self.mutations.append(("run", color, version))
         self.boxes.pop(color, None)
+        self.sick.discard(color)
         if image not in self.images:
             raise DeployFailed(f"cannot start {self.settings.container_name(color)}: no such image {image}")
         self.boxes[color] = {"status": "running", "version": version, "image": image}
@@ -177,9 +188,62 @@ class FakeSwitch(Strict):
         return {route: str(a) if a else None for route, a in self.routes.items()}
 
 
+class FakeAdmin(Strict):
+    """nginx's admin server as a live switch uses it (live_switch.NginxAdmin): what nginx serves
+    per route, and what goes wrong. `script`: what the next calls do, each step (call, exception
+    or None[, "lands"]); the call must be the one named; it raises the exception instead of
+    answering, after storing the address when the step says "lands" (the answer was lost, not the
+    request). Once the script is spent, calls just answer. `down_after_put`: the admin takes the
+    next PUT, answers it, and from then on every request fails with this exception."""
+
+    url = "http://127.0.0.1:8091"
+
+    def __init__(self, routes: Optional[Dict[str, Address]] = None) -> None:
+        self.routes: Dict[str, Address] = dict(routes or {})
+        self.script: List[tuple] = []
+        self.calls: List[Tuple[str, str]] = []
+        self.down_after_put: Optional[BaseException] = None
+        self.down: Optional[BaseException] = None
+
+    def files(self) -> Dict[str, str]:
+        """The includes nginx reads at start: the World's."""
+        return {LIVE: str(INCLUDE), PREVIEW: str(PREVIEW_INCLUDE)}
+
+    def _step(self, call: str) -> Tuple[Optional[BaseException], bool]:
+        if not self.script:
+            return None, False
+        step = self.script.pop(0)
+        assert step[0] == call, f"the admin expected {step[0]}, got {call}"
+        return step[1], len(step) > 2 and step[2] == "lands"
+
+    def get(self, route: str) -> Optional[Address]:
+        self.calls.append(("get", route))
+        if self.down is not None:
+            raise self.down
+        failure, _ = self._step("get")
+        if failure is not None:
+            raise failure
+        return self.routes.get(route)
+
+    def put(self, route: str, targets: Address) -> None:
+        self.calls.append(("put", route))
+        if self.down is not None:
+            raise self.down
+        failure, lands = self._step("put")
+        if failure is None or lands:
+            self.routes[route] = targets
+        if failure is not None:
+            raise failure
+        self.down, self.down_after_put = self.down_after_put, None
+
+
 class FakeProber(Strict):
-    """Where probes run: every color's address is reached over a local bridge. It sends nothing
-    (the World's health gate stands in for the probes)."""
+    """Where probes run: every color's address is reached over a local bridge. It sends nothing:
+    the World's health gate stands in for the gate's probes, and a probe after the gate (while
+    holding MIN_READY_SECONDS, the last look before the old color stops) gets the engine's answer."""
+
+    def __init__(self, engine: FakeEngine) -> None:
+        self.engine = engine
 
     def check_route(self, ip: str) -> None:
         pass
@@ -187,20 +251,26 @@ class FakeProber(Strict):
     def check_routes(self, ips: List[str]) -> None:
         pass
 
+    def get(self, url: str, timeout: float) -> Tuple[int, str]:
+        return self.engine.answer(url)
+
 
 class World:
     """One app on the fakes, driven by the same steps a user types."""
 
-    def __init__(self, preview: bool = True, keep_releases: int = 5) -> None:
+    def __init__(self, preview: bool = True, keep_releases: int = 5, **settings: object) -> None:
         self.settings = Settings(app_name="app", build_command=(), nginx_include=INCLUDE,
                                  nginx_preview_include=PREVIEW_INCLUDE if preview else None,
                                  drain_seconds=1.0, keep_releases=keep_releases,
-                                 verify_seconds=0)   # the window has its own tests (test_verify.py)
+                                 verify_seconds=0,   # the window has its own tests (test_verify.py)
+                                 **settings)         # type: ignore[arg-type]
         self.host = FakeHost()
         self.engine = FakeEngine(self.settings)
         self.switch = FakeSwitch()
         self.interrupt_drain = False
         self.sleeps: List[float] = []
+        self.now = 0.0              # the fake clock: only `sleep` moves it
+        self.after_gate = ""        # "dies" / "sickens": what the next release does right after its gate
 
     # -- the seam ------------------------------------------------------------------------------
 
@@ -208,10 +278,12 @@ class World:
         settings = replace(self.settings, app_version=version)
         self.engine.settings = settings
         return flows.Context(settings, self.engine, self.host, self.switch, Path("/work"), {"BUILD_TAG": "unit"},
-                             sleep=self._sleep, health_gate=self._health_gate, prober=FakeProber())
+                             sleep=self._sleep, clock=lambda: self.now, health_gate=self._health_gate,
+                             prober=FakeProber(self.engine))
 
     def _sleep(self, seconds: float) -> None:
         self.sleeps.append(seconds)
+        self.now += seconds
         if self.interrupt_drain and seconds > 0:
             self.interrupt_drain = False
             raise Interrupted(signal.SIGTERM)
@@ -224,6 +296,11 @@ class World:
         color = next(c for c in ("blue", "green") if f"//{self.settings.ip_of(c)}:" in url)
         if self.engine.boxes[color]["version"] in self.engine.unhealthy:
             raise HealthCheckFailed(url, 3, "HTTP 503 'starting'")
+        if self.after_gate == "dies":       # answered 200 once, then its process exited
+            self.engine.boxes[color]["status"] = "exited"
+        elif self.after_gate == "sickens":  # answered 200 once, then 503 from then on
+            self.engine.sick.add(color)
+        self.after_gate = ""
         return 1
 
     # -- steps ---------------------------------------------------------------------------------
@@ -231,11 +308,13 @@ class World:
     def step(self, command: str) -> Tuple[int, str]:
         """`deploy v1`, `stage v2`, `promote`, `rollback`, `rollback --to v1`; a trailing
         `!unhealthy` makes that release fail its health check, `!interrupt-drain` sends SIGTERM
-        during the drain. Returns the exit code and the error's message."""
+        during the drain, `!dies` / `!sickens` make the release this step brings up exit / answer
+        503 right after it passed its health gate. Returns the exit code and the error's message."""
         words = command.split()
         if "!unhealthy" in words:
             self.engine.unhealthy.add(words[1])
         self.interrupt_drain = "!interrupt-drain" in words
+        self.after_gate = "dies" if "!dies" in words else "sickens" if "!sickens" in words else ""
         words = [w for w in words if not w.startswith("!")]
         try:
             if words[0] == "deploy":
@@ -248,7 +327,7 @@ class World:
                 flows.rollback(self.context(), words[2] if len(words) > 2 else None)
             else:
                 raise AssertionError(f"unknown step {command!r}")
-        except PipelineError as exc:
+        except (PipelineError, Interrupted) as exc:
             return exc.exit_code, str(exc)
         return 0, ""
 

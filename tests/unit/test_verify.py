@@ -6,6 +6,7 @@ reader); health probes are kept out of these windows by HEALTH_INTERVAL (the fir
 """
 from __future__ import annotations
 
+import logging
 import signal
 from pathlib import Path
 from typing import List
@@ -15,7 +16,8 @@ import pytest
 from pipeline import verify
 from pipeline.decide import Address, ContainerFact
 from pipeline.deploy import Context
-from pipeline.errors import Interrupted, SettingsError
+from pipeline.errors import (EngineFailed, Interrupted, LiveUnverified, NginxHostFailed, PipelineError, SettingsError,
+                             SwitchedBackAfterBug)
 from pipeline.nginx_host import LocalHost
 from pipeline.settings import Settings
 from pipeline.signals import SignalGuard
@@ -229,16 +231,125 @@ def test_a_signal_during_the_window_switches_back_and_keeps_its_exit_code(tmp_pa
     calls.expect("route_to", "stop", "remove")
 
 
-def test_a_failed_switch_back_leaves_the_new_release_running_and_says_so(tmp_path):
+def test_a_failed_switch_back_leaves_the_new_release_running_and_says_what_serves(tmp_path):
     ctx, calls, mark = window(tmp_path, Script({500: 30}))
 
     def refuse(route, address):
         raise verify.DeployFailed("nginx -t exited with 1")
 
     ctx.switch.route_to = refuse
-    with pytest.raises(verify.DeployFailed, match="switching back to blue failed: .* still live"):
+    with pytest.raises(LiveUnverified) as caught:
         verify.verify(ctx, mark)
+    # Not exit 1 ("the working version still serves"): the unproven release has the traffic.
+    assert (caught.value.exit_code, caught.value.history_result, caught.value.color) == (6, "live unverified", "green")
+    assert str(caught.value) == (
+        "green answered 5xx to 100.0% of 30 requests (limit 1.0%; commonest: 500 x30); switching back to blue "
+        "failed: nginx -t exited with 1. app-green still has the traffic, unverified; app-blue is still running. "
+        "To go back to blue, run `python -m pipeline rollback` once that is fixed")
     calls.expect()   # nothing stopped or removed
+
+
+# -- anything that ends the window early switches back too (issue 15) --------------------------------
+
+@pytest.fixture
+def pipeline_log(caplog, monkeypatch):
+    """caplog, seeing the pipeline logger even after a test that set it up as the CLI does
+    (which stops it from propagating)."""
+    monkeypatch.setattr(logging.getLogger("pipeline"), "propagate", True)
+    return caplog
+
+
+ENGINE_GONE = EngineFailed("docker engine at unix:///var/run/docker.sock", "inspecting container app-green",
+                           "no answer within 60s (NETWORK_TIMEOUT)")
+
+
+class FailingEngine(FakeEngine):
+    """The engine answers the baseline, then every call fails as `failure` says (from `after`
+    calls of `container` on)."""
+
+    def __init__(self, settings: Settings, calls: Calls, failure: BaseException, after: int = 1) -> None:
+        super().__init__(settings, calls)
+        self.failure, self.after, self.looks = failure, after, 0
+
+    def container(self, color: str):
+        self.looks += 1
+        if self.looks > self.after:
+            raise self.failure
+        return super().container(color)
+
+    def stop(self, color: str) -> None:
+        self.calls.append(("stop", color))
+        raise self.failure
+
+    def remove(self, color: str) -> None:
+        self.calls.append(("remove", color))
+        raise self.failure
+
+
+def test_the_engine_failing_mid_window_switches_back_and_fails_with_exit_1(tmp_path, pipeline_log):
+    ctx, calls, mark = window(tmp_path, Script({200: 3}), VERIFY_SECONDS="5")
+    ctx.engine = FailingEngine(ctx.settings, calls, ENGINE_GONE, after=2)
+    with pytest.raises(verify.SwitchedBack) as caught:
+        verify.verify(ctx, mark)
+    assert caught.value.exit_code == 1 and caught.value.history_result == "switched back"
+    assert str(caught.value) == (f"switched back to blue: verification could not go on: {ENGINE_GONE}; "
+                                 f"traffic: 0.0% 5xx of 3 requests (commonest: 200 x3)")
+    assert caught.value.__cause__ is ENGINE_GONE
+    # Back on blue first; the new container cannot be removed through an engine that is gone: said.
+    calls.expect("route_to", "stop")
+    assert calls[0] == ("route_to", LIVE, f"{ctx.settings.blue_ip}:8080")
+    assert "could not remove app-green" in pipeline_log.text and "the next deploy replaces it" in pipeline_log.text
+
+
+def test_a_bug_mid_window_switches_back_then_is_still_a_bug(tmp_path):
+    bug = AttributeError("'NoneType' object has no attribute 'attrs'")
+    ctx, calls, mark = window(tmp_path, Script({200: 3}))
+    ctx.engine = FailingEngine(ctx.settings, calls, bug, after=0)
+    ctx.engine.stop = lambda color: calls.append(("stop", color))
+    ctx.engine.remove = lambda color: calls.append(("remove", color))
+    with pytest.raises(SwitchedBackAfterBug) as caught:
+        verify.verify(ctx, mark)
+    assert not isinstance(caught.value, PipelineError), "a bug: exit 70, as any other"
+    assert caught.value.history_result == "switched back" and caught.value.__cause__ is bug
+    assert str(caught.value) == ("AttributeError: 'NoneType' object has no attribute 'attrs' during verification; "
+                                 "switched back to blue")
+    calls.expect("route_to", "stop", "remove")
+
+
+def test_when_the_switch_back_after_an_engine_failure_fails_too_the_message_says_what_serves(tmp_path):
+    ctx, calls, mark = window(tmp_path, Script({200: 3}))
+    ctx.engine = FailingEngine(ctx.settings, calls, ENGINE_GONE, after=0)
+
+    def refuse(route, address):
+        raise NginxHostFailed("nginx host root@n1:22 over SSH", "connecting", "Connection refused")
+
+    ctx.switch.route_to = refuse
+    with pytest.raises(LiveUnverified) as caught:
+        verify.verify(ctx, mark)
+    assert caught.value.exit_code == 6
+    assert str(caught.value) == (
+        f"verification could not go on: {ENGINE_GONE}; traffic: 0.0% 5xx of 0 requests (commonest: none); "
+        "switching back to blue failed: nginx host root@n1:22 over SSH: connecting: Connection refused. "
+        "app-green still has the traffic, unverified; app-blue is still running. To go back to blue, run "
+        "`python -m pipeline rollback` once that is fixed")
+    calls.expect()
+
+
+def test_a_signal_held_through_the_switch_back_is_reported_as_a_switch_back_on_that_signal(tmp_path):
+    ctx, calls, mark = window(tmp_path, Script({200: 3}))
+    ctx.engine = FailingEngine(ctx.settings, calls, ENGINE_GONE, after=0)
+
+    def switch_back_while_signalled(route, address):
+        calls.append(("route_to", route, str(address)))
+        ctx.guard._handle(signal.SIGTERM, None)   # as the handler does inside a critical step: held
+
+    ctx.switch.route_to = switch_back_while_signalled
+    with pytest.raises(verify.SwitchedBackOnSignal) as caught:
+        verify.verify(ctx, mark)
+    assert caught.value.exit_code == 143 and caught.value.history_result == "switched back"
+    assert str(caught.value).startswith("interrupted by SIGTERM during verification; switched back to blue: "
+                                        "verification could not go on: docker engine at")
+    calls.expect("route_to", "stop")
 
 
 def test_verification_off_or_nothing_to_go_back_to(tmp_path):

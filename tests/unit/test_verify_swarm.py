@@ -18,6 +18,7 @@ import pytest
 from pipeline import verify
 from pipeline.decide import Address, ContainerFact
 from pipeline.deploy import Context
+from pipeline.errors import EngineFailed, LiveUnverified, RouteRefused
 from pipeline.nginx_host import LocalHost
 from pipeline.settings import Settings
 from pipeline.signals import SignalGuard
@@ -25,7 +26,7 @@ from pipeline.swarm import TaskFact, serving_problem
 from pipeline.switch import LIVE
 
 from .fakes import Strict
-from .test_verify import LINE, Script
+from .test_verify import LINE, Script, pipeline_log  # noqa: F401 (a fixture)
 
 NODES = [("n1", "pswarm-n1", "10.99.0.11"), ("n2", "pswarm-n2", "10.99.0.12"), ("n3", "pswarm-n3", "10.99.0.13")]
 PORTS = {"blue": 8081, "green": 8082}
@@ -223,10 +224,69 @@ def test_a_down_node_is_not_probed_and_the_old_color_comes_back_on_the_tasks_sti
 def test_no_old_task_left_running_keeps_the_new_release_live_and_says_so(tmp_path):
     ctx, calls, _, mark = window(tmp_path, Script({500: 30}))
     ctx.engine.now["blue"] = []
-    with pytest.raises(verify.DeployFailed, match="switching back to blue failed: app-blue has no running task; "
-                                                  "app-green is still live"):
+    with pytest.raises(LiveUnverified) as caught:
         verify.verify(ctx, mark)
+    assert caught.value.exit_code == 6
+    assert ("switching back to blue failed: app-blue has no running task. app-green still has the traffic, "
+            "unverified; app-blue has no running task. To go back to blue, run `python -m pipeline rollback`") \
+        in str(caught.value)
     assert calls == []   # nothing scaled down: nginx still points at green
+
+
+MANAGER_GONE = EngineFailed("docker engine at tcp://10.99.0.11:2375", "listing the tasks of service app-green",
+                            "no answer within 60s (NETWORK_TIMEOUT)")
+
+
+class SilentManager(FakeSwarm):
+    """The manager stops answering after the switch: every call fails."""
+
+    def tasks(self, color: str) -> List[TaskFact]:
+        raise MANAGER_GONE
+
+    def addresses(self, color: str) -> List[Address]:
+        raise MANAGER_GONE
+
+    def discard(self, color: str) -> None:
+        self.calls.append(("discard", color))
+        raise MANAGER_GONE
+
+
+def test_the_manager_not_answering_switches_back_to_where_the_old_tasks_answered_at_the_switch(tmp_path, pipeline_log):
+    ctx, calls, _, mark = window(tmp_path, Script({200: 3}))
+    mark = replace(mark, old_addresses=tuple(addresses("blue")))   # as the baseline took them
+    ctx.engine = SilentManager(ctx.settings, calls)
+    with pytest.raises(verify.SwitchedBack) as caught:
+        verify.verify(ctx, mark)
+    assert caught.value.exit_code == 1
+    assert str(caught.value).startswith(f"switched back to blue: verification could not go on: {MANAGER_GONE}")
+    assert calls == [("route_to", LIVE, ("10.99.0.11:8081", "10.99.0.12:8081", "10.99.0.13:8081")),
+                     ("discard", "green")]
+    assert "switching back to where blue answered at the switch" in pipeline_log.text
+    assert "could not remove app-green" in pipeline_log.text
+
+
+def test_the_baseline_keeps_where_the_old_tasks_answer(tmp_path):
+    log = tmp_path / "app.access.log"
+    log.write_text("")
+    ctx, calls, _, _ = window(tmp_path, None, NGINX_ACCESS_LOG=str(log))
+    ctx.engine = FakeBaselineSwarm(ctx.settings, calls)
+    assert verify.baseline(ctx, "green", "blue").old_addresses == tuple(addresses("blue"))
+
+
+class RefusingProber(FakeProber):
+    def get(self, url: str, timeout: float) -> Tuple[int, str]:
+        self.asked.append(url)
+        raise RouteRefused(f"not probing {url}: health probes run on this machine, which reaches it only "
+                           f"through a gateway")
+
+
+def test_a_route_check_refused_mid_window_switches_back(tmp_path):
+    ctx, calls, _, mark = window(tmp_path, Script({200: 3}))
+    ctx.prober = RefusingProber({})
+    with pytest.raises(verify.SwitchedBack, match="switched back to blue: verification could not go on: "
+                                                  "not probing http://10.99.0.1"):
+        verify.verify(ctx, mark)
+    assert [c[0] for c in calls] == ["route_to", "discard"]
 
 
 class FakeBaselineSwarm(FakeSwarm):

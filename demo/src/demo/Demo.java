@@ -29,6 +29,9 @@ import java.util.concurrent.atomic.AtomicLong;
  *   HEALTH_FAIL=1      /actuator/health answers 503 forever, / still works
  *   HEALTH_FAIL_AFTER  seconds: once this long has passed since health first answered 200,
  *                      /actuator/health answers 503 (a release that breaks after the switch)
+ *   EXIT_AFTER_HEALTHY seconds: once this long has passed since health first answered 200, the
+ *                      process prints an error to stderr and halts with status 1, no drain (a
+ *                      release that dies right after it is healthy)
  *   FAIL_RATE          0..1: this share of requests to other paths than the health endpoint is
  *                      answered 500 (deterministically: every request whose running count
  *                      crosses the next multiple of 1/FAIL_RATE), health stays fine
@@ -48,6 +51,8 @@ public final class Demo {
     private static final AtomicLong SERVED = new AtomicLong();
     /** When health first answered 200 (System.nanoTime()), 0 until then; for HEALTH_FAIL_AFTER. */
     private static final AtomicLong FIRST_HEALTHY = new AtomicLong();
+    /** Set by the first 200 health answer, for EXIT_AFTER_HEALTHY. */
+    private static final AtomicBoolean EXIT_SCHEDULED = new AtomicBoolean();
 
     private Demo() {
     }
@@ -62,6 +67,7 @@ public final class Demo {
         int threads = intEnv("THREADS", 32);
         double failRate = Math.max(0.0, Math.min(1.0, doubleEnv("FAIL_RATE", 0.0)));
         double healthFailAfter = doubleEnv("HEALTH_FAIL_AFTER", -1.0);
+        double exitAfterHealthy = doubleEnv("EXIT_AFTER_HEALTHY", -1.0);
 
         if ("1".equals(System.getenv("CRASH_ON_START"))) {
             System.err.println("demo " + version + ": CRASH_ON_START=1, exiting with status 1");
@@ -103,6 +109,9 @@ public final class Demo {
                 send(ex, 503, "application/json", down);
             } else {
                 send(ex, 200, "application/json", up);
+                if (exitAfterHealthy >= 0 && EXIT_SCHEDULED.compareAndSet(false, true)) {
+                    exitLater(version, exitAfterHealthy);
+                }
             }
         }));
         server.createContext("/slow", counted(ex -> {
@@ -164,6 +173,22 @@ public final class Demo {
         long ms = TimeUnit.NANOSECONDS.toMillis(System.nanoTime() - t0);
         System.out.println("demo stopped after " + ms + " ms drain, in-flight left: " + IN_FLIGHT.get());
         System.out.flush();
+    }
+
+    /** EXIT_AFTER_HEALTHY: halt with status 1 that many seconds from now (no shutdown hook: a crash). */
+    private static void exitLater(String version, double seconds) {
+        Thread killer = new Thread(() -> {
+            try {
+                Thread.sleep((long) (seconds * 1000));
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+            }
+            System.err.println("demo " + version + ": EXIT_AFTER_HEALTHY=" + seconds + ", exiting with status 1");
+            System.err.flush();
+            Runtime.getRuntime().halt(1);
+        }, "exit-after-healthy");
+        killer.setDaemon(true);
+        killer.start();
     }
 
     /** FAIL_RATE: true for the requests whose count crosses the next multiple of 1/rate. */
