@@ -878,16 +878,22 @@ def status(ctx: Context, probe: bool = True) -> dict:
         except health.RouteRefused as exc:
             probe, probe_problem = False, str(exc)
             log.warning("%s", exc)
+    unknown = False
     try:
         facts = gather(ctx, probe=probe)
     except SwitchUnavailable as exc:
         # Status is what an operator runs when something is wrong: say what the include says
         # rather than nothing at all, and say plainly that nginx itself did not answer.
         switch_problem = str(exc)
-        log.warning("%s; reporting what the include files say", exc)
+        # Except when the include was written and nginx not seen loading it (a run killed between
+        # the two): nginx serves what it names or what it loaded before, and nothing here tells
+        # which. No live color then, rather than a guess; the next deploy settles it.
+        unknown = isinstance(exc, IncludeNotLoaded)
+        log.warning("%s; %s", exc, "which color nginx serves is not known" if unknown
+                    else "reporting what the include files say")
         facts = gather(ctx, written, probe=probe)
     include_address = written(LIVE)
-    live = facts.choice.live if facts.live_address else None
+    live = facts.choice.live if facts.live_address and not unknown else None
     colors = {}
     for color in ("blue", "green"):
         fact = facts.containers.get(color)
@@ -924,7 +930,9 @@ def status(ctx: Context, probe: bool = True) -> dict:
         "colors": colors,
         "nginx_host": ctx.host.description,
         "settings": s.public(),   # the effective settings, secrets masked
-        "releases": _record_report(recorded(ctx, _settled(ctx, facts))),
+        # With no known live color, the record as written: checking it needs what nginx serves.
+        "releases": _record_report((record_store(ctx).read()[0] or releases.ReleaseRecord()) if unknown
+                                   else recorded(ctx, _settled(ctx, facts))),
     }
 
 

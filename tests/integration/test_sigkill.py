@@ -188,6 +188,7 @@ class Scene:
         served = self.served()
         status = self.status()
         if status["live_color"] is None and status["switch_problem"]:
+            assert status["live_version"] is None, f"{context}{status}"
             return
         live = status["releases"]["live"] or {}
         said = f"version={status['live_version']} color={status['live_color']}"

@@ -238,3 +238,29 @@ def test_a_run_killed_holding_the_lock_is_written_into_the_history_by_the_run_th
     killed = entries[1]
     assert (killed["time"], killed["who"], killed["color"]) == (dead.since, "jenkins-app-6", "")
     assert "pid 4194305 on agent-1" in killed["message"] and "unit took over its lock" in killed["message"]
+
+
+def test_status_names_no_live_color_while_nginx_may_serve_either_the_include_or_what_it_loaded_before():
+    """A run killed between renaming the include (blue) and reloading nginx (still on green):
+    `status` must not report the include's color as live; it says it cannot tell, and shows the
+    record as written."""
+    import io
+
+    from pipeline import cli
+    from pipeline.decide import render_include
+
+    from .fakes import INCLUDE
+    from .test_settle import killed_between_include_and_reload
+
+    world = World()
+    killed_between_include_and_reload(world)
+    world.host.files[str(INCLUDE)] = render_include(world.switch.routes["live"])   # what the switch wrote: blue
+    report = flows.status(world.context())
+    assert (report["live_color"], report["live_version"]) == (None, None)
+    assert report["switch_problem"] == "nginx was not seen loading the live include"
+    assert report["include"]["points_at"] == f"{world.settings.ip_of('blue')}:8080"
+    assert report["releases"]["live"]["version"] == "v2", "the record as written: v2 live on green"
+    shown = io.StringIO()
+    cli._print_status(report, False, shown)
+    assert "live:     unknown\n" in shown.getvalue()
+    assert "warning:  nginx was not seen loading the live include\n" in shown.getvalue()
