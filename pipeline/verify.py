@@ -377,7 +377,7 @@ def _serving(ctx: Context, mark: Baseline) -> Tuple[Optional[str], List[Tuple[st
     probe now, each with how a failure names it ("" for the one container)."""
     s = ctx.settings
     if s.target != "swarm":
-        return (_container_problem(ctx, mark.color),
+        return (container_problem(ctx, mark.color),
                 [("", f"http://{s.ip_of(mark.color)}:{s.app_port}{s.health_path}")])
     from .swarm import serving_problem, task_where   # only a swarm has tasks (and needs this module)
     tasks = ctx.engine.tasks(mark.color)
@@ -389,7 +389,7 @@ def _serving(ctx: Context, mark: Baseline) -> Tuple[Optional[str], List[Tuple[st
                   if t.task_id in mark.tasks and t.running and t.node_up and t.node_addr]
 
 
-def _container_problem(ctx: Context, color: str) -> Optional[str]:
+def container_problem(ctx: Context, color: str) -> Optional[str]:
     """Why the new container cannot be serving (and must not be probed), or None."""
     s = ctx.settings
     fact = ctx.engine.container(color)

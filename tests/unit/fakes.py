@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import itertools
 import signal
+import socket
 from dataclasses import replace
 from pathlib import Path, PurePosixPath
 from typing import Dict, List, Optional, Set, Tuple
+
+import pytest
 
 from pipeline import deploy as flows
 from pipeline.decide import Address, ContainerFact, color_at
@@ -16,6 +19,16 @@ from pipeline.errors import DeployFailed, HealthCheckFailed, IncludeNotLoaded, I
 from pipeline.health import NotHealthyYet
 from pipeline.settings import Settings
 from pipeline.switch import LIVE, PREVIEW
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The flows under test reach nothing: any connection attempt fails the test. Autouse in every
+    module that imports it."""
+    def refuse(sock: socket.socket, address: object, *args: object) -> None:
+        raise AssertionError(f"a flow under test tried to connect to {address}")
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
 
 INCLUDE = PurePosixPath("/nginx/service-url.inc")
 PREVIEW_INCLUDE = PurePosixPath("/nginx/service-url-preview.inc")

@@ -5,7 +5,6 @@ real stack in tests/integration/test_releases.py."""
 from __future__ import annotations
 
 import json
-import socket
 
 import pytest
 
@@ -13,15 +12,8 @@ from pipeline import deploy as flows
 from pipeline.decide import ColorChoice
 from pipeline.releases import ReleaseRecord, settle_live
 
-from .fakes import World
+from .fakes import World, no_network  # noqa: F401  (autouse: no flow reaches the network)
 
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch):
-    """The flows under test reach nothing: any connection attempt fails the test."""
-    def refuse(sock, address, *args):
-        raise AssertionError(f"a flow under test tried to connect to {address}")
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
 
 
 SEQUENCES = [
