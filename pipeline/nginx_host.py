@@ -21,7 +21,7 @@ from typing import ContextManager, Iterator, List, Optional, Protocol, Sequence,
 
 import paramiko
 
-from .errors import NginxHostFailed, PreflightError
+from .errors import NginxHostFailed, NotText, PreflightError
 from .settings import Settings, without_secrets
 
 log = logging.getLogger("pipeline")
@@ -126,14 +126,15 @@ class LocalHost:
     def read_text(self, path: str) -> Optional[str]:
         with _file_call(self.part, f"reading {path}"):
             try:
-                return Path(path).read_text()
+                data = Path(path).read_bytes()
             except FileNotFoundError:
                 return None
+        return _text(self.part, path, data)
 
     def write_text_atomic(self, path: str, text: str) -> None:
         temp = _temp_name(path)
         with _file_call(self.part, f"writing {path}"):
-            with open(temp, "w") as handle:
+            with open(temp, "w", encoding="utf-8") as handle:
                 handle.write(text)
                 handle.flush()
                 os.fsync(handle.fileno())
@@ -144,7 +145,7 @@ class LocalHost:
         # Written aside, then linked: link() fails if the name exists, so the file appears whole or not at all.
         temp = _temp_name(path)
         with _file_call(self.part, f"creating {path}"):
-            Path(temp).write_text(text)
+            Path(temp).write_text(text, encoding="utf-8")
             try:
                 os.link(temp, path)
                 return True
@@ -155,7 +156,7 @@ class LocalHost:
 
     def append_text(self, path: str, text: str) -> None:
         with _file_call(self.part, f"appending to {path}"):
-            with open(path, "a") as handle:
+            with open(path, "a", encoding="utf-8") as handle:
                 handle.write(text)
 
     def remove(self, path: str) -> None:
@@ -304,9 +305,10 @@ class SshHost:
         with self._sftp_call(f"reading {path}"):
             try:
                 with self.sftp.open(path, "r") as handle:
-                    return handle.read().decode()
+                    data = handle.read()
             except FileNotFoundError:
                 return None
+        return _text(self.sftp_part, path, data)
 
     def write_text_atomic(self, path: str, text: str) -> None:
         temp = _temp_name(path)
@@ -496,6 +498,15 @@ def _settle(transport: paramiko.Transport, wait: float = 1.0) -> None:
     deadline = time.monotonic() + wait
     while transport.is_active() and time.monotonic() < deadline:
         time.sleep(0.02)
+
+
+def _text(part: str, path: str, data: bytes) -> str:
+    """Where the nginx host's bytes become text: UTF-8, or NotText naming the file and the first
+    byte that is not (never a UnicodeDecodeError: each reader decides what such a file means)."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise NotText(part, path, data, exc) from exc
 
 
 def _is_transport_error(exc: BaseException) -> bool:

@@ -8,11 +8,11 @@ import itertools
 import signal
 from dataclasses import replace
 from pathlib import Path, PurePosixPath
-from typing import Dict, List, Optional, Set, Tuple
+from typing import Dict, List, Optional, Set, Tuple, Union
 
 from pipeline import deploy as flows
 from pipeline.decide import Address, ContainerFact, color_at
-from pipeline.errors import DeployFailed, HealthCheckFailed, Interrupted, PipelineError
+from pipeline.errors import DeployFailed, HealthCheckFailed, Interrupted, NotText, PipelineError
 from pipeline.settings import Settings
 from pipeline.switch import LIVE, PREVIEW
 
@@ -26,15 +26,25 @@ class Strict:
 
 
 class FakeHost(Strict):
-    """The nginx host's files, in memory. No command runs and no channel opens on it."""
+    """The nginx host's files, in memory. No command runs and no channel opens on it.
+
+    A file's content is text, or bytes for one that is not UTF-8 text (read_text then raises
+    NotText, as the real hosts do)."""
 
     description = "fake nginx host"
+    part = "nginx host (fake)"
 
     def __init__(self) -> None:
-        self.files: Dict[str, str] = {}
+        self.files: Dict[str, Union[str, bytes]] = {}
 
     def read_text(self, path: str) -> Optional[str]:
-        return self.files.get(path)
+        data = self.files.get(path)
+        if isinstance(data, bytes):
+            try:
+                return data.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise NotText(self.part, path, data, exc) from exc
+        return data
 
     def write_text_atomic(self, path: str, text: str) -> None:
         self.files[path] = text
@@ -46,7 +56,8 @@ class FakeHost(Strict):
         return True
 
     def append_text(self, path: str, text: str) -> None:
-        self.files[path] = self.files.get(path, "") + text
+        data = self.files.get(path, "")
+        self.files[path] = data + text.encode() if isinstance(data, bytes) else data + text
 
     def remove(self, path: str) -> None:
         self.files.pop(path, None)
