@@ -11,6 +11,7 @@ import logging
 import os
 import shlex
 import socket
+import stat
 import subprocess
 import threading
 import time
@@ -167,17 +168,21 @@ class LocalHost:
                 pass
 
     def size(self, path: str) -> Optional[int]:
-        """The file's size in bytes; None if there is no such file."""
-        try:
-            return os.stat(path).st_size
-        except FileNotFoundError:
-            return None
+        """The file's size in bytes; None if there is no such file. Something else at the path
+        (a directory) is NginxHostFailed, as is a failure to look."""
+        with _file_call(self.part, f"looking at {path}"):
+            try:
+                info = os.stat(path)
+            except FileNotFoundError:
+                return None
+        return _regular_size(self.part, path, info.st_mode, info.st_size)
 
     def read_bytes(self, path: str, offset: int, limit: int) -> bytes:
         """Up to `limit` bytes from `offset` on (e.g. what a log gained since it was that long)."""
-        with open(path, "rb") as handle:
-            handle.seek(offset)
-            return handle.read(limit)
+        with _file_call(self.part, f"reading {path}"):
+            with open(path, "rb") as handle:
+                handle.seek(offset)
+                return handle.read(limit)
 
     def run(self, argv: Sequence[str]) -> CommandResult:
         try:
@@ -351,15 +356,18 @@ class SshHost:
                 pass
 
     def size(self, path: str) -> Optional[int]:
-        try:
-            return self.sftp.stat(path).st_size
-        except FileNotFoundError:
-            return None
+        with self._sftp_call(f"looking at {path}"):
+            try:
+                info = self.sftp.stat(path)
+            except FileNotFoundError:
+                return None
+        return _regular_size(self.sftp_part, path, info.st_mode, info.st_size or 0)
 
     def read_bytes(self, path: str, offset: int, limit: int) -> bytes:
-        with self.sftp.open(path, "rb") as handle:
-            handle.seek(offset)
-            return handle.read(limit)
+        with self._sftp_call(f"reading {path}"):
+            with self.sftp.open(path, "rb") as handle:
+                handle.seek(offset)
+                return handle.read(limit)
 
     def run(self, argv: Sequence[str]) -> CommandResult:
         """Run a command; its exit code comes back in the result. A broken session, or no answer
@@ -507,6 +515,14 @@ def _text(part: str, path: str, data: bytes) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise NotText(part, path, data, exc) from exc
+
+
+def _regular_size(part: str, path: str, mode: Optional[int], size: int) -> int:
+    """`size`, if what is at `path` is a file (a server that sends no mode is taken at its word)."""
+    if mode is not None and not stat.S_ISREG(mode):
+        kind = "a directory" if stat.S_ISDIR(mode) else "not a regular file"
+        raise NginxHostFailed(part, f"looking at {path}", f"it is {kind}, not a file")
+    return size
 
 
 def _is_transport_error(exc: BaseException) -> bool:
