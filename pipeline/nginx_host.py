@@ -425,12 +425,30 @@ class SshHost:
         return results
 
     def open_channel(self, host: str, port: int, timeout: float) -> socket.socket:
-        """A direct-tcpip channel: reach a port on the nginx host's loopback without exposing it."""
-        transport = self.client.get_transport()
-        assert transport is not None
-        channel = transport.open_channel("direct-tcpip", (host, port), ("127.0.0.1", 0), timeout=timeout)
-        channel.settimeout(timeout)
-        return channel  # type: ignore[return-value]
+        """A direct-tcpip channel: reach a port on the nginx host's loopback without exposing it.
+
+        As for SFTP and commands, a connection found dead is opened again first. Opening a channel
+        changes nothing on the nginx host, so a connection lost while the channel opens (dropped
+        before paramiko noticed) is opened again too, and the channel asked for once more.
+        Raises paramiko.ChannelException when the nginx host's sshd could not connect to
+        host:port (the caller's answer: refused, unreachable), socket.timeout when no channel
+        opened within `timeout` over a live connection, and NginxHostFailed when the connection
+        is lost and cannot be opened again.
+        """
+        transport = self._transport()
+        try:
+            return _direct_channel(transport, host, port, timeout)
+        except ssh_errors():
+            if transport.is_active():
+                raise   # refused, or a timeout: the connection itself is fine
+        transport = self._transport()   # lost while the channel opened: once more, over a new one
+        try:
+            return _direct_channel(transport, host, port, timeout)
+        except ssh_errors() as exc:
+            if transport.is_active():
+                raise
+            raise NginxHostFailed(self.ssh_part, f"opening a channel to {host}:{port}",
+                                  _ssh_reason(exc, timeout)) from exc
 
     def close(self) -> None:
         self._drop()
@@ -497,6 +515,21 @@ def _open_client(settings: Settings) -> paramiko.SSHClient:
     if transport is not None:
         transport.set_keepalive(15)
     return client
+
+
+def _direct_channel(transport: paramiko.Transport, host: str, port: int, timeout: float) -> socket.socket:
+    """A direct-tcpip channel to host:port; a live connection that gave none within `timeout`
+    raises socket.timeout, as a local connect would."""
+    try:
+        channel = transport.open_channel("direct-tcpip", (host, port), ("127.0.0.1", 0), timeout=timeout)
+    except paramiko.ChannelException:
+        raise
+    except ssh_errors() as exc:
+        if transport.is_active():
+            raise socket.timeout(f"no channel within {timeout:g}s") from exc
+        raise
+    channel.settimeout(timeout)
+    return channel  # type: ignore[return-value]
 
 
 def _settle(transport: paramiko.Transport, wait: float = 1.0) -> None:
