@@ -524,9 +524,12 @@ def _direct_channel(transport: paramiko.Transport, host: str, port: int, timeout
         channel = transport.open_channel("direct-tcpip", (host, port), ("127.0.0.1", 0), timeout=timeout)
     except paramiko.ChannelException:
         raise
-    except ssh_errors() as exc:
-        if transport.is_active():
+    except paramiko.SSHException as exc:
+        if transport.is_active():   # "Timeout opening channel."; else the connection is gone
             raise socket.timeout(f"no channel within {timeout:g}s") from exc
+        raise
+    except (EOFError, OSError):
+        _settle(transport)   # the request could not be sent: paramiko marks the loss a moment later
         raise
     channel.settimeout(timeout)
     return channel  # type: ignore[return-value]
