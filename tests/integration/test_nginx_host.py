@@ -4,7 +4,6 @@ from __future__ import annotations
 import grp
 import os
 import shutil
-import signal
 import socket
 import tempfile
 import threading
@@ -193,12 +192,6 @@ def greeting(host: SshHost, port: int) -> bytes:
         channel.close()
 
 
-def sessions_of(sshd) -> list:
-    """The processes the test's sshd forked for its connections."""
-    pid = sshd.process.pid
-    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-
-
 def test_a_channel_after_the_connection_dropped_connects_again_and_a_refused_reconnect_is_one_line(
         stack, tmp_path, caplog):
     from .outside import OwnSshd
@@ -211,16 +204,12 @@ def test_a_channel_after_the_connection_dropped_connects_again_and_a_refused_rec
     host = SshHost.connect(settings)
     try:
         assert greeting(host, greeter.port) == b"hi"
-        for session in sessions_of(sshd):   # the connection drops, as when its sshd dies
-            os.kill(session, signal.SIGKILL)
+        sshd.kill_sessions()   # the connection drops, as when its sshd dies
         with caplog.at_level("WARNING", logger="pipeline"):
             assert greeting(host, greeter.port) == b"hi"
         assert f"the SSH connection to root@127.0.0.1:{sshd.port} was lost; connecting again" in caplog.text
         # Now the nginx host refuses new connections, and the one open drops.
-        sessions = sessions_of(sshd)
-        sshd.stop()
-        for session in sessions:
-            os.kill(session, signal.SIGKILL)
+        sshd.stop(drop_connections=True)
         for _ in range(2):   # the first try connects again; the next ones say the same at once
             with pytest.raises(NginxHostFailed) as caught:
                 greeting(host, greeter.port)
