@@ -50,6 +50,13 @@ class CommandResult:
 
 
 class NginxHost(Protocol):
+    """Files and commands on the nginx host; a failure of the host or the connection to it is
+    NginxHostFailed naming the part, the action and the cause. read_text is None for a missing
+    file and raises NotText for bytes that are not UTF-8; size is None for a missing file and
+    refuses anything but a file. open_channel (health probes, admin requests) connects again after
+    a lost connection as the rest does; a target that refuses or does not answer is the caller's
+    answer (OSError, or paramiko.ChannelException over SSH)."""
+
     description: str
 
     def read_text(self, path: str) -> Optional[str]: ...
