@@ -398,18 +398,7 @@ def ready_checks(ctx: Context, color: str) -> Tuple[Callable[[], Optional[str]],
     name = s.container_name(color)
     if s.target != "swarm":
         url = health_url(s, color)
-
-        def container_problem() -> Optional[str]:
-            fact = ctx.engine.container(color)
-            if fact is None:
-                return f"container {name} was removed"
-            if not fact.running or fact.restart_count > 0:
-                return f"container {name} stopped ({fact.status}, restarted {fact.restart_count}x)"
-            if not ctx.engine.at_fixed_ip(fact):
-                return f"container {name} no longer holds {s.ip_of(color)} on {s.deploy_network}"
-            return None
-
-        return container_problem, lambda timeout: health.probe(ctx.prober, url, timeout)
+        return (lambda: verify.container_problem(ctx, color)), lambda timeout: health.probe(ctx.prober, url, timeout)
 
     from .swarm import serving_problem, task_where   # only a swarm has tasks (as in verify.py)
     engine = ctx.engine

@@ -219,6 +219,17 @@ class NginxHostFailed(OutsideFailure):
     """A file or command on the nginx host failed: over SSH/SFTP, or on this machine."""
 
 
+class NotText(NginxHostFailed):
+    """A file on the nginx host holds bytes that are not UTF-8 (a hand edit, a line cut short by a
+    full disk). Carries what was read, so a reader that can use the rest (the history, line by
+    line) still can; read as a plain NginxHostFailed it is one line naming the file and the byte."""
+
+    def __init__(self, part: str, path: str, data: bytes, error: UnicodeDecodeError) -> None:
+        self.path, self.data, self.offset = path, data, error.start
+        super().__init__(part, f"reading {path}",
+                         f"not UTF-8 text (byte 0x{data[error.start]:02x} at offset {error.start})")
+
+
 class SwitchIncomplete(DeployFailed):
     """A switch failed and could not be undone: the include may name the new release (reload
     mode), or nginx's balancer may send traffic to it (live mode). The flows leave its container

@@ -6,7 +6,7 @@ import logging
 from dataclasses import asdict, dataclass, replace
 from typing import List, Optional
 
-from .errors import NginxHostFailed
+from .errors import NginxHostFailed, NotText
 from .log import mask
 from .nginx_host import NginxHost
 
@@ -41,21 +41,50 @@ class History:
             log.warning("    could not append to history %s: %s", self.path, exc)
 
     def entries(self) -> List[Entry]:
-        text = self.host.read_text(self.path) or ""
+        """Every entry, oldest first. A line that is not UTF-8 text or not an entry (a hand edit,
+        a line cut short by a full disk) is skipped with a warning naming the file and the line.
+        Lines end at "\\n" only: a message may hold U+2028, where str.splitlines would split too."""
+        try:
+            lines: List[Optional[str]] = list((self.host.read_text(self.path) or "").split("\n"))
+        except NotText as exc:
+            lines = [_decoded(raw) for raw in exc.data.split(b"\n")]
         entries = []
-        for line in text.splitlines():
+        for number, line in enumerate(lines, 1):
+            if line is None:
+                log.warning("    history %s, line %d: not UTF-8 text; skipped", self.path, number)
+                continue
+            if not line.strip():
+                continue
             entry = _parse(line)
-            if entry is not None:
+            if entry is None:
+                log.warning("    history %s, line %d: not a history entry; skipped", self.path, number)
+            else:
                 entries.append(entry)
         return entries
 
 
+def _decoded(raw: bytes) -> Optional[str]:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+_TEXT_FIELDS = tuple(name for name in Entry.__dataclass_fields__ if name != "duration")
+
+
 def _parse(line: str) -> Optional[Entry]:
+    """One line's entry; None unless it is a JSON object with the fields of one, of their types."""
     try:
         data = json.loads(line)
-        return Entry(**{k: data[k] for k in Entry.__dataclass_fields__ if k in data})
-    except (ValueError, TypeError):
+        entry = Entry(**{k: data[k] for k in Entry.__dataclass_fields__ if k in data})
+    except (ValueError, TypeError, KeyError):
         return None
+    if not all(isinstance(getattr(entry, k), str) for k in _TEXT_FIELDS):
+        return None
+    if isinstance(entry.duration, bool) or not isinstance(entry.duration, (int, float)):
+        return None
+    return entry
 
 
 def format_table(entries: List[dict]) -> str:

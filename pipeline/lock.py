@@ -28,7 +28,7 @@ import time
 from dataclasses import MISSING, asdict, dataclass, fields, replace
 from typing import Callable, Mapping, Optional
 
-from .errors import LockHeld, NginxHostFailed, PreflightError
+from .errors import LockHeld, NginxHostFailed, NotText, PreflightError
 from .nginx_host import NginxHost
 
 log = logging.getLogger("pipeline")
@@ -68,8 +68,11 @@ class LockInfo:
 
     @classmethod
     def parse(cls, text: str) -> "LockInfo":
-        """The holder written in `text`; a damaged LockInfo if it is not a lock we wrote."""
+        """The holder written in `text`; a damaged LockInfo if it is not a lock we wrote (which is
+        JSON of these fields, and ASCII: `to_text` escapes everything else)."""
         try:
+            if not text.isascii():
+                raise ValueError("not ASCII")
             data = json.loads(text)
             values = {}
             for f in fields(cls):
@@ -151,8 +154,12 @@ class DeployLock:
     # -- looking ---------------------------------------------------------------------------------
 
     def _read_text(self, path: str) -> Optional[str]:
+        """The file's text; bytes that are not UTF-8 (a hand edit, a write cut short) come back
+        as U+FFFD, which `LockInfo.parse` calls damaged (exit 4; `lock release` removes it)."""
         try:
             return self.host.read_text(path)
+        except NotText as exc:
+            return exc.data.decode("utf-8", "replace")
         except (OSError, NginxHostFailed) as exc:
             raise PreflightError(f"cannot read the deploy lock {path} on the nginx host "
                                  f"({self.host.description}): {_why(exc)}") from exc

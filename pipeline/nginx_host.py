@@ -11,6 +11,7 @@ import logging
 import os
 import shlex
 import socket
+import stat
 import subprocess
 import threading
 import time
@@ -21,7 +22,7 @@ from typing import ContextManager, Iterator, List, Optional, Protocol, Sequence,
 
 import paramiko
 
-from .errors import NginxHostFailed, PreflightError
+from .errors import NginxHostFailed, NotText, PreflightError
 from .settings import Settings, without_secrets
 
 log = logging.getLogger("pipeline")
@@ -49,6 +50,13 @@ class CommandResult:
 
 
 class NginxHost(Protocol):
+    """Files and commands on the nginx host; a failure of the host or the connection to it is
+    NginxHostFailed naming the part, the action and the cause. read_text is None for a missing
+    file and raises NotText for bytes that are not UTF-8; size is None for a missing file and
+    refuses anything but a file. open_channel (health probes, admin requests) connects again after
+    a lost connection as the rest does; a target that refuses or does not answer is the caller's
+    answer (OSError, or paramiko.ChannelException over SSH)."""
+
     description: str
 
     def read_text(self, path: str) -> Optional[str]: ...
@@ -126,14 +134,15 @@ class LocalHost:
     def read_text(self, path: str) -> Optional[str]:
         with _file_call(self.part, f"reading {path}"):
             try:
-                return Path(path).read_text()
+                data = Path(path).read_bytes()
             except FileNotFoundError:
                 return None
+        return _text(self.part, path, data)
 
     def write_text_atomic(self, path: str, text: str) -> None:
         temp = _temp_name(path)
         with _file_call(self.part, f"writing {path}"):
-            with open(temp, "w") as handle:
+            with open(temp, "w", encoding="utf-8") as handle:
                 handle.write(text)
                 handle.flush()
                 os.fsync(handle.fileno())
@@ -144,7 +153,7 @@ class LocalHost:
         # Written aside, then linked: link() fails if the name exists, so the file appears whole or not at all.
         temp = _temp_name(path)
         with _file_call(self.part, f"creating {path}"):
-            Path(temp).write_text(text)
+            Path(temp).write_text(text, encoding="utf-8")
             try:
                 os.link(temp, path)
                 return True
@@ -155,7 +164,7 @@ class LocalHost:
 
     def append_text(self, path: str, text: str) -> None:
         with _file_call(self.part, f"appending to {path}"):
-            with open(path, "a") as handle:
+            with open(path, "a", encoding="utf-8") as handle:
                 handle.write(text)
 
     def remove(self, path: str) -> None:
@@ -166,17 +175,21 @@ class LocalHost:
                 pass
 
     def size(self, path: str) -> Optional[int]:
-        """The file's size in bytes; None if there is no such file."""
-        try:
-            return os.stat(path).st_size
-        except FileNotFoundError:
-            return None
+        """The file's size in bytes; None if there is no such file. Something else at the path
+        (a directory) is NginxHostFailed, as is a failure to look."""
+        with _file_call(self.part, f"looking at {path}"):
+            try:
+                info = os.stat(path)
+            except FileNotFoundError:
+                return None
+        return _regular_size(self.part, path, info.st_mode, info.st_size)
 
     def read_bytes(self, path: str, offset: int, limit: int) -> bytes:
         """Up to `limit` bytes from `offset` on (e.g. what a log gained since it was that long)."""
-        with open(path, "rb") as handle:
-            handle.seek(offset)
-            return handle.read(limit)
+        with _file_call(self.part, f"reading {path}"):
+            with open(path, "rb") as handle:
+                handle.seek(offset)
+                return handle.read(limit)
 
     def run(self, argv: Sequence[str]) -> CommandResult:
         try:
@@ -312,9 +325,10 @@ class SshHost:
         with self._sftp_call(f"reading {path}"):
             try:
                 with self.sftp.open(path, "r") as handle:
-                    return handle.read().decode()
+                    data = handle.read()
             except FileNotFoundError:
                 return None
+        return _text(self.sftp_part, path, data)
 
     def write_text_atomic(self, path: str, text: str) -> None:
         temp = _temp_name(path)
@@ -357,15 +371,18 @@ class SshHost:
                 pass
 
     def size(self, path: str) -> Optional[int]:
-        try:
-            return self.sftp.stat(path).st_size
-        except FileNotFoundError:
-            return None
+        with self._sftp_call(f"looking at {path}"):
+            try:
+                info = self.sftp.stat(path)
+            except FileNotFoundError:
+                return None
+        return _regular_size(self.sftp_part, path, info.st_mode, info.st_size or 0)
 
     def read_bytes(self, path: str, offset: int, limit: int) -> bytes:
-        with self.sftp.open(path, "rb") as handle:
-            handle.seek(offset)
-            return handle.read(limit)
+        with self._sftp_call(f"reading {path}"):
+            with self.sftp.open(path, "rb") as handle:
+                handle.seek(offset)
+                return handle.read(limit)
 
     def run(self, argv: Sequence[str]) -> CommandResult:
         """Run a command; its exit code comes back in the result. A broken session, or no answer
@@ -439,12 +456,30 @@ class SshHost:
         return results
 
     def open_channel(self, host: str, port: int, timeout: float) -> socket.socket:
-        """A direct-tcpip channel: reach a port on the nginx host's loopback without exposing it."""
-        transport = self.client.get_transport()
-        assert transport is not None
-        channel = transport.open_channel("direct-tcpip", (host, port), ("127.0.0.1", 0), timeout=timeout)
-        channel.settimeout(timeout)
-        return channel  # type: ignore[return-value]
+        """A direct-tcpip channel: reach a port on the nginx host's loopback without exposing it.
+
+        As for SFTP and commands, a connection found dead is opened again first. Opening a channel
+        changes nothing on the nginx host, so a connection lost while the channel opens (dropped
+        before paramiko noticed) is opened again too, and the channel asked for once more.
+        Raises paramiko.ChannelException when the nginx host's sshd could not connect to
+        host:port (the caller's answer: refused, unreachable), socket.timeout when no channel
+        opened within `timeout` over a live connection, and NginxHostFailed when the connection
+        is lost and cannot be opened again.
+        """
+        transport = self._transport()
+        try:
+            return _direct_channel(transport, host, port, timeout)
+        except ssh_errors():
+            if transport.is_active():
+                raise   # refused, or a timeout: the connection itself is fine
+        transport = self._transport()   # lost while the channel opened: once more, over a new one
+        try:
+            return _direct_channel(transport, host, port, timeout)
+        except ssh_errors() as exc:
+            if transport.is_active():
+                raise
+            raise NginxHostFailed(self.ssh_part, f"opening a channel to {host}:{port}",
+                                  _ssh_reason(exc, timeout)) from exc
 
     def close(self) -> None:
         self._drop()
@@ -557,6 +592,24 @@ def _open_client(settings: Settings) -> paramiko.SSHClient:
     return client
 
 
+def _direct_channel(transport: paramiko.Transport, host: str, port: int, timeout: float) -> socket.socket:
+    """A direct-tcpip channel to host:port; a live connection that gave none within `timeout`
+    raises socket.timeout, as a local connect would."""
+    try:
+        channel = transport.open_channel("direct-tcpip", (host, port), ("127.0.0.1", 0), timeout=timeout)
+    except paramiko.ChannelException:
+        raise
+    except paramiko.SSHException as exc:
+        if transport.is_active():   # "Timeout opening channel."; else the connection is gone
+            raise socket.timeout(f"no channel within {timeout:g}s") from exc
+        raise
+    except (EOFError, OSError):
+        _settle(transport)   # the request could not be sent: paramiko marks the loss a moment later
+        raise
+    channel.settimeout(timeout)
+    return channel  # type: ignore[return-value]
+
+
 def _settle(transport: paramiko.Transport, wait: float = 1.0) -> None:
     """After a failed command: paramiko closes the channels of a lost connection a moment before
     it marks the transport inactive. Wait for that, so the next operation connects again instead
@@ -564,6 +617,23 @@ def _settle(transport: paramiko.Transport, wait: float = 1.0) -> None:
     deadline = time.monotonic() + wait
     while transport.is_active() and time.monotonic() < deadline:
         time.sleep(0.02)
+
+
+def _text(part: str, path: str, data: bytes) -> str:
+    """Where the nginx host's bytes become text: UTF-8, or NotText naming the file and the first
+    byte that is not (never a UnicodeDecodeError: each reader decides what such a file means)."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise NotText(part, path, data, exc) from exc
+
+
+def _regular_size(part: str, path: str, mode: Optional[int], size: int) -> int:
+    """`size`, if what is at `path` is a file (a server that sends no mode is taken at its word)."""
+    if mode is not None and not stat.S_ISREG(mode):
+        kind = "a directory" if stat.S_ISDIR(mode) else "not a regular file"
+        raise NginxHostFailed(part, f"looking at {path}", f"it is {kind}, not a file")
+    return size
 
 
 def _is_transport_error(exc: BaseException) -> bool:

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from .decide import ColorChoice, ContainerFact, choose_colors, other
-from .errors import NothingToDo, PipelineError
+from .errors import NothingToDo, NotText, PipelineError
 from .history import Entry
 from .nginx_host import NginxHost
 
@@ -166,8 +166,12 @@ class ReleaseStore:
         self.path = path
 
     def read(self) -> Tuple[Optional[ReleaseRecord], str]:
-        """The record, or None and why it cannot be used."""
-        text = self.host.read_text(self.path)
+        """The record, or None and why it cannot be used (a file that is not UTF-8 text, as a
+        write cut short by a full disk leaves it, is damaged like one that is not a record)."""
+        try:
+            text = self.host.read_text(self.path)
+        except NotText as exc:
+            return None, f"{self.path} is damaged ({exc.cause})"
         if text is None:
             return None, f"{self.path} does not exist"
         try:

@@ -44,8 +44,9 @@ from typing import Any, Callable, Counter, Dict, FrozenSet, List, Optional, Prot
 
 from . import health
 from .decide import Address, Targets, as_list, as_targets, shown
-from .errors import (DeployFailed, Interrupted, LiveUnverified, OutsideFailure, PipelineError, PreflightError,
-                     SwitchedBack, SwitchedBackAfterBug, SwitchedBackOnSignal, SwitchIncomplete)
+from .errors import (AdminUnavailable, DeployFailed, Interrupted, LiveUnverified, NginxHostFailed, OutsideFailure,
+                     PipelineError, PreflightError, SwitchedBack, SwitchedBackAfterBug, SwitchedBackOnSignal,
+                     SwitchIncomplete)
 from .nginx_host import NginxHost
 from .settings import Settings
 from .signals import SignalGuard
@@ -71,6 +72,7 @@ TRAFFIC_POLL = 0.5        # how often nginx's answers are read during the window
 HEALTH_EVERY_MAX = 2.0    # health is probed at least this often during the window
 HEALTH_FAILS = 2          # this many failed probes in a row fail the release
 READ_LIMIT = 8 * 1024 * 1024   # access-log bytes read per poll at most (the rest at the next one)
+READ_FAILS = 3            # reads of nginx's answers failed this many polls in a row (~1 s): switch back
 
 
 # -- pure: parsing and judging ----------------------------------------------------------------------
@@ -239,16 +241,31 @@ class Baseline:
 
 
 def check(ctx: Context) -> None:
-    """Preflight: can the answers be read at all? (Nothing is changed yet.)"""
+    """Preflight: can the answers be read at all? (Nothing is changed yet.) In reload mode the
+    access log must be a file the nginx host lets us open: Debian's is 0640 www-data:adm, which
+    a non-root SSH user outside `adm` cannot read; found only during the window, that would cost
+    a switch back."""
     s = ctx.settings
     if s.verify_seconds == 0:
         return
     if ctx.switch.mode == "live":
         ctx.switch.admin.stats()   # type: ignore[attr-defined]  # AdminUnavailable: exit 3
-    elif ctx.host.size(str(s.nginx_access_log)) is None:
-        raise PreflightError(f"NGINX_ACCESS_LOG={s.nginx_access_log}: no such file on the nginx host "
-                             f"({ctx.host.description}); verification reads nginx's answers there "
-                             f"(the `pipeline` log format), or set VERIFY_SECONDS=0")
+        return
+    path = str(s.nginx_access_log)
+    where = f"on the nginx host ({ctx.host.description})"
+    then = "verification reads nginx's answers there (the `pipeline` log format), or set VERIFY_SECONDS=0"
+    try:
+        size = ctx.host.size(path)
+        if size is not None:
+            ctx.host.read_bytes(path, max(size - 1, 0), 1)   # opened, as the window will
+    except NginxHostFailed as exc:
+        who = f"NGINX_SSH_USER={s.nginx_ssh_user}" if s.remote else "the user running pipeline"
+        hint = (f" (it is read as {who}: on Debian, make that user a member of `adm`)"
+                if isinstance(exc.__cause__, PermissionError) else "")
+        raise PreflightError(f"NGINX_ACCESS_LOG={path}: cannot read it {where}: {exc.cause}{hint}; "
+                             f"{then}") from exc
+    if size is None:
+        raise PreflightError(f"NGINX_ACCESS_LOG={path}: no such file {where}; {then}")
 
 
 def baseline(ctx: Context, color: str, old: Optional[str]) -> Optional[Baseline]:
@@ -319,7 +336,7 @@ class _Watch:
         self.ctx, self.mark = ctx, mark
         self.tally = Tally()
         self.probes = 0
-        self._read_warned = False
+        self.read_failures = 0   # reads of nginx's answers that failed, in a row
 
     def run(self) -> Optional[str]:
         ctx, s, color = self.ctx, self.ctx.settings, self.mark.color
@@ -333,7 +350,9 @@ class _Watch:
             problem, targets = _serving(ctx, self.mark)
             if problem is not None:
                 return f"{problem}; traffic: {self.tally.describe()}"
-            self._read()
+            problem = self._read()
+            if problem is not None:
+                return problem
             if too_many_errors(self.tally, s.verify_max_error_rate, s.verify_min_requests):
                 return (f"{color} answered 5xx to {self.tally.rate:.1%} of {self.tally.requests} requests "
                         f"(limit {s.verify_max_error_rate:.1%}; commonest: {self.tally.commonest()})")
@@ -355,21 +374,36 @@ class _Watch:
                         if fails >= HEALTH_FAILS:
                             return (f"{color}'s health failed {fails} times in a row{on} (last: {exc.last}); "
                                     f"traffic: {self.tally.describe()}")
-            if now >= deadline:
-                return None
+            if now >= deadline and not self.read_failures:
+                return None   # judged on answers read at the end, never on older ones
             if now >= next_report:
                 next_report = now + 5.0
                 log.info("    %.0fs: %s", now - started, self.tally.describe())
-            ctx.sleep(max(0.0, min(TRAFFIC_POLL, deadline - now, next_probe - now)))
+            if now >= deadline:   # past it only while the answers cannot be read: poll again
+                ctx.sleep(TRAFFIC_POLL)
+            else:
+                ctx.sleep(max(0.0, min(TRAFFIC_POLL, deadline - now, next_probe - now)))
 
-    def _read(self) -> None:
+    def _read(self) -> Optional[str]:
+        """Read what nginx answered; why the window fails if it could not for READ_FAILS polls
+        in a row. Health alone does not verify a release (it may answer its probe while failing
+        every request), so the window goes on without the answers for a moment only, and does
+        not end on a failed read."""
         try:
             self.tally = self.mark.reader.read()
-            self._read_warned = False
-        except (OSError, EOFError, PipelineError) as exc:
-            if not self._read_warned:
-                log.warning("    cannot read nginx's answers (%s); watching health only until it reads again", exc)
-                self._read_warned = True
+        except (OutsideFailure, AdminUnavailable) as exc:
+            self.read_failures += 1
+            if self.read_failures >= READ_FAILS:
+                return (f"cannot read nginx's answers ({exc}; {self.read_failures} reads in a row); "
+                        f"traffic until then: {self.tally.describe()}")
+            if self.read_failures == 1:
+                log.warning("    cannot read nginx's answers (%s); switching back unless it reads again "
+                            "within %d polls", exc, READ_FAILS - 1)
+            return None
+        if self.read_failures:
+            log.info("    reading nginx's answers again")
+        self.read_failures = 0
+        return None
 
 
 def _serving(ctx: Context, mark: Baseline) -> Tuple[Optional[str], List[Tuple[str, str]]]:
@@ -377,7 +411,7 @@ def _serving(ctx: Context, mark: Baseline) -> Tuple[Optional[str], List[Tuple[st
     probe now, each with how a failure names it ("" for the one container)."""
     s = ctx.settings
     if s.target != "swarm":
-        return (_container_problem(ctx, mark.color),
+        return (container_problem(ctx, mark.color),
                 [("", f"http://{s.ip_of(mark.color)}:{s.app_port}{s.health_path}")])
     from .swarm import serving_problem, task_where   # only a swarm has tasks (and needs this module)
     tasks = ctx.engine.tasks(mark.color)
@@ -389,7 +423,7 @@ def _serving(ctx: Context, mark: Baseline) -> Tuple[Optional[str], List[Tuple[st
                   if t.task_id in mark.tasks and t.running and t.node_up and t.node_addr]
 
 
-def _container_problem(ctx: Context, color: str) -> Optional[str]:
+def container_problem(ctx: Context, color: str) -> Optional[str]:
     """Why the new container cannot be serving (and must not be probed), or None."""
     s = ctx.settings
     fact = ctx.engine.container(color)

@@ -7,7 +7,8 @@
 # Usage: scripts/stack.sh start|stop [--all]|status|env|install
 #
 #   start    install what is missing, start what is not running, verify it all
-#            (ssh login, registry login); blackhole routes for the private ranges
+#            (ssh login as root and as SSH_OTHER_USER, registry login); blackhole
+#            routes for the private ranges
 #            (see ensure_blackholes); idempotent, safe to run repeatedly
 #   stop     stop the sshd and registry that start launched (by pid file);
 #            --all also stops dockerd if (and only if) start launched it
@@ -44,6 +45,9 @@ export DOCKER_HOST="unix://$DOCKERD_SOCKET"
 unset DOCKER_CONTEXT
 
 SSH_KEY="$STACK_DIR/id_ed25519"
+# A login that is not root, with the same key (the tests' "nginx's log is 0640 root:adm and the
+# SSH user is not in adm" case): created by start, no password, home in STACK_DIR.
+SSH_OTHER_USER="${SSH_OTHER_USER:-pipeline-other}"
 SSH_KNOWN_HOSTS="$STACK_DIR/known_hosts"
 REGISTRY_PASSWORD_FILE="$STACK_DIR/registry-password"
 
@@ -305,7 +309,8 @@ ensure_sshd() {
         ssh-keygen -q -t ed25519 -N '' -C pipeline-stack-host -f "$STACK_DIR/ssh_host_ed25519_key"
     [[ -f "$SSH_KEY" ]] ||
         ssh-keygen -q -t ed25519 -N '' -C pipeline-stack-client -f "$SSH_KEY"
-    install -m 600 "$SSH_KEY.pub" "$STACK_DIR/authorized_keys"
+    # 0644: sshd reads it as the user logging in (root, or $SSH_OTHER_USER); a public key is no secret.
+    install -m 644 "$SSH_KEY.pub" "$STACK_DIR/authorized_keys"
     # "[host]:port" is how OpenSSH and paramiko's load_host_keys() name hosts on a
     # port other than 22. Not hashed, so tests can read it.
     local hostkey
@@ -338,13 +343,36 @@ ensure_sshd() {
     log "sshd: started on 127.0.0.1:$SSH_PORT (pid $(<"$STACK_DIR/sshd.pid"))"
 }
 
+# $SSH_OTHER_USER: a system user outside `adm`, shell /bin/sh, home $STACK_DIR/home-other. With
+# UsePAM no, sshd refuses every login to a locked account ('!' in shadow, as useradd leaves it), so
+# its password field is set to '*': no password works, the key does (AuthorizedKeysFile is one file
+# for every user).
+ensure_ssh_user() {
+    local home="$STACK_DIR/home-other"
+    if ! getent passwd "$SSH_OTHER_USER" >/dev/null; then
+        [[ $EUID -eq 0 ]] || die "need root to create the user $SSH_OTHER_USER"
+        useradd --system --shell /bin/sh --home-dir "$home" --no-create-home "$SSH_OTHER_USER"
+        log "user $SSH_OTHER_USER: created (logs in over ssh with the stack's key; not in adm)"
+    fi
+    if [[ "$(getent shadow "$SSH_OTHER_USER" | cut -d: -f2)" == '!'* ]]; then
+        usermod -p '*' "$SSH_OTHER_USER"
+    fi
+    id -nG "$SSH_OTHER_USER" | tr ' ' '\n' | grep -qx adm &&
+        die "$SSH_OTHER_USER is in the group adm: the tests need a user that cannot read adm's files"
+    mkdir -p "$home"
+    chown "$SSH_OTHER_USER" "$home"
+}
+
 verify_ssh() {
-    ssh -i "$SSH_KEY" -p "$SSH_PORT" \
-        -o UserKnownHostsFile="$SSH_KNOWN_HOSTS" -o GlobalKnownHostsFile=/dev/null \
-        -o StrictHostKeyChecking=yes -o IdentitiesOnly=yes -o BatchMode=yes \
-        -o ConnectTimeout=5 root@127.0.0.1 true ||
-        die "ssh login as root@127.0.0.1:$SSH_PORT failed; see $STACK_DIR/sshd.log"
-    log "ssh: root@127.0.0.1:$SSH_PORT login OK"
+    local user
+    for user in root "$SSH_OTHER_USER"; do
+        ssh -i "$SSH_KEY" -p "$SSH_PORT" \
+            -o UserKnownHostsFile="$SSH_KNOWN_HOSTS" -o GlobalKnownHostsFile=/dev/null \
+            -o StrictHostKeyChecking=yes -o IdentitiesOnly=yes -o BatchMode=yes \
+            -o ConnectTimeout=5 "$user@127.0.0.1" true ||
+            die "ssh login as $user@127.0.0.1:$SSH_PORT failed; see $STACK_DIR/sshd.log"
+        log "ssh: $user@127.0.0.1:$SSH_PORT login OK"
+    done
 }
 
 # -------------------------------------------------------------------------- registry
@@ -457,6 +485,7 @@ cmd_start() {
     ensure_dockerd
     tune_sysctl
     ensure_sshd
+    ensure_ssh_user
     verify_ssh
     ensure_registry
     verify_registry
@@ -510,7 +539,7 @@ cmd_status() {
 
 cmd_env() {
     local name
-    for name in STACK_DIR SSH_PORT SSH_KEY SSH_KNOWN_HOSTS REGISTRY_ADDR REGISTRY_USER \
+    for name in STACK_DIR SSH_PORT SSH_KEY SSH_KNOWN_HOSTS SSH_OTHER_USER REGISTRY_ADDR REGISTRY_USER \
         REGISTRY_PASSWORD_FILE JRE_IMAGE; do
         printf 'export %s=%q\n' "$name" "${!name}"
     done

@@ -5,10 +5,12 @@
   for the tool alone (the shared dockerd and everyone else's containers are untouched).
 - SilentListener: accepts TCP on 127.0.0.1 and never answers (a hanging registry).
 - OwnSshd: a second sshd on a free 127.0.0.1 port with the stack's host key and authorized key,
-  optionally without the SFTP subsystem.
+  optionally without the SFTP subsystem; its connections can be cut (`kill_sessions`).
 """
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import subprocess
 import threading
@@ -149,8 +151,15 @@ class OwnSshd:
     def env(self, ssh_env: dict) -> dict:
         return {**ssh_env, "NGINX_SSH_PORT": str(self.port), "NGINX_SSH_KNOWN_HOSTS": str(self.known_hosts)}
 
-    def stop(self) -> None:
-        """The listener only: sessions it started go on (sshd forks them)."""
+    def kill_sessions(self) -> None:
+        """SIGKILL every process the listener forked for its connections (the monitor and the
+        process serving the connection under it): those connections drop, as when a host dies."""
+        _kill(_descendants(self.process.pid))
+
+    def stop(self, drop_connections: bool = False) -> None:
+        """The listener only: sessions it started go on (sshd forks them), unless
+        `drop_connections`: then they are killed once no new connection can be made."""
+        sessions = _descendants(self.process.pid) if drop_connections else []
         if self.process.poll() is None:
             self.process.terminate()
             try:
@@ -158,3 +167,24 @@ class OwnSshd:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        _kill(sessions)
+
+
+def _kill(pids: List[int]) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _descendants(pid: int) -> List[int]:
+    """Every process below `pid`, parents before their children."""
+    out: List[int] = []
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return out
+    for child in map(int, children):
+        out += [child] + _descendants(child)
+    return out

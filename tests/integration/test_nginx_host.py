@@ -1,20 +1,31 @@
-"""The nginx host over real SSH (127.0.0.1:2222) and locally: the same answers from both."""
+"""The nginx host over real SSH (127.0.0.1:2222) and locally: the same answers from both, and from\nthe unit tests' FakeHost where it stands for them."""
 from __future__ import annotations
 
+import grp
+import os
+import shutil
+import socket
+import tempfile
+import threading
 from pathlib import Path
 
 import pytest
 
+from pipeline.errors import NginxHostFailed, NotText
 from pipeline.nginx_host import LocalHost, SshHost
 from pipeline.settings import Settings
+
+from ..unit.fakes import FakeHost
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(params=["local", "ssh"])
-def host(request, stack, tmp_path):
-    if request.param == "local":
+def open_host(kind: str, stack, tmp_path):
+    if kind == "local":
         yield LocalHost()
+        return
+    if kind == "fake":
+        yield FakeHost()
         return
     settings = Settings.from_env({
         "NGINX_HOST": "127.0.0.1", "NGINX_SSH_PORT": stack["SSH_PORT"], "NGINX_SSH_KEY": stack["SSH_KEY"],
@@ -22,6 +33,11 @@ def host(request, stack, tmp_path):
     ssh = SshHost.connect(settings)
     yield ssh
     ssh.close()
+
+
+@pytest.fixture(params=["local", "ssh"])
+def host(request, stack, tmp_path):
+    yield from open_host(request.param, stack, tmp_path)
 
 
 def test_steps_run_in_order_until_one_fails(host):
@@ -58,3 +74,149 @@ def test_atomic_write_exclusive_create_and_append(host, tmp_path):
     host.remove(lock)
     host.remove(lock)   # twice is fine
     assert host.read_text(lock) is None
+
+
+# -- what a file can hold, and be: the same answers from both hosts and from the unit tests' fake ----
+
+def put(host, path: Path, data: bytes) -> None:
+    if isinstance(host, FakeHost):
+        host.files[str(path)] = data
+    else:
+        path.write_bytes(data)
+
+
+@pytest.fixture(params=["local", "ssh", "fake"])
+def any_host(request, stack, tmp_path):
+    """A case here that the fake answers otherwise than the real hosts means the fake drifted."""
+    yield from open_host(request.param, stack, tmp_path)
+
+
+CUT = '{"version": "v1", "message": "5 \u20ac"}\n'.encode()[:-4]   # cut inside the euro sign
+
+
+def test_bytes_that_are_not_utf8_are_not_text_naming_the_file_and_the_byte(any_host, tmp_path):
+    path = tmp_path / "app.releases.json"
+    put(any_host, path, CUT + b"\n{}\n")
+    with pytest.raises(NotText) as caught:
+        any_host.read_text(str(path))
+    assert str(caught.value).endswith(f": reading {path}: not UTF-8 text (byte 0xe2 at offset {len(CUT) - 2})")
+    assert isinstance(caught.value, NginxHostFailed) and caught.value.data == CUT + b"\n{}\n"
+
+
+def test_text_beyond_ascii_comes_back_as_written(any_host, tmp_path):
+    path = str(tmp_path / "app.history.jsonl")
+    any_host.write_text_atomic(path, "5 \u20ac\n")
+    any_host.append_text(path, "a\u2028b\n")
+    assert any_host.read_text(path) == "5 \u20ac\na\u2028b\n"
+
+
+def test_a_directory_is_not_a_file_and_a_missing_file_is_none(any_host, tmp_path):
+    directory = tmp_path / "app.access.log"
+    if isinstance(any_host, FakeHost):
+        any_host.directories.add(str(directory))
+    else:
+        directory.mkdir()
+    with pytest.raises(NginxHostFailed) as caught:
+        any_host.size(str(directory))
+    assert str(caught.value).endswith(f": looking at {directory}: it is a directory, not a file")
+    with pytest.raises(NginxHostFailed, match=f": reading {directory}: "):
+        any_host.read_bytes(str(directory), 0, 1)
+    missing = str(tmp_path / "missing.log")
+    assert any_host.size(missing) is None and any_host.read_text(missing) is None
+    with pytest.raises(NginxHostFailed, match=f": reading {missing}: No such file"):
+        any_host.read_bytes(missing, 0, 1)
+
+
+@pytest.fixture
+def unreadable_log():
+    """Debian's access log: 0640 root:adm, in a directory anyone may enter."""
+    directory = Path(tempfile.mkdtemp(prefix="pipeline-log-"))
+    directory.chmod(0o755)
+    path = directory / "app.access.log"
+    path.write_bytes(b"line\n")
+    os.chown(path, 0, grp.getgrnam("adm").gr_gid)
+    path.chmod(0o640)
+    yield path
+    shutil.rmtree(directory)
+
+
+@pytest.mark.parametrize("kind", ["ssh-as-other-user", "fake"])
+def test_a_file_the_user_may_not_open_has_a_size_but_cannot_be_read(kind, stack, tmp_path, unreadable_log):
+    if kind == "fake":
+        host = FakeHost()
+        host.files[str(unreadable_log)] = b"line\n"
+        host.unreadable.add(str(unreadable_log))
+    else:
+        host = SshHost.connect(Settings.from_env({
+            "NGINX_HOST": "127.0.0.1", "NGINX_SSH_PORT": stack["SSH_PORT"], "NGINX_SSH_USER": stack["SSH_OTHER_USER"],
+            "NGINX_SSH_KEY": stack["SSH_KEY"], "NGINX_SSH_KNOWN_HOSTS": stack["SSH_KNOWN_HOSTS"]}, tmp_path))
+    try:
+        assert host.size(str(unreadable_log)) == 5
+        with pytest.raises(NginxHostFailed) as caught:
+            host.read_bytes(str(unreadable_log), 4, 1)
+        assert str(caught.value).endswith(f": reading {unreadable_log}: Permission denied")
+        assert isinstance(caught.value.__cause__, PermissionError)
+    finally:
+        if kind != "fake":
+            host.close()
+
+
+# -- channels (health probes, admin requests) over a connection that dropped ---------------------------
+
+class Greeter:
+    """127.0.0.1:PORT answers every connection with b"hi" and closes it."""
+
+    def __init__(self) -> None:
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            conn.sendall(b"hi")
+            conn.close()
+
+    def close(self) -> None:
+        self.server.close()
+
+
+def greeting(host: SshHost, port: int) -> bytes:
+    channel = host.open_channel("127.0.0.1", port, 5.0)
+    try:
+        return channel.recv(2)
+    finally:
+        channel.close()
+
+
+def test_a_channel_after_the_connection_dropped_connects_again_and_a_refused_reconnect_is_one_line(
+        stack, tmp_path, caplog):
+    from .outside import OwnSshd
+
+    sshd = OwnSshd(stack, tmp_path / "sshd")
+    greeter = Greeter()
+    settings = Settings.from_env({
+        "NGINX_HOST": "127.0.0.1", "NGINX_SSH_PORT": str(sshd.port), "NGINX_SSH_KEY": stack["SSH_KEY"],
+        "NGINX_SSH_KNOWN_HOSTS": str(sshd.known_hosts), "NETWORK_TIMEOUT": "5"}, tmp_path)
+    host = SshHost.connect(settings)
+    try:
+        assert greeting(host, greeter.port) == b"hi"
+        sshd.kill_sessions()   # the connection drops, as when its sshd dies
+        with caplog.at_level("WARNING", logger="pipeline"):
+            assert greeting(host, greeter.port) == b"hi"
+        assert f"the SSH connection to root@127.0.0.1:{sshd.port} was lost; connecting again" in caplog.text
+        # Now the nginx host refuses new connections, and the one open drops.
+        sshd.stop(drop_connections=True)
+        for _ in range(2):   # the first try connects again; the next ones say the same at once
+            with pytest.raises(NginxHostFailed) as caught:
+                greeting(host, greeter.port)
+            assert str(caught.value) == (f"nginx host root@127.0.0.1:{sshd.port} over SSH: connecting again "
+                                         f"after the connection was lost: Unable to connect to port {sshd.port} "
+                                         f"on 127.0.0.1")
+    finally:
+        host.close()
+        sshd.stop()
+        greeter.close()

@@ -6,16 +6,30 @@ from __future__ import annotations
 
 import itertools
 import signal
+import socket
 from dataclasses import replace
 from pathlib import Path, PurePosixPath
-from typing import Dict, List, Optional, Set, Tuple
+from typing import Dict, List, Optional, Set, Tuple, Union
+
+import pytest
 
 from pipeline import deploy as flows
 from pipeline.decide import Address, ContainerFact, color_at
-from pipeline.errors import DeployFailed, HealthCheckFailed, IncludeNotLoaded, Interrupted, PipelineError
+from pipeline.errors import (DeployFailed, HealthCheckFailed, IncludeNotLoaded, Interrupted, NginxHostFailed, NotText,
+                             PipelineError)
 from pipeline.health import NotHealthyYet
 from pipeline.settings import Settings
 from pipeline.switch import LIVE, PREVIEW
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The flows under test reach nothing: any connection attempt fails the test. Autouse in every
+    module that imports it."""
+    def refuse(sock: socket.socket, address: object, *args: object) -> None:
+        raise AssertionError(f"a flow under test tried to connect to {address}")
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
 
 INCLUDE = PurePosixPath("/nginx/service-url.inc")
 PREVIEW_INCLUDE = PurePosixPath("/nginx/service-url-preview.inc")
@@ -27,15 +41,30 @@ class Strict:
 
 
 class FakeHost(Strict):
-    """The nginx host's files, in memory. No command runs and no channel opens on it."""
+    """The nginx host's files, in memory. No command runs and no channel opens on it.
+
+    A file's content is text, or bytes for one that is not UTF-8 text (read_text then raises
+    NotText, as the real hosts do); `directories` and `unreadable` (opened: Permission denied,
+    looked at: fine) hold what else a path can be. tests/integration/test_nginx_host.py runs the
+    same cases against this fake and the real hosts."""
 
     description = "fake nginx host"
+    part = "nginx host (fake)"
 
     def __init__(self) -> None:
-        self.files: Dict[str, str] = {}
+        self.files: Dict[str, Union[str, bytes]] = {}
+        self.directories: Set[str] = set()
+        self.unreadable: Set[str] = set()
 
     def read_text(self, path: str) -> Optional[str]:
-        return self.files.get(path)
+        self._open(path)
+        data = self.files.get(path)
+        if isinstance(data, bytes):
+            try:
+                return data.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise NotText(self.part, path, data, exc) from exc
+        return data
 
     def write_text_atomic(self, path: str, text: str) -> None:
         self.files[path] = text
@@ -47,10 +76,36 @@ class FakeHost(Strict):
         return True
 
     def append_text(self, path: str, text: str) -> None:
-        self.files[path] = self.files.get(path, "") + text
+        data = self.files.get(path, "")
+        self.files[path] = data + text.encode() if isinstance(data, bytes) else data + text
 
     def remove(self, path: str) -> None:
         self.files.pop(path, None)
+
+    def size(self, path: str) -> Optional[int]:
+        if path in self.directories:
+            raise NginxHostFailed(self.part, f"looking at {path}", "it is a directory, not a file")
+        data = self.files.get(path)
+        return None if data is None else len(_raw(data))
+
+    def read_bytes(self, path: str, offset: int, limit: int) -> bytes:
+        self._open(path)
+        if path not in self.files:
+            raise NginxHostFailed(self.part, f"reading {path}", "No such file or directory") \
+                from FileNotFoundError(2, "No such file or directory")
+        return _raw(self.files[path])[offset:offset + limit]
+
+    def _open(self, path: str) -> None:
+        if path in self.directories:
+            raise NginxHostFailed(self.part, f"reading {path}", "Is a directory") \
+                from IsADirectoryError(21, "Is a directory")
+        if path in self.unreadable:
+            raise NginxHostFailed(self.part, f"reading {path}", "Permission denied") \
+                from PermissionError(13, "Permission denied")
+
+
+def _raw(data: Union[str, bytes]) -> bytes:
+    return data if isinstance(data, bytes) else data.encode()
 
 
 class FakeEngine(Strict):

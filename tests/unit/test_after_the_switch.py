@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import json
-import socket
 from dataclasses import replace
 from typing import Tuple
 
@@ -23,16 +22,9 @@ from pipeline.live_switch import LiveSwitch
 from pipeline.releases import ReleaseRecord
 from pipeline.switch import LIVE
 
-from .fakes import INCLUDE, FakeAdmin, World
+from .fakes import INCLUDE, FakeAdmin, World, no_network  # noqa: F401  (autouse: no flow reaches the network)
 
 
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch):
-    """The flows under test reach nothing: any connection attempt fails the test."""
-    def refuse(sock, address, *args):
-        raise AssertionError(f"a flow under test tried to connect to {address}")
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
 
 
 class Answers:

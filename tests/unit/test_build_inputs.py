@@ -3,7 +3,6 @@ take a secret as a build arg without a word. The flows run on the strict fakes (
 from __future__ import annotations
 
 import logging
-import socket
 
 import pytest
 
@@ -12,14 +11,9 @@ from pipeline.decide import ContainerFact
 from pipeline.errors import SettingsError
 from pipeline.releases import Release, ReleaseRecord, ReleaseStore
 
-from .fakes import World
+from .fakes import World, no_network  # noqa: F401  (autouse: no flow reaches the network)
 
 
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch):
-    def refuse(sock, address, *args):
-        raise AssertionError(f"a flow under test tried to connect to {address}")
-    monkeypatch.setattr(socket.socket, "connect", refuse)
 
 
 # -- a version on record is never built over -----------------------------------------------------

@@ -5,7 +5,7 @@ real stack in tests/integration/test_releases.py."""
 from __future__ import annotations
 
 import json
-import socket
+import logging
 
 import pytest
 
@@ -13,15 +13,8 @@ from pipeline import deploy as flows
 from pipeline.decide import ColorChoice
 from pipeline.releases import ReleaseRecord, settle_live
 
-from .fakes import World
+from .fakes import World, no_network  # noqa: F401  (autouse: no flow reaches the network)
 
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch):
-    """The flows under test reach nothing: any connection attempt fails the test."""
-    def refuse(sock, address, *args):
-        raise AssertionError(f"a flow under test tried to connect to {address}")
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
 
 
 SEQUENCES = [
@@ -137,7 +130,7 @@ def test_cleaning_keeps_the_previous_image_after_its_container_was_replaced():
     assert "app:v2" in world.engine.images   # now the previous release
 
 
-@pytest.mark.parametrize("damage", ["missing", "not json", "another format", "out of date"])
+@pytest.mark.parametrize("damage", ["missing", "not json", "another format", "out of date", "not utf-8"])
 def test_a_missing_or_damaged_record_is_rebuilt_from_history_and_labels(damage, caplog):
     world = World()
     for step in ("deploy v1", "deploy v2", "stage v3"):
@@ -149,6 +142,8 @@ def test_a_missing_or_damaged_record_is_rebuilt_from_history_and_labels(damage, 
         world.host.files[path] = "{ half a rec"
     elif damage == "another format":
         world.host.files[path] = json.dumps({"format": 99, "live": None})
+    elif damage == "not utf-8":   # a hand edit, or a write cut short by a full disk
+        world.host.files[path] = world.host.files[path].encode()[:40] + b"\xe2\x82"
     else:   # as after a run killed between the switch and writing the record
         world.host.files[path] = ReleaseRecord().to_json()
     with caplog.at_level("WARNING", logger="pipeline"):
@@ -218,6 +213,47 @@ def test_status_reports_the_record_and_changes_nothing():
     assert {name: (r["version"], r["color"]) if r else None for name, r in report["releases"].items()} == {
         "live": ("v2", "green"), "previous": ("v1", "blue"), "staged": ("v3", "blue")}
     assert world.engine.mutations == [] and world.host.files == files
+
+
+def test_history_lines_that_are_not_utf8_or_not_entries_are_skipped_with_a_warning(caplog, monkeypatch):
+    monkeypatch.setattr(logging.getLogger("pipeline"), "propagate", True)   # cli.main may have run before
+    world = World()
+    for step in ("deploy v1", "deploy v2"):
+        world.step(step)
+    path = str(world.settings.history_path())
+    first, second = world.host.files[path].encode().splitlines(keepends=True)
+    world.host.files[path] = b"".join([first, b'{"time": "cut sh\xe2\x82\n', b"[1, 2]\n", second])
+    with caplog.at_level("WARNING", logger="pipeline"):
+        entries = flows.history(world.context())
+    assert [(e["version"], e["live"]) for e in entries] == [("v1", False), ("v2", True)]
+    assert f"history {path}, line 2: not UTF-8 text; skipped" in caplog.text
+    assert f"history {path}, line 3: not a history entry; skipped" in caplog.text
+    assert world.step("deploy v3") == (0, "")   # and the next entry is appended after them
+    assert [e["version"] for e in flows.history(world.context())] == ["v1", "v2", "v3"]
+
+
+def test_a_lock_that_is_not_utf8_is_damaged_and_lock_release_removes_it():
+    world = World()
+    world.step("deploy v1")
+    path = str(world.settings.lock_path())
+    world.host.files[path] = b'{"who": "ci\xff", "pid": 7}\n'
+    code, message = world.step("deploy v2")
+    assert code == 4 and message.startswith(f"deploy lock {path} is damaged: not a lock pipeline wrote (")
+    assert world.serving() == ("v1", "blue") and path in world.host.files
+    assert flows.lock_command(world.host, world.settings, "status").startswith(
+        "locked: a damaged lock file that pipeline did not write (")
+    assert flows.lock_command(world.host, world.settings, "release").startswith("released the lock held by: ")
+    assert path not in world.host.files
+    assert world.step("deploy v2") == (0, "")
+
+
+def test_a_history_entry_with_a_message_holding_a_line_separator_is_kept():
+    world = World()
+    world.step("deploy v1")
+    path = str(world.settings.history_path())
+    entry = json.loads(world.host.files[path])
+    world.host.files[path] += json.dumps({**entry, "version": "v0", "message": "a\u2028b"}, ensure_ascii=False) + "\n"
+    assert [e["version"] for e in flows.history(world.context())] == ["v1", "v0"]
 
 
 def test_a_run_killed_holding_the_lock_is_written_into_the_history_by_the_run_that_takes_it_over():

@@ -360,12 +360,17 @@ def test_a_live_takeover_in_progress_is_waited_for_briefly_then_reported(tmp_pat
 
 # -- what cannot be read --------------------------------------------------------------------------
 
+GOOD_LOCK = LockInfo("ci", "m", 7, "deploy", "v2", "2026-11-23T10:00:00Z").to_text().encode()
+
+
 @pytest.mark.parametrize("content", ["garbage\n", "", '{"who": "x"}', '{"who": "x", "machine": "m", "pid": "7", '
-                                     '"action": "deploy", "version": "", "since": ""}', "[1, 2]"],
-                         ids=["text", "empty", "missing-fields", "pid-not-a-number", "not-an-object"])
+                                     '"action": "deploy", "version": "", "since": ""}', "[1, 2]",
+                                     GOOD_LOCK[:20] + b"\xff" + GOOD_LOCK[20:], GOOD_LOCK[:-3] + b"\xe2\x82"],
+                         ids=["text", "empty", "missing-fields", "pid-not-a-number", "not-an-object",
+                              "not-utf8", "cut-mid-character"])
 def test_a_damaged_lock_is_one_clear_line_at_once_even_when_waiting(tmp_path, content):
     path = str(tmp_path / "lock")
-    open(path, "w").write(content)
+    open(path, "wb").write(content if isinstance(content, bytes) else content.encode())
     lock = DeployLock(LocalHost(), path, clock=lambda: 0.0)   # a clock that never moves: no wait
     with pytest.raises(LockHeld, match=r"is damaged: not a lock pipeline wrote .*lock release"):
         lock.acquire(info(), wait_seconds=3600)
@@ -415,3 +420,16 @@ def test_a_stale_lock_that_cannot_be_replaced_is_one_line_and_leaves_no_guard(tm
     with pytest.raises(PreflightError, match="cannot replace the stale deploy lock .*Permission denied"):
         DeployLock(NoRenameHost(), path).acquire(info(), wait_seconds=3600)
     assert os.listdir(tmp_path) == ["lock"] and open(path).read() == stale.to_text()
+
+
+def test_a_lock_that_is_not_utf8_is_damaged_at_every_byte(tmp_path):
+    """A bad byte anywhere (in a string, between fields, at the end) is damage, never a holder."""
+    path = tmp_path / "lock"
+    lock = DeployLock(LocalHost(), str(path))
+    for at in range(len(GOOD_LOCK) + 1):
+        path.write_bytes(GOOD_LOCK[:at] + b"\xff" + GOOD_LOCK[at:])
+        assert lock.read().damaged is not None, at
+    path.write_bytes(GOOD_LOCK)
+    assert lock.read().damaged is None
+    # Text, but not what pipeline writes (its JSON escapes all but ASCII): a hand edit.
+    assert LockInfo.parse(GOOD_LOCK.decode().replace('"ci"', '"c\u00ef"')).damaged is not None

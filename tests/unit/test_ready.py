@@ -7,7 +7,6 @@ the real stack under load: tests/integration/test_min_ready.py."""
 from __future__ import annotations
 
 import json
-import socket
 from typing import List, Optional
 
 import pytest
@@ -23,16 +22,10 @@ from pipeline.settings import Settings
 from pipeline.signals import SignalGuard
 from pipeline.switch import LIVE, PREVIEW
 
-from .fakes import World
+from .fakes import World, no_network  # noqa: F401  (autouse: no flow reaches the network)
 from .test_verify_swarm import FakeBaselineSwarm, FakeProber, FakeSwitch, health_urls, task
 
 
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch):
-    def refuse(sock, address, *args):
-        raise AssertionError(f"a flow under test tried to connect to {address}")
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
 
 
 def history(world: World) -> List[dict]:

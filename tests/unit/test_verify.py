@@ -16,12 +16,14 @@ import pytest
 from pipeline import verify
 from pipeline.decide import Address, ContainerFact
 from pipeline.deploy import Context
-from pipeline.errors import (EngineFailed, Interrupted, LiveUnverified, NginxHostFailed, PipelineError, SettingsError,
-                             SwitchedBackAfterBug)
+from pipeline.errors import (EngineFailed, Interrupted, LiveUnverified, NginxHostFailed, PipelineError, PreflightError,
+                             SettingsError, SwitchedBackAfterBug)
 from pipeline.nginx_host import LocalHost
 from pipeline.settings import Settings
 from pipeline.signals import SignalGuard
 from pipeline.switch import LIVE
+
+from .fakes import FakeHost
 
 LINE = ('127.0.0.1 - - [01/Dec/2026:20:00:00 +0000] "GET /x?a=\\x22b HTTP/1.1" {status} 12 "-" '
         '"wrk \\x22quoted\\x22" upstream={upstream} upstream_status={status} request_time=0.001 '
@@ -360,3 +362,115 @@ def test_verification_off_or_nothing_to_go_back_to(tmp_path):
     ctx.engine.states["blue"] = "exited"
     assert verify.baseline(ctx, "green", "blue") is None
     assert verify.verify(ctx, None) is None
+
+
+# -- nginx's answers that cannot be read ------------------------------------------------------------
+
+LOG = "/var/log/nginx/app.access.log"
+
+
+def preflight_ctx(tmp_path, host, **env):
+    settings = Settings.from_env({"NGINX_ACCESS_LOG": LOG, **env}, tmp_path)
+    calls = Calls()
+    return Context(settings, FakeEngine(settings, calls), host, FakeSwitch(calls), tmp_path, {}, SignalGuard(),
+                   lambda seconds: None)
+
+
+@pytest.mark.parametrize("case,words", [
+    ("missing", f"NGINX_ACCESS_LOG={LOG}: no such file on the nginx host (fake nginx host); "),
+    ("directory", f"NGINX_ACCESS_LOG={LOG}: cannot read it on the nginx host (fake nginx host): "
+                  "it is a directory, not a file; "),
+    ("unreadable", f"NGINX_ACCESS_LOG={LOG}: cannot read it on the nginx host (fake nginx host): "
+                   "Permission denied (it is read as the user running pipeline: on Debian, make that user a "
+                   "member of `adm`); "),
+])
+def test_preflight_refuses_an_access_log_it_cannot_read(tmp_path, case, words):
+    host = FakeHost()
+    if case == "directory":
+        host.directories.add(LOG)
+    elif case != "missing":
+        host.files[LOG] = "a line\n"
+        host.unreadable.add(LOG)   # Debian's 0640 www-data:adm, read by a user outside adm
+    with pytest.raises(PreflightError) as caught:
+        verify.check(preflight_ctx(tmp_path, host))
+    assert caught.value.exit_code == 3
+    assert str(caught.value) == words + ("verification reads nginx's answers there (the `pipeline` log "
+                                         "format), or set VERIFY_SECONDS=0")
+
+
+def test_preflight_names_the_ssh_user_that_cannot_read_the_log(tmp_path):
+    host = FakeHost()
+    host.files[LOG] = ""
+    host.unreadable.add(LOG)
+    (tmp_path / "key").write_text("")
+    (tmp_path / "known_hosts").write_text("")
+    ctx = preflight_ctx(tmp_path, host, NGINX_HOST="nginx1", NGINX_SSH_USER="deploy",
+                        NGINX_SSH_KEY=str(tmp_path / "key"), NGINX_SSH_KNOWN_HOSTS=str(tmp_path / "known_hosts"))
+    with pytest.raises(PreflightError, match="it is read as NGINX_SSH_USER=deploy: on Debian"):
+        verify.check(ctx)
+
+
+def test_preflight_reads_a_readable_log_and_skips_a_window_that_is_off(tmp_path):
+    host = FakeHost()
+    host.files[LOG] = ""
+    verify.check(preflight_ctx(tmp_path, host))               # an empty log is fine
+    host.unreadable.add(LOG)
+    verify.check(preflight_ctx(tmp_path, host, VERIFY_SECONDS="0"))
+
+
+class Failing:
+    """An answer reader whose reads fail (True) or give a tally, in turn; the last entry repeats."""
+
+    def __init__(self, *turns) -> None:
+        self.turns = list(turns)
+        self.reads = 0
+
+    def read(self) -> verify.Tally:
+        self.reads += 1
+        turn = self.turns.pop(0) if len(self.turns) > 1 else self.turns[0]
+        if turn is True:
+            raise NginxHostFailed("nginx host deploy@nginx1:22 over SFTP", f"reading {LOG}", "Permission denied")
+        if isinstance(turn, BaseException):
+            raise turn
+        return verify.Tally(turn)
+
+
+def test_answers_that_cannot_be_read_switch_back_never_health_only(tmp_path, caplog, monkeypatch):
+    monkeypatch.setattr(logging.getLogger("pipeline"), "propagate", True)   # cli.main may have run before
+    reader = Failing({200: 5}, True)
+    ctx, calls, mark = window(tmp_path, reader)
+    with caplog.at_level("WARNING", logger="pipeline"), pytest.raises(verify.SwitchedBack) as caught:
+        verify.verify(ctx, mark)
+    assert str(caught.value) == (
+        f"switched back to blue: cannot read nginx's answers (nginx host deploy@nginx1:22 over SFTP: reading "
+        f"{LOG}: Permission denied; 3 reads in a row); traffic until then: 0.0% 5xx of 5 requests "
+        f"(commonest: 200 x5)")
+    assert caught.value.exit_code == 1
+    assert reader.reads == 1 + verify.READ_FAILS
+    assert "switching back unless it reads again within 2 polls" in caplog.text
+    calls.expect("route_to", "stop", "remove")
+
+
+def test_a_read_that_fails_once_is_read_again(tmp_path):
+    ctx, calls, mark = window(tmp_path, Failing({200: 5}, True, True, {200: 40}))
+    assert verify.verify(ctx, mark).tally.statuses == {200: 40}
+    calls.expect()
+
+
+def test_the_window_never_ends_on_a_failed_read(tmp_path):
+    # The read at the end fails: the answers it missed are read before anything is judged.
+    slept = []
+    ctx, calls, mark = window(tmp_path, Failing(True, {200: 10, 500: 30}), sleep=slept.append,
+                              VERIFY_SECONDS="0")
+    with pytest.raises(verify.SwitchedBack, match="green answered 5xx to 75.0% of 40 requests"):
+        verify.verify(ctx, mark)
+    assert slept[0] == verify.TRAFFIC_POLL   # then the switch-back's settle
+    calls.expect("route_to", "stop", "remove")
+
+
+def test_a_signal_while_reading_the_answers_is_not_taken_for_a_failed_read(tmp_path):
+    ctx, calls, mark = window(tmp_path, Failing({200: 5}, Interrupted(signal.SIGINT)))
+    with pytest.raises(verify.SwitchedBackOnSignal) as caught:
+        verify.verify(ctx, mark)
+    assert caught.value.exit_code == 130
+    calls.expect("route_to", "stop", "remove")
