@@ -145,7 +145,9 @@ def _print_status(report: dict, as_json: bool, stdout) -> None:
         return
     live = report["live_color"]
     stdout.write(f"app:      {report['app']}\n")
-    stdout.write(f"live:     {live or 'none'}" + (f" ({report['live_version']})" if live else "") + "\n")
+    unknown = report["switch_problem"] and not live and report["include"]["points_at"]
+    stdout.write(f"live:     {'unknown' if unknown else live or 'none'}"
+                 + (f" ({report['live_version']})" if live else "") + "\n")
     stdout.write(f"include:  {report['include']['path']} -> {report['include']['points_at'] or 'nothing'}"
                  f" on {report['nginx_host']}\n")
     if report["preview"]:
@@ -153,7 +155,8 @@ def _print_status(report: dict, as_json: bool, stdout) -> None:
     stdout.write(f"switch:   {report['switch_mode']}"
                  + "".join(f"  {k}={v}" for k, v in report["switch"].items()) + "\n")
     if report["switch_problem"]:
-        stdout.write(f"warning:  {report['switch_problem']}; live color above is from the include\n")
+        stdout.write(f"warning:  {report['switch_problem']}"
+                     + ("; live color above is from the include\n" if live else "\n"))
     if report.get("probe_problem"):
         stdout.write(f"warning:  {report['probe_problem']}\n")
     releases = report["releases"]

@@ -179,6 +179,8 @@ def preflight(ctx: Context, action: str) -> Iterator[Run]:
     run = Run()
     try:
         try:
+            if lock.taken_over is not None:
+                history.append(killed_entry(lock.taken_over, s.app_name, who))
             phase("preflight")   # from here to "done" this run holds the lock
             ctx.switch.check()
             if action in ("deploy", "promote"):
@@ -217,6 +219,15 @@ def preflight(ctx: Context, action: str) -> Iterator[Run]:
         except (OutsideFailure, PreflightError) as exc:   # must not replace the run's result
             log.error("==> could not release the deploy lock %s (%s); when no run is active: "
                       "`python -m pipeline lock release`", lock.path, exc)
+
+
+def killed_entry(dead: LockInfo, app: str, found_by: str) -> Entry:
+    """The history entry of a run that died holding the lock (SIGKILL, a crash): it never wrote
+    its own. Its start time and what it ran; how far it got is not known (`status` says what
+    serves now)."""
+    return Entry(dead.since, dead.who, app, dead.action, dead.version, "", "killed", 0.0,
+                 f"its process ended without finishing (pid {dead.pid} on {dead.machine}); "
+                 f"{found_by} took over its lock at {_now()}")
 
 
 def _now() -> str:
@@ -856,16 +867,22 @@ def status(ctx: Context, probe: bool = True) -> dict:
         except health.RouteRefused as exc:
             probe, probe_problem = False, str(exc)
             log.warning("%s", exc)
+    unknown = False
     try:
         facts = gather(ctx, probe=probe)
     except SwitchUnavailable as exc:
         # Status is what an operator runs when something is wrong: say what the include says
         # rather than nothing at all, and say plainly that nginx itself did not answer.
         switch_problem = str(exc)
-        log.warning("%s; reporting what the include files say", exc)
+        # Except when the include was written and nginx not seen loading it (a run killed between
+        # the two): nginx serves what it names or what it loaded before, and nothing here tells
+        # which. No live color then, rather than a guess; the next deploy settles it.
+        unknown = isinstance(exc, IncludeNotLoaded)
+        log.warning("%s; %s", exc, "which color nginx serves is not known" if unknown
+                    else "reporting what the include files say")
         facts = gather(ctx, written, probe=probe)
     include_address = written(LIVE)
-    live = facts.choice.live if facts.live_address else None
+    live = facts.choice.live if facts.live_address and not unknown else None
     colors = {}
     for color in ("blue", "green"):
         fact = facts.containers.get(color)
@@ -902,7 +919,9 @@ def status(ctx: Context, probe: bool = True) -> dict:
         "colors": colors,
         "nginx_host": ctx.host.description,
         "settings": s.public(),   # the effective settings, secrets masked
-        "releases": _record_report(recorded(ctx, _settled(ctx, facts))),
+        # With no known live color, the record as written: checking it needs what nginx serves.
+        "releases": _record_report((record_store(ctx).read()[0] or releases.ReleaseRecord()) if unknown
+                                   else recorded(ctx, _settled(ctx, facts))),
     }
 
 

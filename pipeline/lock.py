@@ -147,6 +147,9 @@ class DeployLock:
         self.clock = clock
         self.processes = processes or ProcessTable()
         self.mine: Optional[LockInfo] = None
+        # The holder whose stale lock `acquire` took over: a run that died holding it (SIGKILL,
+        # a crash) and so never wrote its own history entry.
+        self.taken_over: Optional[LockInfo] = None
 
     # -- looking ---------------------------------------------------------------------------------
 
@@ -228,7 +231,7 @@ class DeployLock:
             if self.is_stale(holder):
                 if self._take_over(self.path, held_text, text, 0):
                     log.warning("    taking over a stale lock: %s (its process is gone)", holder.describe())
-                    self.mine = info
+                    self.mine, self.taken_over = info, holder
                     return
                 # Another run is taking it over this very moment: look again shortly.
                 passing += 1

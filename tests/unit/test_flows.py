@@ -254,3 +254,49 @@ def test_a_history_entry_with_a_message_holding_a_line_separator_is_kept():
     entry = json.loads(world.host.files[path])
     world.host.files[path] += json.dumps({**entry, "version": "v0", "message": "a\u2028b"}, ensure_ascii=False) + "\n"
     assert [e["version"] for e in flows.history(world.context())] == ["v1", "v0"]
+
+
+def test_a_run_killed_holding_the_lock_is_written_into_the_history_by_the_run_that_takes_it_over():
+    """A SIGKILLed run writes no history entry of its own; the next run, taking over its stale
+    lock, writes one for it (result `killed`), so `history` shows every run that changed things."""
+    from pipeline.lock import LockInfo, ProcessTable
+
+    world = World()
+    assert world.step("deploy v1")[0] == 0
+    here = ProcessTable()
+    dead = LockInfo("jenkins-app-6", "agent-1", 2 ** 22 + 1, "deploy", "v2", "2026-11-23T10:00:00Z",
+                    boot_id=here.boot_id(), pid_ns=here.pid_namespace(), start_time="1")   # no such pid
+    world.host.files[str(world.settings.lock_path())] = dead.to_text()
+    assert world.step("deploy v3")[0] == 0
+    entries = [json.loads(line) for line in world.host.files[str(world.settings.history_path())].splitlines()]
+    assert [(e["action"], e["version"], e["result"]) for e in entries] == [
+        ("deploy", "v1", "ok"), ("deploy", "v2", "killed"), ("deploy", "v3", "ok")]
+    killed = entries[1]
+    assert (killed["time"], killed["who"], killed["color"]) == (dead.since, "jenkins-app-6", "")
+    assert "pid 4194305 on agent-1" in killed["message"] and "unit took over its lock" in killed["message"]
+
+
+def test_status_names_no_live_color_while_nginx_may_serve_either_the_include_or_what_it_loaded_before():
+    """A run killed between renaming the include (blue) and reloading nginx (still on green):
+    `status` must not report the include's color as live; it says it cannot tell, and shows the
+    record as written."""
+    import io
+
+    from pipeline import cli
+    from pipeline.decide import render_include
+
+    from .fakes import INCLUDE
+    from .test_settle import killed_between_include_and_reload
+
+    world = World()
+    killed_between_include_and_reload(world)
+    world.host.files[str(INCLUDE)] = render_include(world.switch.routes["live"])   # what the switch wrote: blue
+    report = flows.status(world.context())
+    assert (report["live_color"], report["live_version"]) == (None, None)
+    assert report["switch_problem"] == "nginx was not seen loading the live include"
+    assert report["include"]["points_at"] == f"{world.settings.ip_of('blue')}:8080"
+    assert report["releases"]["live"]["version"] == "v2", "the record as written: v2 live on green"
+    shown = io.StringIO()
+    cli._print_status(report, False, shown)
+    assert "live:     unknown\n" in shown.getvalue()
+    assert "warning:  nginx was not seen loading the live include\n" in shown.getvalue()

@@ -56,6 +56,18 @@ def test_a_lock_whose_process_is_gone_is_taken_over(tmp_path):
     assert not os.path.exists(guard_path(path, dead.to_text())), "the takeover guard is removed"
 
 
+def test_the_holder_of_a_stale_lock_taken_over_is_told_so_the_run_can_write_it_into_the_history(tmp_path):
+    path = str(tmp_path / "lock")
+    stale = _write_stale(path)
+    lock = DeployLock(LocalHost(), path)
+    lock.acquire(info(who="me"))
+    assert lock.taken_over == stale
+    lock.release()
+    fresh = DeployLock(LocalHost(), path)
+    fresh.acquire(info(who="me"))
+    assert fresh.taken_over is None, "a free lock was taken over from nobody"
+
+
 def test_a_lock_held_from_another_machine_is_not_stale(tmp_path):
     path = str(tmp_path / "lock")
     elsewhere = replace(info(pid=1, machine="build-7"), boot_id="another-kernel", pid_ns="pid:[1]", start_time="9")
