@@ -118,3 +118,22 @@ def nginx_world(client: docker.DockerClient, prefix: str, make_nginx: Callable[[
             nginx.stop()
             remove_app(client, app)
             remove_network(client, network.name)
+
+
+def tool_trees(parser: Any, against: Optional[Path], first: str) -> List[Tuple[str, Path]]:
+    """This tree (named `first`) and, with `--against DIR`, another copy of the pipeline package."""
+    trees: List[Tuple[str, Path]] = [(first, REPO)]
+    if against is not None:
+        if not (against / "pipeline" / "__init__.py").is_file():
+            parser.error(f"--against {against}: no pipeline package there")
+        trees.append((against.name, against.resolve()))
+    return trees
+
+
+def compile_trees(trees: Sequence[Tuple[str, Path]], source: bool) -> None:
+    """Bytecode compiled first, as `pip install` does (`source`: removed, so each run compiles)."""
+    for _, tree in trees:
+        if source:
+            shutil.rmtree(tree / "pipeline" / "__pycache__", ignore_errors=True)
+        else:
+            subprocess.run([sys.executable, "-m", "compileall", "-q", str(tree / "pipeline")], check=True)

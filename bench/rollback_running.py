@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -44,7 +43,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.common import ensure_demo_jar, nginx_world, write_rows  # noqa: E402
+from bench.common import compile_trees, ensure_demo_jar, nginx_world, tool_trees, write_rows  # noqa: E402
 from bench.live_vs_reload import deploy_env, make_nginx  # noqa: E402
 from tests.integration.realstack import pipeline_env, run_pipeline, stack_env  # noqa: E402
 from tests.integration.timeline import Timeline  # noqa: E402
@@ -118,19 +117,10 @@ def main(argv: List[str]) -> int:
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if any(m not in ("reload", "live") for m in modes) or not 1 <= args.rounds <= 20:
         parser.error("modes from reload, live; rounds 1-20")
-    trees = [("this", REPO)]
-    if args.against is not None:
-        if not (args.against / "pipeline" / "__init__.py").is_file():
-            parser.error(f"--against {args.against}: no pipeline package there")
-        trees.append((args.against.name, args.against.resolve()))
-
+    trees = tool_trees(parser, args.against, "this")
+    compile_trees(trees, args.source)
     import docker
 
-    for _, tree in trees:
-        if args.source:
-            shutil.rmtree(tree / "pipeline" / "__pycache__", ignore_errors=True)
-        else:
-            subprocess.run([sys.executable, "-m", "compileall", "-q", str(tree / "pipeline")], check=True)
     stack = stack_env()
     client = docker.from_env()
     ensure_demo_jar()

@@ -44,7 +44,6 @@ import json
 import os
 import re
 import shlex
-import shutil
 import statistics
 import subprocess
 import sys
@@ -59,7 +58,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.common import ensure_demo_jar, format_table, nginx_world  # noqa: E402
+from bench.common import compile_trees, ensure_demo_jar, format_table, nginx_world, tool_trees  # noqa: E402
 from bench.live_vs_reload import make_nginx  # noqa: E402
 from tests.integration import loadgen  # noqa: E402
 from tests.integration.realstack import pipeline_env, run_pipeline, stack_env  # noqa: E402
@@ -260,16 +259,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     if not 1 <= args.rounds <= 20 or not 0 <= args.burners <= 16 or not 1 <= args.connections <= 256:
         parser.error("rounds 1-20, burners 0-16, connections 1-256")
-    trees: List[Tuple[str, Path]] = [("tool", REPO)]
-    if args.against is not None:
-        if not (args.against / "pipeline" / "__init__.py").is_file():
-            parser.error(f"--against {args.against}: no pipeline package there")
-        trees.append((args.against.name, args.against.resolve()))
-    for _, tree in trees:
-        if args.source:
-            shutil.rmtree(tree / "pipeline" / "__pycache__", ignore_errors=True)
-        else:
-            subprocess.run([sys.executable, "-m", "compileall", "-q", str(tree / "pipeline")], check=True)
+    trees = tool_trees(parser, args.against, "tool")
+    compile_trees(trees, args.source)
 
     import docker
 
