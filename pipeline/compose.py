@@ -52,10 +52,28 @@ def nginx_host(settings: Settings, connecting: Optional[Connecting] = None) -> I
 def context(settings: Settings, environ: Mapping[str, str], cwd: Path, lock_wait: float = 0.0,
             started: Optional[float] = None, connecting: Optional[Connecting] = None) -> Iterator[Context]:
     """Every part a flow works with, connected; closed again on the way out."""
+    engine = _engine_while_connecting(settings, environ, connecting)
     with nginx_host(settings, connecting) as host:
-        engine = make_target(settings, environ)
+        if engine is None:
+            engine = make_target(settings, environ)
         ctx = Context(settings, engine, host, make_switch(host, settings), cwd, environ, lock_wait=lock_wait,
                       started=time.monotonic() if started is None else started)
         if threading.current_thread() is threading.main_thread():
             ctx.guard.install()   # SIGINT/SIGTERM become Interrupted, so every cleanup runs
         yield ctx
+
+
+def _engine_while_connecting(settings: Settings, environ: Mapping[str, str],
+                             connecting: Optional[Connecting]) -> Optional[Target]:
+    """The one docker engine, connected while the nginx host's connection is still under way
+    (cli.py started it): its round trip (GET /version) then overlaps the wait for the nginx
+    host's SFTP subsystem, which on a saturated machine is most of a second (issue 15). Errors
+    come in the same order as before: the nginx host's first, then the engine's. None: connect
+    the target after the nginx host, as without `connecting` (and for a swarm)."""
+    if connecting is None or settings.target != "docker":
+        return None
+    try:
+        return make_target(settings, environ)
+    except BaseException:
+        connecting.result().close()   # raises the nginx host's error, if it had one, instead
+        raise

@@ -240,8 +240,10 @@ def _elapsed(ctx: Context) -> float:
 
 def facts_and_record(ctx: Context) -> Tuple[Facts, ReleaseRecord]:
     """What the flows decide from: the facts, and the release record checked against them."""
-    facts = _settled(ctx, _gathered_settled(ctx))
-    return facts, recorded(ctx, facts)
+    gathered = _gathered_settled(ctx)
+    read = record_store(ctx).read()   # once: _settled and recorded both need it (one SFTP round trip)
+    facts = _settled(ctx, gathered, read)
+    return facts, recorded(ctx, facts, read)
 
 
 def _gathered_settled(ctx: Context) -> Facts:
@@ -276,8 +278,9 @@ def _gathered_settled(ctx: Context) -> Facts:
     return gather(ctx)
 
 
-def _settled(ctx: Context, facts: Facts) -> Facts:
-    written, _ = record_store(ctx).read()
+def _settled(ctx: Context, facts: Facts,
+             read: Optional[Tuple[Optional[ReleaseRecord], str]] = None) -> Facts:
+    written, _ = read if read is not None else record_store(ctx).read()
     running = frozenset(color for color, fact in facts.containers.items() if fact.running)
     choice = releases.settle_live(facts.choice, written, running)
     if choice == facts.choice:
@@ -286,11 +289,12 @@ def _settled(ctx: Context, facts: Facts) -> Facts:
     return replace(facts, choice=choice)
 
 
-def recorded(ctx: Context, facts: Facts) -> ReleaseRecord:
+def recorded(ctx: Context, facts: Facts,
+             read: Optional[Tuple[Optional[ReleaseRecord], str]] = None) -> ReleaseRecord:
     """The release record, checked against what nginx serves and Docker reports."""
     s = ctx.settings
     return releases.load(record_store(ctx), History(ctx.host, str(s.history_path())).entries,
-                         facts.choice.live, facts.containers, s.image_ref)
+                         facts.choice.live, facts.containers, s.image_ref, read)
 
 
 def record_store(ctx: Context) -> ReleaseStore:

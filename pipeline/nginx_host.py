@@ -347,16 +347,15 @@ class SshHost:
                 handle.write(text.encode())
             try:
                 self.sftp.rename(temp, path)
-                return True
-            except OSError as exc:
-                if _is_transport_error(exc):
-                    raise
-                return False
-            finally:
+                return True   # renamed: the temp name is gone, no remove (a round trip before docker start)
+            except BaseException as exc:
                 try:
                     self.sftp.remove(temp)
                 except (OSError, NginxHostFailed):
                     pass
+                if isinstance(exc, OSError) and not _is_transport_error(exc):
+                    return False
+                raise
 
     def append_text(self, path: str, text: str) -> None:
         with self._sftp_call(f"appending to {path}"):

@@ -190,8 +190,10 @@ class ReleaseStore:
 
 
 def load(store: ReleaseStore, entries: Callable[[], Sequence[Entry]], live_color: Optional[str],
-         containers: Mapping[str, ContainerFact], image_of: Callable[[str], str]) -> ReleaseRecord:
-    record, why = store.read()
+         containers: Mapping[str, ContainerFact], image_of: Callable[[str], str],
+         read: Optional[Tuple[Optional[ReleaseRecord], str]] = None) -> ReleaseRecord:
+    """`read`: what `store.read()` gave earlier in the same run (under the lock), to spare a read."""
+    record, why = read if read is not None else store.read()
     if record is not None:
         why = problem_with(record, live_color, containers) or ""
         if not why:

@@ -76,6 +76,22 @@ def test_atomic_write_exclusive_create_and_append(host, tmp_path):
     assert host.read_text(lock) is None
 
 
+
+def test_an_exclusive_create_leaves_no_temp_file_and_costs_no_remove_when_it_succeeds(host, tmp_path):
+    # Issue 15: the write check and the lock each create one file before `docker start`; over
+    # SFTP a remove of the temp name, gone with the rename, was one more round trip each.
+    removed = []
+    if isinstance(host, SshHost):
+        remove = host.sftp.remove
+        host.sftp.remove = lambda path: (removed.append(path), remove(path))[1]   # type: ignore[method-assign]
+    lock = str(tmp_path / "app.lock")
+    assert host.create_exclusive(lock, "me")
+    assert removed == []
+    assert not host.create_exclusive(lock, "you")   # refused: its temp file is removed
+    assert host.read_text(lock) == "me"
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    assert len(removed) == (1 if isinstance(host, SshHost) else 0)
+
 # -- what a file can hold, and be: the same answers from both hosts and from the unit tests' fake ----
 
 def put(host, path: Path, data: bytes) -> None:

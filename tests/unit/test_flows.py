@@ -84,6 +84,26 @@ def test_rollback_starts_the_kept_container_when_it_is_there():
     assert world.engine.mutations == [("start", "blue"), ("stop", "green")]
 
 
+def test_rollback_reads_the_release_record_once_before_it_starts_the_kept_container(monkeypatch):
+    # Issue 15: every SFTP round trip before `docker start` delays the rollback; the record read
+    # for settling the live color is the one checked against the facts.
+    world = World()
+    world.step("deploy v1")
+    world.step("deploy v2")
+    world.engine.mutations.clear()
+    reads = []
+    read_text = world.host.read_text
+
+    def counting(path):
+        if path == world.record_path:
+            reads.append(len(world.engine.mutations))   # how many mutations came before this read
+        return read_text(path)
+    monkeypatch.setattr(world.host, "read_text", counting, raising=False)
+    assert world.step("rollback") == (0, "")
+    assert world.engine.mutations[0] == ("start", "blue")
+    assert [n for n in reads if n == 0] == [0]
+
+
 @pytest.mark.parametrize("preview", [True, False], ids=["with-preview", "no-preview-include"])
 def test_promote_after_an_interrupted_drain_changes_nothing(preview):
     world = World(preview=preview)
