@@ -35,6 +35,22 @@ INCLUDE = PurePosixPath("/nginx/service-url.inc")
 PREVIEW_INCLUDE = PurePosixPath("/nginx/service-url-preview.inc")
 
 
+class FakeClock:
+    """The fake `pipeline.clock.Clock`: time moves only when something sleeps; every sleep is kept."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.time = start
+        self.sleeps: List[float] = []
+
+    def now(self) -> float:
+        return self.time
+
+    def sleep(self, seconds: float) -> None:
+        assert seconds >= 0, f"a negative sleep: {seconds}"
+        self.sleeps.append(seconds)
+        self.time += seconds
+
+
 class Strict:
     def __getattr__(self, name: str):
         raise AssertionError(f"{type(self).__name__}.{name} was used, but this fake was not told about it")
