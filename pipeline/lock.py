@@ -24,10 +24,10 @@ import logging
 import os
 import pwd
 import socket
-import time
 from dataclasses import MISSING, asdict, dataclass, fields, replace
-from typing import Callable, Mapping, Optional
+from typing import Mapping, Optional
 
+from .clock import SYSTEM, Clock
 from .errors import LockHeld, NginxHostFailed, NotText, PreflightError
 from .nginx_host import NginxHost
 
@@ -140,7 +140,10 @@ class ProcessTable:
 
 
 class DeployLock:
-    def __init__(self, host: NginxHost, path: str, clock: Callable[[], float] = time.monotonic,
+    """Every pause (--lock-wait's polls, the short retries while a lock is released or taken
+    over) is a sleep on `clock`, and the wait is measured on it."""
+
+    def __init__(self, host: NginxHost, path: str, clock: Clock = SYSTEM,
                  processes: Optional[ProcessTable] = None) -> None:
         self.host = host
         self.path = path
@@ -207,7 +210,7 @@ class DeployLock:
     def acquire(self, info: LockInfo, wait_seconds: float = 0.0) -> None:
         info = self.stamped(info)
         text = info.to_text()
-        deadline = self.clock() + wait_seconds
+        deadline = self.clock.now() + wait_seconds
         announced = False
         passing = 0   # states in a row that pass in milliseconds: bounded, each one paused
         while True:
@@ -221,7 +224,7 @@ class DeployLock:
                 if passing > RETRY_LIMIT:
                     raise PreflightError(f"cannot create the deploy lock {self.path} on the nginx host "
                                          f"({self.host.description})")
-                time.sleep(RETRY_EVERY)
+                self.clock.sleep(RETRY_EVERY)
                 continue
             holder = LockInfo.parse(held_text)
             if holder.damaged is not None:
@@ -236,10 +239,10 @@ class DeployLock:
                 # Another run is taking it over this very moment: look again shortly.
                 passing += 1
                 if passing <= RETRY_LIMIT:
-                    time.sleep(RETRY_EVERY)
+                    self.clock.sleep(RETRY_EVERY)
                     continue
             passing = 0
-            if self.clock() >= deadline:
+            if self.clock.now() >= deadline:
                 reason = self.why_not_stale(holder)
                 if reason is None or reason == ALIVE:
                     reason = reason or "being taken over by another run"
@@ -250,7 +253,7 @@ class DeployLock:
             if not announced:
                 log.info("    waiting up to %gs for the deploy lock: %s", wait_seconds, holder.describe())
                 announced = True
-            time.sleep(POLL_EVERY)
+            self.clock.sleep(POLL_EVERY)
 
     def _take_over(self, path: str, stale_text: str, text: str, depth: int) -> bool:
         """Replace the stale file at `path` (its content `stale_text`) with `text`, atomically
