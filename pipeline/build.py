@@ -21,7 +21,7 @@ log = logging.getLogger("pipeline")
 
 def run_build(argv: Sequence[str], cwd: Path, environ: Mapping[str, str]) -> None:
     """Run the build in `cwd`, streaming its output; raise BuildFailed with the last lines."""
-    last: deque = deque(maxlen=20)
+    last: deque[str] = deque(maxlen=20)
     # The build has no business with the registry password, and its output goes to the log.
     env = without_secrets(environ)
     try:

@@ -14,7 +14,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Optional, Sequence, TextIO
+from typing import Any, Dict, Iterator, List, Mapping, NoReturn, Optional, Sequence, TextIO
 
 from . import errors, log as logsetup
 from .errors import PipelineError, UsageError
@@ -25,7 +25,7 @@ log = logging.getLogger("pipeline")
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         raise UsageError(f"{message} (see `python -m pipeline --help`)")
 
 
@@ -61,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _seconds(text: str) -> float:
     """--lock-wait: read as the duration settings are (ASCII digits, at most MAX_DURATION)."""
-    from .settings import MAX_DURATION, SettingsError, read_seconds
+    from .errors import SettingsError
+    from .settings import MAX_DURATION, read_seconds
 
     try:
         return read_seconds("--lock-wait", text)
@@ -71,8 +72,8 @@ def _seconds(text: str) -> float:
 
 
 def main(argv: Sequence[str], environ: Mapping[str, str], cwd: Optional[Path] = None,
-         stdout=None) -> int:
-    stdout = logsetup.MaskedStream(stdout or sys.stdout)
+         stdout: Optional[TextIO] = None) -> int:
+    out = logsetup.MaskedStream(stdout or sys.stdout)
     cwd = cwd or Path.cwd()
     verbose = "--verbose" in argv
     logsetup.setup(verbose)
@@ -83,7 +84,7 @@ def main(argv: Sequence[str], environ: Mapping[str, str], cwd: Optional[Path] = 
         logsetup.register_secrets(settings.secret_values())
         if args.command == "deploy":
             settings.check_build_inputs(cwd)
-        return _run(args, settings, environ, cwd, stdout, started)
+        return _run(args, settings, environ, cwd, out, started)
     except (PipelineError, errors.Interrupted) as exc:   # Interrupted: SIGINT/SIGTERM, after cleaning up
         print(logsetup.mask(f"pipeline: error: {exc}"), file=sys.stderr)
         for line in exc.detail():
@@ -100,8 +101,8 @@ def main(argv: Sequence[str], environ: Mapping[str, str], cwd: Optional[Path] = 
         return errors.EXIT_BUG
 
 
-def _run(args: argparse.Namespace, settings: Settings, environ: Mapping[str, str], cwd: Path, stdout,
-         started: float) -> int:
+def _run(args: argparse.Namespace, settings: Settings, environ: Mapping[str, str], cwd: Path,
+         stdout: logsetup.TextOut, started: float) -> int:
     # The nginx host first, in a thread: over SSH its handshake and login run on the nginx host's
     # side while the rest of the tool (the docker SDK, requests, the flows) is imported here.
     # Only then: `--help` and bad input never load any of it (issue 15).
@@ -130,7 +131,7 @@ def _run(args: argparse.Namespace, settings: Settings, environ: Mapping[str, str
     return errors.EXIT_OK
 
 
-def _print_history(entries: list, as_json: bool, stdout) -> None:
+def _print_history(entries: List[Dict[str, Any]], as_json: bool, stdout: logsetup.TextOut) -> None:
     from .history import format_table
 
     if as_json:
@@ -139,7 +140,7 @@ def _print_history(entries: list, as_json: bool, stdout) -> None:
         stdout.write(format_table(entries))
 
 
-def _print_status(report: Mapping[str, Any], as_json: bool, stdout: TextIO) -> None:
+def _print_status(report: Mapping[str, Any], as_json: bool, stdout: logsetup.TextOut) -> None:
     if as_json:
         stdout.write(json.dumps(report, indent=2) + "\n")
         return

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import asdict, dataclass, field, replace
-from typing import Callable, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, FrozenSet, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from .decide import ColorChoice, ContainerFact, choose_colors, other
 from .errors import NothingToDo, NotText, PipelineError
@@ -82,18 +82,21 @@ class ReleaseRecord:
             if not isinstance(data, dict) or data.get("format") != FORMAT:
                 raise ValueError(f"not a release record of format {FORMAT}")
             return cls(live=_in(data.get("live")), previous=_in(data.get("previous")),
-                       staged=_in(data.get("staged")), kept=tuple(_in(r) for r in data.get("kept") or ()))
+                       staged=_in(data.get("staged")), kept=tuple(_release(r) for r in data.get("kept") or ()))
         except (TypeError, KeyError, AttributeError) as exc:
             raise ValueError(f"malformed release record: {exc}") from exc
 
 
-def _out(release: Optional[Release]) -> Optional[dict]:
+def _out(release: Optional[Release]) -> Optional[Dict[str, str]]:
     return asdict(release) if release is not None else None
 
 
 def _in(data: object) -> Optional[Release]:
-    if data is None:
-        return None
+    return None if data is None else _release(data)
+
+
+def _release(data: object) -> Release:
+    """A release as written: a kept one is never null (a hand edit that says so is damage)."""
     if not isinstance(data, dict):
         raise ValueError(f"not a release: {data!r}")
     release = Release(str(data["version"]), str(data["color"]), str(data["image"]))
@@ -247,7 +250,7 @@ def load(store: ReleaseStore, entries: Callable[[], Sequence[Entry]], live_color
 
 # -- decisions -------------------------------------------------------------------------------------
 
-def settle_live(choice: ColorChoice, record: Optional[ReleaseRecord], running: frozenset) -> ColorChoice:
+def settle_live(choice: ColorChoice, record: Optional[ReleaseRecord], running: FrozenSet[str]) -> ColorChoice:
     """With no usable include, the seed's probe takes a blue that answers for the live release.
     A record that says nothing is live (a first release staged in blue) knows better."""
     if choice.by_probe and record is not None and record.live is None:

@@ -24,7 +24,7 @@ log = logging.getLogger("pipeline")
 def run_smoke(command: str, url: str, environ: Mapping[str, str], timeout: float) -> None:
     env = dict(without_secrets(environ))
     env["SMOKE_URL"] = url
-    last: deque = deque(maxlen=20)
+    last: deque[str] = deque(maxlen=20)
     started = time.monotonic()
     try:
         process = subprocess.Popen(["sh", "-c", command], env=env, stdout=subprocess.PIPE,
@@ -55,7 +55,7 @@ def run_smoke(command: str, url: str, environ: Mapping[str, str], timeout: float
     log.info("    smoke command passed (%.1fs)", time.monotonic() - started)
 
 
-def _kill(process: subprocess.Popen) -> None:
+def _kill(process: subprocess.Popen[str]) -> None:
     """The command and whatever it started (curl, a test runner): the whole process group."""
     try:
         os.killpg(process.pid, signal.SIGKILL)
