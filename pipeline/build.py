@@ -13,6 +13,7 @@ from typing import Iterable, Mapping, Optional, Sequence
 
 from .decide import ContainerFact
 from .errors import BuildFailed, SettingsError
+from .log import echo_output
 from .releases import ReleaseRecord, rollback_targets
 from .settings import is_secret_name, without_secrets
 
@@ -31,10 +32,7 @@ def run_build(argv: Sequence[str], cwd: Path, environ: Mapping[str, str]) -> Non
         raise BuildFailed(shlex.join(argv), 127, [str(exc)]) from exc
     try:
         assert process.stdout is not None
-        for line in process.stdout:
-            line = line.rstrip()
-            last.append(line)
-            log.info("    | %s", line)
+        echo_output(process.stdout, last)
         code = process.wait()
     except BaseException:
         process.kill()

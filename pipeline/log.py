@@ -10,6 +10,7 @@ import json
 import logging
 import sys
 import threading
+from collections import deque
 from typing import Iterable, List, Optional, Protocol, TextIO
 
 _BOLD, _RED, _YELLOW, _RESET = "\033[1m", "\033[31m", "\033[33m", "\033[0m"
@@ -67,6 +68,15 @@ class MaskSecrets(logging.Filter):
         if record.stack_info:
             record.stack_info = mask(record.stack_info)
         return True
+
+
+def echo_output(lines: Iterable[str], last: "deque[str]") -> None:
+    """A child process's output (the build, the smoke command) into the log line by line,
+    indented under its phase, the last lines kept in `last` for the error that names them."""
+    for line in lines:
+        line = line.rstrip()
+        last.append(line)
+        logging.getLogger("pipeline").info("    | %s", line)
 
 
 class TextOut(Protocol):

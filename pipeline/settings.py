@@ -171,11 +171,17 @@ def _decimal(raw: str) -> Optional[float]:
     return float(raw) if _DECIMAL_RE.match(raw) else None
 
 
-def _port(name: str, raw: str, cwd: Path) -> int:
-    value = _whole(raw)
-    if value is None or not 1 <= value <= 65535:
-        raise SettingsError(name, raw, "must be a port number from 1 to 65535")
-    return value
+def _between(parse: Callable[[str], Optional[N]], low: N, high: N, problem: str) -> Reader[N]:
+    """A number written the one way `parse` takes, from `low` to `high`."""
+    def read(name: str, raw: str, cwd: Path) -> N:
+        value = parse(raw)
+        if value is None or not low <= value <= high:
+            raise SettingsError(name, raw, problem)
+        return value
+    return read
+
+
+_port = _between(_whole, 1, 65535, "must be a port number from 1 to 65535")
 
 
 def _duration(positive: bool = False, maximum: float = MAX_DURATION) -> _Bounded[float]:
@@ -195,19 +201,11 @@ def read_seconds(name: str, raw: str, maximum: float = MAX_DURATION) -> float:
 
 
 def _count(maximum: int) -> _Bounded[int]:
-    def read(name: str, raw: str, cwd: Path) -> int:
-        value = _whole(raw)
-        if value is None or not 1 <= value <= maximum:
-            raise SettingsError(name, raw, f"must be a whole number of at least 1, at most {maximum}")
-        return value
-    return _Bounded(read, maximum)
+    return _Bounded(_between(_whole, 1, maximum, f"must be a whole number of at least 1, at most {maximum}"),
+                    maximum)
 
 
-def _fraction(name: str, raw: str, cwd: Path) -> float:
-    value = _decimal(raw)
-    if value is None or not 0 <= value <= 1:
-        raise SettingsError(name, raw, "must be a fraction from 0 to 1, e.g. 0.01 for 1%")
-    return value
+_fraction = _between(_decimal, 0.0, 1.0, "must be a fraction from 0 to 1, e.g. 0.01 for 1%")
 
 
 def _flag(name: str, raw: str, cwd: Path) -> bool:

@@ -16,6 +16,7 @@ from collections import deque
 from typing import Mapping
 
 from .errors import SmokeFailed
+from .log import echo_output
 from .settings import without_secrets
 
 log = logging.getLogger("pipeline")
@@ -34,9 +35,7 @@ def run_smoke(command: str, url: str, environ: Mapping[str, str], timeout: float
         raise SmokeFailed(f"SMOKE_COMMAND could not start: {exc}") from exc
     def stream() -> None:
         assert process.stdout is not None
-        for line in process.stdout:
-            last.append(line.rstrip())
-            log.info("    | %s", line.rstrip())
+        echo_output(process.stdout, last)
 
     reader = threading.Thread(target=stream, daemon=True)
     reader.start()
