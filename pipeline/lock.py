@@ -164,15 +164,17 @@ class DeployLock:
         except NotText as exc:
             return exc.data.decode("utf-8", "replace")
         except (OSError, NginxHostFailed) as exc:
-            raise PreflightError(f"cannot read the deploy lock {path} on the nginx host "
-                                 f"({self.host.description}): {_why(exc)}") from exc
+            raise self._cannot(f"read the deploy lock {path}", exc) from exc
 
     def _create(self, path: str, text: str) -> bool:
         try:
             return self.host.create_exclusive(path, text)
         except (OSError, NginxHostFailed) as exc:
-            raise PreflightError(f"cannot create the deploy lock {path} on the nginx host "
-                                 f"({self.host.description}): {_why(exc)}") from exc
+            raise self._cannot(f"create the deploy lock {path}", exc) from exc
+
+    def _cannot(self, what: str, exc: BaseException) -> PreflightError:
+        """A file operation on the nginx host that failed, as one line naming the host and the cause."""
+        return PreflightError(f"cannot {what} on the nginx host ({self.host.description}): {_why(exc)}")
 
     def read(self) -> Optional[LockInfo]:
         text = self._read_text(self.path)
@@ -243,17 +245,21 @@ class DeployLock:
                     continue
             passing = 0
             if self.clock.now() >= deadline:
-                reason = self.why_not_stale(holder)
-                if reason is None or reason == ALIVE:
-                    reason = reason or "being taken over by another run"
-                    hint = "" if wait_seconds else "; retry later or pass --lock-wait SECONDS"
-                else:
-                    hint = "; if that run is gone, release it with `python -m pipeline lock release`"
-                raise LockHeld(f"deploy lock {self.path} is held: {holder.describe()} ({reason}){hint}")
+                raise self._held(holder, wait_seconds)
             if not announced:
                 log.info("    waiting up to %gs for the deploy lock: %s", wait_seconds, holder.describe())
                 announced = True
             self.clock.sleep(POLL_EVERY)
+
+    def _held(self, holder: LockInfo, wait_seconds: float) -> LockHeld:
+        """Who holds the lock and why it is not taken over, with what the user can do about it."""
+        reason = self.why_not_stale(holder)
+        if reason is None or reason == ALIVE:
+            reason = reason or "being taken over by another run"
+            hint = "" if wait_seconds else "; retry later or pass --lock-wait SECONDS"
+        else:
+            hint = "; if that run is gone, release it with `python -m pipeline lock release`"
+        return LockHeld(f"deploy lock {self.path} is held: {holder.describe()} ({reason}){hint}")
 
     def _take_over(self, path: str, stale_text: str, text: str, depth: int) -> bool:
         """Replace the stale file at `path` (its content `stale_text`) with `text`, atomically
@@ -279,8 +285,7 @@ class DeployLock:
             try:
                 self.host.write_text_atomic(path, text)   # one rename over it: never absent
             except (OSError, NginxHostFailed) as exc:
-                raise PreflightError(f"cannot replace the stale deploy lock {path} on the nginx host "
-                                     f"({self.host.description}): {_why(exc)}") from exc
+                raise self._cannot(f"replace the stale deploy lock {path}", exc) from exc
             return True
         finally:
             try:
