@@ -15,10 +15,12 @@ SSH names paramiko's attributes inside functions only; tests/unit/test_startup.p
 """
 from __future__ import annotations
 
+import importlib.abc
 import importlib.util
 import sys
 import threading
 import types
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 
@@ -26,16 +28,30 @@ class _Deferred(types.ModuleType):
     """A module whose code has not run yet; the instance turns into a plain module when it has."""
 
     def __getattr__(self, attr: str) -> Any:   # only for attributes not there (yet)
-        state = self.__dict__["__spec__"].loader_state
-        with state["lock"]:
-            if self.__class__ is _Deferred and not state["loading"]:
-                state["loading"] = True   # the module's own imports of itself see a partial module
+        state: _Loading = self.__dict__["__spec__"].loader_state
+        with state.lock:
+            if self.__class__ is _Deferred and not state.loading:
+                state.loading = True   # the module's own imports of itself see a partial module
                 try:
-                    self.__spec__.loader.exec_module(self)
+                    state.loader.exec_module(self)
                 finally:
-                    state["loading"] = False
-                self.__class__ = types.ModuleType
+                    state.loading = False
+                _become_plain(self)
         return types.ModuleType.__getattribute__(self, attr)
+
+
+def _become_plain(module: types.ModuleType) -> None:
+    """From now on an ordinary module: no hook on attributes it lacks."""
+    module.__class__ = types.ModuleType
+
+
+@dataclass
+class _Loading:
+    """A deferred module's spec.loader_state: the loader that runs its code, once, under the lock."""
+
+    loader: importlib.abc.Loader
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    loading: bool = False
 
 
 def defer_import(name: str, version_from: Optional[str] = None) -> None:
@@ -52,7 +68,7 @@ def defer_import(name: str, version_from: Optional[str] = None) -> None:
     spec = importlib.util.find_spec(name)
     if spec is None or spec.loader is None:
         return
-    spec.loader_state = {"lock": threading.RLock(), "loading": False}
+    spec.loader_state = _Loading(spec.loader)
     module = importlib.util.module_from_spec(spec)
     module.__class__ = _Deferred
     sys.modules[name] = module

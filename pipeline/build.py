@@ -13,6 +13,7 @@ from typing import Iterable, Mapping, Optional, Sequence
 
 from .decide import ContainerFact
 from .errors import BuildFailed, SettingsError
+from .log import echo_output
 from .releases import ReleaseRecord, rollback_targets
 from .settings import is_secret_name, without_secrets
 
@@ -21,7 +22,7 @@ log = logging.getLogger("pipeline")
 
 def run_build(argv: Sequence[str], cwd: Path, environ: Mapping[str, str]) -> None:
     """Run the build in `cwd`, streaming its output; raise BuildFailed with the last lines."""
-    last: deque = deque(maxlen=20)
+    last: deque[str] = deque(maxlen=20)
     # The build has no business with the registry password, and its output goes to the log.
     env = without_secrets(environ)
     try:
@@ -31,10 +32,7 @@ def run_build(argv: Sequence[str], cwd: Path, environ: Mapping[str, str]) -> Non
         raise BuildFailed(shlex.join(argv), 127, [str(exc)]) from exc
     try:
         assert process.stdout is not None
-        for line in process.stdout:
-            line = line.rstrip()
-            last.append(line)
-            log.info("    | %s", line)
+        echo_output(process.stdout, last)
         code = process.wait()
     except BaseException:
         process.kill()

@@ -14,7 +14,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Mapping, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Mapping, NoReturn, Optional, Sequence, TextIO
 
 from . import errors, log as logsetup
 from .errors import PipelineError, UsageError
@@ -25,7 +25,7 @@ log = logging.getLogger("pipeline")
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         raise UsageError(f"{message} (see `python -m pipeline --help`)")
 
 
@@ -61,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _seconds(text: str) -> float:
     """--lock-wait: read as the duration settings are (ASCII digits, at most MAX_DURATION)."""
-    from .settings import MAX_DURATION, SettingsError, read_seconds
+    from .errors import SettingsError
+    from .settings import MAX_DURATION, read_seconds
 
     try:
         return read_seconds("--lock-wait", text)
@@ -71,8 +72,8 @@ def _seconds(text: str) -> float:
 
 
 def main(argv: Sequence[str], environ: Mapping[str, str], cwd: Optional[Path] = None,
-         stdout=None) -> int:
-    stdout = logsetup.MaskedStream(stdout or sys.stdout)
+         stdout: Optional[TextIO] = None) -> int:
+    out = logsetup.MaskedStream(stdout or sys.stdout)
     cwd = cwd or Path.cwd()
     verbose = "--verbose" in argv
     logsetup.setup(verbose)
@@ -83,7 +84,7 @@ def main(argv: Sequence[str], environ: Mapping[str, str], cwd: Optional[Path] = 
         logsetup.register_secrets(settings.secret_values())
         if args.command == "deploy":
             settings.check_build_inputs(cwd)
-        return _run(args, settings, environ, cwd, stdout, started)
+        return _run(args, settings, environ, cwd, out, started)
     except (PipelineError, errors.Interrupted) as exc:   # Interrupted: SIGINT/SIGTERM, after cleaning up
         print(logsetup.mask(f"pipeline: error: {exc}"), file=sys.stderr)
         for line in exc.detail():
@@ -100,8 +101,8 @@ def main(argv: Sequence[str], environ: Mapping[str, str], cwd: Optional[Path] = 
         return errors.EXIT_BUG
 
 
-def _run(args: argparse.Namespace, settings: Settings, environ: Mapping[str, str], cwd: Path, stdout,
-         started: float) -> int:
+def _run(args: argparse.Namespace, settings: Settings, environ: Mapping[str, str], cwd: Path,
+         stdout: logsetup.TextOut, started: float) -> int:
     # The nginx host first, in a thread: over SSH its handshake and login run on the nginx host's
     # side while the rest of the tool (the docker SDK, requests, the flows) is imported here.
     # Only then: `--help` and bad input never load any of it (issue 15).
@@ -130,7 +131,7 @@ def _run(args: argparse.Namespace, settings: Settings, environ: Mapping[str, str
     return errors.EXIT_OK
 
 
-def _print_history(entries: list, as_json: bool, stdout) -> None:
+def _print_history(entries: List[Dict[str, Any]], as_json: bool, stdout: logsetup.TextOut) -> None:
     from .history import format_table
 
     if as_json:
@@ -139,37 +140,50 @@ def _print_history(entries: list, as_json: bool, stdout) -> None:
         stdout.write(format_table(entries))
 
 
-def _print_status(report: dict, as_json: bool, stdout) -> None:
+def _print_status(report: Mapping[str, Any], as_json: bool, stdout: logsetup.TextOut) -> None:
     if as_json:
         stdout.write(json.dumps(report, indent=2) + "\n")
         return
+    for line in _status_lines(report):
+        stdout.write(line)
+
+
+def _status_lines(report: Mapping[str, Any]) -> Iterator[str]:
+    """`status` as text: where traffic goes, what is wrong with knowing it, the releases, then a
+    row per color (and per task under TARGET=swarm)."""
     live = report["live_color"]
-    stdout.write(f"app:      {report['app']}\n")
-    unknown = report["switch_problem"] and not live and report["include"]["points_at"]
-    stdout.write(f"live:     {'unknown' if unknown else live or 'none'}"
-                 + (f" ({report['live_version']})" if live else "") + "\n")
-    stdout.write(f"include:  {report['include']['path']} -> {report['include']['points_at'] or 'nothing'}"
-                 f" on {report['nginx_host']}\n")
+    include = report["include"]
+    yield f"app:      {report['app']}\n"
+    yield f"live:     {_live_shown(report)}\n"
+    yield f"include:  {include['path']} -> {include['points_at'] or 'nothing'} on {report['nginx_host']}\n"
     if report["preview"]:
-        stdout.write(f"preview:  {report['preview']}\n")
-    stdout.write(f"switch:   {report['switch_mode']}"
-                 + "".join(f"  {k}={v}" for k, v in report["switch"].items()) + "\n")
+        yield f"preview:  {report['preview']}\n"
+    yield f"switch:   {report['switch_mode']}" + "".join(f"  {k}={v}" for k, v in report["switch"].items()) + "\n"
     if report["switch_problem"]:
-        stdout.write(f"warning:  {report['switch_problem']}"
-                     + ("; live color above is from the include\n" if live else "\n"))
+        yield f"warning:  {report['switch_problem']}" + ("; live color above is from the include\n" if live else "\n")
     if report.get("probe_problem"):
-        stdout.write(f"warning:  {report['probe_problem']}\n")
-    releases = report["releases"]
-    stdout.write("releases: " + "  ".join(f"{name}={r['version']} ({r['color']})" if r else f"{name}=none"
-                                          for name, r in releases.items()) + "\n")
-    for color, c in report["colors"].items():
-        marker = "*" if color == live else " "
-        where = c["ip"] or f"port {c.get('port')}"
-        stdout.write(f"{marker} {color:<5}  {c['container']:<24} {where:<15} {c['state']:<10} "
-                     f"{c['version'] or '-':<16} {c['health'] or '-'}\n")
-        for task in c.get("tasks") or []:   # TARGET=swarm: one line per task
-            stdout.write(f"      task {task['task']:<12} {task['node']:<12} {task['address'] or '-':<20} "
-                         f"{task['state']:<10} {task['version'] or '-':<16} {task['health'] or '-'}\n")
+        yield f"warning:  {report['probe_problem']}\n"
+    yield "releases: " + "  ".join(f"{name}={r['version']} ({r['color']})" if r else f"{name}=none"
+                                   for name, r in report["releases"].items()) + "\n"
+    for color, row in report["colors"].items():
+        yield from _color_lines(color, row, color == live)
+
+
+def _live_shown(report: Mapping[str, Any]) -> str:
+    """The live color and its version; "unknown" when the switch cannot say but the include
+    points somewhere, "none" when nothing is pointed at."""
+    if report["live_color"]:
+        return f"{report['live_color']} ({report['live_version']})"
+    return "unknown" if report["switch_problem"] and report["include"]["points_at"] else "none"
+
+
+def _color_lines(color: str, row: Mapping[str, Any], live: bool) -> Iterator[str]:
+    where = row["ip"] or f"port {row.get('port')}"
+    yield (f"{'*' if live else ' '} {color:<5}  {row['container']:<24} {where:<15} {row['state']:<10} "
+           f"{row['version'] or '-':<16} {row['health'] or '-'}\n")
+    for task in row.get("tasks") or []:   # TARGET=swarm: one line per task
+        yield (f"      task {task['task']:<12} {task['node']:<12} {task['address'] or '-':<20} "
+               f"{task['state']:<10} {task['version'] or '-':<16} {task['health'] or '-'}\n")
 
 
 def run() -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, replace
-from typing import List, Mapping, Optional, Sequence, Union
+from typing import FrozenSet, List, Mapping, Optional, Sequence, Set, Union
 
 from .settings import COLORS, MAX_ROUTE_ADDRESSES
 
@@ -178,7 +178,7 @@ class ColorChoice:
 
 
 def choose_colors(include_color: Optional[str], blue_alive: Optional[bool],
-                  running: frozenset = frozenset(COLORS), include_loaded: bool = True) -> ColorChoice:
+                  running: FrozenSet[str] = frozenset(COLORS), include_loaded: bool = True) -> ColorChoice:
     """Pick the idle color, as the seed's script meant to, never one nginx may be serving.
 
     The include is the truth: the live color is the one it points at, unless that color's
@@ -200,7 +200,7 @@ def choose_colors(include_color: Optional[str], blue_alive: Optional[bool],
                           f"serve {choice.target}")
 
 
-def _choose(include_color: Optional[str], blue_alive: Optional[bool], running: frozenset) -> ColorChoice:
+def _choose(include_color: Optional[str], blue_alive: Optional[bool], running: FrozenSet[str]) -> ColorChoice:
     if include_color in COLORS:
         idle = other(include_color)
         if include_color not in running and idle in running:
@@ -212,7 +212,7 @@ def _choose(include_color: Optional[str], blue_alive: Optional[bool], running: f
     return ColorChoice(None, "blue", "no usable include and blue is not serving: first deploy")
 
 
-def may_serve(include_color: Optional[str], include_loaded: bool, running: frozenset) -> frozenset:
+def may_serve(include_color: Optional[str], include_loaded: bool, running: FrozenSet[str]) -> FrozenSet[str]:
     """The colors whose running container nginx may be sending traffic to.
 
     Reload mode: the include is what nginx serves only once a reload was seen to load it (the
@@ -225,7 +225,7 @@ def may_serve(include_color: Optional[str], include_loaded: bool, running: froze
 
 
 def settle_before_touching(target: str, include_color: Optional[str], include_loaded: bool,
-                           running: frozenset) -> Optional[str]:
+                           running: FrozenSet[str]) -> Optional[str]:
     """What must happen before a run may replace, stop or remove `target`'s container.
 
     None: nginx cannot be serving it (the include was seen loaded and names the other color, or
@@ -264,7 +264,7 @@ class ContainerFact:
         return self.status == "running"
 
 
-def images_to_remove(images: Mapping[str, float], keep: int, protected: set) -> list:
+def images_to_remove(images: Mapping[str, float], keep: int, protected: Set[str]) -> List[str]:
     """Release images past the newest `keep`, never one a container still uses.
 
     `images` maps an image reference to its creation time.

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import asdict, dataclass, replace
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 
 from .errors import NginxHostFailed, NotText
 from .log import mask
@@ -87,7 +87,7 @@ def _parse(line: str) -> Optional[Entry]:
     return entry
 
 
-def format_table(entries: List[dict]) -> str:
+def format_table(entries: List[Dict[str, Any]]) -> str:
     """`history`'s table. ROLLBACK says `live` for the release serving now and `yes` for one
     `rollback --to VERSION` can make live (entries as deploy.history marks them)."""
     header = ("TIME", "WHO", "ACTION", "VERSION", "COLOR", "RESULT", "SECONDS", "ROLLBACK", "MESSAGE")
@@ -100,7 +100,7 @@ def format_table(entries: List[dict]) -> str:
     ) + "\n"
 
 
-def _mark(entry: dict) -> str:
+def _mark(entry: Dict[str, Any]) -> str:
     if entry.get("live"):
         return "live"
     return "yes" if entry.get("rollback_target") else "-"

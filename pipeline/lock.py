@@ -24,10 +24,10 @@ import logging
 import os
 import pwd
 import socket
-import time
 from dataclasses import MISSING, asdict, dataclass, fields, replace
-from typing import Callable, Mapping, Optional
+from typing import Mapping, Optional
 
+from .clock import SYSTEM, Clock
 from .errors import LockHeld, NginxHostFailed, NotText, PreflightError
 from .nginx_host import NginxHost
 
@@ -140,7 +140,10 @@ class ProcessTable:
 
 
 class DeployLock:
-    def __init__(self, host: NginxHost, path: str, clock: Callable[[], float] = time.monotonic,
+    """Every pause (--lock-wait's polls, the short retries while a lock is released or taken
+    over) is a sleep on `clock`, and the wait is measured on it."""
+
+    def __init__(self, host: NginxHost, path: str, clock: Clock = SYSTEM,
                  processes: Optional[ProcessTable] = None) -> None:
         self.host = host
         self.path = path
@@ -161,15 +164,17 @@ class DeployLock:
         except NotText as exc:
             return exc.data.decode("utf-8", "replace")
         except (OSError, NginxHostFailed) as exc:
-            raise PreflightError(f"cannot read the deploy lock {path} on the nginx host "
-                                 f"({self.host.description}): {_why(exc)}") from exc
+            raise self._cannot(f"read the deploy lock {path}", exc) from exc
 
     def _create(self, path: str, text: str) -> bool:
         try:
             return self.host.create_exclusive(path, text)
         except (OSError, NginxHostFailed) as exc:
-            raise PreflightError(f"cannot create the deploy lock {path} on the nginx host "
-                                 f"({self.host.description}): {_why(exc)}") from exc
+            raise self._cannot(f"create the deploy lock {path}", exc) from exc
+
+    def _cannot(self, what: str, exc: BaseException) -> PreflightError:
+        """A file operation on the nginx host that failed, as one line naming the host and the cause."""
+        return PreflightError(f"cannot {what} on the nginx host ({self.host.description}): {_why(exc)}")
 
     def read(self) -> Optional[LockInfo]:
         text = self._read_text(self.path)
@@ -207,7 +212,7 @@ class DeployLock:
     def acquire(self, info: LockInfo, wait_seconds: float = 0.0) -> None:
         info = self.stamped(info)
         text = info.to_text()
-        deadline = self.clock() + wait_seconds
+        deadline = self.clock.now() + wait_seconds
         announced = False
         passing = 0   # states in a row that pass in milliseconds: bounded, each one paused
         while True:
@@ -221,7 +226,7 @@ class DeployLock:
                 if passing > RETRY_LIMIT:
                     raise PreflightError(f"cannot create the deploy lock {self.path} on the nginx host "
                                          f"({self.host.description})")
-                time.sleep(RETRY_EVERY)
+                self.clock.sleep(RETRY_EVERY)
                 continue
             holder = LockInfo.parse(held_text)
             if holder.damaged is not None:
@@ -236,21 +241,25 @@ class DeployLock:
                 # Another run is taking it over this very moment: look again shortly.
                 passing += 1
                 if passing <= RETRY_LIMIT:
-                    time.sleep(RETRY_EVERY)
+                    self.clock.sleep(RETRY_EVERY)
                     continue
             passing = 0
-            if self.clock() >= deadline:
-                reason = self.why_not_stale(holder)
-                if reason is None or reason == ALIVE:
-                    reason = reason or "being taken over by another run"
-                    hint = "" if wait_seconds else "; retry later or pass --lock-wait SECONDS"
-                else:
-                    hint = "; if that run is gone, release it with `python -m pipeline lock release`"
-                raise LockHeld(f"deploy lock {self.path} is held: {holder.describe()} ({reason}){hint}")
+            if self.clock.now() >= deadline:
+                raise self._held(holder, wait_seconds)
             if not announced:
                 log.info("    waiting up to %gs for the deploy lock: %s", wait_seconds, holder.describe())
                 announced = True
-            time.sleep(POLL_EVERY)
+            self.clock.sleep(POLL_EVERY)
+
+    def _held(self, holder: LockInfo, wait_seconds: float) -> LockHeld:
+        """Who holds the lock and why it is not taken over, with what the user can do about it."""
+        reason = self.why_not_stale(holder)
+        if reason is None or reason == ALIVE:
+            reason = reason or "being taken over by another run"
+            hint = "" if wait_seconds else "; retry later or pass --lock-wait SECONDS"
+        else:
+            hint = "; if that run is gone, release it with `python -m pipeline lock release`"
+        return LockHeld(f"deploy lock {self.path} is held: {holder.describe()} ({reason}){hint}")
 
     def _take_over(self, path: str, stale_text: str, text: str, depth: int) -> bool:
         """Replace the stale file at `path` (its content `stale_text`) with `text`, atomically
@@ -276,8 +285,7 @@ class DeployLock:
             try:
                 self.host.write_text_atomic(path, text)   # one rename over it: never absent
             except (OSError, NginxHostFailed) as exc:
-                raise PreflightError(f"cannot replace the stale deploy lock {path} on the nginx host "
-                                     f"({self.host.description}): {_why(exc)}") from exc
+                raise self._cannot(f"replace the stale deploy lock {path}", exc) from exc
             return True
         finally:
             try:

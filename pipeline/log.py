@@ -10,7 +10,8 @@ import json
 import logging
 import sys
 import threading
-from typing import Iterable, List, TextIO
+from collections import deque
+from typing import Iterable, List, Optional, Protocol, TextIO
 
 _BOLD, _RED, _YELLOW, _RESET = "\033[1m", "\033[31m", "\033[33m", "\033[0m"
 
@@ -69,6 +70,21 @@ class MaskSecrets(logging.Filter):
         return True
 
 
+def echo_output(lines: Iterable[str], last: "deque[str]") -> None:
+    """A child process's output (the build, the smoke command) into the log line by line,
+    indented under its phase, the last lines kept in `last` for the error that names them."""
+    for line in lines:
+        line = line.rstrip()
+        last.append(line)
+        logging.getLogger("pipeline").info("    | %s", line)
+
+
+class TextOut(Protocol):
+    """Where the CLI writes its output: a text stream, or a MaskedStream around one."""
+
+    def write(self, text: str) -> int: ...
+
+
 class MaskedStream:
     """A text stream that masks registered secrets in each write (write whole lines to it)."""
 
@@ -103,7 +119,7 @@ class _Formatter(logging.Formatter):
         return text
 
 
-def setup(verbose: bool = False, stream=None) -> logging.Logger:
+def setup(verbose: bool = False, stream: Optional[TextIO] = None) -> logging.Logger:
     stream = stream or sys.stderr
     logger = logging.getLogger("pipeline")
     logger.handlers[:] = []

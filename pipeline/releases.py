@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import asdict, dataclass, field, replace
-from typing import Callable, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, FrozenSet, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from .decide import ColorChoice, ContainerFact, choose_colors, other
 from .errors import NothingToDo, NotText, PipelineError
@@ -82,18 +82,21 @@ class ReleaseRecord:
             if not isinstance(data, dict) or data.get("format") != FORMAT:
                 raise ValueError(f"not a release record of format {FORMAT}")
             return cls(live=_in(data.get("live")), previous=_in(data.get("previous")),
-                       staged=_in(data.get("staged")), kept=tuple(_in(r) for r in data.get("kept") or ()))
+                       staged=_in(data.get("staged")), kept=tuple(_release(r) for r in data.get("kept") or ()))
         except (TypeError, KeyError, AttributeError) as exc:
             raise ValueError(f"malformed release record: {exc}") from exc
 
 
-def _out(release: Optional[Release]) -> Optional[dict]:
+def _out(release: Optional[Release]) -> Optional[Dict[str, str]]:
     return asdict(release) if release is not None else None
 
 
 def _in(data: object) -> Optional[Release]:
-    if data is None:
-        return None
+    return None if data is None else _release(data)
+
+
+def _release(data: object) -> Release:
+    """A release as written: a kept one is never null (a hand edit that says so is damage)."""
     if not isinstance(data, dict):
         raise ValueError(f"not a release: {data!r}")
     release = Release(str(data["version"]), str(data["color"]), str(data["image"]))
@@ -127,28 +130,66 @@ def rebuild(entries: Sequence[Entry], live_color: Optional[str], containers: Map
     first, are the releases the history saw made live; the staged one is the last `stage` after
     the last switch, if its container still runs it.
     """
+    releases = [entry for entry in entries if _names_a_release(entry)]
+    live = _serving(containers.get(live_color) if live_color else None, image_of)
+    kept = _live_first(live, _made_live(releases, containers, image_of))
+    return ReleaseRecord(live=live, previous=_previous(kept, live),
+                         staged=_still_staged(_last_stage(releases), live, containers), kept=tuple(kept[:KEPT_MAX]))
+
+
+def _names_a_release(entry: Entry) -> bool:
+    """A run that finished and names a release and its color (not a failure, not a hand edit)."""
+    return entry.result == "ok" and bool(entry.version) and entry.color in ("blue", "green")
+
+
+def _serving(fact: Optional[ContainerFact], image_of: Callable[[str], str]) -> Optional[Release]:
+    """The release the container nginx serves runs, by its labels; None without a version label."""
+    if fact is None or not fact.version:
+        return None
+    return Release(fact.version, fact.color, fact.image or image_of(fact.version))
+
+
+def _made_live(releases: Sequence[Entry], containers: Mapping[str, ContainerFact],
+               image_of: Callable[[str], str]) -> List[Release]:
+    """Every release the history saw made live, newest first, each once (where it was live last)."""
     kept: List[Release] = []
-    staged_entry: Optional[Entry] = None
-    for entry in reversed(entries):
-        if entry.result != "ok" or not entry.version or entry.color not in ("blue", "green"):
-            continue
-        if entry.action == "stage" and not kept and staged_entry is None:
-            staged_entry = entry
+    for entry in reversed(releases):
         if entry.action in LIVE_ACTIONS and all(r.version != entry.version for r in kept):
             kept.append(Release(entry.version, entry.color, _image(entry.version, entry.color, containers, image_of)))
-    live = None
-    fact = containers.get(live_color) if live_color else None
-    if fact is not None and fact.version:
-        live = Release(fact.version, fact.color, fact.image or image_of(fact.version))
-        kept = [live] + [r for r in kept if r.version != live.version]
-    previous = next((r for r in kept if live is None or r.version != live.version), None)
-    staged = None
-    if staged_entry is not None and live is not None:
-        candidate = containers.get(staged_entry.color)
-        if (staged_entry.color == other(live.color) and candidate is not None and candidate.running
-                and candidate.version == staged_entry.version):
-            staged = Release(staged_entry.version, staged_entry.color, candidate.image)
-    return ReleaseRecord(live=live, previous=previous, staged=staged, kept=tuple(kept[:KEPT_MAX]))
+    return kept
+
+
+def _live_first(live: Optional[Release], made_live: List[Release]) -> List[Release]:
+    """What the containers say is live comes first, whatever the history says."""
+    if live is None:
+        return made_live
+    return [live] + [r for r in made_live if r.version != live.version]
+
+
+def _previous(kept: Sequence[Release], live: Optional[Release]) -> Optional[Release]:
+    """The newest kept release that is not the live one: what `rollback` goes back to."""
+    return next((r for r in kept if live is None or r.version != live.version), None)
+
+
+def _last_stage(releases: Sequence[Entry]) -> Optional[Entry]:
+    """The last `stage` after the last switch: a switch since then promoted or replaced it."""
+    for entry in reversed(releases):
+        if entry.action in LIVE_ACTIONS:
+            return None
+        if entry.action == "stage":
+            return entry
+    return None
+
+
+def _still_staged(stage: Optional[Entry], live: Optional[Release],
+                  containers: Mapping[str, ContainerFact]) -> Optional[Release]:
+    """`stage`'s release, if it went to the idle color and its container still runs it."""
+    if stage is None or live is None or stage.color != other(live.color):
+        return None
+    fact = containers.get(stage.color)
+    if fact is None or not fact.running or fact.version != stage.version:
+        return None
+    return Release(stage.version, stage.color, fact.image)
 
 
 def _image(version: str, color: str, containers: Mapping[str, ContainerFact], image_of: Callable[[str], str]) -> str:
@@ -209,7 +250,7 @@ def load(store: ReleaseStore, entries: Callable[[], Sequence[Entry]], live_color
 
 # -- decisions -------------------------------------------------------------------------------------
 
-def settle_live(choice: ColorChoice, record: Optional[ReleaseRecord], running: frozenset) -> ColorChoice:
+def settle_live(choice: ColorChoice, record: Optional[ReleaseRecord], running: FrozenSet[str]) -> ColorChoice:
     """With no usable include, the seed's probe takes a blue that answers for the live release.
     A record that says nothing is live (a first release staged in blue) knows better."""
     if choice.by_probe and record is not None and record.live is None:
@@ -247,31 +288,56 @@ def plan_rollback(record: ReleaseRecord, live_color: Optional[str], containers: 
     if live_color is None or record.live is None:
         raise NothingToDo("no previous release to roll back to (nothing is live)")
     targets = rollback_targets(record, live_color, containers, images)
-    names = ", ".join(r.version for r in targets) or "none"
     if to_version is None:
-        wanted = record.previous
-        if wanted is None:
-            raise NothingToDo(f"no previous release to roll back to (live: {record.live})")
-        match = [r for r in targets if r.version == wanted.version]
-        if not match:
-            raise NothingToDo(f"no previous release to roll back to: {wanted.version} has neither its container "
-                              f"nor its image any more (live: {record.live}; can go to: {names})")
+        release = _going_back(record.previous, record.live, targets)
     else:
-        if to_version == record.live.version:
-            raise NothingToDo(f"{to_version} is already live on {record.live.color} (can go to: {names})")
-        match = [r for r in targets if r.version == to_version]
-        if not match:
-            raise NothingToDo(f"cannot roll back to {to_version}: not a kept release (can go to: {names})")
-    release = match[0]
+        release = _going_to(to_version, record.live, targets)
     color = other(live_color)
-    fact = containers.get(color)
-    if fact is not None and fact.version == release.version and fact.image == release.image:
-        how = "running" if fact.running and fact.restart_count == 0 else "start"
-        if fact.status not in ("running", "exited", "created", "stopped"):   # "stopped": a swarm color at 0
-            how = "recreate"
-        return RollbackPlan(Release(release.version, color, release.image), color, how, None)
-    return RollbackPlan(Release(release.version, color, release.image), color, "recreate",
-                        fact.version if fact is not None else None)
+    return _plan_on(Release(release.version, color, release.image), containers.get(color))
+
+
+def _going_back(previous: Optional[Release], live: Release, targets: Sequence[Release]) -> Release:
+    """Plain `rollback`: the release that was live before, if its container or image is still there."""
+    if previous is None:
+        raise NothingToDo(f"no previous release to roll back to (live: {live})")
+    found = _find(targets, previous.version)
+    if found is None:
+        raise NothingToDo(f"no previous release to roll back to: {previous.version} has neither its container "
+                          f"nor its image any more (live: {live}; can go to: {_versions(targets)})")
+    return found
+
+
+def _going_to(version: str, live: Release, targets: Sequence[Release]) -> Release:
+    """`rollback --to VERSION`: any kept release but the live one."""
+    if version == live.version:
+        raise NothingToDo(f"{version} is already live on {live.color} (can go to: {_versions(targets)})")
+    found = _find(targets, version)
+    if found is None:
+        raise NothingToDo(f"cannot roll back to {version}: not a kept release (can go to: {_versions(targets)})")
+    return found
+
+
+def _find(releases: Sequence[Release], version: str) -> Optional[Release]:
+    return next((r for r in releases if r.version == version), None)
+
+
+def _versions(releases: Sequence[Release]) -> str:
+    return ", ".join(r.version for r in releases) or "none"
+
+
+# The states of a container (or a swarm color scaled to 0: "stopped") that can be started again.
+_STARTABLE = ("running", "exited", "created", "stopped")
+
+
+def _plan_on(release: Release, idle: Optional[ContainerFact]) -> RollbackPlan:
+    """`release` in the idle color: its container reused when it holds exactly that release and
+    can be started, else recreated from the image (replacing whatever release is there)."""
+    if idle is None or idle.version != release.version or idle.image != release.image:
+        return RollbackPlan(release, release.color, "recreate", idle.version if idle is not None else None)
+    if idle.status not in _STARTABLE:
+        return RollbackPlan(release, release.color, "recreate", None)
+    how = "running" if idle.running and idle.restart_count == 0 else "start"
+    return RollbackPlan(release, release.color, how, None)
 
 
 def staged_release(record: ReleaseRecord, live_color: Optional[str],

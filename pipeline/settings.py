@@ -8,9 +8,9 @@ from __future__ import annotations
 import ipaddress
 import re
 import shlex
-from dataclasses import dataclass, field, fields
+from dataclasses import Field, dataclass, field, fields
 from pathlib import Path, PurePosixPath
-from typing import Callable, Dict, Mapping, Optional, Tuple
+from typing import AbstractSet, Any, Callable, Dict, Generic, Mapping, Optional, Tuple, TypeVar
 from urllib.parse import urlsplit
 
 from .errors import SettingsError
@@ -32,6 +32,9 @@ _TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 # host[:port][/path] of a registry, as docker expects it in an image reference.
 _REGISTRY_RE = re.compile(r"^[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[a-z0-9._/-]+)?$")
 _NGINX_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_NETWORK_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_HOST_RE = re.compile(r"^[A-Za-z0-9.:-]+$")
+_USER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 
 
 class Secret:
@@ -91,214 +94,37 @@ def _mask_secret_words(raw: str) -> str:
     return " ".join(masked)
 
 
-@dataclass(frozen=True)
-class Settings:
-    app_name: str = "app"
-    app_version: Optional[str] = None
-    build_command: Tuple[str, ...] = ("./gradlew", "bootJar")
-    dockerfile: Path = Path("docker/Dockerfile")
-    build_context: Path = Path(".")
-    build_args: Dict[str, str] = field(default_factory=dict)
-    deploy_network: str = "deploy"
-    deploy_subnet: ipaddress.IPv4Network = ipaddress.IPv4Network("172.20.0.0/16")
-    deploy_gateway: ipaddress.IPv4Address = ipaddress.IPv4Address("172.20.0.1")
-    blue_ip: ipaddress.IPv4Address = ipaddress.IPv4Address("172.20.0.2")
-    green_ip: ipaddress.IPv4Address = ipaddress.IPv4Address("172.20.0.3")
-    app_port: int = 8080
-    health_path: str = "/actuator/health"
-    health_interval: float = 10.0
-    health_timeout: float = 300.0
-    nginx_host: str = ""
-    nginx_ssh_user: str = "root"
-    nginx_ssh_port: int = 22
-    nginx_ssh_key: Optional[Path] = None
-    nginx_ssh_known_hosts: Path = Path("~/.ssh/known_hosts")
-    nginx_include: PurePosixPath = PurePosixPath("/etc/nginx/conf.d/service-url.inc")
-    nginx_preview_include: Optional[PurePosixPath] = None
-    nginx_include_form: str = "set"
-    nginx_upstream: str = "app_live"
-    nginx_test_command: Tuple[str, ...] = ("nginx", "-t")
-    nginx_reload_command: Tuple[str, ...] = ("nginx", "-s", "reload")
-    # Reload mode: nginx's pid file, to see a reload replace the master's worker processes.
-    nginx_pid_file: PurePosixPath = PurePosixPath("/run/nginx.pid")
-    switch_mode: str = "reload"
-    nginx_admin_url: str = "http://127.0.0.1:8091"
-    nginx_admin_token_file: PurePosixPath = PurePosixPath("/etc/nginx/pipeline-admin.token")
-    drain_seconds: float = 10.0
-    stop_timeout: float = 30.0
-    # Verification under live traffic after the switch (pipeline/verify.py).
-    verify_seconds: float = 30.0
-    verify_max_error_rate: float = 0.01
-    verify_min_requests: int = 20
-    nginx_access_log: PurePosixPath = PurePosixPath("/var/log/nginx/app.access.log")
-    smoke_command: str = ""
-    # After the health gate (and the smoke test), before any switch: the new release must stay
-    # running and answer health this long (deploy.hold_ready; Kubernetes' minReadySeconds).
-    min_ready_seconds: float = 0.0
-    keep_previous_running: bool = False
-    registry: str = ""
-    registry_username: str = ""
-    registry_password: Secret = Secret("")
-    container_env_file: Optional[Path] = None
-    container_volumes: Tuple[str, ...] = ()
-    keep_releases: int = 5
-    docker_host: str = ""
-    network_timeout: float = 60.0
-    target: str = "docker"
-    replicas: int = 2
-    blue_port: int = 8081
-    green_port: int = 8082
-
-    # -- derived -------------------------------------------------------------------------------
-
-    def container_name(self, color: str) -> str:
-        return f"{self.app_name}-{color}"
-
-    def port_of(self, color: str) -> int:
-        """The node port a color's swarm tasks publish APP_PORT on (host mode)."""
-        return self.blue_port if color == "blue" else self.green_port
-
-    def ip_of(self, color: str) -> str:
-        return str(self.blue_ip if color == "blue" else self.green_ip)
-
-    @property
-    def color_ips(self) -> Dict[str, str]:
-        return {color: self.ip_of(color) for color in COLORS}
-
-    @property
-    def remote(self) -> bool:
-        return bool(self.nginx_host)
-
-    def image_ref(self, version: str) -> str:
-        repo = f"{self.registry}/{self.app_name}" if self.registry else self.app_name
-        return f"{repo}:{version}"
-
-    def volumes_for(self, color: str) -> Tuple[str, ...]:
-        return tuple(v.replace("{color}", color) for v in self.container_volumes)
-
-    def lock_path(self) -> PurePosixPath:
-        return self.nginx_include.parent / f"{self.app_name}.deploy.lock"
-
-    def history_path(self) -> PurePosixPath:
-        return self.nginx_include.parent / f"{self.app_name}.history.jsonl"
-
-    def releases_path(self) -> PurePosixPath:
-        return self.nginx_include.parent / f"{self.app_name}.releases.json"
-
-    def check_build_inputs(self, cwd: Path) -> None:
-        """What only a build needs: checked in deploy's preflight, not by `status`."""
-        dockerfile = self.dockerfile if self.dockerfile.is_absolute() else cwd / self.dockerfile
-        if not dockerfile.is_file():
-            raise SettingsError("DOCKERFILE", self.dockerfile, "no such file")
-        context = self.build_context if self.build_context.is_absolute() else cwd / self.build_context
-        if not context.is_dir():
-            raise SettingsError("BUILD_CONTEXT", self.build_context, "no such directory")
-
-    # -- reading ---------------------------------------------------------------------------------
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str], cwd: Path, env_file: Optional[Path] = None) -> "Settings":
-        """Build settings from `env_file` (default `cwd/.env`, if present) overlaid by `environ`.
-
-        os.environ is never modified: python-dotenv only parses the file here.
-        """
-        path = env_file if env_file is not None else cwd / ".env"
-        merged: Dict[str, str] = {}
-        if env_file is not None and not path.is_file():
-            raise SettingsError("--env-file", path, "no such file")
-        if path.is_file():
-            from dotenv import dotenv_values   # here: a run with no .env file starts without it
-
-            merged.update({k: v for k, v in dotenv_values(path).items() if v is not None})
-        merged.update({k: v for k, v in environ.items() if k in _READERS})
-        values = {}
-        for name, (attr, reader) in _READERS.items():
-            raw = merged.get(name)
-            if raw is None:
-                continue
-            values[attr] = reader(name, raw.strip(), cwd)
-        if values.get("target") == "swarm":
-            # A color is several tasks: only the upstream form lists several servers.
-            values.setdefault("nginx_include_form", "upstream")
-        settings = cls(**values)
-        settings._check_target({name for name, (attr, _) in _READERS.items() if attr in values})
-        settings._check_together()
-        return settings
-
-    def _check_target(self, given: set) -> None:
-        """Refuse settings the chosen target would silently ignore."""
-        ignored, other = (SWARM_ONLY, "swarm") if self.target == "docker" else (DOCKER_ONLY, "docker")
-        for name in ignored:
-            if name in given:
-                raise SettingsError(name, getattr(self, _READERS[name][0]),
-                                    f"only read with TARGET={other}, not TARGET={self.target}")
-        if self.target == "swarm":
-            if not self.registry:
-                raise SettingsError("REGISTRY", None, "required with TARGET=swarm: every node pulls the release")
-            if self.blue_port == self.green_port:
-                raise SettingsError("GREEN_PORT", self.green_port, "same port as BLUE_PORT")
-            if self.nginx_include_form != "upstream":
-                raise SettingsError("NGINX_INCLUDE_FORM", self.nginx_include_form,
-                                    "TARGET=swarm needs the upstream form: it lists every task as a server")
-            if self.switch_mode == "live" and self.replicas > MAX_ROUTE_ADDRESSES:
-                raise SettingsError("REPLICAS", self.replicas, f"SWITCH_MODE=live routes to at most "
-                                                               f"{MAX_ROUTE_ADDRESSES} tasks")
-
-    def _check_together(self) -> None:
-        if self.deploy_gateway not in self.deploy_subnet:
-            raise SettingsError("DEPLOY_GATEWAY", self.deploy_gateway, f"not inside DEPLOY_SUBNET {self.deploy_subnet}")
-        for name, ip in (("BLUE_IP", self.blue_ip), ("GREEN_IP", self.green_ip)):
-            if ip not in self.deploy_subnet:
-                raise SettingsError(name, ip, f"not inside DEPLOY_SUBNET {self.deploy_subnet}")
-            if ip == self.deploy_gateway:
-                raise SettingsError(name, ip, "is the DEPLOY_GATEWAY address")
-            if ip in (self.deploy_subnet.network_address, self.deploy_subnet.broadcast_address):
-                raise SettingsError(name, ip, f"is not a host address of {self.deploy_subnet}")
-        if self.blue_ip == self.green_ip:
-            raise SettingsError("GREEN_IP", self.green_ip, "same address as BLUE_IP")
-        if self.nginx_preview_include is not None and self.nginx_preview_include == self.nginx_include:
-            raise SettingsError("NGINX_PREVIEW_INCLUDE", self.nginx_preview_include, "same file as NGINX_INCLUDE")
-        if self.remote:
-            if self.nginx_ssh_key is None:
-                raise SettingsError("NGINX_SSH_KEY", "", "required when NGINX_HOST is set")
-            if not self.nginx_ssh_known_hosts.expanduser().is_file():
-                raise SettingsError("NGINX_SSH_KNOWN_HOSTS", self.nginx_ssh_known_hosts, "no such file")
-        if self.registry_username and not self.registry_password:
-            raise SettingsError("REGISTRY_PASSWORD", None, "required when REGISTRY_USERNAME is set")
-
-    def secret_values(self) -> Tuple[str, ...]:
-        """Every value that must never be shown: for the log's masking (log.register_secret)."""
-        values = [self.registry_password.reveal()]
-        values += [v for k, v in self.build_args.items() if is_secret_name(k)]
-        if self.container_env_file is not None:
-            from dotenv import dotenv_values
-
-            try:
-                container_env = dotenv_values(self.container_env_file)
-            except OSError:
-                container_env = {}
-            values += [v for k, v in container_env.items() if v and is_secret_name(k)]
-        return tuple(v for v in values if v)
-
-    def public(self) -> Dict[str, str]:
-        """Every setting as text, secrets masked: for `status --json` and debugging."""
-        out = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.name == "build_args":
-                value = {k: "***" if is_secret_name(k) else v for k, v in value.items()}
-            if isinstance(value, tuple):
-                value = shlex.join(value) if f.name.endswith("command") else ",".join(value)
-            out[f.name] = "" if value is None else str(value)
-        return out
-
-
 # -- readers: (name, raw, cwd) -> value; each raises SettingsError naming the variable ------------
 
-Reader = Callable[[str, str, Path], object]
+T = TypeVar("T")
+N = TypeVar("N", int, float)
+Reader = Callable[[str, str, Path], T]
+_READER = "pipeline.settings.reader"   # where a Settings field keeps its reader (Field.metadata)
 
 
-def _text(pattern: Optional[re.Pattern] = None, problem: str = "", allow_empty: bool = True) -> Reader:
+def _env(read: Reader[T], default: T) -> T:
+    """A setting: its variable read by `read`, else `default`. Written where each field is
+    declared, so that mypy holds the reader to the field's type."""
+    return field(default=default, metadata={_READER: read})
+
+
+def _env_made(read: Reader[T], make: Callable[[], T]) -> T:
+    """A setting whose default is made anew for each Settings (a dict)."""
+    return field(default_factory=make, metadata={_READER: read})
+
+
+@dataclass(frozen=True)
+class _Bounded(Generic[N]):
+    """A reader of a number that has a largest value (SETTING_MAXIMUMS: the README's table says it)."""
+
+    read: Reader[N]
+    maximum: N
+
+    def __call__(self, name: str, raw: str, cwd: Path) -> N:
+        return self.read(name, raw, cwd)
+
+
+def _text(pattern: Optional[re.Pattern[str]] = None, problem: str = "", allow_empty: bool = True) -> Reader[str]:
     def read(name: str, raw: str, cwd: Path) -> str:
         if not raw and not allow_empty:
             raise SettingsError(name, raw, "must not be empty")
@@ -308,17 +134,14 @@ def _text(pattern: Optional[re.Pattern] = None, problem: str = "", allow_empty: 
     return read
 
 
-def _optional_text(pattern: re.Pattern, problem: str) -> Reader:
-    def read(name: str, raw: str, cwd: Path) -> Optional[str]:
-        if not raw:
-            return None
-        if not pattern.match(raw):
-            raise SettingsError(name, raw, problem)
-        return raw
-    return read
+def _optional(read: Reader[T]) -> Reader[Optional[T]]:
+    """A setting that may be left empty: then it is not set (None)."""
+    def read_unless_empty(name: str, raw: str, cwd: Path) -> Optional[T]:
+        return read(name, raw, cwd) if raw else None
+    return read_unless_empty
 
 
-def _choice(options: Tuple[str, ...]) -> Reader:
+def _choice(options: Tuple[str, ...]) -> Reader[str]:
     def read(name: str, raw: str, cwd: Path) -> str:
         if raw not in options:
             raise SettingsError(name, raw, f"must be one of {', '.join(options)}")
@@ -348,14 +171,20 @@ def _decimal(raw: str) -> Optional[float]:
     return float(raw) if _DECIMAL_RE.match(raw) else None
 
 
-def _port(name: str, raw: str, cwd: Path) -> int:
-    value = _whole(raw)
-    if value is None or not 1 <= value <= 65535:
-        raise SettingsError(name, raw, "must be a port number from 1 to 65535")
-    return value
+def _between(parse: Callable[[str], Optional[N]], low: N, high: N, problem: str) -> Reader[N]:
+    """A number written the one way `parse` takes, from `low` to `high`."""
+    def read(name: str, raw: str, cwd: Path) -> N:
+        value = parse(raw)
+        if value is None or not low <= value <= high:
+            raise SettingsError(name, raw, problem)
+        return value
+    return read
 
 
-def _duration(positive: bool = False, maximum: float = MAX_DURATION) -> Reader:
+_port = _between(_whole, 1, 65535, "must be a port number from 1 to 65535")
+
+
+def _duration(positive: bool = False, maximum: float = MAX_DURATION) -> _Bounded[float]:
     """Seconds, in plain decimal digits, from 0 (above 0 if `positive`) to `maximum`."""
     def read(name: str, raw: str, cwd: Path) -> float:
         value = _decimal(raw)
@@ -363,30 +192,20 @@ def _duration(positive: bool = False, maximum: float = MAX_DURATION) -> Reader:
             kind = "a positive number of seconds" if positive else "a non-negative number of seconds"
             raise SettingsError(name, raw, f"must be {kind} in decimal digits (e.g. 2.5), at most {maximum:.15g}")
         return value
-    read.maximum = maximum   # type: ignore[attr-defined]   # SETTING_MAXIMUMS, for the README's table
-    return read
+    return _Bounded(read, maximum)
 
 
 def read_seconds(name: str, raw: str, maximum: float = MAX_DURATION) -> float:
     """A duration given outside the settings (a command-line flag), read the same way."""
-    return float(_duration(maximum=maximum)(name, raw, Path()))
+    return _duration(maximum=maximum)(name, raw, Path())
 
 
-def _count(maximum: int) -> Reader:
-    def read(name: str, raw: str, cwd: Path) -> int:
-        value = _whole(raw)
-        if value is None or not 1 <= value <= maximum:
-            raise SettingsError(name, raw, f"must be a whole number of at least 1, at most {maximum}")
-        return value
-    read.maximum = maximum   # type: ignore[attr-defined]
-    return read
+def _count(maximum: int) -> _Bounded[int]:
+    return _Bounded(_between(_whole, 1, maximum, f"must be a whole number of at least 1, at most {maximum}"),
+                    maximum)
 
 
-def _fraction(name: str, raw: str, cwd: Path) -> float:
-    value = _decimal(raw)
-    if value is None or not 0 <= value <= 1:
-        raise SettingsError(name, raw, "must be a fraction from 0 to 1, e.g. 0.01 for 1%")
-    return value
+_fraction = _between(_decimal, 0.0, 1.0, "must be a fraction from 0 to 1, e.g. 0.01 for 1%")
 
 
 def _flag(name: str, raw: str, cwd: Path) -> bool:
@@ -413,7 +232,7 @@ def _subnet(name: str, raw: str, cwd: Path) -> ipaddress.IPv4Network:
     return net
 
 
-def _command(allow_empty: bool) -> Reader:
+def _command(allow_empty: bool) -> Reader[Tuple[str, ...]]:
     def read(name: str, raw: str, cwd: Path) -> Tuple[str, ...]:
         try:
             argv = tuple(shlex.split(raw))
@@ -425,15 +244,11 @@ def _command(allow_empty: bool) -> Reader:
     return read
 
 
-def _local_path(must_exist: bool) -> Reader:
-    def read(name: str, raw: str, cwd: Path) -> Optional[Path]:
-        if not raw:
-            return None
-        path = Path(raw).expanduser()
-        if must_exist and not (path if path.is_absolute() else cwd / path).is_file():
-            raise SettingsError(name, raw, "no such file")
-        return path
-    return read
+def _local_file(name: str, raw: str, cwd: Path) -> Path:
+    path = Path(raw).expanduser()
+    if not (path if path.is_absolute() else cwd / path).is_file():
+        raise SettingsError(name, raw, "no such file")
+    return path
 
 
 def _path(name: str, raw: str, cwd: Path) -> Path:
@@ -442,15 +257,11 @@ def _path(name: str, raw: str, cwd: Path) -> Path:
     return Path(raw).expanduser()
 
 
-def _remote_path(optional: bool) -> Reader:
-    def read(name: str, raw: str, cwd: Path) -> Optional[PurePosixPath]:
-        if not raw and optional:
-            return None
-        path = PurePosixPath(raw)
-        if not path.is_absolute() or ".." in path.parts or raw.endswith("/"):
-            raise SettingsError(name, raw, "must be an absolute file path")
-        return path
-    return read
+def _remote_path(name: str, raw: str, cwd: Path) -> PurePosixPath:
+    path = PurePosixPath(raw)
+    if not path.is_absolute() or ".." in path.parts or raw.endswith("/"):
+        raise SettingsError(name, raw, "must be an absolute file path")
+    return path
 
 
 def _build_args(name: str, raw: str, cwd: Path) -> Dict[str, str]:
@@ -524,63 +335,227 @@ def _secret(name: str, raw: str, cwd: Path) -> Secret:
     return Secret(raw)
 
 
-_READERS: Dict[str, Tuple[str, Reader]] = {
-    "APP_NAME": ("app_name", _text(_NAME_RE, "must be lower-case letters, digits, '.', '_' or '-'", allow_empty=False)),
-    "APP_VERSION": ("app_version", _optional_text(_TAG_RE, "must be a docker tag: letters, digits, '.', '_', '-'")),
-    "BUILD_COMMAND": ("build_command", _command(allow_empty=True)),
-    "DOCKERFILE": ("dockerfile", _path),
-    "BUILD_CONTEXT": ("build_context", _path),
-    "BUILD_ARGS": ("build_args", _build_args),
-    "DEPLOY_NETWORK": ("deploy_network", _text(re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"), "not a docker network name", allow_empty=False)),
-    "DEPLOY_SUBNET": ("deploy_subnet", _subnet),
-    "DEPLOY_GATEWAY": ("deploy_gateway", _ip),
-    "BLUE_IP": ("blue_ip", _ip),
-    "GREEN_IP": ("green_ip", _ip),
-    "APP_PORT": ("app_port", _port),
-    "HEALTH_PATH": ("health_path", _health_path),
-    "HEALTH_INTERVAL": ("health_interval", _duration(positive=True, maximum=600)),
-    "HEALTH_TIMEOUT": ("health_timeout", _duration()),
-    "NGINX_HOST": ("nginx_host", _text(re.compile(r"^[A-Za-z0-9.:-]+$"), "not a host name or address")),
-    "NGINX_SSH_USER": ("nginx_ssh_user", _text(re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$"), "not a user name", allow_empty=False)),
-    "NGINX_SSH_PORT": ("nginx_ssh_port", _port),
-    "NGINX_SSH_KEY": ("nginx_ssh_key", _local_path(must_exist=True)),
-    "NGINX_SSH_KNOWN_HOSTS": ("nginx_ssh_known_hosts", _path),
-    "NGINX_INCLUDE": ("nginx_include", _remote_path(optional=False)),
-    "NGINX_PREVIEW_INCLUDE": ("nginx_preview_include", _remote_path(optional=True)),
-    "NGINX_INCLUDE_FORM": ("nginx_include_form", _choice(INCLUDE_FORMS)),
-    "NGINX_UPSTREAM": ("nginx_upstream", _text(_NGINX_NAME_RE, "not an nginx upstream name", allow_empty=False)),
-    "NGINX_TEST_COMMAND": ("nginx_test_command", _command(allow_empty=False)),
-    "NGINX_RELOAD_COMMAND": ("nginx_reload_command", _command(allow_empty=False)),
-    "NGINX_PID_FILE": ("nginx_pid_file", _remote_path(optional=False)),
-    "SWITCH_MODE": ("switch_mode", _choice(SWITCH_MODES)),
-    "NGINX_ADMIN_URL": ("nginx_admin_url", _admin_url),
-    "NGINX_ADMIN_TOKEN_FILE": ("nginx_admin_token_file", _remote_path(optional=False)),
-    "DRAIN_SECONDS": ("drain_seconds", _duration()),
-    "STOP_TIMEOUT": ("stop_timeout", _duration()),
-    "VERIFY_SECONDS": ("verify_seconds", _duration()),
-    "VERIFY_MAX_ERROR_RATE": ("verify_max_error_rate", _fraction),
-    "VERIFY_MIN_REQUESTS": ("verify_min_requests", _count(maximum=1_000_000)),
-    "NGINX_ACCESS_LOG": ("nginx_access_log", _remote_path(optional=False)),
-    "SMOKE_COMMAND": ("smoke_command", _text()),
-    "MIN_READY_SECONDS": ("min_ready_seconds", _duration()),
-    "KEEP_PREVIOUS_RUNNING": ("keep_previous_running", _flag),
-    "REGISTRY": ("registry", _registry),
-    "REGISTRY_USERNAME": ("registry_username", _text()),
-    "REGISTRY_PASSWORD": ("registry_password", _secret),
-    "CONTAINER_ENV_FILE": ("container_env_file", _local_path(must_exist=True)),
-    "CONTAINER_VOLUMES": ("container_volumes", _volumes),
-    "KEEP_RELEASES": ("keep_releases", _count(maximum=1000)),
-    "DOCKER_HOST": ("docker_host", _text()),
-    "NETWORK_TIMEOUT": ("network_timeout", _duration(positive=True, maximum=600)),
-    "TARGET": ("target", _choice(TARGETS)),
-    "REPLICAS": ("replicas", _count(maximum=1000)),
-    "BLUE_PORT": ("blue_port", _port),
-    "GREEN_PORT": ("green_port", _port),
-}
+@dataclass(frozen=True)
+class Settings:
+    """Every setting, each declared as `field: type = _env(reader, default)`: it is read from the
+    variable of the field's name in capitals (APP_NAME for app_name)."""
 
-SETTING_NAMES = tuple(_READERS)
+    app_name: str = _env(_text(_NAME_RE, "must be lower-case letters, digits, '.', '_' or '-'", allow_empty=False),
+                         "app")
+    app_version: Optional[str] = _env(_optional(_text(_TAG_RE, "must be a docker tag: letters, digits, '.', '_', '-'")),
+                                      None)
+    build_command: Tuple[str, ...] = _env(_command(allow_empty=True), ("./gradlew", "bootJar"))
+    dockerfile: Path = _env(_path, Path("docker/Dockerfile"))
+    build_context: Path = _env(_path, Path("."))
+    build_args: Dict[str, str] = _env_made(_build_args, dict)
+    deploy_network: str = _env(_text(_NETWORK_RE, "not a docker network name", allow_empty=False), "deploy")
+    deploy_subnet: ipaddress.IPv4Network = _env(_subnet, ipaddress.IPv4Network("172.20.0.0/16"))
+    deploy_gateway: ipaddress.IPv4Address = _env(_ip, ipaddress.IPv4Address("172.20.0.1"))
+    blue_ip: ipaddress.IPv4Address = _env(_ip, ipaddress.IPv4Address("172.20.0.2"))
+    green_ip: ipaddress.IPv4Address = _env(_ip, ipaddress.IPv4Address("172.20.0.3"))
+    app_port: int = _env(_port, 8080)
+    health_path: str = _env(_health_path, "/actuator/health")
+    health_interval: float = _env(_duration(positive=True, maximum=600), 10.0)
+    health_timeout: float = _env(_duration(), 300.0)
+    nginx_host: str = _env(_text(_HOST_RE, "not a host name or address"), "")
+    nginx_ssh_user: str = _env(_text(_USER_RE, "not a user name", allow_empty=False), "root")
+    nginx_ssh_port: int = _env(_port, 22)
+    nginx_ssh_key: Optional[Path] = _env(_optional(_local_file), None)
+    nginx_ssh_known_hosts: Path = _env(_path, Path("~/.ssh/known_hosts"))
+    nginx_include: PurePosixPath = _env(_remote_path,
+                                        PurePosixPath("/etc/nginx/conf.d/service-url.inc"))
+    nginx_preview_include: Optional[PurePosixPath] = _env(_optional(_remote_path), None)
+    nginx_include_form: str = _env(_choice(INCLUDE_FORMS), "set")
+    nginx_upstream: str = _env(_text(_NGINX_NAME_RE, "not an nginx upstream name", allow_empty=False),
+                               "app_live")
+    nginx_test_command: Tuple[str, ...] = _env(_command(allow_empty=False), ("nginx", "-t"))
+    nginx_reload_command: Tuple[str, ...] = _env(_command(allow_empty=False), ("nginx", "-s", "reload"))
+    # Reload mode: nginx's pid file, to see a reload replace the master's worker processes.
+    nginx_pid_file: PurePosixPath = _env(_remote_path, PurePosixPath("/run/nginx.pid"))
+    switch_mode: str = _env(_choice(SWITCH_MODES), "reload")
+    nginx_admin_url: str = _env(_admin_url, "http://127.0.0.1:8091")
+    nginx_admin_token_file: PurePosixPath = _env(_remote_path,
+                                                 PurePosixPath("/etc/nginx/pipeline-admin.token"))
+    drain_seconds: float = _env(_duration(), 10.0)
+    stop_timeout: float = _env(_duration(), 30.0)
+    # Verification under live traffic after the switch (pipeline/verify.py).
+    verify_seconds: float = _env(_duration(), 30.0)
+    verify_max_error_rate: float = _env(_fraction, 0.01)
+    verify_min_requests: int = _env(_count(maximum=1_000_000), 20)
+    nginx_access_log: PurePosixPath = _env(_remote_path,
+                                           PurePosixPath("/var/log/nginx/app.access.log"))
+    smoke_command: str = _env(_text(), "")
+    # After the health gate (and the smoke test), before any switch: the new release must stay
+    # running and answer health this long (deploy.hold_ready; Kubernetes' minReadySeconds).
+    min_ready_seconds: float = _env(_duration(), 0.0)
+    keep_previous_running: bool = _env(_flag, False)
+    registry: str = _env(_registry, "")
+    registry_username: str = _env(_text(), "")
+    registry_password: Secret = _env(_secret, Secret(""))
+    container_env_file: Optional[Path] = _env(_optional(_local_file), None)
+    container_volumes: Tuple[str, ...] = _env(_volumes, ())
+    keep_releases: int = _env(_count(maximum=1000), 5)
+    docker_host: str = _env(_text(), "")
+    network_timeout: float = _env(_duration(positive=True, maximum=600), 60.0)
+    target: str = _env(_choice(TARGETS), "docker")
+    replicas: int = _env(_count(maximum=1000), 2)
+    blue_port: int = _env(_port, 8081)
+    green_port: int = _env(_port, 8082)
+
+
+    # -- derived -------------------------------------------------------------------------------
+
+    def container_name(self, color: str) -> str:
+        return f"{self.app_name}-{color}"
+
+    def port_of(self, color: str) -> int:
+        """The node port a color's swarm tasks publish APP_PORT on (host mode)."""
+        return self.blue_port if color == "blue" else self.green_port
+
+    def ip_of(self, color: str) -> str:
+        return str(self.blue_ip if color == "blue" else self.green_ip)
+
+    @property
+    def color_ips(self) -> Dict[str, str]:
+        return {color: self.ip_of(color) for color in COLORS}
+
+    @property
+    def remote(self) -> bool:
+        return bool(self.nginx_host)
+
+    def image_ref(self, version: str) -> str:
+        repo = f"{self.registry}/{self.app_name}" if self.registry else self.app_name
+        return f"{repo}:{version}"
+
+    def volumes_for(self, color: str) -> Tuple[str, ...]:
+        return tuple(v.replace("{color}", color) for v in self.container_volumes)
+
+    def lock_path(self) -> PurePosixPath:
+        return self.nginx_include.parent / f"{self.app_name}.deploy.lock"
+
+    def history_path(self) -> PurePosixPath:
+        return self.nginx_include.parent / f"{self.app_name}.history.jsonl"
+
+    def releases_path(self) -> PurePosixPath:
+        return self.nginx_include.parent / f"{self.app_name}.releases.json"
+
+    def check_build_inputs(self, cwd: Path) -> None:
+        """What only a build needs: checked in deploy's preflight, not by `status`."""
+        dockerfile = self.dockerfile if self.dockerfile.is_absolute() else cwd / self.dockerfile
+        if not dockerfile.is_file():
+            raise SettingsError("DOCKERFILE", self.dockerfile, "no such file")
+        context = self.build_context if self.build_context.is_absolute() else cwd / self.build_context
+        if not context.is_dir():
+            raise SettingsError("BUILD_CONTEXT", self.build_context, "no such directory")
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str], cwd: Path, env_file: Optional[Path] = None) -> "Settings":
+        """Build settings from `env_file` (default `cwd/.env`, if present) overlaid by `environ`.
+
+        os.environ is never modified: python-dotenv only parses the file here.
+        """
+        merged = _merged(environ, cwd, env_file)
+        # Each value has its field's type: `_env` holds every field's reader to it, where declared.
+        values: Dict[str, Any] = {SETTING_FIELDS[name]: read(name, merged[name].strip(), cwd)
+                                  for name, read in _READERS.items() if name in merged}
+        if values.get("target") == "swarm":
+            # A color is several tasks: only the upstream form lists several servers.
+            values.setdefault("nginx_include_form", "upstream")
+        settings = cls(**values)
+        settings._check_target({name for name, attr in SETTING_FIELDS.items() if attr in values})
+        settings._check_together()
+        return settings
+
+    def _check_target(self, given: AbstractSet[str]) -> None:
+        """Refuse settings the chosen target would silently ignore."""
+        ignored, other = (SWARM_ONLY, "swarm") if self.target == "docker" else (DOCKER_ONLY, "docker")
+        for name in ignored:
+            if name in given:
+                raise SettingsError(name, getattr(self, SETTING_FIELDS[name]),
+                                    f"only read with TARGET={other}, not TARGET={self.target}")
+        if self.target == "swarm":
+            if not self.registry:
+                raise SettingsError("REGISTRY", None, "required with TARGET=swarm: every node pulls the release")
+            if self.blue_port == self.green_port:
+                raise SettingsError("GREEN_PORT", self.green_port, "same port as BLUE_PORT")
+            if self.nginx_include_form != "upstream":
+                raise SettingsError("NGINX_INCLUDE_FORM", self.nginx_include_form,
+                                    "TARGET=swarm needs the upstream form: it lists every task as a server")
+            if self.switch_mode == "live" and self.replicas > MAX_ROUTE_ADDRESSES:
+                raise SettingsError("REPLICAS", self.replicas, f"SWITCH_MODE=live routes to at most "
+                                                               f"{MAX_ROUTE_ADDRESSES} tasks")
+
+    def _check_together(self) -> None:
+        if self.deploy_gateway not in self.deploy_subnet:
+            raise SettingsError("DEPLOY_GATEWAY", self.deploy_gateway, f"not inside DEPLOY_SUBNET {self.deploy_subnet}")
+        for name, ip in (("BLUE_IP", self.blue_ip), ("GREEN_IP", self.green_ip)):
+            if ip not in self.deploy_subnet:
+                raise SettingsError(name, ip, f"not inside DEPLOY_SUBNET {self.deploy_subnet}")
+            if ip == self.deploy_gateway:
+                raise SettingsError(name, ip, "is the DEPLOY_GATEWAY address")
+            if ip in (self.deploy_subnet.network_address, self.deploy_subnet.broadcast_address):
+                raise SettingsError(name, ip, f"is not a host address of {self.deploy_subnet}")
+        if self.blue_ip == self.green_ip:
+            raise SettingsError("GREEN_IP", self.green_ip, "same address as BLUE_IP")
+        if self.nginx_preview_include is not None and self.nginx_preview_include == self.nginx_include:
+            raise SettingsError("NGINX_PREVIEW_INCLUDE", self.nginx_preview_include, "same file as NGINX_INCLUDE")
+        if self.remote:
+            if self.nginx_ssh_key is None:
+                raise SettingsError("NGINX_SSH_KEY", "", "required when NGINX_HOST is set")
+            if not self.nginx_ssh_known_hosts.expanduser().is_file():
+                raise SettingsError("NGINX_SSH_KNOWN_HOSTS", self.nginx_ssh_known_hosts, "no such file")
+        if self.registry_username and not self.registry_password:
+            raise SettingsError("REGISTRY_PASSWORD", None, "required when REGISTRY_USERNAME is set")
+
+    def secret_values(self) -> Tuple[str, ...]:
+        """Every value that must never be shown: for the log's masking (log.register_secret)."""
+        values = [self.registry_password.reveal()]
+        values += [v for k, v in self.build_args.items() if is_secret_name(k)]
+        if self.container_env_file is not None:
+            from dotenv import dotenv_values
+
+            try:
+                container_env = dotenv_values(self.container_env_file)
+            except OSError:
+                container_env = {}
+            values += [v for k, v in container_env.items() if v and is_secret_name(k)]
+        return tuple(v for v in values if v)
+
+    def public(self) -> Dict[str, str]:
+        """Every setting as text, secrets masked: for `status --json` and debugging."""
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "build_args":
+                value = {k: "***" if is_secret_name(k) else v for k, v in value.items()}
+            if isinstance(value, tuple):
+                value = shlex.join(value) if f.name.endswith("command") else ",".join(value)
+            out[f.name] = "" if value is None else str(value)
+        return out
+
+
+# Each variable's field, in the order they are read (the first bad value is the one reported).
+_FIELDS: Dict[str, Field[Any]] = {f.name.upper(): f for f in fields(Settings)}
+_READERS: Dict[str, Reader[Any]] = {name: f.metadata[_READER] for name, f in _FIELDS.items()}
+
+
+def _merged(environ: Mapping[str, str], cwd: Path, env_file: Optional[Path]) -> Dict[str, str]:
+    """The settings in `env_file` (default `cwd/.env`, if present) overlaid by `environ`."""
+    path = env_file if env_file is not None else cwd / ".env"
+    merged: Dict[str, str] = {}
+    if env_file is not None and not path.is_file():
+        raise SettingsError("--env-file", path, "no such file")
+    if path.is_file():
+        from dotenv import dotenv_values   # here: a run with no .env file starts without it
+
+        merged.update({k: v for k, v in dotenv_values(path).items() if v is not None})
+    merged.update({k: v for k, v in environ.items() if k in _READERS})
+    return merged
+
+SETTING_NAMES = tuple(_FIELDS)
 # Each setting's Settings field, e.g. for checking the README's defaults against the reader's.
-SETTING_FIELDS = {name: attr for name, (attr, _) in _READERS.items()}
+SETTING_FIELDS = {name: f.name for name, f in _FIELDS.items()}
 # The largest value each bounded setting takes (durations, counts): the README's table says each.
-SETTING_MAXIMUMS = {name: reader.maximum for name, (_, reader) in _READERS.items()   # type: ignore[attr-defined]
-                    if hasattr(reader, "maximum")}
+SETTING_MAXIMUMS = {name: reader.maximum for name, reader in _READERS.items() if isinstance(reader, _Bounded)}

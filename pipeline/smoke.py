@@ -16,6 +16,7 @@ from collections import deque
 from typing import Mapping
 
 from .errors import SmokeFailed
+from .log import echo_output
 from .settings import without_secrets
 
 log = logging.getLogger("pipeline")
@@ -24,7 +25,7 @@ log = logging.getLogger("pipeline")
 def run_smoke(command: str, url: str, environ: Mapping[str, str], timeout: float) -> None:
     env = dict(without_secrets(environ))
     env["SMOKE_URL"] = url
-    last: deque = deque(maxlen=20)
+    last: deque[str] = deque(maxlen=20)
     started = time.monotonic()
     try:
         process = subprocess.Popen(["sh", "-c", command], env=env, stdout=subprocess.PIPE,
@@ -34,9 +35,7 @@ def run_smoke(command: str, url: str, environ: Mapping[str, str], timeout: float
         raise SmokeFailed(f"SMOKE_COMMAND could not start: {exc}") from exc
     def stream() -> None:
         assert process.stdout is not None
-        for line in process.stdout:
-            last.append(line.rstrip())
-            log.info("    | %s", line.rstrip())
+        echo_output(process.stdout, last)
 
     reader = threading.Thread(target=stream, daemon=True)
     reader.start()
@@ -55,7 +54,7 @@ def run_smoke(command: str, url: str, environ: Mapping[str, str], timeout: float
     log.info("    smoke command passed (%.1fs)", time.monotonic() - started)
 
 
-def _kill(process: subprocess.Popen) -> None:
+def _kill(process: subprocess.Popen[str]) -> None:
     """The command and whatever it started (curl, a test runner): the whole process group."""
     try:
         os.killpg(process.pid, signal.SIGKILL)

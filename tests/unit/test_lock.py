@@ -5,15 +5,28 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
 from pipeline.errors import Interrupted, LockHeld, PreflightError
 from dataclasses import replace
 
+import pipeline.lock as lock_module
 from pipeline.lock import DeployLock, LockInfo, ProcessTable, guard_path
 from pipeline.nginx_host import LocalHost
 from pipeline.signals import SignalGuard
+
+from .fakes import FakeClock
+
+
+@pytest.fixture(autouse=True)
+def no_real_sleep(monkeypatch):
+    """Every wait of the lock is on the clock it is given: none of these tests sleeps on real time."""
+    def refuse(seconds):
+        raise AssertionError(f"time.sleep({seconds}) on the real clock")
+
+    monkeypatch.setattr(time, "sleep", refuse)
 
 
 def info(pid=None, machine=None, who="ci"):
@@ -34,10 +47,11 @@ def test_second_holder_is_refused_with_the_holders_name(tmp_path):
 def test_waiting_gives_up_after_the_wait(tmp_path):
     path = str(tmp_path / "lock")
     DeployLock(LocalHost(), path).acquire(info())
-    now = [0.0]
-    waiting = DeployLock(LocalHost(), path, clock=lambda: now.__setitem__(0, now[0] + 1) or now[0])
-    with pytest.raises(LockHeld):
+    clock = FakeClock()
+    waiting = DeployLock(LocalHost(), path, clock=clock)
+    with pytest.raises(LockHeld, match=r"is held: .*\(its process is running\)$"):
         waiting.acquire(info(), wait_seconds=2)
+    assert clock.sleeps == [lock_module.POLL_EVERY] * 4, "polled every POLL_EVERY until the wait was over"
 
 
 def test_a_lock_whose_process_is_gone_is_taken_over(tmp_path):
@@ -284,7 +298,7 @@ def test_six_takeovers_at_once_leave_exactly_one_holder(tmp_path):
         outcomes = {}
 
         def contender(n):
-            lock = DeployLock(AllReadFirstHost(barrier), path)
+            lock = DeployLock(AllReadFirstHost(barrier), path, clock=FakeClock())
             try:
                 lock.acquire(info(who=f"run-{n}"))
                 outcomes[n] = "holds"
@@ -329,9 +343,11 @@ def test_a_lock_taken_over_meanwhile_is_not_taken_again(tmp_path):
             calls.append(name)
             other.acquire(info(who="other"))
 
+    clock = FakeClock()
     with pytest.raises(LockHeld, match="other on"):
-        DeployLock(ScriptedHost(before), path).acquire(info(who="me"))
+        DeployLock(ScriptedHost(before), path, clock=clock).acquire(info(who="me"))
     assert json.loads(open(path).read())["who"] == "other"
+    assert clock.sleeps == [lock_module.RETRY_EVERY], "one short pause, then the new holder is seen alive"
 
 
 def test_a_takeover_cut_short_by_sigkill_is_itself_taken_over(tmp_path):
@@ -346,16 +362,15 @@ def test_a_takeover_cut_short_by_sigkill_is_itself_taken_over(tmp_path):
     assert os.listdir(tmp_path) == ["lock"]
 
 
-def test_a_live_takeover_in_progress_is_waited_for_briefly_then_reported(tmp_path, monkeypatch):
-    import pipeline.lock as lock_module
-
-    monkeypatch.setattr(lock_module, "RETRY_EVERY", 0.001)
+def test_a_live_takeover_in_progress_is_waited_for_briefly_then_reported(tmp_path):
     path = str(tmp_path / "lock")
     stale = _write_stale(path)
     # Someone alive (this process) holds the guard and never finishes.
     open(guard_path(path, stale.to_text()), "w").write(DeployLock(LocalHost(), path).stamped(info()).to_text())
+    clock = FakeClock()
     with pytest.raises(LockHeld, match="being taken over by another run"):
-        DeployLock(LocalHost(), path).acquire(info(who="me"))
+        DeployLock(LocalHost(), path, clock=clock).acquire(info(who="me"))
+    assert clock.sleeps == [lock_module.RETRY_EVERY] * lock_module.RETRY_LIMIT
 
 
 # -- what cannot be read --------------------------------------------------------------------------
@@ -371,9 +386,11 @@ GOOD_LOCK = LockInfo("ci", "m", 7, "deploy", "v2", "2026-11-23T10:00:00Z").to_te
 def test_a_damaged_lock_is_one_clear_line_at_once_even_when_waiting(tmp_path, content):
     path = str(tmp_path / "lock")
     open(path, "wb").write(content if isinstance(content, bytes) else content.encode())
-    lock = DeployLock(LocalHost(), path, clock=lambda: 0.0)   # a clock that never moves: no wait
+    clock = FakeClock()
+    lock = DeployLock(LocalHost(), path, clock=clock)
     with pytest.raises(LockHeld, match=r"is damaged: not a lock pipeline wrote .*lock release"):
         lock.acquire(info(), wait_seconds=3600)
+    assert clock.sleeps == [], "refused at once, not after the wait"
     assert lock.force_release().damaged is not None
     lock.acquire(info())
 
@@ -399,14 +416,12 @@ class NoCreateHost(LocalHost):
         return False   # as SshHost answers when the rename is refused
 
 
-def test_a_lock_that_cannot_be_created_gives_up_after_bounded_pauses(tmp_path, monkeypatch):
-    import pipeline.lock as lock_module
-
-    monkeypatch.setattr(lock_module, "RETRY_EVERY", 0.001)
-    host = NoCreateHost()
+def test_a_lock_that_cannot_be_created_gives_up_after_bounded_pauses(tmp_path):
+    host, clock = NoCreateHost(), FakeClock()
     with pytest.raises(PreflightError, match="cannot create the deploy lock"):
-        DeployLock(host, str(tmp_path / "lock")).acquire(info(), wait_seconds=3600)
+        DeployLock(host, str(tmp_path / "lock"), clock=clock).acquire(info(), wait_seconds=3600)
     assert host.creates == lock_module.RETRY_LIMIT + 1
+    assert clock.sleeps == [lock_module.RETRY_EVERY] * lock_module.RETRY_LIMIT
 
 
 class NoRenameHost(LocalHost):
