@@ -18,9 +18,9 @@ from typing import Dict, List
 
 import pytest
 
-from . import loadgen
-from .switchwatch import Watch
-from .realstack import Nginx, run_pipeline
+from teststack import loadgen
+from teststack.switchwatch import Watch
+from teststack.realstack import Nginx, run_pipeline
 
 pytestmark = pytest.mark.integration
 

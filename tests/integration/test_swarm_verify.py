@@ -21,11 +21,11 @@ import pytest
 
 from pipeline.swarm import SwarmEngine
 
-from .loadgen import Load
-from .realstack import Nginx, wait_for
-from .swarmstack import swarm_env, swarm_nginx, swarm_settings, switch_env
+from teststack.loadgen import Load
+from teststack.realstack import Nginx, wait_for
+from teststack.swarmstack import swarm_env, swarm_nginx, swarm_settings, switch_env
 from .test_swarm_deploy import _live_admin, app, assert_ok, run, servers, upstreams  # noqa: F401  (app: fixture)
-from .timeline import bad_window, log_msec
+from teststack.timeline import bad_window, log_msec
 
 pytestmark = pytest.mark.integration
 

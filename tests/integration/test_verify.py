@@ -10,36 +10,24 @@ the switch-back is read from nginx's own log, with $msec added to the test's cop
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import signal
-import sys
 import time
 from pathlib import Path
 from typing import Dict, Iterator
 
 import pytest
 
-from . import loadgen
-from .realstack import REPO, Nginx, run_pipeline, start_pipeline, wait_for
-from .timeline import Timeline, bad_window, log_msec
+from teststack import loadgen
+from teststack import switchmodes
+from teststack.realstack import Nginx, run_pipeline, start_pipeline, wait_for
+from teststack.timeline import Timeline, bad_window, log_msec
 
 pytestmark = pytest.mark.integration
 
 V1 = "version=v1 color=blue"
 MIN_RATE = 200        # req/s the bound is asserted at (issue 10)
 BACK_WITHIN = 5.0     # s from the first bad answer to traffic back on the old release
-
-
-def _load_bench():
-    spec = importlib.util.spec_from_file_location("bench_live_vs_reload", REPO / "bench" / "live_vs_reload.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load_bench()
 
 
 @pytest.fixture(params=["reload", "live"])
@@ -49,7 +37,7 @@ def mode(request) -> str:
 
 @pytest.fixture
 def nginx(world, tmp_path, mode) -> Iterator[Nginx]:
-    server = bench.make_nginx(mode, tmp_path / "nginx", world.network)
+    server = switchmodes.make_nginx(mode, tmp_path / "nginx", world.network)
     server.start()
     yield server
     server.stop()
@@ -58,7 +46,7 @@ def nginx(world, tmp_path, mode) -> Iterator[Nginx]:
 @pytest.fixture
 def env(world, nginx, stack, tmp_path) -> Dict[str, str]:
     """The demo starting at once, verification on for 4 s, nginx's access log where it is."""
-    settings = bench.deploy_env(world.app, world.network, nginx, stack, tmp_path)
+    settings = switchmodes.deploy_env(world.app, world.network, nginx, stack, tmp_path)
     del settings["CONTAINER_ENV_FILE"]
     settings.update(VERIFY_SECONDS="4", NGINX_ACCESS_LOG=str(nginx.access_log), DRAIN_SECONDS="0.5")
     return settings
