@@ -594,7 +594,9 @@ def test_two_deploys_under_keep_alive_load(world, nginx, stack, tmp_path, mode, 
     # The load really crossed both switches: it saw each new release answer.
     assert wrk.answers.get("version=v2 color=green", 0) > 0 and wrk.answers.get("version=v3 color=blue", 0) > 0, \
         wrk.answers
-    assert wrk.requests > 2000, f"too little load to show anything: {wrk.requests} requests"
+    # The load ran at all: a tripwire at a tenth of the fewest requests measured (7,511: `python -m
+    # bench.live_vs_reload`, docs/benchmarks.md); how many is bench's figure, not this test's.
+    assert wrk.requests > 750, f"too little load to show anything: {wrk.requests} requests"
     if mode == "live":
         assert (wrk.connect, wrk.read, wrk.write, wrk.timeout, wrk.non_2xx) == (0, 0, 0, 0, 0), row
         assert set(wrk.answers) <= {"version=v1 color=blue", "version=v2 color=green", "version=v3 color=blue"}
