@@ -195,7 +195,7 @@ def test_upstream_form_holds_steady_load_on_a_few_backend_connections(world, ngi
     backend = f"{world.network.blue_ip}:8080"
     # 15 s of load: in the set form every request is a backend connection, all still in TIME_WAIT
     # at the end, so the bound below separates the forms at any rate the load reaches (the rate
-    # itself is bench/'s: `python -m bench.port_exhaustion`, docs/benchmarks.md; 16,492 req/s here).
+    # itself is bench/'s: `python -m bench.port_exhaustion`; this test recorded 9,258-16,492 req/s).
     seconds = 15
     samples: List[int] = []
     with loadgen.Load(url(nginx), profile="keepalive", connections=32, seconds=seconds) as load:
