@@ -18,11 +18,9 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 
 import docker
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from teststack.realstack import remove_app, remove_network, reserve_network, stack_env
 
-from tests.integration.realstack import remove_app, remove_network, reserve_network, stack_env  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 class BenchNetwork:

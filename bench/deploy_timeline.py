@@ -4,7 +4,7 @@ verification switches back. Draws docs/deploy-timeline.png.
 
     bash scripts/stack.sh start && eval "$(bash scripts/stack.sh env)"
     pip install '.[bench]'        # matplotlib, for the picture only
-    python bench/deploy_timeline.py [--flows seed,reload,live,switch-back] [--png docs/deploy-timeline.png]
+    python -m bench.deploy_timeline [--flows seed,reload,live,switch-back] [--png docs/deploy-timeline.png]
                                     [--json FILE] [--startup-delay-ms 5000]
 
 Each flow gets what bench/seed_vs_pipeline.py gives a tool: a docker network of its own (fixed
@@ -27,7 +27,7 @@ with VERIFY_SECONDS=0, like for like with the seed, which has no verification. T
 
 The load: wrk, keep-alive connections (as browsers and API clients hold them), each pausing
 --pause-ms between requests, to 127.0.0.1 only, run as back-to-back one-second wrk runs
-(tests/integration/loadgen.py `Sliced`) so that every answer and every error is placed in its
+(teststack/loadgen.py `Sliced`) so that every answer and every error is placed in its
 second. "Failed" is every request that did not get a 2xx: non-2xx answers (nginx's 502 when it
 points at a release that is not up) and socket errors (a connection reset under the client).
 Bounded: at most --max-seconds per flow and `connections` requests per --pause-ms.
@@ -48,15 +48,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
-REPO = Path(__file__).resolve().parents[1]
-for path in (REPO, REPO / "bench"):
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))
+from bench.seed_vs_pipeline import Part, wait_until
+from teststack import loadgen
+from teststack.realstack import LUA_MODULES, Nginx, free_port
+from teststack.switchwatch import Watch
 
-from seed_vs_pipeline import Part, wait_until  # noqa: E402
-from tests.integration import loadgen  # noqa: E402
-from tests.integration.realstack import LUA_MODULES, Nginx, free_port  # noqa: E402
-from tests.integration.switchwatch import Watch  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 PNG = REPO / "docs" / "deploy-timeline.png"
 OK_COLOR, FAILED_COLOR, SERVED_COLOR, MARK_COLOR = "#4c9f70", "#d1495b", "#1f5fa8", "#555555"
@@ -310,7 +307,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         note += (f"\n{', '.join(measured)}: measured {time.strftime('%Y-%m-%d')}, load average "
                  f"{os.getloadavg()[0]:.0f} on {os.cpu_count()} CPUs, same load and settings")
     if not note:
-        note = (f"python bench/deploy_timeline.py: wrk, {args.connections} keep-alive connections pausing "
+        note = (f"python -m bench.deploy_timeline: wrk, {args.connections} keep-alive connections pausing "
                 f"{args.pause_ms} ms between requests, to 127.0.0.1; the release starts in "
                 f"{args.startup_delay_ms / 1000:g} s;\ntool defaults (HEALTH_INTERVAL=10, DRAIN_SECONDS=10); "
                 f"nginx switched over SSH; {time.strftime('%Y-%m-%d')}, load average "

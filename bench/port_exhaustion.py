@@ -2,7 +2,7 @@
 upstream (keepalive) form, for each value of net.ipv4.tcp_tw_reuse, at a steady ~1,000 req/s.
 
     bash scripts/stack.sh start
-    python bench/port_exhaustion.py [--seconds 60] [--connections 24] [--pause-ms 19]
+    python -m bench.port_exhaustion [--seconds 60] [--connections 24] [--pause-ms 19]
                                     [--cases set:2,set:0,set:1,upstream:2] [--json out.json]
 
 tcp_tw_reuse belongs to a network namespace, and this machine's is shared with other users (and
@@ -33,9 +33,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import List, Optional
 
-from common import BenchNetwork
-from tests.integration import loadgen
-from tests.integration.realstack import Nginx
+from bench.common import BenchNetwork
+from teststack import loadgen
+from teststack.realstack import Nginx
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """How soon after a release is ready does nginx serve it? Startups of 1-30 s, the tool's defaults.
 
     bash scripts/stack.sh start && eval "$(bash scripts/stack.sh env)"
-    python bench/readiness.py [--modes reload,live] [--startups 1,2,5,8,12,20,30] [--rounds 1]
+    python -m bench.readiness [--modes reload,live] [--startups 1,2,5,8,12,20,30] [--rounds 1]
                               [--tool-tree DIR] [--json FILE]
 
 For each switch mode, an nginx of its own on free 127.0.0.1 ports (reload: the shipped
@@ -15,7 +15,7 @@ DRAIN_SECONDS=10 (--drain changes it; it runs after the switch and does not chan
 nginx is local (NGINX_HOST empty, the default).
 
 The figure is "ready -> served": from the new container's first 200 on its health URL to nginx's
-first answer from the new release, both polled every 20 ms by tests/integration/switchwatch.py
+first answer from the new release, both polled every 20 ms by teststack/switchwatch.py
 (the health URL only once a running container of that release holds an address on the network).
 The goal (issue 10) is at most 0.5 s for every startup, in both modes.
 
@@ -34,15 +34,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, List, Optional
 
-REPO = Path(__file__).resolve().parents[1]
-for path in (REPO, REPO / "bench"):
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))
+from bench.common import ensure_demo_jar, nginx_world
+from teststack.realstack import pipeline_env, stack_env
+from teststack.switchmodes import MODES as NGINX_FORMS, DeployFailed, deploy_env, make_nginx
+from teststack.switchwatch import Watch
 
-from bench.common import ensure_demo_jar, nginx_world  # noqa: E402
-from live_vs_reload import MODES as NGINX_FORMS, DeployFailed, deploy_env, make_nginx  # noqa: E402
-from tests.integration.realstack import pipeline_env, stack_env  # noqa: E402
-from tests.integration.switchwatch import Watch  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 MODES = ("reload", "live")
 # deploy_env's fast test timings; the bench drops them so the tool's defaults apply.

@@ -1,7 +1,7 @@
 """How many keep-alive clients does one bare `nginx -s reload` cost? The "reload floor".
 
     bash scripts/stack.sh start
-    python bench/reload_floor.py [--reloads 20] [--connections 32] [--form set] [--json out.json]
+    python -m bench.reload_floor [--reloads 20] [--connections 32] [--form set] [--json out.json]
 
 nginx (the shipped app.conf, or app-upstream.conf with --form upstream) in front of the demo
 service on a bench network. For each reload: a fresh 3 s wrk run (keep-alive, unpaced, 127.0.0.1
@@ -26,9 +26,9 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
-from common import BenchNetwork
-from tests.integration import loadgen
-from tests.integration.realstack import Nginx, free_port
+from bench.common import BenchNetwork
+from teststack import loadgen
+from teststack.realstack import Nginx, free_port
 
 
 def pair_exceedance(counts: List[int]) -> float:

@@ -1,7 +1,7 @@
 """Rollback to a previous release that is still running (KEEP_PREVIOUS_RUNNING=true): how soon
 after the command starts does nginx serve it again?
 
-    python bench/rollback_running.py [--modes reload,live] [--rounds 5] [--source] [--against DIR] [--json FILE]
+    python -m bench.rollback_running [--modes reload,live] [--rounds 5] [--source] [--against DIR] [--json FILE]
 
 Needs the real stack (`bash scripts/stack.sh start`) and nginx with Debian's libnginx-mod-http-lua.
 For each mode: a fresh nginx of its own (127.0.0.1, free ports), its own docker network and app
@@ -39,14 +39,10 @@ from functools import partial
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from bench.common import compile_trees, ensure_demo_jar, nginx_world, tool_trees, write_rows  # noqa: E402
-from bench.live_vs_reload import deploy_env, make_nginx  # noqa: E402
-from tests.integration.realstack import pipeline_env, run_pipeline, stack_env  # noqa: E402
-from tests.integration.timeline import Timeline  # noqa: E402
+from bench.common import compile_trees, ensure_demo_jar, nginx_world, tool_trees, write_rows
+from teststack.realstack import pipeline_env, run_pipeline, stack_env
+from teststack.switchmodes import deploy_env, make_nginx
+from teststack.timeline import Timeline
 
 COLUMNS = ["mode", "tree", "round", "served_s", "done_s", "tool_s", "failed", "startup_s", "load_avg"]
 

@@ -1,7 +1,7 @@
 """Rollback to a kept, stopped container, under load: is traffic back on it within 3 s?
 
     bash scripts/stack.sh start
-    python bench/rollback_speed.py [--rounds 3] [--limit 3.0] [--json out.json]
+    python -m bench.rollback_speed [--rounds 3] [--limit 3.0] [--json out.json]
 
 The demo service (it starts in well under a second: no STARTUP_DELAY_MS) is deployed twice with
 `python -m pipeline deploy` through an nginx of the bench's own (the shipped app.conf), on a
@@ -14,8 +14,9 @@ container, health-checks it and switches.
 For each round: the seconds from the command's start until nginx first answered with the rolled
 back release, the command's wall time, and the requests that failed. It ASSERTS: every round must
 serve the rolled-back release within `--limit` seconds of the command's start, lose no request,
-and exit 0; otherwise this script exits 1. tests/integration/test_rollback_bench.py runs it in CI.
-Results: docs/benchmarks.md, "Rollback".
+and exit 0; otherwise this script exits 1. Results: docs/benchmarks.md, "Rollback" (the test
+suite does not run it: tests/integration/test_rollback_rounds.py proves the same rounds lose
+nothing, with a tripwire at 10x this figure).
 """
 from __future__ import annotations
 
@@ -32,13 +33,11 @@ from typing import List, Optional
 
 import docker
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from teststack.realstack import (Nginx, free_port, remove_app, remove_network,
+                                 reserve_network, run_pipeline, stack_env)
+from teststack.traffic import Traffic
 
-from tests.integration.realstack import (Nginx, free_port, remove_app, remove_network,  # noqa: E402
-                                         reserve_network, run_pipeline, stack_env)
-from tests.integration.traffic import Traffic  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -1,7 +1,7 @@
 """Rollback over SSH to a kept (stopped) release, on a saturated machine: the tool against a bare shell.
 
     bash scripts/stack.sh start
-    python bench/rollback_under_load.py [--rounds 3] [--burners 2] [--connections 32]
+    python -m bench.rollback_under_load [--rounds 3] [--burners 2] [--connections 32]
                                         [--against DIR] [--source] [--json FILE]
 
 Set-up: a docker network of its own (created by the tool's first deploy, removed after the last
@@ -54,15 +54,13 @@ from functools import partial
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from bench.common import compile_trees, ensure_demo_jar, format_table, nginx_world, tool_trees
+from teststack import loadgen
+from teststack.realstack import pipeline_env, run_pipeline, stack_env
+from teststack.switchmodes import make_nginx
+from teststack.timeline import Timeline
 
-from bench.common import compile_trees, ensure_demo_jar, format_table, nginx_world, tool_trees  # noqa: E402
-from bench.live_vs_reload import make_nginx  # noqa: E402
-from tests.integration import loadgen  # noqa: E402
-from tests.integration.realstack import pipeline_env, run_pipeline, stack_env  # noqa: E402
-from tests.integration.timeline import Timeline  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 COLUMNS = ["round", "who", "to", "served_s", "first_log_s", "exit_s", "cpu_idle_pct", "runnable",
            "wrk_rps", "failed"]

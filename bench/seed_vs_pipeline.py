@@ -1,7 +1,7 @@
 """The seed's bash flow and `python -m pipeline deploy`, side by side under the same load.
 
     bash scripts/stack.sh start
-    python bench/seed_vs_pipeline.py [--profile close] [--connections 16]
+    python -m bench.seed_vs_pipeline [--profile close] [--connections 16]
                                      [--health-interval 10] [--drain 10] [--json out.json]
 
 For each tool, on a docker network of its own (created first, fixed IPs, removed after the last
@@ -33,10 +33,10 @@ from pathlib import Path
 from typing import Callable, List, Optional
 
 
-from common import REPO, BenchNetwork
-from tests.integration import loadgen
-from tests.integration.realstack import Nginx, free_port, pipeline_env, remove_app, run_pipeline
-from tests.integration.switchwatch import Watch
+from bench.common import REPO, BenchNetwork
+from teststack import loadgen
+from teststack.realstack import Nginx, free_port, pipeline_env, remove_app, run_pipeline
+from teststack.switchwatch import Watch
 
 SEED_SCRIPT = REPO / "bench" / "seed_deploy.sh"
 BUILD_COMMAND = f"bash {REPO / 'demo' / 'build.sh'}"

@@ -1,7 +1,7 @@
 """Deploy wall time and healthy->served: REPLICAS=3 on the test swarm against the single host.
 
     bash scripts/stack.sh start            # the single host's dockerd, registry, JRE image
-    python bench/swarm_vs_single.py [--rounds 3] [--json out.json]
+    python -m bench.swarm_vs_single [--rounds 3] [--json out.json]
 
 For each target the demo service is deployed once (v1), then `--rounds` more times (v2, v3, ...)
 with `python -m pipeline deploy` through a local nginx of the bench's own (reload mode; the
@@ -29,15 +29,13 @@ from typing import Dict, List, Optional
 
 import docker
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from pipeline.swarm import SwarmEngine
+from teststack.realstack import (Nginx, free_port, remove_app, remove_network,
+                                 reserve_network, run_pipeline, stack_env)
+from teststack.swarmstack import start_swarm, swarm_env, swarm_settings
+from teststack.traffic import Traffic
 
-from pipeline.swarm import SwarmEngine  # noqa: E402
-from tests.integration.realstack import (Nginx, free_port, remove_app, remove_network,  # noqa: E402
-                                         reserve_network, run_pipeline, stack_env)
-from tests.integration.swarmstack import start_swarm, swarm_env, swarm_settings  # noqa: E402
-from tests.integration.traffic import Traffic  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 _HEALTHY = re.compile(r"^(\d\d:\d\d:\d\d\.\d{3}) +healthy", re.M)
 

@@ -1,6 +1,6 @@
 """A bad release under load: how soon is traffic back on the old one, and how many requests failed?
 
-    python bench/verify_switchback.py [--modes reload,reload-ssh,live] [--rounds 3] [--json FILE]
+    python -m bench.verify_switchback [--modes reload,reload-ssh,live] [--rounds 3] [--json FILE]
 
 Needs the real stack (`bash scripts/stack.sh start`), nginx with Debian's libnginx-mod-http-lua and
 wrk. For each mode and round: a fresh nginx of its own (127.0.0.1, free ports), its own docker
@@ -32,15 +32,11 @@ from functools import partial
 from pathlib import Path
 from typing import Dict, List
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from bench.common import ensure_demo_jar, nginx_world, write_rows  # noqa: E402
-from bench.live_vs_reload import deploy_env, make_nginx  # noqa: E402
-from tests.integration import loadgen  # noqa: E402
-from tests.integration.realstack import run_pipeline, stack_env  # noqa: E402
-from tests.integration.timeline import bad_window, log_msec  # noqa: E402
+from bench.common import ensure_demo_jar, nginx_world, write_rows
+from teststack import loadgen
+from teststack.realstack import run_pipeline, stack_env
+from teststack.switchmodes import deploy_env, make_nginx
+from teststack.timeline import bad_window, log_msec
 
 MODES = {"reload": ("reload", False), "reload-ssh": ("reload", True), "live": ("live", False)}
 

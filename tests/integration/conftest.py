@@ -12,7 +12,7 @@ from typing import Dict, Iterator
 import docker
 import pytest
 
-from .realstack import REPO, Nginx, TestNetwork, free_port, remove_app, remove_network, reserve_network, stack_env
+from teststack.realstack import REPO, Nginx, TestNetwork, free_port, remove_app, remove_network, reserve_network, stack_env
 
 pytestmark = pytest.mark.integration
 
@@ -160,7 +160,7 @@ def swarm(stack) -> Iterator[Dict[str, str]]:
     the machine's, so a second session waits here (an flock) until the first is done."""
     import fcntl
 
-    from .swarmstack import start_swarm, swarm_sh
+    from teststack.swarmstack import start_swarm, swarm_sh
 
     with open("/tmp/pipeline-swarm.lock", "a") as held:
         fcntl.flock(held, fcntl.LOCK_EX)

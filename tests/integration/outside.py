@@ -17,7 +17,7 @@ import threading
 from pathlib import Path
 from typing import List, Sequence
 
-from .realstack import free_port, wait_for
+from teststack.realstack import free_port, wait_for
 
 DOCKER_SOCKET = "/var/run/docker.sock"
 

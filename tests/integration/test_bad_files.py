@@ -22,9 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from .realstack import run_pipeline, start_pipeline, wait_for
+from teststack.realstack import run_pipeline, start_pipeline, wait_for
 from .test_faults import env_file, error_line, ok
-from .traffic import Traffic
+from teststack.traffic import Traffic
 
 pytestmark = pytest.mark.integration
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from .realstack import run_pipeline
+from teststack.realstack import run_pipeline
 
 pytestmark = pytest.mark.integration
 
@@ -127,7 +127,7 @@ def test_changed_host_key_is_refused(world, nginx, ssh_env, stack, tmp_path):
 
 
 def test_unreachable_nginx_host_is_found_in_preflight(world, nginx, ssh_env, tmp_path):
-    from .realstack import free_port
+    from teststack.realstack import free_port
 
     before = snapshot(world, nginx)
     result = run_pipeline(["deploy"], {**ssh_env, "NGINX_SSH_PORT": str(free_port())}, tmp_path)

@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from .realstack import REPO, run_pipeline
+from teststack.realstack import REPO, run_pipeline
 
 pytestmark = pytest.mark.integration
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from .realstack import run_pipeline
+from teststack.realstack import run_pipeline
 
 pytestmark = pytest.mark.integration
 

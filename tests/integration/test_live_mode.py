@@ -13,7 +13,6 @@ directory).
 from __future__ import annotations
 
 import http.client
-import importlib.util
 import json
 import subprocess
 import sys
@@ -26,21 +25,12 @@ import requests
 
 from pipeline import verify
 
-from . import loadgen
-from .realstack import LUA_MODULES, REPO, Nginx, free_port, pipeline_env, run_pipeline, wait_for
+from teststack import loadgen
+from teststack import switchmodes
+from teststack.realstack import LUA_MODULES, Nginx, free_port, pipeline_env, run_pipeline, wait_for
 
 pytestmark = pytest.mark.integration
 
-
-def _load_bench():
-    spec = importlib.util.spec_from_file_location("bench_live_vs_reload", REPO / "bench" / "live_vs_reload.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module   # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load_bench()
 
 
 # -- fixtures ----------------------------------------------------------------------------------------
@@ -54,7 +44,7 @@ def mode() -> str:
 @pytest.fixture
 def nginx(world, tmp_path, mode) -> Iterator[Nginx]:
     """Overrides conftest's: the nginx for `mode` (for live: the Lua config, admin on a free port)."""
-    server = bench.make_nginx(mode, tmp_path / "nginx", world.network)
+    server = switchmodes.make_nginx(mode, tmp_path / "nginx", world.network)
     server.start()
     yield server
     server.stop()
@@ -63,7 +53,7 @@ def nginx(world, tmp_path, mode) -> Iterator[Nginx]:
 @pytest.fixture
 def env(world, nginx, stack, tmp_path) -> Dict[str, str]:
     """Settings for the demo service through the test's nginx, locally, starting at once."""
-    settings = bench.deploy_env(world.app, world.network, nginx, stack, tmp_path)
+    settings = switchmodes.deploy_env(world.app, world.network, nginx, stack, tmp_path)
     del settings["CONTAINER_ENV_FILE"]
     return settings
 
@@ -184,7 +174,7 @@ def test_without_a_usable_token_file_nginx_refuses_every_admin_request_and_says_
             assert (answer.status_code, answer.text) == (401, "nginx has no admin token loaded; see its error log\n")
         said = nginx.error_log.read_text()[logged:]
         assert why in said and "the admin server refuses every request" in said, said
-        assert f"pipeline: admin request refused: " in nginx.admin_error_log.read_text()
+        assert "pipeline: admin request refused: " in nginx.admin_error_log.read_text()
 
     # Rotation: a new file, one reload; the old token is refused from then on.
     new = "5e" * 32
@@ -584,15 +574,16 @@ def measurements(tmp_path_factory) -> Iterator[Path]:
     yield path
     rows = json.loads(path.read_text())
     if rows:
-        print("\nlive vs reload, two deploys under keep-alive load:\n" + bench.format_table(rows))
+        print("\nlive vs reload, two deploys under keep-alive load (the table: python -m bench.live_vs_reload):\n"
+              + "\n".join(json.dumps(row) for row in rows))
 
 
 @pytest.mark.parametrize("mode", ["live", "reload", "reload-upstream"])
 def test_two_deploys_under_keep_alive_load(world, nginx, stack, tmp_path, mode, measurements):
-    env = bench.deploy_env(world.app, world.network, nginx, stack, tmp_path)   # releases start in ~2 s
+    env = switchmodes.deploy_env(world.app, world.network, nginx, stack, tmp_path)   # releases start in ~2 s
     run(["deploy"], env, tmp_path, APP_VERSION="v1")
 
-    measured = bench.measure(mode, env, nginx, tmp_path, ["v2", "v3"], connections=32, threads=2,
+    measured = switchmodes.measure(mode, env, nginx, tmp_path, ["v2", "v3"], connections=32, threads=2,
                              delay_ms=50, max_seconds=90)
     row = measured.row()
     print(f"\n{mode}: {row} answers={measured.wrk.answers}")
@@ -603,7 +594,9 @@ def test_two_deploys_under_keep_alive_load(world, nginx, stack, tmp_path, mode, 
     # The load really crossed both switches: it saw each new release answer.
     assert wrk.answers.get("version=v2 color=green", 0) > 0 and wrk.answers.get("version=v3 color=blue", 0) > 0, \
         wrk.answers
-    assert wrk.requests > 2000, f"too little load to show anything: {wrk.requests} requests"
+    # The load ran at all: a tripwire at a tenth of the fewest requests measured (7,511: `python -m
+    # bench.live_vs_reload`, docs/benchmarks.md); how many is bench's figure, not this test's.
+    assert wrk.requests > 750, f"too little load to show anything: {wrk.requests} requests"
     if mode == "live":
         assert (wrk.connect, wrk.read, wrk.write, wrk.timeout, wrk.non_2xx) == (0, 0, 0, 0, 0), row
         assert set(wrk.answers) <= {"version=v1 color=blue", "version=v2 color=green", "version=v3 color=blue"}

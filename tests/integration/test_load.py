@@ -18,9 +18,9 @@ from typing import Dict, List
 
 import pytest
 
-from . import loadgen
-from .switchwatch import Watch
-from .realstack import Nginx, run_pipeline
+from teststack import loadgen
+from teststack.switchwatch import Watch
+from teststack.realstack import Nginx, run_pipeline
 
 pytestmark = pytest.mark.integration
 
@@ -193,9 +193,9 @@ def test_upstream_form_holds_steady_load_on_a_few_backend_connections(world, ngi
     in TIME_WAIT grow with rate / 1000, not with the rate."""
     deploy(env, tmp_path, "v1")
     backend = f"{world.network.blue_ip}:8080"
-    # 15 s at the >= 1,000 req/s asserted is >= 15,000 backend connections in the set form, all
-    # still in TIME_WAIT at the end: the 100-requests-per-socket bound below separates the forms
-    # as clearly as a longer run would.
+    # 15 s of load: in the set form every request is a backend connection, all still in TIME_WAIT
+    # at the end, so the bound below separates the forms at any rate the load reaches (the rate
+    # itself is bench/'s: `python -m bench.port_exhaustion`; this test recorded 9,258-16,492 req/s).
     seconds = 15
     samples: List[int] = []
     with loadgen.Load(url(nginx), profile="keepalive", connections=32, seconds=seconds) as load:
@@ -207,13 +207,14 @@ def test_upstream_form_holds_steady_load_on_a_few_backend_connections(world, ngi
                                "backend_sockets": samples}, tmp_path)
 
     assert result.failed == 0, result.line()
-    assert result.rate >= 1000, f"the load must reach the rate the issue is about to show anything: {result.line()}"
-    # One connection per request would be rate x 60 s sockets; keepalive 32 plus the requests in
-    # flight (32 clients) is the most the upstream form needs.
     # Every backend connection nginx closed is still in TIME_WAIT (60 s, longer than this test), so
-    # the socket count at the end is about the number of connections opened. The set form opens
-    # one per request; the upstream form one per `keepalive_requests` (1000) requests.
-    assert result.requests >= 100 * max(samples), f"backend sockets (any state), every second: {samples}"
+    # the socket count is about the number of connections opened. The set form opens one per
+    # request; the upstream form keeps at most 2 x 32 open (keepalive 32, plus one per client in
+    # flight) and replaces each after `keepalive_requests` (1000) requests. Allowing one new socket
+    # per 100 requests beyond those 64 separates the forms at any rate, without asserting one.
+    assert result.requests > 1000, f"too little load to show anything: {result.line()}"
+    assert max(samples) <= 64 + result.requests / 100, \
+        f"backend sockets (any state), every second: {samples}; {result.requests} requests"
     assert "Cannot assign requested address" not in (nginx.directory / "app.error.log").read_text()
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from .outside import pump
-from .realstack import run_pipeline, start_pipeline, wait_for
+from teststack.realstack import run_pipeline, start_pipeline, wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -19,8 +19,8 @@ from typing import Dict
 
 import pytest
 
-from . import loadgen
-from .realstack import Nginx, run_pipeline
+from teststack import loadgen
+from teststack.realstack import Nginx, run_pipeline
 
 pytestmark = pytest.mark.integration
 

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from .realstack import run_pipeline, start_pipeline, wait_for
-from .traffic import Traffic
+from teststack.realstack import run_pipeline, start_pipeline, wait_for
+from teststack.traffic import Traffic
 
 pytestmark = pytest.mark.integration
 
@@ -52,7 +52,7 @@ def test_promote_with_nothing_staged_is_a_clear_error(world, nginx, env, tmp_pat
 
 
 def test_rollback_restarts_the_kept_release_under_load(world, nginx, env, tmp_path):
-    # How fast is asserted by bench/rollback_speed.py (tests/integration/test_rollback_bench.py).
+    # How fast is measured by `python -m bench.rollback_speed` (docs/benchmarks.md, "Rollback").
     ok(run_pipeline(["deploy"], {**env, "APP_VERSION": "v1"}, tmp_path))
     ok(run_pipeline(["deploy"], {**env, "APP_VERSION": "v2"}, tmp_path))
     assert world.state("blue") == "exited"

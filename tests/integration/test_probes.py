@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from .netns import NetNamespace, NodeEngine, Relay
-from .realstack import REPO, pipeline_env, run_pipeline
+from teststack.realstack import REPO, pipeline_env, run_pipeline
 
 pytestmark = pytest.mark.integration
 

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from .realstack import run_pipeline
+from teststack.realstack import run_pipeline
 
 pytestmark = pytest.mark.integration
 

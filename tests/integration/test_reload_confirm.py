@@ -15,8 +15,8 @@ import time
 
 import pytest
 
-from .realstack import run_pipeline, start_pipeline, wait_for
-from .traffic import Traffic
+from teststack.realstack import run_pipeline, start_pipeline, wait_for
+from teststack.traffic import Traffic
 
 pytestmark = pytest.mark.integration
 

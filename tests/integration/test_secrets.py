@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from .realstack import run_pipeline
+from teststack.realstack import run_pipeline
 
 pytestmark = pytest.mark.integration
 

@@ -42,8 +42,8 @@ from typing import Callable, Dict, Iterator, List, Optional
 
 import pytest
 
-from .realstack import LUA_MODULES, Nginx, free_port, pipeline_env, run_pipeline, wait_for
-from .traffic import Traffic
+from teststack.realstack import LUA_MODULES, Nginx, free_port, pipeline_env, run_pipeline, wait_for
+from teststack.traffic import Traffic
 
 pytestmark = pytest.mark.integration
 

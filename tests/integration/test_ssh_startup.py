@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from .realstack import pipeline_env, run_pipeline
+from teststack.realstack import pipeline_env, run_pipeline
 
 pytestmark = pytest.mark.integration
 

@@ -17,7 +17,7 @@ from typing import Iterator
 import docker
 import pytest
 
-from .realstack import REPO
+from teststack.realstack import REPO
 
 pytestmark = pytest.mark.integration
 

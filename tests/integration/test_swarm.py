@@ -16,8 +16,8 @@ from pipeline.errors import NotEnoughNodes, TaskFailed
 from pipeline.settings import Secret
 from pipeline.swarm import SwarmEngine
 
-from .realstack import REPO, wait_for
-from .swarmstack import CONVERGE_TIMEOUT, NODES, app_of_its_own, swarm_settings, swarm_sh
+from teststack.realstack import REPO, wait_for
+from teststack.swarmstack import CONVERGE_TIMEOUT, NODES, app_of_its_own, swarm_settings, swarm_sh
 
 pytestmark = pytest.mark.integration
 

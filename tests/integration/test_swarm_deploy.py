@@ -18,9 +18,9 @@ import requests
 from pipeline import verify
 from pipeline.swarm import SwarmEngine
 
-from .loadgen import Load
-from .realstack import Nginx, run_pipeline, start_pipeline, wait_for
-from .swarmstack import NODES, app_of_its_own, swarm_env, swarm_nginx, swarm_settings, swarm_sh, switch_env
+from teststack.loadgen import Load
+from teststack.realstack import Nginx, run_pipeline, start_pipeline, wait_for
+from teststack.swarmstack import NODES, app_of_its_own, swarm_env, swarm_nginx, swarm_settings, swarm_sh, switch_env
 
 pytestmark = pytest.mark.integration
 

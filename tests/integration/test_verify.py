@@ -6,40 +6,35 @@ health fine; HEALTH_FAIL_AFTER=3 starts failing health 3 s after its first healt
 release's knobs reach its container through CONTAINER_ENV_FILE. Load: wrk through nginx with a
 new connection per request, paced to at most 16 x 100 req/s (bounded by wrk's -d); the bound on
 the switch-back is read from nginx's own log, with $msec added to the test's copy of the format
-(timeline.log_msec). Verification windows are kept short (VERIFY_SECONDS 4-8).
+(timeline.log_msec). Verification windows are kept short (VERIFY_SECONDS=4), except where a test
+shows the switch back does not wait for the window to end.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import signal
-import sys
 import time
 from pathlib import Path
 from typing import Dict, Iterator
 
 import pytest
 
-from . import loadgen
-from .realstack import REPO, Nginx, run_pipeline, start_pipeline, wait_for
-from .timeline import Timeline, bad_window, log_msec
+from teststack import loadgen
+from teststack import switchmodes
+from teststack.realstack import Nginx, run_pipeline, start_pipeline, wait_for
+from teststack.timeline import Timeline, bad_window, log_msec
 
 pytestmark = pytest.mark.integration
 
 V1 = "version=v1 color=blue"
-MIN_RATE = 200        # req/s the bound is asserted at (issue 10)
-BACK_WITHIN = 5.0     # s from the first bad answer to traffic back on the old release
-
-
-def _load_bench():
-    spec = importlib.util.spec_from_file_location("bench_live_vs_reload", REPO / "bench" / "live_vs_reload.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load_bench()
+# Tripwires, not figures (docs/benchmarks.md, "Timed assertions and their tripwires"); the figures,
+# and the rate they hold at, are `python -m bench.verify_switchback`'s.
+# From the first bad answer to traffic back on the old release: 10x the slowest of this test's
+# own runs (reload, 1.44 s, 2026-12-01; 0.27-0.56 s on 2026-12-04).
+BACK_TRIPWIRE = 14.4
+# The whole deploy of a release whose health fails 3 s after the switch: 10x what it took
+# (8.3 s reload, 8.5 s live, 2026-12-04); its verification window (120 s) is longer still.
+HEALTH_FAIL_TRIPWIRE = 85.0
 
 
 @pytest.fixture(params=["reload", "live"])
@@ -49,7 +44,7 @@ def mode(request) -> str:
 
 @pytest.fixture
 def nginx(world, tmp_path, mode) -> Iterator[Nginx]:
-    server = bench.make_nginx(mode, tmp_path / "nginx", world.network)
+    server = switchmodes.make_nginx(mode, tmp_path / "nginx", world.network)
     server.start()
     yield server
     server.stop()
@@ -58,7 +53,7 @@ def nginx(world, tmp_path, mode) -> Iterator[Nginx]:
 @pytest.fixture
 def env(world, nginx, stack, tmp_path) -> Dict[str, str]:
     """The demo starting at once, verification on for 4 s, nginx's access log where it is."""
-    settings = bench.deploy_env(world.app, world.network, nginx, stack, tmp_path)
+    settings = switchmodes.deploy_env(world.app, world.network, nginx, stack, tmp_path)
     del settings["CONTAINER_ENV_FILE"]
     settings.update(VERIFY_SECONDS="4", NGINX_ACCESS_LOG=str(nginx.access_log), DRAIN_SECONDS="0.5")
     return settings
@@ -121,10 +116,8 @@ def test_a_release_answering_500_to_30_percent_is_switched_back_within_seconds(
     last = history(env, tmp_path)[-1]
     assert (last["action"], last["version"], last["result"]) == ("deploy", "v2", "switched back")
     assert "5xx to" in last["message"] and "requests" in last["message"] and "commonest" in last["message"]
-    # The bound, at the rate the issue states it.
-    assert result.rate >= MIN_RATE, result.line()
     assert green.errors > 0 and green.back_after is not None, green
-    assert green.back_after <= BACK_WITHIN, f"traffic back on v1 {green.back_after:.2f}s after the first bad answer"
+    assert green.back_after <= BACK_TRIPWIRE, f"traffic back on v1 {green.back_after:.2f}s after the first bad answer"
     assert nginx.get().text == V1 + "\n"
     # Nothing of the bad release is a rollback target.
     assert run_pipeline(["rollback"], env, tmp_path).returncode == 5
@@ -139,7 +132,6 @@ def test_good_releases_under_the_same_load_are_never_switched_back(world, nginx,
     print(f"\n{mode}: {len(results)} good deploys under load, {len(switched_back)} switched back; "
           f"{wrk.result.line()}")
     assert not switched_back, switched_back[0].stderr
-    assert wrk.result.rate >= MIN_RATE, wrk.result.line()
     assert nginx.get().text == "version=v4 color=green\n"
     for entry in history(env, tmp_path)[1:]:
         assert entry["result"] == "ok" and "verified for 4s: 0 5xx of" in entry["message"], entry
@@ -150,13 +142,15 @@ def test_a_release_whose_health_fails_3s_after_the_switch_is_switched_back(world
     ok(deploy(env, tmp_path, "v1"))
     with load(nginx):
         started = time.monotonic()
-        failed = deploy(env, tmp_path, "v2", VERIFY_SECONDS="8",
+        # A window far longer than the tripwire: a switch back only at its end would trip it.
+        failed = deploy(env, tmp_path, "v2", VERIFY_SECONDS="120",
                         CONTAINER_ENV_FILE=knobs(tmp_path, "sick", HEALTH_FAIL_AFTER="3"))
         took = time.monotonic() - started
     assert failed.returncode == 1, failed.stderr
     assert "switched back to blue: green's health failed 2 times in a row (last: HTTP 503" in failed.stderr
     assert nginx.get().text == V1 + "\n" and world.state("green") == "absent"
-    assert took < 20, "switched back before the end of the 8 s window, not after it"
+    print(f"\n{mode}: health failing 3 s after the switch: switched back, the deploy took {took:.1f}s")
+    assert took < HEALTH_FAIL_TRIPWIRE, f"switched back {took:.0f}s into the deploy, not soon after health failed"
     assert history(env, tmp_path)[-1]["result"] == "switched back"
 
 

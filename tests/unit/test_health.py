@@ -1,23 +1,27 @@
-"""The health gate against a real HTTP server on 127.0.0.1."""
+"""The health gate against a real HTTP server on 127.0.0.1, on a fake clock: the waits between
+probes are the gate's own decisions, read off the clock, never real time (a loaded machine cannot
+turn these red)."""
 import http.server
 import threading
-import time
 
 import pytest
 
 from pipeline.errors import ContainerExited, HealthCheckFailed
-from pipeline.health import wait_healthy
+from pipeline.health import ALIVE_CHECK_EVERY, wait_healthy
+
+from .fakes import FakeClock
 
 
 class Server:
-    def __init__(self, answers):
+    def __init__(self, answers, clock=None):
         self.answers = list(answers)
         self.times = []
+        self.clock = clock or FakeClock()
         outer = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self):
-                outer.times.append(time.monotonic())
+                outer.times.append(outer.clock.now())
                 code = outer.answers.pop(0) if len(outer.answers) > 1 else outer.answers[0]
                 self.send_response(code)
                 self.send_header("Content-Length", "2")
@@ -43,40 +47,52 @@ def server(request):
     s.close()
 
 
+def on(clock: FakeClock) -> dict:
+    """wait_healthy's time arguments for `clock`."""
+    return {"clock": clock.now, "sleep": clock.sleep}
+
+
 @pytest.mark.parametrize("server", [[503, 503, 503, 200]], indirect=True)
 def test_waits_for_200_starting_quick_then_at_most_interval_apart(server):
-    attempts = wait_healthy(server.url, interval=0.6, timeout=10, check_alive=lambda: None)
+    attempts = wait_healthy(server.url, interval=0.6, timeout=10, check_alive=lambda: None, **on(server.clock))
     assert attempts == 4
     gaps = [b - a for a, b in zip(server.times, server.times[1:])]
     assert gaps[0] < 0.45                    # the first retry comes quick ...
-    assert all(g < 0.6 + 0.25 for g in gaps)  # ... and none waits longer than the interval
+    assert all(g <= 0.6 + 1e-9 for g in gaps)  # ... and none waits longer than the interval
+    assert gaps[-1] == pytest.approx(0.6)    # ... which it settles at
 
 
 @pytest.mark.parametrize("server", [[503]], indirect=True)
 def test_timeout_reports_what_the_endpoint_last_said(server):
+    started = server.clock.now()
     with pytest.raises(HealthCheckFailed) as caught:
-        wait_healthy(server.url, interval=0.2, timeout=1, check_alive=lambda: None, logs=lambda: ["boom"])
+        wait_healthy(server.url, interval=0.2, timeout=1, check_alive=lambda: None, logs=lambda: ["boom"],
+                     **on(server.clock))
     assert "last: HTTP 503" in str(caught.value)
     assert caught.value.detail() == ["container log: boom"]
+    assert server.clock.now() - started == pytest.approx(1.0)   # the last probe comes at the timeout
 
 
 @pytest.mark.parametrize("server", [[503]], indirect=True)
 def test_a_dead_container_fails_at_once_not_after_the_interval(server):
-    died_at = time.monotonic() + 0.3
+    clock = server.clock
+    died_at = clock.now() + 0.3
 
     def check_alive():
-        if time.monotonic() > died_at:
+        if clock.now() > died_at:
             raise ContainerExited("app-green", "exited")
 
-    started = time.monotonic()
     with pytest.raises(ContainerExited):
-        wait_healthy(server.url, interval=30, timeout=300, check_alive=check_alive)
-    assert time.monotonic() - started < 2
+        wait_healthy(server.url, interval=30, timeout=300, check_alive=check_alive, **on(clock))
+    # Seen at the first check after it died, a fraction of a second later, not at the next probe.
+    assert died_at < clock.now() <= died_at + ALIVE_CHECK_EVERY
+    assert len(server.times) == 2
 
 
 def test_nothing_listening_counts_as_not_healthy():
+    clock = FakeClock()
     with pytest.raises(HealthCheckFailed, match="connection refused"):
-        wait_healthy("http://127.0.0.1:9/health", interval=0.1, timeout=0.5, check_alive=lambda: None)
+        wait_healthy("http://127.0.0.1:9/health", interval=0.1, timeout=0.5, check_alive=lambda: None, **on(clock))
 
 
 # -- where probes run, and the route rule ---------------------------------------------------------
@@ -262,7 +278,7 @@ class ChannelHost:
 def test_the_channel_transport_speaks_http_over_the_nginx_hosts_channels(server):
     host = ChannelHost()
     attempts = wait_healthy(server.url, interval=0.3, timeout=10, check_alive=lambda: None,
-                            transport=ChannelTransport(host))
+                            transport=ChannelTransport(host), **on(server.clock))
     port = int(server.url.split(":")[2].split("/")[0])
     assert attempts == 2
     assert host.channels == [("127.0.0.1", port)] * 2   # one channel per probe, nothing else

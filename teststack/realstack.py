@@ -23,7 +23,7 @@ from typing import Dict, List, Optional
 import docker
 import requests
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 NGINX_CONF_D = REPO / "nginx" / "conf.d"
 NGINX_LIVE = REPO / "nginx" / "live"
 # Top-level lines for the "live" form (Debian's libnginx-mod-http-lua; NDK must come first).
