@@ -528,8 +528,9 @@ class Settings:
             (DOCKERFILE_ONLY, "dockerfile")
         for name in ignored:
             if name in given:
-                raise SettingsError(name, self.public()[SETTING_FIELDS[name]],
-                                    f"only read with IMAGE_BUILD={other}, not IMAGE_BUILD={self.image_build}")
+                shown = self.public()[SETTING_FIELDS[name]] if name != "BUILD_ARGS" else \
+                    " ".join(f"{k}={'***' if is_secret_name(k) else v}" for k, v in self.build_args.items())
+                raise SettingsError(name, shown, f"only read with IMAGE_BUILD={other}, not IMAGE_BUILD={self.image_build}")
 
     def _check_together(self) -> None:
         if self.deploy_gateway not in self.deploy_subnet:

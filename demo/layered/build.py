@@ -2,6 +2,7 @@
 """Build the Spring Boot-layout test service: demo.Demo with 35 MB of real dependency jars.
 
     python3 demo/layered/build.py --out build/libs/app.jar [--change TEXT] [--layers standard|custom|none]
+                                  [--time EPOCH_SECONDS]
 
 The jar is laid out as Spring Boot's `bootJar` lays it out (BOOT-INF/classes, BOOT-INF/lib/*.jar
 stored uncompressed, BOOT-INF/classpath.idx, BOOT-INF/layers.idx), with a small launcher of our
@@ -9,7 +10,9 @@ own (demo/layered/launcher) in place of Spring Boot's loader, which is not insta
 dependencies are Debian's packaged jars (scripts/stack.sh installs them): Tomcat embed, Jackson,
 Guava, Bouncy Castle, Commons Math and Lang, ICU4J. `--change` goes into one class of the
 application (demo.Change), so two builds with different texts differ in that class alone.
-`--layers custom` writes a layers.idx with custom layers; `none` writes no layers.idx.
+`--layers custom` writes a layers.idx with custom layers; `none` writes no layers.idx. Every entry
+gets the build's time (`--time`, default now), as a fresh build's jar has: two builds differ in
+their entries' times even where the content is the same.
 Only javac from a JDK 17 and Python are needed.
 """
 from __future__ import annotations
@@ -20,6 +23,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import zipfile
 from pathlib import Path
 
@@ -81,7 +85,7 @@ def javac() -> str:
     return str(found) if found.is_file() else (shutil.which("javac") or "javac")
 
 
-def build(out: Path, change: str, layers: str) -> None:
+def build(out: Path, change: str, layers: str, when: float) -> None:
     missing = [f"{source} ({package})" for source, package in LIBS.values() if not (JAVA_DIR / source).is_file()]
     if missing:
         sys.exit(f"demo/layered/build.py: missing {', '.join(missing)}: run scripts/stack.sh install")
@@ -98,18 +102,26 @@ def build(out: Path, change: str, layers: str) -> None:
         partial = out.with_name(out.name + ".tmp")
         index = {"standard": STANDARD_LAYERS, "custom": CUSTOM_LAYERS, "none": None}[layers]
         manifest = MANIFEST.format(layers="Spring-Boot-Layers-Index: BOOT-INF/layers.idx\r\n" if index else "")
-        with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as jar:
-            jar.writestr("META-INF/MANIFEST.MF", manifest)
+        stamp = time.localtime(when)[:6]
+
+        def put(name: str, data: bytes, compress: int = zipfile.ZIP_DEFLATED) -> None:
+            info = zipfile.ZipInfo(name, stamp)
+            info.compress_type = compress
+            info.external_attr = 0o644 << 16
+            jar.writestr(info, data)
+
+        with zipfile.ZipFile(partial, "w") as jar:
+            put("META-INF/MANIFEST.MF", manifest.encode())
             for path in sorted((classes / "launcher").rglob("*.class")):
-                jar.write(path, f"launcher/{path.name}")
+                put(f"launcher/{path.name}", path.read_bytes())
             for path in sorted((classes / "demo").rglob("*.class")):
-                jar.write(path, f"BOOT-INF/classes/demo/{path.name}")
-            jar.writestr("BOOT-INF/classes/application.properties", "server.port=8080\n")
-            for name, (source, _) in LIBS.items():
-                jar.write(JAVA_DIR / source, f"BOOT-INF/lib/{name}", compress_type=zipfile.ZIP_STORED)
-            jar.writestr("BOOT-INF/classpath.idx", "".join(f'- "BOOT-INF/lib/{name}"\n' for name in LIBS))
+                put(f"BOOT-INF/classes/demo/{path.name}", path.read_bytes())
+            put("BOOT-INF/classes/application.properties", b"server.port=8080\n")
+            for name, (source, _) in LIBS.items():   # stored, as Spring Boot stores nested jars
+                put(f"BOOT-INF/lib/{name}", (JAVA_DIR / source).read_bytes(), zipfile.ZIP_STORED)
+            put("BOOT-INF/classpath.idx", "".join(f'- "BOOT-INF/lib/{name}"\n' for name in LIBS).encode())
             if index:
-                jar.writestr("BOOT-INF/layers.idx", index)
+                put("BOOT-INF/layers.idx", index.encode())
         partial.replace(out)
 
 
@@ -118,8 +130,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--change", default="1")
     parser.add_argument("--layers", choices=("standard", "custom", "none"), default="standard")
+    parser.add_argument("--time", type=float, default=None, help="the entries' time (default: now)")
     args = parser.parse_args()
-    build(args.out, args.change, args.layers)
+    build(args.out, args.change, args.layers, time.time() if args.time is None else args.time)
 
 
 if __name__ == "__main__":
