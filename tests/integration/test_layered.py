@@ -201,3 +201,24 @@ def test_no_jar_or_several_under_build_libs_is_exit_2_naming_them(world, nginx, 
             "set JAR to the one to release") in result.stderr.splitlines()
     assert "building image" in result.stderr   # the phase began; no image came of it
     assert_nothing_changed(world, nginx, before)
+
+
+# -- retention and rollback ---------------------------------------------------------------------------
+
+def test_pruning_an_old_release_keeps_the_layers_a_kept_one_shares_and_rollback_recreates_from_its_image(
+        world, nginx, env, jars, tmp_path):
+    env = {**env, "KEEP_RELEASES": "1"}
+    assert_ok(deploy(env, tmp_path, APP_VERSION="v1", JAR=str(jars["v1"])))
+    v1_layers = layers(world.client, world.container("blue").attrs["Config"]["Image"])
+    assert_ok(deploy(env, tmp_path, APP_VERSION="v2", JAR=str(jars["v2"])))
+    assert_ok(deploy(env, tmp_path, APP_VERSION="v3", JAR=str(jars["v1"])))   # the v1 jar again
+    tags = sorted(t.split(":")[1] for image in world.client.images.list(filters={"label": f"pipeline.app={world.app}"})
+                  for t in image.tags)
+    assert tags == ["v2", "v3"], "v1 removed (KEEP_RELEASES=1), v2 kept as the rollback target"
+    # v1's image is gone; every layer of it lives on in v3, which runs.
+    assert layers(world.client, f"{world.app}:v3") == v1_layers
+    assert nginx.get().text == "version=v3 color=blue\n"
+    # Rollback with v2's container gone: recreated from its layered image.
+    world.container("green").remove(force=True)
+    assert_ok(run_pipeline(["rollback"], env, tmp_path))
+    assert nginx.get().text == "version=v2 color=green\n"
