@@ -126,7 +126,7 @@ class Engine:
         dockerfile = s.dockerfile if s.dockerfile.is_absolute() else cwd / s.dockerfile
         labels = {LABEL_APP: s.app_name, LABEL_VERSION: version}
         if s.image_build == "layered":   # from the jar alone, no Dockerfile: layered.py
-            with self._calling(f"building image {tag} from the jar"):
+            with self._calling(f"building image {tag} from the jar on {s.base_image}"):
                 return layered.build_image(self.api, cwd, tag, labels, s)
         image_id = None
         last: List[str] = []

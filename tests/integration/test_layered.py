@@ -222,3 +222,15 @@ def test_pruning_an_old_release_keeps_the_layers_a_kept_one_shares_and_rollback_
     world.container("green").remove(force=True)
     assert_ok(run_pipeline(["rollback"], env, tmp_path))
     assert nginx.get().text == "version=v2 color=green\n"
+
+
+def test_a_base_image_the_engine_cannot_get_fails_the_build_in_one_line_naming_it(world, nginx, env, stack, jars,
+                                                                                   tmp_path):
+    before = nginx.include.read_text()
+    base = f"{stack['REGISTRY_ADDR']}/nope-{world.app}:1"   # the stack's registry: it wants a login
+    result = deploy(env, tmp_path, JAR=str(jars["v1"]), BASE_IMAGE=base)
+    assert result.returncode == 1, result.stderr
+    [line] = [x for x in result.stderr.splitlines() if x.startswith("pipeline: error:")]
+    assert line.startswith(f"pipeline: error: docker engine at the local socket: building image {world.app}:v1 "
+                           f"from the jar on {base}: "), line
+    assert_nothing_changed(world, nginx, before)
