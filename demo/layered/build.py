@@ -2,7 +2,7 @@
 """Build the Spring Boot-layout test service: demo.Demo with 35 MB of real dependency jars.
 
     python3 demo/layered/build.py --out build/libs/app.jar [--change TEXT] [--layers standard|custom|none]
-                                  [--time EPOCH_SECONDS]
+                                  [--time EPOCH_SECONDS] [--no-launcher]
 
 The jar is laid out as Spring Boot's `bootJar` lays it out (BOOT-INF/classes, BOOT-INF/lib/*.jar
 stored uncompressed, BOOT-INF/classpath.idx, BOOT-INF/layers.idx), with a small launcher of our
@@ -10,6 +10,8 @@ own (demo/layered/launcher) in place of Spring Boot's loader, which is not insta
 dependencies are Debian's packaged jars (scripts/stack.sh installs them): Tomcat embed, Jackson,
 Guava, Bouncy Castle, Commons Math and Lang, ICU4J. `--change` goes into one class of the
 application (demo.Change), so two builds with different texts differ in that class alone.
+`--no-launcher` leaves the launcher out (and Main-Class from the manifest): only
+Start-Class says what to run, as for a jar whose loader a layered image does not use.
 `--layers custom` writes a layers.idx with custom layers; `none` writes no layers.idx. Every entry
 gets the build's time (`--time`, default now), as a fresh build's jar has: two builds differ in
 their entries' times even where the content is the same.
@@ -85,7 +87,7 @@ def javac() -> str:
     return str(found) if found.is_file() else (shutil.which("javac") or "javac")
 
 
-def build(out: Path, change: str, layers: str, when: float) -> None:
+def build(out: Path, change: str, layers: str, when: float, launcher: bool = True) -> None:
     missing = [f"{source} ({package})" for source, package in LIBS.values() if not (JAVA_DIR / source).is_file()]
     if missing:
         sys.exit(f"demo/layered/build.py: missing {', '.join(missing)}: run scripts/stack.sh install")
@@ -102,6 +104,8 @@ def build(out: Path, change: str, layers: str, when: float) -> None:
         partial = out.with_name(out.name + ".tmp")
         index = {"standard": STANDARD_LAYERS, "custom": CUSTOM_LAYERS, "none": None}[layers]
         manifest = MANIFEST.format(layers="Spring-Boot-Layers-Index: BOOT-INF/layers.idx\r\n" if index else "")
+        if not launcher:
+            manifest = manifest.replace("Main-Class: launcher.Launcher\r\n", "")
         stamp = time.localtime(when)[:6]
 
         def put(name: str, data: bytes, compress: int = zipfile.ZIP_DEFLATED) -> None:
@@ -112,7 +116,7 @@ def build(out: Path, change: str, layers: str, when: float) -> None:
 
         with zipfile.ZipFile(partial, "w") as jar:
             put("META-INF/MANIFEST.MF", manifest.encode())
-            for path in sorted((classes / "launcher").rglob("*.class")):
+            for path in sorted((classes / "launcher").rglob("*.class")) if launcher else ():
                 put(f"launcher/{path.name}", path.read_bytes())
             for path in sorted((classes / "demo").rglob("*.class")):
                 put(f"BOOT-INF/classes/demo/{path.name}", path.read_bytes())
@@ -131,8 +135,9 @@ def main() -> None:
     parser.add_argument("--change", default="1")
     parser.add_argument("--layers", choices=("standard", "custom", "none"), default="standard")
     parser.add_argument("--time", type=float, default=None, help="the entries' time (default: now)")
+    parser.add_argument("--no-launcher", action="store_true", help="no launcher, no Main-Class: Start-Class only")
     args = parser.parse_args()
-    build(args.out, args.change, args.layers, time.time() if args.time is None else args.time)
+    build(args.out, args.change, args.layers, time.time() if args.time is None else args.time, not args.no_launcher)
 
 
 if __name__ == "__main__":

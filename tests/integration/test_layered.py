@@ -26,20 +26,21 @@ BUILD = REPO / "demo" / "layered" / "build.py"
 MANIFEST_V2 = "application/vnd.docker.distribution.manifest.v2+json"
 
 
-def build_jar(out: Path, change: str, when: float, layers: str = "standard") -> Path:
+def build_jar(out: Path, change: str, when: float, layers: str = "standard", *more: str) -> Path:
     subprocess.run([sys.executable, str(BUILD), "--out", str(out), "--change", change, "--layers", layers,
-                    "--time", str(when)], check=True, capture_output=True)
+                    "--time", str(when), *more], check=True, capture_output=True)
     return out
 
 
 @pytest.fixture(scope="module")
 def jars(tmp_path_factory) -> Dict[str, Path]:
-    """v1; v2 an hour later (one class changed, every entry's time too); custom layers; each
-    built once for the module."""
+    """v1; v2 an hour later (one class changed, every entry's time too); custom layers; without
+    a launcher (Start-Class only); each built once for the module."""
     where, now = tmp_path_factory.mktemp("jars"), time.time()
     return {"v1": build_jar(where / "v1" / "app.jar", "v1", now - 3600),
             "v2": build_jar(where / "v2" / "app.jar", "v2", now),
-            "custom": build_jar(where / "custom" / "app.jar", "custom", now, "custom")}
+            "custom": build_jar(where / "custom" / "app.jar", "custom", now, "custom"),
+            "start-class": build_jar(where / "start-class" / "app.jar", "start-class", now, "standard", "--no-launcher")}
 
 
 @pytest.fixture
@@ -154,6 +155,15 @@ def test_custom_layers_are_image_layers_in_the_index_order(world, nginx, env, st
     assert 10_000_000 < sizes["dependencies"] < 20_000_000
     assert sizes["config"] < 5_000 and sizes["application"] < 50_000
     assert len(layers(world.client, ref)) == len(layers(world.client, stack["JRE_IMAGE"])) + 5
+    assert nginx.get().text == "version=v1 color=blue\n"
+
+
+def test_without_a_launcher_in_the_jar_start_class_runs_from_the_unpacked_classes_and_libraries(
+        world, nginx, env, jars, tmp_path):
+    assert_ok(deploy(env, tmp_path, JAR=str(jars["start-class"])))
+    blue = world.container("blue")
+    assert blue.attrs["Config"]["Entrypoint"][-3:] == ["-cp", "/app/BOOT-INF/classes:/app/BOOT-INF/lib/*", "demo.Demo"]
+    assert list(history(world.client, blue.attrs["Config"]["Image"])) == ["application", "dependencies"]
     assert nginx.get().text == "version=v1 color=blue\n"
 
 
