@@ -296,8 +296,8 @@ def _base_image(api: ImageApi, ref: str) -> Dict[str, Any]:
     """BASE_IMAGE as the engine holds it, pulled first if it does not (as `FROM` would)."""
     if not api.images(name=ref):
         log.info("    pulling %s", ref)
-        repository, _, tag = ref.rpartition(":") if ":" in ref.rsplit("/", 1)[-1] else (ref, "", "latest")
-        for chunk in api.pull(repository, tag=tag, stream=True, decode=True):
+        # The SDK splits the reference itself (a tag, a digest, or neither: latest).
+        for chunk in api.pull(ref, stream=True, decode=True):
             if "error" in chunk:
                 raise DeployFailed(f"BASE_IMAGE={ref}: the engine has no such image and cannot pull it: "
                                    f"{str(chunk['error']).strip()}")

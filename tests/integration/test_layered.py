@@ -244,3 +244,26 @@ def test_a_base_image_the_engine_cannot_get_fails_the_build_in_one_line_naming_i
     assert line.startswith(f"pipeline: error: docker engine at the local socket: building image {world.app}:v1 "
                            f"from the jar on {base}: "), line
     assert_nothing_changed(world, nginx, before)
+
+
+def test_a_base_image_the_engine_lacks_is_pulled_first_with_the_registry_login(world, nginx, env, stack, jars,
+                                                                                tmp_path):
+    password = Path(stack["REGISTRY_PASSWORD_FILE"]).read_text().strip()
+    auth = {"username": stack["REGISTRY_USER"], "password": password}
+    base = f"{stack['REGISTRY_ADDR']}/base-{world.app}:17"
+    world.client.api.tag(stack["JRE_IMAGE"], base.rpartition(":")[0], "17")
+    try:
+        for chunk in world.client.api.push(base.rpartition(":")[0], tag="17", stream=True, decode=True, auth_config=auth):
+            assert "error" not in chunk, chunk
+    finally:
+        world.client.api.remove_image(base)   # the engine no longer has it by that name
+    env = {**env, "REGISTRY": stack["REGISTRY_ADDR"], "REGISTRY_USERNAME": stack["REGISTRY_USER"],
+           "REGISTRY_PASSWORD": password}
+    try:
+        result = deploy(env, tmp_path, JAR=str(jars["v1"]), BASE_IMAGE=base)
+        assert_ok(result)
+        assert f"pulling {base}" in result.stderr
+        assert nginx.get().text == "version=v1 color=blue\n"
+    finally:
+        if world.client.api.images(name=base):
+            world.client.api.remove_image(base)
