@@ -15,8 +15,11 @@ Measured per code-only release (v1 and on, each after the one before it is in th
 - bytes the registry received: the blobs of the new manifest that the previous manifest did not
   have, read from the registry's HTTP API (the compressed sizes a push sends and a node that holds
   the previous release pulls);
-- the image build time and the push time (wall clock, this machine: 2 cores shared).
-Not measured here: the pull and deploy time on the 3-node swarm (see docs/benchmarks.md).
+- the image build time and the push time (wall clock, this machine: 2 cores shared);
+- what a node holding the previous release pulls: the release is removed from the local engine
+  (the previous one stays) and pulled back from the registry; the bytes of the layers the pull
+  downloaded (not "Already exists"), from the registry's manifest, and the pull's wall time.
+Not measured here: the deploy time on the 3-node swarm (see docs/benchmarks.md).
 Traffic: the local docker engine and 127.0.0.1:5000 only. Images are removed at the end.
 """
 from __future__ import annotations
@@ -84,6 +87,22 @@ def push(api: Any, ref: str, auth: Dict[str, str]) -> float:
     return time.monotonic() - started
 
 
+def pull(api: Any, ref: str, auth: Dict[str, str], blobs: Dict[str, int]) -> Tuple[float, int]:
+    """Pull `ref` (removed from the engine first); its seconds and the bytes of the layers it
+    downloaded (the engine names each layer by its digest's first 12 hex digits)."""
+    api.remove_image(ref)
+    repository, _, tag = ref.rpartition(":")
+    downloaded: Set[str] = set()
+    started = time.monotonic()
+    for chunk in api.pull(repository, tag=tag, stream=True, decode=True, auth_config=auth):
+        if "error" in chunk:
+            raise RuntimeError(f"pull {ref}: {chunk['error']}")
+        if chunk.get("status") == "Pull complete":
+            downloaded.add(chunk["id"])
+    seconds = time.monotonic() - started
+    return seconds, sum(size for digest, size in blobs.items() if digest[7:19] in downloaded)
+
+
 def build_fat(api: Any, jar: Path, ref: str, base: str, labels: Dict[str, str]) -> float:
     with tempfile.TemporaryDirectory(prefix="bench-fat-") as context:
         (Path(context) / "build" / "libs").mkdir(parents=True)
@@ -113,7 +132,8 @@ def run(rounds: int) -> Dict[str, Any]:
     base = stack["JRE_IMAGE"]
     run_id = uuid.uuid4().hex[:6]
     builders = {"fat": build_fat, "layered": build_layered}
-    results: Dict[str, Dict[str, List[float]]] = {way: {"received": [], "build": [], "push": []} for way in builders}
+    results: Dict[str, Dict[str, List[float]]] = {
+        way: {"received": [], "build": [], "push": [], "pulled": [], "pull": []} for way in builders}
     first: Dict[str, int] = {}
     made: Set[str] = set()
     try:
@@ -131,12 +151,16 @@ def run(rounds: int) -> Dict[str, Any]:
                     received = sum(size for digest, size in blobs.items() if digest not in before)
                     if n == 0:
                         first[way] = received
+                        print(f"{way} v{n}: build {seconds:.2f} s, push {pushed:.2f} s, registry received "
+                              f"{received:,} bytes", flush=True)
                     else:
-                        results[way]["received"].append(received)
-                        results[way]["build"].append(seconds)
-                        results[way]["push"].append(pushed)
-                    print(f"{way} v{n}: build {seconds:.2f} s, push {pushed:.2f} s, registry received "
-                          f"{received:,} bytes in {len([d for d in blobs if d not in before])} blob(s)", flush=True)
+                        pull_seconds, pulled = pull(client.api, ref, auth, blobs)
+                        for key, value in (("received", received), ("build", seconds), ("push", pushed),
+                                           ("pulled", pulled), ("pull", pull_seconds)):
+                            results[way][key].append(value)
+                        print(f"{way} v{n}: build {seconds:.2f} s, push {pushed:.2f} s, registry received "
+                              f"{received:,} bytes in {len([d for d in blobs if d not in before])} blob(s), "
+                              f"pull back {pull_seconds:.2f} s, {pulled:,} bytes", flush=True)
                     before = blobs
     finally:
         for ref in sorted(made):
@@ -148,6 +172,8 @@ def run(rounds: int) -> Dict[str, Any]:
                      "code_only_release_bytes": int(statistics.median(r["received"])),
                      "build_seconds_median": round(statistics.median(r["build"]), 2),
                      "push_seconds_median": round(statistics.median(r["push"]), 2),
+                     "pulled_bytes_median": int(statistics.median(r["pulled"])),
+                     "pull_seconds_median": round(statistics.median(r["pull"]), 2),
                      "rounds": {k: [round(v, 2) for v in vs] for k, vs in r.items()}}
                for way, r in results.items()}
     summary["ratio_bytes"] = summary["layered"]["code_only_release_bytes"] / summary["fat"]["code_only_release_bytes"]
