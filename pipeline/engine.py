@@ -12,6 +12,7 @@ import docker.errors
 import requests.exceptions
 import urllib3.exceptions
 
+from . import layered
 from .decide import Address, ContainerFact, color_at
 from .errors import DeployFailed, EngineFailed, OutsideFailure, PreflightError, RegistryFailed
 from .settings import COLORS, Settings
@@ -124,6 +125,9 @@ class Engine:
         context = s.build_context if s.build_context.is_absolute() else cwd / s.build_context
         dockerfile = s.dockerfile if s.dockerfile.is_absolute() else cwd / s.dockerfile
         labels = {LABEL_APP: s.app_name, LABEL_VERSION: version}
+        if s.image_build == "layered":   # from the jar alone, no Dockerfile: layered.py
+            with self._calling(f"building image {tag} from the jar on {s.base_image}"):
+                return layered.build_image(self.api, cwd, tag, labels, s)
         image_id = None
         last: List[str] = []
         try:

@@ -19,11 +19,15 @@ COLORS = ("blue", "green")
 SWITCH_MODES = ("reload", "live")
 INCLUDE_FORMS = ("set", "upstream")
 TARGETS = ("docker", "swarm")
+IMAGE_BUILDS = ("dockerfile", "layered")
 # The most addresses a live-mode route takes (nginx/live/app-live.conf, routes.max_addresses).
 MAX_ROUTE_ADDRESSES = 32
 # Settings that only one target reads: set explicitly for the other, they are refused.
 DOCKER_ONLY = ("DEPLOY_NETWORK", "DEPLOY_SUBNET", "DEPLOY_GATEWAY", "BLUE_IP", "GREEN_IP")
 SWARM_ONLY = ("REPLICAS", "BLUE_PORT", "GREEN_PORT")
+# Settings that only one IMAGE_BUILD reads: set explicitly for the other, they are refused.
+DOCKERFILE_ONLY = ("DOCKERFILE", "BUILD_CONTEXT", "BUILD_ARGS")
+LAYERED_ONLY = ("JAR", "BASE_IMAGE")
 
 # Docker container names allow [a-zA-Z0-9][a-zA-Z0-9_.-]; "-blue" / "-green" is appended.
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
@@ -35,6 +39,10 @@ _NGINX_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _NETWORK_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _HOST_RE = re.compile(r"^[A-Za-z0-9.:-]+$")
 _USER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+# An image reference: [registry[:port]/]path[:tag][@sha256:digest].
+_IMAGE_RE = re.compile(r"^(?:[A-Za-z0-9.-]+(?::[0-9]{1,5})?/)?[a-z0-9]+(?:[._-]+[a-z0-9]+)*"
+                       r"(?:/[a-z0-9]+(?:[._-]+[a-z0-9]+)*)*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?"
+                       r"(?:@sha256:[0-9a-f]{64})?$")
 
 
 class Secret:
@@ -345,6 +353,11 @@ class Settings:
     app_version: Optional[str] = _env(_optional(_text(_TAG_RE, "must be a docker tag: letters, digits, '.', '_', '-'")),
                                       None)
     build_command: Tuple[str, ...] = _env(_command(allow_empty=True), ("./gradlew", "bootJar"))
+    # dockerfile: DOCKERFILE in BUILD_CONTEXT; layered: from JAR alone on BASE_IMAGE (layered.py).
+    image_build: str = _env(_choice(IMAGE_BUILDS), "dockerfile")
+    jar: Optional[Path] = _env(_optional(_path), None)
+    base_image: str = _env(_text(_IMAGE_RE, "not an image reference like pipeline/jre:17", allow_empty=False),
+                           "pipeline/jre:17")
     dockerfile: Path = _env(_path, Path("docker/Dockerfile"))
     build_context: Path = _env(_path, Path("."))
     build_args: Dict[str, str] = _env_made(_build_args, dict)
@@ -441,12 +454,32 @@ class Settings:
 
     def check_build_inputs(self, cwd: Path) -> None:
         """What only a build needs: checked in deploy's preflight, not by `status`."""
+        if self.image_build == "layered":
+            if not self.build_command:
+                self.jar_path(cwd)   # no build makes it: it must be there now
+            return
         dockerfile = self.dockerfile if self.dockerfile.is_absolute() else cwd / self.dockerfile
         if not dockerfile.is_file():
             raise SettingsError("DOCKERFILE", self.dockerfile, "no such file")
         context = self.build_context if self.build_context.is_absolute() else cwd / self.build_context
         if not context.is_dir():
             raise SettingsError("BUILD_CONTEXT", self.build_context, "no such directory")
+
+    def jar_path(self, cwd: Path) -> Path:
+        """The jar IMAGE_BUILD=layered builds from: JAR, else the one *.jar under build/libs/
+        (Gradle's `-plain.jar`, the classes without their dependencies, left out)."""
+        if self.jar is not None:
+            path = self.jar if self.jar.is_absolute() else cwd / self.jar
+            if not path.is_file():
+                raise SettingsError("JAR", self.jar, "no such file")
+            return path
+        libs = cwd / "build" / "libs"
+        found = sorted(p.name for p in libs.glob("*.jar") if p.is_file() and not p.name.endswith("-plain.jar"))
+        if len(found) != 1:
+            which = f"{len(found)} jars ({', '.join(found)})" if found else "no *.jar"
+            raise SettingsError("JAR", None, f"not set, and {libs} holds {which} besides any -plain.jar: "
+                                             f"set JAR to the one to release")
+        return libs / found[0]
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -464,7 +497,9 @@ class Settings:
             # A color is several tasks: only the upstream form lists several servers.
             values.setdefault("nginx_include_form", "upstream")
         settings = cls(**values)
-        settings._check_target({name for name, attr in SETTING_FIELDS.items() if attr in values})
+        given = {name for name, attr in SETTING_FIELDS.items() if attr in values}
+        settings._check_target(given)
+        settings._check_image_build(given)
         settings._check_together()
         return settings
 
@@ -486,6 +521,16 @@ class Settings:
             if self.switch_mode == "live" and self.replicas > MAX_ROUTE_ADDRESSES:
                 raise SettingsError("REPLICAS", self.replicas, f"SWITCH_MODE=live routes to at most "
                                                                f"{MAX_ROUTE_ADDRESSES} tasks")
+
+    def _check_image_build(self, given: AbstractSet[str]) -> None:
+        """Refuse build settings the chosen IMAGE_BUILD would silently ignore."""
+        ignored, other = (LAYERED_ONLY, "layered") if self.image_build == "dockerfile" else \
+            (DOCKERFILE_ONLY, "dockerfile")
+        for name in ignored:
+            if name in given:
+                shown = self.public()[SETTING_FIELDS[name]] if name != "BUILD_ARGS" else \
+                    " ".join(f"{k}={'***' if is_secret_name(k) else v}" for k, v in self.build_args.items())
+                raise SettingsError(name, shown, f"only read with IMAGE_BUILD={other}, not IMAGE_BUILD={self.image_build}")
 
     def _check_together(self) -> None:
         if self.deploy_gateway not in self.deploy_subnet:

@@ -52,7 +52,10 @@ SSH_KNOWN_HOSTS="$STACK_DIR/known_hosts"
 REGISTRY_PASSWORD_FILE="$STACK_DIR/registry-password"
 
 PACKAGES=(docker.io nginx-light openssh-server docker-registry wrk libnginx-mod-http-lua
-    psmisc curl apache2-utils)
+    psmisc curl apache2-utils
+    # The dependency jars of the Spring Boot-layout test service (demo/layered/build.py).
+    libtomcat10-embed-java libjackson2-databind-java libjackson2-core-java libjackson2-annotations-java
+    libguava-java libbcprov-java libcommons-math3-java libcommons-lang3-java libicu4j-java)
 
 log() { echo "stack: $*"; }
 note() { echo "stack: note: $*" >&2; }
