@@ -6,7 +6,6 @@ shlex.join for the remote shell, never pasted together from values.
 """
 from __future__ import annotations
 
-import http.client
 import logging
 import os
 import shlex
@@ -70,17 +69,6 @@ class NginxHost(Protocol):
     def run_steps(self, steps: Sequence[Sequence[str]]) -> List[CommandResult]: ...
     def open_channel(self, host: str, port: int, timeout: float) -> socket.socket: ...
     def close(self) -> None: ...
-
-
-class ChannelConnection(http.client.HTTPConnection):
-    """http.client over a socket from the nginx host: local, or a direct-tcpip SSH channel."""
-
-    def __init__(self, nginx_host: NginxHost, address: str, port: int, timeout: float) -> None:
-        super().__init__(address, port, timeout=timeout)
-        self._nginx_host = nginx_host
-
-    def connect(self) -> None:
-        self.sock = self._nginx_host.open_channel(self.host, self.port, self.timeout)
 
 
 def _temp_name(path: str) -> str:
