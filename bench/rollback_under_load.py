@@ -203,7 +203,10 @@ def _first_log(stderr: str, wall_start: float) -> Optional[float]:
     day = datetime.fromtimestamp(wall_start).replace(hour=int(match.group(1)), minute=int(match.group(2)),
                                                      second=int(match.group(3)),
                                                      microsecond=int(match.group(4)) * 1000)
-    return round(day.timestamp() - wall_start, 2)
+    seconds = day.timestamp() - wall_start
+    if seconds < -43200:   # the first line came after midnight: its stamp is of the next day
+        seconds += 86400
+    return round(seconds, 2)
 
 
 # -- the run ----------------------------------------------------------------------------------------

@@ -28,7 +28,8 @@ import requests
 from tenacity import RetryCallState, RetryError, Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from .errors import HealthCheckFailed, NginxHostFailed, PreflightError, RouteRefused
-from .nginx_host import ChannelConnection, CommandResult, NginxHost
+from .channel_http import ChannelConnection
+from .nginx_host import CommandResult, NginxHost
 
 log = logging.getLogger("pipeline")
 

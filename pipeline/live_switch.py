@@ -48,7 +48,8 @@ from .decide import Targets, as_list, parse_include_all, parse_route, render_rou
 from .errors import (AdminRefused, AdminTokenRefused, AdminUnavailable, IncludeMismatch, Interrupted,
                      LiveSwitchFailed, NginxHostFailed, PipelineError, SwitchIncomplete)
 from .log import register_secret
-from .nginx_host import ChannelConnection, NginxHost
+from .channel_http import ChannelConnection
+from .nginx_host import NginxHost
 from .settings import Secret, Settings
 from .switch import LIVE, PREVIEW, IncludeFiles
 

@@ -6,7 +6,6 @@ shlex.join for the remote shell, never pasted together from values.
 """
 from __future__ import annotations
 
-import http.client
 import logging
 import os
 import shlex
@@ -18,7 +17,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ContextManager, Iterator, List, Optional, Protocol, Sequence, Tuple, Type
+from typing import Any, ContextManager, Dict, Iterator, List, Optional, Protocol, Sequence, Tuple, Type
 
 import paramiko
 
@@ -70,17 +69,6 @@ class NginxHost(Protocol):
     def run_steps(self, steps: Sequence[Sequence[str]]) -> List[CommandResult]: ...
     def open_channel(self, host: str, port: int, timeout: float) -> socket.socket: ...
     def close(self) -> None: ...
-
-
-class ChannelConnection(http.client.HTTPConnection):
-    """http.client over a socket from the nginx host: local, or a direct-tcpip SSH channel."""
-
-    def __init__(self, nginx_host: NginxHost, address: str, port: int, timeout: float) -> None:
-        super().__init__(address, port, timeout=timeout)
-        self._nginx_host = nginx_host
-
-    def connect(self) -> None:
-        self.sock = self._nginx_host.open_channel(self.host, self.port, self.timeout)
 
 
 def _temp_name(path: str) -> str:
@@ -241,15 +229,19 @@ class SshHost:
     def connect(cls, settings: Settings) -> "SshHost":
         """Connect, then prove the SFTP channel: preflight, exit 3. That the host runs commands
         is proven by a flow's first one, the route check in preflight (Prober.check_routes):
-        a session of its own here cost a saturated machine most of a second (issue 15)."""
+        a session of its own here cost a saturated machine most of a second (issue 15).
+
+        The first command's session is started before the SFTP subsystem, not after it: each
+        starts a login shell on the nginx host, and side by side the second is ready when the
+        first is, instead of a login shell later (the route check waited 0.2 s for it, issue 15)."""
         host = cls(_open_client(settings), _where(settings), settings)
+        host._start_spare()
         try:
             host.sftp
         except NginxHostFailed as exc:
             host.close()
             raise PreflightError(f"{exc}; the include, the lock and the history are written over SFTP: "
                                  f"is there a `Subsystem sftp` line in its sshd_config?") from exc
-        host._start_spare()
         return host
 
     @property
@@ -324,8 +316,7 @@ class SshHost:
     def read_text(self, path: str) -> Optional[str]:
         with self._sftp_call(f"reading {path}"):
             try:
-                with self.sftp.open(path, "r") as handle:
-                    data = handle.read()
+                data = _SftpRequests(self.sftp).read_all(path)
             except FileNotFoundError:
                 return None
         return _text(self.sftp_part, path, data)
@@ -333,9 +324,8 @@ class SshHost:
     def write_text_atomic(self, path: str, text: str) -> None:
         temp = _temp_name(path)
         with self._sftp_call(f"writing {path}"):
-            with self.sftp.open(temp, "w") as handle:
-                handle.write(text.encode())
-            self.sftp.chmod(temp, 0o644)
+            # Written whole (data, mode 0644, closed) before the rename is even sent.
+            _SftpRequests(self.sftp).write_new(temp, text.encode(), mode=0o644)
             # posix-rename@openssh.com replaces the target in one step, like rename(2).
             self.sftp.posix_rename(temp, path)
 
@@ -343,8 +333,7 @@ class SshHost:
         # Plain SFTP rename refuses an existing target (OpenSSH does link+unlink): an atomic create.
         temp = _temp_name(path)
         with self._sftp_call(f"creating {path}"):
-            with self.sftp.open(temp, "w") as handle:
-                handle.write(text.encode())
+            _SftpRequests(self.sftp).write_new(temp, text.encode())
             try:
                 self.sftp.rename(temp, path)
                 return True   # renamed: the temp name is gone, no remove (a round trip before docker start)
@@ -359,8 +348,7 @@ class SshHost:
 
     def append_text(self, path: str, text: str) -> None:
         with self._sftp_call(f"appending to {path}"):
-            with self.sftp.open(path, "a") as handle:
-                handle.write(text.encode())
+            _SftpRequests(self.sftp).append(path, text.encode())
 
     def remove(self, path: str) -> None:
         with self._sftp_call(f"removing {path}"):
@@ -482,6 +470,119 @@ class SshHost:
 
     def close(self) -> None:
         self._drop()
+
+
+class _SftpRequests:
+    """SFTP requests sent back to back, their answers read after (issue 15).
+
+    paramiko's SFTPFile waits for the answer to each request before it sends the next: reading a
+    small file is open, read, read (to see the end), close, four round trips, each a wake-up of
+    sftp-server that a saturated machine delays by 5-30 ms; a rollback reads and writes a dozen
+    files before nginx serves. This sends what does not depend on an earlier answer together,
+    through paramiko's own request plumbing (`_async_request`, `_read_response`,
+    `_convert_status`: what its prefetch and pipelined writes use), and reads the answers by
+    request number, whatever order they come in. Errors are paramiko's (OSError with the
+    server's text, errno for a missing file or a refused one), as with SFTPFile.
+
+    A step whose effect must not happen after a failed one is never sent with it: the rename
+    that publishes a written file goes only after its write and close have answered OK."""
+
+    CHUNK = 32768   # paramiko's own request size (SFTPFile.MAX_REQUEST_SIZE)
+
+    def __init__(self, sftp: paramiko.SFTPClient) -> None:
+        self.sftp: Any = sftp   # its request plumbing is not in paramiko's type stubs
+        self._answers: Dict[int, Tuple[int, Any]] = {}
+
+    def _send(self, kind: int, *args: Any) -> int:
+        num: int = self.sftp._async_request(self, kind, *args)
+        return num
+
+    def _async_response(self, kind: int, msg: Any, num: int) -> None:
+        """paramiko hands each answer to a request sent by `_send` here."""
+        self._answers[num] = (kind, msg)
+
+    def _answer(self, num: int, expect: Optional[int] = None) -> Any:
+        """The answer to request `num` (its message); an error status raises (SFTP_EOF as
+        EOFError, as paramiko does)."""
+        while num not in self._answers:
+            self.sftp._read_response()   # reads one answer and hands it to its request's owner
+        kind, msg = self._answers.pop(num)
+        if kind == paramiko.sftp.CMD_STATUS:
+            self.sftp._convert_status(msg)   # raises on anything but OK
+        if expect is not None and kind != expect:
+            raise OSError(f"unexpected SFTP answer {kind} (expected {expect})")
+        return msg
+
+    def _answers_in_order(self, nums: Sequence[int]) -> None:
+        """Every answer read (nothing left behind for a later request), then the first error raised."""
+        first: Optional[BaseException] = None
+        for num in nums:
+            try:
+                self._answer(num)
+            except (OSError, EOFError) as exc:
+                first = first or exc
+        if first is not None:
+            raise first
+
+    def _open(self, path: str, flags: int) -> bytes:
+        msg = self._answer(self._send(paramiko.sftp.CMD_OPEN, path, flags, paramiko.SFTPAttributes()),
+                           paramiko.sftp.CMD_HANDLE)
+        return msg.get_binary()   # type: ignore[no-any-return]
+
+    def read_all(self, path: str) -> bytes:
+        """The whole file: open, then its size and its first chunk together, then (rarely) more;
+        a regular file that fits in one chunk costs two round trips. The close is not waited for
+        (paramiko closes a collected SFTPFile the same way); its answer is read, and dropped,
+        with the next request's."""
+        handle = self._open(path, paramiko.sftp.SFTP_FLAG_READ)
+        try:
+            size_request = self._send(paramiko.sftp.CMD_FSTAT, handle)
+            read_request = self._send(paramiko.sftp.CMD_READ, handle, paramiko.sftp.int64(0), self.CHUNK)
+            attributes: Any = paramiko.SFTPAttributes
+            size = attributes._from_msg(self._answer(size_request, paramiko.sftp.CMD_ATTRS)).st_size
+            chunks: List[bytes] = []
+            done = 0
+            while True:
+                try:
+                    chunk = self._answer(read_request, paramiko.sftp.CMD_DATA).get_string()
+                except EOFError:   # the SFTP_EOF status: nothing more
+                    break
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                done += len(chunk)
+                if size is not None and done >= size and size > 0:
+                    break   # a regular file read to its size (a /sys file says 4096 and ends at EOF)
+                read_request = self._send(paramiko.sftp.CMD_READ, handle, paramiko.sftp.int64(done), self.CHUNK)
+            return b"".join(chunks)
+        finally:
+            try:
+                self.sftp._async_request(type(None), paramiko.sftp.CMD_CLOSE, handle)
+            except ssh_errors():
+                pass   # the connection is gone, and the handle with it; what failed first is reported
+
+    def write_new(self, path: str, data: bytes, mode: Optional[int] = None) -> None:
+        """Create or truncate `path` and write `data` (then set `mode`): open, then the writes,
+        the mode and the close together; two round trips."""
+        handle = self._open(path, paramiko.sftp.SFTP_FLAG_WRITE | paramiko.sftp.SFTP_FLAG_CREATE
+                            | paramiko.sftp.SFTP_FLAG_TRUNC)
+        self._write_and_close(handle, data, mode)
+
+    def append(self, path: str, data: bytes) -> None:
+        handle = self._open(path, paramiko.sftp.SFTP_FLAG_WRITE | paramiko.sftp.SFTP_FLAG_CREATE
+                            | paramiko.sftp.SFTP_FLAG_APPEND)
+        self._write_and_close(handle, data, None)
+
+    def _write_and_close(self, handle: bytes, data: bytes, mode: Optional[int]) -> None:
+        requests = [self._send(paramiko.sftp.CMD_WRITE, handle, paramiko.sftp.int64(offset),
+                               data[offset:offset + self.CHUNK])
+                    for offset in range(0, len(data), self.CHUNK)]
+        if mode is not None:
+            attributes = paramiko.SFTPAttributes()
+            attributes.st_mode = mode
+            requests.append(self._send(paramiko.sftp.CMD_FSETSTAT, handle, attributes))
+        requests.append(self._send(paramiko.sftp.CMD_CLOSE, handle))
+        self._answers_in_order(requests)
 
 
 class _SpareSession:

@@ -92,6 +92,61 @@ def test_an_exclusive_create_leaves_no_temp_file_and_costs_no_remove_when_it_suc
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
     assert len(removed) == (1 if isinstance(host, SshHost) else 0)
 
+
+def count_round_trips(host: SshHost):
+    """Over SFTP: how many times the client waited for answers after sending requests (each wait a
+    wake-up of sftp-server, 5-30 ms on a saturated machine)."""
+    sftp, trips, sending = host.sftp, [0], [False]
+    send, read = sftp._send_packet, sftp._read_packet
+
+    def sent(*args):
+        sending[0] = True
+        return send(*args)
+
+    def answer(*args):
+        if sending[0]:
+            trips[0] += 1
+            sending[0] = False
+        return read(*args)
+
+    sftp._send_packet, sftp._read_packet = sent, answer
+    return trips
+
+
+def test_a_rollback_s_file_operations_cost_two_or_three_sftp_round_trips(stack, tmp_path):
+    # Issue 15: a rollback reads and writes a dozen files before nginx serves it; paramiko's
+    # SFTPFile waits for every answer (a read was open, read, read to the end, close: four).
+    host = next(open_host("ssh", stack, tmp_path))
+    try:
+        path, lock, history = (str(tmp_path / name) for name in ("app.releases.json", "app.lock", "app.history"))
+        trips = count_round_trips(host)
+        cases = [(lambda: host.write_text_atomic(path, "{}\n"), 3),   # open | write, mode, close | rename
+                 (lambda: host.read_text(path), 2),                    # open | size, data (the close: not waited)
+                 (lambda: host.create_exclusive(lock, "me"), 3),       # open | write, close | rename
+                 (lambda: host.append_text(history, "1\n"), 2),       # open | write, close
+                 (lambda: host.read_text(str(tmp_path / "missing")), 1)]
+        for operation, expected in cases:
+            trips[0] = 0
+            operation()
+            assert trips[0] == expected, operation
+        assert host.read_text(path) == "{}\n" and host.read_text(lock) == "me" and host.read_text(history) == "1\n"
+    finally:
+        host.close()
+
+
+def test_files_larger_than_one_request_and_files_whose_size_says_otherwise_are_read_whole(host, tmp_path):
+    # Over SFTP a read asks for 32 KiB at a time and stops at the size the server reports; a file
+    # in /sys reports 4096 bytes and ends before, one in /proc reports 0 and has some.
+    path = str(tmp_path / "app.history.jsonl")
+    text = "".join(f"{n} \u20ac\n" for n in range(30000))   # ~260 KB
+    host.write_text_atomic(path, text)
+    host.append_text(path, "last\n")
+    assert host.read_text(path) == text + "last\n"
+    for special in ("/sys/class/net/lo/address", "/proc/sys/kernel/ostype"):
+        assert host.read_text(special) == Path(special).read_text(), special
+    host.write_text_atomic(path, "")
+    assert host.read_text(path) == ""
+
 # -- what a file can hold, and be: the same answers from both hosts and from the unit tests' fake ----
 
 def put(host, path: Path, data: bytes) -> None:

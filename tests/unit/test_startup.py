@@ -49,6 +49,15 @@ def test_importing_the_tool_loads_neither_ssh_nor_charset_guessing(body):
     assert _report(body) == {"loaded": [], "paramiko_deferred": True, "charset_normalizer_deferred": True}
 
 
+def test_what_the_cli_imports_before_it_starts_the_ssh_connection_leaves_http_to_later():
+    # Issue 15: the SSH connection starts (in a thread) right after pipeline.cli is imported, and
+    # a saturated machine gives this process a few percent of a CPU: http.client (with the email
+    # parser) was 40% of that import; the probes' ChannelConnection needs it, imported later.
+    body = ("import pipeline.cli\nassert 'http.client' not in sys.modules, 'http.client'\n"
+            "from pipeline.health import ChannelConnection\nassert 'http.client' in sys.modules")
+    assert _report(body)["loaded"] == []
+
+
 def test_the_deferred_module_is_paramiko_once_used():
     report = _report("import pipeline.cli, paramiko\nassert paramiko.SSHClient.__module__ == 'paramiko.client'")
     assert report == {"loaded": ["paramiko"], "paramiko_deferred": False,
