@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
 from . import build, decide, health, releases, smoke, verify
-from .decide import Address, ContainerFact
+from .decide import ContainerFact
 from .errors import (ContainerExited, DeployFailed, IncludeNotLoaded, Interrupted, InterruptedAfterSwitch,
                      LiveUnverified, NothingToDo, OutsideFailure, PipelineError, PreflightError, SettingsError,
                      SwitchedBack, SwitchedBackOnSignal, SwitchIncomplete, SwitchUnavailable)
@@ -74,8 +74,8 @@ def make_prober(host: NginxHost, s: Settings) -> health.Prober:
 
 @dataclass(frozen=True)
 class Facts:
-    live_address: Optional[decide.Targets]      # live mode on a swarm: every task's address
-    preview_address: Optional[decide.Targets]
+    live_address: Optional[decide.Route]      # live mode on a swarm: every task's address
+    preview_address: Optional[decide.Route]
     containers: Dict[str, ContainerFact]
     choice: decide.ColorChoice
 
@@ -94,7 +94,7 @@ def phase(message: str, *args: object) -> None:
 
 # -- facts -----------------------------------------------------------------------------------------
 
-def gather(ctx: Context, current: Optional[Callable[[str], Optional[decide.Targets]]] = None,
+def gather(ctx: Context, current: Optional[Callable[[str], Optional[decide.Route]]] = None,
            probe: bool = True, include_loaded: bool = True) -> Facts:
     """What the flows decide from. `current` says where a route points (default: the switch).
     `probe=False`: blue is not probed (status, when probes are refused), so it counts as not alive.
@@ -134,14 +134,9 @@ def health_urls(ctx: Context, color: str) -> List[str]:
     return [f"{a.url}{ctx.settings.health_path}" for a in ctx.engine.addresses(color)]
 
 
-def address_of(ctx: Context, color: str) -> decide.Targets:
-    """Where a route to `color` sends traffic: its one address, or every task of a swarm color."""
-    return decide.as_targets(ctx.engine.addresses(color))
-
-
-def preview_address_of(ctx: Context, color: str) -> Address:
+def preview_route(ctx: Context, color: str) -> decide.Route:
     """The preview serves a tester, not the load: one address (a swarm color's first task)."""
-    return decide.as_list(address_of(ctx, color))[0]
+    return ctx.engine.addresses(color)[:1]
 
 
 # -- preflight: one place, for every flow that changes something ----------------------------------
@@ -367,7 +362,7 @@ def wait_healthy(ctx: Context, color: str) -> None:
 def smoke_test(ctx: Context, color: str) -> None:
     s = ctx.settings
     if s.smoke_command:
-        url = preview_address_of(ctx, color).url
+        url = preview_route(ctx, color)[0].url
         phase("smoke test: %s (SMOKE_URL=%s)", s.smoke_command, url)
         smoke.run_smoke(s.smoke_command, url, ctx.environ, s.health_timeout)
 
@@ -452,12 +447,12 @@ def wait_tasks_healthy(ctx: Context, color: str) -> None:
 
 def switch_live(ctx: Context, release: Release, record: ReleaseRecord) -> ReleaseRecord:
     """Move live traffic to `release` and record it, in one step no signal cuts in half."""
-    targets = address_of(ctx, release.color)
-    phase("switching nginx to %s (%s) [%s]", release.color, decide.shown(targets), ctx.switch.mode)
+    route = ctx.engine.addresses(release.color)
+    phase("switching nginx to %s (%s) [%s]", release.color, decide.shown(route), ctx.switch.mode)
     switched = False
     try:
         with ctx.guard.critical():
-            ctx.switch.route_to(LIVE, targets)
+            ctx.switch.route_to(LIVE, route)
             switched = True
             record = record.made_live(release)
             record_store(ctx).write(record)
@@ -489,10 +484,10 @@ def _left_running(ctx: Context, old: Optional[str]) -> None:
 
 
 def point_preview(ctx: Context, color: str) -> None:
-    address = preview_address_of(ctx, color)
-    phase("pointing the preview at %s (%s)", color, address)
+    route = preview_route(ctx, color)
+    phase("pointing the preview at %s (%s)", color, decide.shown(route))
     with ctx.guard.critical():
-        ctx.switch.route_to(PREVIEW, address)
+        ctx.switch.route_to(PREVIEW, route)
 
 
 def preview_follows(ctx: Context, color: str, old: Optional[str]) -> None:
@@ -509,7 +504,7 @@ def preview_follows(ctx: Context, color: str, old: Optional[str]) -> None:
 
 
 def retire(ctx: Context, old: Optional[str], new: str, before: ReleaseRecord,
-           preview_before: Optional[Address] = None) -> None:
+           preview_before: Optional[decide.Route] = None) -> None:
     """Drain, take one last look at the new color, then stop the old color gracefully. It is kept
     (stopped) for rollback.
 
@@ -573,7 +568,7 @@ def last_look(ctx: Context, new: str, old: str) -> Tuple[Optional[bool], str]:
 
 
 def _back_after_last_look(ctx: Context, new: str, old: str, before: ReleaseRecord,
-                          preview_before: Optional[Address], reason: str) -> None:
+                          preview_before: Optional[decide.Route], reason: str) -> None:
     """The new release stopped serving after the switch: the old color (still running) takes
     traffic back through the same switch as after a failed verification, the new one is removed
     (scaled to 0), and the record is put back as before the switch. Raises SwitchedBack (exit 1)."""
@@ -629,7 +624,7 @@ def abandoned_on_failure(ctx: Context, color: str, facts: Facts, record: Release
         raise
 
 
-def _abandon(ctx: Context, color: str, preview_before: Optional[Address], record: ReleaseRecord) -> None:
+def _abandon(ctx: Context, color: str, preview_before: Optional[decide.Route], record: ReleaseRecord) -> None:
     """After a failed deploy: no container of the failed release left running, unless nginx may
     serve it, so nginx always has something to serve."""
     s = ctx.settings
@@ -650,14 +645,14 @@ def _abandon(ctx: Context, color: str, preview_before: Optional[Address], record
     _preview_back(ctx, color, preview_before)
 
 
-def _preview_back(ctx: Context, color: str, preview_before: Optional[Address]) -> None:
+def _preview_back(ctx: Context, color: str, preview_before: Optional[decide.Route]) -> None:
     """The preview, if it points at `color` (removed), back where it pointed before."""
     try:
         if ctx.settings.nginx_preview_include and ctx.engine.color_at(ctx.switch.current(PREVIEW)) == color \
                 and preview_before:
             ctx.switch.route_to(PREVIEW, preview_before)
     except PipelineError as exc:
-        log.warning("    could not point the preview back at %s: %s", preview_before, exc)
+        log.warning("    could not point the preview back at %s: %s", decide.shown(preview_before), exc)
 
 
 def _nginx_may_serve(ctx: Context, color: str) -> bool:
@@ -850,7 +845,7 @@ def _report_facts(ctx: Context) -> Facts:
         return gather(ctx, probe=False)
     except SwitchUnavailable as exc:
         log.warning("%s; reporting what the include files say", exc)
-        return gather(ctx, lambda route: decide.parse_include(includes.read(route)), probe=False)
+        return gather(ctx, lambda route: decide.parse_include(includes.read(route)) or None, probe=False)
 
 
 def describe_failure(exc: BaseException) -> str:
@@ -861,8 +856,8 @@ def status(ctx: Context, probe: bool = True) -> dict:
     s = ctx.settings
     includes = IncludeFiles(ctx.host, s)
 
-    def written(route: str) -> Optional[Address]:
-        return decide.parse_include(includes.read(route))
+    def written(route: str) -> Optional[decide.Route]:
+        return decide.parse_include(includes.read(route)) or None
 
     switch_problem = probe_problem = None
     if probe and ctx.engine.network_exists():
@@ -914,7 +909,7 @@ def status(ctx: Context, probe: bool = True) -> dict:
         "live_color": live,
         "live_version": colors[live]["version"] if live else None,
         "include": {"path": str(s.nginx_include),
-                    "points_at": decide.shown(decide.parse_include_all(includes.read(LIVE))) if include_address else None},
+                    "points_at": decide.shown(decide.parse_include(includes.read(LIVE))) if include_address else None},
         "preview": decide.shown(facts.preview_address) if facts.preview_address else None,
         "switch_mode": ctx.switch.mode,
         "switch": ctx.switch.describe(),

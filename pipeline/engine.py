@@ -12,7 +12,7 @@ import docker.errors
 import requests.exceptions
 import urllib3.exceptions
 
-from .decide import Address, ContainerFact, color_at
+from .decide import Address, ContainerFact, Route, color_at
 from .errors import DeployFailed, EngineFailed, OutsideFailure, PreflightError, RegistryFailed
 from .settings import COLORS, Settings
 
@@ -223,12 +223,13 @@ class Engine:
         fact = self.container(color)
         return fact is not None and fact.running and self.at_fixed_ip(fact)
 
-    def addresses(self, color: str) -> List[Address]:
+    def addresses(self, color: str) -> Route:
         """The color's one fixed address, whether or not its container runs now."""
-        return [Address(self.settings.ip_of(color), self.settings.app_port)]
+        return (Address(self.settings.ip_of(color), self.settings.app_port),)
 
-    def color_at(self, address: Optional[Address]) -> Optional[str]:
-        return color_at(address, self.settings.color_ips)
+    def color_at(self, route: Optional[Route]) -> Optional[str]:
+        """By the address: each color has its own fixed IP."""
+        return color_at(route, lambda a: a.ip, self.settings.color_ips)
 
     def probe_ips(self) -> List[str]:
         return [self.settings.ip_of(color) for color in COLORS]

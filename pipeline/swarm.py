@@ -26,7 +26,7 @@ import requests.exceptions
 from docker.types import EndpointSpec, RestartPolicy, ServiceMode
 from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wait_fixed
 
-from .decide import Address, ContainerFact, color_at_port
+from .decide import Address, ContainerFact, Route, color_at
 from .engine import (LABEL_APP, LABEL_COLOR, LABEL_VERSION, LIBRARY_ERRORS, Engine, _read_env_file, _reason,
                      engine_environment)
 from .errors import DeployFailed, EngineFailed, NotEnoughNodes, PreflightError, TaskFailed
@@ -224,14 +224,14 @@ class SwarmEngine:
         """The nodes' addresses: the only places a task of either color is ever probed."""
         return sorted({n.addr for n in self.nodes() if n.addr})
 
-    def addresses(self, color: str) -> List[Address]:
+    def addresses(self, color: str) -> Route:
         """Every running task of the color on a node that is up, as `NODE_ADDR:PORT`, sorted."""
-        return sorted({Address(a.node_addr, a.port) for a in self.task_addresses(color)},
-                      key=lambda a: (tuple(int(x) for x in a.ip.split(".")), a.port))
+        return tuple(sorted({Address(a.node_addr, a.port) for a in self.task_addresses(color)},
+                            key=lambda a: (tuple(int(x) for x in a.ip.split(".")), a.port)))
 
-    def color_at(self, address: Optional[Address]) -> Optional[str]:
+    def color_at(self, route: Optional[Route]) -> Optional[str]:
         """By the port: every task of a color publishes the color's own port."""
-        return color_at_port(address, {c: self.settings.port_of(c) for c in COLORS})
+        return color_at(route, lambda a: a.port, {c: self.settings.port_of(c) for c in COLORS})
 
     def discard(self, color: str) -> None:
         """After a failed start: scaled to 0, its spec kept (the failed tasks' logs stay readable)."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Dict, List, Optional, Protocol
 
-from .decide import Address, ContainerFact
+from .decide import ContainerFact, Route
 
 
 class Target(Protocol):
@@ -54,11 +54,11 @@ class Target(Protocol):
     def holds_address(self, color: str) -> bool:
         """True only if something of ours of this color runs where `addresses` points."""
 
-    def addresses(self, color: str) -> List[Address]:
+    def addresses(self, color: str) -> Route:
         """Where the color answers: what nginx is switched to and what the health gate probes."""
 
-    def color_at(self, address: Optional[Address]) -> Optional[str]:
-        """The color an address nginx points at belongs to, if any."""
+    def color_at(self, route: Optional[Route]) -> Optional[str]:
+        """The color a route nginx sends traffic over belongs to, if any."""
 
     def run(self, color: str, image: str, version: str) -> None: ...
 

@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Counter, Dict, FrozenSet, List, Optional, Protocol, Tuple
 
 from . import health
-from .decide import Address, Targets, as_list, as_targets, shown
+from .decide import Address, Route, shown
 from .errors import (AdminUnavailable, DeployFailed, Interrupted, LiveUnverified, NginxHostFailed, OutsideFailure,
                      PipelineError, PreflightError, SwitchedBack, SwitchedBackAfterBug, SwitchedBackOnSignal,
                      SwitchIncomplete)
@@ -142,9 +142,9 @@ def too_many_errors(tally: Tally, max_rate: float, min_requests: int) -> bool:
 
 # -- readers: what nginx answered for the new release's addresses -----------------------------------
 
-def address_set(addresses: Targets) -> FrozenSet[str]:
+def address_set(route: Route) -> FrozenSet[str]:
     """One address or several (a swarm color's tasks) as the `IP:PORT` strings nginx reports."""
-    return frozenset(str(a) for a in as_list(addresses))
+    return frozenset(str(a) for a in route)
 
 
 def summed(counts: Dict[str, Counter], addresses: FrozenSet[str]) -> Counter:
@@ -163,7 +163,7 @@ class AnswerReader(Protocol):
 class AccessLogReader:
     """Follows NGINX_ACCESS_LOG from its size at the baseline, reading only what was added."""
 
-    def __init__(self, host: NginxHost, path: str, addresses: Targets) -> None:
+    def __init__(self, host: NginxHost, path: str, addresses: Route) -> None:
         self.host, self.path, self.addresses = host, path, address_set(addresses)
         size = host.size(path)
         if size is None:
@@ -195,7 +195,7 @@ class StatsReader:
     """Live mode: nginx's counters for the addresses (one stats line per upstream address and
     status), summed, minus what they were at the baseline."""
 
-    def __init__(self, admin, addresses: Targets) -> None:
+    def __init__(self, admin, addresses: Route) -> None:
         self.admin, self.addresses = admin, address_set(addresses)
         self.before = summed(parse_stats(admin.stats()), self.addresses)
         self.unparsed = 0
@@ -206,7 +206,7 @@ class StatsReader:
                       if n - self.before.get(status, 0) > 0})
 
 
-def make_reader(ctx: Context, addresses: Targets) -> AnswerReader:
+def make_reader(ctx: Context, addresses: Route) -> AnswerReader:
     s = ctx.settings
     if ctx.switch.mode == "live":
         return StatsReader(ctx.switch.admin, addresses)   # type: ignore[attr-defined]
@@ -464,7 +464,7 @@ def switch_back(ctx: Context, color: str, old: str, why: str, old_addresses: Tup
                       ctx.switch.mode)
             if not addresses:
                 raise DeployFailed(f"{old_name} has no running task")
-            ctx.switch.route_to(LIVE, as_targets(addresses))
+            ctx.switch.route_to(LIVE, tuple(addresses))
         except PipelineError as exc:
             if isinstance(exc, SwitchIncomplete):
                 serving = f"nginx serves {new_name} or {old_name}: both are left running"

@@ -14,7 +14,7 @@ from typing import Dict, List, Optional, Set, Tuple, Union
 import pytest
 
 from pipeline import deploy as flows
-from pipeline.decide import Address, ContainerFact, color_at
+from pipeline.decide import Address, ContainerFact, Route, color_at
 from pipeline.errors import (DeployFailed, HealthCheckFailed, IncludeNotLoaded, Interrupted, NginxHostFailed, NotText,
                              PipelineError)
 from pipeline.health import NotHealthyYet
@@ -177,11 +177,11 @@ class FakeEngine(Strict):
     def probe_ips(self) -> List[str]:
         return [self.settings.ip_of(color) for color in ("blue", "green")]
 
-    def addresses(self, color: str) -> List[Address]:
-        return [Address(self.settings.ip_of(color), self.settings.app_port)]
+    def addresses(self, color: str) -> Route:
+        return (Address(self.settings.ip_of(color), self.settings.app_port),)
 
-    def color_at(self, address: Optional[Address]) -> Optional[str]:
-        return color_at(address, self.settings.color_ips)
+    def color_at(self, route: Optional[Route]) -> Optional[str]:
+        return color_at(route, lambda a: a.ip, self.settings.color_ips)
 
     def discard(self, color: str) -> None:
         self.remove(color)   # what the one engine does after a failed start
@@ -236,8 +236,8 @@ class FakeSwitch(Strict):
     settle_seconds = 0.0
 
     def __init__(self) -> None:
-        self.routes: Dict[str, Optional[Address]] = {LIVE: None, PREVIEW: None}
-        self.moves: List[Tuple[str, Address]] = []
+        self.routes: Dict[str, Optional[Route]] = {LIVE: None, PREVIEW: None}
+        self.moves: List[Tuple[str, Route]] = []
         # False: the include was written but nginx was not seen loading it (reload mode, a run
         # killed in between): current() raises IncludeNotLoaded, as ReloadSwitch does.
         self.loaded: Dict[str, bool] = {LIVE: True, PREVIEW: True}
@@ -245,18 +245,19 @@ class FakeSwitch(Strict):
     def check(self) -> None:
         pass
 
-    def current(self, route: str) -> Optional[Address]:
+    def current(self, route: str) -> Optional[Route]:
         if not self.loaded[route]:
             raise IncludeNotLoaded(f"nginx was not seen loading the {route} include", self.routes[route])
         return self.routes[route]
 
-    def route_to(self, route: str, address: Address) -> None:
+    def route_to(self, route: str, address: Route) -> None:
+        assert isinstance(address, tuple), f"a route is a tuple of addresses, not {address!r}"
         self.moves.append((route, address))
         self.routes[route] = address
         self.loaded[route] = True
 
     def describe(self) -> Dict[str, Optional[str]]:
-        return {route: str(a) if a else None for route, a in self.routes.items()}
+        return {route: str(a[0]) if a else None for route, a in self.routes.items()}
 
 
 class FakeAdmin(Strict):
@@ -269,8 +270,8 @@ class FakeAdmin(Strict):
 
     url = "http://127.0.0.1:8091"
 
-    def __init__(self, routes: Optional[Dict[str, Address]] = None) -> None:
-        self.routes: Dict[str, Address] = dict(routes or {})
+    def __init__(self, routes: Optional[Dict[str, Route]] = None) -> None:
+        self.routes: Dict[str, Route] = dict(routes or {})
         self.script: List[tuple] = []
         self.calls: List[Tuple[str, str]] = []
         self.down_after_put: Optional[BaseException] = None
@@ -287,7 +288,7 @@ class FakeAdmin(Strict):
         assert step[0] == call, f"the admin expected {step[0]}, got {call}"
         return step[1], len(step) > 2 and step[2] == "lands"
 
-    def get(self, route: str) -> Optional[Address]:
+    def get(self, route: str) -> Optional[Route]:
         self.calls.append(("get", route))
         if self.down is not None:
             raise self.down
@@ -296,7 +297,7 @@ class FakeAdmin(Strict):
             raise failure
         return self.routes.get(route)
 
-    def put(self, route: str, targets: Address) -> None:
+    def put(self, route: str, targets: Route) -> None:
         self.calls.append(("put", route))
         if self.down is not None:
             raise self.down
@@ -409,7 +410,7 @@ class World:
         address = self.switch.routes[LIVE]
         if address is None:
             return None
-        color = next(c for c in ("blue", "green") if self.settings.ip_of(c) == address.ip)
+        color = next(c for c in ("blue", "green") if self.settings.ip_of(c) == address[0].ip)
         box = self.engine.boxes.get(color)
         assert box is not None and box["status"] == "running", f"nginx points at {color}, which is not running"
         return box["version"], color

@@ -89,7 +89,7 @@ def test_a_switch_back_that_fails_leaves_the_new_release_live_recorded_and_marke
     moved = world.switch.route_to
 
     def refuse_to_go_back(route, address):
-        if route == LIVE and world.switch.routes[LIVE] != address and address.ip == str(world.settings.blue_ip):
+        if route == LIVE and world.switch.routes[LIVE] != address and address[0].ip == str(world.settings.blue_ip):
             raise DeployFailed("`nginx -t` exited with 1")
         moved(route, address)
 

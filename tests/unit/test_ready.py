@@ -38,7 +38,7 @@ def record(world: World) -> ReleaseRecord:
 
 
 def live(world: World, color: str):
-    return (LIVE, world.engine.addresses(color)[0])
+    return (LIVE, world.engine.addresses(color))
 
 
 # -- the flows ----------------------------------------------------------------------------------------
@@ -91,8 +91,8 @@ def test_without_min_ready_the_last_look_switches_back_before_the_old_color_is_s
     assert message == ("switched back to blue: container app-green stopped (exited, restarted 0x), "
                        "in the last look before stopping app-blue")
     # Switched to green, back to blue; green removed; blue never stopped.
-    assert world.switch.moves[:2] == [live(world, "green"), (PREVIEW, world.engine.addresses("green")[0])]
-    assert world.switch.moves[2:] == [live(world, "blue"), (PREVIEW, world.engine.addresses("blue")[0])]
+    assert world.switch.moves[:2] == [live(world, "green"), (PREVIEW, world.engine.addresses("green")[:1])]
+    assert world.switch.moves[2:] == [live(world, "blue"), (PREVIEW, world.engine.addresses("blue")[:1])]
     assert world.engine.mutations == [("build_image", "app:v2"), ("run", "green", "v2"), ("stop", "green"),
                                       ("remove", "green")]
     assert world.engine.boxes["blue"]["status"] == "running"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import signal
 from pathlib import Path
-from typing import List
+from typing import List, Tuple
 
 import pytest
 
@@ -80,7 +80,7 @@ def test_tally_describes_rate_count_and_commonest_statuses():
 def test_access_log_reader_reads_only_what_was_added(tmp_path):
     path = tmp_path / "app.access.log"
     path.write_text(LINE.format(upstream="172.20.0.3:8080", status=500) + "\n")   # before the mark
-    reader = verify.AccessLogReader(LocalHost(), str(path), Address("172.20.0.3", 8080))
+    reader = verify.AccessLogReader(LocalHost(), str(path), (Address("172.20.0.3", 8080),))
     with path.open("a") as log:
         log.write(LINE.format(upstream="172.20.0.3:8080", status=200) + "\n")
         log.write(LINE.format(upstream="172.20.0.2:8080", status=500) + "\n")     # the old color
@@ -95,7 +95,7 @@ def test_access_log_reader_reads_only_what_was_added(tmp_path):
 
 def test_access_log_reader_needs_the_file(tmp_path):
     with pytest.raises(verify.PreflightError, match="NGINX_ACCESS_LOG=.*no such file"):
-        verify.AccessLogReader(LocalHost(), str(tmp_path / "missing.log"), Address("172.20.0.3", 8080))
+        verify.AccessLogReader(LocalHost(), str(tmp_path / "missing.log"), (Address("172.20.0.3", 8080),))
 
 
 @pytest.mark.parametrize("name,value,words", [
@@ -144,8 +144,8 @@ class FakeEngine:
     def at_fixed_ip(self, fact) -> bool:
         return True
 
-    def addresses(self, color: str) -> List[Address]:
-        return [Address(self.settings.ip_of(color), self.settings.app_port)]
+    def addresses(self, color: str) -> Tuple[Address, ...]:
+        return (Address(self.settings.ip_of(color), self.settings.app_port),)
 
     def stop(self, color: str) -> None:
         self.calls.append(("stop", color))
@@ -166,7 +166,7 @@ class FakeSwitch:
         self.calls = calls
 
     def route_to(self, route: str, address: Address) -> None:
-        self.calls.append(("route_to", route, str(address)))
+        self.calls.append(("route_to", route, ", ".join(map(str, address))))
 
     def __getattr__(self, name: str):
         raise AssertionError(f"unexpected switch call: {name}")
@@ -342,7 +342,7 @@ def test_a_signal_held_through_the_switch_back_is_reported_as_a_switch_back_on_t
     ctx.engine = FailingEngine(ctx.settings, calls, ENGINE_GONE, after=0)
 
     def switch_back_while_signalled(route, address):
-        calls.append(("route_to", route, str(address)))
+        calls.append(("route_to", route, ", ".join(map(str, address))))
         ctx.guard._handle(signal.SIGTERM, None)   # as the handler does inside a critical step: held
 
     ctx.switch.route_to = switch_back_while_signalled

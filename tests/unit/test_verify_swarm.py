@@ -40,8 +40,8 @@ def task(color: str, i: int, state: str = "running", desired: str = "running", n
                     message=message, exit_code=exit_code, node_up=node_up)
 
 
-def addresses(color: str) -> List[Address]:
-    return [Address(addr, PORTS[color]) for _, _, addr in NODES]
+def addresses(color: str) -> Tuple[Address, ...]:
+    return tuple(Address(addr, PORTS[color]) for _, _, addr in NODES)
 
 
 # -- pure: the tasks nginx was switched to, still serving? ------------------------------------------
@@ -109,7 +109,7 @@ def test_the_stats_reader_sums_every_task_of_the_new_color_from_its_baseline():
     reader = verify.StatsReader(admin, addresses("green"))
     assert reader.read().statuses == {200: 7, 500: 2, 504: 1}
     # One address, as on one engine: the same reader.
-    assert verify.StatsReader(FakeAdmin("1.2.3.4:8080 200 1\n"), Address("1.2.3.4", 8080)).before == {200: 1}
+    assert verify.StatsReader(FakeAdmin("1.2.3.4:8080 200 1\n"), (Address("1.2.3.4", 8080),)).before == {200: 1}
 
 
 # -- the window on a swarm ----------------------------------------------------------------------------
@@ -124,8 +124,8 @@ class FakeSwarm(Strict):
     def tasks(self, color: str) -> List[TaskFact]:
         return list(self.now[color])
 
-    def addresses(self, color: str) -> List[Address]:
-        return [Address(t.node_addr, t.port) for t in self.now[color] if t.running and t.node_up]
+    def addresses(self, color: str) -> Tuple[Address, ...]:
+        return tuple(Address(t.node_addr, t.port) for t in self.now[color] if t.running and t.node_up)
 
     def discard(self, color: str) -> None:
         self.calls.append(("discard", color))
@@ -243,7 +243,7 @@ class SilentManager(FakeSwarm):
     def tasks(self, color: str) -> List[TaskFact]:
         raise MANAGER_GONE
 
-    def addresses(self, color: str) -> List[Address]:
+    def addresses(self, color: str) -> Tuple[Address, ...]:
         raise MANAGER_GONE
 
     def discard(self, color: str) -> None:
