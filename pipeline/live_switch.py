@@ -44,6 +44,7 @@ from urllib.parse import urlsplit
 import paramiko
 from tenacity import RetryCallState, RetryError, Retrying, retry_if_exception, stop_after_attempt, wait_fixed
 
+from .answers import AnswerReader, StatsReader
 from .decide import Route, parse_include, parse_route, render_route, shown
 from .errors import (AdminRefused, AdminTokenRefused, AdminUnavailable, IncludeMismatch, Interrupted,
                      LiveSwitchFailed, NginxHostFailed, PipelineError, SwitchIncomplete)
@@ -333,6 +334,14 @@ class LiveSwitch:
             fix = (f"once nginx's admin at {self.admin.url} answers, `python -m pipeline status` shows what "
                    f"nginx serves, and the next deploy goes to the other color")
         return f"{'; '.join(said)}. So the new container is left running. To settle it, {fix}"
+
+    def check_answers(self) -> None:
+        """The admin answers `GET /pipeline/stats` (AdminUnavailable: exit 3)."""
+        self.admin.stats()
+
+    def answers(self, route: Route) -> AnswerReader:
+        """nginx's counters for the route's addresses, from what they are now."""
+        return StatsReader(self.admin, route)
 
     def describe(self) -> Dict[str, Optional[str]]:
         report: Dict[str, Optional[str]] = {"admin": self.admin.url}

@@ -41,6 +41,7 @@ import shlex
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
+from .answers import AccessLogReader, AnswerReader, check_access_log
 from .decide import Route, parse_include, shown
 from .errors import (DeployFailed, IncludeNotLoaded, NginxHostFailed, PipelineError, PreflightError,
                      RemoteCommandFailed, SwitchIncomplete, tail)
@@ -324,6 +325,14 @@ class ReloadSwitch:
         log.warning(
             "    nginx loaded the new %s include, but %s could not be written: the next run reloads nginx "
             "once more before it touches a container", route, self.loaded_path(route))
+
+    def check_answers(self) -> None:
+        """The access log opens (answers.check_access_log)."""
+        check_access_log(self.host, self.settings)
+
+    def answers(self, route: Route) -> AnswerReader:
+        """nginx's access log, from its size now."""
+        return AccessLogReader(self.host, str(self.settings.nginx_access_log), route)
 
     def describe(self) -> Dict[str, Optional[str]]:
         """What each include names, read from the files (whether nginx loaded it: `current`)."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Dict, Optional, Protocol
 
+from .answers import AnswerReader
 from .decide import Route, render_include
 from .nginx_host import NginxHost
 from .settings import Settings
@@ -45,6 +46,19 @@ class TrafficSwitch(Protocol):
 
     def describe(self) -> Dict[str, Optional[str]]:
         """What the switch reports, for `status`."""
+
+    def check_answers(self) -> None:
+        """Preflight of a run that verifies: nginx's answers can be read where `answers` reads
+        them (PreflightError, AdminUnavailable: exit 3). Nothing is changed."""
+
+    def answers(self, route: Route) -> AnswerReader:
+        """From now on: what nginx answers for requests it sends to `route`'s addresses (the
+        verification window's reader)."""
+
+
+def status_fields(switch: TrafficSwitch) -> Dict[str, object]:
+    """The switch's fields in `status`."""
+    return {"switch_mode": switch.mode, "switch": switch.describe()}
 
 
 class IncludeFiles:

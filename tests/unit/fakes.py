@@ -14,10 +14,13 @@ from typing import Dict, List, Optional, Set, Tuple, Union
 import pytest
 
 from pipeline import deploy as flows
+from pipeline.answers import AnswerReader
+from pipeline.clock import Clock
 from pipeline.decide import Address, ContainerFact, Route, color_at
+from pipeline.engine import Engine
 from pipeline.errors import (DeployFailed, HealthCheckFailed, IncludeNotLoaded, Interrupted, NginxHostFailed, NotText,
                              PipelineError)
-from pipeline.health import NotHealthyYet
+from pipeline.health import Gate, NotHealthyYet
 from pipeline.settings import Settings
 from pipeline.switch import LIVE, PREVIEW
 
@@ -183,11 +186,17 @@ class FakeEngine(Strict):
     def color_at(self, route: Optional[Route]) -> Optional[str]:
         return color_at(route, lambda a: a.ip, self.settings.color_ips)
 
-    def discard(self, color: str) -> None:
-        self.remove(color)   # what the one engine does after a failed start
-
     def check_capacity(self) -> None:
         pass
+
+    # What the one engine decides from its facts, run over this fake's facts: the gate, the
+    # watch after it, its rows in `status`, how a failed release goes.
+    placement = Engine.placement
+    gate = Engine.gate
+    watch = Engine.watch
+    status_row = Engine.status_row
+    discard = Engine.discard
+    discarding = Engine.discarding
 
     def build_image(self, cwd: Path, tag: str, version: str) -> str:
         self.mutations.append(("build_image", tag))
@@ -241,9 +250,18 @@ class FakeSwitch(Strict):
         # False: the include was written but nginx was not seen loading it (reload mode, a run
         # killed in between): current() raises IncludeNotLoaded, as ReloadSwitch does.
         self.loaded: Dict[str, bool] = {LIVE: True, PREVIEW: True}
+        # What nginx answers during a verification window (a test that verifies sets it).
+        self.reader: Optional[AnswerReader] = None
 
     def check(self) -> None:
         pass
+
+    def check_answers(self) -> None:
+        pass
+
+    def answers(self, route: Route) -> AnswerReader:
+        assert self.reader is not None, "the test verifies, but did not say what nginx answers"
+        return self.reader
 
     def current(self, route: str) -> Optional[Route]:
         if not self.loaded[route]:
@@ -327,6 +345,20 @@ class FakeProber(Strict):
         return self.engine.answer(url)
 
 
+class WorldClock(FakeClock):
+    """The World's FakeClock: a sleep may be where SIGTERM arrives (`!interrupt-drain`)."""
+
+    def __init__(self, world: "World") -> None:
+        super().__init__(0.0)
+        self.world = world
+
+    def sleep(self, seconds: float) -> None:
+        super().sleep(seconds)
+        if self.world.interrupt_drain and seconds > 0:
+            self.world.interrupt_drain = False
+            raise Interrupted(signal.SIGTERM)
+
+
 class World:
     """One app on the fakes, driven by the same steps a user types."""
 
@@ -340,31 +372,31 @@ class World:
         self.engine = FakeEngine(self.settings)
         self.switch = FakeSwitch()
         self.interrupt_drain = False
-        self.sleeps: List[float] = []
-        self.now = 0.0              # the fake clock: only `sleep` moves it
+        self.clock = WorldClock(self)   # the fake clock: only `sleep` moves it
         self.after_gate = ""        # "dies" / "sickens": what the next release does right after its gate
+
+    @property
+    def now(self) -> float:
+        return self.clock.time
+
+    @property
+    def sleeps(self) -> List[float]:
+        return self.clock.sleeps
 
     # -- the seam ------------------------------------------------------------------------------
 
     def context(self, version: Optional[str] = None) -> flows.Context:
+        # As compose does: the settings settled (the version) before any part is handed them.
         settings = replace(self.settings, app_version=version)
         self.engine.settings = settings
         return flows.Context(settings, self.engine, self.host, self.switch, Path("/work"), {"BUILD_TAG": "unit"},
-                             sleep=self._sleep, clock=lambda: self.now, health_gate=self._health_gate,
-                             prober=FakeProber(self.engine))
+                             FakeProber(self.engine), self.now, clock=self.clock, health_gate=self._health_gate)
 
-    def _sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-        if self.interrupt_drain and seconds > 0:
-            self.interrupt_drain = False
-            raise Interrupted(signal.SIGTERM)
-
-    def _health_gate(self, url: str, interval: float, timeout: float, check_alive, prober, logs=lambda: [],
-                     can_connect=None) -> int:
-        assert isinstance(prober, FakeProber), "probes go through the context's prober"
-        assert callable(can_connect), "the port check goes with the gate"
-        check_alive()
+    def _health_gate(self, gate: Gate, interval: float, timeout: float, clock: Clock) -> int:
+        assert clock is self.clock, "the gate waits on the context's clock"
+        assert callable(gate.can_connect), "the port check goes with the gate"
+        gate.check_alive()
+        url = gate.what
         color = next(c for c in ("blue", "green") if f"//{self.settings.ip_of(c)}:" in url)
         if self.engine.boxes[color]["version"] in self.engine.unhealthy:
             raise HealthCheckFailed(url, 3, "HTTP 503 'starting'")
