@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Counter, Dict, FrozenSet, Optional, Protocol, Tuple
 
-from .decide import Route
+from .route import Route
 from .errors import NginxHostFailed, PreflightError
 from .nginx_host import NginxHost
 from .settings import Settings

@@ -22,10 +22,11 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
 from . import build, decide, health, releases, smoke, verify
 from .decide import ContainerFact
+from .route import Route, health_url, shown
 from .errors import (DeployFailed, IncludeNotLoaded, Interrupted, InterruptedAfterSwitch,
                      LiveUnverified, NothingToDo, OutsideFailure, PipelineError, PreflightError, RouteRefused, SettingsError,
                      SwitchedBack, SwitchedBackAfterBug, SwitchedBackOnSignal, SwitchIncomplete, SwitchUnavailable)
@@ -41,6 +42,9 @@ from .target import HealthReport, Target, probe_endpoints
 
 log = logging.getLogger("pipeline")
 
+# What `status` and `history` return: JSON documents (cli.py prints them, or dumps them with --json).
+Report = Dict[str, Any]
+
 
 @dataclass(frozen=True)
 class Context:
@@ -53,7 +57,7 @@ class Context:
     switch: TrafficSwitch
     cwd: Path
     environ: Mapping[str, str]
-    prober: health.Transport   # where health probes run (the nginx host's side): make_prober
+    prober: health.Probing   # where health probes run (the nginx host's side): make_prober
     started: float             # on `clock`: when the run started (the total time at the end)
     guard: SignalGuard = field(default_factory=SignalGuard)
     clock: Clock = SYSTEM   # every wait of the run: the gate, MIN_READY_SECONDS, the window, the drain
@@ -70,8 +74,8 @@ def make_prober(host: NginxHost, s: Settings) -> health.Prober:
 
 @dataclass(frozen=True)
 class Facts:
-    live_address: Optional[decide.Route]      # live mode on a swarm: every task's address
-    preview_address: Optional[decide.Route]
+    live_address: Optional[Route]      # live mode on a swarm: every task's address
+    preview_address: Optional[Route]
     containers: Dict[str, ContainerFact]
     choice: decide.ColorChoice
 
@@ -90,7 +94,7 @@ def phase(message: str, *args: object) -> None:
 
 # -- facts -----------------------------------------------------------------------------------------
 
-def gather(ctx: Context, current: Optional[Callable[[str], Optional[decide.Route]]] = None,
+def gather(ctx: Context, current: Optional[Callable[[str], Optional[Route]]] = None,
            probe: bool = True, include_loaded: bool = True) -> Facts:
     """What the flows decide from. `current` says where a route points (default: the switch).
     `probe=False`: blue is not probed (status, when probes are refused), so it counts as not alive.
@@ -106,7 +110,7 @@ def gather(ctx: Context, current: Optional[Callable[[str], Optional[decide.Route
         # The seed's rule, kept for a host with no include yet: probe blue, but only because a
         # container of ours holds its address (checked just above).
         try:
-            health.probe(ctx.prober, decide.health_url(ctx.engine.addresses("blue")[0], s.health_path), 2.0)
+            health.probe(ctx.prober, health_url(ctx.engine.addresses("blue")[0], s.health_path), 2.0)
             blue_alive = True
         except health.NotHealthyYet:
             blue_alive = False
@@ -122,7 +126,7 @@ def check_probe_routes(ctx: Context) -> None:
     ctx.prober.check_routes(ctx.engine.probe_ips())
 
 
-def preview_route(ctx: Context, color: str) -> decide.Route:
+def preview_route(ctx: Context, color: str) -> Route:
     """The preview serves a tester, not the load: one address (a swarm color's first task)."""
     return ctx.engine.addresses(color)[:1]
 
@@ -249,6 +253,8 @@ def _gathered_settled(ctx: Context) -> Facts:
                              f"should serve, {todo}")
     phase("settling what nginx serves: %s; reloading it before touching %s", unloaded,
           s.container_name(choice.target))
+    # "reload" only when the include names a running color: it names an address.
+    assert unloaded.address is not None, unloaded
     try:
         with ctx.guard.critical():
             ctx.switch.route_to(LIVE, unloaded.address)
@@ -374,7 +380,7 @@ def _verified(verdict: Optional[verify.Verdict]) -> str:
 def switch_live(ctx: Context, release: Release, record: ReleaseRecord) -> ReleaseRecord:
     """Move live traffic to `release` and record it, in one step no signal cuts in half."""
     route = ctx.engine.addresses(release.color)
-    phase("switching nginx to %s (%s) [%s]", release.color, decide.shown(route), ctx.switch.mode)
+    phase("switching nginx to %s (%s) [%s]", release.color, shown(route), ctx.switch.mode)
     switched = False
     try:
         with ctx.guard.critical():
@@ -411,7 +417,7 @@ def _left_running(ctx: Context, old: Optional[str]) -> None:
 
 def point_preview(ctx: Context, color: str) -> None:
     route = preview_route(ctx, color)
-    phase("pointing the preview at %s (%s)", color, decide.shown(route))
+    phase("pointing the preview at %s (%s)", color, shown(route))
     with ctx.guard.critical():
         ctx.switch.route_to(PREVIEW, route)
 
@@ -430,7 +436,7 @@ def preview_follows(ctx: Context, color: str, old: Optional[str]) -> None:
 
 
 def retire(ctx: Context, old: Optional[str], new: str, before: ReleaseRecord,
-           preview_before: Optional[decide.Route] = None) -> None:
+           preview_before: Optional[Route] = None) -> None:
     """Drain, take one last look at the new color, then stop the old color gracefully. It is kept
     (stopped) for rollback.
 
@@ -494,7 +500,7 @@ def last_look(ctx: Context, new: str, old: str) -> Tuple[Optional[bool], str]:
 
 
 def _back_after_last_look(ctx: Context, new: str, old: str, before: ReleaseRecord,
-                          preview_before: Optional[decide.Route], reason: str) -> None:
+                          preview_before: Optional[Route], reason: str) -> None:
     """The new release stopped serving after the switch: the old color (still running) takes
     traffic back through the same switch as after a failed verification, the new one is removed
     (scaled to 0), and the record is put back as before the switch. Raises SwitchedBack (exit 1)."""
@@ -550,7 +556,7 @@ def abandoned_on_failure(ctx: Context, color: str, facts: Facts, record: Release
         raise
 
 
-def _abandon(ctx: Context, color: str, preview_before: Optional[decide.Route], record: ReleaseRecord) -> None:
+def _abandon(ctx: Context, color: str, preview_before: Optional[Route], record: ReleaseRecord) -> None:
     """After a failed deploy: no container of the failed release left running, unless nginx may
     serve it, so nginx always has something to serve."""
     s = ctx.settings
@@ -570,14 +576,14 @@ def _abandon(ctx: Context, color: str, preview_before: Optional[decide.Route], r
     _preview_back(ctx, color, preview_before)
 
 
-def _preview_back(ctx: Context, color: str, preview_before: Optional[decide.Route]) -> None:
+def _preview_back(ctx: Context, color: str, preview_before: Optional[Route]) -> None:
     """The preview, if it points at `color` (removed), back where it pointed before."""
     try:
         if ctx.settings.nginx_preview_include and ctx.engine.color_at(ctx.switch.current(PREVIEW)) == color \
                 and preview_before:
             ctx.switch.route_to(PREVIEW, preview_before)
     except PipelineError as exc:
-        log.warning("    could not point the preview back at %s: %s", decide.shown(preview_before), exc)
+        log.warning("    could not point the preview back at %s: %s", shown(preview_before), exc)
 
 
 def _nginx_may_serve(ctx: Context, color: str) -> bool:
@@ -728,7 +734,7 @@ def _undo_bring_back(ctx: Context, plan: releases.RollbackPlan, live: Optional[s
         log.error("    could not put %s back as it was (%s); the next deploy replaces it", name, exc)
 
 
-def history(ctx: Context) -> List[dict]:
+def history(ctx: Context) -> List[Report]:
     """Every history entry, marked: `live` (its release serves now) and `rollback_target`
     (`rollback --to` its version works: it was live, and its container or image is kept)."""
     s = ctx.settings
@@ -777,11 +783,11 @@ def describe_failure(exc: BaseException) -> str:
     return str(exc) if isinstance(exc, (PipelineError, Interrupted)) else f"{type(exc).__name__}: {exc}"
 
 
-def status(ctx: Context, probe: bool = True) -> dict:
+def status(ctx: Context, probe: bool = True) -> Report:
     s = ctx.settings
     includes = IncludeFiles(ctx.host, s)
 
-    def written(route: str) -> Optional[decide.Route]:
+    def written(route: str) -> Optional[Route]:
         return decide.parse_include(includes.read(route)) or None
 
     switch_problem = probe_problem = None
@@ -824,8 +830,8 @@ def status(ctx: Context, probe: bool = True) -> dict:
         "live_color": live,
         "live_version": colors[live]["version"] if live else None,
         "include": {"path": str(s.nginx_include),
-                    "points_at": decide.shown(decide.parse_include(includes.read(LIVE))) if include_address else None},
-        "preview": decide.shown(facts.preview_address) if facts.preview_address else None,
+                    "points_at": shown(decide.parse_include(includes.read(LIVE))) if include_address else None},
+        "preview": shown(facts.preview_address) if facts.preview_address else None,
         **status_fields(ctx.switch),
         "switch_problem": switch_problem,
         "probe_problem": probe_problem,
@@ -848,6 +854,6 @@ def _health_report(ctx: Context) -> HealthReport:
     return report
 
 
-def _record_report(record: ReleaseRecord) -> Dict[str, Optional[dict]]:
+def _record_report(record: ReleaseRecord) -> Dict[str, Optional[Report]]:
     return {name: asdict(release) if release else None
             for name, release in (("live", record.live), ("previous", record.previous), ("staged", record.staged))}

@@ -8,11 +8,14 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Protocol, Tuple, Type
 
 import docker
+import docker.client
 import docker.errors
+import docker.types
 import requests.exceptions
 import urllib3.exceptions
 
-from .decide import Address, ContainerFact, Route, color_at, health_url
+from .decide import ContainerFact, color_at
+from .route import Address, Route, health_url
 from .errors import ContainerExited, DeployFailed, EngineFailed, OutsideFailure, PreflightError, RegistryFailed
 from .health import Gate, Transport, connect_check, probe
 from .settings import COLORS, Settings
@@ -56,7 +59,7 @@ class Engine:
             # as it takes), and `stop` adds its grace period.
             # No version given, so the SDK asks the engine for it (GET /version) here: that
             # answer is the proof the engine is reachable; a ping after it was a second round trip.
-            client = docker.from_env(environment=env, timeout=settings.network_timeout)
+            client = docker.client.from_env(environment=env, timeout=settings.network_timeout)
         except LIBRARY_ERRORS as exc:
             raise PreflightError(f"cannot reach the docker engine at {where}: "
                                  f"{_reason(exc, settings.network_timeout)}") from exc
@@ -141,7 +144,7 @@ class Engine:
         if image_id is None:
             with self._calling(f"inspecting image {tag}"):
                 image_id = self.api.inspect_image(tag)["Id"]
-        return image_id
+        return str(image_id)
 
     def push_and_pull(self, tag: str) -> None:
         """Push the release to the registry, then pull it back as the target engine would."""

@@ -69,6 +69,15 @@ class Transport(Protocol):
         ...
 
 
+class Probing(Transport, Protocol):
+    """A transport that checks the route to each address first (Prober): what a flow probes with."""
+
+    def check_routes(self, ips: Sequence[str]) -> None:
+        """RouteRefused unless the probing side reaches every one over a local bridge;
+        PreflightError if the nginx host runs no commands."""
+        ...
+
+
 class LocalTransport:
     """Probes from this machine (nginx is local)."""
 
@@ -282,7 +291,7 @@ def route_device(output: str) -> Optional[str]:
     return _word_after(output.split(), "dev")
 
 
-def _word_after(words: list, key: str) -> Optional[str]:
+def _word_after(words: List[str], key: str) -> Optional[str]:
     for word, value in zip(words, words[1:]):
         if word == key:
             return value

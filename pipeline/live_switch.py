@@ -45,7 +45,8 @@ import paramiko
 from tenacity import RetryCallState, RetryError, Retrying, retry_if_exception, stop_after_attempt, wait_fixed
 
 from .answers import AnswerReader, StatsReader
-from .decide import Route, parse_include, parse_route, render_route, shown
+from .decide import parse_include, parse_route, render_route
+from .route import Route, shown
 from .errors import (AdminRefused, AdminTokenRefused, AdminUnavailable, IncludeMismatch, Interrupted,
                      LiveSwitchFailed, NginxHostFailed, PipelineError, SwitchIncomplete)
 from .log import register_secret

@@ -42,7 +42,8 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
 from .answers import AccessLogReader, AnswerReader, check_access_log
-from .decide import Route, parse_include, shown
+from .decide import parse_include
+from .route import Route, shown
 from .errors import (DeployFailed, IncludeNotLoaded, NginxHostFailed, PipelineError, PreflightError,
                      RemoteCommandFailed, SwitchIncomplete, tail)
 from .nginx_host import CommandResult, NginxHost

@@ -21,12 +21,14 @@ from pathlib import Path
 from typing import Any, Callable, Dict, FrozenSet, List, Mapping, NamedTuple, Optional, Sequence, Set, TypeVar, Union
 
 import docker
+import docker.client
 import docker.errors
 import requests.exceptions
 from docker.types import EndpointSpec, RestartPolicy, ServiceMode
 from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wait_fixed
 
-from .decide import Address, ContainerFact, Route, color_at, health_url
+from .decide import ContainerFact, color_at
+from .route import Address, Route, health_url
 from .engine import (LABEL_APP, LABEL_COLOR, LABEL_VERSION, LIBRARY_ERRORS, Engine, _read_env_file, _reason,
                      engine_environment, registry_login)
 from .errors import DeployFailed, EngineFailed, NotEnoughNodes, PreflightError, TaskFailed
@@ -216,7 +218,7 @@ class SwarmEngine:
     def connect(cls, settings: Settings, environ: Mapping[str, str]) -> "SwarmEngine":
         env, where = engine_environment(settings, environ)
         try:
-            client = docker.from_env(environment=env, timeout=settings.network_timeout)
+            client = docker.client.from_env(environment=env, timeout=settings.network_timeout)
             swarm = client.info().get("Swarm") or {}
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
             raise PreflightError(f"cannot reach the docker engine at {where}: {_reason(exc, settings.network_timeout)}") from exc
@@ -530,8 +532,8 @@ class SwarmEngine:
 
     # -- helpers ----------------------------------------------------------------------------------
 
-    def _service(self, color: str):
-        """The color's service, None if absent; one not labelled as ours is refused."""
+    def _service(self, color: str) -> Any:
+        """The color's service (a docker SDK Service), None if absent; one not labelled as ours is refused."""
         name = self.settings.container_name(color)
         try:
             service = self.client.services.get(name)
@@ -601,11 +603,11 @@ class SwarmEngine:
 
 # -- pure readers of the manager's answers ---------------------------------------------------------
 
-def _replicas(spec: Mapping) -> int:
+def _replicas(spec: Mapping[str, Any]) -> int:
     return int(((spec.get("Mode") or {}).get("Replicated") or {}).get("Replicas", 0))
 
 
-def _node_fact(raw: Mapping) -> NodeFact:
+def _node_fact(raw: Mapping[str, Any]) -> NodeFact:
     status = raw.get("Status") or {}
     manager = raw.get("ManagerStatus") or {}
     addr = status.get("Addr") or ""
@@ -618,7 +620,7 @@ def _node_fact(raw: Mapping) -> NodeFact:
                     availability=spec.get("Availability", "active"), manager=bool(manager))
 
 
-def _task_fact(raw: Mapping, color: str, nodes: Mapping[str, NodeFact], default_port: int,
+def _task_fact(raw: Mapping[str, Any], color: str, nodes: Mapping[str, NodeFact], default_port: int,
                app_port: int) -> TaskFact:
     status = raw.get("Status") or {}
     container = (raw.get("Spec") or {}).get("ContainerSpec") or {}

@@ -2,7 +2,7 @@
 the one small interface every way of switching implements.
 
 The deploy flow only calls `current(route_name)` and `route_to(route_name, route)`, a route being
-the addresses traffic is spread over (decide.Route). `route_to` either succeeds or raises with
+the addresses traffic is spread over (route.Route). `route_to` either succeeds or raises with
 traffic left exactly where it was, except SwitchIncomplete: the switch could not be undone and
 nginx may serve (or, after a reload, will serve) the new addresses, so the flows keep that release
 running.
@@ -18,7 +18,8 @@ from __future__ import annotations
 from typing import Dict, Optional, Protocol
 
 from .answers import AnswerReader
-from .decide import Route, render_include
+from .decide import render_include
+from .route import Route
 from .nginx_host import NginxHost
 from .settings import Settings
 
@@ -35,11 +36,11 @@ class TrafficSwitch(Protocol):
         """Raise a PreflightError if this switch cannot work as configured. Flows call it before
         they change anything."""
 
-    def current(self, route_name: str) -> Optional[Route]:
+    def current(self, route_name: str, /) -> Optional[Route]:
         """Where the route sends traffic now (one address, or a swarm color's several); raises
         SwitchUnavailable when it cannot tell."""
 
-    def route_to(self, route_name: str, route: Route) -> None:
+    def route_to(self, route_name: str, route: Route, /) -> None:
         """Send the route's traffic to `route` (one address, or several to spread over); on
         failure raise, leaving the route as it was, or SwitchIncomplete when that could not be
         done."""
@@ -51,7 +52,7 @@ class TrafficSwitch(Protocol):
         """Preflight of a run that verifies: nginx's answers can be read where `answers` reads
         them (PreflightError, AdminUnavailable: exit 3). Nothing is changed."""
 
-    def answers(self, route: Route) -> AnswerReader:
+    def answers(self, route: Route, /) -> AnswerReader:
         """From now on: what nginx answers for requests it sends to `route`'s addresses (the
         verification window's reader)."""
 

@@ -15,7 +15,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Dict, List, NamedTuple, Optional, Protocol
 
-from .decide import Address, ContainerFact, Route, health_url
+from .decide import ContainerFact
+from .route import Address, Route, health_url
 from .health import Gate, NotHealthyYet, Transport, probe
 
 

@@ -42,7 +42,7 @@ from .answers import Tally
 from .answers import parse_log_line as parse_log_line
 from .answers import parse_stats as parse_stats
 from .clock import Clock
-from .decide import Route, health_url, shown
+from .route import Route, health_url, shown
 from .errors import (AdminUnavailable, DeployFailed, Interrupted, LiveUnverified, OutsideFailure, PipelineError,
                      SwitchedBack, SwitchedBackAfterBug, SwitchedBackOnSignal, SwitchIncomplete)
 from .health import Transport
@@ -138,7 +138,7 @@ def baseline(ctx: Context, color: str, old: Optional[str]) -> Optional[Baseline]
     if s.verify_seconds == 0:
         return None
     fact = ctx.engine.container(old) if old else None
-    if fact is None or not fact.running:
+    if old is None or fact is None or not fact.running:
         log.info("    no running previous release to switch back to: not verifying")
         return None
     return Baseline(color, old, ctx.switch.answers(ctx.engine.addresses(color)), ctx.engine.watch(color),
