@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Iterator, Mapping, Optional
 
 from .build import default_version
-from .clock import SYSTEM
+from .clock import SYSTEM, Clock
 from .deploy import Context, make_prober
 from .engine import Engine
 from .live_switch import LiveSwitch
@@ -30,13 +30,13 @@ def make_switch(host: NginxHost, settings: Settings) -> TrafficSwitch:
     return ReloadSwitch(host, settings)
 
 
-def make_target(settings: Settings, environ: Mapping[str, str]) -> Target:
+def make_target(settings: Settings, environ: Mapping[str, str], clock: Clock = SYSTEM) -> Target:
     """Where releases run: TARGET=swarm, a swarm manager; else the one docker engine."""
     if settings.target == "swarm":
         # Imported here: the one engine's runs (a rollback: a switch) start without it.
         from .swarm import SwarmEngine
 
-        return SwarmEngine.connect(settings, environ)
+        return SwarmEngine.connect(settings, environ, clock)
     return Engine.connect(settings, environ)
 
 

@@ -25,12 +25,13 @@ import docker.client
 import docker.errors
 import requests.exceptions
 from docker.types import EndpointSpec, RestartPolicy, ServiceMode
-from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wait_fixed
+from tenacity import RetryError, Retrying, retry_if_result, wait_fixed
 
 from .decide import ContainerFact, color_at
 from .route import Address, Route, health_url
 from .engine import (LABEL_APP, LABEL_COLOR, LABEL_VERSION, LIBRARY_ERRORS, Engine, _read_env_file, _reason,
                      engine_environment, registry_login)
+from .clock import SYSTEM, Clock
 from .errors import DeployFailed, EngineFailed, NotEnoughNodes, PreflightError, TaskFailed
 from .health import Gate, NotHealthyYet, Transport, probe
 from .settings import COLORS, Settings
@@ -101,10 +102,6 @@ class TaskAddress(NamedTuple):
     task_id: str
     node: str
     state: str
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.node_addr}:{self.port}"
 
     def __str__(self) -> str:
         """How the health gate names it: which task, on which node, where."""
@@ -202,8 +199,9 @@ class SwarmEngine:
     `Engine`: the release is built there and pushed to REGISTRY, where every node pulls it.
     """
 
-    def __init__(self, client: Any, settings: Settings) -> None:
+    def __init__(self, client: Any, settings: Settings, clock: Clock = SYSTEM) -> None:
         self.client = client
+        self.clock = clock   # the run's clock: waiting for tasks to stop
         self.api = client.api
         self.settings = settings
         self.images = Engine(client, settings)
@@ -215,7 +213,7 @@ class SwarmEngine:
         self._lost: Set[str] = set()
 
     @classmethod
-    def connect(cls, settings: Settings, environ: Mapping[str, str]) -> "SwarmEngine":
+    def connect(cls, settings: Settings, environ: Mapping[str, str], clock: Clock = SYSTEM) -> "SwarmEngine":
         env, where = engine_environment(settings, environ)
         try:
             client = docker.client.from_env(environment=env, timeout=settings.network_timeout)
@@ -229,7 +227,7 @@ class SwarmEngine:
         if not swarm.get("ControlAvailable"):
             raise PreflightError(f"the docker engine at {where} is a swarm worker; TARGET=swarm needs "
                                  f"DOCKER_HOST to name a swarm manager")
-        return cls(client, settings)
+        return cls(client, settings, clock)
 
     # -- what the single engine has too ----------------------------------------------------------
 
@@ -572,8 +570,9 @@ class SwarmEngine:
             raise EngineFailed("swarm manager", what, _reason(exc, self.settings.network_timeout)) from exc
 
     def _wait(self, done: Callable[[], bool], timeout: float, what: str) -> None:
-        retrying = Retrying(stop=stop_after_delay(timeout), wait=wait_fixed(0.25),
-                            retry=retry_if_result(lambda ok: not ok))
+        started = self.clock.now()
+        retrying = Retrying(stop=lambda state: self.clock.now() - started >= timeout, wait=wait_fixed(0.25),
+                            sleep=self.clock.sleep, retry=retry_if_result(lambda ok: not ok))
         try:
             retrying(done)
         except RetryError:
