@@ -45,6 +45,7 @@ import paramiko
 from tenacity import RetryCallState, RetryError, Retrying, retry_if_exception, stop_after_attempt, wait_fixed
 
 from .answers import AnswerReader, StatsReader
+from .clock import SYSTEM, Clock
 from .decide import parse_include, parse_route, render_route
 from .route import Route, shown
 from .errors import (AdminRefused, AdminTokenRefused, AdminUnavailable, IncludeMismatch, Interrupted,
@@ -82,7 +83,7 @@ class NginxAdmin:
     """The admin protocol of nginx/live/app-live.conf, spoken over `host.open_channel`."""
 
     def __init__(self, host: NginxHost, url: str, token_file: str, timeout: float = ADMIN_TIMEOUT,
-                 attempts: int = ADMIN_ATTEMPTS, retry_wait: float = ADMIN_RETRY_WAIT) -> None:
+                 attempts: int = ADMIN_ATTEMPTS, retry_wait: float = ADMIN_RETRY_WAIT, clock: Clock = SYSTEM) -> None:
         parts = urlsplit(url)
         assert parts.hostname, f"NGINX_ADMIN_URL {url!r} was not validated"
         self.host = host
@@ -94,6 +95,7 @@ class NginxAdmin:
         self.timeout = timeout
         self.attempts = attempts
         self.retry_wait = retry_wait
+        self.clock = clock   # the run's clock: the wait between attempts
 
     def get(self, route: str) -> Optional[Route]:
         """The route's address(es) as nginx uses them now; None when nginx has none set."""
@@ -181,7 +183,8 @@ class NginxAdmin:
 
         self.token()   # a token file problem is said once, before any attempt
         retrying = Retrying(stop=stop_after_attempt(self.attempts), wait=wait_fixed(self.retry_wait),
-                            retry=retry_if_exception(_is_transport_error), before_sleep=before_sleep)
+                            sleep=self.clock.sleep, retry=retry_if_exception(_is_transport_error),
+                            before_sleep=before_sleep)
         try:
             status, answer = retrying(self._exchange, method, self._path(route), body, limit)
         except RetryError as exc:

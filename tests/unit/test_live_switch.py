@@ -21,6 +21,8 @@ from pipeline.nginx_host import LocalHost
 from pipeline.settings import Settings
 from pipeline.switch import LIVE, PREVIEW
 
+from .fakes import FakeClock
+
 REPO = Path(__file__).resolve().parents[2]
 BLUE = Address("172.20.0.2", 8080)
 GREEN = Address("172.20.0.3", 8080)
@@ -193,7 +195,9 @@ def settings_for(tmp_path: Path, admin_url: str, **extra: str) -> Settings:
 
 def live_switch(host, tmp_path: Path, url: str, **extra: str) -> LiveSwitch:
     settings = settings_for(tmp_path, url, **extra)
-    admin = NginxAdmin(host, url, str(settings.nginx_admin_token_file), timeout=1.0, retry_wait=0.01)
+    # The waits between attempts go on a fake clock: a refused admin is retried without sleeping.
+    admin = NginxAdmin(host, url, str(settings.nginx_admin_token_file), timeout=1.0, retry_wait=0.01,
+                       clock=FakeClock())
     return LiveSwitch(host, settings, admin)
 
 
