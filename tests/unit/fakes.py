@@ -203,6 +203,13 @@ class FakeEngine(Strict):
         self.images[tag] = next(self._clock)
         return f"sha256:{tag}"
 
+    def check_registry(self) -> None:
+        pass   # the registry takes the login (with REGISTRY set)
+
+    def push_and_pull(self, tag: str) -> None:
+        self.mutations.append(("push_and_pull", tag))
+        assert tag in self.images, f"pushed {tag}, which was never built"
+
     def run(self, color: str, image: str, version: str) -> None:
         self.mutations.append(("run", color, version))
         self.boxes.pop(color, None)
