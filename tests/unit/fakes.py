@@ -139,6 +139,7 @@ class FakeEngine(Strict):
         self.mutations: List[Tuple[str, ...]] = []
         self._clock = itertools.count(1)
         self.network = False
+        self.holding = False   # whether a running container holds its color's address (holds_address)
 
     def answer(self, url: str) -> Tuple[int, str]:
         """What the color at the URL's address answers its health probe, if it runs."""
@@ -170,9 +171,11 @@ class FakeEngine(Strict):
         return {color: fact for color in ("blue", "green") if (fact := self.container(color))}
 
     def holds_address(self, color: str) -> bool:
-        # The gate before any probe of a color's address: here no container holds one, so no flow
-        # under test ever sends a request (the health gate is the World's own fake).
-        return False
+        # The gate before any probe of a color's address. Unless a test says the colors hold their
+        # addresses (`holding`), none does, so nothing is probed outside the gate; a probe never
+        # leaves anyway (FakeProber answers from `answer`).
+        box = self.boxes.get(color)
+        return self.holding and box is not None and box["status"] == "running"
 
     def at_fixed_ip(self, fact: ContainerFact) -> bool:
         return True
