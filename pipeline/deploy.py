@@ -604,19 +604,36 @@ def _nginx_may_serve(ctx: Context, color: str) -> bool:
 
 # -- flows -----------------------------------------------------------------------------------------
 
+def new_release(ctx: Context, doing: str) -> Tuple[Facts, ReleaseRecord, Release]:
+    """What a run that releases does first: pick the idle color from the facts, refuse a version
+    on record, build the release for that color (not started yet)."""
+    facts, record = facts_and_record(ctx)
+    log.info("    live: %s; %s %s (%s)", facts.choice.live or "none", doing, facts.choice.target,
+             facts.choice.reason)
+    check_version_is_new(ctx, facts, record)
+    return facts, record, build_release(ctx, facts.choice.target)
+
+
+def proven_ready(ctx: Context, color: str) -> None:
+    """Health, [smoke,] [min ready]: the color may take traffic now."""
+    wait_healthy(ctx, color)
+    smoke_test(ctx, color)
+    hold_ready(ctx, color)
+
+
+def brought_up(ctx: Context, release: Release) -> None:
+    """Start the new release on its color, then prove it ready (nothing switched yet)."""
+    start(ctx, release)
+    proven_ready(ctx, release.color)
+
+
 def deploy(ctx: Context) -> Outcome:
-    """Release `APP_VERSION` (settled in preflight: git sha or UTC time) and make it live."""
+    """Release `APP_VERSION` (settled before the run: git sha or UTC time) and make it live."""
     with preflight(ctx, "deploy") as run:
-        facts, record = facts_and_record(ctx)
-        live, target = facts.choice.live, facts.choice.target
-        log.info("    live: %s; deploying to %s (%s)", live or "none", target, facts.choice.reason)
-        check_version_is_new(ctx, facts, record)
-        release = build_release(ctx, target)
+        facts, record, release = new_release(ctx, "deploying to")
+        live, target = facts.choice.live, release.color
         with abandoned_on_failure(ctx, target, facts, record):
-            start(ctx, release)
-            wait_healthy(ctx, target)
-            smoke_test(ctx, target)
-            hold_ready(ctx, target)
+            brought_up(ctx, release)
             mark = verify.baseline(ctx, target, live)
             before = record
             record = switch_live(ctx, release, record)
@@ -633,16 +650,10 @@ def stage(ctx: Context) -> Outcome:
     The release is recorded as staged: `promote` makes it live, nothing else does."""
     s = ctx.settings
     with preflight(ctx, "stage") as run:
-        facts, record = facts_and_record(ctx)
-        live, target = facts.choice.live, facts.choice.target
-        log.info("    live: %s; staging on %s (%s)", live or "none", target, facts.choice.reason)
-        check_version_is_new(ctx, facts, record)
-        release = build_release(ctx, target)
+        facts, record, release = new_release(ctx, "staging on")
+        live, target = facts.choice.live, release.color
         with abandoned_on_failure(ctx, target, facts, record):
-            start(ctx, release)
-            wait_healthy(ctx, target)
-            smoke_test(ctx, target)
-            hold_ready(ctx, target)
+            brought_up(ctx, release)
             if s.nginx_preview_include:
                 point_preview(ctx, target)
             with ctx.guard.critical():
@@ -661,9 +672,7 @@ def promote(ctx: Context) -> Outcome:
         live = facts.choice.live
         staged = releases.staged_release(record, live, facts.containers)
         log.info("    promoting %s from %s", staged, live or "nothing")
-        wait_healthy(ctx, staged.color)
-        smoke_test(ctx, staged.color)
-        hold_ready(ctx, staged.color)
+        proven_ready(ctx, staged.color)
         mark = verify.baseline(ctx, staged.color, live)
         before = record
         record = switch_live(ctx, staged, record)
