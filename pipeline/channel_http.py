@@ -17,6 +17,7 @@ class ChannelConnection(http.client.HTTPConnection):
     def __init__(self, nginx_host: NginxHost, address: str, port: int, timeout: float) -> None:
         super().__init__(address, port, timeout=timeout)
         self._nginx_host = nginx_host
+        self._channel_timeout = timeout   # http.client's own may be None; a channel always has one
 
     def connect(self) -> None:
-        self.sock = self._nginx_host.open_channel(self.host, self.port, self.timeout)
+        self.sock = self._nginx_host.open_channel(self.host, self.port, self._channel_timeout)

@@ -117,7 +117,8 @@ def _run(args: argparse.Namespace, settings: Settings, environ: Mapping[str, str
         with compose.nginx_host(settings, connecting) as host:
             stdout.write(flows.lock_command(host, settings, args.lock_command) + "\n")
             return errors.EXIT_OK
-    with compose.context(settings, environ, cwd, getattr(args, "lock_wait", 0.0), started, connecting) as ctx:
+    with compose.context(settings, environ, cwd, getattr(args, "lock_wait", 0.0), started, connecting,
+                         releasing=args.command == "deploy") as ctx:
         if args.command == "status":
             _print_status(flows.status(ctx), args.json, stdout)
         elif args.command == "history":

@@ -7,12 +7,14 @@ handed to a flow as its Context.
 from __future__ import annotations
 
 import threading
-import time
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterator, Mapping, Optional
 
-from .deploy import Context
+from .build import default_version
+from .clock import SYSTEM, Clock
+from .deploy import Context, make_prober
 from .engine import Engine
 from .live_switch import LiveSwitch
 from .nginx_host import Connecting, NginxHost, connect
@@ -28,13 +30,13 @@ def make_switch(host: NginxHost, settings: Settings) -> TrafficSwitch:
     return ReloadSwitch(host, settings)
 
 
-def make_target(settings: Settings, environ: Mapping[str, str]) -> Target:
+def make_target(settings: Settings, environ: Mapping[str, str], clock: Clock = SYSTEM) -> Target:
     """Where releases run: TARGET=swarm, a swarm manager; else the one docker engine."""
     if settings.target == "swarm":
         # Imported here: the one engine's runs (a rollback: a switch) start without it.
         from .swarm import SwarmEngine
 
-        return SwarmEngine.connect(settings, environ)
+        return SwarmEngine.connect(settings, environ, clock)
     return Engine.connect(settings, environ)
 
 
@@ -48,16 +50,29 @@ def nginx_host(settings: Settings, connecting: Optional[Connecting] = None) -> I
         host.close()
 
 
+def settled(settings: Settings, cwd: Path, releasing: bool) -> Settings:
+    """The settings a run works with, settled before anything is composed: a run that releases
+    (deploy, deploy --no-promote) without APP_VERSION gets the git sha or the UTC time, once, so
+    the lock, the image tag and the history (even of a failure) all name the same release."""
+    if releasing and not settings.app_version:
+        return replace(settings, app_version=default_version(cwd))
+    return settings
+
+
 @contextmanager
 def context(settings: Settings, environ: Mapping[str, str], cwd: Path, lock_wait: float = 0.0,
-            started: Optional[float] = None, connecting: Optional[Connecting] = None) -> Iterator[Context]:
-    """Every part a flow works with, connected; closed again on the way out."""
+            started: Optional[float] = None, connecting: Optional[Connecting] = None,
+            releasing: bool = False) -> Iterator[Context]:
+    """Every part a flow works with, connected; closed again on the way out. `releasing`: the
+    run builds a release (its version is settled here, before any part gets the settings)."""
+    settings = settled(settings, cwd, releasing)
     engine = _engine_while_connecting(settings, environ, connecting)
     with nginx_host(settings, connecting) as host:
         if engine is None:
             engine = make_target(settings, environ)
-        ctx = Context(settings, engine, host, make_switch(host, settings), cwd, environ, lock_wait=lock_wait,
-                      started=time.monotonic() if started is None else started)
+        ctx = Context(settings, engine, host, make_switch(host, settings), cwd, environ,
+                      make_prober(host, settings), SYSTEM.now() if started is None else started,
+                      lock_wait=lock_wait, clock=SYSTEM)
         if threading.current_thread() is threading.main_thread():
             ctx.guard.install()   # SIGINT/SIGTERM become Interrupted, so every cleanup runs
         yield ctx

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, replace
-from typing import FrozenSet, List, Mapping, Optional, Sequence, Set, Union
+from typing import Callable, FrozenSet, List, Mapping, Optional, Set
 
+from .route import Address, Route, shown
 from .settings import COLORS, MAX_ROUTE_ADDRESSES
 
 # `set $service_url http://172.20.0.2:8080;` (the seed's form) ...
@@ -19,49 +20,8 @@ _SERVER_RE = re.compile(r"(?<![\w$])server\s+(\d{1,3}(?:\.\d{1,3}){3}):(\d{1,5})
 UPSTREAM_KEEPALIVE = 32
 
 
-@dataclass(frozen=True)
-class Address:
-    ip: str
-    port: int
-
-    def __str__(self) -> str:
-        return f"{self.ip}:{self.port}"
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.ip}:{self.port}"
-
-    @classmethod
-    def parse(cls, text: str) -> Optional["Address"]:
-        """`IP:PORT` as used by the live-switch admin protocol; None if it is anything else."""
-        match = re.fullmatch(r"(\d{1,3}(?:\.\d{1,3}){3}):(\d{1,5})", text.strip())
-        if not match or not 1 <= int(match.group(2)) <= 65535:
-            return None
-        if any(int(octet) > 255 for octet in match.group(1).split(".")):
-            return None
-        return cls(match.group(1), int(match.group(2)))
-
-
 def other(color: str) -> str:
     return "green" if color == "blue" else "blue"
-
-
-# Where a route sends traffic: one address (one engine), or several (a swarm color's tasks).
-Targets = Union[Address, Sequence[Address]]
-
-
-def as_list(targets: Targets) -> List[Address]:
-    return [targets] if isinstance(targets, Address) else list(targets)
-
-
-def as_targets(addresses: Sequence[Address]) -> Targets:
-    """One address as itself, several as a tuple (what `Targets` holds)."""
-    return addresses[0] if len(addresses) == 1 else tuple(addresses)
-
-
-def shown(targets: Optional[Targets]) -> str:
-    """For messages: `IP:PORT` or `IP:PORT, IP:PORT, ...`; `nothing` for no address."""
-    return ", ".join(str(a) for a in as_list(targets)) if targets else "nothing"
 
 
 # What a live-mode route takes (nginx/live/app-live.conf, routes.parse_list): 1 to
@@ -70,20 +30,19 @@ def shown(targets: Optional[Targets]) -> str:
 MAX_ROUTE_TEXT = MAX_ROUTE_ADDRESSES * 22 - 1
 
 
-def render_route(targets: Targets) -> str:
+def render_route(addresses: Route) -> str:
     """The live-mode admin body for a route: `IP:PORT` or `IP:PORT,IP:PORT,...`, in order."""
-    addresses = as_list(targets)
     if not addresses:
         raise ValueError("no address to route to")
     if len(addresses) > MAX_ROUTE_ADDRESSES:
         raise ValueError(f"{len(addresses)} addresses; a route takes at most {MAX_ROUTE_ADDRESSES}")
     if len(set(addresses)) != len(addresses):
-        raise ValueError(f"an address listed twice in {shown(targets)}")
+        raise ValueError(f"an address listed twice in {shown(addresses)}")
     return ",".join(str(a) for a in addresses)
 
 
-def parse_route(text: str) -> Optional[Targets]:
-    """An admin answer `IP:PORT[,IP:PORT...]` (surrounding whitespace aside) -> Targets; None if
+def parse_route(text: str) -> Optional[Route]:
+    """An admin answer `IP:PORT[,IP:PORT...]` (surrounding whitespace aside) -> a Route; None if
     it is anything else, by the same rules nginx stores it by (no empty item, no duplicate, no
     space inside, at most MAX_ROUTE_ADDRESSES)."""
     text = text.strip()
@@ -92,18 +51,18 @@ def parse_route(text: str) -> Optional[Targets]:
     items = text.split(",")
     if len(items) > MAX_ROUTE_ADDRESSES:
         return None
-    addresses = [Address.parse(item) if item == item.strip() else None for item in items]
-    if any(a is None for a in addresses) or len(set(addresses)) != len(addresses):
+    parsed = [Address.parse(item) if item == item.strip() else None for item in items]
+    addresses = tuple(a for a in parsed if a is not None)
+    if len(addresses) != len(items) or len(set(addresses)) != len(addresses):
         return None
-    return as_targets(addresses)   # type: ignore[arg-type]
+    return addresses
 
 
-def render_include(address: Targets, form: str = "set", variable: str = "service_url",
+def render_include(addresses: Route, form: str = "set", variable: str = "service_url",
                    upstream: str = "app_live") -> str:
     """The include file's text. `set` is the seed's one-liner; `upstream` keeps connections alive
     and lists one `server` per address (nginx spreads requests over them, and tries the next
     one when a connection to one fails)."""
-    addresses = as_list(address)
     if not addresses:
         raise ValueError("no address to route to")
     if form == "set":
@@ -121,47 +80,26 @@ def render_include(address: Targets, form: str = "set", variable: str = "service
     raise ValueError(f"unknown include form {form!r}")
 
 
-def parse_include_all(text: Optional[str]) -> List[Address]:
-    """Every address an include points at (the set form has one; an upstream one per server)."""
+def parse_include(text: Optional[str]) -> Route:
+    """Every address an include points at (the set form has one; an upstream one per server);
+    () if absent or not understood."""
     if not text:
-        return []
+        return ()
     match = _SET_RE.search(text)
     if match:
         found = Address.parse(f"{match.group(1)}:{match.group(2)}")
-        return [found] if found else []
-    return [a for m in _SERVER_RE.finditer(text) if (a := Address.parse(f"{m.group(1)}:{m.group(2)}"))]
+        return (found,) if found else ()
+    return tuple(a for m in _SERVER_RE.finditer(text) if (a := Address.parse(f"{m.group(1)}:{m.group(2)}")))
 
 
-def parse_include(text: Optional[str]) -> Optional[Address]:
-    """Where an include points, in either form; None if absent or not understood."""
-    if not text:
+def color_at(route: Optional[Route], key: Callable[[Address], object], colors: Mapping[str, object]) -> Optional[str]:
+    """The color a route goes to: the one whose `colors` entry is `key` of the route's first
+    address (one engine: by the color's fixed IP; a swarm: by the node port every task of the
+    color publishes), if any."""
+    if not route:
         return None
-    for pattern in (_SET_RE, _SERVER_RE):
-        match = pattern.search(text)
-        if match:
-            return Address.parse(f"{match.group(1)}:{match.group(2)}")
-    return None
-
-
-def color_at_port(targets: Optional[Targets], color_ports: Mapping[str, int]) -> Optional[str]:
-    """The color whose node port the address is (TARGET=swarm: a color's tasks share its port).
-    For several addresses (a live-mode route to every task), the first one's, like the include."""
-    address = as_list(targets)[0] if targets else None
-    if address is None:
-        return None
-    for color, port in color_ports.items():
-        if address.port == port:
-            return color
-    return None
-
-
-def color_at(targets: Optional[Targets], color_ips: Mapping[str, str]) -> Optional[str]:
-    """The color whose fixed IP the address (the first of several) is, if any."""
-    address = as_list(targets)[0] if targets else None
-    if address is None:
-        return None
-    for color, ip in color_ips.items():
-        if address.ip == ip:
+    for color, value in colors.items():
+        if key(route[0]) == value:
             return color
     return None
 

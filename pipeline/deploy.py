@@ -3,8 +3,9 @@
     preflight -> build -> pick the idle color -> start it -> health -> [smoke] -> [min ready]
     -> switch -> verify -> drain -> last look -> stop old
 
-Every flow that changes something starts with `preflight` (lock, settle the version, check; the
-history is written when it ends, however it ends). Facts are gathered next, including the release
+Every flow that changes something starts with `preflight` (lock, check; the history is written
+when it ends, however it ends); its settings, the version included, were settled before the
+context was composed (compose.py). Facts are gathered next, including the release
 record (releases.py), the decision is made by pure functions (decide.py, releases.py), then the
 world is touched. Every failure before the switch leaves traffic where it was and removes the new
 container (on a swarm: scales the new service to 0); a failed switch restores the include (the
@@ -17,33 +18,38 @@ import logging
 import os
 import shlex
 import socket
-import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
 from . import build, decide, health, releases, smoke, verify
-from .decide import Address, ContainerFact
-from .errors import (ContainerExited, DeployFailed, IncludeNotLoaded, Interrupted, InterruptedAfterSwitch,
-                     LiveUnverified, NothingToDo, OutsideFailure, PipelineError, PreflightError, SettingsError,
-                     SwitchedBack, SwitchedBackOnSignal, SwitchIncomplete, SwitchUnavailable)
+from .decide import ContainerFact
+from .route import Route, health_url, shown
+from .errors import (DeployFailed, IncludeNotLoaded, Interrupted, InterruptedAfterSwitch,
+                     LiveUnverified, NothingToDo, OutsideFailure, PipelineError, PreflightError, RouteRefused, SettingsError,
+                     SwitchedBack, SwitchedBackAfterBug, SwitchedBackOnSignal, SwitchIncomplete, SwitchUnavailable)
 from .history import Entry, History
+from .clock import SYSTEM, Clock
 from .lock import DeployLock, LockInfo, who_am_i
 from .nginx_host import NginxHost, check_writable
 from .releases import Release, ReleaseRecord, ReleaseStore
-from .settings import Settings
+from .settings import COLORS, Settings
 from .signals import SignalGuard
-from .switch import LIVE, PREVIEW, IncludeFiles, TrafficSwitch
-from .target import Target
+from .switch import LIVE, PREVIEW, IncludeFiles, TrafficSwitch, status_fields
+from .target import HealthReport, Target, probe_endpoints
 
 log = logging.getLogger("pipeline")
 
+# What `status` and `history` return: JSON documents (cli.py prints them, or dumps them with --json).
+Report = Dict[str, Any]
 
-@dataclass
+
+@dataclass(frozen=True)
 class Context:
-    """The outside things a flow works with, handed in (never globals). compose.py builds it."""
+    """The outside things a flow works with, handed in (never globals), with settings already
+    settled (the version included): compose.py builds it, and nothing changes it afterwards."""
 
     settings: Settings
     engine: Target       # one engine (engine.py) or a swarm (swarm.py): compose.make_target
@@ -51,19 +57,13 @@ class Context:
     switch: TrafficSwitch
     cwd: Path
     environ: Mapping[str, str]
+    prober: health.Probing   # where health probes run (the nginx host's side): make_prober
+    started: float             # on `clock`: when the run started (the total time at the end)
     guard: SignalGuard = field(default_factory=SignalGuard)
-    sleep: Callable[[float], None] = time.sleep
-    clock: Callable[[], float] = time.monotonic   # what `sleep` waits on (MIN_READY_SECONDS, the last look)
-    # The health gate (health.wait_healthy's signature): the one step that talks to the release.
-    health_gate: Callable[..., int] = health.wait_healthy
+    clock: Clock = SYSTEM   # every wait of the run: the gate, MIN_READY_SECONDS, the window, the drain
+    # The health gate (health.wait_ready's signature): the one step that waits for the release.
+    health_gate: Callable[[health.Gate, float, float, Clock], int] = health.wait_ready
     lock_wait: float = 0.0
-    started: float = field(default_factory=time.monotonic)
-    # Where health probes run (the nginx host's side); None: built from `host` and the settings.
-    prober: Optional[health.Prober] = None
-
-    def __post_init__(self) -> None:
-        if self.prober is None:
-            self.prober = make_prober(self.host, self.settings)
 
 
 def make_prober(host: NginxHost, s: Settings) -> health.Prober:
@@ -74,8 +74,8 @@ def make_prober(host: NginxHost, s: Settings) -> health.Prober:
 
 @dataclass(frozen=True)
 class Facts:
-    live_address: Optional[decide.Targets]      # live mode on a swarm: every task's address
-    preview_address: Optional[decide.Targets]
+    live_address: Optional[Route]      # live mode on a swarm: every task's address
+    preview_address: Optional[Route]
     containers: Dict[str, ContainerFact]
     choice: decide.ColorChoice
 
@@ -94,7 +94,7 @@ def phase(message: str, *args: object) -> None:
 
 # -- facts -----------------------------------------------------------------------------------------
 
-def gather(ctx: Context, current: Optional[Callable[[str], Optional[decide.Targets]]] = None,
+def gather(ctx: Context, current: Optional[Callable[[str], Optional[Route]]] = None,
            probe: bool = True, include_loaded: bool = True) -> Facts:
     """What the flows decide from. `current` says where a route points (default: the switch).
     `probe=False`: blue is not probed (status, when probes are refused), so it counts as not alive.
@@ -110,7 +110,7 @@ def gather(ctx: Context, current: Optional[Callable[[str], Optional[decide.Targe
         # The seed's rule, kept for a host with no include yet: probe blue, but only because a
         # container of ours holds its address (checked just above).
         try:
-            health.probe(ctx.prober, health_urls(ctx, "blue")[0], 2.0)
+            health.probe(ctx.prober, health_url(ctx.engine.addresses("blue")[0], s.health_path), 2.0)
             blue_alive = True
         except health.NotHealthyYet:
             blue_alive = False
@@ -126,22 +126,9 @@ def check_probe_routes(ctx: Context) -> None:
     ctx.prober.check_routes(ctx.engine.probe_ips())
 
 
-def health_url(s: Settings, color: str) -> str:
-    return f"http://{s.ip_of(color)}:{s.app_port}{s.health_path}"
-
-
-def health_urls(ctx: Context, color: str) -> List[str]:
-    return [f"{a.url}{ctx.settings.health_path}" for a in ctx.engine.addresses(color)]
-
-
-def address_of(ctx: Context, color: str) -> decide.Targets:
-    """Where a route to `color` sends traffic: its one address, or every task of a swarm color."""
-    return decide.as_targets(ctx.engine.addresses(color))
-
-
-def preview_address_of(ctx: Context, color: str) -> Address:
+def preview_route(ctx: Context, color: str) -> Route:
     """The preview serves a tester, not the load: one address (a swarm color's first task)."""
-    return decide.as_list(address_of(ctx, color))[0]
+    return ctx.engine.addresses(color)[:1]
 
 
 # -- preflight: one place, for every flow that changes something ----------------------------------
@@ -160,19 +147,16 @@ class Run:
 
 @contextmanager
 def preflight(ctx: Context, action: str) -> Iterator[Run]:
-    """Take the deploy lock, settle the version, check every part the run will use; on the way
-    out write the history (of a failure too) and release the lock.
+    """Take the deploy lock, check every part the run will use; on the way out write the history
+    (of a failure too) and release the lock. The version is settled already (compose.settled).
 
     A check that fails has changed nothing: the lock is released again.
     """
     s = ctx.settings
     check_writable(ctx.host, s)   # first: the lock and the history are written there
-    if action in ("deploy", "stage") and not s.app_version:
-        # Settled once, up front: the lock, the image tag and history (even of a failure) all
-        # name the same release.
-        s = ctx.settings = replace(s, app_version=build.default_version(ctx.cwd))
+    assert s.app_version or action not in ("deploy", "stage"), "compose settles the version of a deploy"
     who = who_am_i(ctx.environ)
-    lock = DeployLock(ctx.host, str(s.lock_path()))
+    lock = DeployLock(ctx.host, str(s.lock_path()), clock=ctx.clock)
     history = History(ctx.host, str(s.history_path()))
     lock.acquire(LockInfo(who, socket.gethostname(), os.getpid(), action, s.app_version or "", _now()),
                  ctx.lock_wait)
@@ -212,7 +196,7 @@ def preflight(ctx: Context, action: str) -> Iterator[Run]:
         assert outcome is not None, f"the {action} flow ended without saying what it did"
         history.append(Entry(_now(), who, s.app_name, outcome.action, outcome.version, outcome.color, "ok",
                              _elapsed(ctx), outcome.message))
-        phase("done: %s in %.1fs", outcome.message, time.monotonic() - ctx.started)
+        phase("done: %s in %.1fs", outcome.message, ctx.clock.now() - ctx.started)
     finally:
         try:
             lock.release()
@@ -235,7 +219,7 @@ def _now() -> str:
 
 
 def _elapsed(ctx: Context) -> float:
-    return round(time.monotonic() - ctx.started, 2)
+    return round(ctx.clock.now() - ctx.started, 2)
 
 
 def facts_and_record(ctx: Context) -> Tuple[Facts, ReleaseRecord]:
@@ -269,6 +253,8 @@ def _gathered_settled(ctx: Context) -> Facts:
                              f"should serve, {todo}")
     phase("settling what nginx serves: %s; reloading it before touching %s", unloaded,
           s.container_name(choice.target))
+    # "reload" only when the include names a running color: it names an address.
+    assert unloaded.address is not None, unloaded
     try:
         with ctx.guard.critical():
             ctx.switch.route_to(LIVE, unloaded.address)
@@ -333,41 +319,25 @@ def build_release(ctx: Context, color: str) -> Release:
 
 def start(ctx: Context, release: Release) -> None:
     s = ctx.settings
-    where = s.ip_of(release.color) if s.target == "docker" else \
-        f"{s.replicas} task(s) on port {s.port_of(release.color)}"
-    phase("starting %s (%s) at %s", s.container_name(release.color), release.version, where)
+    phase("starting %s (%s) at %s", s.container_name(release.color), release.version,
+          ctx.engine.placement(release.color))
     with ctx.guard.critical():
         ctx.engine.run(release.color, release.image, release.version)
 
 
 def wait_healthy(ctx: Context, color: str) -> None:
+    """The health gate: every endpoint of the color answers 200 (one container, or REPLICAS
+    tasks each on its own node), or the run fails here with nothing switched."""
     s = ctx.settings
-    name = s.container_name(color)
-    if s.target == "swarm":
-        wait_tasks_healthy(ctx, color)
-        return
-
-    def check_alive() -> None:
-        fact = ctx.engine.container(color)
-        if fact is None:
-            raise ContainerExited(name, "removed")
-        if not fact.running or fact.restart_count > 0:
-            state = fact.status if fact.restart_count == 0 else f"{fact.status}, restarted {fact.restart_count}x"
-            raise ContainerExited(name, state, ctx.engine.logs_tail(color))
-        if not ctx.engine.at_fixed_ip(fact):
-            raise ContainerExited(name, f"does not hold {s.ip_of(color)} on {s.deploy_network}")
-
-    url = health_url(s, color)
-    phase("waiting for %s to answer %s (every %gs, up to %gs)", name, url, s.health_interval, s.health_timeout)
-    ctx.health_gate(url, s.health_interval, s.health_timeout, check_alive, ctx.prober,
-                    logs=lambda: ctx.engine.logs_tail(color),
-                    can_connect=health.connect_check(ctx.prober, s.ip_of(color), s.app_port))
+    gate = ctx.engine.gate(color, ctx.prober)
+    phase("waiting for %s (every %gs, up to %gs)", gate.awaited, s.health_interval, s.health_timeout)
+    ctx.health_gate(gate, s.health_interval, s.health_timeout, ctx.clock)
 
 
 def smoke_test(ctx: Context, color: str) -> None:
     s = ctx.settings
     if s.smoke_command:
-        url = preview_address_of(ctx, color).url
+        url = preview_route(ctx, color)[0].url
         phase("smoke test: %s (SMOKE_URL=%s)", s.smoke_command, url)
         smoke.run_smoke(s.smoke_command, url, ctx.environ, s.health_timeout)
 
@@ -384,80 +354,37 @@ def hold_ready(ctx: Context, color: str) -> None:
     problem, probe_all = ready_checks(ctx, color)
     phase("holding %s for MIN_READY_SECONDS=%gs: it must keep running and answering %s (every %gs)", name,
           s.min_ready_seconds, s.health_path, min(s.health_interval, health.READY_PROBE_EVERY_MAX))
-    started = ctx.clock()
-    reason = health.stay_ready(s.min_ready_seconds, s.health_interval, problem, probe_all, ctx.clock, ctx.sleep)
+    started = ctx.clock.now()
+    reason = health.stay_ready(s.min_ready_seconds, s.health_interval, problem, probe_all, ctx.clock)
     if reason is not None:
         raise DeployFailed(f"{name} did not stay ready for MIN_READY_SECONDS={s.min_ready_seconds:g}: {reason} "
-                           f"{ctx.clock() - started:.1f}s after it was healthy; nothing was switched",
+                           f"{ctx.clock.now() - started:.1f}s after it was healthy; nothing was switched",
                            [f"container log: {line}" for line in ctx.engine.logs_tail(color)])
     log.info("    %s stayed ready for %gs", name, s.min_ready_seconds)
 
 
-def ready_checks(ctx: Context, color: str) -> Tuple[Callable[[], Optional[str]], Callable[[float], object]]:
+def ready_checks(ctx: Context, color: str) -> Tuple[Callable[[], Optional[str]], Callable[[float], None]]:
     """For health.stay_ready, on a color that passed its gate: why it is not serving (None if it
-    is), and a probe of every address it answers at. On a swarm: the tasks running now, each
-    probed at its node's address; any of them failing, restarting or moved, or fewer than
-    REPLICAS running, is a problem. Probes go only where the check just found ours."""
-    s = ctx.settings
-    name = s.container_name(color)
-    if s.target != "swarm":
-        url = health_url(s, color)
-        return (lambda: verify.container_problem(ctx, color)), lambda timeout: health.probe(ctx.prober, url, timeout)
-
-    from .swarm import serving_problem, task_where   # only a swarm has tasks (as in verify.py)
-    engine = ctx.engine
-    watched = frozenset(t.task_id for t in engine.task_addresses(color))   # type: ignore[attr-defined]
-    seen: list = []
-
-    def tasks_problem() -> Optional[str]:
-        seen[:] = engine.tasks(color)   # type: ignore[attr-defined]
-        found = serving_problem(seen, watched, s.replicas)
-        return f"{name}: {found}" if found else None
-
-    def probe_tasks(timeout: float) -> None:
-        for task in seen:
-            if task.task_id in watched and task.running and task.node_up and task.node_addr:
-                url = f"http://{task.node_addr}:{task.port}{s.health_path}"
-                try:
-                    health.probe(ctx.prober, url, timeout)
-                except health.NotHealthyYet as exc:
-                    raise health.NotHealthyYet(f"{task_where(task)}: {exc.last}") from exc
-
-    return tasks_problem, probe_tasks
+    is), and a probe of every endpoint it answers at (failures naming the endpoint). On a swarm
+    any watched task failing, restarting or moved, or fewer than REPLICAS running, is a problem.
+    Probes go only where the check just found ours."""
+    watch = ctx.engine.watch(color)
+    path = ctx.settings.health_path
+    return watch.problem, lambda timeout: probe_endpoints(ctx.prober, watch.endpoints(), path, timeout)
 
 
 def _verified(verdict: Optional[verify.Verdict]) -> str:
     return f"; {verdict.summary()}" if verdict else ""
 
 
-def wait_tasks_healthy(ctx: Context, color: str) -> None:
-    """The swarm's gate: REPLICAS tasks run, each on its own node, and every one answers 200 at
-    its node's address. A task that fails or restarts ends the wait at once (TaskFailed, naming
-    the task, its node and its last log lines); a task lost with its node is waited out."""
-    s = ctx.settings
-    engine = ctx.engine
-    name = s.container_name(color)
-
-    def ready() -> list:
-        # Only tasks of a converged service count: a replacement on its way is not healthy yet.
-        return engine.task_addresses(color) if engine.converged(color) else []   # type: ignore[attr-defined]
-
-    phase("waiting for %d task(s) of %s to answer %s on port %d (every %gs, up to %gs)", s.replicas, name,
-          s.health_path, s.port_of(color), s.health_interval, s.health_timeout)
-    health.wait_all_healthy(f"every task of {name} at {s.health_path}", ready, s.health_path, s.replicas,
-                            s.health_interval, s.health_timeout,
-                            lambda: engine.check_tasks(color),   # type: ignore[attr-defined]
-                            ctx.prober, logs=lambda: engine.logs_tail(color))
-
-
 def switch_live(ctx: Context, release: Release, record: ReleaseRecord) -> ReleaseRecord:
     """Move live traffic to `release` and record it, in one step no signal cuts in half."""
-    targets = address_of(ctx, release.color)
-    phase("switching nginx to %s (%s) [%s]", release.color, decide.shown(targets), ctx.switch.mode)
+    route = ctx.engine.addresses(release.color)
+    phase("switching nginx to %s (%s) [%s]", release.color, shown(route), ctx.switch.mode)
     switched = False
     try:
         with ctx.guard.critical():
-            ctx.switch.route_to(LIVE, targets)
+            ctx.switch.route_to(LIVE, route)
             switched = True
             record = record.made_live(release)
             record_store(ctx).write(record)
@@ -475,7 +402,7 @@ def verified(ctx: Context, mark: Optional[verify.Baseline], before: ReleaseRecor
     is live."""
     try:
         return verify.verify(ctx, mark)
-    except (verify.SwitchedBack, verify.SwitchedBackOnSignal, verify.SwitchedBackAfterBug):
+    except (SwitchedBack, SwitchedBackOnSignal, SwitchedBackAfterBug):
         assert mark is not None
         with ctx.guard.critical():
             record_store(ctx).write(before.without_color(mark.color))
@@ -489,10 +416,10 @@ def _left_running(ctx: Context, old: Optional[str]) -> None:
 
 
 def point_preview(ctx: Context, color: str) -> None:
-    address = preview_address_of(ctx, color)
-    phase("pointing the preview at %s (%s)", color, address)
+    route = preview_route(ctx, color)
+    phase("pointing the preview at %s (%s)", color, shown(route))
     with ctx.guard.critical():
-        ctx.switch.route_to(PREVIEW, address)
+        ctx.switch.route_to(PREVIEW, route)
 
 
 def preview_follows(ctx: Context, color: str, old: Optional[str]) -> None:
@@ -509,7 +436,7 @@ def preview_follows(ctx: Context, color: str, old: Optional[str]) -> None:
 
 
 def retire(ctx: Context, old: Optional[str], new: str, before: ReleaseRecord,
-           preview_before: Optional[Address] = None) -> None:
+           preview_before: Optional[Route] = None) -> None:
     """Drain, take one last look at the new color, then stop the old color gracefully. It is kept
     (stopped) for rollback.
 
@@ -528,14 +455,14 @@ def retire(ctx: Context, old: Optional[str], new: str, before: ReleaseRecord,
         log.warning("==> the new release is live, but %s: the old one may be left running", exc)
         return
     if old is None or old_fact is None:
-        ctx.sleep(ctx.switch.settle_seconds)
+        ctx.clock.sleep(ctx.switch.settle_seconds)
         return
     try:
         if s.keep_previous_running:
-            ctx.sleep(ctx.switch.settle_seconds)
+            ctx.clock.sleep(ctx.switch.settle_seconds)
         else:
             phase("draining %s for %gs", s.container_name(old), wait)
-            ctx.sleep(wait)
+            ctx.clock.sleep(wait)
         serving, reason = last_look(ctx, new, old) if old_fact.running else (True, "")
     except Interrupted:
         _left_running(ctx, old)
@@ -564,7 +491,7 @@ def last_look(ctx: Context, new: str, old: str) -> Tuple[Optional[bool], str]:
     s = ctx.settings
     try:
         problem, probe_all = ready_checks(ctx, new)
-        reason = health.stay_ready(0, s.health_interval, problem, probe_all, ctx.clock, ctx.sleep)
+        reason = health.stay_ready(0, s.health_interval, problem, probe_all, ctx.clock)
     except (OutsideFailure, PreflightError) as exc:
         log.warning("==> cannot look at %s before stopping %s (%s): %s left running", s.container_name(new),
                     s.container_name(old), exc, s.container_name(old))
@@ -573,7 +500,7 @@ def last_look(ctx: Context, new: str, old: str) -> Tuple[Optional[bool], str]:
 
 
 def _back_after_last_look(ctx: Context, new: str, old: str, before: ReleaseRecord,
-                          preview_before: Optional[Address], reason: str) -> None:
+                          preview_before: Optional[Route], reason: str) -> None:
     """The new release stopped serving after the switch: the old color (still running) takes
     traffic back through the same switch as after a failed verification, the new one is removed
     (scaled to 0), and the record is put back as before the switch. Raises SwitchedBack (exit 1)."""
@@ -629,14 +556,13 @@ def abandoned_on_failure(ctx: Context, color: str, facts: Facts, record: Release
         raise
 
 
-def _abandon(ctx: Context, color: str, preview_before: Optional[Address], record: ReleaseRecord) -> None:
+def _abandon(ctx: Context, color: str, preview_before: Optional[Route], record: ReleaseRecord) -> None:
     """After a failed deploy: no container of the failed release left running, unless nginx may
     serve it, so nginx always has something to serve."""
     s = ctx.settings
     if _nginx_may_serve(ctx, color):
         return
-    how = "removing" if s.target == "docker" else "scaling to 0"
-    log.error("==> %s %s; nginx still serves what it served before", how, s.container_name(color))
+    log.error("==> %s; nginx still serves what it served before", ctx.engine.discarding(color))
     try:
         ctx.engine.discard(color)
     except OutsideFailure as exc:
@@ -650,14 +576,14 @@ def _abandon(ctx: Context, color: str, preview_before: Optional[Address], record
     _preview_back(ctx, color, preview_before)
 
 
-def _preview_back(ctx: Context, color: str, preview_before: Optional[Address]) -> None:
+def _preview_back(ctx: Context, color: str, preview_before: Optional[Route]) -> None:
     """The preview, if it points at `color` (removed), back where it pointed before."""
     try:
         if ctx.settings.nginx_preview_include and ctx.engine.color_at(ctx.switch.current(PREVIEW)) == color \
                 and preview_before:
             ctx.switch.route_to(PREVIEW, preview_before)
     except PipelineError as exc:
-        log.warning("    could not point the preview back at %s: %s", preview_before, exc)
+        log.warning("    could not point the preview back at %s: %s", shown(preview_before), exc)
 
 
 def _nginx_may_serve(ctx: Context, color: str) -> bool:
@@ -678,19 +604,36 @@ def _nginx_may_serve(ctx: Context, color: str) -> bool:
 
 # -- flows -----------------------------------------------------------------------------------------
 
+def new_release(ctx: Context, doing: str) -> Tuple[Facts, ReleaseRecord, Release]:
+    """What a run that releases does first: pick the idle color from the facts, refuse a version
+    on record, build the release for that color (not started yet)."""
+    facts, record = facts_and_record(ctx)
+    log.info("    live: %s; %s %s (%s)", facts.choice.live or "none", doing, facts.choice.target,
+             facts.choice.reason)
+    check_version_is_new(ctx, facts, record)
+    return facts, record, build_release(ctx, facts.choice.target)
+
+
+def proven_ready(ctx: Context, color: str) -> None:
+    """Health, [smoke,] [min ready]: the color may take traffic now."""
+    wait_healthy(ctx, color)
+    smoke_test(ctx, color)
+    hold_ready(ctx, color)
+
+
+def brought_up(ctx: Context, release: Release) -> None:
+    """Start the new release on its color, then prove it ready (nothing switched yet)."""
+    start(ctx, release)
+    proven_ready(ctx, release.color)
+
+
 def deploy(ctx: Context) -> Outcome:
-    """Release `APP_VERSION` (settled in preflight: git sha or UTC time) and make it live."""
+    """Release `APP_VERSION` (settled before the run: git sha or UTC time) and make it live."""
     with preflight(ctx, "deploy") as run:
-        facts, record = facts_and_record(ctx)
-        live, target = facts.choice.live, facts.choice.target
-        log.info("    live: %s; deploying to %s (%s)", live or "none", target, facts.choice.reason)
-        check_version_is_new(ctx, facts, record)
-        release = build_release(ctx, target)
+        facts, record, release = new_release(ctx, "deploying to")
+        live, target = facts.choice.live, release.color
         with abandoned_on_failure(ctx, target, facts, record):
-            start(ctx, release)
-            wait_healthy(ctx, target)
-            smoke_test(ctx, target)
-            hold_ready(ctx, target)
+            brought_up(ctx, release)
             mark = verify.baseline(ctx, target, live)
             before = record
             record = switch_live(ctx, release, record)
@@ -707,22 +650,16 @@ def stage(ctx: Context) -> Outcome:
     The release is recorded as staged: `promote` makes it live, nothing else does."""
     s = ctx.settings
     with preflight(ctx, "stage") as run:
-        facts, record = facts_and_record(ctx)
-        live, target = facts.choice.live, facts.choice.target
-        log.info("    live: %s; staging on %s (%s)", live or "none", target, facts.choice.reason)
-        check_version_is_new(ctx, facts, record)
-        release = build_release(ctx, target)
+        facts, record, release = new_release(ctx, "staging on")
+        live, target = facts.choice.live, release.color
         with abandoned_on_failure(ctx, target, facts, record):
-            start(ctx, release)
-            wait_healthy(ctx, target)
-            smoke_test(ctx, target)
-            hold_ready(ctx, target)
+            brought_up(ctx, release)
             if s.nginx_preview_include:
                 point_preview(ctx, target)
             with ctx.guard.critical():
                 record_store(ctx).write(record.with_staged(release))
         if s.nginx_preview_include:
-            ctx.sleep(ctx.switch.settle_seconds)   # "staged" means the preview serves it
+            ctx.clock.sleep(ctx.switch.settle_seconds)   # "staged" means the preview serves it
         phase("%s staged on %s; live traffic still on %s. Run `promote` to switch.", release.version, target,
               live or "nothing")
         return run.done(Outcome("stage", release.version, target, f"staged on {target}"))
@@ -735,9 +672,7 @@ def promote(ctx: Context) -> Outcome:
         live = facts.choice.live
         staged = releases.staged_release(record, live, facts.containers)
         log.info("    promoting %s from %s", staged, live or "nothing")
-        wait_healthy(ctx, staged.color)
-        smoke_test(ctx, staged.color)
-        hold_ready(ctx, staged.color)
+        proven_ready(ctx, staged.color)
         mark = verify.baseline(ctx, staged.color, live)
         before = record
         record = switch_live(ctx, staged, record)
@@ -808,7 +743,7 @@ def _undo_bring_back(ctx: Context, plan: releases.RollbackPlan, live: Optional[s
         log.error("    could not put %s back as it was (%s); the next deploy replaces it", name, exc)
 
 
-def history(ctx: Context) -> List[dict]:
+def history(ctx: Context) -> List[Report]:
     """Every history entry, marked: `live` (its release serves now) and `rollback_target`
     (`rollback --to` its version works: it was live, and its container or image is kept)."""
     s = ctx.settings
@@ -850,25 +785,25 @@ def _report_facts(ctx: Context) -> Facts:
         return gather(ctx, probe=False)
     except SwitchUnavailable as exc:
         log.warning("%s; reporting what the include files say", exc)
-        return gather(ctx, lambda route: decide.parse_include(includes.read(route)), probe=False)
+        return gather(ctx, lambda route: decide.parse_include(includes.read(route)) or None, probe=False)
 
 
 def describe_failure(exc: BaseException) -> str:
     return str(exc) if isinstance(exc, (PipelineError, Interrupted)) else f"{type(exc).__name__}: {exc}"
 
 
-def status(ctx: Context, probe: bool = True) -> dict:
+def status(ctx: Context, probe: bool = True) -> Report:
     s = ctx.settings
     includes = IncludeFiles(ctx.host, s)
 
-    def written(route: str) -> Optional[Address]:
-        return decide.parse_include(includes.read(route))
+    def written(route: str) -> Optional[Route]:
+        return decide.parse_include(includes.read(route)) or None
 
     switch_problem = probe_problem = None
     if probe and ctx.engine.network_exists():
         try:
             check_probe_routes(ctx)
-        except health.RouteRefused as exc:
+        except RouteRefused as exc:
             probe, probe_problem = False, str(exc)
             log.warning("%s", exc)
     unknown = False
@@ -887,37 +822,26 @@ def status(ctx: Context, probe: bool = True) -> dict:
         facts = gather(ctx, written, probe=probe)
     include_address = written(LIVE)
     live = facts.choice.live if facts.live_address and not unknown else None
+    report = _health_report(ctx) if probe and not probe_problem else None
     colors = {}
-    for color in ("blue", "green"):
+    for color in COLORS:
         fact = facts.containers.get(color)
-        entry: dict = {"container": s.container_name(color), "ip": s.ip_of(color), "state": "absent",
-                       "version": None, "health": None}
-        if s.target == "swarm":
-            entry.update(ip=None, port=s.port_of(color), tasks=[])
+        entry: Dict[str, object] = {"container": s.container_name(color), "ip": None, "state": "absent",
+                                    "version": None, "health": None}
+        entry.update(ctx.engine.status_row(color, None if probe_problem else fact, report))
         if fact is not None:
             entry.update(state=fact.status, version=fact.version)
             if probe_problem:
                 entry["health"] = "not probed (see probe_problem)"
-            elif s.target == "swarm":
-                entry["tasks"] = _task_report(ctx, color, probe)
-                if probe:
-                    healthy = sum(1 for task in entry["tasks"] if str(task["health"]).startswith("HTTP 200"))
-                    entry["health"] = f"{healthy} of {s.replicas} task(s) answer 200"
-            elif probe and ctx.engine.holds_address(color):
-                try:
-                    entry["health"] = health.probe(ctx.prober, health_url(s, color), 2.0)
-                except health.NotHealthyYet as exc:
-                    entry["health"] = f"unhealthy: {exc.last}"
         colors[color] = entry
     return {
         "app": s.app_name,
         "live_color": live,
         "live_version": colors[live]["version"] if live else None,
         "include": {"path": str(s.nginx_include),
-                    "points_at": decide.shown(decide.parse_include_all(includes.read(LIVE))) if include_address else None},
-        "preview": decide.shown(facts.preview_address) if facts.preview_address else None,
-        "switch_mode": ctx.switch.mode,
-        "switch": ctx.switch.describe(),
+                    "points_at": shown(decide.parse_include(includes.read(LIVE))) if include_address else None},
+        "preview": shown(facts.preview_address) if facts.preview_address else None,
+        **status_fields(ctx.switch),
         "switch_problem": switch_problem,
         "probe_problem": probe_problem,
         "colors": colors,
@@ -929,24 +853,16 @@ def status(ctx: Context, probe: bool = True) -> dict:
     }
 
 
-def _task_report(ctx: Context, color: str, probe: bool) -> List[dict]:
-    """TARGET=swarm: every task the manager remembers for the color: node, address, state,
-    version, health (probed only while running on a node that is up: an address of this swarm)."""
-    report = []
-    for task in ctx.engine.tasks(color):   # type: ignore[attr-defined]
-        entry = {"task": task.task_id[:12], "node": task.node, "address": None, "state": task.state,
-                 "desired": task.desired_state, "version": task.version, "health": None}
-        if task.node_addr:
-            entry["address"] = f"{task.node_addr}:{task.port}"
-        if probe and task.running and task.node_up and task.node_addr:
-            try:
-                entry["health"] = health.probe(ctx.prober, f"http://{entry['address']}{ctx.settings.health_path}", 2.0)
-            except health.NotHealthyYet as exc:
-                entry["health"] = f"unhealthy: {exc.last}"
-        report.append(entry)
+def _health_report(ctx: Context) -> HealthReport:
+    """How `status` says a health URL answers: one probe, through the context's prober."""
+    def report(url: str) -> str:
+        try:
+            return health.probe(ctx.prober, url, 2.0)
+        except health.NotHealthyYet as exc:
+            return f"unhealthy: {exc.last}"
     return report
 
 
-def _record_report(record: ReleaseRecord) -> Dict[str, Optional[dict]]:
+def _record_report(record: ReleaseRecord) -> Dict[str, Optional[Report]]:
     return {name: asdict(release) if release else None
             for name, release in (("live", record.live), ("previous", record.previous), ("staged", record.staged))}

@@ -5,17 +5,22 @@ import http.client
 import logging
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Dict, Iterator, List, Mapping, Optional, Type
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Protocol, Tuple, Type
 
 import docker
+import docker.client
 import docker.errors
+import docker.types
 import requests.exceptions
 import urllib3.exceptions
 
 from . import layered
-from .decide import Address, ContainerFact, color_at
-from .errors import DeployFailed, EngineFailed, OutsideFailure, PreflightError, RegistryFailed
+from .decide import ContainerFact, color_at
+from .route import Address, Route, health_url
+from .errors import ContainerExited, DeployFailed, EngineFailed, OutsideFailure, PreflightError, RegistryFailed
+from .health import Gate, Transport, connect_check, probe
 from .settings import COLORS, Settings
+from .target import Endpoint, HealthReport
 
 log = logging.getLogger("pipeline")
 
@@ -32,7 +37,7 @@ LIBRARY_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestExce
 class Engine:
     """The few engine operations a deploy needs, with errors turned into pipeline's own."""
 
-    def __init__(self, client: docker.DockerClient, settings: Settings, where: str = "the local socket") -> None:
+    def __init__(self, client: Any, settings: Settings, where: str = "the local socket") -> None:
         self.client = client
         self.api = client.api
         self.settings = settings
@@ -55,7 +60,7 @@ class Engine:
             # as it takes), and `stop` adds its grace period.
             # No version given, so the SDK asks the engine for it (GET /version) here: that
             # answer is the proof the engine is reachable; a ping after it was a second round trip.
-            client = docker.from_env(environment=env, timeout=settings.network_timeout)
+            client = docker.client.from_env(environment=env, timeout=settings.network_timeout)
         except LIBRARY_ERRORS as exc:
             raise PreflightError(f"cannot reach the docker engine at {where}: "
                                  f"{_reason(exc, settings.network_timeout)}") from exc
@@ -64,14 +69,9 @@ class Engine:
     def check_registry(self) -> None:
         """Preflight, with REGISTRY_USERNAME set: the registry takes the login (through the engine)."""
         s = self.settings
-        if not s.registry_username:
-            return
-        try:
-            self.client.login(username=s.registry_username, password=s.registry_password.reveal(),
-                              registry=s.registry.split("/")[0], reauth=True)
-        except LIBRARY_ERRORS as exc:
-            raise PreflightError(f"registry {s.registry}: login as {s.registry_username} failed: "
-                                 f"{_reason(exc, s.network_timeout)}") from exc
+        refused = registry_login(self.client, s, reauth=True)
+        if refused is not None:
+            raise PreflightError(f"registry {s.registry}: login as {s.registry_username} failed: {refused}")
 
     # -- network -------------------------------------------------------------------------------
 
@@ -148,7 +148,7 @@ class Engine:
         if image_id is None:
             with self._calling(f"inspecting image {tag}"):
                 image_id = self.api.inspect_image(tag)["Id"]
-        return image_id
+        return str(image_id)
 
     def push_and_pull(self, tag: str) -> None:
         """Push the release to the registry, then pull it back as the target engine would."""
@@ -227,18 +227,55 @@ class Engine:
         fact = self.container(color)
         return fact is not None and fact.running and self.at_fixed_ip(fact)
 
-    def addresses(self, color: str) -> List[Address]:
+    def addresses(self, color: str) -> Route:
         """The color's one fixed address, whether or not its container runs now."""
-        return [Address(self.settings.ip_of(color), self.settings.app_port)]
+        return (Address(self.settings.ip_of(color), self.settings.app_port),)
 
-    def color_at(self, address: Optional[Address]) -> Optional[str]:
-        return color_at(address, self.settings.color_ips)
+    def color_at(self, route: Optional[Route]) -> Optional[str]:
+        """By the address: each color has its own fixed IP."""
+        return color_at(route, lambda a: a.ip, self.settings.color_ips)
 
     def probe_ips(self) -> List[str]:
         return [self.settings.ip_of(color) for color in COLORS]
 
-    def discard(self, color: str) -> None:
+    def placement(self, color: str) -> str:
+        return self.settings.ip_of(color)
+
+    def discard(self, color: str, graceful: bool = False) -> None:
+        """Removed; `graceful`: stopped first (SIGTERM, STOP_TIMEOUT), so requests in flight finish."""
+        if graceful:
+            self.stop(color)
         self.remove(color)
+
+    def discarding(self, color: str, graceful: bool = False) -> str:
+        return f"removing {self.settings.container_name(color)}"
+
+    def gate(self, color: str, prober: Transport) -> Gate:
+        """The one container at its fixed address: its health URL answers 200. The port check
+        runs between probes; the container exiting, restarting or losing its address ends the wait."""
+        s = self.settings
+        url = health_url(self.addresses(color)[0], s.health_path)
+
+        def check_alive() -> None:
+            trouble, fact = container_trouble(self, color)
+            if trouble is not None:
+                raise ContainerExited(s.container_name(color), _while_starting(trouble, fact, s),
+                                      self.logs_tail(color) if trouble == "stopped" else [])
+
+        return Gate(what=url, awaited=f"{s.container_name(color)} to answer {url}", check_alive=check_alive,
+                    probe_all=lambda timeout: probe(prober, url, timeout), logs=lambda: self.logs_tail(color),
+                    can_connect=connect_check(prober, s.ip_of(color), s.app_port))
+
+    def watch(self, color: str) -> "ContainerWatch":
+        return ContainerWatch(self, color)
+
+    def status_row(self, color: str, fact: Optional[ContainerFact],
+                   report: Optional[HealthReport]) -> Dict[str, object]:
+        """Its fixed IP; its health only while a container of ours holds it."""
+        healthy = None
+        if fact is not None and report is not None and self.holds_address(color):
+            healthy = report(health_url(self.addresses(color)[0], self.settings.health_path))
+        return {"ip": self.settings.ip_of(color), "health": healthy}
 
     def check_capacity(self) -> None:
         """One engine always has room for the one container of a color."""
@@ -310,6 +347,76 @@ class Engine:
         except LIBRARY_ERRORS:
             return []
         return [line for line in raw.decode("utf-8", "replace").splitlines() if line.strip()]
+
+
+class Containers(Protocol):
+    """What the container checks read: the one engine (or a fake of it, at the same seam)."""
+
+    settings: Settings
+
+    def container(self, color: str) -> Optional[ContainerFact]: ...
+
+    def at_fixed_ip(self, fact: ContainerFact) -> bool: ...
+
+
+def container_trouble(engine: Containers, color: str) -> Tuple[Optional[str], Optional[ContainerFact]]:
+    """The one "is it still alive" check of a color's container: "removed", "stopped" (exited or
+    restarted) or "moved" (it does not hold its fixed IP on the deploy network), else None; with
+    the fact it read."""
+    fact = engine.container(color)
+    if fact is None:
+        return "removed", None
+    if not fact.running or fact.restart_count > 0:
+        return "stopped", fact
+    if not engine.at_fixed_ip(fact):
+        return "moved", fact
+    return None, fact
+
+
+def _while_starting(trouble: str, fact: Optional[ContainerFact], s: Settings) -> str:
+    """The trouble as the health gate's ContainerExited says it."""
+    if trouble == "removed" or fact is None:
+        return "removed"
+    if trouble == "stopped":
+        return fact.status if fact.restart_count == 0 else f"{fact.status}, restarted {fact.restart_count}x"
+    return f"does not hold {s.ip_of(fact.color)} on {s.deploy_network}"
+
+
+class ContainerWatch:
+    """The one container of a color after its gate: it must keep running at its fixed IP."""
+
+    def __init__(self, engine: Containers, color: str) -> None:
+        self.engine, self.color = engine, color
+
+    def problem(self) -> Optional[str]:
+        s = self.engine.settings
+        name = s.container_name(self.color)
+        trouble, fact = container_trouble(self.engine, self.color)
+        if trouble is None:
+            return None
+        if fact is None:
+            return f"container {name} was removed"
+        if trouble == "stopped":
+            return f"container {name} stopped ({fact.status}, restarted {fact.restart_count}x)"
+        return f"container {name} no longer holds {s.ip_of(self.color)} on {s.deploy_network}"
+
+    def endpoints(self) -> List[Endpoint]:
+        s = self.engine.settings
+        return [Endpoint(Address(s.ip_of(self.color), s.app_port), "")]
+
+
+def registry_login(client: Any, s: Settings, reauth: bool = False) -> Optional[str]:
+    """Log the docker client in to REGISTRY when it needs a login (REGISTRY_USERNAME): the one
+    login of both targets. None when done (or not needed); else the engine's reason, for the
+    caller's own error (a preflight check, or a step of the run)."""
+    if not s.registry_username:
+        return None
+    try:
+        client.login(username=s.registry_username, password=s.registry_password.reveal(),
+                     registry=s.registry.split("/")[0], reauth=reauth)
+    except LIBRARY_ERRORS as exc:
+        return _reason(exc, s.network_timeout)
+    return None
 
 
 def engine_environment(settings: Settings, environ: Mapping[str, str]) -> "tuple[Dict[str, str], str]":

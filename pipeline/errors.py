@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
+from .route import Route
+
 # Documented in the README ("Exit codes"); keep the two in step.
 EXIT_OK = 0
 EXIT_DEPLOY_FAILED = 1   # the new release was not promoted; the working version still serves
@@ -88,7 +90,7 @@ class IncludeNotLoaded(SwitchUnavailable):
     killed between the write and the reload, a reload that did not apply): nginx may still serve
     what an older include named. `address` is what the include names."""
 
-    def __init__(self, message: str, address: object) -> None:
+    def __init__(self, message: str, address: Optional[Route]) -> None:
         self.address = address
         super().__init__(message)
 

@@ -1,4 +1,4 @@
-"""The health gate: GET the new container's health URL until it answers 200.
+"""The health gate: GET a new color's health URL(s) until they answer 200.
 
 Probes run where nginx runs, because that is where the release has to be reachable: through a
 direct-tcpip channel of the SSH connection when nginx is on another machine (`ChannelTransport`),
@@ -19,14 +19,15 @@ import http.client
 import logging
 import re
 import socket
-import time
+from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Protocol, Sequence, Tuple
 from urllib.parse import urlsplit
 
 import paramiko
 import requests
-from tenacity import RetryCallState, RetryError, Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
+from tenacity import RetryCallState, RetryError, Retrying, retry_if_exception_type
 
+from .clock import Clock
 from .errors import HealthCheckFailed, NginxHostFailed, PreflightError, RouteRefused
 from .channel_http import ChannelConnection
 from .nginx_host import CommandResult, NginxHost
@@ -66,6 +67,15 @@ class Transport(Protocol):
 
     def can_connect(self, ip: str, port: int, timeout: float) -> bool:
         """True if a TCP connection to ip:port opens from this side."""
+        ...
+
+
+class Probing(Transport, Protocol):
+    """A transport that checks the route to each address first (Prober): what a flow probes with."""
+
+    def check_routes(self, ips: Sequence[str]) -> None:
+        """RouteRefused unless the probing side reaches every one over a local bridge;
+        PreflightError if the nginx host runs no commands."""
         ...
 
 
@@ -282,7 +292,7 @@ def route_device(output: str) -> Optional[str]:
     return _word_after(output.split(), "dev")
 
 
-def _word_after(words: list, key: str) -> Optional[str]:
+def _word_after(words: List[str], key: str) -> Optional[str]:
     for word, value in zip(words, words[1:]):
         if word == key:
             return value
@@ -334,56 +344,71 @@ class PortWatch:
 
 def connect_check(transport: Transport, ip: str, port: int,
                   timeout: float = CONNECT_TIMEOUT) -> Callable[[], bool]:
-    """`can_connect` for wait_healthy: does ip:port accept a TCP connection from where the
-    transport probes? Only for an address a container of ours holds: wait_healthy calls it
-    right after `check_alive` has said so."""
+    """`can_connect` for a Gate: does ip:port accept a TCP connection from where the transport
+    probes? Only for an address a container of ours holds: wait_ready calls it right after
+    `check_alive` has said so."""
     return lambda: transport.can_connect(ip, port, timeout)
 
 
-def wait_healthy(url: str, interval: float, timeout: float, check_alive: Callable[[], None],
-                 transport: Optional[Transport] = None,
-                 logs: Callable[[], list] = lambda: [],
-                 can_connect: Optional[Callable[[], bool]] = None,
-                 clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep) -> int:
-    """Probe until 200 or `timeout` s pass, at most `interval` s apart; returns the attempts made.
+@dataclass(frozen=True)
+class Gate:
+    """What the health gate waits on: a color just started, as its target sees it (one container
+    at one address, or every task of a swarm color at its node's address)."""
 
-    `check_alive` raises (e.g. ContainerExited) if the container is gone or does not hold the
-    address any more; it runs before each probe and during every wait. `can_connect` (optional)
-    says whether the service's port accepts connections; it runs during the waits, every
+    # What a failed gate names: the health URL, or "every task of app-green at /health".
+    what: str
+    # What the phase line says is awaited: "app-green to answer URL", "3 task(s) of app-green to ...".
+    awaited: str
+    # Raises (ContainerExited, TaskFailed) when the color failed: the wait ends at once. Runs
+    # before each probe and during every wait.
+    check_alive: Callable[[], None]
+    # One attempt (each probe may take `timeout`): raises NotHealthyYet unless every endpoint the
+    # gate needs answers 200; returns the answer, for the log.
+    probe_all: Callable[[float], str]
+    # The color's last log lines, for the failure's detail.
+    logs: Callable[[], List[str]] = lambda: []
+    # Optional: does the service's port accept connections? (see the module docstring)
+    can_connect: Optional[Callable[[], bool]] = None
+
+
+def wait_ready(gate: Gate, interval: float, timeout: float, clock: Clock) -> int:
+    """The health gate: attempt until every endpoint answers 200 or `timeout` s pass, at most
+    `interval` s apart; returns the attempts made.
+
+    `gate.check_alive` runs before each attempt and during every wait (a color that failed ends
+    the wait at once). `gate.can_connect` (optional) runs during the waits, every
     CONNECT_CHECK_EVERY s and right after `check_alive`, and when it turns true the probes start
-    over from short gaps. `clock` and `sleep` are the time this runs on.
+    over from short gaps. `clock` is the time this runs on.
     """
-    transport = transport or LocalTransport()
     probe_timeout = max(0.5, min(interval, 5.0))
-    started = clock()
+    started = clock.now()
     backoff = Backoff(FIRST_WAIT, interval)
-    port = PortWatch(can_connect)
-    tick = ALIVE_CHECK_EVERY if can_connect is None else CONNECT_CHECK_EVERY
+    port = PortWatch(gate.can_connect)
+    tick = ALIVE_CHECK_EVERY if gate.can_connect is None else CONNECT_CHECK_EVERY
 
     def attempt() -> str:
-        check_alive()
-        return probe(transport, url, probe_timeout)
+        gate.check_alive()
+        return gate.probe_all(probe_timeout)
 
     def next_wait(state: RetryCallState) -> float:
         # Never past the deadline: the last probe comes at `timeout`, not up to `interval` later.
-        return max(0.0, min(backoff(), started + timeout - clock()))
+        return max(0.0, min(backoff(), started + timeout - clock.now()))
 
     def wait_for_next_probe(seconds: float) -> None:
-        deadline = clock() + seconds
+        deadline = clock.now() + seconds
         while True:
-            check_alive()
+            gate.check_alive()
             if port.opened():
-                log.info("    port open after %.1fs; probing now", clock() - started)
+                log.info("    port open after %.1fs; probing now", clock.now() - started)
                 backoff.start_over(FIRST_WAIT_ONCE_LISTENING)
                 return
-            left = deadline - clock()
+            left = deadline - clock.now()
             if left <= 0:
                 return
-            sleep(min(tick, left))
+            clock.sleep(min(tick, left))
 
     def out_of_time(state: RetryCallState) -> bool:
-        return clock() - started >= timeout
+        return clock.now() - started >= timeout
 
     def before_sleep(state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
@@ -402,13 +427,13 @@ def wait_healthy(url: str, interval: float, timeout: float, check_alive: Callabl
         before_sleep=before_sleep,
     )
     try:
-        answer = retrying(attempt)
+        answer: str = retrying(attempt)
     except RetryError as exc:
         last = exc.last_attempt.exception()
-        raise HealthCheckFailed(url, exc.last_attempt.attempt_number, getattr(last, "last", str(last)),
-                                logs()) from last
-    attempts = retrying.statistics.get("attempt_number", 1)
-    log.info("    healthy after %d attempt(s), %.1fs: %s", attempts, clock() - started, answer)
+        raise HealthCheckFailed(gate.what, exc.last_attempt.attempt_number, getattr(last, "last", str(last)),
+                                gate.logs()) from last
+    attempts = int(retrying.statistics.get("attempt_number", 1))
+    log.info("    healthy after %d attempt(s), %.1fs: %s", attempts, clock.now() - started, answer)
     return attempts
 
 
@@ -422,9 +447,7 @@ READY_FAILS = 2
 
 
 def stay_ready(seconds: float, interval: float, problem: Callable[[], Optional[str]],
-               probe_all: Callable[[float], object],
-               clock: Callable[[], float] = time.monotonic,
-               sleep: Callable[[float], None] = time.sleep) -> Optional[str]:
+               probe_all: Callable[[float], object], clock: Clock) -> Optional[str]:
     """Watch a release that has passed its health gate for `seconds`: why it stopped being ready,
     or None when it held to the end.
 
@@ -436,7 +459,7 @@ def stay_ready(seconds: float, interval: float, problem: Callable[[], Optional[s
     passed, and READY_FAILS failures in a row (one slow answer on a busy host is not one) end it.
     `seconds=0` is one look: the check, then a probe (retried once).
     """
-    started = clock()
+    started = clock.now()
     end = started + seconds
     every = min(interval, READY_PROBE_EVERY_MAX)
     next_probe = min(started + every, end)
@@ -445,7 +468,7 @@ def stay_ready(seconds: float, interval: float, problem: Callable[[], Optional[s
         found = problem()
         if found is not None:
             return found
-        now = clock()
+        now = clock.now()
         if now >= next_probe:
             try:
                 probe_all(READY_PROBE_TIMEOUT)
@@ -457,8 +480,8 @@ def stay_ready(seconds: float, interval: float, problem: Callable[[], Optional[s
                 log.warning("    health probe failed (%d in a row): %s", fails, exc.last)
             if not fails and now >= end:
                 return None
-            next_probe = clock() + READY_RETRY_AFTER if fails else min(clock() + every, end)
-        sleep(max(0.0, min(ALIVE_CHECK_EVERY, next_probe - clock())))
+            next_probe = clock.now() + READY_RETRY_AFTER if fails else min(clock.now() + every, end)
+        clock.sleep(max(0.0, min(ALIVE_CHECK_EVERY, next_probe - clock.now())))
 
 
 def _preview(response: requests.Response) -> str:
@@ -478,54 +501,3 @@ def _short(exc: requests.RequestException) -> str:
     if isinstance(exc, requests.Timeout):
         return "timed out"
     return type(exc).__name__
-
-
-def wait_all_healthy(what: str, addresses: Callable[[], Sequence[object]], path: str, want: int,
-                     interval: float, timeout: float, check_alive: Callable[[], None],
-                     transport: Transport, logs: Callable[[], list] = lambda: []) -> List[object]:
-    """The gate for a color of several tasks: probe every address `addresses()` lists (objects
-    with `.url`, e.g. decide.Address) until `want` of them answer 200, or `timeout` s pass.
-
-    Addresses come and go while waiting (a task moved to another node): each attempt asks anew,
-    so a lost node is waited out until `timeout`. Returns the addresses that answered 200.
-    """
-    probe_timeout = max(0.5, min(interval, 5.0))
-
-    def attempt() -> List[object]:
-        check_alive()
-        found = list(addresses())
-        healthy, problems = [], []
-        for address in found:
-            try:
-                probe(transport, f"{address.url}{path}", probe_timeout)   # type: ignore[attr-defined]
-                healthy.append(address)
-            except NotHealthyYet as exc:
-                problems.append(f"{address}: {exc.last}")
-        if len(healthy) < want:
-            detail = f"; {'; '.join(problems)}" if problems else ""
-            raise NotHealthyYet(f"{len(healthy)} of {want} answer 200 ({len(found)} running){detail}")
-        return healthy
-
-    def sleep(seconds: float) -> None:
-        deadline = time.monotonic() + seconds
-        while True:
-            check_alive()
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return
-            time.sleep(min(ALIVE_CHECK_EVERY, left))
-
-    def before_sleep(state: RetryCallState) -> None:
-        exc = state.outcome.exception() if state.outcome else None
-        log.info("    health attempt %d: %s", state.attempt_number, getattr(exc, "last", exc))
-
-    retrying = Retrying(stop=stop_after_delay(timeout), wait=wait_exponential(multiplier=FIRST_WAIT, max=interval),
-                        retry=retry_if_exception_type(NotHealthyYet), sleep=sleep, before_sleep=before_sleep)
-    try:
-        healthy = retrying(attempt)
-    except RetryError as exc:
-        last = exc.last_attempt.exception()
-        raise HealthCheckFailed(what, exc.last_attempt.attempt_number, getattr(last, "last", str(last)),
-                                logs()) from last
-    log.info("    healthy: %s", ", ".join(str(a) for a in healthy))
-    return healthy

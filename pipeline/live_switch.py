@@ -44,7 +44,10 @@ from urllib.parse import urlsplit
 import paramiko
 from tenacity import RetryCallState, RetryError, Retrying, retry_if_exception, stop_after_attempt, wait_fixed
 
-from .decide import Targets, as_list, parse_include_all, parse_route, render_route, shown
+from .answers import AnswerReader, StatsReader
+from .clock import SYSTEM, Clock
+from .decide import parse_include, parse_route, render_route
+from .route import Route, shown
 from .errors import (AdminRefused, AdminTokenRefused, AdminUnavailable, IncludeMismatch, Interrupted,
                      LiveSwitchFailed, NginxHostFailed, PipelineError, SwitchIncomplete)
 from .log import register_secret
@@ -81,7 +84,7 @@ class NginxAdmin:
     """The admin protocol of nginx/live/app-live.conf, spoken over `host.open_channel`."""
 
     def __init__(self, host: NginxHost, url: str, token_file: str, timeout: float = ADMIN_TIMEOUT,
-                 attempts: int = ADMIN_ATTEMPTS, retry_wait: float = ADMIN_RETRY_WAIT) -> None:
+                 attempts: int = ADMIN_ATTEMPTS, retry_wait: float = ADMIN_RETRY_WAIT, clock: Clock = SYSTEM) -> None:
         parts = urlsplit(url)
         assert parts.hostname, f"NGINX_ADMIN_URL {url!r} was not validated"
         self.host = host
@@ -93,8 +96,9 @@ class NginxAdmin:
         self.timeout = timeout
         self.attempts = attempts
         self.retry_wait = retry_wait
+        self.clock = clock   # the run's clock: the wait between attempts
 
-    def get(self, route: str) -> Optional[Targets]:
+    def get(self, route: str) -> Optional[Route]:
         """The route's address(es) as nginx uses them now; None when nginx has none set."""
         status, body = self._request("GET", route)
         if status == 404:
@@ -124,7 +128,7 @@ class NginxAdmin:
                                              f"verification needs an app-live.conf with /pipeline/stats")
         return body
 
-    def put(self, route: str, targets: Targets) -> None:
+    def put(self, route: str, targets: Route) -> None:
         try:
             text = render_route(targets)
         except ValueError as exc:   # more than nginx takes: said before anything is sent
@@ -180,7 +184,8 @@ class NginxAdmin:
 
         self.token()   # a token file problem is said once, before any attempt
         retrying = Retrying(stop=stop_after_attempt(self.attempts), wait=wait_fixed(self.retry_wait),
-                            retry=retry_if_exception(_is_transport_error), before_sleep=before_sleep)
+                            sleep=self.clock.sleep, retry=retry_if_exception(_is_transport_error),
+                            before_sleep=before_sleep)
         try:
             status, answer = retrying(self._exchange, method, self._path(route), body, limit)
         except RetryError as exc:
@@ -248,19 +253,19 @@ class LiveSwitch:
                                       f"{reads[route]} when it starts (app-live.conf, init_by_lua_block); "
                                       f"a restarted nginx would not serve what the tool sets: make them the same")
 
-    def current(self, route: str) -> Optional[Targets]:
-        """What nginx serves the route from: one address, a tuple of several, or None."""
+    def current(self, route: str) -> Optional[Route]:
+        """What nginx serves the route from (one address or several), or None."""
         served = self.admin.get(route)
         if self.includes.path(route):
-            written = parse_include_all(self.includes.read(route))
-            if written != (as_list(served) if served else []):
+            written = parse_include(self.includes.read(route))
+            if written != (served or ()):
                 # A switch cut short after writing the include, or someone set nginx by hand.
                 # nginx is what carries the traffic, so it decides.
                 log.warning("    the %s include says %s but nginx serves %s; going by nginx",
                             route, shown(written), shown(served))
         return served
 
-    def route_to(self, route: str, targets: Targets) -> None:
+    def route_to(self, route: str, targets: Route) -> None:
         try:
             render_route(targets)   # more addresses than nginx takes, or one twice: before anything changes
         except ValueError as exc:
@@ -280,13 +285,13 @@ class LiveSwitch:
                 landed = False
                 raise
             served_now = self.admin.get(route)
-            if not served_now or as_list(served_now) != as_list(targets):
+            if not served_now or served_now != tuple(targets):
                 raise AdminUnavailable(self.admin.url, f"set {shown(targets)} but nginx reports {shown(served_now)}")
         except (PipelineError, Interrupted) as exc:
             self._undo(route, targets, include_before, served_before, landed, exc)
         log.info("    nginx %s route: %s -> %s (no reload)", route, shown(served_before), shown(targets))
 
-    def _undo(self, route: str, targets: Targets, include_before: Optional[str], served_before: Optional[Targets],
+    def _undo(self, route: str, targets: Route, include_before: Optional[str], served_before: Optional[Route],
               landed: bool, why: BaseException) -> NoReturn:
         """Put the include back and, when the PUT may have landed (its answer or the read-back
         failed), nginx's old address too; a signal is raised on once that is done. When nginx may
@@ -300,9 +305,9 @@ class LiveSwitch:
             include_problem = str(exc)
         if landed and served_before is None:
             nginx_problem = "nginx had no address before, so none can be set back"
-        elif landed:
+        elif landed and served_before is not None:
             try:
-                self.admin.put(route, served_before)   # type: ignore[arg-type]
+                self.admin.put(route, served_before)
             except AdminUnavailable as exc:
                 nginx_problem = f"setting nginx back to {shown(served_before)} failed too ({exc.problem})"
         if isinstance(why, Interrupted):   # a signal outside a critical step: undone as far as it goes
@@ -315,7 +320,7 @@ class LiveSwitch:
         raise SwitchIncomplete(self._left_on_new(route, targets, include_before, failed, include_problem,
                                                  nginx_problem)) from why
 
-    def _left_on_new(self, route: str, targets: Targets, include_before: Optional[str], failed: str,
+    def _left_on_new(self, route: str, targets: Route, include_before: Optional[str], failed: str,
                      include_problem: Optional[str], nginx_problem: Optional[str]) -> str:
         """What a switch that could not be undone left, and what to run."""
         path, new = self.includes.path(route), shown(targets)
@@ -326,7 +331,7 @@ class LiveSwitch:
             said.append(f"putting the old include back failed ({include_problem}): {path} names {new}, "
                         f"which nginx serves if it restarts or reloads")
         else:
-            said.append(f"{path} names {shown(parse_include_all(include_before))} again")
+            said.append(f"{path} names {shown(parse_include(include_before))} again")
         if include_problem is None and include_before is not None:
             fix = ("on the nginx host, run `nginx -s reload`: nginx then serves what the include names "
                    "(app-live.conf reads it when it reloads), and the next deploy goes to the other color")
@@ -334,6 +339,14 @@ class LiveSwitch:
             fix = (f"once nginx's admin at {self.admin.url} answers, `python -m pipeline status` shows what "
                    f"nginx serves, and the next deploy goes to the other color")
         return f"{'; '.join(said)}. So the new container is left running. To settle it, {fix}"
+
+    def check_answers(self) -> None:
+        """The admin answers `GET /pipeline/stats` (AdminUnavailable: exit 3)."""
+        self.admin.stats()
+
+    def answers(self, route: Route) -> AnswerReader:
+        """nginx's counters for the route's addresses, from what they are now."""
+        return StatsReader(self.admin, route)
 
     def describe(self) -> Dict[str, Optional[str]]:
         report: Dict[str, Optional[str]] = {"admin": self.admin.url}

@@ -527,7 +527,8 @@ class _SftpRequests:
     def _open(self, path: str, flags: int) -> bytes:
         msg = self._answer(self._send(paramiko.sftp.CMD_OPEN, path, flags, paramiko.SFTPAttributes()),
                            paramiko.sftp.CMD_HANDLE)
-        return msg.get_binary()   # type: ignore[no-any-return]
+        handle: bytes = msg.get_binary()   # paramiko.sftp's messages are untyped
+        return handle
 
     def read_all(self, path: str) -> bytes:
         """The whole file: open, then its size and its first chunk together, then (rarely) more;
@@ -707,6 +708,8 @@ def _direct_channel(transport: paramiko.Transport, host: str, port: int, timeout
         _settle(transport)   # the request could not be sent: paramiko marks the loss a moment later
         raise
     channel.settimeout(timeout)
+    # A paramiko Channel is not a socket.socket, but it has what http.client uses of one (sendall,
+    # recv, makefile, settimeout, close): the one place the interface's socket type is stretched.
     return channel  # type: ignore[return-value]
 
 

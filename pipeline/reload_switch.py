@@ -41,7 +41,9 @@ import shlex
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
-from .decide import Address, Targets, as_targets, parse_include, parse_include_all, shown
+from .answers import AccessLogReader, AnswerReader, check_access_log
+from .decide import parse_include
+from .route import Route, shown
 from .errors import (DeployFailed, IncludeNotLoaded, NginxHostFailed, PipelineError, PreflightError,
                      RemoteCommandFailed, SwitchIncomplete, tail)
 from .nginx_host import CommandResult, NginxHost
@@ -206,22 +208,22 @@ class ReloadSwitch:
             raise PreflightError(f"NGINX_PID_FILE={s.nginx_pid_file}: holds {text.strip()[:20]!r} {where}, "
                                  f"not a process id")
 
-    def current(self, route: str) -> Optional[Address]:
+    def current(self, route: str) -> Optional[Route]:
         """Where the route points. For the live route, only once nginx was seen loading the include
         as it stands; else IncludeNotLoaded (exit 3, unless the flow settles it)."""
         text = self.includes.read(route)
         if route == LIVE:
             loaded = self.host.read_text(self.loaded_path(route))
             if loaded != text:
-                addresses = parse_include_all(text)
+                addresses = parse_include(text)
                 state = "is missing" if loaded is None else "holds another include"
                 raise IncludeNotLoaded(
                     f"nginx was not seen loading {self.includes.path(route)} (it names {shown(addresses)}; "
                     f"{self.loaded_path(route)} {state}): nginx may still serve what an older include named",
-                    as_targets(addresses) if addresses else None)
-        return parse_include(text)
+                    addresses or None)
+        return parse_include(text) or None
 
-    def route_to(self, route: str, address: Targets) -> None:
+    def route_to(self, route: str, address: Route) -> None:
         before = self.includes.read(route)
         token = f"__pipeline_reload_{os.urandom(8).hex()}"
         try:
@@ -236,7 +238,7 @@ class ReloadSwitch:
             raise DeployFailed(f"{failed}; put the old {route} include back and reloaded nginx") from exc
         test = results[0]
         if test.code != 0:
-            failure = RemoteCommandFailed(test.command, test.code, tail(test.output),
+            failure: PipelineError = RemoteCommandFailed(test.command, test.code, tail(test.output),
                                           f"nginx rejected the new {route} include; put the old one back")
             self._put_back(route, before, address, failure, reload=False)
             raise failure
@@ -296,7 +298,7 @@ class ReloadSwitch:
         return DeployFailed(f"`{command}` exited 0, but nginx was not seen loading the new {route} include within "
                             f"{self.confirm_seconds}s ({seen}); {back}", tail(reload.output))
 
-    def _put_back(self, route: str, before: Optional[str], address: Targets, why: PipelineError,
+    def _put_back(self, route: str, before: Optional[str], address: Route, why: PipelineError,
                   reload: bool) -> None:
         """Restore the include (and reload, seen to apply, when nginx may have loaded the new one);
         if that fails, say exactly what is left to do."""
@@ -325,6 +327,14 @@ class ReloadSwitch:
             "    nginx loaded the new %s include, but %s could not be written: the next run reloads nginx "
             "once more before it touches a container", route, self.loaded_path(route))
 
+    def check_answers(self) -> None:
+        """The access log opens (answers.check_access_log)."""
+        check_access_log(self.host, self.settings)
+
+    def answers(self, route: Route) -> AnswerReader:
+        """nginx's access log, from its size now."""
+        return AccessLogReader(self.host, str(self.settings.nginx_access_log), route)
+
     def describe(self) -> Dict[str, Optional[str]]:
         """What each include names, read from the files (whether nginx loaded it: `current`)."""
         return {route: _text(parse_include(self.includes.read(route)))
@@ -335,5 +345,5 @@ def _short(command: str, limit: int = 120) -> str:
     return command if len(command) <= limit else command[:limit - 3] + "..."
 
 
-def _text(address: Optional[Address]) -> Optional[str]:
-    return str(address) if address else None
+def _text(route: Route) -> Optional[str]:
+    return str(route[0]) if route else None

@@ -18,19 +18,24 @@ import queue
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, FrozenSet, List, Mapping, NamedTuple, Optional, Sequence, TypeVar, Union
+from typing import Any, Callable, Dict, FrozenSet, List, Mapping, NamedTuple, Optional, Sequence, Set, TypeVar, Union
 
 import docker
+import docker.client
 import docker.errors
 import requests.exceptions
 from docker.types import EndpointSpec, RestartPolicy, ServiceMode
-from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wait_fixed
+from tenacity import RetryError, Retrying, retry_if_result, wait_fixed
 
-from .decide import Address, ContainerFact, color_at_port
+from .decide import ContainerFact, color_at
+from .route import Address, Route, health_url
 from .engine import (LABEL_APP, LABEL_COLOR, LABEL_VERSION, LIBRARY_ERRORS, Engine, _read_env_file, _reason,
-                     engine_environment)
+                     engine_environment, registry_login)
+from .clock import SYSTEM, Clock
 from .errors import DeployFailed, EngineFailed, NotEnoughNodes, PreflightError, TaskFailed
+from .health import Gate, NotHealthyYet, Transport, probe
 from .settings import COLORS, Settings
+from .target import Endpoint, HealthReport
 
 log = logging.getLogger("pipeline")
 
@@ -97,10 +102,6 @@ class TaskAddress(NamedTuple):
     task_id: str
     node: str
     state: str
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.node_addr}:{self.port}"
 
     def __str__(self) -> str:
         """How the health gate names it: which task, on which node, where."""
@@ -171,6 +172,26 @@ def serving_problem(tasks: Sequence[TaskFact], watched: FrozenSet[str], replicas
     return None
 
 
+class TaskWatch:
+    """The tasks of a color that passed its gate (the ones nginx is switched to): each must keep
+    running on its node, no new task may start, and REPLICAS must run (`serving_problem`)."""
+
+    def __init__(self, tasks: Callable[[], List[TaskFact]], watched: FrozenSet[str], replicas: int,
+                 name: str) -> None:
+        self.tasks, self.watched, self.replicas, self.name = tasks, watched, replicas, name
+        self.seen: List[TaskFact] = []
+
+    def problem(self) -> Optional[str]:
+        self.seen = self.tasks()
+        found = serving_problem(self.seen, self.watched, self.replicas)
+        return f"{self.name}: {found}" if found else None
+
+    def endpoints(self) -> List[Endpoint]:
+        # Network safety: only the watched tasks, running on a node that is up, at their node's address.
+        return [Endpoint(Address(t.node_addr, t.port), task_where(t)) for t in self.seen
+                if t.task_id in self.watched and t.running and t.node_up and t.node_addr]
+
+
 class SwarmEngine:
     """A swarm manager, reached like the single engine (DOCKER_HOST), driving one service per color.
 
@@ -178,8 +199,9 @@ class SwarmEngine:
     `Engine`: the release is built there and pushed to REGISTRY, where every node pulls it.
     """
 
-    def __init__(self, client: docker.DockerClient, settings: Settings) -> None:
+    def __init__(self, client: Any, settings: Settings, clock: Clock = SYSTEM) -> None:
         self.client = client
+        self.clock = clock   # the run's clock: waiting for tasks to stop
         self.api = client.api
         self.settings = settings
         self.images = Engine(client, settings)
@@ -188,13 +210,13 @@ class SwarmEngine:
         self._baseline: Dict[str, FrozenSet[str]] = {}
         # Tasks once seen lost with their node stay so when the node comes back: their state then
         # (failed, shutdown) is the node's restart, not the release's failure.
-        self._lost: set = set()
+        self._lost: Set[str] = set()
 
     @classmethod
-    def connect(cls, settings: Settings, environ: Mapping[str, str]) -> "SwarmEngine":
+    def connect(cls, settings: Settings, environ: Mapping[str, str], clock: Clock = SYSTEM) -> "SwarmEngine":
         env, where = engine_environment(settings, environ)
         try:
-            client = docker.from_env(environment=env, timeout=settings.network_timeout)
+            client = docker.client.from_env(environment=env, timeout=settings.network_timeout)
             swarm = client.info().get("Swarm") or {}
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
             raise PreflightError(f"cannot reach the docker engine at {where}: {_reason(exc, settings.network_timeout)}") from exc
@@ -205,7 +227,7 @@ class SwarmEngine:
         if not swarm.get("ControlAvailable"):
             raise PreflightError(f"the docker engine at {where} is a swarm worker; TARGET=swarm needs "
                                  f"DOCKER_HOST to name a swarm manager")
-        return cls(client, settings)
+        return cls(client, settings, clock)
 
     # -- what the single engine has too ----------------------------------------------------------
 
@@ -224,18 +246,81 @@ class SwarmEngine:
         """The nodes' addresses: the only places a task of either color is ever probed."""
         return sorted({n.addr for n in self.nodes() if n.addr})
 
-    def addresses(self, color: str) -> List[Address]:
+    def addresses(self, color: str) -> Route:
         """Every running task of the color on a node that is up, as `NODE_ADDR:PORT`, sorted."""
-        return sorted({Address(a.node_addr, a.port) for a in self.task_addresses(color)},
-                      key=lambda a: (tuple(int(x) for x in a.ip.split(".")), a.port))
+        return tuple(sorted({Address(a.node_addr, a.port) for a in self.task_addresses(color)},
+                            key=lambda a: (tuple(int(x) for x in a.ip.split(".")), a.port)))
 
-    def color_at(self, address: Optional[Address]) -> Optional[str]:
+    def color_at(self, route: Optional[Route]) -> Optional[str]:
         """By the port: every task of a color publishes the color's own port."""
-        return color_at_port(address, {c: self.settings.port_of(c) for c in COLORS})
+        return color_at(route, lambda a: a.port, {c: self.settings.port_of(c) for c in COLORS})
 
-    def discard(self, color: str) -> None:
-        """After a failed start: scaled to 0, its spec kept (the failed tasks' logs stay readable)."""
+    def placement(self, color: str) -> str:
+        return f"{self.settings.replicas} task(s) on port {self.settings.port_of(color)}"
+
+    def discard(self, color: str, graceful: bool = False) -> None:
+        """A failed release: scaled to 0, its spec kept (the failed tasks' logs stay readable).
+        Always graceful: each task gets SIGTERM, then SIGKILL after STOP_TIMEOUT."""
         self.stop(color)
+
+    def discarding(self, color: str, graceful: bool = False) -> str:
+        name = self.settings.container_name(color)
+        return f"scaling {name} to 0 (its spec kept)" if graceful else f"scaling to 0 {name}"
+
+    def gate(self, color: str, prober: Transport) -> Gate:
+        """REPLICAS tasks run, each on its own node, and every one answers 200 at its node's
+        address. A task that fails or restarts ends the wait at once (TaskFailed, naming the task,
+        its node and its last log lines); a task lost with its node is waited out: each attempt
+        asks for the tasks anew."""
+        s = self.settings
+        name = s.container_name(color)
+
+        def probe_all(timeout: float) -> str:
+            # Only tasks of a converged service count: a replacement on its way is not healthy yet.
+            found = self.task_addresses(color) if self.converged(color) else []
+            healthy, problems = [], []
+            for task in found:
+                try:
+                    probe(prober, health_url(Address(task.node_addr, task.port), s.health_path), timeout)
+                    healthy.append(str(task))
+                except NotHealthyYet as exc:
+                    problems.append(f"{task}: {exc.last}")
+            if len(healthy) < s.replicas:
+                detail = f"; {'; '.join(problems)}" if problems else ""
+                raise NotHealthyYet(f"{len(healthy)} of {s.replicas} answer 200 ({len(found)} running){detail}")
+            return ", ".join(healthy)
+
+        return Gate(what=f"every task of {name} at {s.health_path}",
+                    awaited=f"{s.replicas} task(s) of {name} to answer {s.health_path} on port {s.port_of(color)}",
+                    check_alive=lambda: self.check_tasks(color), probe_all=probe_all,
+                    logs=lambda: self.logs_tail(color))
+
+    def watch(self, color: str) -> "TaskWatch":
+        """The tasks running now (each on a node that is up) are the ones watched."""
+        watched = frozenset(t.task_id for t in self.task_addresses(color))
+        return TaskWatch(lambda: self.tasks(color), watched, self.settings.replicas,
+                         self.settings.container_name(color))
+
+    def status_row(self, color: str, fact: Optional[ContainerFact],
+                   report: Optional[HealthReport]) -> Dict[str, object]:
+        """Every task the manager remembers for the color: node, address, state, version, health
+        (probed only while running on a node that is up: an address of this swarm)."""
+        tasks: List[Dict[str, object]] = []
+        healthy = None
+        if fact is not None:
+            for task in self.tasks(color):
+                entry: Dict[str, object] = {
+                    "task": task.task_id[:12], "node": task.node, "address": None, "state": task.state,
+                    "desired": task.desired_state, "version": task.version, "health": None}
+                if task.node_addr:
+                    entry["address"] = f"{task.node_addr}:{task.port}"
+                if report is not None and task.running and task.node_up and task.node_addr:
+                    entry["health"] = report(health_url(Address(task.node_addr, task.port), self.settings.health_path))
+                tasks.append(entry)
+            if report is not None:
+                answering = sum(1 for entry in tasks if str(entry["health"]).startswith("HTTP 200"))
+                healthy = f"{answering} of {self.settings.replicas} task(s) answer 200"
+        return {"ip": None, "health": healthy, "port": self.settings.port_of(color), "tasks": tasks}
 
     def check_registry(self) -> None:
         """Preflight: REGISTRY takes the login, through the manager's engine (where the release is
@@ -368,14 +453,13 @@ class SwarmEngine:
         raw = self._call("list nodes", lambda: self.api.nodes())
         return [_node_fact(n) for n in raw]
 
-    def check_capacity(self) -> List[NodeFact]:
-        """The nodes that can take a task; NotEnoughNodes (exit 3) if fewer than REPLICAS."""
+    def check_capacity(self) -> None:
+        """NotEnoughNodes (exit 3) if fewer nodes can take a task than REPLICAS."""
         nodes = self.nodes()
         ready = [n for n in nodes if n.ready]
         if len(ready) < self.settings.replicas:
             raise NotEnoughNodes(self.settings.replicas, [n.name for n in ready],
                                  [f"{n.name} ({n.state}, {n.availability})" for n in nodes if not n.ready])
-        return ready
 
     def tasks(self, color: str) -> List[TaskFact]:
         """Every task swarm still remembers for the color's service, newest first."""
@@ -446,8 +530,8 @@ class SwarmEngine:
 
     # -- helpers ----------------------------------------------------------------------------------
 
-    def _service(self, color: str):
-        """The color's service, None if absent; one not labelled as ours is refused."""
+    def _service(self, color: str) -> Any:
+        """The color's service (a docker SDK Service), None if absent; one not labelled as ours is refused."""
         name = self.settings.container_name(color)
         try:
             service = self.client.services.get(name)
@@ -468,15 +552,10 @@ class SwarmEngine:
         """Log the client in to REGISTRY (if it needs a login): the service is then created with
         these credentials (X-Registry-Auth), which swarm hands to every node that pulls the release."""
         s = self.settings
-        if not s.registry_username:
-            return
-        registry = s.registry.split("/")[0]
-        try:
-            self.client.login(username=s.registry_username, password=s.registry_password.reveal(),
-                              registry=registry)
-        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-            raise DeployFailed(f"registry login to {registry} as {s.registry_username} failed: "
-                               f"{_reason(exc, self.settings.network_timeout)}") from exc
+        refused = registry_login(self.client, s)
+        if refused is not None:
+            raise DeployFailed(f"registry login to {s.registry.split('/')[0]} as {s.registry_username} failed: "
+                               f"{refused}")
 
     def _running_on_ready_nodes(self, color: str) -> bool:
         ready = {n.node_id for n in self.nodes() if n.ready}
@@ -491,8 +570,9 @@ class SwarmEngine:
             raise EngineFailed("swarm manager", what, _reason(exc, self.settings.network_timeout)) from exc
 
     def _wait(self, done: Callable[[], bool], timeout: float, what: str) -> None:
-        retrying = Retrying(stop=stop_after_delay(timeout), wait=wait_fixed(0.25),
-                            retry=retry_if_result(lambda ok: not ok))
+        started = self.clock.now()
+        retrying = Retrying(stop=lambda state: self.clock.now() - started >= timeout, wait=wait_fixed(0.25),
+                            sleep=self.clock.sleep, retry=retry_if_result(lambda ok: not ok))
         try:
             retrying(done)
         except RetryError:
@@ -522,11 +602,11 @@ class SwarmEngine:
 
 # -- pure readers of the manager's answers ---------------------------------------------------------
 
-def _replicas(spec: Mapping) -> int:
+def _replicas(spec: Mapping[str, Any]) -> int:
     return int(((spec.get("Mode") or {}).get("Replicated") or {}).get("Replicas", 0))
 
 
-def _node_fact(raw: Mapping) -> NodeFact:
+def _node_fact(raw: Mapping[str, Any]) -> NodeFact:
     status = raw.get("Status") or {}
     manager = raw.get("ManagerStatus") or {}
     addr = status.get("Addr") or ""
@@ -539,7 +619,7 @@ def _node_fact(raw: Mapping) -> NodeFact:
                     availability=spec.get("Availability", "active"), manager=bool(manager))
 
 
-def _task_fact(raw: Mapping, color: str, nodes: Mapping[str, NodeFact], default_port: int,
+def _task_fact(raw: Mapping[str, Any], color: str, nodes: Mapping[str, NodeFact], default_port: int,
                app_port: int) -> TaskFact:
     status = raw.get("Status") or {}
     container = (raw.get("Spec") or {}).get("ContainerSpec") or {}

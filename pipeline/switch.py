@@ -1,10 +1,11 @@
 """How traffic is moved from one color to the other: the route names, the include files and
 the one small interface every way of switching implements.
 
-The deploy flow only calls `current(route)` and `route_to(route, address)`. `route_to` either
-succeeds or raises with traffic left exactly where it was, except SwitchIncomplete: the switch
-could not be undone and nginx may serve (or, after a reload, will serve) the new address, so the
-flows keep that release running.
+The deploy flow only calls `current(route_name)` and `route_to(route_name, route)`, a route being
+the addresses traffic is spread over (route.Route). `route_to` either succeeds or raises with
+traffic left exactly where it was, except SwitchIncomplete: the switch could not be undone and
+nginx may serve (or, after a reload, will serve) the new addresses, so the flows keep that release
+running.
 
 - ReloadSwitch (SWITCH_MODE=reload, reload_switch.py): rewrite the include, `nginx -t`, reload.
 - LiveSwitch (SWITCH_MODE=live, live_switch.py): rewrite the include, then tell nginx's Lua
@@ -16,7 +17,9 @@ from __future__ import annotations
 
 from typing import Dict, Optional, Protocol
 
-from .decide import Targets, render_include
+from .answers import AnswerReader
+from .decide import render_include
+from .route import Route
 from .nginx_host import NginxHost
 from .settings import Settings
 
@@ -33,16 +36,30 @@ class TrafficSwitch(Protocol):
         """Raise a PreflightError if this switch cannot work as configured. Flows call it before
         they change anything."""
 
-    def current(self, route: str) -> Optional[Targets]:
+    def current(self, route_name: str, /) -> Optional[Route]:
         """Where the route sends traffic now (one address, or a swarm color's several); raises
         SwitchUnavailable when it cannot tell."""
 
-    def route_to(self, route: str, address: Targets) -> None:
-        """Send the route's traffic to `address` (one, or several to spread over); on failure
-        raise, leaving the route as it was, or SwitchIncomplete when that could not be done."""
+    def route_to(self, route_name: str, route: Route, /) -> None:
+        """Send the route's traffic to `route` (one address, or several to spread over); on
+        failure raise, leaving the route as it was, or SwitchIncomplete when that could not be
+        done."""
 
     def describe(self) -> Dict[str, Optional[str]]:
         """What the switch reports, for `status`."""
+
+    def check_answers(self) -> None:
+        """Preflight of a run that verifies: nginx's answers can be read where `answers` reads
+        them (PreflightError, AdminUnavailable: exit 3). Nothing is changed."""
+
+    def answers(self, route: Route, /) -> AnswerReader:
+        """From now on: what nginx answers for requests it sends to `route`'s addresses (the
+        verification window's reader)."""
+
+
+def status_fields(switch: TrafficSwitch) -> Dict[str, object]:
+    """The switch's fields in `status`."""
+    return {"switch_mode": switch.mode, "switch": switch.describe()}
 
 
 class IncludeFiles:
@@ -62,7 +79,7 @@ class IncludeFiles:
         path = self.path(route)
         return self.host.read_text(path) if path else None
 
-    def render(self, route: str, address: Targets) -> str:
+    def render(self, route: str, address: Route) -> str:
         s = self.settings
         if route == LIVE:
             return render_include(address, s.nginx_include_form, "service_url", s.nginx_upstream)

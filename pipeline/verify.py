@@ -12,14 +12,9 @@ For VERIFY_SECONDS after the switch the old release keeps running, and the tool 
   of a swarm color: summed): the share of 5xx (nginx's own 502/504 included) above
   VERIFY_MAX_ERROR_RATE, once at least VERIFY_MIN_REQUESTS were counted, fails.
 
-Where the answers come from depends on the switch (one reader per mode, both here):
-
-- reload mode: nginx's access log (NGINX_ACCESS_LOG, in the shipped `pipeline` format with
-  `upstream=` and the status), read through the NginxHost from its size just before the switch;
-  each poll reads only the bytes added since.
-- live mode: counters nginx keeps per upstream address and status in its Lua log phase
-  (nginx/live/app-live.conf), read through the admin's `GET /pipeline/stats`; the counts just
-  before the switch are the baseline.
+Where the answers come from depends on the switch, which hands out the reader (answers.py):
+nginx's access log in reload mode, the counters nginx's Lua balancer keeps in live mode. What is
+watched and probed depends on the target, which hands out the watch (target.Watch).
 
 On failure the old release is put back through the same switch (same checks; on a swarm to every
 running task of the old color, which stays scaled up until verification passes), the new container
@@ -35,36 +30,57 @@ release keeps the traffic unverified: LiveUnverified (exit 6) says what serves a
 """
 from __future__ import annotations
 
-import collections
 import logging
-import re
-import time
-from dataclasses import dataclass, field
-from typing import Any, Callable, Counter, Dict, FrozenSet, List, Optional, Protocol, Tuple
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Protocol, Tuple
 
 from . import health
-from .decide import Address, Targets, as_list, as_targets, shown
-from .errors import (AdminUnavailable, DeployFailed, Interrupted, LiveUnverified, NginxHostFailed, OutsideFailure,
-                     PipelineError, PreflightError, SwitchedBack, SwitchedBackAfterBug, SwitchedBackOnSignal,
-                     SwitchIncomplete)
-from .nginx_host import NginxHost
+from .answers import AccessLogReader as AccessLogReader
+from .answers import AnswerReader
+from .answers import StatsReader as StatsReader
+from .answers import Tally
+from .answers import parse_log_line as parse_log_line
+from .answers import parse_stats as parse_stats
+from .clock import Clock
+from .route import Route, health_url, shown
+from .errors import (AdminUnavailable, DeployFailed, Interrupted, LiveUnverified, OutsideFailure, PipelineError,
+                     SwitchedBack, SwitchedBackAfterBug, SwitchedBackOnSignal, SwitchIncomplete)
+from .health import Transport
 from .settings import Settings
 from .signals import SignalGuard
-from .switch import LIVE
+from .switch import LIVE, TrafficSwitch
+from .target import Target, Watch
+
+# The readers and parsers moved to answers.py (the switches hand out the readers); named here too,
+# for what reads them through this module.
+__all__ = ["AccessLogReader", "StatsReader", "Tally", "parse_log_line", "parse_stats", "Baseline", "Verdict",
+           "check", "baseline", "verify", "switch_back", "too_many_errors", "SwitchedBack", "SwitchedBackOnSignal",
+           "SwitchedBackAfterBug", "DeployFailed"]
 
 
 
 class Context(Protocol):
     """What the window uses of the flow's context (deploy.Context has all of it; importing that
-    here would close an import circle)."""
+    here would close an import circle). Read-only: the context is frozen."""
 
-    settings: Settings
-    engine: Any
-    host: NginxHost
-    switch: Any
-    guard: SignalGuard
-    prober: Any
-    sleep: Callable[[float], None]
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def engine(self) -> Target: ...
+
+    @property
+    def switch(self) -> TrafficSwitch: ...
+
+    @property
+    def guard(self) -> SignalGuard: ...
+
+    @property
+    def prober(self) -> Transport: ...
+
+    @property
+    def clock(self) -> Clock: ...
+
 
 log = logging.getLogger("pipeline")
 
@@ -75,142 +91,10 @@ READ_LIMIT = 8 * 1024 * 1024   # access-log bytes read per poll at most (the res
 READ_FAILS = 3            # reads of nginx's answers failed this many polls in a row (~1 s): switch back
 
 
-# -- pure: parsing and judging ----------------------------------------------------------------------
-
-# The shipped `pipeline` log format (nginx/conf.d/00-log-format.conf):
-#   ... [$time_local] "$request" $status $body_bytes_sent "$http_referer" "$http_user_agent"
-#   upstream=$upstream_addr upstream_status=$upstream_status ...
-# nginx writes a `"` inside a variable as \x22, so the quoted fields hold no bare quote.
-_LOG_RE = re.compile(r'\] "[^"]*" (\d{3}) \S+ "[^"]*" "[^"]*" upstream=(.*?) upstream_status=')
-_ADDRESS_RE = re.compile(r"(\d{1,3}(?:\.\d{1,3}){3}:\d{1,5})\s*$")
-
-
-def parse_log_line(line: str) -> Optional[Tuple[Optional[str], int]]:
-    """(upstream address that answered, status) of one access-log line; None if not the format.
-
-    The address is None when nginx answered by itself (upstream=-). After a retry
-    $upstream_addr lists several ("a, b", or "a : b" after an internal redirect): the last one
-    answered.
-    """
-    match = _LOG_RE.search(line)
-    if match is None:
-        return None
-    address = _ADDRESS_RE.search(match.group(2))
-    return (address.group(1) if address else None), int(match.group(1))
-
-
-def parse_stats(text: str) -> Dict[str, Counter]:
-    """`GET /pipeline/stats` lines "IP:PORT STATUS COUNT" -> address -> status -> count."""
-    counts: Dict[str, Counter] = collections.defaultdict(collections.Counter)
-    for line in text.splitlines():
-        words = line.split()
-        if len(words) == 3 and words[1].isdigit() and words[2].isdigit():
-            counts[words[0]][int(words[1])] += int(words[2])
-    return dict(counts)
-
-
-@dataclass(frozen=True)
-class Tally:
-    """What nginx answered for requests to the new release during the window."""
-
-    statuses: Dict[int, int] = field(default_factory=dict)
-
-    @property
-    def requests(self) -> int:
-        return sum(self.statuses.values())
-
-    @property
-    def errors(self) -> int:
-        return sum(n for status, n in self.statuses.items() if status >= 500)
-
-    @property
-    def rate(self) -> float:
-        return self.errors / self.requests if self.requests else 0.0
-
-    def commonest(self, n: int = 3) -> str:
-        ranked = sorted(self.statuses.items(), key=lambda item: (-item[1], item[0]))[:n]
-        return ", ".join(f"{status} x{count}" for status, count in ranked) or "none"
-
-    def describe(self) -> str:
-        return (f"{self.rate:.1%} 5xx of {self.requests} requests (commonest: {self.commonest()})")
-
-
 def too_many_errors(tally: Tally, max_rate: float, min_requests: int) -> bool:
     """The release fails on its answers: enough of them counted, and too many 5xx."""
     return tally.requests >= min_requests and tally.rate > max_rate
 
-
-# -- readers: what nginx answered for the new release's addresses -----------------------------------
-
-def address_set(addresses: Targets) -> FrozenSet[str]:
-    """One address or several (a swarm color's tasks) as the `IP:PORT` strings nginx reports."""
-    return frozenset(str(a) for a in as_list(addresses))
-
-
-def summed(counts: Dict[str, Counter], addresses: FrozenSet[str]) -> Counter:
-    """Status -> count over every one of `addresses` (a color of several tasks answers at each)."""
-    total: Counter = collections.Counter()
-    for address in addresses:
-        total.update(counts.get(address, {}))
-    return total
-
-
-class AnswerReader(Protocol):
-    def read(self) -> Tally:
-        """Everything counted for the addresses since the baseline, summed."""
-
-
-class AccessLogReader:
-    """Follows NGINX_ACCESS_LOG from its size at the baseline, reading only what was added."""
-
-    def __init__(self, host: NginxHost, path: str, addresses: Targets) -> None:
-        self.host, self.path, self.addresses = host, path, address_set(addresses)
-        size = host.size(path)
-        if size is None:
-            raise PreflightError(f"NGINX_ACCESS_LOG={path}: no such file on the nginx host ({host.description})")
-        self.offset = size
-        self.partial = b""
-        self.counts: Counter = collections.Counter()
-        self.unparsed = 0
-
-    def read(self) -> Tally:
-        size = self.host.size(self.path)
-        if size is not None and size < self.offset:
-            log.warning("    %s shrank (rotated?); reading it from the start", self.path)
-            self.offset, self.partial = 0, b""
-        data = self.host.read_bytes(self.path, self.offset, READ_LIMIT)
-        self.offset += len(data)
-        lines = (self.partial + data).split(b"\n")
-        self.partial = lines.pop()          # an unfinished last line waits for the next read
-        for raw in lines:
-            parsed = parse_log_line(raw.decode("utf-8", "replace"))
-            if parsed is None:
-                self.unparsed += 1
-            elif parsed[0] in self.addresses:
-                self.counts[parsed[1]] += 1
-        return Tally(dict(self.counts))
-
-
-class StatsReader:
-    """Live mode: nginx's counters for the addresses (one stats line per upstream address and
-    status), summed, minus what they were at the baseline."""
-
-    def __init__(self, admin, addresses: Targets) -> None:
-        self.admin, self.addresses = admin, address_set(addresses)
-        self.before = summed(parse_stats(admin.stats()), self.addresses)
-        self.unparsed = 0
-
-    def read(self) -> Tally:
-        now = summed(parse_stats(self.admin.stats()), self.addresses)
-        return Tally({status: n - self.before.get(status, 0) for status, n in now.items()
-                      if n - self.before.get(status, 0) > 0})
-
-
-def make_reader(ctx: Context, addresses: Targets) -> AnswerReader:
-    s = ctx.settings
-    if ctx.switch.mode == "live":
-        return StatsReader(ctx.switch.admin, addresses)   # type: ignore[attr-defined]
-    return AccessLogReader(ctx.host, str(s.nginx_access_log), addresses)
 
 
 # -- the step ---------------------------------------------------------------------------------------
@@ -230,42 +114,22 @@ class Verdict:
 
 @dataclass
 class Baseline:
-    """Taken just before the switch: where counting starts, and (on a swarm) the tasks nginx is
-    switched to, which are the ones watched and probed."""
+    """Taken just before the switch: where counting starts, and the new color as it is when
+    nginx is switched to it (on a swarm: the tasks), which is what is watched and probed."""
 
     color: str
     old: str
     reader: AnswerReader
-    tasks: FrozenSet[str] = frozenset()
-    old_addresses: Tuple[Address, ...] = ()   # where the old release answered: the switch back's fallback
+    watch: Watch
+    old_addresses: Route = ()   # where the old release answered: the switch back's fallback
 
 
 def check(ctx: Context) -> None:
-    """Preflight: can the answers be read at all? (Nothing is changed yet.) In reload mode the
-    access log must be a file the nginx host lets us open: Debian's is 0640 www-data:adm, which
-    a non-root SSH user outside `adm` cannot read; found only during the window, that would cost
-    a switch back."""
-    s = ctx.settings
-    if s.verify_seconds == 0:
+    """Preflight: can the answers be read at all? (Nothing is changed yet; the switch says how:
+    the access log opened in reload mode, the admin's stats in live mode.)"""
+    if ctx.settings.verify_seconds == 0:
         return
-    if ctx.switch.mode == "live":
-        ctx.switch.admin.stats()   # type: ignore[attr-defined]  # AdminUnavailable: exit 3
-        return
-    path = str(s.nginx_access_log)
-    where = f"on the nginx host ({ctx.host.description})"
-    then = "verification reads nginx's answers there (the `pipeline` log format), or set VERIFY_SECONDS=0"
-    try:
-        size = ctx.host.size(path)
-        if size is not None:
-            ctx.host.read_bytes(path, max(size - 1, 0), 1)   # opened, as the window will
-    except NginxHostFailed as exc:
-        who = f"NGINX_SSH_USER={s.nginx_ssh_user}" if s.remote else "the user running pipeline"
-        hint = (f" (it is read as {who}: on Debian, make that user a member of `adm`)"
-                if isinstance(exc.__cause__, PermissionError) else "")
-        raise PreflightError(f"NGINX_ACCESS_LOG={path}: cannot read it {where}: {exc.cause}{hint}; "
-                             f"{then}") from exc
-    if size is None:
-        raise PreflightError(f"NGINX_ACCESS_LOG={path}: no such file {where}; {then}")
+    ctx.switch.check_answers()
 
 
 def baseline(ctx: Context, color: str, old: Optional[str]) -> Optional[Baseline]:
@@ -274,14 +138,11 @@ def baseline(ctx: Context, color: str, old: Optional[str]) -> Optional[Baseline]
     if s.verify_seconds == 0:
         return None
     fact = ctx.engine.container(old) if old else None
-    if fact is None or not fact.running:
+    if old is None or fact is None or not fact.running:
         log.info("    no running previous release to switch back to: not verifying")
         return None
-    tasks: FrozenSet[str] = frozenset()
-    if s.target == "swarm":
-        tasks = frozenset(t.task_id for t in ctx.engine.task_addresses(color))
-    return Baseline(color, old, make_reader(ctx, ctx.engine.addresses(color)), tasks,  # type: ignore[arg-type]
-                    tuple(ctx.engine.addresses(old)))
+    return Baseline(color, old, ctx.switch.answers(ctx.engine.addresses(color)), ctx.engine.watch(color),
+                    ctx.engine.addresses(old))
 
 
 def verify(ctx: Context, mark: Optional[Baseline]) -> Optional[Verdict]:
@@ -321,9 +182,9 @@ def verify(ctx: Context, mark: Optional[Baseline]) -> Optional[Verdict]:
             log.error("==> %s: putting traffic back on %s", problem, s.container_name(mark.old))
         _switched_back(ctx, mark, problem)
         raise SwitchedBack(f"switched back to {mark.old}: {problem}") from cause
-    if getattr(mark.reader, "unparsed", 0) and watch.tally.requests == 0:
+    if mark.reader.unparsed and watch.tally.requests == 0:
         log.warning("    %d new lines of %s are not in the `pipeline` log format: no answer was judged",
-                    getattr(mark.reader, "unparsed"), s.nginx_access_log)
+                    mark.reader.unparsed, s.nginx_access_log)
     verdict = Verdict(s.verify_seconds, watch.tally, watch.probes)
     log.info("    %s", verdict.summary())
     return verdict
@@ -341,13 +202,13 @@ class _Watch:
     def run(self) -> Optional[str]:
         ctx, s, color = self.ctx, self.ctx.settings, self.mark.color
         every = min(s.health_interval, HEALTH_EVERY_MAX)
-        started = time.monotonic()
+        started = ctx.clock.now()
         deadline = started + s.verify_seconds
         next_probe = started + every
         next_report = started + 5.0
         failed_in_row: Dict[str, int] = {}   # per probed address (a swarm color has one per task)
         while True:
-            problem, targets = _serving(ctx, self.mark)
+            problem = self.mark.watch.problem()
             if problem is not None:
                 return f"{problem}; traffic: {self.tally.describe()}"
             problem = self._read()
@@ -356,13 +217,13 @@ class _Watch:
             if too_many_errors(self.tally, s.verify_max_error_rate, s.verify_min_requests):
                 return (f"{color} answered 5xx to {self.tally.rate:.1%} of {self.tally.requests} requests "
                         f"(limit {s.verify_max_error_rate:.1%}; commonest: {self.tally.commonest()})")
-            now = time.monotonic()
+            now = ctx.clock.now()
             if now >= next_probe:
                 next_probe = now + every
-                for where, url in targets:
+                for where, url in self._probed():
                     self.probes += 1
                     try:
-                        # Only where _serving just found ours holding the address, and from where
+                        # Only where the watch just found ours holding the address, and from where
                         # nginx is (ctx.prober checks the route there first). A generous timeout:
                         # a busy host must not turn a slow answer into a switch-back.
                         health.probe(ctx.prober, url, HEALTH_EVERY_MAX)
@@ -380,9 +241,14 @@ class _Watch:
                 next_report = now + 5.0
                 log.info("    %.0fs: %s", now - started, self.tally.describe())
             if now >= deadline:   # past it only while the answers cannot be read: poll again
-                ctx.sleep(TRAFFIC_POLL)
+                ctx.clock.sleep(TRAFFIC_POLL)
             else:
-                ctx.sleep(max(0.0, min(TRAFFIC_POLL, deadline - now, next_probe - now)))
+                ctx.clock.sleep(max(0.0, min(TRAFFIC_POLL, deadline - now, next_probe - now)))
+
+    def _probed(self) -> List[Tuple[str, str]]:
+        """The health URLs to probe now, each with how a failure names it ("" for the one container)."""
+        path = self.ctx.settings.health_path
+        return [(e.name, health_url(e.address, path)) for e in self.mark.watch.endpoints()]
 
     def _read(self) -> Optional[str]:
         """Read what nginx answered; why the window fails if it could not for READ_FAILS polls
@@ -406,36 +272,6 @@ class _Watch:
         return None
 
 
-def _serving(ctx: Context, mark: Baseline) -> Tuple[Optional[str], List[Tuple[str, str]]]:
-    """Why the new release cannot be serving (nothing is probed then), else the health URLs to
-    probe now, each with how a failure names it ("" for the one container)."""
-    s = ctx.settings
-    if s.target != "swarm":
-        return (container_problem(ctx, mark.color),
-                [("", f"http://{s.ip_of(mark.color)}:{s.app_port}{s.health_path}")])
-    from .swarm import serving_problem, task_where   # only a swarm has tasks (and needs this module)
-    tasks = ctx.engine.tasks(mark.color)
-    problem = serving_problem(tasks, mark.tasks, s.replicas)
-    if problem is not None:
-        return f"{s.container_name(mark.color)}: {problem}", []
-    # Network safety: only the watched tasks, running on a node that is up, at their node's address.
-    return None, [(task_where(t), f"http://{t.node_addr}:{t.port}{s.health_path}") for t in tasks
-                  if t.task_id in mark.tasks and t.running and t.node_up and t.node_addr]
-
-
-def container_problem(ctx: Context, color: str) -> Optional[str]:
-    """Why the new container cannot be serving (and must not be probed), or None."""
-    s = ctx.settings
-    fact = ctx.engine.container(color)
-    if fact is None:
-        return f"container {s.container_name(color)} was removed"
-    if not fact.running or fact.restart_count > 0:
-        return f"container {s.container_name(color)} stopped ({fact.status}, restarted {fact.restart_count}x)"
-    if not ctx.engine.at_fixed_ip(fact):
-        return f"container {s.container_name(color)} no longer holds {s.ip_of(color)} on {s.deploy_network}"
-    return None
-
-
 def _switched_back(ctx: Context, mark: Baseline, why: str) -> None:
     """switch_back, for a failure: a signal held through it is raised once it is done, and by
     then traffic is on the old release again, so it is reported as a switch back on a signal."""
@@ -445,7 +281,7 @@ def _switched_back(ctx: Context, mark: Baseline, why: str) -> None:
         raise SwitchedBackOnSignal(exc.signum, f"switched back to {mark.old}: {why}") from exc
 
 
-def switch_back(ctx: Context, color: str, old: str, why: str, old_addresses: Tuple[Address, ...] = ()) -> None:
+def switch_back(ctx: Context, color: str, old: str, why: str, old_addresses: Route = ()) -> None:
     """Old release back in traffic through the same switch, then the new container removed (a
     swarm's new service scaled to 0, as after a failed start). All of it one critical step.
 
@@ -456,15 +292,15 @@ def switch_back(ctx: Context, color: str, old: str, why: str, old_addresses: Tup
     """
     s = ctx.settings
     new_name, old_name = s.container_name(color), s.container_name(old)
-    addresses: Optional[List[Address]] = None
+    addresses: Optional[Route] = None
     with ctx.guard.critical():
         try:
             addresses = _old_addresses(ctx, old, old_addresses)
-            log.error("==> switching back to %s (%s) [%s]", old, shown(tuple(addresses)) if addresses else "",
+            log.error("==> switching back to %s (%s) [%s]", old, shown(addresses) if addresses else "",
                       ctx.switch.mode)
             if not addresses:
                 raise DeployFailed(f"{old_name} has no running task")
-            ctx.switch.route_to(LIVE, as_targets(addresses))
+            ctx.switch.route_to(LIVE, addresses)
         except PipelineError as exc:
             if isinstance(exc, SwitchIncomplete):
                 serving = f"nginx serves {new_name} or {old_name}: both are left running"
@@ -475,27 +311,22 @@ def switch_back(ctx: Context, color: str, old: str, why: str, old_addresses: Tup
             raise LiveUnverified(f"{why}; switching back to {old} failed: {exc}. {serving}. To go back to "
                                  f"{old}, run `python -m pipeline rollback` once that is fixed", color) from exc
         # Requests nginx's old workers (reload mode) still send to the new release finish first.
-        ctx.sleep(ctx.switch.settle_seconds)
+        ctx.clock.sleep(ctx.switch.settle_seconds)
         try:
-            if s.target == "swarm":
-                log.error("==> scaling %s to 0 (its spec kept); traffic is on %s again", new_name, old_name)
-                ctx.engine.discard(color)
-            else:
-                log.error("==> removing %s; traffic is on %s again", new_name, old_name)
-                ctx.engine.stop(color)
-                ctx.engine.remove(color)
+            log.error("==> %s; traffic is on %s again", ctx.engine.discarding(color, graceful=True), old_name)
+            ctx.engine.discard(color, graceful=True)
         except OutsideFailure as exc:
             log.error("    could not remove %s (%s); traffic is on %s again, and the next deploy replaces it",
                       new_name, exc, old_name)
 
 
-def _old_addresses(ctx: Context, old: str, at_switch: Tuple[Address, ...]) -> List[Address]:
+def _old_addresses(ctx: Context, old: str, at_switch: Route) -> Route:
     """Where the old release answers now (a swarm: every running task); if the engine (the swarm
     manager) does not answer, where it answered at the switch."""
     try:
-        return list(ctx.engine.addresses(old))
+        return ctx.engine.addresses(old)
     except OutsideFailure as exc:
         if not at_switch:
             raise
         log.warning("    %s; switching back to where %s answered at the switch", exc, old)
-        return list(at_switch)
+        return at_switch

@@ -14,10 +14,13 @@ from typing import Dict, List, Optional, Set, Tuple, Union
 import pytest
 
 from pipeline import deploy as flows
-from pipeline.decide import Address, ContainerFact, color_at
+from pipeline.answers import AnswerReader
+from pipeline.clock import Clock
+from pipeline.decide import Address, ContainerFact, Route, color_at
+from pipeline.engine import Engine
 from pipeline.errors import (DeployFailed, HealthCheckFailed, IncludeNotLoaded, Interrupted, NginxHostFailed, NotText,
                              PipelineError)
-from pipeline.health import NotHealthyYet
+from pipeline.health import Gate, NotHealthyYet
 from pipeline.settings import Settings
 from pipeline.switch import LIVE, PREVIEW
 
@@ -136,6 +139,7 @@ class FakeEngine(Strict):
         self.mutations: List[Tuple[str, ...]] = []
         self._clock = itertools.count(1)
         self.network = False
+        self.holding = False   # whether a running container holds its color's address (holds_address)
 
     def answer(self, url: str) -> Tuple[int, str]:
         """What the color at the URL's address answers its health probe, if it runs."""
@@ -167,9 +171,11 @@ class FakeEngine(Strict):
         return {color: fact for color in ("blue", "green") if (fact := self.container(color))}
 
     def holds_address(self, color: str) -> bool:
-        # The gate before any probe of a color's address: here no container holds one, so no flow
-        # under test ever sends a request (the health gate is the World's own fake).
-        return False
+        # The gate before any probe of a color's address. Unless a test says the colors hold their
+        # addresses (`holding`), none does, so nothing is probed outside the gate; a probe never
+        # leaves anyway (FakeProber answers from `answer`).
+        box = self.boxes.get(color)
+        return self.holding and box is not None and box["status"] == "running"
 
     def at_fixed_ip(self, fact: ContainerFact) -> bool:
         return True
@@ -177,22 +183,35 @@ class FakeEngine(Strict):
     def probe_ips(self) -> List[str]:
         return [self.settings.ip_of(color) for color in ("blue", "green")]
 
-    def addresses(self, color: str) -> List[Address]:
-        return [Address(self.settings.ip_of(color), self.settings.app_port)]
+    def addresses(self, color: str) -> Route:
+        return (Address(self.settings.ip_of(color), self.settings.app_port),)
 
-    def color_at(self, address: Optional[Address]) -> Optional[str]:
-        return color_at(address, self.settings.color_ips)
-
-    def discard(self, color: str) -> None:
-        self.remove(color)   # what the one engine does after a failed start
+    def color_at(self, route: Optional[Route]) -> Optional[str]:
+        return color_at(route, lambda a: a.ip, self.settings.color_ips)
 
     def check_capacity(self) -> None:
         pass
+
+    # What the one engine decides from its facts, run over this fake's facts: the gate, the
+    # watch after it, its rows in `status`, how a failed release goes.
+    placement = Engine.placement
+    gate = Engine.gate
+    watch = Engine.watch
+    status_row = Engine.status_row
+    discard = Engine.discard
+    discarding = Engine.discarding
 
     def build_image(self, cwd: Path, tag: str, version: str) -> str:
         self.mutations.append(("build_image", tag))
         self.images[tag] = next(self._clock)
         return f"sha256:{tag}"
+
+    def check_registry(self) -> None:
+        pass   # the registry takes the login (with REGISTRY set)
+
+    def push_and_pull(self, tag: str) -> None:
+        self.mutations.append(("push_and_pull", tag))
+        assert tag in self.images, f"pushed {tag}, which was never built"
 
     def run(self, color: str, image: str, version: str) -> None:
         self.mutations.append(("run", color, version))
@@ -236,27 +255,37 @@ class FakeSwitch(Strict):
     settle_seconds = 0.0
 
     def __init__(self) -> None:
-        self.routes: Dict[str, Optional[Address]] = {LIVE: None, PREVIEW: None}
-        self.moves: List[Tuple[str, Address]] = []
+        self.routes: Dict[str, Optional[Route]] = {LIVE: None, PREVIEW: None}
+        self.moves: List[Tuple[str, Route]] = []
         # False: the include was written but nginx was not seen loading it (reload mode, a run
         # killed in between): current() raises IncludeNotLoaded, as ReloadSwitch does.
         self.loaded: Dict[str, bool] = {LIVE: True, PREVIEW: True}
+        # What nginx answers during a verification window (a test that verifies sets it).
+        self.reader: Optional[AnswerReader] = None
 
     def check(self) -> None:
         pass
 
-    def current(self, route: str) -> Optional[Address]:
+    def check_answers(self) -> None:
+        pass
+
+    def answers(self, route: Route) -> AnswerReader:
+        assert self.reader is not None, "the test verifies, but did not say what nginx answers"
+        return self.reader
+
+    def current(self, route: str) -> Optional[Route]:
         if not self.loaded[route]:
             raise IncludeNotLoaded(f"nginx was not seen loading the {route} include", self.routes[route])
         return self.routes[route]
 
-    def route_to(self, route: str, address: Address) -> None:
+    def route_to(self, route: str, address: Route) -> None:
+        assert isinstance(address, tuple), f"a route is a tuple of addresses, not {address!r}"
         self.moves.append((route, address))
         self.routes[route] = address
         self.loaded[route] = True
 
     def describe(self) -> Dict[str, Optional[str]]:
-        return {route: str(a) if a else None for route, a in self.routes.items()}
+        return {route: str(a[0]) if a else None for route, a in self.routes.items()}
 
 
 class FakeAdmin(Strict):
@@ -269,8 +298,8 @@ class FakeAdmin(Strict):
 
     url = "http://127.0.0.1:8091"
 
-    def __init__(self, routes: Optional[Dict[str, Address]] = None) -> None:
-        self.routes: Dict[str, Address] = dict(routes or {})
+    def __init__(self, routes: Optional[Dict[str, Route]] = None) -> None:
+        self.routes: Dict[str, Route] = dict(routes or {})
         self.script: List[tuple] = []
         self.calls: List[Tuple[str, str]] = []
         self.down_after_put: Optional[BaseException] = None
@@ -287,7 +316,7 @@ class FakeAdmin(Strict):
         assert step[0] == call, f"the admin expected {step[0]}, got {call}"
         return step[1], len(step) > 2 and step[2] == "lands"
 
-    def get(self, route: str) -> Optional[Address]:
+    def get(self, route: str) -> Optional[Route]:
         self.calls.append(("get", route))
         if self.down is not None:
             raise self.down
@@ -296,7 +325,7 @@ class FakeAdmin(Strict):
             raise failure
         return self.routes.get(route)
 
-    def put(self, route: str, targets: Address) -> None:
+    def put(self, route: str, targets: Route) -> None:
         self.calls.append(("put", route))
         if self.down is not None:
             raise self.down
@@ -326,6 +355,20 @@ class FakeProber(Strict):
         return self.engine.answer(url)
 
 
+class WorldClock(FakeClock):
+    """The World's FakeClock: a sleep may be where SIGTERM arrives (`!interrupt-drain`)."""
+
+    def __init__(self, world: "World") -> None:
+        super().__init__(0.0)
+        self.world = world
+
+    def sleep(self, seconds: float) -> None:
+        super().sleep(seconds)
+        if self.world.interrupt_drain and seconds > 0:
+            self.world.interrupt_drain = False
+            raise Interrupted(signal.SIGTERM)
+
+
 class World:
     """One app on the fakes, driven by the same steps a user types."""
 
@@ -339,31 +382,31 @@ class World:
         self.engine = FakeEngine(self.settings)
         self.switch = FakeSwitch()
         self.interrupt_drain = False
-        self.sleeps: List[float] = []
-        self.now = 0.0              # the fake clock: only `sleep` moves it
+        self.clock = WorldClock(self)   # the fake clock: only `sleep` moves it
         self.after_gate = ""        # "dies" / "sickens": what the next release does right after its gate
+
+    @property
+    def now(self) -> float:
+        return self.clock.time
+
+    @property
+    def sleeps(self) -> List[float]:
+        return self.clock.sleeps
 
     # -- the seam ------------------------------------------------------------------------------
 
     def context(self, version: Optional[str] = None) -> flows.Context:
+        # As compose does: the settings settled (the version) before any part is handed them.
         settings = replace(self.settings, app_version=version)
         self.engine.settings = settings
         return flows.Context(settings, self.engine, self.host, self.switch, Path("/work"), {"BUILD_TAG": "unit"},
-                             sleep=self._sleep, clock=lambda: self.now, health_gate=self._health_gate,
-                             prober=FakeProber(self.engine))
+                             FakeProber(self.engine), self.now, clock=self.clock, health_gate=self._health_gate)
 
-    def _sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-        if self.interrupt_drain and seconds > 0:
-            self.interrupt_drain = False
-            raise Interrupted(signal.SIGTERM)
-
-    def _health_gate(self, url: str, interval: float, timeout: float, check_alive, prober, logs=lambda: [],
-                     can_connect=None) -> int:
-        assert isinstance(prober, FakeProber), "probes go through the context's prober"
-        assert callable(can_connect), "the port check goes with the gate"
-        check_alive()
+    def _health_gate(self, gate: Gate, interval: float, timeout: float, clock: Clock) -> int:
+        assert clock is self.clock, "the gate waits on the context's clock"
+        assert callable(gate.can_connect), "the port check goes with the gate"
+        gate.check_alive()
+        url = gate.what
         color = next(c for c in ("blue", "green") if f"//{self.settings.ip_of(c)}:" in url)
         if self.engine.boxes[color]["version"] in self.engine.unhealthy:
             raise HealthCheckFailed(url, 3, "HTTP 503 'starting'")
@@ -409,7 +452,7 @@ class World:
         address = self.switch.routes[LIVE]
         if address is None:
             return None
-        color = next(c for c in ("blue", "green") if self.settings.ip_of(c) == address.ip)
+        color = next(c for c in ("blue", "green") if self.settings.ip_of(c) == address[0].ip)
         box = self.engine.boxes.get(color)
         assert box is not None and box["status"] == "running", f"nginx points at {color}, which is not running"
         return box["version"], color

@@ -30,6 +30,8 @@ from .fakes import INCLUDE, FakeAdmin, World, no_network  # noqa: F401  (autouse
 class Answers:
     """nginx's answers for the new release (a good few unless told), and a hook run at each read."""
 
+    unparsed = 0
+
     def __init__(self) -> None:
         self.on_read = lambda: None
         self.statuses = {200: 5}
@@ -40,13 +42,12 @@ class Answers:
 
 
 @pytest.fixture
-def verifying(monkeypatch):
+def verifying():
     """A World whose deploys verify for a moment (no health probe falls in it), reading answers
     from `answers` instead of an access log."""
     answers = Answers()
-    monkeypatch.setattr(verify, "check", lambda ctx: None)
-    monkeypatch.setattr(verify, "make_reader", lambda ctx, addresses: answers)
     world = World()
+    world.switch.reader = answers
     world.settings = replace(world.settings, verify_seconds=0.3)
     world.answers = answers
     return world
@@ -89,7 +90,7 @@ def test_a_switch_back_that_fails_leaves_the_new_release_live_recorded_and_marke
     moved = world.switch.route_to
 
     def refuse_to_go_back(route, address):
-        if route == LIVE and world.switch.routes[LIVE] != address and address.ip == str(world.settings.blue_ip):
+        if route == LIVE and world.switch.routes[LIVE] != address and address[0].ip == str(world.settings.blue_ip):
             raise DeployFailed("`nginx -t` exited with 1")
         moved(route, address)
 

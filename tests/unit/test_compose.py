@@ -46,7 +46,7 @@ def test_the_engine_is_connected_before_the_wait_for_the_nginx_host(tmp_path, mo
         return object()
     monkeypatch.setattr(compose, "make_target", make_target)
     monkeypatch.setattr(compose, "make_switch", lambda host, settings: object())
-    monkeypatch.setattr(compose.Context, "__post_init__", lambda self: None)
+    monkeypatch.setattr(compose, "make_prober", lambda host, settings: object())
     with compose.context(_settings(tmp_path), {}, tmp_path, connecting=Connecting(events)):
         pass
     assert events == ["engine connected", "host taken", "host closed"]
@@ -74,3 +74,24 @@ def test_when_only_the_engine_fails_its_error_is_reported_and_the_host_closed(tm
         with compose.context(_settings(tmp_path), {}, tmp_path, connecting=Connecting(events)):
             pass
     assert events == ["host taken", "host closed"]
+
+
+def test_a_release_run_gets_its_version_settled_before_any_part_is_composed(tmp_path, monkeypatch):
+    """Every part (target, switch, the flow's context) holds the same settled settings: the
+    version of a deploy without APP_VERSION is decided once, before them."""
+    seen: List[Settings] = []
+
+    def make_target(settings, environ):
+        seen.append(settings)
+        return object()
+    monkeypatch.setattr(compose, "make_target", make_target)
+    monkeypatch.setattr(compose, "make_switch", lambda host, settings: seen.append(settings) or object())
+    monkeypatch.setattr(compose, "make_prober", lambda host, settings: object())
+    monkeypatch.setattr(compose, "default_version", lambda cwd: "abc1234")
+    with compose.context(_settings(tmp_path), {}, tmp_path, connecting=Connecting([]), releasing=True) as ctx:
+        assert ctx.settings.app_version == "abc1234"
+        assert all(settings is ctx.settings for settings in seen) and len(seen) == 2
+    with compose.context(_settings(tmp_path), {}, tmp_path, connecting=Connecting([])) as ctx:
+        assert ctx.settings.app_version is None   # status, rollback, promote: no version of their own
+    given = Settings.from_env({"APP_VERSION": "v7"}, tmp_path)
+    assert compose.settled(given, tmp_path, releasing=True) is given

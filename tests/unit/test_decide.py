@@ -1,7 +1,7 @@
 import pytest
 
-from pipeline.decide import (MAX_ROUTE_ADDRESSES, Address, choose_colors, color_at, color_at_port, images_to_remove,
-                             other, parse_include, parse_include_all, parse_route, render_include, render_route, shown)
+from pipeline.decide import (MAX_ROUTE_ADDRESSES, Address, choose_colors, color_at, images_to_remove,
+                             other, parse_include, parse_route, render_include, render_route, shown)
 
 
 IPS = {"blue": "172.20.0.2", "green": "172.20.0.3"}
@@ -30,16 +30,16 @@ def test_choose_colors(include_color, blue_alive, running, live, target):
 
 
 @pytest.mark.parametrize("text,expected", [
-    ("set $service_url http://172.20.0.2:8080;\n", Address("172.20.0.2", 8080)),
-    ("  set $service_url   http://172.20.0.3:9090/ ;", Address("172.20.0.3", 9090)),
-    ("# old\nset $preview_url http://10.1.2.3:80;", Address("10.1.2.3", 80)),
-    ("upstream app_live {\n    server 172.20.0.3:8080;\n    keepalive 32;\n}\n", Address("172.20.0.3", 8080)),
-    ("upstream app_live { server 172.20.0.2:8080 max_fails=0; }", Address("172.20.0.2", 8080)),
-    ("set $service_url http://XXX.XXX.XXX.XXX:8080;", None),
-    ("set $service_url http://172.20.0.2:99999;", None),
-    ("set $service_url http://300.20.0.2:8080;", None),
-    ("", None),
-    (None, None),
+    ("set $service_url http://172.20.0.2:8080;\n", (Address("172.20.0.2", 8080),)),
+    ("  set $service_url   http://172.20.0.3:9090/ ;", (Address("172.20.0.3", 9090),)),
+    ("# old\nset $preview_url http://10.1.2.3:80;", (Address("10.1.2.3", 80),)),
+    ("upstream app_live {\n    server 172.20.0.3:8080;\n    keepalive 32;\n}\n", (Address("172.20.0.3", 8080),)),
+    ("upstream app_live { server 172.20.0.2:8080 max_fails=0; }", (Address("172.20.0.2", 8080),)),
+    ("set $service_url http://XXX.XXX.XXX.XXX:8080;", ()),
+    ("set $service_url http://172.20.0.2:99999;", ()),
+    ("set $service_url http://300.20.0.2:8080;", ()),
+    ("", ()),
+    (None, ()),
 ])
 def test_parse_include(text, expected):
     assert parse_include(text) == expected
@@ -47,24 +47,24 @@ def test_parse_include(text, expected):
 
 @pytest.mark.parametrize("form", ["set", "upstream"])
 def test_render_then_parse_round_trips(form):
-    address = Address("172.20.0.3", 8080)
-    assert parse_include(render_include(address, form)) == address
+    route = (Address("172.20.0.3", 8080),)
+    assert parse_include(render_include(route, form)) == route
 
 
 def test_render_set_form_is_the_seeds_line():
-    assert render_include(Address("172.20.0.2", 8080)) == "set $service_url http://172.20.0.2:8080;\n"
-    assert render_include(Address("172.20.0.2", 8080), "set", "preview_url") == \
+    assert render_include((Address("172.20.0.2", 8080),)) == "set $service_url http://172.20.0.2:8080;\n"
+    assert render_include((Address("172.20.0.2", 8080),), "set", "preview_url") == \
         "set $preview_url http://172.20.0.2:8080;\n"
 
 
 def test_render_upstream_form_keeps_connections_alive():
-    text = render_include(Address("172.20.0.3", 8080), "upstream", upstream="shop_live")
+    text = render_include((Address("172.20.0.3", 8080),), "upstream", upstream="shop_live")
     assert text == "upstream shop_live {\n    server 172.20.0.3:8080;\n    keepalive 32;\n}\n"
 
 
 def test_render_refuses_unknown_form():
     with pytest.raises(ValueError):
-        render_include(Address("1.2.3.4", 1), "map")
+        render_include((Address("1.2.3.4", 1),), "map")
 
 
 @pytest.mark.parametrize("text,expected", [
@@ -78,9 +78,10 @@ def test_address_parse(text, expected):
 
 
 def test_color_at():
-    assert color_at(Address("172.20.0.3", 8080), IPS) == "green"
-    assert color_at(Address("172.20.0.9", 8080), IPS) is None
-    assert color_at(None, IPS) is None
+    assert color_at((Address("172.20.0.3", 8080),), lambda a: a.ip, IPS) == "green"
+    assert color_at((Address("172.20.0.9", 8080),), lambda a: a.ip, IPS) is None
+    assert color_at(None, lambda a: a.ip, IPS) is None
+    assert color_at((), lambda a: a.ip, IPS) is None
     assert other("blue") == "green" and other("green") == "blue"
 
 
@@ -93,76 +94,70 @@ def test_images_to_remove_keeps_the_newest_and_protected():
 
 # -- several addresses: a swarm color's tasks (TARGET=swarm) ---------------------------------------
 
-TASKS = [Address("10.99.0.11", 8082), Address("10.99.0.12", 8082), Address("10.99.0.13", 8082)]
+TASKS = (Address("10.99.0.11", 8082), Address("10.99.0.12", 8082), Address("10.99.0.13", 8082))
 
 
 def test_upstream_form_lists_every_task_and_parses_back():
     text = render_include(TASKS, "upstream")
     assert text == ("upstream app_live {\n    server 10.99.0.11:8082;\n    server 10.99.0.12:8082;\n"
                     "    server 10.99.0.13:8082;\n    keepalive 32;\n}\n")
-    assert parse_include_all(text) == TASKS
-    assert parse_include(text) == TASKS[0]
+    assert parse_include(text) == TASKS
 
 
-@pytest.mark.parametrize("targets", [TASKS, TASKS[:1], TASKS[0]])
-def test_one_address_or_a_list_of_one_render_the_same(targets):
-    if isinstance(targets, list) and len(targets) > 1:
-        return
-    assert render_include(targets, "upstream") == render_include(TASKS[0], "upstream")
-    assert render_include(targets, "set") == "set $service_url http://10.99.0.11:8082;\n"
+def test_a_route_of_one_renders_in_either_form():
+    assert render_include(TASKS[:1], "upstream") == "upstream app_live {\n    server 10.99.0.11:8082;\n    keepalive 32;\n}\n"
+    assert render_include(TASKS[:1], "set") == "set $service_url http://10.99.0.11:8082;\n"
 
 
 def test_the_set_form_takes_one_address_and_no_form_takes_none():
     with pytest.raises(ValueError, match="the set form takes one address, not 3"):
         render_include(TASKS, "set")
     with pytest.raises(ValueError, match="no address"):
-        render_include([], "upstream")
+        render_include((), "upstream")
 
 
 @pytest.mark.parametrize("text, expected", [
-    (None, []),
-    ("", []),
-    ("set $service_url http://172.20.0.2:8080;\n", [Address("172.20.0.2", 8080)]),
+    (None, ()),
+    ("", ()),
+    ("set $service_url http://172.20.0.2:8080;\n", (Address("172.20.0.2", 8080),)),
     ("upstream u {\n server 10.99.0.12:8081 max_fails=0;\n server 10.99.0.13:8081;\n}\n",
-     [Address("10.99.0.12", 8081), Address("10.99.0.13", 8081)]),
+     (Address("10.99.0.12", 8081), Address("10.99.0.13", 8081))),
 ])
-def test_parse_include_all(text, expected):
-    assert parse_include_all(text) == expected
+def test_parse_include_reads_every_server(text, expected):
+    assert parse_include(text) == expected
 
 
-@pytest.mark.parametrize("address, expected", [
-    (Address("10.99.0.11", 8081), "blue"),
-    (Address("10.99.0.13", 8082), "green"),
-    (Address("10.99.0.13", 8080), None),
+@pytest.mark.parametrize("route, expected", [
+    ((Address("10.99.0.11", 8081),), "blue"),
+    ((Address("10.99.0.13", 8082),), "green"),
+    ((Address("10.99.0.13", 8080),), None),
     (None, None),
-    (tuple(TASKS), "green"),                   # a live-mode route to every task: by the first
+    (TASKS, "green"),                          # a live-mode route to every task: by the first
 ])
-def test_color_at_port(address, expected):
-    assert color_at_port(address, {"blue": 8081, "green": 8082}) == expected
+def test_color_at_by_port(route, expected):
+    assert color_at(route, lambda a: a.port, {"blue": 8081, "green": 8082}) == expected
 
 
 # -- a live-mode route: the admin body `IP:PORT[,IP:PORT...]` ---------------------------------------
 
-MANY = [Address(f"10.99.{n // 250}.{n % 250 + 1}", 8081) for n in range(MAX_ROUTE_ADDRESSES + 1)]
+MANY = tuple(Address(f"10.99.{n // 250}.{n % 250 + 1}", 8081) for n in range(MAX_ROUTE_ADDRESSES + 1))
 
 
-@pytest.mark.parametrize("targets, text", [
-    (TASKS[0], "10.99.0.11:8082"),
-    ([TASKS[0]], "10.99.0.11:8082"),
-    (tuple(TASKS), "10.99.0.11:8082,10.99.0.12:8082,10.99.0.13:8082"),
-    (list(reversed(TASKS)), "10.99.0.13:8082,10.99.0.12:8082,10.99.0.11:8082"),   # in the order given
+@pytest.mark.parametrize("route, text", [
+    (TASKS[:1], "10.99.0.11:8082"),
+    (TASKS, "10.99.0.11:8082,10.99.0.12:8082,10.99.0.13:8082"),
+    (tuple(reversed(TASKS)), "10.99.0.13:8082,10.99.0.12:8082,10.99.0.11:8082"),   # in the order given
     (MANY[:MAX_ROUTE_ADDRESSES], ",".join(str(a) for a in MANY[:MAX_ROUTE_ADDRESSES])),
 ])
-def test_render_route_then_parse_round_trips(targets, text):
-    assert render_route(targets) == text
-    parsed = parse_route(text + "\n")   # nginx answers with a final newline
-    assert parsed == (TASKS[0] if isinstance(targets, Address) or len(targets) == 1 else tuple(targets))
+def test_render_route_then_parse_round_trips(route, text):
+    assert render_route(route) == text
+    assert parse_route(text + "\n") == route   # nginx answers with a final newline
 
 
 @pytest.mark.parametrize("targets, problem", [
-    ([], "no address"),
+    ((), "no address"),
     (MANY, "33 addresses; a route takes at most 32"),
-    ([TASKS[0], TASKS[1], TASKS[0]], "an address listed twice in 10.99.0.11:8082, 10.99.0.12:8082, 10.99.0.11:8082"),
+    ((TASKS[0], TASKS[1], TASKS[0]), "an address listed twice in 10.99.0.11:8082, 10.99.0.12:8082, 10.99.0.11:8082"),
 ])
 def test_render_route_refuses_what_nginx_would(targets, problem):
     with pytest.raises(ValueError, match=problem):
@@ -180,5 +175,5 @@ def test_parse_route_believes_only_what_nginx_stores(text):
 
 
 def test_shown():
-    assert (shown(None), shown(TASKS[0]), shown(tuple(TASKS[:2]))) == (
+    assert (shown(None), shown(TASKS[:1]), shown(TASKS[:2])) == (
         "nothing", "10.99.0.11:8082", "10.99.0.11:8082, 10.99.0.12:8082")

@@ -63,6 +63,23 @@ def test_sequences(steps, codes, serving):
     assert world.serving() == serving
 
 
+@pytest.mark.parametrize("blue_answers, target", [(True, "green"), (False, "blue")])
+def test_with_no_include_blue_is_probed_as_the_seed_did(blue_answers, target):
+    # The seed's rule, for a host whose include is gone: blue is live if a container of ours holds
+    # its address and answers health (then the deploy goes to green); otherwise blue is replaced.
+    world = World(preview=False)
+    assert world.step("deploy v1") == (0, "")
+    world.switch.routes["live"] = None        # the include is lost; v1 still runs in blue
+    world.host.files.pop(world.record_path)   # and so is the record (a rebuilt nginx host)
+    world.engine.holding = True
+    if not blue_answers:
+        world.engine.sick.add("blue")
+    world.engine.mutations.clear()
+    assert world.step("deploy v2") == (0, "")
+    assert world.serving() == ("v2", target)
+    assert ("run", target, "v2") in world.engine.mutations
+
+
 def test_rollback_recreates_the_previous_release_over_a_staged_one():
     world = World()
     for step in ("deploy v1", "deploy v2", "stage v3"):

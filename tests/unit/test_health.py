@@ -6,10 +6,21 @@ import threading
 
 import pytest
 
+from pipeline.clock import SYSTEM, Clock
 from pipeline.errors import ContainerExited, HealthCheckFailed
-from pipeline.health import ALIVE_CHECK_EVERY, wait_healthy
+from pipeline.health import ALIVE_CHECK_EVERY, Gate, LocalTransport, Transport, probe, wait_ready
 
 from .fakes import FakeClock
+
+
+def wait_healthy(url, interval, timeout, check_alive, transport: Transport = None, logs=lambda: [],
+                 can_connect=None, clock: Clock = SYSTEM) -> int:
+    """The one gate (health.wait_ready) on one URL: what a single engine's gate is
+    (engine.Engine.gate), with the parts these tests stand in for."""
+    transport = transport or LocalTransport()
+    gate = Gate(what=url, awaited=url, check_alive=check_alive,
+                probe_all=lambda seconds: probe(transport, url, seconds), logs=logs, can_connect=can_connect)
+    return wait_ready(gate, interval, timeout, clock)
 
 
 class Server:
@@ -48,8 +59,8 @@ def server(request):
 
 
 def on(clock: FakeClock) -> dict:
-    """wait_healthy's time arguments for `clock`."""
-    return {"clock": clock.now, "sleep": clock.sleep}
+    """wait_healthy's time argument: `clock`."""
+    return {"clock": clock}
 
 
 @pytest.mark.parametrize("server", [[503, 503, 503, 200]], indirect=True)
@@ -105,8 +116,8 @@ import paramiko  # noqa: E402
 
 from pipeline import deploy as flows  # noqa: E402
 from pipeline.errors import EXIT_PREFLIGHT, NginxHostFailed, PreflightError  # noqa: E402
-from pipeline.health import (ChannelTransport, LocalTransport, NotHealthyYet, Prober,  # noqa: E402
-                             RouteRefused, probe, route_answer, route_problem)
+from pipeline.health import (ChannelTransport, NotHealthyYet, Prober, RouteRefused,  # noqa: E402
+                             route_answer, route_problem)
 from pipeline.nginx_host import CommandResult  # noqa: E402
 from pipeline.settings import Settings  # noqa: E402
 
@@ -344,7 +355,7 @@ def test_a_deploy_whose_new_network_is_not_a_local_bridge_removes_it_and_changes
                       "172.29.5.3": (0, "172.29.5.3 via 192.0.2.1 dev eth0 src 192.0.2.2 uid 0\n")})
     prober = Prober(StrictTransport(), host)
     files = FakeHost()   # the lock and the history; the include stays untouched
-    ctx = flows.Context(settings, engine, files, switch, Path(tmp_path), {}, prober=prober)
+    ctx = flows.Context(settings, engine, files, switch, Path(tmp_path), {}, prober, started=0.0)
     with pytest.raises(RouteRefused, match="not probing 172.29.5.2"):
         flows.deploy(ctx)
     assert str(settings.nginx_include) not in files.files and str(settings.releases_path()) not in files.files
@@ -412,6 +423,19 @@ def test_what_the_login_shell_prints_around_the_route_is_not_the_answer(output):
 from pipeline import health  # noqa: E402
 
 
+class ServiceClock:
+    """The fake service's time as a pipeline.clock.Clock."""
+
+    def __init__(self, service: "FakeService") -> None:
+        self.service = service
+
+    def now(self) -> float:
+        return self.service.now
+
+    def sleep(self, seconds: float) -> None:
+        self.service.sleep(seconds)
+
+
 class FakeService:
     where = "the fake"
 
@@ -422,10 +446,7 @@ class FakeService:
         self.probes = []        # times of health GETs
         self.events = []        # ("alive" | "connect" | "probe", time), in order
 
-    # time
-    def clock(self) -> float:
-        return self.now
-
+    # time (the service is the gate's Clock too)
     def sleep(self, seconds: float) -> None:
         assert 0 <= seconds <= health.ALIVE_CHECK_EVERY + 1e-9, f"slept {seconds}s in one go"
         self.now += seconds
@@ -455,7 +476,7 @@ class FakeService:
     def wait(self, interval=10.0, timeout=300.0, connect=True) -> int:
         can_connect = health.connect_check(self, "10.0.0.2", 8080) if connect else None
         return wait_healthy("http://10.0.0.2:8080/health", interval, timeout, self.check_alive, self,
-                            can_connect=can_connect, clock=self.clock, sleep=self.sleep)
+                            can_connect=can_connect, clock=ServiceClock(self))
 
     def gaps(self):
         return [b - a for a, b in zip(self.probes, self.probes[1:])]
@@ -527,9 +548,13 @@ def test_connect_check_against_a_real_listener():
     assert health.connect_check(LocalTransport(), "127.0.0.1", port)() is False
 
 
-# -- the swarm's gate: every task of a color (health.wait_all_healthy) ------------------------------
+# -- the swarm's gate: every task of a color, through the same health.wait_ready ----------------
 
-from pipeline.decide import Address  # noqa: E402
+from types import SimpleNamespace  # noqa: E402
+
+from pipeline.swarm import SwarmEngine, TaskAddress  # noqa: E402
+
+from .fakes import FakeClock  # noqa: E402
 
 
 class ScriptedTransport:
@@ -548,22 +573,37 @@ class ScriptedTransport:
         return status, "ok" if status == 200 else "no"
 
 
-TASK_A, TASK_B, TASK_C = Address("10.99.0.11", 8082), Address("10.99.0.12", 8082), Address("10.99.0.13", 8082)
+TASK_A, TASK_B, TASK_C = (TaskAddress("10.99.0.11", 8082, "task-a", "n1", "running"),
+                          TaskAddress("10.99.0.12", 8082, "task-b", "n2", "running"),
+                          TaskAddress("10.99.0.13", 8082, "task-c", "n3", "running"))
 
 
 def url(a):
-    return f"http://{a}/health"
+    return f"http://{a.node_addr}:{a.port}/health"
 
 
-def test_the_swarm_gate_waits_until_every_task_answers_200():
+def swarm_gate(tmp_path, addresses, transport, check_tasks=lambda: None, replicas=2):
+    """The real SwarmEngine's gate, over the task facts these tests give (a manager with no
+    client behind it: only the methods below are asked)."""
+    settings = Settings.from_env({"TARGET": "swarm", "REGISTRY": "r:5001", "REPLICAS": str(replicas),
+                                  "HEALTH_PATH": "/health", "APP_NAME": "app"}, tmp_path)
+    engine = SwarmEngine(SimpleNamespace(api=None), settings)
+    engine.task_addresses = lambda color: list(addresses())
+    engine.converged = lambda color: True
+    engine.check_tasks = lambda color: check_tasks()
+    engine.logs_tail = lambda color, lines=20: []
+    return engine.gate("blue", transport)
+
+
+def test_the_swarm_gate_waits_until_every_task_answers_200(tmp_path):
     transport = ScriptedTransport({url(TASK_A): [503, 200], url(TASK_B): [503, 503, 200]})
-    healthy = health.wait_all_healthy("blue", lambda: [TASK_A, TASK_B], "/health", 2, 0.05, 5,
-                                      lambda: None, transport)
-    assert healthy == [TASK_A, TASK_B]
+    clock = FakeClock()
+    assert wait_ready(swarm_gate(tmp_path, lambda: [TASK_A, TASK_B], transport), 0.05, 5, clock) == 3
     assert transport.gets.count(url(TASK_B)) == 3
+    assert clock.time - 1000.0 < 1   # waited on the fake clock, not the real one
 
 
-def test_the_swarm_gate_waits_for_tasks_still_to_come_and_asks_for_the_addresses_anew():
+def test_the_swarm_gate_waits_for_tasks_still_to_come_and_asks_for_the_addresses_anew(tmp_path):
     # A task lost with its node: the address list shrinks, then its replacement elsewhere appears.
     lists = iter([[TASK_A, TASK_B], [TASK_A], [TASK_A, TASK_C]])
     last = []
@@ -572,21 +612,22 @@ def test_the_swarm_gate_waits_for_tasks_still_to_come_and_asks_for_the_addresses
         last[:] = next(lists, last)
         return list(last)
     transport = ScriptedTransport({url(TASK_A): [200], url(TASK_B): [503], url(TASK_C): [200]})
-    assert health.wait_all_healthy("blue", addresses, "/health", 2, 0.05, 5, lambda: None,
-                                   transport) == [TASK_A, TASK_C]
+    assert wait_ready(swarm_gate(tmp_path, addresses, transport), 0.05, 5, FakeClock()) == 3
+    assert transport.gets[-2:] == [url(TASK_A), url(TASK_C)]
 
 
-def test_the_swarm_gate_fails_naming_each_task_that_did_not_answer():
+def test_the_swarm_gate_fails_naming_each_task_that_did_not_answer(tmp_path):
     transport = ScriptedTransport({url(TASK_A): [200], url(TASK_B): [404]})
-    with pytest.raises(HealthCheckFailed, match=r"blue did not answer 200 after \d+ attempts \(last: 1 of 2 answer "
-                                                r"200 \(2 running\); 10\.99\.0\.12:8082: HTTP 404 'no'\)"):
-        health.wait_all_healthy("blue", lambda: [TASK_A, TASK_B], "/health", 2, 0.05, 0.5, lambda: None, transport)
+    with pytest.raises(HealthCheckFailed, match=r"every task of app-blue at /health did not answer 200 after \d+ "
+                                                r"attempts \(last: 1 of 2 answer 200 \(2 running\); task task-b on n2 "
+                                                r"\(10\.99\.0\.12:8082\): HTTP 404 'no'\)"):
+        wait_ready(swarm_gate(tmp_path, lambda: [TASK_A, TASK_B], transport), 0.05, 0.5, FakeClock())
 
 
-def test_the_swarm_gate_stops_at_once_when_a_task_fails():
+def test_the_swarm_gate_stops_at_once_when_a_task_fails(tmp_path):
     def failed():
         raise ContainerExited("app-blue", "task failed")
     transport = ScriptedTransport({url(TASK_A): [503]})
     with pytest.raises(ContainerExited):
-        health.wait_all_healthy("blue", lambda: [TASK_A], "/health", 1, 0.05, 30, failed, transport)
+        wait_ready(swarm_gate(tmp_path, lambda: [TASK_A], transport, failed, replicas=1), 0.05, 30, FakeClock())
     assert transport.gets == []

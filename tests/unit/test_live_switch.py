@@ -21,6 +21,8 @@ from pipeline.nginx_host import LocalHost
 from pipeline.settings import Settings
 from pipeline.switch import LIVE, PREVIEW
 
+from .fakes import FakeClock
+
 REPO = Path(__file__).resolve().parents[2]
 BLUE = Address("172.20.0.2", 8080)
 GREEN = Address("172.20.0.3", 8080)
@@ -193,7 +195,9 @@ def settings_for(tmp_path: Path, admin_url: str, **extra: str) -> Settings:
 
 def live_switch(host, tmp_path: Path, url: str, **extra: str) -> LiveSwitch:
     settings = settings_for(tmp_path, url, **extra)
-    admin = NginxAdmin(host, url, str(settings.nginx_admin_token_file), timeout=1.0, retry_wait=0.01)
+    # The waits between attempts go on a fake clock: a refused admin is retried without sleeping.
+    admin = NginxAdmin(host, url, str(settings.nginx_admin_token_file), timeout=1.0, retry_wait=0.01,
+                       clock=FakeClock())
     return LiveSwitch(host, settings, admin)
 
 
@@ -214,7 +218,7 @@ def test_make_switch_gives_the_live_switch_for_switch_mode_live(tmp_path, host):
 
 def test_switch_writes_the_include_first_then_sets_and_reads_back_without_commands(tmp_path, host, admin, include):
     switch = live_switch(host, tmp_path, admin.url)
-    switch.route_to(LIVE, GREEN)
+    switch.route_to(LIVE, (GREEN,))
 
     assert include.read_text() == f"set $service_url {GREEN.url};\n"   # the seed's form, for restarts
     assert admin.routes["live"] == str(GREEN)
@@ -228,10 +232,10 @@ def test_switch_writes_the_include_first_then_sets_and_reads_back_without_comman
 
 def test_preview_route_has_its_own_include_and_admin_path(tmp_path, host, admin):
     switch = live_switch(host, tmp_path, admin.url)
-    switch.route_to(PREVIEW, GREEN)
+    switch.route_to(PREVIEW, (GREEN,))
     assert (tmp_path / "service-url-preview.inc").read_text() == f"set $preview_url {GREEN.url};\n"
     assert admin.routes == {"live": str(BLUE), "preview": str(GREEN)}
-    assert switch.current(PREVIEW) == GREEN
+    assert switch.current(PREVIEW) == (GREEN,)
 
 
 @pytest.mark.parametrize("misbehave, reported", [
@@ -245,7 +249,7 @@ def test_failed_set_puts_the_include_back_and_leaves_nginx_where_it_was(tmp_path
     misbehave(admin)
     switch = live_switch(host, tmp_path, admin.url)
     with pytest.raises(LiveSwitchFailed) as caught:
-        switch.route_to(LIVE, GREEN)
+        switch.route_to(LIVE, (GREEN,))
     assert caught.value.exit_code == EXIT_DEPLOY_FAILED   # like a failed reload
     assert reported in str(caught.value) and "put the old include back" in str(caught.value)
     assert include.read_text() == before
@@ -258,7 +262,7 @@ def test_a_set_whose_answer_is_lost_is_undone_in_nginx_too(tmp_path, host, admin
     admin.drop_put_answers = 3
     switch = live_switch(host, tmp_path, admin.url)
     with pytest.raises(LiveSwitchFailed) as caught:
-        switch.route_to(LIVE, GREEN)
+        switch.route_to(LIVE, (GREEN,))
     assert "failed 3 times" in str(caught.value)
     assert f"and nginx's address {BLUE}" in str(caught.value)
     assert include.read_text() == f"set $service_url {BLUE.url};\n"
@@ -267,7 +271,7 @@ def test_a_set_whose_answer_is_lost_is_undone_in_nginx_too(tmp_path, host, admin
 
 def test_a_dropped_connection_is_retried(tmp_path, host, admin, include):
     admin.drop_answers = 1     # the first GET's connection closes unanswered
-    live_switch(host, tmp_path, admin.url).route_to(LIVE, GREEN)
+    live_switch(host, tmp_path, admin.url).route_to(LIVE, (GREEN,))
     assert admin.routes["live"] == str(GREEN)
     assert admin.requests[:2] == [("GET", "/pipeline/live"), ("GET", "/pipeline/live")]
 
@@ -276,7 +280,7 @@ def test_admin_not_answering_fails_the_switch_before_anything_changes(tmp_path, 
     before = include.read_text()
     switch = live_switch(host, tmp_path, closed_port_url())
     with pytest.raises(LiveSwitchFailed) as caught:
-        switch.route_to(LIVE, GREEN)
+        switch.route_to(LIVE, (GREEN,))
     assert "nothing was changed" in str(caught.value)
     assert include.read_text() == before
 
@@ -285,7 +289,7 @@ def test_a_route_nginx_never_had_cannot_be_restored_and_says_so(tmp_path, host, 
     admin.put_status = 500
     switch = live_switch(host, tmp_path, admin.url)
     with pytest.raises(LiveSwitchFailed) as caught:
-        switch.route_to(PREVIEW, GREEN)
+        switch.route_to(PREVIEW, (GREEN,))
     assert "nginx had no address before" in str(caught.value)
     assert not (tmp_path / "service-url-preview.inc").exists(), "no preview include before, none after"
 
@@ -293,7 +297,7 @@ def test_a_route_nginx_never_had_cannot_be_restored_and_says_so(tmp_path, host, 
 def test_a_refused_address_fails_the_switch_naming_nginx_s_reason(tmp_path, host, admin, include):
     admin.refused.append(str(GREEN))
     with pytest.raises(LiveSwitchFailed) as caught:
-        live_switch(host, tmp_path, admin.url).route_to(LIVE, GREEN)
+        live_switch(host, tmp_path, admin.url).route_to(LIVE, (GREEN,))
     message = str(caught.value)
     assert f"nginx refused {GREEN} for the live route: {GREEN} is not inside allowed_networks" in message
     assert "DEPLOY_SUBNET" in message and "put the old include back" in message
@@ -328,8 +332,8 @@ def test_a_list_is_set_whole_read_back_as_a_tuple_and_written_to_the_include(tmp
             "10.99.0.12:8082, 10.99.0.13:8082 (no reload)") in caplog.text
     assert switch.describe()["live"] == "10.99.0.11:8082, 10.99.0.12:8082, 10.99.0.13:8082"
     # Back to one address: the same as on one host.
-    switch.route_to(LIVE, GREEN)
-    assert admin.routes["live"] == str(GREEN) and switch.current(LIVE) == GREEN
+    switch.route_to(LIVE, (GREEN,))
+    assert admin.routes["live"] == str(GREEN) and switch.current(LIVE) == (GREEN,)
 
 
 def test_one_refused_address_fails_the_list_and_puts_include_and_nginx_back(tmp_path, host, admin, include):
@@ -389,7 +393,7 @@ def test_a_list_answer_nginx_would_never_store_is_not_believed(tmp_path, host, a
 def test_every_request_carries_the_token_read_once_from_the_token_file(tmp_path, host, admin, token_file):
     switch = live_switch(host, tmp_path, admin.url)
     switch.check()
-    switch.route_to(LIVE, GREEN)
+    switch.route_to(LIVE, (GREEN,))
     assert len(admin.requests) == 4
     assert admin.authorizations == [f"Bearer {TOKEN}"] * 4      # the file's newline is not part of it
     assert host.reads.count(str(token_file)) == 1
@@ -435,7 +439,7 @@ def test_an_unusable_token_file_is_a_preflight_error_before_any_request(tmp_path
     assert admin.requests == [], "nothing is sent without a usable token"
     # A deploy's switch stops before writing anything, too.
     with pytest.raises(LiveSwitchFailed, match="nothing was changed"):
-        switch.route_to(LIVE, GREEN)
+        switch.route_to(LIVE, (GREEN,))
     assert admin.requests == [] and admin.routes["live"] == str(BLUE)
 
 
@@ -501,7 +505,7 @@ def test_current_goes_by_nginx_when_the_include_says_otherwise(tmp_path, host, a
     include.write_text(f"set $service_url {GREEN.url};\n")
     switch = live_switch(host, tmp_path, admin.url)
     with caplog.at_level("WARNING", logger="pipeline"):
-        assert switch.current(LIVE) == BLUE
+        assert switch.current(LIVE) == (BLUE,)
     assert f"the live include says {GREEN} but nginx serves {BLUE}; going by nginx" in caplog.text
 
 

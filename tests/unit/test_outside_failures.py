@@ -96,7 +96,7 @@ def switch(host: ScriptedHost) -> ReloadSwitch:
 
 def test_a_switch_is_done_when_the_reload_is_seen_to_apply():
     host = ScriptedHost([("read", None), ("write", None), ("run_steps", reloaded("applied").steps)])
-    switch(host).route_to(LIVE, GREEN)
+    switch(host).route_to(LIVE, (GREEN,))
     host.done()
     assert host.files[INCLUDE] == GREEN_TEXT
 
@@ -106,7 +106,7 @@ def test_the_reload_step_runs_the_reload_command_under_the_check():
     seen = []
     host.run_steps = lambda steps: seen.extend(steps) or reloaded("applied").steps(steps)   # type: ignore
     host.script = host.script[:2]
-    switch(host).route_to(LIVE, GREEN)
+    switch(host).route_to(LIVE, (GREEN,))
     test, step = seen
     assert test == ("nginx", "-t")
     assert step[:2] == ["sh", "-c"] and step[2] == RELOAD_SCRIPT
@@ -130,7 +130,7 @@ def test_a_reload_that_did_not_apply_puts_the_include_back_without_reloading(ver
     host = ScriptedHost([("read", None), ("write", None), ("run_steps", reloaded(verdict, code).steps),
                          ("write", None)])
     with pytest.raises(DeployFailed) as caught:
-        switch(host).route_to(LIVE, GREEN)
+        switch(host).route_to(LIVE, (GREEN,))
     host.done()
     assert words in str(caught.value)
     assert not isinstance(caught.value, SwitchIncomplete)
@@ -146,7 +146,7 @@ def test_a_reload_that_may_have_applied_is_undone_by_a_reload_seen_to_apply(code
     host = ScriptedHost([("read", None), ("write", None), ("run_steps", reloaded("changed", code).steps),
                          ("write", None), ("run", reloaded("applied"))])
     with pytest.raises(DeployFailed) as caught:
-        switch(host).route_to(LIVE, GREEN)
+        switch(host).route_to(LIVE, (GREEN,))
     host.done()
     assert not isinstance(caught.value, SwitchIncomplete)
     assert str(caught.value) == words
@@ -157,7 +157,7 @@ def test_a_session_lost_mid_switch_puts_the_include_back_and_reloads():
     host = ScriptedHost([("read", None), ("write", None), ("run_steps", LOST), ("write", None),
                          ("run", reloaded("applied"))])
     with pytest.raises(DeployFailed) as caught:
-        switch(host).route_to(LIVE, GREEN)
+        switch(host).route_to(LIVE, (GREEN,))
     host.done()
     assert not isinstance(caught.value, SwitchIncomplete)
     # The commands as configured, not the check wrapped around the reload (many lines of sh).
@@ -187,7 +187,7 @@ def test_a_session_lost_mid_switch_puts_the_include_back_and_reloads():
 def test_an_include_that_cannot_be_put_back_says_what_to_do(script, problem):
     host = ScriptedHost(script)
     with pytest.raises(SwitchIncomplete) as caught:
-        switch(host).route_to(LIVE, GREEN)
+        switch(host).route_to(LIVE, (GREEN,))
     host.done()
     message = str(caught.value)
     assert caught.value.exit_code == EXIT_DEPLOY_FAILED and "\n" not in message
@@ -204,12 +204,12 @@ def test_the_live_route_is_the_include_only_when_nginx_was_seen_loading_it(loade
     host = ScriptedHost([("read", None), ("read", None)])
     host.files[LOADED] = loaded   # type: ignore[assignment]
     if loaded == BLUE_TEXT:
-        assert switch(host).current(LIVE) == Address("172.20.0.2", 8080)
+        assert switch(host).current(LIVE) == (Address("172.20.0.2", 8080),)
     else:
         with pytest.raises(IncludeNotLoaded) as caught:
             switch(host).current(LIVE)
         assert caught.value.exit_code == EXIT_PREFLIGHT
-        assert caught.value.address == Address("172.20.0.2", 8080)
+        assert caught.value.address == (Address("172.20.0.2", 8080),)
         assert str(caught.value).startswith(f"nginx was not seen loading {INCLUDE} (it names 172.20.0.2:8080; "
                                             f"{LOADED} ")
     host.done()

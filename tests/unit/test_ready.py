@@ -22,7 +22,7 @@ from pipeline.settings import Settings
 from pipeline.signals import SignalGuard
 from pipeline.switch import LIVE, PREVIEW
 
-from .fakes import World, no_network  # noqa: F401  (autouse: no flow reaches the network)
+from .fakes import FakeClock, World, no_network  # noqa: F401  (autouse: no flow reaches the network)
 from .test_verify_swarm import FakeBaselineSwarm, FakeProber, FakeSwitch, health_urls, task
 
 
@@ -38,7 +38,7 @@ def record(world: World) -> ReleaseRecord:
 
 
 def live(world: World, color: str):
-    return (LIVE, world.engine.addresses(color)[0])
+    return (LIVE, world.engine.addresses(color))
 
 
 # -- the flows ----------------------------------------------------------------------------------------
@@ -91,8 +91,8 @@ def test_without_min_ready_the_last_look_switches_back_before_the_old_color_is_s
     assert message == ("switched back to blue: container app-green stopped (exited, restarted 0x), "
                        "in the last look before stopping app-blue")
     # Switched to green, back to blue; green removed; blue never stopped.
-    assert world.switch.moves[:2] == [live(world, "green"), (PREVIEW, world.engine.addresses("green")[0])]
-    assert world.switch.moves[2:] == [live(world, "blue"), (PREVIEW, world.engine.addresses("blue")[0])]
+    assert world.switch.moves[:2] == [live(world, "green"), (PREVIEW, world.engine.addresses("green")[:1])]
+    assert world.switch.moves[2:] == [live(world, "blue"), (PREVIEW, world.engine.addresses("blue")[:1])]
     assert world.engine.mutations == [("build_image", "app:v2"), ("run", "green", "v2"), ("stop", "green"),
                                       ("remove", "green")]
     assert world.engine.boxes["blue"]["status"] == "running"
@@ -219,7 +219,20 @@ class Release:
             raise health.NotHealthyYet("HTTP 503")
 
     def run(self, seconds: float, interval: float = 10.0) -> Optional[str]:
-        return health.stay_ready(seconds, interval, self.problem, self.probe_all, lambda: self.now, self.sleep)
+        return health.stay_ready(seconds, interval, self.problem, self.probe_all, ReleaseClock(self))
+
+
+class ReleaseClock:
+    """The release's fake time, as a pipeline.clock.Clock."""
+
+    def __init__(self, release: Release) -> None:
+        self.release = release
+
+    def now(self) -> float:
+        return self.release.now
+
+    def sleep(self, seconds: float) -> None:
+        self.release.sleep(seconds)
 
 
 @pytest.mark.parametrize("seconds,interval,release,why,probes", [
@@ -274,7 +287,7 @@ class Swarm(FakeBaselineSwarm):
 
     def tasks(self, color: str):
         for at, (c, slot, fact) in list(self.events):
-            if self.clock.now >= at:
+            if self.clock.now() >= at:
                 self.now[c][slot] = fact
                 self.events.remove((at, (c, slot, fact)))
         return super().tasks(color)
@@ -289,31 +302,22 @@ class Swarm(FakeBaselineSwarm):
         self.calls.append(("stop", color))
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
-
-
 def swarm_context(tmp_path, answers=None, **env):
     settings = Settings.from_env({"TARGET": "swarm", "REGISTRY": "r:5001", "REPLICAS": "3", "VERIFY_SECONDS": "0",
                                   "HEALTH_INTERVAL": "10", "HEALTH_PATH": "/health", "DRAIN_SECONDS": "1",
                                   "NGINX_INCLUDE": str(tmp_path / "service-upstream.inc"), **env}, tmp_path)
     calls: list = []
-    clock = Clock()
+    clock = FakeClock(0.0)
     prober = FakeProber(answers or {})
     engine = Swarm(settings, calls, clock)
-    ctx = Context(settings, engine, LocalHost(), FakeSwitch(calls), tmp_path, {}, SignalGuard(), clock.sleep,
-                  clock=lambda: clock.now, prober=prober)
+    ctx = Context(settings, engine, LocalHost(), FakeSwitch(calls), tmp_path, {}, prober, 0.0, SignalGuard(), clock)
     return ctx, calls, prober, clock
 
 
 def test_min_ready_on_a_swarm_probes_every_task_and_holds_its_seconds(tmp_path):
     ctx, calls, prober, clock = swarm_context(tmp_path, MIN_READY_SECONDS="3")
     flows.hold_ready(ctx, "green")
-    assert clock.now == 3.0 and calls == []
+    assert clock.now() == 3.0 and calls == []
     assert prober.asked == health_urls("green") * 3   # every task, at 1, 2 and 3 s
 
 

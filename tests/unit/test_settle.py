@@ -77,7 +77,7 @@ def killed_between_include_and_reload(world: World) -> None:
         assert world.step(step) == (0, "")
     world.engine.build_image(None, "app:v3", "v3")   # type: ignore[arg-type]
     world.engine.run("blue", "app:v3", "v3")
-    world.switch.routes[LIVE] = Address(world.settings.ip_of("blue"), world.settings.app_port)
+    world.switch.routes[LIVE] = (Address(world.settings.ip_of("blue"), world.settings.app_port),)
     world.switch.loaded[LIVE] = False
     world.engine.mutations.clear()
     world.switch.moves.clear()
@@ -101,8 +101,8 @@ def test_the_next_deploy_loads_the_include_before_it_replaces_what_nginx_may_ser
     killed_between_include_and_reload(world)
     seen = watch_settle(world)
     assert world.step("deploy v4") == (0, "")
-    blue = Address(world.settings.ip_of("blue"), 8080)
-    green = Address(world.settings.ip_of("green"), 8080)
+    blue = (Address(world.settings.ip_of("blue"), 8080),)
+    green = (Address(world.settings.ip_of("green"), 8080),)
     # First nginx loads the include as it stands (blue, v3), with nothing touched yet ...
     assert seen[0] == (LIVE, blue, [])
     # ... only then is green (which nginx served until that moment) replaced, and made live.
@@ -118,7 +118,7 @@ def test_a_target_that_is_not_running_needs_no_settling():
     world.engine.boxes["blue"]["status"] = "exited"   # v3 died: nginx may serve green only
     seen = watch_settle(world)
     assert world.step("deploy v4") == (0, "")
-    assert [a for r, a, _ in seen if r == LIVE] == [Address(world.settings.ip_of("blue"), 8080)]
+    assert [a for r, a, _ in seen if r == LIVE] == [(Address(world.settings.ip_of("blue"), 8080),)]
     assert world.serving() == ("v4", "blue")
     # green, which nginx served, was stopped only after the switch to blue (the drain).
     assert world.engine.mutations.index(("run", "blue", "v4")) < world.engine.mutations.index(("stop", "green"))

@@ -80,7 +80,7 @@ def test_a_signal_during_the_live_switch_read_back_undoes_the_switch_and_is_rais
     switch = live_switch(admin)
     admin.script = [("get", None), ("put", None), ("get", Interrupted(signal.SIGTERM))]
     with pytest.raises(Interrupted) as caught:
-        switch.route_to(LIVE, GREEN)
+        switch.route_to(LIVE, (GREEN,))
     assert type(caught.value) is Interrupted and caught.value.exit_code == 143
     assert admin.routes[LIVE] == BLUE, "nginx's address was put back"
     assert switch.includes.read(LIVE) == f"set $service_url {BLUE.url};\n"

@@ -8,22 +8,25 @@ from __future__ import annotations
 
 import logging
 import signal
+from dataclasses import replace
 from pathlib import Path
-from typing import List
+from typing import Callable, List, Tuple
 
 import pytest
 
 from pipeline import verify
 from pipeline.decide import Address, ContainerFact
 from pipeline.deploy import Context
+from pipeline.engine import Engine
 from pipeline.errors import (EngineFailed, Interrupted, LiveUnverified, NginxHostFailed, PipelineError, PreflightError,
                              SettingsError, SwitchedBackAfterBug)
 from pipeline.nginx_host import LocalHost
+from pipeline.reload_switch import ReloadSwitch
 from pipeline.settings import Settings
 from pipeline.signals import SignalGuard
 from pipeline.switch import LIVE
 
-from .fakes import FakeHost
+from .fakes import FakeClock, FakeHost, Strict
 
 LINE = ('127.0.0.1 - - [01/Dec/2026:20:00:00 +0000] "GET /x?a=\\x22b HTTP/1.1" {status} 12 "-" '
         '"wrk \\x22quoted\\x22" upstream={upstream} upstream_status={status} request_time=0.001 '
@@ -80,7 +83,7 @@ def test_tally_describes_rate_count_and_commonest_statuses():
 def test_access_log_reader_reads_only_what_was_added(tmp_path):
     path = tmp_path / "app.access.log"
     path.write_text(LINE.format(upstream="172.20.0.3:8080", status=500) + "\n")   # before the mark
-    reader = verify.AccessLogReader(LocalHost(), str(path), Address("172.20.0.3", 8080))
+    reader = verify.AccessLogReader(LocalHost(), str(path), (Address("172.20.0.3", 8080),))
     with path.open("a") as log:
         log.write(LINE.format(upstream="172.20.0.3:8080", status=200) + "\n")
         log.write(LINE.format(upstream="172.20.0.2:8080", status=500) + "\n")     # the old color
@@ -94,8 +97,8 @@ def test_access_log_reader_reads_only_what_was_added(tmp_path):
 
 
 def test_access_log_reader_needs_the_file(tmp_path):
-    with pytest.raises(verify.PreflightError, match="NGINX_ACCESS_LOG=.*no such file"):
-        verify.AccessLogReader(LocalHost(), str(tmp_path / "missing.log"), Address("172.20.0.3", 8080))
+    with pytest.raises(PreflightError, match="NGINX_ACCESS_LOG=.*no such file"):
+        verify.AccessLogReader(LocalHost(), str(tmp_path / "missing.log"), (Address("172.20.0.3", 8080),))
 
 
 @pytest.mark.parametrize("name,value,words", [
@@ -144,8 +147,8 @@ class FakeEngine:
     def at_fixed_ip(self, fact) -> bool:
         return True
 
-    def addresses(self, color: str) -> List[Address]:
-        return [Address(self.settings.ip_of(color), self.settings.app_port)]
+    def addresses(self, color: str) -> Tuple[Address, ...]:
+        return (Address(self.settings.ip_of(color), self.settings.app_port),)
 
     def stop(self, color: str) -> None:
         self.calls.append(("stop", color))
@@ -153,6 +156,11 @@ class FakeEngine:
     def remove(self, color: str) -> None:
         self.calls.append(("remove", color))
         self.states[color] = None
+
+    # The one engine's own watch and discard, over this fake's containers.
+    watch = Engine.watch
+    discard = Engine.discard
+    discarding = Engine.discarding
 
     def __getattr__(self, name: str):
         raise AssertionError(f"unexpected engine call: {name}")
@@ -166,7 +174,7 @@ class FakeSwitch:
         self.calls = calls
 
     def route_to(self, route: str, address: Address) -> None:
-        self.calls.append(("route_to", route, str(address)))
+        self.calls.append(("route_to", route, ", ".join(map(str, address))))
 
     def __getattr__(self, name: str):
         raise AssertionError(f"unexpected switch call: {name}")
@@ -174,6 +182,8 @@ class FakeSwitch:
 
 class Script:
     """An answer reader that gives one tally per read, then the last one again."""
+
+    unparsed = 0
 
     def __init__(self, *tallies: dict) -> None:
         self.tallies: List[dict] = list(tallies)
@@ -183,12 +193,26 @@ class Script:
         return verify.Tally(statuses)
 
 
+class HookClock(FakeClock):
+    """The fake clock, calling `hook` with each sleep first (where a signal may arrive)."""
+
+    def __init__(self, hook: Callable[[float], None]) -> None:
+        super().__init__()
+        self.hook = hook
+
+    def sleep(self, seconds: float) -> None:
+        self.hook(seconds)
+        super().sleep(seconds)
+
+
 def window(tmp_path, reader, sleep=lambda seconds: None, **env):
     settings = Settings.from_env({"VERIFY_SECONDS": "0.2", "HEALTH_INTERVAL": "10", **env}, tmp_path)
     calls = Calls()
-    ctx = Context(settings, FakeEngine(settings, calls), LocalHost(), FakeSwitch(calls), tmp_path, {},
-                  SignalGuard(), sleep)
-    return ctx, calls, verify.Baseline("green", "blue", reader)
+    engine = FakeEngine(settings, calls)
+    # No probe falls in these windows (the first would be 2 s in): a strict prober proves it.
+    ctx = Context(settings, engine, LocalHost(), FakeSwitch(calls), tmp_path, {}, Strict(), 0.0, SignalGuard(),
+                  HookClock(sleep))
+    return ctx, calls, verify.Baseline("green", "blue", reader, engine.watch("green"))
 
 
 def test_a_good_release_passes_and_nothing_is_switched(tmp_path):
@@ -288,9 +312,14 @@ class FailingEngine(FakeEngine):
         raise self.failure
 
 
+def with_engine(ctx, mark, engine):
+    """The window's context and baseline on another engine (the context is frozen)."""
+    return replace(ctx, engine=engine), replace(mark, watch=engine.watch(mark.color))
+
+
 def test_the_engine_failing_mid_window_switches_back_and_fails_with_exit_1(tmp_path, pipeline_log):
     ctx, calls, mark = window(tmp_path, Script({200: 3}), VERIFY_SECONDS="5")
-    ctx.engine = FailingEngine(ctx.settings, calls, ENGINE_GONE, after=2)
+    ctx, mark = with_engine(ctx, mark, FailingEngine(ctx.settings, calls, ENGINE_GONE, after=2))
     with pytest.raises(verify.SwitchedBack) as caught:
         verify.verify(ctx, mark)
     assert caught.value.exit_code == 1 and caught.value.history_result == "switched back"
@@ -306,7 +335,7 @@ def test_the_engine_failing_mid_window_switches_back_and_fails_with_exit_1(tmp_p
 def test_a_bug_mid_window_switches_back_then_is_still_a_bug(tmp_path):
     bug = AttributeError("'NoneType' object has no attribute 'attrs'")
     ctx, calls, mark = window(tmp_path, Script({200: 3}))
-    ctx.engine = FailingEngine(ctx.settings, calls, bug, after=0)
+    ctx, mark = with_engine(ctx, mark, FailingEngine(ctx.settings, calls, bug, after=0))
     ctx.engine.stop = lambda color: calls.append(("stop", color))
     ctx.engine.remove = lambda color: calls.append(("remove", color))
     with pytest.raises(SwitchedBackAfterBug) as caught:
@@ -320,7 +349,7 @@ def test_a_bug_mid_window_switches_back_then_is_still_a_bug(tmp_path):
 
 def test_when_the_switch_back_after_an_engine_failure_fails_too_the_message_says_what_serves(tmp_path):
     ctx, calls, mark = window(tmp_path, Script({200: 3}))
-    ctx.engine = FailingEngine(ctx.settings, calls, ENGINE_GONE, after=0)
+    ctx, mark = with_engine(ctx, mark, FailingEngine(ctx.settings, calls, ENGINE_GONE, after=0))
 
     def refuse(route, address):
         raise NginxHostFailed("nginx host root@n1:22 over SSH", "connecting", "Connection refused")
@@ -339,10 +368,10 @@ def test_when_the_switch_back_after_an_engine_failure_fails_too_the_message_says
 
 def test_a_signal_held_through_the_switch_back_is_reported_as_a_switch_back_on_that_signal(tmp_path):
     ctx, calls, mark = window(tmp_path, Script({200: 3}))
-    ctx.engine = FailingEngine(ctx.settings, calls, ENGINE_GONE, after=0)
+    ctx, mark = with_engine(ctx, mark, FailingEngine(ctx.settings, calls, ENGINE_GONE, after=0))
 
     def switch_back_while_signalled(route, address):
-        calls.append(("route_to", route, str(address)))
+        calls.append(("route_to", route, ", ".join(map(str, address))))
         ctx.guard._handle(signal.SIGTERM, None)   # as the handler does inside a critical step: held
 
     ctx.switch.route_to = switch_back_while_signalled
@@ -372,8 +401,9 @@ LOG = "/var/log/nginx/app.access.log"
 def preflight_ctx(tmp_path, host, **env):
     settings = Settings.from_env({"NGINX_ACCESS_LOG": LOG, **env}, tmp_path)
     calls = Calls()
-    return Context(settings, FakeEngine(settings, calls), host, FakeSwitch(calls), tmp_path, {}, SignalGuard(),
-                   lambda seconds: None)
+    # The real reload switch: it says how the answers are read (the access log on `host`).
+    return Context(settings, FakeEngine(settings, calls), host, ReloadSwitch(host, settings), tmp_path, {}, Strict(),
+                   0.0, SignalGuard(), FakeClock())
 
 
 @pytest.mark.parametrize("case,words", [
@@ -420,6 +450,8 @@ def test_preflight_reads_a_readable_log_and_skips_a_window_that_is_off(tmp_path)
 
 class Failing:
     """An answer reader whose reads fail (True) or give a tally, in turn; the last entry repeats."""
+
+    unparsed = 0
 
     def __init__(self, *turns) -> None:
         self.turns = list(turns)

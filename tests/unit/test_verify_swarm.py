@@ -9,7 +9,6 @@ go) and the answer reader. The real swarm case is tests/integration/test_swarm_v
 from __future__ import annotations
 
 import collections
-import time
 from dataclasses import replace
 from typing import Dict, List, Tuple
 
@@ -22,10 +21,10 @@ from pipeline.errors import EngineFailed, LiveUnverified, RouteRefused
 from pipeline.nginx_host import LocalHost
 from pipeline.settings import Settings
 from pipeline.signals import SignalGuard
-from pipeline.swarm import TaskFact, serving_problem
+from pipeline.swarm import SwarmEngine, TaskFact, TaskWatch, serving_problem
 from pipeline.switch import LIVE
 
-from .fakes import Strict
+from .fakes import FakeClock, Strict
 from .test_verify import LINE, Script, pipeline_log  # noqa: F401 (a fixture)
 
 NODES = [("n1", "pswarm-n1", "10.99.0.11"), ("n2", "pswarm-n2", "10.99.0.12"), ("n3", "pswarm-n3", "10.99.0.13")]
@@ -40,8 +39,8 @@ def task(color: str, i: int, state: str = "running", desired: str = "running", n
                     message=message, exit_code=exit_code, node_up=node_up)
 
 
-def addresses(color: str) -> List[Address]:
-    return [Address(addr, PORTS[color]) for _, _, addr in NODES]
+def addresses(color: str) -> Tuple[Address, ...]:
+    return tuple(Address(addr, PORTS[color]) for _, _, addr in NODES)
 
 
 # -- pure: the tasks nginx was switched to, still serving? ------------------------------------------
@@ -109,7 +108,7 @@ def test_the_stats_reader_sums_every_task_of_the_new_color_from_its_baseline():
     reader = verify.StatsReader(admin, addresses("green"))
     assert reader.read().statuses == {200: 7, 500: 2, 504: 1}
     # One address, as on one engine: the same reader.
-    assert verify.StatsReader(FakeAdmin("1.2.3.4:8080 200 1\n"), Address("1.2.3.4", 8080)).before == {200: 1}
+    assert verify.StatsReader(FakeAdmin("1.2.3.4:8080 200 1\n"), (Address("1.2.3.4", 8080),)).before == {200: 1}
 
 
 # -- the window on a swarm ----------------------------------------------------------------------------
@@ -124,20 +123,29 @@ class FakeSwarm(Strict):
     def tasks(self, color: str) -> List[TaskFact]:
         return list(self.now[color])
 
-    def addresses(self, color: str) -> List[Address]:
-        return [Address(t.node_addr, t.port) for t in self.now[color] if t.running and t.node_up]
+    def addresses(self, color: str) -> Tuple[Address, ...]:
+        return tuple(Address(t.node_addr, t.port) for t in self.now[color] if t.running and t.node_up)
 
-    def discard(self, color: str) -> None:
+    def discard(self, color: str, graceful: bool = False) -> None:
         self.calls.append(("discard", color))
         self.now[color] = []
+
+    # The swarm target's own words and watch, over this fake's tasks.
+    discarding = SwarmEngine.discarding
+    watch = SwarmEngine.watch
 
 
 class FakeSwitch(Strict):
     mode = "reload"
     settle_seconds = 0.0
 
-    def __init__(self, calls: list) -> None:
+    def __init__(self, calls: list, access_log: str = "") -> None:
         self.calls = calls
+        self.access_log = access_log
+
+    def answers(self, route) -> verify.AccessLogReader:
+        """As the reload switch: nginx's access log (here a file on this machine)."""
+        return verify.AccessLogReader(LocalHost(), self.access_log, route)
 
     def route_to(self, route: str, targets) -> None:
         self.calls.append(("route_to", route, tuple(str(a) for a in targets)))
@@ -163,9 +171,16 @@ def window(tmp_path, reader, answers=None, **env):
                                   "VERIFY_SECONDS": "0.4", "HEALTH_INTERVAL": "0.05", "HEALTH_PATH": "/health", **env}, tmp_path)
     calls: list = []
     prober = FakeProber(answers or {})
-    ctx = Context(settings, FakeSwarm(settings, calls), LocalHost(), FakeSwitch(calls), tmp_path, {},
-                  SignalGuard(), time.sleep, prober=prober)
-    return ctx, calls, prober, verify.Baseline("green", "blue", reader, WATCHED)
+    engine = FakeSwarm(settings, calls)
+    ctx = Context(settings, engine, LocalHost(), FakeSwitch(calls, str(settings.nginx_access_log)), tmp_path, {},
+                  prober, 0.0, SignalGuard(), FakeClock())
+    return ctx, calls, prober, baseline_of(engine, reader)
+
+
+def baseline_of(engine, reader) -> verify.Baseline:
+    """The baseline as verify.baseline takes it, watching WATCHED (the three green tasks)."""
+    return verify.Baseline("green", "blue", reader,
+                           TaskWatch(lambda: engine.tasks("green"), WATCHED, 3, "app-green"))
 
 
 def health_urls(color: str) -> List[str]:
@@ -243,18 +258,19 @@ class SilentManager(FakeSwarm):
     def tasks(self, color: str) -> List[TaskFact]:
         raise MANAGER_GONE
 
-    def addresses(self, color: str) -> List[Address]:
+    def addresses(self, color: str) -> Tuple[Address, ...]:
         raise MANAGER_GONE
 
-    def discard(self, color: str) -> None:
+    def discard(self, color: str, graceful: bool = False) -> None:
         self.calls.append(("discard", color))
         raise MANAGER_GONE
 
 
 def test_the_manager_not_answering_switches_back_to_where_the_old_tasks_answered_at_the_switch(tmp_path, pipeline_log):
     ctx, calls, _, mark = window(tmp_path, Script({200: 3}))
-    mark = replace(mark, old_addresses=tuple(addresses("blue")))   # as the baseline took them
-    ctx.engine = SilentManager(ctx.settings, calls)
+    engine = SilentManager(ctx.settings, calls)
+    ctx = replace(ctx, engine=engine)
+    mark = replace(baseline_of(engine, mark.reader), old_addresses=addresses("blue"))   # as the baseline took them
     with pytest.raises(verify.SwitchedBack) as caught:
         verify.verify(ctx, mark)
     assert caught.value.exit_code == 1
@@ -269,7 +285,7 @@ def test_the_baseline_keeps_where_the_old_tasks_answer(tmp_path):
     log = tmp_path / "app.access.log"
     log.write_text("")
     ctx, calls, _, _ = window(tmp_path, None, NGINX_ACCESS_LOG=str(log))
-    ctx.engine = FakeBaselineSwarm(ctx.settings, calls)
+    ctx = replace(ctx, engine=FakeBaselineSwarm(ctx.settings, calls))
     assert verify.baseline(ctx, "green", "blue").old_addresses == tuple(addresses("blue"))
 
 
@@ -282,7 +298,7 @@ class RefusingProber(FakeProber):
 
 def test_a_route_check_refused_mid_window_switches_back(tmp_path):
     ctx, calls, _, mark = window(tmp_path, Script({200: 3}))
-    ctx.prober = RefusingProber({})
+    ctx = replace(ctx, prober=RefusingProber({}))
     with pytest.raises(verify.SwitchedBack, match="switched back to blue: verification could not go on: "
                                                   "not probing http://10.99.0.1"):
         verify.verify(ctx, mark)
@@ -301,7 +317,7 @@ def test_the_baseline_watches_the_tasks_and_reads_every_address_of_the_new_color
     log = tmp_path / "app.access.log"
     log.write_text("")
     ctx, calls, _, _ = window(tmp_path, None, NGINX_ACCESS_LOG=str(log))
-    ctx.engine = FakeBaselineSwarm(ctx.settings, calls)
+    ctx = replace(ctx, engine=FakeBaselineSwarm(ctx.settings, calls))
     mark = verify.baseline(ctx, "green", "blue")
-    assert (mark.color, mark.old, mark.tasks) == ("green", "blue", WATCHED)
+    assert (mark.color, mark.old, mark.watch.watched) == ("green", "blue", WATCHED)
     assert mark.reader.addresses == {"10.99.0.11:8082", "10.99.0.12:8082", "10.99.0.13:8082"}
