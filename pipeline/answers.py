@@ -19,7 +19,7 @@ from typing import Counter, Dict, FrozenSet, Optional, Protocol, Tuple
 
 from .route import Route
 from .errors import NginxHostFailed, PreflightError
-from .nginx_host import NginxHost
+from .host import NginxHost
 from .settings import Settings
 
 log = logging.getLogger("pipeline")

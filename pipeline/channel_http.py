@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import http.client
 
-from .nginx_host import NginxHost
+from .host import NginxHost
 
 
 class ChannelConnection(http.client.HTTPConnection):

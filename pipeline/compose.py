@@ -14,14 +14,23 @@ from typing import Iterator, Mapping, Optional
 
 from .build import default_version
 from .clock import SYSTEM, Clock
-from .deploy import Context, make_prober
+from .deploy import Context
+from .health import Prober
 from .engine import Engine
 from .live_switch import LiveSwitch
-from .nginx_host import Connecting, NginxHost, connect
+from .nginx_host import Connecting, connect
+from .host import NginxHost
 from .reload_switch import ReloadSwitch
 from .settings import Settings
 from .switch import TrafficSwitch
 from .target import Target
+
+
+def make_prober(host: NginxHost, s: Settings) -> Prober:
+    """Where health probes run: the nginx host's side (over its SSH connection when it is remote)."""
+    hint = (f"DEPLOY_NETWORK={s.deploy_network} (DEPLOY_SUBNET={s.deploy_subnet}) must be a docker"
+            f" bridge on the machine nginx runs on: point DOCKER_HOST at that machine's engine")
+    return Prober.for_host(host, s.remote, hint)
 
 
 def make_switch(host: NginxHost, settings: Settings) -> TrafficSwitch:

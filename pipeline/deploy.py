@@ -24,7 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
-from . import build, decide, health, releases, smoke, verify
+from . import build, decide, gate, releases, smoke, verify
 from .decide import ContainerFact
 from .route import Route, health_url, shown
 from .errors import (DeployFailed, IncludeNotLoaded, Interrupted, InterruptedAfterSwitch,
@@ -33,7 +33,8 @@ from .errors import (DeployFailed, IncludeNotLoaded, Interrupted, InterruptedAft
 from .history import Entry, History
 from .clock import SYSTEM, Clock
 from .lock import DeployLock, LockInfo, who_am_i
-from .nginx_host import NginxHost, check_writable
+from .nginx_host import check_writable
+from .host import NginxHost
 from .releases import Release, ReleaseRecord, ReleaseStore
 from .settings import COLORS, Settings
 from .signals import SignalGuard
@@ -57,19 +58,13 @@ class Context:
     switch: TrafficSwitch
     cwd: Path
     environ: Mapping[str, str]
-    prober: health.Probing   # where health probes run (the nginx host's side): make_prober
+    prober: gate.Probing   # where health probes run (the nginx host's side): compose.make_prober
     started: float             # on `clock`: when the run started (the total time at the end)
     guard: SignalGuard = field(default_factory=SignalGuard)
     clock: Clock = SYSTEM   # every wait of the run: the gate, MIN_READY_SECONDS, the window, the drain
-    # The health gate (health.wait_ready's signature): the one step that waits for the release.
-    health_gate: Callable[[health.Gate, float, float, Clock], int] = health.wait_ready
+    # The health gate (gate.wait_ready's signature): the one step that waits for the release.
+    health_gate: Callable[[gate.Gate, float, float, Clock], int] = gate.wait_ready
     lock_wait: float = 0.0
-
-
-def make_prober(host: NginxHost, s: Settings) -> health.Prober:
-    hint = (f"DEPLOY_NETWORK={s.deploy_network} (DEPLOY_SUBNET={s.deploy_subnet}) must be a docker"
-            f" bridge on the machine nginx runs on: point DOCKER_HOST at that machine's engine")
-    return health.Prober.for_host(host, s.remote, hint)
 
 
 @dataclass(frozen=True)
@@ -110,9 +105,9 @@ def gather(ctx: Context, current: Optional[Callable[[str], Optional[Route]]] = N
         # The seed's rule, kept for a host with no include yet: probe blue, but only because a
         # container of ours holds its address (checked just above).
         try:
-            health.probe(ctx.prober, health_url(ctx.engine.addresses("blue")[0], s.health_path), 2.0)
+            gate.probe(ctx.prober, health_url(ctx.engine.addresses("blue")[0], s.health_path), 2.0)
             blue_alive = True
-        except health.NotHealthyYet:
+        except gate.NotHealthyYet:
             blue_alive = False
     running = frozenset(color for color, fact in containers.items() if fact.running)
     choice = decide.choose_colors(include_color, blue_alive, running, include_loaded)
@@ -353,9 +348,9 @@ def hold_ready(ctx: Context, color: str) -> None:
     name = s.container_name(color)
     problem, probe_all = ready_checks(ctx, color)
     phase("holding %s for MIN_READY_SECONDS=%gs: it must keep running and answering %s (every %gs)", name,
-          s.min_ready_seconds, s.health_path, min(s.health_interval, health.READY_PROBE_EVERY_MAX))
+          s.min_ready_seconds, s.health_path, min(s.health_interval, gate.READY_PROBE_EVERY_MAX))
     started = ctx.clock.now()
-    reason = health.stay_ready(s.min_ready_seconds, s.health_interval, problem, probe_all, ctx.clock)
+    reason = gate.stay_ready(s.min_ready_seconds, s.health_interval, problem, probe_all, ctx.clock)
     if reason is not None:
         raise DeployFailed(f"{name} did not stay ready for MIN_READY_SECONDS={s.min_ready_seconds:g}: {reason} "
                            f"{ctx.clock.now() - started:.1f}s after it was healthy; nothing was switched",
@@ -364,7 +359,7 @@ def hold_ready(ctx: Context, color: str) -> None:
 
 
 def ready_checks(ctx: Context, color: str) -> Tuple[Callable[[], Optional[str]], Callable[[float], None]]:
-    """For health.stay_ready, on a color that passed its gate: why it is not serving (None if it
+    """For gate.stay_ready, on a color that passed its gate: why it is not serving (None if it
     is), and a probe of every endpoint it answers at (failures naming the endpoint). On a swarm
     any watched task failing, restarting or moved, or fewer than REPLICAS running, is a problem.
     Probes go only where the check just found ours."""
@@ -491,7 +486,7 @@ def last_look(ctx: Context, new: str, old: str) -> Tuple[Optional[bool], str]:
     s = ctx.settings
     try:
         problem, probe_all = ready_checks(ctx, new)
-        reason = health.stay_ready(0, s.health_interval, problem, probe_all, ctx.clock)
+        reason = gate.stay_ready(0, s.health_interval, problem, probe_all, ctx.clock)
     except (OutsideFailure, PreflightError) as exc:
         log.warning("==> cannot look at %s before stopping %s (%s): %s left running", s.container_name(new),
                     s.container_name(old), exc, s.container_name(old))
@@ -857,8 +852,8 @@ def _health_report(ctx: Context) -> HealthReport:
     """How `status` says a health URL answers: one probe, through the context's prober."""
     def report(url: str) -> str:
         try:
-            return health.probe(ctx.prober, url, 2.0)
-        except health.NotHealthyYet as exc:
+            return gate.probe(ctx.prober, url, 2.0)
+        except gate.NotHealthyYet as exc:
             return f"unhealthy: {exc.last}"
     return report
 

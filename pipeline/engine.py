@@ -18,7 +18,7 @@ from . import layered
 from .decide import ContainerFact, color_at
 from .route import Address, Route, health_url
 from .errors import ContainerExited, DeployFailed, EngineFailed, OutsideFailure, PreflightError, RegistryFailed
-from .health import Gate, Transport, connect_check, probe
+from .gate import Gate, Transport, connect_check, probe
 from .settings import COLORS, Settings
 from .target import Endpoint, HealthReport
 

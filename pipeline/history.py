@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Optional
 
 from .errors import NginxHostFailed, NotText
 from .log import mask
-from .nginx_host import NginxHost
+from .host import NginxHost
 
 log = logging.getLogger("pipeline")
 

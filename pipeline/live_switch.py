@@ -52,7 +52,7 @@ from .errors import (AdminRefused, AdminTokenRefused, AdminUnavailable, IncludeM
                      LiveSwitchFailed, NginxHostFailed, PipelineError, SwitchIncomplete)
 from .log import register_secret
 from .channel_http import ChannelConnection
-from .nginx_host import NginxHost
+from .host import NginxHost
 from .settings import Secret, Settings
 from .switch import LIVE, PREVIEW, IncludeFiles
 

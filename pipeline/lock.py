@@ -29,7 +29,7 @@ from typing import Mapping, Optional
 
 from .clock import SYSTEM, Clock
 from .errors import LockHeld, NginxHostFailed, NotText, PreflightError
-from .nginx_host import NginxHost
+from .host import NginxHost
 
 log = logging.getLogger("pipeline")
 

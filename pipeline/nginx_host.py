@@ -15,13 +15,13 @@ import subprocess
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ContextManager, Dict, Iterator, List, Optional, Protocol, Sequence, Tuple, Type
+from typing import Any, ContextManager, Dict, Iterator, List, Optional, Sequence, Tuple, Type
 
 import paramiko
 
 from .errors import NginxHostFailed, NotText, PreflightError
+from .host import CommandResult, NginxHost
 from .settings import Settings, without_secrets
 
 log = logging.getLogger("pipeline")
@@ -35,40 +35,6 @@ def ssh_errors() -> Tuple[Type[BaseException], ...]:
     not a constant: naming paramiko's errors loads paramiko (deferred, see pipeline/__init__.py),
     and with nginx on this machine that happens only when a file operation has failed."""
     return (paramiko.SSHException, EOFError, OSError)
-
-
-@dataclass(frozen=True)
-class CommandResult:
-    argv: Sequence[str]
-    code: int
-    output: str   # stdout and stderr together, for error messages
-
-    @property
-    def command(self) -> str:
-        return shlex.join(self.argv)
-
-
-class NginxHost(Protocol):
-    """Files and commands on the nginx host; a failure of the host or the connection to it is
-    NginxHostFailed naming the part, the action and the cause. read_text is None for a missing
-    file and raises NotText for bytes that are not UTF-8; size is None for a missing file and
-    refuses anything but a file. open_channel (health probes, admin requests) connects again after
-    a lost connection as the rest does; a target that refuses or does not answer is the caller's
-    answer (OSError, or paramiko.ChannelException over SSH)."""
-
-    description: str
-
-    def read_text(self, path: str) -> Optional[str]: ...
-    def write_text_atomic(self, path: str, text: str) -> None: ...
-    def create_exclusive(self, path: str, text: str) -> bool: ...
-    def append_text(self, path: str, text: str) -> None: ...
-    def remove(self, path: str) -> None: ...
-    def size(self, path: str) -> Optional[int]: ...
-    def read_bytes(self, path: str, offset: int, limit: int) -> bytes: ...
-    def run(self, argv: Sequence[str]) -> CommandResult: ...
-    def run_steps(self, steps: Sequence[Sequence[str]]) -> List[CommandResult]: ...
-    def open_channel(self, host: str, port: int, timeout: float) -> socket.socket: ...
-    def close(self) -> None: ...
 
 
 def _temp_name(path: str) -> str:

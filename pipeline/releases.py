@@ -21,7 +21,7 @@ from typing import Callable, Dict, FrozenSet, Iterable, List, Mapping, Optional,
 from .decide import ColorChoice, ContainerFact, choose_colors, other
 from .errors import NothingToDo, NotText, PipelineError
 from .history import Entry
-from .nginx_host import NginxHost
+from .host import NginxHost
 
 log = logging.getLogger("pipeline")
 

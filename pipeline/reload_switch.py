@@ -46,7 +46,7 @@ from .decide import parse_include
 from .route import Route, shown
 from .errors import (DeployFailed, IncludeNotLoaded, NginxHostFailed, PipelineError, PreflightError,
                      RemoteCommandFailed, SwitchIncomplete, tail)
-from .nginx_host import CommandResult, NginxHost
+from .host import CommandResult, NginxHost
 from .settings import Settings
 from .switch import LIVE, PREVIEW, IncludeFiles
 

@@ -33,7 +33,7 @@ from .engine import (LABEL_APP, LABEL_COLOR, LABEL_VERSION, LIBRARY_ERRORS, Engi
                      engine_environment, registry_login)
 from .clock import SYSTEM, Clock
 from .errors import DeployFailed, EngineFailed, NotEnoughNodes, PreflightError, TaskFailed
-from .health import Gate, NotHealthyYet, Transport, probe
+from .gate import Gate, NotHealthyYet, Transport, probe
 from .settings import COLORS, Settings
 from .target import Endpoint, HealthReport
 

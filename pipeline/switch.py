@@ -20,7 +20,7 @@ from typing import Dict, Optional, Protocol
 from .answers import AnswerReader
 from .decide import render_include
 from .route import Route
-from .nginx_host import NginxHost
+from .host import NginxHost
 from .settings import Settings
 
 LIVE = "live"

@@ -17,7 +17,7 @@ from typing import Callable, Dict, List, NamedTuple, Optional, Protocol
 
 from .decide import ContainerFact
 from .route import Address, Route, health_url
-from .health import Gate, NotHealthyYet, Transport, probe
+from .gate import Gate, NotHealthyYet, Transport, probe
 
 
 class Endpoint(NamedTuple):
@@ -99,7 +99,7 @@ class Target(Protocol):
         """Bring the kept (stopped) color back with the release it had."""
 
     def gate(self, color: str, prober: Transport) -> Gate:
-        """What the health gate (health.wait_ready) waits on for a color just started: every
+        """What the health gate (gate.wait_ready) waits on for a color just started: every
         endpoint answering 200 through `prober`, the color failing (stops the wait at once)."""
 
     def watch(self, color: str) -> Watch:

@@ -34,7 +34,7 @@ import logging
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Protocol, Tuple
 
-from . import health
+from . import gate
 from .answers import AccessLogReader as AccessLogReader
 from .answers import AnswerReader
 from .answers import StatsReader as StatsReader
@@ -45,7 +45,7 @@ from .clock import Clock
 from .route import Route, health_url, shown
 from .errors import (AdminUnavailable, DeployFailed, Interrupted, LiveUnverified, OutsideFailure, PipelineError,
                      SwitchedBack, SwitchedBackAfterBug, SwitchedBackOnSignal, SwitchIncomplete)
-from .health import Transport
+from .gate import Transport
 from .settings import Settings
 from .signals import SignalGuard
 from .switch import LIVE, TrafficSwitch
@@ -226,9 +226,9 @@ class _Watch:
                         # Only where the watch just found ours holding the address, and from where
                         # nginx is (ctx.prober checks the route there first). A generous timeout:
                         # a busy host must not turn a slow answer into a switch-back.
-                        health.probe(ctx.prober, url, HEALTH_EVERY_MAX)
+                        gate.probe(ctx.prober, url, HEALTH_EVERY_MAX)
                         failed_in_row[where] = 0
-                    except health.NotHealthyYet as exc:
+                    except gate.NotHealthyYet as exc:
                         fails = failed_in_row[where] = failed_in_row.get(where, 0) + 1
                         on = f" on {where}" if where else ""
                         log.warning("    health probe %d%s failed (%d in a row): %s", self.probes, on, fails, exc.last)

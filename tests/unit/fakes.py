@@ -20,7 +20,7 @@ from pipeline.decide import Address, ContainerFact, Route, color_at
 from pipeline.engine import Engine
 from pipeline.errors import (DeployFailed, HealthCheckFailed, IncludeNotLoaded, Interrupted, NginxHostFailed, NotText,
                              PipelineError)
-from pipeline.health import Gate, NotHealthyYet
+from pipeline.gate import Gate, NotHealthyYet
 from pipeline.settings import Settings
 from pipeline.switch import LIVE, PREVIEW
 

@@ -8,14 +8,15 @@ import pytest
 
 from pipeline.clock import SYSTEM, Clock
 from pipeline.errors import ContainerExited, HealthCheckFailed
-from pipeline.health import ALIVE_CHECK_EVERY, Gate, LocalTransport, Transport, probe, wait_ready
+from pipeline.health import LocalTransport
+from pipeline.gate import ALIVE_CHECK_EVERY, Gate, Transport, probe, wait_ready
 
 from .fakes import FakeClock
 
 
 def wait_healthy(url, interval, timeout, check_alive, transport: Transport = None, logs=lambda: [],
                  can_connect=None, clock: Clock = SYSTEM) -> int:
-    """The one gate (health.wait_ready) on one URL: what a single engine's gate is
+    """The one gate (gate.wait_ready) on one URL: what a single engine's gate is
     (engine.Engine.gate), with the parts these tests stand in for."""
     transport = transport or LocalTransport()
     gate = Gate(what=url, awaited=url, check_alive=check_alive,
@@ -116,9 +117,9 @@ import paramiko  # noqa: E402
 
 from pipeline import deploy as flows  # noqa: E402
 from pipeline.errors import EXIT_PREFLIGHT, NginxHostFailed, PreflightError  # noqa: E402
-from pipeline.health import (ChannelTransport, NotHealthyYet, Prober, RouteRefused,  # noqa: E402
-                             route_answer, route_problem)
-from pipeline.nginx_host import CommandResult  # noqa: E402
+from pipeline.gate import NotHealthyYet  # noqa: E402
+from pipeline.health import ChannelTransport, Prober, RouteRefused, route_answer, route_problem  # noqa: E402
+from pipeline.host import CommandResult  # noqa: E402
 from pipeline.settings import Settings  # noqa: E402
 
 from .fakes import FakeHost  # noqa: E402
@@ -420,7 +421,7 @@ def test_what_the_login_shell_prints_around_the_route_is_not_the_answer(output):
 # healthy from `healthy_at`, and `can_connect` says whether it listens. Each records what it was
 # asked, and anything else it is asked fails the test.
 
-from pipeline import health  # noqa: E402
+from pipeline import gate  # noqa: E402
 
 
 class ServiceClock:
@@ -448,7 +449,7 @@ class FakeService:
 
     # time (the service is the gate's Clock too)
     def sleep(self, seconds: float) -> None:
-        assert 0 <= seconds <= health.ALIVE_CHECK_EVERY + 1e-9, f"slept {seconds}s in one go"
+        assert 0 <= seconds <= gate.ALIVE_CHECK_EVERY + 1e-9, f"slept {seconds}s in one go"
         self.now += seconds
 
     # the container
@@ -474,7 +475,7 @@ class FakeService:
         return 200, '{"status":"UP"}'
 
     def wait(self, interval=10.0, timeout=300.0, connect=True) -> int:
-        can_connect = health.connect_check(self, "10.0.0.2", 8080) if connect else None
+        can_connect = gate.connect_check(self, "10.0.0.2", 8080) if connect else None
         return wait_healthy("http://10.0.0.2:8080/health", interval, timeout, self.check_alive, self,
                             can_connect=can_connect, clock=ServiceClock(self))
 
@@ -493,7 +494,7 @@ def test_without_a_connect_check_the_gaps_double_from_a_quarter_second_to_the_in
 def test_with_a_connect_check_readiness_is_seen_within_a_tick_of_listening(startup):
     service = FakeService(listen_at=float(startup))
     service.wait(interval=10.0)
-    assert startup <= service.probes[-1] <= startup + health.CONNECT_CHECK_EVERY + 0.01
+    assert startup <= service.probes[-1] <= startup + gate.CONNECT_CHECK_EVERY + 0.01
     # ... and the health probes themselves still back off to HEALTH_INTERVAL, never further apart.
     assert max(service.gaps()) <= 10.0 + 0.01
     assert len(service.probes) <= 9
@@ -505,7 +506,7 @@ def test_once_listening_the_probes_start_over_from_short_gaps():
     service.wait(interval=10.0)
     after = [t for t in service.probes if t >= 8.0]
     gaps = [b - a for a, b in zip(after, after[1:])]
-    assert after[0] <= 8.0 + health.CONNECT_CHECK_EVERY + 0.01     # at once when the port opens
+    assert after[0] <= 8.0 + gate.CONNECT_CHECK_EVERY + 0.01     # at once when the port opens
     assert gaps == pytest.approx([0.1, 0.2, 0.4, 0.8], abs=0.01)   # then short gaps, doubling
     assert service.probes[-1] - 9.2 < 0.8
 
@@ -534,7 +535,7 @@ def test_the_last_probe_comes_at_the_timeout_not_an_interval_later():
     service = FakeService(listen_at=1000.0)
     with pytest.raises(HealthCheckFailed, match="connection refused"):
         service.wait(interval=10.0, timeout=25.0)
-    assert 25.0 <= service.probes[-1] <= 25.0 + health.CONNECT_CHECK_EVERY + 0.01
+    assert 25.0 <= service.probes[-1] <= 25.0 + gate.CONNECT_CHECK_EVERY + 0.01
     assert max(service.gaps()) <= 10.0 + 0.01
 
 
@@ -544,11 +545,11 @@ def test_connect_check_against_a_real_listener():
         listener.bind(("127.0.0.1", 0))
         listener.listen(1)
         port = listener.getsockname()[1]
-        assert health.connect_check(LocalTransport(), "127.0.0.1", port)() is True
-    assert health.connect_check(LocalTransport(), "127.0.0.1", port)() is False
+        assert gate.connect_check(LocalTransport(), "127.0.0.1", port)() is True
+    assert gate.connect_check(LocalTransport(), "127.0.0.1", port)() is False
 
 
-# -- the swarm's gate: every task of a color, through the same health.wait_ready ----------------
+# -- the swarm's gate: every task of a color, through the same gate.wait_ready ----------------
 
 from types import SimpleNamespace  # noqa: E402
 

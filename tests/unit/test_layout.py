@@ -64,5 +64,5 @@ def test_every_error_class_lives_in_errors_py():
             if inspect.isclass(value) and issubclass(value, Exception) and value.__module__ == module.__name__ \
                     and module is not errors:
                 elsewhere.append(f"{path.stem}.{name}")
-    # health.NotHealthyYet is the probe's private signal to its retry loop, never raised past it.
-    assert elsewhere == ["health.NotHealthyYet"] or elsewhere == [], elsewhere
+    # gate.NotHealthyYet is the probe's private signal to its retry loop, never raised past it.
+    assert elsewhere == ["gate.NotHealthyYet"] or elsewhere == [], elsewhere

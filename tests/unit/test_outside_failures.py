@@ -18,7 +18,8 @@ from pipeline.decide import Address
 from pipeline.errors import (EXIT_DEPLOY_FAILED, EXIT_PREFLIGHT, DeployFailed, IncludeNotLoaded, NginxHostFailed,
                              PreflightError, SwitchIncomplete)
 from pipeline.history import Entry, History
-from pipeline.nginx_host import CommandResult, LocalHost
+from pipeline.nginx_host import LocalHost
+from pipeline.host import CommandResult
 from pipeline.settings import Settings
 from pipeline.reload_switch import CONFIRM_SECONDS, RELOAD_SCRIPT, ReloadSwitch
 from pipeline.switch import LIVE

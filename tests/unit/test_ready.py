@@ -2,7 +2,7 @@
 traffic until it has stayed ready, and the last look before the old color is stopped switches
 back to the old color whatever the verification settings. The flows step by step against the
 strict fakes (tests/unit/fakes.py: `!dies` exits the release right after its first 200,
-`!sickens` makes it answer 503 from then on), and health.stay_ready on a fake clock. The same on
+`!sickens` makes it answer 503 from then on), and gate.stay_ready on a fake clock. The same on
 the real stack under load: tests/integration/test_min_ready.py."""
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import List, Optional
 import pytest
 
 from pipeline import deploy as flows
-from pipeline import health
+from pipeline import gate
 from pipeline.deploy import Context
 from pipeline.errors import DeployFailed, SettingsError, SwitchedBack
 from pipeline.nginx_host import LocalHost
@@ -192,7 +192,7 @@ def test_rollback_to_a_release_still_running_does_not_hold():
     assert world.now - start == 5.0 + 1.0   # the hold, then the drain
 
 
-# -- health.stay_ready on a fake clock ------------------------------------------------------------------
+# -- gate.stay_ready on a fake clock ------------------------------------------------------------------
 
 class Release:
     """A release after its gate on a fake clock: `dies_at` (s) it exits; `sick` lists the
@@ -216,10 +216,10 @@ class Release:
         assert self.checks and self.checks[-1] == self.now, "a probe only right after the check"
         self.probes.append(self.now)
         if len(self.probes) in self.sick:
-            raise health.NotHealthyYet("HTTP 503")
+            raise gate.NotHealthyYet("HTTP 503")
 
     def run(self, seconds: float, interval: float = 10.0) -> Optional[str]:
-        return health.stay_ready(seconds, interval, self.problem, self.probe_all, ReleaseClock(self))
+        return gate.stay_ready(seconds, interval, self.problem, self.probe_all, ReleaseClock(self))
 
 
 class ReleaseClock:
@@ -254,7 +254,7 @@ def test_stay_ready(seconds, interval, release, why, probes):
 def test_stay_ready_sees_an_exit_within_a_check_not_a_probe_interval():
     release = Release(dies_at=2.3)
     assert release.run(30) == "exited"
-    assert release.now - 2.3 <= health.ALIVE_CHECK_EVERY
+    assert release.now - 2.3 <= gate.ALIVE_CHECK_EVERY
 
 
 # -- the setting ---------------------------------------------------------------------------------------
