@@ -8,7 +8,7 @@ The Spring Boot-layout test service (demo/layered/build.py: demo.Demo, 35 MB of 
 dependency jars) is built as jar v0, then `--rounds` more times with one class changed each time
 (v1, v2, ...). Each jar becomes an image both ways, on the stack's pipeline/jre:17:
 - fat: docker/Dockerfile (`COPY app.jar`), built by the engine from a context holding the jar;
-- layered: pipeline/layered.py, as `deploy` runs it with IMAGE_BUILD=layered.
+- layered: pipeline/adapters/layered.py, as `deploy` runs it with IMAGE_BUILD=layered.
 Every image is pushed to the stack's registry (127.0.0.1:5000, a repository per way and run).
 
 Measured per code-only release (v1 and on, each after the one before it is in the registry):
@@ -41,8 +41,8 @@ from typing import Any, Dict, List, Set, Tuple
 import docker
 import requests
 
-from pipeline import layered
-from pipeline.settings import Settings
+from pipeline.adapters import layered
+from pipeline.core.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -29,7 +29,7 @@ from typing import Dict, List, Optional
 
 import docker
 
-from pipeline.swarm import SwarmEngine
+from pipeline.adapters.swarm import SwarmEngine
 from teststack.realstack import (Nginx, free_port, remove_app, remove_network,
                                  reserve_network, run_pipeline, stack_env)
 from teststack.swarmstack import start_swarm, swarm_env, swarm_settings

@@ -16,10 +16,12 @@ import traceback
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, NoReturn, Optional, Sequence, TextIO
 
-from . import errors, log as logsetup
-from .errors import PipelineError, UsageError
-from .nginx_host import Connecting
-from .settings import Settings
+from pipeline.core import errors
+
+from pipeline import log as logsetup
+from pipeline.core.errors import PipelineError, UsageError
+from pipeline.adapters.nginx_host import Connecting
+from pipeline.core.settings import Settings
 
 log = logging.getLogger("pipeline")
 
@@ -61,8 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _seconds(text: str) -> float:
     """--lock-wait: read as the duration settings are (ASCII digits, at most MAX_DURATION)."""
-    from .errors import SettingsError
-    from .settings import MAX_DURATION, read_seconds
+    from pipeline.core.errors import SettingsError
+    from pipeline.core.settings import MAX_DURATION, read_seconds
 
     try:
         return read_seconds("--lock-wait", text)
@@ -108,8 +110,8 @@ def _run(args: argparse.Namespace, settings: Settings, environ: Mapping[str, str
     # Only then: `--help` and bad input never load any of it (issue 15).
     connecting = Connecting(settings)
     try:
-        from . import compose
-        from . import deploy as flows
+        from pipeline import compose
+        from pipeline.flows import deploy as flows
     except BaseException:
         connecting.close()
         raise
@@ -133,7 +135,7 @@ def _run(args: argparse.Namespace, settings: Settings, environ: Mapping[str, str
 
 
 def _print_history(entries: List[Dict[str, Any]], as_json: bool, stdout: logsetup.TextOut) -> None:
-    from .history import format_table
+    from pipeline.core.history import format_table
 
     if as_json:
         stdout.write(json.dumps(entries, indent=2) + "\n")   # one write: the masking sees it whole

@@ -12,18 +12,18 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Iterator, Mapping, Optional
 
-from .build import default_version
-from .clock import SYSTEM, Clock
-from .deploy import Context
-from .health import Prober
-from .engine import Engine
-from .live_switch import LiveSwitch
-from .nginx_host import Connecting, connect
-from .host import NginxHost
-from .reload_switch import ReloadSwitch
-from .settings import Settings
-from .switch import TrafficSwitch
-from .target import Target
+from pipeline.flows.build import default_version
+from pipeline.core.clock import SYSTEM, Clock
+from pipeline.flows.deploy import Context
+from pipeline.adapters.health import Prober
+from pipeline.adapters.engine import Engine
+from pipeline.adapters.live_switch import LiveSwitch
+from pipeline.adapters.nginx_host import Connecting, connect
+from pipeline.core.host import NginxHost
+from pipeline.adapters.reload_switch import ReloadSwitch
+from pipeline.core.settings import Settings
+from pipeline.core.switch import TrafficSwitch
+from pipeline.core.target import Target
 
 
 def make_prober(host: NginxHost, s: Settings) -> Prober:
@@ -43,7 +43,7 @@ def make_target(settings: Settings, environ: Mapping[str, str], clock: Clock = S
     """Where releases run: TARGET=swarm, a swarm manager; else the one docker engine."""
     if settings.target == "swarm":
         # Imported here: the one engine's runs (a rollback: a switch) start without it.
-        from .swarm import SwarmEngine
+        from pipeline.adapters.swarm import SwarmEngine
 
         return SwarmEngine.connect(settings, environ, clock)
     return Engine.connect(settings, environ)

@@ -14,7 +14,7 @@ import signal
 from contextlib import contextmanager
 from typing import Iterator, Optional
 
-from .errors import Interrupted
+from pipeline.core.errors import Interrupted
 
 log = logging.getLogger("pipeline")
 

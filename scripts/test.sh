@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The test command: bring up the real stack (installing what is missing), install the package,
-# lint the Jenkinsfile, run every test. Extra arguments go to pytest, e.g. `-k deploy`.
+# lint the Jenkinsfile, check the types, run every test. Extra arguments go to pytest, e.g. `-k deploy`.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
@@ -23,5 +23,7 @@ python3 -m pip install --quiet --disable-pip-version-check -e '.[test]'
 stamp "package installed"
 bash scripts/lint-jenkinsfile.sh
 stamp "Jenkinsfile linted"
+python3 -m mypy   # --strict over pipeline/ (pyproject.toml [tool.mypy])
+stamp "types checked"
 python3 -m pytest -q -p no:cacheprovider --durations=25 "$@" tests
 stamp "tests done"

@@ -286,7 +286,7 @@ def start_pipeline(args: List[str], env: Dict[str, str], cwd: Path) -> subproces
 
 
 def _is_setting(name: str) -> bool:
-    from pipeline.settings import SETTING_NAMES
+    from pipeline.core.settings import SETTING_NAMES
 
     return name in SETTING_NAMES
 

@@ -13,9 +13,9 @@ from typing import Dict, Iterator, List
 
 import docker
 
-from pipeline.errors import EngineFailed, PreflightError
-from pipeline.settings import Settings
-from pipeline.swarm import SwarmEngine
+from pipeline.core.errors import EngineFailed, PreflightError
+from pipeline.core.settings import Settings
+from pipeline.adapters.swarm import SwarmEngine
 
 from .realstack import LUA_MODULES, REPO, Nginx, free_port
 

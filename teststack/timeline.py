@@ -102,7 +102,7 @@ _MSEC_RE = re.compile(r" msec=(\d+\.\d+)")
 def bad_window(access_log: Path, address: Union[str, Iterable[str]]) -> BadWindow:
     """What nginx's log (with log_msec) says about the requests that went to `address` (or to
     any of several: a swarm color's tasks)."""
-    from pipeline.verify import parse_log_line
+    from pipeline.flows.verify import parse_log_line
 
     addresses = {address} if isinstance(address, str) else set(address)
     first_bad = last = None

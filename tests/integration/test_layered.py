@@ -14,8 +14,8 @@ from typing import Dict, List
 import pytest
 import requests
 
-from pipeline import layered
-from pipeline.settings import Settings
+from pipeline.adapters import layered
+from pipeline.core.settings import Settings
 
 from teststack import loadgen
 from teststack.realstack import REPO, run_pipeline

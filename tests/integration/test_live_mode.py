@@ -23,7 +23,7 @@ from typing import Dict, Iterator, List, Optional
 import pytest
 import requests
 
-from pipeline import verify
+from pipeline.flows import verify
 
 from teststack import loadgen
 from teststack import switchmodes
@@ -482,7 +482,7 @@ def test_an_include_nginx_does_not_read_at_start_stops_the_deploy_in_preflight(w
 # the address just PUT, and refuses the tool's token: the read-back and the put-back both fail.
 ROTATE_AFTER_FIRST_PUT = """
 import sys, time, subprocess
-from pipeline import live_switch
+from pipeline.adapters import live_switch
 from pipeline.cli import run
 
 NGINX, PID_FILE, TOKEN_FILE, NEW_TOKEN = {nginx!r}, {pid_file!r}, {token_file!r}, {token!r}

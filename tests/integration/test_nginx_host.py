@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.errors import NginxHostFailed, NotText
-from pipeline.nginx_host import LocalHost, SshHost
-from pipeline.settings import Settings
+from pipeline.core.errors import NginxHostFailed, NotText
+from pipeline.adapters.nginx_host import LocalHost, SshHost
+from pipeline.core.settings import Settings
 
 from ..unit.fakes import FakeHost
 

@@ -39,7 +39,7 @@ def test_a_local_rollback_to_a_running_release_never_loads_paramiko(nginx, setti
     assert nginx.get().text == "version=v1 color=blue\n"
     imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines()
                 if line.startswith("import time:")}
-    assert "docker" in imported and "pipeline.deploy" in imported   # the listing is complete
+    assert "docker" in imported and "pipeline.flows.deploy" in imported   # the listing is complete
     assert not {"paramiko.transport", "paramiko.client", "invoke"} & imported
     assert "charset_normalizer.api" not in imported   # nor the charset guessing requests brings
 

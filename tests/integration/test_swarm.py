@@ -12,9 +12,9 @@ from typing import Dict, Iterator, List
 import pytest
 import requests
 
-from pipeline.errors import NotEnoughNodes, TaskFailed
-from pipeline.settings import Secret
-from pipeline.swarm import SwarmEngine
+from pipeline.core.errors import NotEnoughNodes, TaskFailed
+from pipeline.core.settings import Secret
+from pipeline.adapters.swarm import SwarmEngine
 
 from teststack.realstack import REPO, wait_for
 from teststack.swarmstack import CONVERGE_TIMEOUT, NODES, app_of_its_own, swarm_settings, swarm_sh

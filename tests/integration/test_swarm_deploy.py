@@ -15,8 +15,8 @@ from typing import Dict, Iterator, List
 import pytest
 import requests
 
-from pipeline import verify
-from pipeline.swarm import SwarmEngine
+from pipeline.flows import verify
+from pipeline.adapters.swarm import SwarmEngine
 
 from teststack.loadgen import Load
 from teststack.realstack import Nginx, run_pipeline, start_pipeline, wait_for

@@ -19,7 +19,7 @@ from typing import Dict, Iterator
 
 import pytest
 
-from pipeline.swarm import SwarmEngine
+from pipeline.adapters.swarm import SwarmEngine
 
 from teststack.loadgen import Load
 from teststack.realstack import Nginx, wait_for

@@ -13,16 +13,16 @@ from typing import Dict, List, Optional, Set, Tuple, Union
 
 import pytest
 
-from pipeline import deploy as flows
-from pipeline.answers import AnswerReader
-from pipeline.clock import Clock
-from pipeline.decide import Address, ContainerFact, Route, color_at
-from pipeline.engine import Engine
-from pipeline.errors import (DeployFailed, HealthCheckFailed, IncludeNotLoaded, Interrupted, NginxHostFailed, NotText,
+from pipeline.flows import deploy as flows
+from pipeline.core.answers import AnswerReader
+from pipeline.core.clock import Clock
+from pipeline.core.decide import Address, ContainerFact, Route, color_at
+from pipeline.adapters.engine import Engine
+from pipeline.core.errors import (DeployFailed, HealthCheckFailed, IncludeNotLoaded, Interrupted, NginxHostFailed, NotText,
                              PipelineError)
-from pipeline.gate import Gate, NotHealthyYet
-from pipeline.settings import Settings
-from pipeline.switch import LIVE, PREVIEW
+from pipeline.core.gate import Gate, NotHealthyYet
+from pipeline.core.settings import Settings
+from pipeline.core.switch import LIVE, PREVIEW
 
 
 @pytest.fixture(autouse=True)
@@ -39,7 +39,7 @@ PREVIEW_INCLUDE = PurePosixPath("/nginx/service-url-preview.inc")
 
 
 class FakeClock:
-    """The fake `pipeline.clock.Clock`: time moves only when something sleeps; every sleep is kept."""
+    """The fake `pipeline.core.clock.Clock`: time moves only when something sleeps; every sleep is kept."""
 
     def __init__(self, start: float = 1000.0) -> None:
         self.time = start

@@ -14,13 +14,13 @@ from typing import Tuple
 import pytest
 
 from pipeline import cli
-from pipeline import deploy as flows
-from pipeline import verify
-from pipeline.decide import parse_include
-from pipeline.errors import AdminRefused, AdminUnavailable, DeployFailed, SwitchedBackAfterBug
-from pipeline.live_switch import LiveSwitch
-from pipeline.releases import ReleaseRecord
-from pipeline.switch import LIVE
+from pipeline.flows import deploy as flows
+from pipeline.flows import verify
+from pipeline.core.decide import parse_include
+from pipeline.core.errors import AdminRefused, AdminUnavailable, DeployFailed, SwitchedBackAfterBug
+from pipeline.adapters.live_switch import LiveSwitch
+from pipeline.core.releases import ReleaseRecord
+from pipeline.core.switch import LIVE
 
 from .fakes import INCLUDE, FakeAdmin, World, no_network  # noqa: F401  (autouse: no flow reaches the network)
 

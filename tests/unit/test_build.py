@@ -2,8 +2,8 @@ import sys
 
 import pytest
 
-from pipeline.build import default_version, run_build
-from pipeline.errors import BuildFailed
+from pipeline.flows.build import default_version, run_build
+from pipeline.core.errors import BuildFailed
 
 
 def test_build_output_is_streamed_and_failure_keeps_the_tail(tmp_path, caplog):

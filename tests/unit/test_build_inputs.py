@@ -6,10 +6,10 @@ import logging
 
 import pytest
 
-from pipeline import build
-from pipeline.decide import ContainerFact
-from pipeline.errors import SettingsError
-from pipeline.releases import Release, ReleaseRecord, ReleaseStore
+from pipeline.flows import build
+from pipeline.core.decide import ContainerFact
+from pipeline.core.errors import SettingsError
+from pipeline.core.releases import Release, ReleaseRecord, ReleaseStore
 
 from .fakes import World, no_network  # noqa: F401  (autouse: no flow reaches the network)
 

@@ -2,7 +2,7 @@
 least what it slept, and a zero sleep returns at once."""
 import pytest
 
-from pipeline.clock import Clock, SystemClock
+from pipeline.core.clock import Clock, SystemClock
 
 from .fakes import FakeClock
 

@@ -9,8 +9,8 @@ from typing import List
 import pytest
 
 from pipeline import compose
-from pipeline.errors import PreflightError
-from pipeline.settings import Settings
+from pipeline.core.errors import PreflightError
+from pipeline.core.settings import Settings
 
 
 class Host:

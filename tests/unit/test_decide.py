@@ -1,6 +1,6 @@
 import pytest
 
-from pipeline.decide import (MAX_ROUTE_ADDRESSES, Address, choose_colors, color_at, images_to_remove,
+from pipeline.core.decide import (MAX_ROUTE_ADDRESSES, Address, choose_colors, color_at, images_to_remove,
                              other, parse_include, parse_route, render_include, render_route, shown)
 
 

@@ -9,9 +9,9 @@ import logging
 
 import pytest
 
-from pipeline import deploy as flows
-from pipeline.decide import ColorChoice
-from pipeline.releases import ReleaseRecord, settle_live
+from pipeline.flows import deploy as flows
+from pipeline.core.decide import ColorChoice
+from pipeline.core.releases import ReleaseRecord, settle_live
 
 from .fakes import World, no_network  # noqa: F401  (autouse: no flow reaches the network)
 
@@ -296,7 +296,7 @@ def test_a_history_entry_with_a_message_holding_a_line_separator_is_kept():
 def test_a_run_killed_holding_the_lock_is_written_into_the_history_by_the_run_that_takes_it_over():
     """A SIGKILLed run writes no history entry of its own; the next run, taking over its stale
     lock, writes one for it (result `killed`), so `history` shows every run that changed things."""
-    from pipeline.lock import LockInfo, ProcessTable
+    from pipeline.flows.lock import LockInfo, ProcessTable
 
     world = World()
     assert world.step("deploy v1")[0] == 0
@@ -320,7 +320,7 @@ def test_status_names_no_live_color_while_nginx_may_serve_either_the_include_or_
     import io
 
     from pipeline import cli
-    from pipeline.decide import render_include
+    from pipeline.core.decide import render_include
 
     from .fakes import INCLUDE
     from .test_settle import killed_between_include_and_reload

@@ -6,10 +6,10 @@ import threading
 
 import pytest
 
-from pipeline.clock import SYSTEM, Clock
-from pipeline.errors import ContainerExited, HealthCheckFailed
-from pipeline.health import LocalTransport
-from pipeline.gate import ALIVE_CHECK_EVERY, Gate, Transport, probe, wait_ready
+from pipeline.core.clock import SYSTEM, Clock
+from pipeline.core.errors import ContainerExited, HealthCheckFailed
+from pipeline.adapters.health import LocalTransport
+from pipeline.core.gate import ALIVE_CHECK_EVERY, Gate, Transport, probe, wait_ready
 
 from .fakes import FakeClock
 
@@ -115,12 +115,12 @@ from pathlib import Path  # noqa: E402
 
 import paramiko  # noqa: E402
 
-from pipeline import deploy as flows  # noqa: E402
-from pipeline.errors import EXIT_PREFLIGHT, NginxHostFailed, PreflightError  # noqa: E402
-from pipeline.gate import NotHealthyYet  # noqa: E402
-from pipeline.health import ChannelTransport, Prober, RouteRefused, route_answer, route_problem  # noqa: E402
-from pipeline.host import CommandResult  # noqa: E402
-from pipeline.settings import Settings  # noqa: E402
+from pipeline.flows import deploy as flows  # noqa: E402
+from pipeline.core.errors import EXIT_PREFLIGHT, NginxHostFailed, PreflightError  # noqa: E402
+from pipeline.core.gate import NotHealthyYet  # noqa: E402
+from pipeline.adapters.health import ChannelTransport, Prober, RouteRefused, route_answer, route_problem  # noqa: E402
+from pipeline.core.host import CommandResult  # noqa: E402
+from pipeline.core.settings import Settings  # noqa: E402
 
 from .fakes import FakeHost  # noqa: E402
 
@@ -421,11 +421,11 @@ def test_what_the_login_shell_prints_around_the_route_is_not_the_answer(output):
 # healthy from `healthy_at`, and `can_connect` says whether it listens. Each records what it was
 # asked, and anything else it is asked fails the test.
 
-from pipeline import gate  # noqa: E402
+from pipeline.core import gate  # noqa: E402
 
 
 class ServiceClock:
-    """The fake service's time as a pipeline.clock.Clock."""
+    """The fake service's time as a pipeline.core.clock.Clock."""
 
     def __init__(self, service: "FakeService") -> None:
         self.service = service
@@ -553,7 +553,7 @@ def test_connect_check_against_a_real_listener():
 
 from types import SimpleNamespace  # noqa: E402
 
-from pipeline.swarm import SwarmEngine, TaskAddress  # noqa: E402
+from pipeline.adapters.swarm import SwarmEngine, TaskAddress  # noqa: E402
 
 from .fakes import FakeClock  # noqa: E402
 

@@ -11,10 +11,10 @@ from typing import Dict, Optional
 
 import pytest
 
-from pipeline import layered
-from pipeline.errors import SettingsError
-from pipeline.layered import Layer, parse_layers_idx, plan
-from pipeline.settings import Settings
+from pipeline.adapters import layered
+from pipeline.core.errors import SettingsError
+from pipeline.adapters.layered import Layer, parse_layers_idx, plan
+from pipeline.core.settings import Settings
 
 STANDARD = """\
 - "dependencies":

@@ -12,14 +12,14 @@ from typing import Dict, List, Optional, Tuple
 
 import pytest
 
-from pipeline.decide import Address
+from pipeline.core.decide import Address
 from pipeline.compose import make_switch
-from pipeline.errors import (EXIT_DEPLOY_FAILED, EXIT_PREFLIGHT, AdminTokenRefused, AdminUnavailable, IncludeMismatch,
+from pipeline.core.errors import (EXIT_DEPLOY_FAILED, EXIT_PREFLIGHT, AdminTokenRefused, AdminUnavailable, IncludeMismatch,
                              LiveSwitchFailed)
-from pipeline.live_switch import LiveSwitch, NginxAdmin
-from pipeline.nginx_host import LocalHost
-from pipeline.settings import Settings
-from pipeline.switch import LIVE, PREVIEW
+from pipeline.adapters.live_switch import LiveSwitch, NginxAdmin
+from pipeline.adapters.nginx_host import LocalHost
+from pipeline.core.settings import Settings
+from pipeline.core.switch import LIVE, PREVIEW
 
 from .fakes import FakeClock
 

@@ -9,12 +9,12 @@ import time
 
 import pytest
 
-from pipeline.errors import Interrupted, LockHeld, PreflightError
+from pipeline.core.errors import Interrupted, LockHeld, PreflightError
 from dataclasses import replace
 
-import pipeline.lock as lock_module
-from pipeline.lock import DeployLock, LockInfo, ProcessTable, guard_path
-from pipeline.nginx_host import LocalHost
+import pipeline.flows.lock as lock_module
+from pipeline.flows.lock import DeployLock, LockInfo, ProcessTable, guard_path
+from pipeline.adapters.nginx_host import LocalHost
 from pipeline.signals import SignalGuard
 
 from .fakes import FakeClock

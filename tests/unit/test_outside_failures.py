@@ -13,16 +13,16 @@ import pytest
 import requests.exceptions
 import urllib3.exceptions
 
-from pipeline import engine, nginx_host
-from pipeline.decide import Address
-from pipeline.errors import (EXIT_DEPLOY_FAILED, EXIT_PREFLIGHT, DeployFailed, IncludeNotLoaded, NginxHostFailed,
+from pipeline.adapters import engine, nginx_host
+from pipeline.core.decide import Address
+from pipeline.core.errors import (EXIT_DEPLOY_FAILED, EXIT_PREFLIGHT, DeployFailed, IncludeNotLoaded, NginxHostFailed,
                              PreflightError, SwitchIncomplete)
-from pipeline.history import Entry, History
-from pipeline.nginx_host import LocalHost
-from pipeline.host import CommandResult
-from pipeline.settings import Settings
-from pipeline.reload_switch import CONFIRM_SECONDS, RELOAD_SCRIPT, ReloadSwitch
-from pipeline.switch import LIVE
+from pipeline.core.history import Entry, History
+from pipeline.adapters.nginx_host import LocalHost
+from pipeline.core.host import CommandResult
+from pipeline.core.settings import Settings
+from pipeline.adapters.reload_switch import CONFIRM_SECONDS, RELOAD_SCRIPT, ReloadSwitch
+from pipeline.core.switch import LIVE
 
 INCLUDE = "/etc/nginx/conf.d/service-url.inc"
 BLUE_TEXT = "set $service_url http://172.20.0.2:8080;\n"

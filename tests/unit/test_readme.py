@@ -2,8 +2,8 @@
 import re
 from pathlib import Path
 
-from pipeline import errors
-from pipeline.settings import SETTING_FIELDS, SETTING_NAMES, Settings
+from pipeline.core import errors
+from pipeline.core.settings import SETTING_FIELDS, SETTING_NAMES, Settings
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 

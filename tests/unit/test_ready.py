@@ -11,16 +11,16 @@ from typing import List, Optional
 
 import pytest
 
-from pipeline import deploy as flows
-from pipeline import gate
-from pipeline.deploy import Context
-from pipeline.errors import DeployFailed, SettingsError, SwitchedBack
-from pipeline.nginx_host import LocalHost
-from pipeline.releases import Release as Rel
-from pipeline.releases import ReleaseRecord
-from pipeline.settings import Settings
+from pipeline.flows import deploy as flows
+from pipeline.core import gate
+from pipeline.flows.deploy import Context
+from pipeline.core.errors import DeployFailed, SettingsError, SwitchedBack
+from pipeline.adapters.nginx_host import LocalHost
+from pipeline.core.releases import Release as Rel
+from pipeline.core.releases import ReleaseRecord
+from pipeline.core.settings import Settings
 from pipeline.signals import SignalGuard
-from pipeline.switch import LIVE, PREVIEW
+from pipeline.core.switch import LIVE, PREVIEW
 
 from .fakes import FakeClock, World, no_network  # noqa: F401  (autouse: no flow reaches the network)
 from .test_verify_swarm import FakeBaselineSwarm, FakeProber, FakeSwitch, health_urls, task
@@ -223,7 +223,7 @@ class Release:
 
 
 class ReleaseClock:
-    """The release's fake time, as a pipeline.clock.Clock."""
+    """The release's fake time, as a pipeline.core.clock.Clock."""
 
     def __init__(self, release: Release) -> None:
         self.release = release

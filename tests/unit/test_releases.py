@@ -6,10 +6,10 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import pytest
 
-from pipeline.decide import ContainerFact
-from pipeline.errors import NothingToDo
-from pipeline.history import Entry
-from pipeline.releases import KEPT_MAX, Release, ReleaseRecord, RollbackPlan, plan_rollback, rebuild
+from pipeline.core.decide import ContainerFact
+from pipeline.core.errors import NothingToDo
+from pipeline.core.history import Entry
+from pipeline.core.releases import KEPT_MAX, Release, ReleaseRecord, RollbackPlan, plan_rollback, rebuild
 
 
 def entry(action: str, version: str, color: str, result: str = "ok") -> Entry:

@@ -9,11 +9,11 @@ import uuid
 import pytest
 
 from pipeline import log as logsetup
-from pipeline.build import default_version
-from pipeline.errors import SettingsError
-from pipeline.history import Entry, History
-from pipeline.nginx_host import LocalHost
-from pipeline.settings import Settings, is_secret_name, without_secrets
+from pipeline.flows.build import default_version
+from pipeline.core.errors import SettingsError
+from pipeline.core.history import Entry, History
+from pipeline.adapters.nginx_host import LocalHost
+from pipeline.core.settings import Settings, is_secret_name, without_secrets
 
 
 def secret(label="s"):

@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.errors import SettingsError
-from pipeline.settings import SETTING_NAMES, Secret, Settings
+from pipeline.core.errors import SettingsError
+from pipeline.core.settings import SETTING_NAMES, Secret, Settings
 
 
 def read(tmp_path: Path, **env: str) -> Settings:
@@ -280,7 +280,7 @@ def test_numbers_are_plain_ascii_and_durations_are_bounded(tmp_path, name, value
     ("VERIFY_MAX_ERROR_RATE", "0.001", 0.001),
 ])
 def test_plain_numbers_up_to_the_bounds_are_taken(tmp_path, name, value, expected):
-    from pipeline.settings import SETTING_FIELDS
+    from pipeline.core.settings import SETTING_FIELDS
 
     assert getattr(read(tmp_path, **{name: value}), SETTING_FIELDS[name]) == expected
 
@@ -295,7 +295,7 @@ def test_the_bounds_are_said_in_the_message(tmp_path):
 
 def test_every_duration_setting_has_an_upper_bound(tmp_path):
     """A new duration setting gets the default bound unless it names its own: none is unbounded."""
-    from pipeline.settings import SETTING_FIELDS, Settings as S
+    from pipeline.core.settings import SETTING_FIELDS, Settings as S
 
     durations = [name for name, attr in SETTING_FIELDS.items()
                  if isinstance(getattr(S(), attr), float) and name != "VERIFY_MAX_ERROR_RATE"]
@@ -362,7 +362,7 @@ def test_the_cli_exits_2_with_one_line_naming_the_setting(tmp_path, capsys, name
 def test_the_readme_states_every_bound():
     import re
 
-    from pipeline.settings import SETTING_MAXIMUMS
+    from pipeline.core.settings import SETTING_MAXIMUMS
 
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     rows = dict(re.findall(r"^\| `([A-Z_]+)` \| [^|]*? \| (.*) \|$", readme, re.M))

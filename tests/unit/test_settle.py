@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline import deploy as flows
-from pipeline.decide import Address, choose_colors, may_serve, settle_before_touching
-from pipeline.errors import EXIT_PREFLIGHT, RemoteCommandFailed
-from pipeline.switch import LIVE
+from pipeline.flows import deploy as flows
+from pipeline.core.decide import Address, choose_colors, may_serve, settle_before_touching
+from pipeline.core.errors import EXIT_PREFLIGHT, RemoteCommandFailed
+from pipeline.core.switch import LIVE
 
 from .fakes import World
 

@@ -11,12 +11,13 @@ from typing import Set
 
 import pytest
 
-from pipeline import engine, live_switch, reload_switch, swarm, switch, target
-from pipeline.clock import Clock, SystemClock
+from pipeline.adapters import engine, live_switch, reload_switch, swarm
+from pipeline.core import switch, target
+from pipeline.core.clock import Clock, SystemClock
 
 from . import fakes
 
-PIPELINE = Path(__file__).resolve().parents[2] / "pipeline"
+PIPELINE = Path(__file__).resolve().parents[2] / "pipeline" / "flows"
 
 
 def members(protocol: type) -> Set[str]:

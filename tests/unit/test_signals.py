@@ -10,13 +10,15 @@ from dataclasses import replace
 
 import pytest
 
-from pipeline import cli, verify
-from pipeline.decide import Address
-from pipeline.errors import (EXIT_SIGINT, EXIT_SIGTERM, Interrupted, InterruptedAfterSwitch, PipelineError,
+from pipeline import cli
+
+from pipeline.flows import verify
+from pipeline.core.decide import Address
+from pipeline.core.errors import (EXIT_SIGINT, EXIT_SIGTERM, Interrupted, InterruptedAfterSwitch, PipelineError,
                              SwitchedBackOnSignal)
-from pipeline.live_switch import LiveSwitch
-from pipeline.releases import Release, ReleaseRecord, ReleaseStore
-from pipeline.switch import LIVE
+from pipeline.adapters.live_switch import LiveSwitch
+from pipeline.core.releases import Release, ReleaseRecord, ReleaseStore
+from pipeline.core.switch import LIVE
 
 from .fakes import INCLUDE, FakeAdmin, FakeHost, World
 from .test_verify import window

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.smoke import SmokeFailed, run_smoke
+from pipeline.flows.smoke import SmokeFailed, run_smoke
 
 ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "REGISTRY_PASSWORD": "hunter2"}
 

@@ -9,10 +9,10 @@ from typing import List
 import paramiko
 import pytest
 
-from pipeline import nginx_host
-from pipeline.errors import NginxHostFailed, PreflightError
-from pipeline.nginx_host import SshHost
-from pipeline.settings import Settings
+from pipeline.adapters import nginx_host
+from pipeline.core.errors import NginxHostFailed, PreflightError
+from pipeline.adapters.nginx_host import SshHost
+from pipeline.core.settings import Settings
 
 
 class FakeChannel:

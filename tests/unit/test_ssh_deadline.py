@@ -8,7 +8,7 @@ import time
 import paramiko
 import pytest
 
-from pipeline.nginx_host import _deadline
+from pipeline.adapters.nginx_host import _deadline
 
 
 class StuckTransport:

@@ -54,7 +54,7 @@ def test_what_the_cli_imports_before_it_starts_the_ssh_connection_leaves_http_to
     # a saturated machine gives this process a few percent of a CPU: http.client (with the email
     # parser) was 40% of that import; the probes' ChannelConnection needs it, imported later.
     body = ("import pipeline.cli\nassert 'http.client' not in sys.modules, 'http.client'\n"
-            "from pipeline.health import ChannelConnection\nassert 'http.client' in sys.modules")
+            "from pipeline.adapters.health import ChannelConnection\nassert 'http.client' in sys.modules")
     assert _report(body)["loaded"] == []
 
 
@@ -84,7 +84,7 @@ def test_a_health_answer_naming_no_charset_is_read_as_utf8_without_guessing():
     # Spring Boot's actuator answers application/vnd.spring-boot.actuator.v3+json, no charset.
     body = """
 import http.server, threading
-from pipeline.health import LocalTransport
+from pipeline.adapters.health import LocalTransport
 class Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         data = '{"status":"UP","by":"\u00e9quipe"}'.encode()

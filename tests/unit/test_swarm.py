@@ -1,8 +1,8 @@
 """The swarm target's pure parts: reading the manager's answers and judging tasks."""
 import pytest
 
-from pipeline.errors import EXIT_PREFLIGHT, NotEnoughNodes, TaskFailed
-from pipeline.swarm import NodeFact, TaskFact, _node_fact, _task_fact, classify
+from pipeline.core.errors import EXIT_PREFLIGHT, NotEnoughNodes, TaskFailed
+from pipeline.adapters.swarm import NodeFact, TaskFact, _node_fact, _task_fact, classify
 
 
 def task(state="running", desired="running", node_id="n1", exit_code=0, message="started") -> TaskFact:

@@ -14,17 +14,17 @@ from typing import Callable, List, Tuple
 
 import pytest
 
-from pipeline import verify
-from pipeline.decide import Address, ContainerFact
-from pipeline.deploy import Context
-from pipeline.engine import Engine
-from pipeline.errors import (EngineFailed, Interrupted, LiveUnverified, NginxHostFailed, PipelineError, PreflightError,
+from pipeline.flows import verify
+from pipeline.core.decide import Address, ContainerFact
+from pipeline.flows.deploy import Context
+from pipeline.adapters.engine import Engine
+from pipeline.core.errors import (EngineFailed, Interrupted, LiveUnverified, NginxHostFailed, PipelineError, PreflightError,
                              SettingsError, SwitchedBackAfterBug)
-from pipeline.nginx_host import LocalHost
-from pipeline.reload_switch import ReloadSwitch
-from pipeline.settings import Settings
+from pipeline.adapters.nginx_host import LocalHost
+from pipeline.adapters.reload_switch import ReloadSwitch
+from pipeline.core.settings import Settings
 from pipeline.signals import SignalGuard
-from pipeline.switch import LIVE
+from pipeline.core.switch import LIVE
 
 from .fakes import FakeClock, FakeHost, Strict
 

@@ -14,15 +14,15 @@ from typing import Dict, List, Tuple
 
 import pytest
 
-from pipeline import verify
-from pipeline.decide import Address, ContainerFact
-from pipeline.deploy import Context
-from pipeline.errors import EngineFailed, LiveUnverified, RouteRefused
-from pipeline.nginx_host import LocalHost
-from pipeline.settings import Settings
+from pipeline.flows import verify
+from pipeline.core.decide import Address, ContainerFact
+from pipeline.flows.deploy import Context
+from pipeline.core.errors import EngineFailed, LiveUnverified, RouteRefused
+from pipeline.adapters.nginx_host import LocalHost
+from pipeline.core.settings import Settings
 from pipeline.signals import SignalGuard
-from pipeline.swarm import SwarmEngine, TaskFact, TaskWatch, serving_problem
-from pipeline.switch import LIVE
+from pipeline.adapters.swarm import SwarmEngine, TaskFact, TaskWatch, serving_problem
+from pipeline.core.switch import LIVE
 
 from .fakes import FakeClock, Strict
 from .test_verify import LINE, Script, pipeline_log  # noqa: F401 (a fixture)

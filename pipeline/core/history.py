@@ -6,9 +6,9 @@ import logging
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Dict, List, Optional
 
-from .errors import NginxHostFailed, NotText
-from .log import mask
-from .host import NginxHost
+from pipeline.core.errors import NginxHostFailed, NotText
+from pipeline.log import mask
+from pipeline.core.host import NginxHost
 
 log = logging.getLogger("pipeline")
 

@@ -17,10 +17,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Counter, Dict, FrozenSet, Optional, Protocol, Tuple
 
-from .route import Route
-from .errors import NginxHostFailed, PreflightError
-from .host import NginxHost
-from .settings import Settings
+from pipeline.core.route import Route
+from pipeline.core.errors import NginxHostFailed, PreflightError
+from pipeline.core.host import NginxHost
+from pipeline.core.settings import Settings
 
 log = logging.getLogger("pipeline")
 

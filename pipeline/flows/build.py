@@ -11,11 +11,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Mapping, Optional, Sequence
 
-from .decide import ContainerFact
-from .errors import BuildFailed, SettingsError
-from .log import echo_output
-from .releases import ReleaseRecord, rollback_targets
-from .settings import is_secret_name, without_secrets
+from pipeline.core.decide import ContainerFact
+from pipeline.core.errors import BuildFailed, SettingsError
+from pipeline.log import echo_output
+from pipeline.core.releases import ReleaseRecord, rollback_targets
+from pipeline.core.settings import is_secret_name, without_secrets
 
 log = logging.getLogger("pipeline")
 

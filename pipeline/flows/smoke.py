@@ -15,9 +15,9 @@ import time
 from collections import deque
 from typing import Mapping
 
-from .errors import SmokeFailed
-from .log import echo_output
-from .settings import without_secrets
+from pipeline.core.errors import SmokeFailed
+from pipeline.log import echo_output
+from pipeline.core.settings import without_secrets
 
 log = logging.getLogger("pipeline")
 

@@ -20,9 +20,9 @@ from typing import Any, ContextManager, Dict, Iterator, List, Optional, Sequence
 
 import paramiko
 
-from .errors import NginxHostFailed, NotText, PreflightError
-from .host import CommandResult, NginxHost
-from .settings import Settings, without_secrets
+from pipeline.core.errors import NginxHostFailed, NotText, PreflightError
+from pipeline.core.host import CommandResult, NginxHost, temp_name
+from pipeline.core.settings import Settings, without_secrets
 
 log = logging.getLogger("pipeline")
 
@@ -35,11 +35,6 @@ def ssh_errors() -> Tuple[Type[BaseException], ...]:
     not a constant: naming paramiko's errors loads paramiko (deferred, see pipeline/__init__.py),
     and with nginx on this machine that happens only when a file operation has failed."""
     return (paramiko.SSHException, EOFError, OSError)
-
-
-def _temp_name(path: str) -> str:
-    directory, _, name = path.rpartition("/")
-    return f"{directory}/.{name}.{os.urandom(4).hex()}.tmp"
 
 
 @contextmanager
@@ -94,7 +89,7 @@ class LocalHost:
         return _text(self.part, path, data)
 
     def write_text_atomic(self, path: str, text: str) -> None:
-        temp = _temp_name(path)
+        temp = temp_name(path)
         with _file_call(self.part, f"writing {path}"):
             with open(temp, "w", encoding="utf-8") as handle:
                 handle.write(text)
@@ -105,7 +100,7 @@ class LocalHost:
 
     def create_exclusive(self, path: str, text: str) -> bool:
         # Written aside, then linked: link() fails if the name exists, so the file appears whole or not at all.
-        temp = _temp_name(path)
+        temp = temp_name(path)
         with _file_call(self.part, f"creating {path}"):
             Path(temp).write_text(text, encoding="utf-8")
             try:
@@ -288,7 +283,7 @@ class SshHost:
         return _text(self.sftp_part, path, data)
 
     def write_text_atomic(self, path: str, text: str) -> None:
-        temp = _temp_name(path)
+        temp = temp_name(path)
         with self._sftp_call(f"writing {path}"):
             # Written whole (data, mode 0644, closed) before the rename is even sent.
             _SftpRequests(self.sftp).write_new(temp, text.encode(), mode=0o644)
@@ -297,7 +292,7 @@ class SshHost:
 
     def create_exclusive(self, path: str, text: str) -> bool:
         # Plain SFTP rename refuses an existing target (OpenSSH does link+unlink): an atomic create.
-        temp = _temp_name(path)
+        temp = temp_name(path)
         with self._sftp_call(f"creating {path}"):
             _SftpRequests(self.sftp).write_new(temp, text.encode())
             try:
@@ -594,29 +589,6 @@ class _SpareSession:
         self._thread.join(self.timeout + 1)
         if self.channel is not None:
             self.channel.close()
-
-
-def check_writable(host: NginxHost, settings: Settings) -> None:
-    """Before a flow changes anything: the includes, the lock and the history live in the
-    includes' directories, which must exist and take a new file on the nginx host, and the
-    history must take a new line (a run that cannot record itself does not start)."""
-    for name, path in (("NGINX_INCLUDE", settings.nginx_include),
-                       ("NGINX_PREVIEW_INCLUDE", settings.nginx_preview_include)):
-        if path is None:
-            continue
-        probe = _temp_name(str(path))   # hidden, unique, removed at once
-        try:
-            host.create_exclusive(probe, "")
-            host.remove(probe)
-        except NginxHostFailed as exc:
-            raise PreflightError(f"{name}={path}: cannot write in {path.parent} on the nginx host "
-                                 f"({host.description}): {exc.cause}") from exc
-    history = str(settings.history_path())
-    try:
-        host.append_text(history, "")   # creates it if missing, changes nothing otherwise
-    except NginxHostFailed as exc:
-        raise PreflightError(f"history {history}: cannot append on the nginx host ({host.description}): "
-                             f"{exc.cause}") from exc
 
 
 def _where(settings: Settings) -> str:

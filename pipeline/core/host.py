@@ -5,10 +5,14 @@ history and the release record speak only this interface.
 """
 from __future__ import annotations
 
+import os
 import shlex
 import socket
 from dataclasses import dataclass
 from typing import List, Optional, Protocol, Sequence
+
+from pipeline.core.errors import NginxHostFailed, PreflightError
+from pipeline.core.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -43,3 +47,31 @@ class NginxHost(Protocol):
     def run_steps(self, steps: Sequence[Sequence[str]]) -> List[CommandResult]: ...
     def open_channel(self, host: str, port: int, timeout: float) -> socket.socket: ...
     def close(self) -> None: ...
+
+
+def temp_name(path: str) -> str:
+    directory, _, name = path.rpartition("/")
+    return f"{directory}/.{name}.{os.urandom(4).hex()}.tmp"
+
+
+def check_writable(host: NginxHost, settings: Settings) -> None:
+    """Before a flow changes anything: the includes, the lock and the history live in the
+    includes' directories, which must exist and take a new file on the nginx host, and the
+    history must take a new line (a run that cannot record itself does not start)."""
+    for name, path in (("NGINX_INCLUDE", settings.nginx_include),
+                       ("NGINX_PREVIEW_INCLUDE", settings.nginx_preview_include)):
+        if path is None:
+            continue
+        probe = temp_name(str(path))   # hidden, unique, removed at once
+        try:
+            host.create_exclusive(probe, "")
+            host.remove(probe)
+        except NginxHostFailed as exc:
+            raise PreflightError(f"{name}={path}: cannot write in {path.parent} on the nginx host "
+                                 f"({host.description}): {exc.cause}") from exc
+    history = str(settings.history_path())
+    try:
+        host.append_text(history, "")   # creates it if missing, changes nothing otherwise
+    except NginxHostFailed as exc:
+        raise PreflightError(f"history {history}: cannot append on the nginx host ({host.description}): "
+                             f"{exc.cause}") from exc

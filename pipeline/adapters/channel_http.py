@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import http.client
 
-from .host import NginxHost
+from pipeline.core.host import NginxHost
 
 
 class ChannelConnection(http.client.HTTPConnection):

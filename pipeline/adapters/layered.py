@@ -29,8 +29,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any, Dict, Iterable, List, Mapping, Optional, Protocol, Sequence, Tuple
 
-from .errors import DeployFailed, SettingsError
-from .settings import Settings
+from pipeline.core.errors import DeployFailed, SettingsError
+from pipeline.core.settings import Settings
 
 log = logging.getLogger("pipeline")
 

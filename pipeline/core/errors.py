@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-from .route import Route
+from pipeline.core.route import Route
 
 # Documented in the README ("Exit codes"); keep the two in step.
 EXIT_OK = 0

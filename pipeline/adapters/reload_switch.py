@@ -41,14 +41,14 @@ import shlex
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
-from .answers import AccessLogReader, AnswerReader, check_access_log
-from .decide import parse_include
-from .route import Route, shown
-from .errors import (DeployFailed, IncludeNotLoaded, NginxHostFailed, PipelineError, PreflightError,
+from pipeline.core.answers import AccessLogReader, AnswerReader, check_access_log
+from pipeline.core.decide import parse_include
+from pipeline.core.route import Route, shown
+from pipeline.core.errors import (DeployFailed, IncludeNotLoaded, NginxHostFailed, PipelineError, PreflightError,
                      RemoteCommandFailed, SwitchIncomplete, tail)
-from .host import CommandResult, NginxHost
-from .settings import Settings
-from .switch import LIVE, PREVIEW, IncludeFiles
+from pipeline.core.host import CommandResult, NginxHost
+from pipeline.core.settings import Settings
+from pipeline.core.switch import LIVE, PREVIEW, IncludeFiles
 
 log = logging.getLogger("pipeline")
 

@@ -34,22 +34,22 @@ import logging
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Protocol, Tuple
 
-from . import gate
-from .answers import AccessLogReader as AccessLogReader
-from .answers import AnswerReader
-from .answers import StatsReader as StatsReader
-from .answers import Tally
-from .answers import parse_log_line as parse_log_line
-from .answers import parse_stats as parse_stats
-from .clock import Clock
-from .route import Route, health_url, shown
-from .errors import (AdminUnavailable, DeployFailed, Interrupted, LiveUnverified, OutsideFailure, PipelineError,
+from pipeline.core import gate
+from pipeline.core.answers import AccessLogReader as AccessLogReader
+from pipeline.core.answers import AnswerReader
+from pipeline.core.answers import StatsReader as StatsReader
+from pipeline.core.answers import Tally
+from pipeline.core.answers import parse_log_line as parse_log_line
+from pipeline.core.answers import parse_stats as parse_stats
+from pipeline.core.clock import Clock
+from pipeline.core.route import Route, health_url, shown
+from pipeline.core.errors import (AdminUnavailable, DeployFailed, Interrupted, LiveUnverified, OutsideFailure, PipelineError,
                      SwitchedBack, SwitchedBackAfterBug, SwitchedBackOnSignal, SwitchIncomplete)
-from .gate import Transport
-from .settings import Settings
-from .signals import SignalGuard
-from .switch import LIVE, TrafficSwitch
-from .target import Target, Watch
+from pipeline.core.gate import Transport
+from pipeline.core.settings import Settings
+from pipeline.signals import SignalGuard
+from pipeline.core.switch import LIVE, TrafficSwitch
+from pipeline.core.target import Target, Watch
 
 # The readers and parsers moved to answers.py (the switches hand out the readers); named here too,
 # for what reads them through this module.

@@ -16,8 +16,8 @@ from typing import Callable, List, Optional, Protocol, Sequence, Tuple
 
 from tenacity import RetryCallState, RetryError, Retrying, retry_if_exception_type
 
-from .clock import Clock
-from .errors import HealthCheckFailed
+from pipeline.core.clock import Clock
+from pipeline.core.errors import HealthCheckFailed
 
 log = logging.getLogger("pipeline")
 

@@ -14,13 +14,13 @@ import docker.types
 import requests.exceptions
 import urllib3.exceptions
 
-from . import layered
-from .decide import ContainerFact, color_at
-from .route import Address, Route, health_url
-from .errors import ContainerExited, DeployFailed, EngineFailed, OutsideFailure, PreflightError, RegistryFailed
-from .gate import Gate, Transport, connect_check, probe
-from .settings import COLORS, Settings
-from .target import Endpoint, HealthReport
+from pipeline.adapters import layered
+from pipeline.core.decide import ContainerFact, color_at
+from pipeline.core.route import Address, Route, health_url
+from pipeline.core.errors import ContainerExited, DeployFailed, EngineFailed, OutsideFailure, PreflightError, RegistryFailed
+from pipeline.core.gate import Gate, Transport, connect_check, probe
+from pipeline.core.settings import COLORS, Settings
+from pipeline.core.target import Endpoint, HealthReport
 
 log = logging.getLogger("pipeline")
 

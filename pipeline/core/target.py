@@ -15,9 +15,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Dict, List, NamedTuple, Optional, Protocol
 
-from .decide import ContainerFact
-from .route import Address, Route, health_url
-from .gate import Gate, NotHealthyYet, Transport, probe
+from pipeline.core.decide import ContainerFact
+from pipeline.core.route import Address, Route, health_url
+from pipeline.core.gate import Gate, NotHealthyYet, Transport, probe
 
 
 class Endpoint(NamedTuple):

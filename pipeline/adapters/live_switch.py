@@ -44,22 +44,22 @@ from urllib.parse import urlsplit
 import paramiko
 from tenacity import RetryCallState, RetryError, Retrying, retry_if_exception, stop_after_attempt, wait_fixed
 
-from .answers import AnswerReader, StatsReader
-from .clock import SYSTEM, Clock
-from .decide import parse_include, parse_route, render_route
-from .route import Route, shown
-from .errors import (AdminRefused, AdminTokenRefused, AdminUnavailable, IncludeMismatch, Interrupted,
+from pipeline.core.answers import AnswerReader, StatsReader
+from pipeline.core.clock import SYSTEM, Clock
+from pipeline.core.decide import parse_include, parse_route, render_route
+from pipeline.core.route import Route, shown
+from pipeline.core.errors import (AdminRefused, AdminTokenRefused, AdminUnavailable, IncludeMismatch, Interrupted,
                      LiveSwitchFailed, NginxHostFailed, PipelineError, SwitchIncomplete)
-from .log import register_secret
-from .channel_http import ChannelConnection
-from .host import NginxHost
-from .settings import Secret, Settings
-from .switch import LIVE, PREVIEW, IncludeFiles
+from pipeline.log import register_secret
+from pipeline.adapters.channel_http import ChannelConnection
+from pipeline.core.host import NginxHost
+from pipeline.core.settings import Secret, Settings
+from pipeline.core.switch import LIVE, PREVIEW, IncludeFiles
 
 log = logging.getLogger("pipeline")
 
 FILES = "files"           # GET /pipeline/files: "ROUTE PATH" lines, the includes nginx reads
-STATS = "stats"           # GET /pipeline/stats: "IP:PORT STATUS COUNT" lines (pipeline/verify.py)
+STATS = "stats"           # GET /pipeline/stats: "IP:PORT STATUS COUNT" lines (pipeline/flows/verify.py)
 MAX_STATS_BYTES = 64 * 1024   # at most 1024 counters of a few dozen bytes
 ADMIN_TIMEOUT = 5.0       # per request: connect (or channel open), send, answer
 ADMIN_ATTEMPTS = 3        # GET and PUT are idempotent, so a dropped connection is simply retried

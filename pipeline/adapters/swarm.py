@@ -27,15 +27,15 @@ import requests.exceptions
 from docker.types import EndpointSpec, RestartPolicy, ServiceMode
 from tenacity import RetryError, Retrying, retry_if_result, wait_fixed
 
-from .decide import ContainerFact, color_at
-from .route import Address, Route, health_url
-from .engine import (LABEL_APP, LABEL_COLOR, LABEL_VERSION, LIBRARY_ERRORS, Engine, _read_env_file, _reason,
+from pipeline.core.decide import ContainerFact, color_at
+from pipeline.core.route import Address, Route, health_url
+from pipeline.adapters.engine import (LABEL_APP, LABEL_COLOR, LABEL_VERSION, LIBRARY_ERRORS, Engine, _read_env_file, _reason,
                      engine_environment, registry_login)
-from .clock import SYSTEM, Clock
-from .errors import DeployFailed, EngineFailed, NotEnoughNodes, PreflightError, TaskFailed
-from .gate import Gate, NotHealthyYet, Transport, probe
-from .settings import COLORS, Settings
-from .target import Endpoint, HealthReport
+from pipeline.core.clock import SYSTEM, Clock
+from pipeline.core.errors import DeployFailed, EngineFailed, NotEnoughNodes, PreflightError, TaskFailed
+from pipeline.core.gate import Gate, NotHealthyYet, Transport, probe
+from pipeline.core.settings import COLORS, Settings
+from pipeline.core.target import Endpoint, HealthReport
 
 log = logging.getLogger("pipeline")
 

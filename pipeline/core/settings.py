@@ -13,7 +13,7 @@ from pathlib import Path, PurePosixPath
 from typing import AbstractSet, Any, Callable, Dict, Generic, Mapping, Optional, Tuple, TypeVar
 from urllib.parse import urlsplit
 
-from .errors import SettingsError
+from pipeline.core.errors import SettingsError
 
 COLORS = ("blue", "green")
 SWITCH_MODES = ("reload", "live")
@@ -107,7 +107,7 @@ def _mask_secret_words(raw: str) -> str:
 T = TypeVar("T")
 N = TypeVar("N", int, float)
 Reader = Callable[[str, str, Path], T]
-_READER = "pipeline.settings.reader"   # where a Settings field keeps its reader (Field.metadata)
+_READER = "pipeline.core.settings.reader"   # where a Settings field keeps its reader (Field.metadata)
 
 
 def _env(read: Reader[T], default: T) -> T:
@@ -391,7 +391,7 @@ class Settings:
                                                  PurePosixPath("/etc/nginx/pipeline-admin.token"))
     drain_seconds: float = _env(_duration(), 10.0)
     stop_timeout: float = _env(_duration(), 30.0)
-    # Verification under live traffic after the switch (pipeline/verify.py).
+    # Verification under live traffic after the switch (pipeline/flows/verify.py).
     verify_seconds: float = _env(_duration(), 30.0)
     verify_max_error_rate: float = _env(_fraction, 0.01)
     verify_min_requests: int = _env(_count(maximum=1_000_000), 20)

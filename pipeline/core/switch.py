@@ -17,11 +17,11 @@ from __future__ import annotations
 
 from typing import Dict, Optional, Protocol
 
-from .answers import AnswerReader
-from .decide import render_include
-from .route import Route
-from .host import NginxHost
-from .settings import Settings
+from pipeline.core.answers import AnswerReader
+from pipeline.core.decide import render_include
+from pipeline.core.route import Route
+from pipeline.core.host import NginxHost
+from pipeline.core.settings import Settings
 
 LIVE = "live"
 PREVIEW = "preview"

@@ -24,22 +24,23 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
-from . import build, decide, gate, releases, smoke, verify
-from .decide import ContainerFact
-from .route import Route, health_url, shown
-from .errors import (DeployFailed, IncludeNotLoaded, Interrupted, InterruptedAfterSwitch,
+from pipeline.flows import build, smoke, verify
+
+from pipeline.core import decide, gate, releases
+from pipeline.core.decide import ContainerFact
+from pipeline.core.route import Route, health_url, shown
+from pipeline.core.errors import (DeployFailed, IncludeNotLoaded, Interrupted, InterruptedAfterSwitch,
                      LiveUnverified, NothingToDo, OutsideFailure, PipelineError, PreflightError, RouteRefused, SettingsError,
                      SwitchedBack, SwitchedBackAfterBug, SwitchedBackOnSignal, SwitchIncomplete, SwitchUnavailable)
-from .history import Entry, History
-from .clock import SYSTEM, Clock
-from .lock import DeployLock, LockInfo, who_am_i
-from .nginx_host import check_writable
-from .host import NginxHost
-from .releases import Release, ReleaseRecord, ReleaseStore
-from .settings import COLORS, Settings
-from .signals import SignalGuard
-from .switch import LIVE, PREVIEW, IncludeFiles, TrafficSwitch, status_fields
-from .target import HealthReport, Target, probe_endpoints
+from pipeline.core.history import Entry, History
+from pipeline.core.clock import SYSTEM, Clock
+from pipeline.flows.lock import DeployLock, LockInfo, who_am_i
+from pipeline.core.host import NginxHost, check_writable
+from pipeline.core.releases import Release, ReleaseRecord, ReleaseStore
+from pipeline.core.settings import COLORS, Settings
+from pipeline.signals import SignalGuard
+from pipeline.core.switch import LIVE, PREVIEW, IncludeFiles, TrafficSwitch, status_fields
+from pipeline.core.target import HealthReport, Target, probe_endpoints
 
 log = logging.getLogger("pipeline")
 

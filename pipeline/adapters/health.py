@@ -20,10 +20,10 @@ from urllib.parse import urlsplit
 import paramiko
 import requests
 
-from .errors import NginxHostFailed, PreflightError, RouteRefused
-from .gate import NotHealthyYet, Transport
-from .channel_http import ChannelConnection
-from .host import CommandResult, NginxHost
+from pipeline.core.errors import NginxHostFailed, PreflightError, RouteRefused
+from pipeline.core.gate import NotHealthyYet, Transport
+from pipeline.adapters.channel_http import ChannelConnection
+from pipeline.core.host import CommandResult, NginxHost
 
 log = logging.getLogger("pipeline")
 

@@ -9,8 +9,8 @@ import re
 from dataclasses import dataclass, replace
 from typing import Callable, FrozenSet, List, Mapping, Optional, Set
 
-from .route import Address, Route, shown
-from .settings import COLORS, MAX_ROUTE_ADDRESSES
+from pipeline.core.route import Address, Route, shown
+from pipeline.core.settings import COLORS, MAX_ROUTE_ADDRESSES
 
 # `set $service_url http://172.20.0.2:8080;` (the seed's form) ...
 _SET_RE = re.compile(r"^\s*set\s+\$\w+\s+http://(\d{1,3}(?:\.\d{1,3}){3}):(\d{1,5})/?\s*;", re.M)

@@ -18,10 +18,10 @@ import logging
 from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, Dict, FrozenSet, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-from .decide import ColorChoice, ContainerFact, choose_colors, other
-from .errors import NothingToDo, NotText, PipelineError
-from .history import Entry
-from .host import NginxHost
+from pipeline.core.decide import ColorChoice, ContainerFact, choose_colors, other
+from pipeline.core.errors import NothingToDo, NotText, PipelineError
+from pipeline.core.history import Entry
+from pipeline.core.host import NginxHost
 
 log = logging.getLogger("pipeline")
 

@@ -27,9 +27,9 @@ import socket
 from dataclasses import MISSING, asdict, dataclass, fields, replace
 from typing import Mapping, Optional
 
-from .clock import SYSTEM, Clock
-from .errors import LockHeld, NginxHostFailed, NotText, PreflightError
-from .host import NginxHost
+from pipeline.core.clock import SYSTEM, Clock
+from pipeline.core.errors import LockHeld, NginxHostFailed, NotText, PreflightError
+from pipeline.core.host import NginxHost
 
 log = logging.getLogger("pipeline")
 
