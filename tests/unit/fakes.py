@@ -407,8 +407,7 @@ class World:
         # As compose does: the settings settled (the version) before any part is handed them.
         settings = replace(self.settings, app_version=version)
         self.engine.settings = settings
-        # A swarm color's gate is the real one (wait_ready) over the fake's tasks, on the fake clock.
-        health_gate = wait_ready if isinstance(self.engine, FakeSwarm) else self._health_gate
+        health_gate = self._swarm_gate if isinstance(self.engine, FakeSwarm) else self._health_gate
         return flows.Context(settings, self.engine, self.host, self.switch, Path("/work"), {"BUILD_TAG": "unit"},
                              FakeProber(self.engine), self.now, clock=self.clock, health_gate=health_gate)
 
@@ -426,6 +425,19 @@ class World:
             self.engine.sick.add(color)
         self.after_gate = ""
         return 1
+
+    def _swarm_gate(self, gate: Gate, interval: float, timeout: float, clock: Clock) -> int:
+        """A swarm color's gate is the real one (wait_ready) over the fake's tasks, on the fake
+        clock; then `!dies` fails the color's first task, `!sickens` makes every task answer 503."""
+        assert isinstance(self.engine, FakeSwarm)
+        attempts = wait_ready(gate, interval, timeout, clock)
+        color = next(m[1] for m in reversed(self.engine.mutations) if m[0] in ("run", "start"))
+        if self.after_gate == "dies":
+            self.engine.failing.add(self.engine.boxes[color]["version"])
+        elif self.after_gate == "sickens":
+            self.engine.sick.add(color)
+        self.after_gate = ""
+        return attempts
 
     # -- steps ---------------------------------------------------------------------------------
 

@@ -396,6 +396,9 @@ SWARM = [
     ("a task failing its gate fails the release", ["deploy v1", "deploy v2 !task-fails"], [0, 1], ("v1", "blue")),
     ("stage then promote", ["deploy v1", "stage v2", "promote"], [0, 0, 0], ("v2", "green")),
     ("verification switches back to every old task", ["deploy v1", "deploy v2 !5xx"], [0, 1], ("v1", "blue")),
+    ("a task failing right after its gate is switched back from", ["deploy v1", "deploy v2 !dies"], [0, 1], ("v1", "blue")),
+    ("tasks failing health after the switch are switched back from", ["deploy v1", "deploy v2 !sickens"], [0, 1], ("v1", "blue")),
+    ("a signal in the window switches back", ["deploy v1", "deploy v2 !interrupt-drain"], [0, 143], ("v1", "blue")),
 ]
 
 
@@ -431,3 +434,24 @@ def test_a_swarm_with_fewer_nodes_up_than_replicas_is_refused_before_anything_ch
     assert code == 3 and "REPLICAS=3" in message and "node-3" in message, message
     assert world.engine.mutations == [] and world.switch.moves == []
     assert world.serving() == ("v1", "blue")
+
+
+def test_a_swarm_deploy_goes_on_with_a_node_down_while_enough_are_up():
+    world = World(swarm_nodes=4, replicas=3)
+    world.engine.down.add("node-2")
+    assert world.step("deploy v1") == (0, "")
+    assert [a.ip for a in world.switch.routes["live"]] == ["10.99.0.11", "10.99.0.13", "10.99.0.14"]
+
+
+def test_swarm_status_has_a_row_per_task_with_its_health():
+    world = World(swarm_nodes=3, replicas=3)
+    for step in ("deploy v1", "deploy v2"):
+        assert world.step(step)[0] == 0
+    world.engine.sick.add("green")
+    report = flows.status(world.context())
+    assert (report["live_color"], report["live_version"]) == ("green", "v2")
+    green = report["colors"]["green"]
+    assert green["health"] == "0 of 3 task(s) answer 200"
+    assert [(t["node"], t["address"], t["health"]) for t in green["tasks"]] == [
+        (f"node-{i}", f"10.99.0.1{i}:8082", "unhealthy: HTTP 503 '{\"status\":\"DOWN\"}'") for i in (1, 2, 3)]
+    assert report["colors"]["blue"]["tasks"] == []   # stopped after the drain (kept, scaled to 0)
