@@ -789,36 +789,71 @@ def describe_failure(exc: BaseException) -> str:
 
 
 def status(ctx: Context, probe: bool = True) -> Report:
+    """What nginx serves, what runs of each color and how it answers, what the record says.
+    Changes nothing. `probe=False` (or routes the probes may not take): nothing is probed."""
     s = ctx.settings
     includes = IncludeFiles(ctx.host, s)
+    probe_problem = _probe_problem(ctx) if probe else None
+    probe = probe and probe_problem is None
+    facts, switch_problem, unknown = _status_facts(ctx, includes, probe)
+    include_address = _written(includes, LIVE)
+    live = facts.choice.live if facts.live_address and not unknown else None
+    colors = _color_rows(ctx, facts, probe_problem, _health_report(ctx) if probe else None)
+    return {
+        "app": s.app_name,
+        "live_color": live,
+        "live_version": colors[live]["version"] if live else None,
+        "include": {"path": str(s.nginx_include), "points_at": shown(include_address) if include_address else None},
+        "preview": shown(facts.preview_address) if facts.preview_address else None,
+        **status_fields(ctx.switch),
+        "switch_problem": switch_problem,
+        "probe_problem": probe_problem,
+        "colors": colors,
+        "nginx_host": ctx.host.description,
+        "settings": s.public(),   # the effective settings, secrets masked
+        "releases": _status_record(ctx, facts, unknown),
+    }
 
-    def written(route: str) -> Optional[Route]:
-        return decide.parse_include(includes.read(route)) or None
 
-    switch_problem = probe_problem = None
-    if probe and ctx.engine.network_exists():
-        try:
-            check_probe_routes(ctx)
-        except RouteRefused as exc:
-            probe, probe_problem = False, str(exc)
-            log.warning("%s", exc)
-    unknown = False
+def _written(includes: IncludeFiles, route: str) -> Optional[Route]:
+    """Where a route's include file points, if anywhere."""
+    return decide.parse_include(includes.read(route)) or None
+
+
+def _probe_problem(ctx: Context) -> Optional[str]:
+    """Why nothing may be probed (a route to a color's address the probes may not take), if so."""
+    if not ctx.engine.network_exists():
+        return None
     try:
-        facts = gather(ctx, probe=probe)
+        check_probe_routes(ctx)
+    except RouteRefused as exc:
+        log.warning("%s", exc)
+        return str(exc)
+    return None
+
+
+def _status_facts(ctx: Context, includes: IncludeFiles, probe: bool) -> Tuple[Facts, Optional[str], bool]:
+    """The facts; why nginx did not say what it serves (None if it did); and whether which color
+    it serves is unknown."""
+    try:
+        return gather(ctx, probe=probe), None, False
     except SwitchUnavailable as exc:
         # Status is what an operator runs when something is wrong: say what the include says
         # rather than nothing at all, and say plainly that nginx itself did not answer.
-        switch_problem = str(exc)
         # Except when the include was written and nginx not seen loading it (a run killed between
         # the two): nginx serves what it names or what it loaded before, and nothing here tells
         # which. No live color then, rather than a guess; the next deploy settles it.
         unknown = isinstance(exc, IncludeNotLoaded)
         log.warning("%s; %s", exc, "which color nginx serves is not known" if unknown
                     else "reporting what the include files say")
-        facts = gather(ctx, written, probe=probe)
-    include_address = written(LIVE)
-    live = facts.choice.live if facts.live_address and not unknown else None
-    report = _health_report(ctx) if probe and not probe_problem else None
+        return gather(ctx, lambda route: _written(includes, route), probe=probe), str(exc), unknown
+
+
+def _color_rows(ctx: Context, facts: Facts, probe_problem: Optional[str],
+                report: Optional[HealthReport]) -> Dict[str, Dict[str, object]]:
+    """Each color: its container, state and version, and the target's own fields (where it
+    answers, its health)."""
+    s = ctx.settings
     colors = {}
     for color in COLORS:
         fact = facts.containers.get(color)
@@ -830,23 +865,15 @@ def status(ctx: Context, probe: bool = True) -> Report:
             if probe_problem:
                 entry["health"] = "not probed (see probe_problem)"
         colors[color] = entry
-    return {
-        "app": s.app_name,
-        "live_color": live,
-        "live_version": colors[live]["version"] if live else None,
-        "include": {"path": str(s.nginx_include),
-                    "points_at": shown(decide.parse_include(includes.read(LIVE))) if include_address else None},
-        "preview": shown(facts.preview_address) if facts.preview_address else None,
-        **status_fields(ctx.switch),
-        "switch_problem": switch_problem,
-        "probe_problem": probe_problem,
-        "colors": colors,
-        "nginx_host": ctx.host.description,
-        "settings": s.public(),   # the effective settings, secrets masked
-        # With no known live color, the record as written: checking it needs what nginx serves.
-        "releases": _record_report((record_store(ctx).read()[0] or releases.ReleaseRecord()) if unknown
-                                   else recorded(ctx, _settled(ctx, facts))),
-    }
+    return colors
+
+
+def _status_record(ctx: Context, facts: Facts, unknown: bool) -> Dict[str, Optional[Report]]:
+    """The release record checked against the facts; with no known live color, as written
+    (checking it needs what nginx serves)."""
+    if unknown:
+        return _record_report(record_store(ctx).read()[0] or releases.ReleaseRecord())
+    return _record_report(recorded(ctx, _settled(ctx, facts)))
 
 
 def _health_report(ctx: Context) -> HealthReport:

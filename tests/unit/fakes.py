@@ -14,13 +14,14 @@ from typing import Dict, List, Optional, Set, Tuple, Union
 import pytest
 
 from pipeline.flows import deploy as flows
-from pipeline.core.answers import AnswerReader
+from pipeline.core.answers import AnswerReader, Tally
 from pipeline.core.clock import Clock
 from pipeline.core.decide import Address, ContainerFact, Route, color_at
 from pipeline.adapters.engine import Engine
+from pipeline.adapters.swarm import SwarmEngine, TaskFact
 from pipeline.core.errors import (DeployFailed, HealthCheckFailed, IncludeNotLoaded, Interrupted, NginxHostFailed, NotText,
-                             PipelineError)
-from pipeline.core.gate import Gate, NotHealthyYet
+                             NotEnoughNodes, PipelineError, TaskFailed)
+from pipeline.core.gate import Gate, NotHealthyYet, wait_ready
 from pipeline.core.settings import Settings
 from pipeline.core.switch import LIVE, PREVIEW
 
@@ -372,15 +373,22 @@ class WorldClock(FakeClock):
 class World:
     """One app on the fakes, driven by the same steps a user types."""
 
-    def __init__(self, preview: bool = True, keep_releases: int = 5, **settings: object) -> None:
+    def __init__(self, preview: bool = True, keep_releases: int = 5, verify_seconds: float = 0,
+                 swarm_nodes: int = 0, **settings: object) -> None:
+        """`verify_seconds`: the window after the switch (nginx's answers: `NginxAnswers`);
+        `swarm_nodes`: TARGET=swarm on that many nodes (`FakeSwarm`; REPLICAS given or 2)."""
+        if swarm_nodes:
+            settings = {"target": "swarm", "registry": "r:5001", **settings}
         self.settings = Settings(app_name="app", build_command=(), nginx_include=INCLUDE,
                                  nginx_preview_include=PREVIEW_INCLUDE if preview else None,
                                  drain_seconds=1.0, keep_releases=keep_releases,
-                                 verify_seconds=0,   # the window has its own tests (test_verify.py)
+                                 verify_seconds=verify_seconds,
                                  **settings)         # type: ignore[arg-type]
         self.host = FakeHost()
-        self.engine = FakeEngine(self.settings)
+        self.engine = FakeSwarm(self.settings, swarm_nodes) if swarm_nodes else FakeEngine(self.settings)
         self.switch = FakeSwitch()
+        self.switch.reader = NginxAnswers(self)
+        self.bad_answers: Set[str] = set()   # versions nginx gets 5xx from (their health answers 200)
         self.interrupt_drain = False
         self.clock = WorldClock(self)   # the fake clock: only `sleep` moves it
         self.after_gate = ""        # "dies" / "sickens": what the next release does right after its gate
@@ -399,8 +407,9 @@ class World:
         # As compose does: the settings settled (the version) before any part is handed them.
         settings = replace(self.settings, app_version=version)
         self.engine.settings = settings
+        health_gate = self._swarm_gate if isinstance(self.engine, FakeSwarm) else self._health_gate
         return flows.Context(settings, self.engine, self.host, self.switch, Path("/work"), {"BUILD_TAG": "unit"},
-                             FakeProber(self.engine), self.now, clock=self.clock, health_gate=self._health_gate)
+                             FakeProber(self.engine), self.now, clock=self.clock, health_gate=health_gate)
 
     def _health_gate(self, gate: Gate, interval: float, timeout: float, clock: Clock) -> int:
         assert clock is self.clock, "the gate waits on the context's clock"
@@ -417,16 +426,37 @@ class World:
         self.after_gate = ""
         return 1
 
+    def _swarm_gate(self, gate: Gate, interval: float, timeout: float, clock: Clock) -> int:
+        """A swarm color's gate is the real one (wait_ready) over the fake's tasks, on the fake
+        clock; then `!dies` fails the color's first task, `!sickens` makes every task answer 503."""
+        assert isinstance(self.engine, FakeSwarm)
+        attempts = wait_ready(gate, interval, timeout, clock)
+        color = next(m[1] for m in reversed(self.engine.mutations) if m[0] in ("run", "start"))
+        if self.after_gate == "dies":
+            self.engine.failing.add(self.engine.boxes[color]["version"])
+        elif self.after_gate == "sickens":
+            self.engine.sick.add(color)
+        self.after_gate = ""
+        return attempts
+
     # -- steps ---------------------------------------------------------------------------------
 
     def step(self, command: str) -> Tuple[int, str]:
         """`deploy v1`, `stage v2`, `promote`, `rollback`, `rollback --to v1`; a trailing
         `!unhealthy` makes that release fail its health check, `!interrupt-drain` sends SIGTERM
-        during the drain, `!dies` / `!sickens` make the release this step brings up exit / answer
-        503 right after it passed its health gate. Returns the exit code and the error's message."""
+        at the first wait after the switch (the drain; the window with `verify_seconds`), `!dies` /
+        `!sickens` make the release this step brings up exit / answer 503 right after it passed its
+        health gate, `!5xx` makes nginx get 5xx from it (its health
+        answers 200), `!task-fails` fails one of its swarm tasks right after it starts. Returns the
+        exit code and the error's message."""
         words = command.split()
         if "!unhealthy" in words:
             self.engine.unhealthy.add(words[1])
+        if "!5xx" in words:
+            self.bad_answers.add(words[1])
+        if "!task-fails" in words:
+            assert isinstance(self.engine, FakeSwarm), "!task-fails is for a swarm World"
+            self.engine.failing.add(words[1])
         self.interrupt_drain = "!interrupt-drain" in words
         self.after_gate = "dies" if "!dies" in words else "sickens" if "!sickens" in words else ""
         words = [w for w in words if not w.startswith("!")]
@@ -452,7 +482,8 @@ class World:
         address = self.switch.routes[LIVE]
         if address is None:
             return None
-        color = next(c for c in ("blue", "green") if self.settings.ip_of(c) == address[0].ip)
+        color = self.engine.color_at(address)
+        assert color is not None, f"nginx points at {address}, no color's address"
         box = self.engine.boxes.get(color)
         assert box is not None and box["status"] == "running", f"nginx points at {color}, which is not running"
         return box["version"], color
@@ -460,3 +491,91 @@ class World:
     @property
     def record_path(self) -> str:
         return str(self.settings.releases_path())
+
+
+class NginxAnswers:
+    """What nginx answered for the live route during a verification window (FakeSwitch.reader):
+    100 requests, 30 of them 5xx when the release serving live is one of the World's `bad_answers`."""
+
+    unparsed = 0
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+
+    def read(self) -> Tally:
+        serving = self.world.serving()
+        bad = serving is not None and serving[0] in self.world.bad_answers
+        return Tally({200: 70, 502: 30} if bad else {200: 100})
+
+
+class FakeSwarm(FakeEngine):
+    """The swarm target (TARGET=swarm) over FakeEngine's containers by color: a color that runs is
+    REPLICAS tasks, one on each of the first nodes that are up, answering at its node's address on
+    the color's port. `down`: nodes that are not ready; `failing`: versions whose first task fails
+    right after it starts. What the swarm decides from its tasks (the gate, the watch, `status`
+    rows, its addresses) is SwarmEngine's own code over these tasks."""
+
+    def __init__(self, settings: Settings, nodes: int) -> None:
+        super().__init__(settings)
+        self.nodes = [(f"node-{i}", f"10.99.0.{10 + i}") for i in range(1, nodes + 1)]
+        self.down: Set[str] = set()
+        self.failing: Set[str] = set()
+
+    def tasks(self, color: str) -> List[TaskFact]:
+        box = self.boxes.get(color)
+        if box is None or box["status"] != "running":
+            return []
+        up = [node for node in self.nodes if node[0] not in self.down][:self.settings.replicas]
+        return [self._task(color, box, i, node, addr, failed=i == 0 and box["version"] in self.failing)
+                for i, (node, addr) in enumerate(up)]
+
+    def _task(self, color: str, box: Dict[str, str], i: int, node: str, addr: str, failed: bool) -> TaskFact:
+        return TaskFact(task_id=f"{color}-{box['version']}-{i + 1}", color=color, slot=i + 1, node_id=node, node=node,
+                        node_addr=addr, port=self.settings.port_of(color),
+                        state="failed" if failed else "running", desired_state="shutdown" if failed else "running",
+                        version=box["version"], image=box["image"],
+                        message="task: non-zero exit (1)" if failed else "started", exit_code=1 if failed else None)
+
+    def answer(self, url: str) -> Tuple[int, str]:
+        here = next((t for c in ("blue", "green") for t in self.task_addresses(c)
+                     if f"//{t.node_addr}:{t.port}/" in url), None)
+        if here is None:
+            raise NotHealthyYet("connection refused or unreachable")
+        color = next(c for c in ("blue", "green") if self.settings.port_of(c) == here.port)
+        if self.boxes[color]["version"] in self.unhealthy or color in self.sick:
+            return 503, '{"status":"DOWN"}'
+        return 200, '{"status":"UP"}'
+
+    def converged(self, color: str) -> bool:
+        return len(self.task_addresses(color)) >= self.settings.replicas
+
+    def check_tasks(self, color: str) -> None:
+        for task in self.tasks(color):
+            if task.state == "failed":
+                raise TaskFailed(self.settings.container_name(color), task.task_id, task.node, task.message)
+
+    def check_capacity(self) -> None:
+        ready = [node for node, _ in self.nodes if node not in self.down]
+        if len(ready) < self.settings.replicas:
+            raise NotEnoughNodes(self.settings.replicas, ready, [f"{node} (down, active)" for node in sorted(self.down)])
+
+    def probe_ips(self) -> List[str]:
+        return [addr for _, addr in self.nodes]
+
+    def container(self, color: str) -> Optional[ContainerFact]:
+        fact = super().container(color)
+        return None if fact is None else replace(fact, ip=None)
+
+    ensure_network = SwarmEngine.ensure_network   # nothing to create: tasks publish their node's port
+    network_exists = SwarmEngine.network_exists
+    remove_network = SwarmEngine.remove_network
+    task_addresses = SwarmEngine.task_addresses
+    addresses = SwarmEngine.addresses
+    color_at = SwarmEngine.color_at
+    holds_address = SwarmEngine.holds_address
+    placement = SwarmEngine.placement
+    gate = SwarmEngine.gate
+    watch = SwarmEngine.watch
+    status_row = SwarmEngine.status_row
+    discard = SwarmEngine.discard
+    discarding = SwarmEngine.discarding

@@ -1,7 +1,9 @@
 """The deploy, stage, promote and rollback decisions, step by step, against strict fakes at the
 Context seam (tests/unit/fakes.py): no docker, nginx or network. Each row is what a user types,
 the exit code of every step, and what serves at the end. The same sequences run end to end on the
-real stack in tests/integration/test_releases.py."""
+real stack in tests/integration/test_releases.py. With VERIFY_SECONDS the window after the switch
+reads nginx's answers (fakes.NginxAnswers; end to end: test_verify.py); with `swarm_nodes` the
+colors run on the swarm target's own code over fake tasks (end to end: test_swarm*.py)."""
 from __future__ import annotations
 
 import json
@@ -337,3 +339,119 @@ def test_status_names_no_live_color_while_nginx_may_serve_either_the_include_or_
     cli._print_status(report, False, shown)
     assert "live:     unknown\n" in shown.getvalue()
     assert "warning:  nginx was not seen loading the live include\n" in shown.getvalue()
+
+
+# -- verification (VERIFY_SECONDS > 0): nginx's answers for the new release after the switch --------
+
+VERIFIED = [
+    # (name, steps, exit codes, what serves at the end)
+    ("a release nginx gets good answers from stays", ["deploy v1", "deploy v2"], [0, 0], ("v2", "green")),
+    ("a release nginx gets 5xx from is switched back", ["deploy v1", "deploy v2 !5xx"], [0, 1], ("v1", "blue")),
+    ("a release whose health fails in the window is switched back",
+     ["deploy v1", "deploy v2 !sickens"], [0, 1], ("v1", "blue")),
+    ("a signal in the window switches back", ["deploy v1", "deploy v2 !interrupt-drain"], [0, 143], ("v1", "blue")),
+    ("the switched-back release is no rollback target",
+     ["deploy v1", "deploy v2", "deploy v3 !5xx", "rollback"], [0, 0, 1, 0], ("v1", "blue")),
+    ("a first release has nothing to switch back to: not verified", ["deploy v1 !5xx"], [0], ("v1", "blue")),
+    ("a promoted release is verified too", ["deploy v1", "stage v2 !5xx", "promote"], [0, 0, 1], ("v1", "blue")),
+]
+
+
+@pytest.mark.parametrize("steps,codes,serving", [row[1:] for row in VERIFIED], ids=[row[0] for row in VERIFIED])
+def test_verified_sequences(steps, codes, serving):
+    world = World(verify_seconds=3.0)
+    got = [world.step(step)[0] for step in steps]
+    assert got == codes
+    assert world.serving() == serving
+
+
+def test_a_switched_back_release_is_removed_and_the_old_one_kept_serving():
+    world = World(verify_seconds=3.0)
+    world.step("deploy v1")
+    world.engine.mutations.clear()
+    code, message = world.step("deploy v2 !5xx")
+    assert code == 1 and message.startswith("switched back to blue: green answered 5xx to 30.0% of 100 requests")
+    assert world.switch.moves[-2:] == [("live", world.engine.addresses("green")), ("live", world.engine.addresses("blue"))]
+    assert world.engine.mutations[-2:] == [("stop", "green"), ("remove", "green")]
+    assert world.engine.boxes["blue"]["status"] == "running"
+    record = ReleaseRecord.from_json(world.host.files[world.record_path])
+    assert (record.live.version, record.previous) == ("v1", None)
+
+
+def test_a_good_release_is_watched_for_the_whole_window_on_the_fake_clock():
+    world = World(verify_seconds=3.0)
+    world.step("deploy v1")
+    started = world.now
+    assert world.step("deploy v2") == (0, "")
+    assert world.now - started >= 3.0   # the window, then the drain: all of it fake time
+    assert world.engine.boxes["blue"]["status"] == "exited"   # the old release stopped only after the window
+
+
+# -- the swarm target (TARGET=swarm): several endpoints per color -----------------------------------
+
+SWARM = [
+    ("two deploys", ["deploy v1", "deploy v2"], [0, 0], ("v2", "green")),
+    ("rollback goes to the previous release", ["deploy v1", "deploy v2", "rollback"], [0, 0, 0], ("v1", "blue")),
+    ("a release that never gets healthy is scaled to 0", ["deploy v1", "deploy v2 !unhealthy"], [0, 1], ("v1", "blue")),
+    ("a task failing its gate fails the release", ["deploy v1", "deploy v2 !task-fails"], [0, 1], ("v1", "blue")),
+    ("stage then promote", ["deploy v1", "stage v2", "promote"], [0, 0, 0], ("v2", "green")),
+    ("verification switches back to every old task", ["deploy v1", "deploy v2 !5xx"], [0, 1], ("v1", "blue")),
+    ("a task failing right after its gate is switched back from", ["deploy v1", "deploy v2 !dies"], [0, 1], ("v1", "blue")),
+    ("tasks failing health after the switch are switched back from", ["deploy v1", "deploy v2 !sickens"], [0, 1], ("v1", "blue")),
+    ("a signal in the window switches back", ["deploy v1", "deploy v2 !interrupt-drain"], [0, 143], ("v1", "blue")),
+]
+
+
+@pytest.mark.parametrize("steps,codes,serving", [row[1:] for row in SWARM], ids=[row[0] for row in SWARM])
+def test_swarm_sequences(steps, codes, serving):
+    world = World(swarm_nodes=3, replicas=3, verify_seconds=3.0)
+    got = [world.step(step)[0] for step in steps]
+    assert got == codes
+    assert world.serving() == serving
+    # nginx routes to every task of the serving color, one per node, at the color's port.
+    assert world.switch.routes["live"] == world.engine.addresses(serving[1])
+    assert len(world.switch.routes["live"]) == 3
+
+
+def test_a_swarm_task_failing_its_gate_is_named_and_nothing_is_switched():
+    world = World(swarm_nodes=3, replicas=3)
+    world.step("deploy v1")
+    world.switch.moves.clear()
+    code, message = world.step("deploy v2 !task-fails")
+    assert code == 1 and "green-v2-1" in message and "node-1" in message
+    assert [route for route, _ in world.switch.moves] == []
+    assert world.engine.tasks("green") == []   # scaled to 0
+    assert world.serving() == ("v1", "blue")
+
+
+def test_a_swarm_with_fewer_nodes_up_than_replicas_is_refused_before_anything_changes():
+    world = World(swarm_nodes=3, replicas=3)
+    world.step("deploy v1")
+    world.engine.down.add("node-3")
+    world.engine.mutations.clear()
+    world.switch.moves.clear()
+    code, message = world.step("deploy v2")
+    assert code == 3 and "REPLICAS=3" in message and "node-3" in message, message
+    assert world.engine.mutations == [] and world.switch.moves == []
+    assert world.serving() == ("v1", "blue")
+
+
+def test_a_swarm_deploy_goes_on_with_a_node_down_while_enough_are_up():
+    world = World(swarm_nodes=4, replicas=3)
+    world.engine.down.add("node-2")
+    assert world.step("deploy v1") == (0, "")
+    assert [a.ip for a in world.switch.routes["live"]] == ["10.99.0.11", "10.99.0.13", "10.99.0.14"]
+
+
+def test_swarm_status_has_a_row_per_task_with_its_health():
+    world = World(swarm_nodes=3, replicas=3)
+    for step in ("deploy v1", "deploy v2"):
+        assert world.step(step)[0] == 0
+    world.engine.sick.add("green")
+    report = flows.status(world.context())
+    assert (report["live_color"], report["live_version"]) == ("green", "v2")
+    green = report["colors"]["green"]
+    assert green["health"] == "0 of 3 task(s) answer 200"
+    assert [(t["node"], t["address"], t["health"]) for t in green["tasks"]] == [
+        (f"node-{i}", f"10.99.0.1{i}:8082", "unhealthy: HTTP 503 '{\"status\":\"DOWN\"}'") for i in (1, 2, 3)]
+    assert report["colors"]["blue"]["tasks"] == []   # stopped after the drain (kept, scaled to 0)
