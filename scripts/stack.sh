@@ -291,6 +291,11 @@ PrintMotd no
 X11Forwarding no
 # The deploy tool may upload files over SFTP and run many commands in parallel.
 Subsystem sftp /usr/lib/openssh/sftp-server
+# Every session (the SFTP subsystem too) starts in the user's login shell. On a machine whose
+# ~/.bashrc runs pyenv's init, that shell runs \`pyenv rehash\`, which waits up to 60 s for a lock
+# file; a shell killed mid-rehash (tests tear down namespaces and kill runs on purpose) leaves the
+# lock behind, and every later session would start a minute late. A second is all it may wait here.
+SetEnv PYENV_REHASH_TIMEOUT=1
 MaxSessions 64
 MaxStartups 64:30:128
 EOF
