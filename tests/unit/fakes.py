@@ -9,18 +9,22 @@ import signal
 import socket
 from dataclasses import replace
 from pathlib import Path, PurePosixPath
-from typing import Dict, List, Optional, Set, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Set, Tuple, Union, cast
 
 import pytest
 
 from pipeline.flows import deploy as flows
-from pipeline.core.answers import AnswerReader
+from pipeline.core.answers import AccessLogReader, AnswerReader
 from pipeline.core.clock import Clock
 from pipeline.core.decide import Address, ContainerFact, Route, color_at
-from pipeline.adapters.engine import Engine
+from pipeline.adapters.engine import ContainerWatch, Engine
+from pipeline.adapters.nginx_host import LocalHost
+from pipeline.adapters.swarm import SwarmEngine, TaskFact
+from pipeline.adapters.health import RouteRefused
+from pipeline.core.target import HealthReport, Watch
 from pipeline.core.errors import (DeployFailed, HealthCheckFailed, IncludeNotLoaded, Interrupted, NginxHostFailed, NotText,
                              PipelineError)
-from pipeline.core.gate import Gate, NotHealthyYet
+from pipeline.core.gate import Gate, NotHealthyYet, Transport
 from pipeline.core.settings import Settings
 from pipeline.core.switch import LIVE, PREVIEW
 
@@ -55,8 +59,28 @@ class FakeClock:
 
 
 class Strict:
-    def __getattr__(self, name: str):
+    """The base of every fake here: any member it does not define fails the test, naming it."""
+
+    def __getattr__(self, name: str) -> object:
         raise AssertionError(f"{type(self).__name__}.{name} was used, but this fake was not told about it")
+
+
+class Allowing(Strict):
+    """A part of which a test allows a few calls by name, each answering a fixed value
+    (`Allowing(check=None, network_exists=False)`); `calls` lists the names called, in order."""
+
+    def __init__(self, **allowed: object) -> None:
+        self.__dict__["_allowed"] = allowed
+        self.__dict__["calls"] = []
+
+    def __getattr__(self, name: str) -> object:
+        if name not in self.__dict__["_allowed"]:
+            raise AssertionError(f"unexpected call to {name}")
+
+        def call(*args: object, **kwargs: object) -> object:
+            self.__dict__["calls"].append(name)
+            return self.__dict__["_allowed"][name]
+        return call
 
 
 class FakeHost(Strict):
@@ -128,15 +152,26 @@ def _raw(data: Union[str, bytes]) -> bytes:
 
 
 class FakeEngine(Strict):
-    """Containers by color (status, version, image) and release images; mutations are logged."""
+    """Containers by color (status, version, image) and release images; mutations are logged.
 
-    def __init__(self, settings: Settings) -> None:
+    `calls`: the list mutations are logged to (a test may share it with FakeSwitch to see the
+    order of both). `tasks`: a swarm instead of one engine, the tasks the manager reports per
+    color (several endpoints per color, the swarm target's watch and discard); `clock` with
+    `events` ((time, (color, slot, TaskFact)) replacing a task once the clock reaches the time)
+    makes tasks change while a flow waits."""
+
+    def __init__(self, settings: Settings, calls: Optional[List[Tuple[object, ...]]] = None,
+                 tasks: Optional[Dict[str, List[TaskFact]]] = None, clock: Optional[Clock] = None) -> None:
         self.settings = settings
         self.boxes: Dict[str, Dict[str, str]] = {}
         self.images: Dict[str, int] = {}
         self.unhealthy: Set[str] = set()     # versions whose health check never passes
         self.sick: Set[str] = set()          # colors whose health answers 503 (the container runs on)
-        self.mutations: List[Tuple[str, ...]] = []
+        self.mutations: List[Tuple[object, ...]] = calls if calls is not None else []
+        self.tasks_of = tasks
+        self.task_clock = clock
+        self.events: List[Tuple[float, Tuple[str, int, TaskFact]]] = []
+        self.logs: List[str] = []
         self._clock = itertools.count(1)
         self.network = False
         self.holding = False   # whether a running container holds its color's address (holds_address)
@@ -161,6 +196,8 @@ class FakeEngine(Strict):
         self.network = False
 
     def container(self, color: str) -> Optional[ContainerFact]:
+        if self.tasks_of is not None:   # a swarm: the color's service, at no one address
+            return ContainerFact(color, self.settings.container_name(color), "running", "v", "img", None)
         box = self.boxes.get(color)
         if box is None:
             return None
@@ -184,7 +221,22 @@ class FakeEngine(Strict):
         return [self.settings.ip_of(color) for color in ("blue", "green")]
 
     def addresses(self, color: str) -> Route:
+        if self.tasks_of is not None:
+            return tuple(Address(t.node_addr, t.port) for t in self.tasks(color) if t.running and t.node_up)
         return (Address(self.settings.ip_of(color), self.settings.app_port),)
+
+    def tasks(self, color: str) -> List[TaskFact]:
+        """A swarm's tasks of the color now (after the events the clock has reached)."""
+        assert self.tasks_of is not None, "tasks of a fake engine that is not a swarm"
+        if self.task_clock is not None:
+            for at, (c, slot, fact) in list(self.events):
+                if self.task_clock.now() >= at:
+                    self.tasks_of[c][slot] = fact
+                    self.events.remove((at, (c, slot, fact)))
+        return list(self.tasks_of[color])
+
+    def task_addresses(self, color: str) -> List[TaskFact]:
+        return [t for t in self.tasks(color) if t.running]
 
     def color_at(self, route: Optional[Route]) -> Optional[str]:
         return color_at(route, lambda a: a.ip, self.settings.color_ips)
@@ -192,14 +244,35 @@ class FakeEngine(Strict):
     def check_capacity(self) -> None:
         pass
 
-    # What the one engine decides from its facts, run over this fake's facts: the gate, the
-    # watch after it, its rows in `status`, how a failed release goes.
-    placement = Engine.placement
-    gate = Engine.gate
-    watch = Engine.watch
-    status_row = Engine.status_row
-    discard = Engine.discard
-    discarding = Engine.discarding
+    # What the real target decides from its facts, run over this fake's facts: the gate, the
+    # watch after it, its rows in `status`, how a failed release goes. They only call members
+    # this fake has (the `cast` says so to mypy).
+    def placement(self, color: str) -> str:
+        return Engine.placement(cast(Engine, self), color)
+
+    def gate(self, color: str, prober: Transport) -> Gate:
+        return Engine.gate(cast(Engine, self), color, prober)
+
+    def watch(self, color: str) -> Watch:
+        if self.tasks_of is not None:
+            return SwarmEngine.watch(cast(SwarmEngine, self), color)
+        return ContainerWatch(cast(Engine, self), color)
+
+    def status_row(self, color: str, fact: Optional[ContainerFact],
+                   report: Optional[HealthReport]) -> Dict[str, object]:
+        return Engine.status_row(cast(Engine, self), color, fact, report)
+
+    def discard(self, color: str, graceful: bool = False) -> None:
+        if self.tasks_of is not None:   # scaled to 0
+            self.mutations.append(("discard", color))
+            self.tasks_of[color] = []
+            return
+        Engine.discard(cast(Engine, self), color, graceful)
+
+    def discarding(self, color: str, graceful: bool = False) -> str:
+        if self.tasks_of is not None:
+            return SwarmEngine.discarding(cast(SwarmEngine, self), color, graceful)
+        return Engine.discarding(cast(Engine, self), color, graceful)
 
     def build_image(self, cwd: Path, tag: str, version: str) -> str:
         self.mutations.append(("build_image", tag))
@@ -236,7 +309,7 @@ class FakeEngine(Strict):
         self.boxes.pop(color, None)
 
     def logs_tail(self, color: str, lines: int = 20) -> List[str]:
-        return []
+        return list(self.logs)
 
     def release_images(self) -> Dict[str, float]:
         return {ref: float(created) for ref, created in self.images.items()}
@@ -251,12 +324,19 @@ class FakeEngine(Strict):
 
 
 class FakeSwitch(Strict):
+    """Where each route points, as ReloadSwitch keeps it. `calls`: a list each route_to is also
+    logged to, as ("route_to", route, addresses) (shared with FakeEngine's to see the order);
+    `access_log`: nginx's answers are read from this file on this machine, as the reload switch
+    reads its access log (else a test sets `reader`)."""
+
     mode = "reload"
     settle_seconds = 0.0
 
-    def __init__(self) -> None:
+    def __init__(self, calls: Optional[List[Tuple[object, ...]]] = None, access_log: Optional[str] = None) -> None:
         self.routes: Dict[str, Optional[Route]] = {LIVE: None, PREVIEW: None}
         self.moves: List[Tuple[str, Route]] = []
+        self.calls = calls
+        self.access_log = access_log
         # False: the include was written but nginx was not seen loading it (reload mode, a run
         # killed in between): current() raises IncludeNotLoaded, as ReloadSwitch does.
         self.loaded: Dict[str, bool] = {LIVE: True, PREVIEW: True}
@@ -269,17 +349,21 @@ class FakeSwitch(Strict):
     def check_answers(self) -> None:
         pass
 
-    def answers(self, route: Route) -> AnswerReader:
+    def answers(self, route: Route, /) -> AnswerReader:
+        if self.access_log is not None:
+            return AccessLogReader(LocalHost(), self.access_log, route)
         assert self.reader is not None, "the test verifies, but did not say what nginx answers"
         return self.reader
 
-    def current(self, route: str) -> Optional[Route]:
+    def current(self, route: str, /) -> Optional[Route]:
         if not self.loaded[route]:
             raise IncludeNotLoaded(f"nginx was not seen loading the {route} include", self.routes[route])
         return self.routes[route]
 
-    def route_to(self, route: str, address: Route) -> None:
+    def route_to(self, route: str, address: Route, /) -> None:
         assert isinstance(address, tuple), f"a route is a tuple of addresses, not {address!r}"
+        if self.calls is not None:
+            self.calls.append(("route_to", route, address))
         self.moves.append((route, address))
         self.routes[route] = address
         self.loaded[route] = True
@@ -298,8 +382,9 @@ class FakeAdmin(Strict):
 
     url = "http://127.0.0.1:8091"
 
-    def __init__(self, routes: Optional[Dict[str, Route]] = None) -> None:
+    def __init__(self, routes: Optional[Dict[str, Route]] = None, stats: Sequence[str] = ()) -> None:
         self.routes: Dict[str, Route] = dict(routes or {})
+        self.stats_answers = list(stats)   # what `GET /pipeline/stats` answers, one per call
         self.script: List[tuple] = []
         self.calls: List[Tuple[str, str]] = []
         self.down_after_put: Optional[BaseException] = None
@@ -337,22 +422,57 @@ class FakeAdmin(Strict):
         self.down, self.down_after_put = self.down_after_put, None
 
 
+    def stats(self) -> str:
+        assert self.stats_answers, "nginx's stats were read, but the test did not say what they are"
+        return self.stats_answers.pop(0)
+
+
 class FakeProber(Strict):
     """Where probes run: every color's address is reached over a local bridge. It sends nothing:
     the World's health gate stands in for the gate's probes, and a probe after the gate (while
     holding MIN_READY_SECONDS, the last look before the old color stops) gets the engine's answer."""
 
-    def __init__(self, engine: FakeEngine) -> None:
+    def __init__(self, engine: Optional[FakeEngine] = None, answers: Optional[Dict[str, List[int]]] = None,
+                 refuse: Optional[str] = None, where: str = "this machine (fake)",
+                 otherwise: Optional[int] = 200) -> None:
+        """`answers`: a table instead (URL -> statuses, one per probe, the last repeated; a URL
+        not in it answers `otherwise`, or fails the test if that is None; every address listens); `refuse`: every probe is refused by the
+        route check, for this reason. With neither an engine nor a table, any probe or connection
+        fails the test (a transport that must not be reached)."""
         self.engine = engine
+        self.answers = answers
+        self.refuse = refuse
+        self.where = where
+        self.otherwise = otherwise
+        self.asked: List[str] = []   # every URL probed, in order
 
     def check_route(self, ip: str) -> None:
         pass
 
-    def check_routes(self, ips: List[str]) -> None:
+    def check_routes(self, ips: Sequence[str]) -> None:
         pass
 
     def get(self, url: str, timeout: float) -> Tuple[int, str]:
+        self.asked.append(url)
+        if self.refuse is not None:
+            raise RouteRefused(f"not probing {url}: {self.refuse}")
+        if self.answers is not None:
+            assert url in self.answers or self.otherwise is not None, f"a probe of {url}, which the test did not expect"
+            statuses = self.answers.get(url, [self.otherwise or 200])
+            status = statuses.pop(0) if len(statuses) > 1 else statuses[0]
+            return status, "UP" if status == 200 else "DOWN"
+        assert self.engine is not None, f"a probe left for {url} although it should not have"
         return self.engine.answer(url)
+
+    def can_connect(self, ip: str, port: int, timeout: float) -> bool:
+        if self.answers is not None:
+            return True
+        assert self.engine is not None, f"a connection to {ip}:{port} was tried although it should not have"
+        return any(self.engine.holds_address(c) for c in ("blue", "green") if self.settings_ip(c) == ip)
+
+    def settings_ip(self, color: str) -> str:
+        assert self.engine is not None
+        return self.engine.settings.ip_of(color)
 
 
 class WorldClock(FakeClock):
