@@ -9,22 +9,24 @@ import signal
 import socket
 from dataclasses import replace
 from pathlib import Path, PurePosixPath
-from typing import Dict, List, Optional, Sequence, Set, Tuple, Union, cast
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Set, Tuple, Union, cast
 
+import paramiko
 import pytest
 
 from pipeline.flows import deploy as flows
 from pipeline.core.answers import AccessLogReader, AnswerReader
 from pipeline.core.clock import Clock
-from pipeline.core.decide import Address, ContainerFact, Route, color_at
+from pipeline.core.decide import ContainerFact, color_at
+from pipeline.core.route import Address, Route
 from pipeline.adapters.engine import ContainerWatch, Engine
 from pipeline.adapters.nginx_host import LocalHost
-from pipeline.adapters.swarm import SwarmEngine, TaskFact
-from pipeline.adapters.health import RouteRefused
+from pipeline.adapters.swarm import SwarmEngine, TaskAddress, TaskFact
 from pipeline.core.target import HealthReport, Watch
-from pipeline.core.errors import (DeployFailed, HealthCheckFailed, IncludeNotLoaded, Interrupted, NginxHostFailed, NotText,
+from pipeline.core.errors import (DeployFailed, RouteRefused, HealthCheckFailed, IncludeNotLoaded, Interrupted, NginxHostFailed, NotText,
                              PipelineError)
 from pipeline.core.gate import Gate, NotHealthyYet, Transport
+from pipeline.core.host import CommandResult
 from pipeline.core.settings import Settings
 from pipeline.core.switch import LIVE, PREVIEW
 
@@ -59,7 +61,9 @@ class FakeClock:
 
 
 class Strict:
-    """The base of every fake here: any member it does not define fails the test, naming it."""
+    """The base of every fake here: any member it does not define fails the test, naming it.
+    `__getattr__` is typed to return `object`, not Any, so mypy still sees a member a fake lacks
+    as missing from the Protocol it is assigned to (the end of this module)."""
 
     def __getattr__(self, name: str) -> object:
         raise AssertionError(f"{type(self).__name__}.{name} was used, but this fake was not told about it")
@@ -84,22 +88,77 @@ class Allowing(Strict):
 
 
 class FakeHost(Strict):
-    """The nginx host's files, in memory. No command runs and no channel opens on it.
+    """The nginx host's files, in memory; commands and channels only as a test allows them.
 
     A file's content is text, or bytes for one that is not UTF-8 text (read_text then raises
     NotText, as the real hosts do); `directories` and `unreadable` (opened: Permission denied,
     looked at: fine) hold what else a path can be. tests/integration/test_nginx_host.py runs the
-    same cases against this fake and the real hosts."""
+    same cases against this fake and the real hosts.
+
+    Commands, for the route check of health probes: `routes` (IP -> (exit code, output) of
+    `ip -4 route get IP`; any other command fails the test) and `bridges` (the devices that are
+    bridges: /sys/class/net/DEV/bridge/bridge_id reads as a bridge's); `runs_commands=False` is an
+    SFTP-only account (`true` fails). `route_asks` lists the IPs asked, `batches` the commands of
+    each run_steps call (one session each over SSH), `reads` every path read. Channels (health
+    probes and the live admin over the nginx host): `channels` "connect" opens a plain socket on
+    this machine, "refuse" is the SSH server refusing; `opened` lists (host, port) asked."""
 
     description = "fake nginx host"
     part = "nginx host (fake)"
 
-    def __init__(self) -> None:
+    def __init__(self, routes: Optional[Dict[str, Tuple[int, str]]] = None, bridges: Sequence[str] = (),
+                 runs_commands: bool = True, channels: Optional[str] = None,
+                 description: str = "fake nginx host") -> None:
         self.files: Dict[str, Union[str, bytes]] = {}
         self.directories: Set[str] = set()
         self.unreadable: Set[str] = set()
+        self.description = description
+        self.routes = routes
+        self.runs_commands = runs_commands
+        self.channels = channels
+        self.route_asks: List[str] = []
+        self.batches: List[List[List[str]]] = []
+        self.reads: List[str] = []
+        self.opened: List[Tuple[str, int]] = []
+        for device in bridges:
+            self.files[f"/sys/class/net/{device}/bridge/bridge_id"] = "8000.0242ac1d0501\n"
+
+    def run(self, argv: Sequence[str]) -> CommandResult:
+        argv = list(argv)
+        assert self.routes is not None, f"FakeHost.run was used, but this fake was not told about it: {argv}"
+        assert argv[:4] == ["ip", "-4", "route", "get"] and len(argv) == 5, f"unexpected command {argv}"
+        assert argv[4] in self.routes, f"no answer prepared for {argv}"
+        self.route_asks.append(argv[4])
+        code, output = self.routes[argv[4]]
+        return CommandResult(argv, code, output)
+
+    def run_steps(self, steps: Sequence[Sequence[str]]) -> List[CommandResult]:
+        """In order, until one fails; `true` answers as a host that runs commands (or not)."""
+        self.batches.append([list(argv) for argv in steps])
+        results: List[CommandResult] = []
+        for argv in steps:
+            if list(argv) == ["true"]:
+                results.append(CommandResult(argv, 0 if self.runs_commands else 1,
+                                             "" if self.runs_commands else "This service allows sftp connections only."))
+            else:
+                results.append(self.run(argv))
+            if results[-1].code != 0:
+                break
+        return results
+
+    def open_channel(self, host: str, port: int, timeout: float) -> socket.socket:
+        assert self.channels is not None, f"FakeHost.open_channel was used, but this fake was not told about it: {host}:{port}"
+        self.opened.append((host, port))
+        if self.channels == "refuse":
+            raise paramiko.ChannelException(2, "Connect failed")
+        assert host == "127.0.0.1", f"a channel to {host}: this fake opens them on this machine only"
+        return socket.create_connection((host, port), timeout=timeout)
+
+    def close(self) -> None:
+        pass
 
     def read_text(self, path: str) -> Optional[str]:
+        self.reads.append(path)
         self._open(path)
         data = self.files.get(path)
         if isinstance(data, bytes):
@@ -222,7 +281,7 @@ class FakeEngine(Strict):
 
     def addresses(self, color: str) -> Route:
         if self.tasks_of is not None:
-            return tuple(Address(t.node_addr, t.port) for t in self.tasks(color) if t.running and t.node_up)
+            return tuple(Address(t.node_addr, t.port) for t in self.task_addresses(color))
         return (Address(self.settings.ip_of(color), self.settings.app_port),)
 
     def tasks(self, color: str) -> List[TaskFact]:
@@ -235,8 +294,10 @@ class FakeEngine(Strict):
                     self.events.remove((at, (c, slot, fact)))
         return list(self.tasks_of[color])
 
-    def task_addresses(self, color: str) -> List[TaskFact]:
-        return [t for t in self.tasks(color) if t.running]
+    def task_addresses(self, color: str) -> List[TaskAddress]:
+        """As the swarm target's: the running tasks on nodes that are up."""
+        return [TaskAddress(t.node_addr, t.port, t.task_id, t.node, t.state)
+                for t in self.tasks(color) if t.running and t.node_up and t.node_addr]
 
     def color_at(self, route: Optional[Route]) -> Optional[str]:
         return color_at(route, lambda a: a.ip, self.settings.color_ips)
@@ -385,7 +446,7 @@ class FakeAdmin(Strict):
     def __init__(self, routes: Optional[Dict[str, Route]] = None, stats: Sequence[str] = ()) -> None:
         self.routes: Dict[str, Route] = dict(routes or {})
         self.stats_answers = list(stats)   # what `GET /pipeline/stats` answers, one per call
-        self.script: List[tuple] = []
+        self.script: List[Tuple[object, ...]] = []
         self.calls: List[Tuple[str, str]] = []
         self.down_after_put: Optional[BaseException] = None
         self.down: Optional[BaseException] = None
@@ -399,7 +460,9 @@ class FakeAdmin(Strict):
             return None, False
         step = self.script.pop(0)
         assert step[0] == call, f"the admin expected {step[0]}, got {call}"
-        return step[1], len(step) > 2 and step[2] == "lands"
+        failure = step[1]
+        assert failure is None or isinstance(failure, BaseException), f"a script step that is no failure: {step}"
+        return failure, len(step) > 2 and step[2] == "lands"
 
     def get(self, route: str) -> Optional[Route]:
         self.calls.append(("get", route))
@@ -580,3 +643,24 @@ class World:
     @property
     def record_path(self) -> str:
         return str(self.settings.releases_path())
+
+
+if TYPE_CHECKING:
+    # Every fake is what it stands for, as mypy sees it (pyproject's [tool.mypy] checks this
+    # module): a fake that drifts from its Protocol's signatures fails the type check.
+    from pipeline.core.answers import Stats
+    from pipeline.core.gate import Probing
+    from pipeline.core.host import NginxHost
+    from pipeline.core.switch import TrafficSwitch
+    from pipeline.core.target import Target
+
+    _settings = Settings()
+    _target: Target = FakeEngine(_settings)
+    _swarm: Target = FakeEngine(_settings, tasks={})
+    _switch: TrafficSwitch = FakeSwitch()
+    _host: NginxHost = FakeHost()
+    _clock: Clock = FakeClock()
+    _world_clock: Clock = WorldClock(World())
+    _probing: Probing = FakeProber()
+    _transport: Transport = FakeProber()
+    _stats: Stats = FakeAdmin()
