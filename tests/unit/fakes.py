@@ -23,7 +23,7 @@ from pipeline.adapters.engine import ContainerWatch, Engine
 from pipeline.adapters.nginx_host import LocalHost
 from pipeline.adapters.swarm import SwarmEngine, TaskAddress, TaskFact
 from pipeline.core.target import HealthReport, Watch
-from pipeline.core.errors import (DeployFailed, RouteRefused, HealthCheckFailed, IncludeNotLoaded, Interrupted, NginxHostFailed, NotText,
+from pipeline.core.errors import (DeployFailed, EngineFailed, RouteRefused, HealthCheckFailed, IncludeNotLoaded, Interrupted, NginxHostFailed, NotText,
                              PipelineError)
 from pipeline.core.gate import Gate, NotHealthyYet, Transport
 from pipeline.core.host import CommandResult
@@ -357,7 +357,9 @@ class FakeEngine(Strict):
 
     def start(self, color: str) -> None:
         self.mutations.append(("start", color))
-        assert color in self.boxes, f"start of a container that does not exist: {color}"
+        if color not in self.boxes:   # as the engine answers: No such container
+            raise EngineFailed("docker engine (fake)", f"starting {self.settings.container_name(color)}",
+                               f"No such container: {self.settings.container_name(color)}")
         self.boxes[color]["status"] = "running"
 
     def stop(self, color: str) -> None:

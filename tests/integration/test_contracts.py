@@ -1,0 +1,172 @@
+"""Contract tests: the same cases against each strict fake of tests/unit/fakes.py and the real
+adapter it stands for, so a fake cannot drift from what the flows' unit tests take it to be.
+
+- Target: FakeEngine and the one docker engine (adapters.engine.Engine, on this machine's dockerd,
+  its containers on the test's own deploy network).
+- TrafficSwitch: FakeSwitch and ReloadSwitch on an nginx of the test's own (local files and
+  commands, as compose builds them).
+
+The real parts are built as the program builds them (compose.make_target, compose.make_switch),
+so these tests follow a change of their constructors. The fake is configured to start where the
+real part starts (a fresh nginx's include names a placeholder nginx was not seen loading).
+(tests/integration/test_nginx_host.py does the same for the nginx host, tests/unit/test_clock.py
+for the clock.)
+"""
+from __future__ import annotations
+
+import os
+from typing import Iterator
+
+import pytest
+
+from pipeline import compose
+from pipeline.core.decide import parse_include
+from pipeline.core.errors import EngineFailed, IncludeNotLoaded
+from pipeline.core.route import Address
+from pipeline.core.settings import Settings
+from pipeline.core.switch import LIVE, PREVIEW, TrafficSwitch
+from pipeline.core.target import Endpoint, Target
+from teststack.realstack import REPO
+
+from ..unit.fakes import FakeEngine, FakeSwitch
+
+pytestmark = pytest.mark.integration
+
+KINDS = ["fake", "real"]
+
+
+# -- the target ------------------------------------------------------------------------------------
+
+@pytest.fixture(params=KINDS)
+def target(request, world, settings_env, tmp_path) -> Iterator[Target]:
+    settings = Settings.from_env(settings_env, tmp_path)
+    if request.param == "fake":
+        fake = FakeEngine(settings)
+        fake.holding = True   # as the real engine: a running container holds its color's address
+        yield fake
+    else:
+        yield compose.make_target(settings, dict(os.environ))   # world's teardown removes what it made
+
+
+@pytest.fixture
+def settings(settings_env, tmp_path) -> Settings:
+    return Settings.from_env(settings_env, tmp_path)
+
+
+@pytest.fixture
+def release(target, settings) -> str:
+    """The network up and the v1 release built: the image a color runs."""
+    assert target.network_exists() is False
+    assert target.ensure_network() is True and target.network_exists() is True
+    assert target.ensure_network() is False   # there already: nothing created
+    image = settings.image_ref("v1")
+    assert target.build_image(REPO, image, "v1")   # an image ID
+    return image
+
+
+def test_a_color_that_runs_is_a_container_at_its_fixed_address(target, settings, release):
+    assert target.container("blue") is None and target.containers() == {}
+    assert target.holds_address("blue") is False
+    target.run("blue", release, "v1")
+    fact = target.container("blue")
+    assert fact is not None
+    assert (fact.color, fact.name, fact.status, fact.version, fact.image, fact.ip, fact.restart_count) == \
+        ("blue", settings.container_name("blue"), "running", "v1", release, settings.ip_of("blue"), 0)
+    assert target.containers() == {"blue": fact}
+    assert target.holds_address("blue") is True and target.holds_address("green") is False
+    blue = (Address(settings.ip_of("blue"), settings.app_port),)
+    assert target.addresses("blue") == blue
+    assert target.color_at(blue) == "blue" and target.color_at(target.addresses("green")) == "green"
+    assert target.color_at(None) is None and target.color_at((Address("198.51.100.7", 8080),)) is None
+    assert target.placement("blue") == settings.ip_of("blue")
+    watch = target.watch("blue")
+    assert watch.problem() is None and watch.endpoints() == [Endpoint(blue[0], "")]
+
+
+def test_a_stopped_color_is_kept_and_starts_again(target, settings, release):
+    target.run("blue", release, "v1")
+    watch = target.watch("blue")
+    target.stop("blue")
+    fact = target.container("blue")
+    assert fact is not None and (fact.status, fact.version) == ("exited", "v1")
+    assert target.holds_address("blue") is False
+    assert watch.problem() == f"container {settings.container_name('blue')} stopped (exited, restarted 0x)"
+    target.start("blue")
+    assert target.container("blue").status == "running" and target.holds_address("blue") is True
+    target.run("blue", release, "v2")   # a new release in the same color replaces the container
+    assert target.container("blue").version == "v2" and list(target.containers()) == ["blue"]
+
+
+def test_a_discarded_color_is_gone_and_its_watch_says_so(target, settings, release):
+    target.run("green", release, "v1")
+    watch = target.watch("green")
+    assert target.discarding("green") == f"removing {settings.container_name('green')}"
+    target.discard("green", graceful=True)
+    assert target.container("green") is None and target.containers() == {}
+    assert watch.problem() == f"container {settings.container_name('green')} was removed"
+    target.remove("green")   # gone already: nothing to do, no error
+    target.stop("green")
+    with pytest.raises(EngineFailed) as caught:   # a color that is gone cannot start again
+        target.start("green")
+    assert caught.value.action == f"starting {settings.container_name('green')}"
+
+
+# -- the traffic switch ----------------------------------------------------------------------------
+
+def switch_settings(settings_env, nginx, tmp_path, **extra: str) -> Settings:
+    return Settings.from_env({**settings_env, "NGINX_PREVIEW_INCLUDE": str(nginx.preview_include), **extra},
+                             tmp_path)
+
+
+@pytest.fixture(params=KINDS)
+def switch(request, nginx, settings_env, tmp_path) -> Iterator[TrafficSwitch]:
+    form = nginx.form
+    settings = switch_settings(settings_env, nginx, tmp_path, NGINX_INCLUDE_FORM=form)
+    if request.param == "fake":
+        fake = FakeSwitch()
+        # Where a fresh nginx of the test's starts: its includes name a placeholder, and nginx
+        # was never seen loading the live one.
+        fake.routes = {LIVE: parse_include(nginx.include.read_text()),
+                       PREVIEW: parse_include(nginx.preview_include.read_text())}
+        fake.loaded[LIVE] = False
+        yield fake
+        return
+    with compose.nginx_host(settings) as host:
+        yield compose.make_switch(host, settings)
+
+
+def addresses(world, *colors: str):
+    return tuple(Address(getattr(world.network, f"{color}_ip"), 8080) for color in colors)
+
+
+PLACEHOLDER = (Address("127.0.0.1", 9),)
+
+
+def test_a_fresh_include_nginx_was_not_seen_loading(switch):
+    with pytest.raises(IncludeNotLoaded) as caught:
+        switch.current(LIVE)
+    assert caught.value.address == PLACEHOLDER
+    assert switch.current(PREVIEW) == PLACEHOLDER   # the preview route is not confirmed by a reload
+    assert switch.describe() == {LIVE: "127.0.0.1:9", PREVIEW: "127.0.0.1:9"}
+
+
+def test_route_to_is_what_current_and_describe_read_back(switch, world):
+    blue, green = addresses(world, "blue"), addresses(world, "green")
+    switch.route_to(LIVE, blue)
+    assert switch.current(LIVE) == blue
+    switch.route_to(PREVIEW, green)
+    assert switch.current(PREVIEW) == green and switch.current(LIVE) == blue
+    switch.route_to(LIVE, green)
+    assert switch.current(LIVE) == green
+    assert switch.describe() == {LIVE: str(green[0]), PREVIEW: str(green[0])}
+    assert switch.mode == "reload"
+
+
+@pytest.mark.parametrize("nginx", ["upstream"], indirect=True)
+def test_a_route_over_several_addresses_reads_back_whole(switch, world):
+    both = addresses(world, "blue", "green")
+    switch.route_to(LIVE, both)
+    assert switch.current(LIVE) == both
+    assert switch.describe()[LIVE] == str(both[0])   # status names the first
+    switch.route_to(LIVE, both[1:])
+    assert switch.current(LIVE) == both[1:]
