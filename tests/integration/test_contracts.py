@@ -15,6 +15,7 @@ for the clock.)
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from typing import Iterator
 
 import pytest
@@ -60,7 +61,7 @@ def release(target, settings) -> str:
     assert target.ensure_network() is True and target.network_exists() is True
     assert target.ensure_network() is False   # there already: nothing created
     image = settings.image_ref("v1")
-    assert target.build_image(REPO, image, "v1")   # an image ID
+    assert target.build_image(REPO, image, "v1").startswith("sha256:")   # an image ID
     return image
 
 
@@ -97,6 +98,16 @@ def test_a_stopped_color_is_kept_and_starts_again(target, settings, release):
     assert target.container("blue").version == "v2" and list(target.containers()) == ["blue"]
 
 
+def test_release_images_are_listed_by_tag_and_removed(target, settings, release):
+    v2 = settings.image_ref("v2")
+    assert target.build_image(REPO, v2, "v2").startswith("sha256:")
+    images = target.release_images()
+    assert set(images) == {release, v2} and all(isinstance(t, float) for t in images.values())
+    target.remove_image(release)
+    assert set(target.release_images()) == {v2}
+    target.prune_dangling()
+
+
 def test_a_discarded_color_is_gone_and_its_watch_says_so(target, settings, release):
     target.run("green", release, "v1")
     watch = target.watch("green")
@@ -113,26 +124,29 @@ def test_a_discarded_color_is_gone_and_its_watch_says_so(target, settings, relea
 
 # -- the traffic switch ----------------------------------------------------------------------------
 
-def switch_settings(settings_env, nginx, tmp_path, **extra: str) -> Settings:
-    return Settings.from_env({**settings_env, "NGINX_PREVIEW_INCLUDE": str(nginx.preview_include), **extra},
-                             tmp_path)
-
-
-@pytest.fixture(params=KINDS)
-def switch(request, nginx, settings_env, tmp_path) -> Iterator[TrafficSwitch]:
-    form = nginx.form
-    settings = switch_settings(settings_env, nginx, tmp_path, NGINX_INCLUDE_FORM=form)
-    if request.param == "fake":
-        fake = FakeSwitch()
+@contextmanager
+def open_switch(kind: str, nginx, settings_env, tmp_path, preview: bool = True) -> Iterator[TrafficSwitch]:
+    env = {**settings_env, "NGINX_INCLUDE_FORM": nginx.form}
+    if preview:
+        env["NGINX_PREVIEW_INCLUDE"] = str(nginx.preview_include)
+    settings = Settings.from_env(env, tmp_path)
+    if kind == "fake":
+        fake = FakeSwitch.configured(settings)
         # Where a fresh nginx of the test's starts: its includes name a placeholder, and nginx
         # was never seen loading the live one.
         fake.routes = {LIVE: parse_include(nginx.include.read_text()),
-                       PREVIEW: parse_include(nginx.preview_include.read_text())}
+                       PREVIEW: parse_include(nginx.preview_include.read_text()) if preview else None}
         fake.loaded[LIVE] = False
         yield fake
         return
     with compose.nginx_host(settings) as host:
         yield compose.make_switch(host, settings)
+
+
+@pytest.fixture(params=KINDS)
+def switch(request, nginx, settings_env, tmp_path) -> Iterator[TrafficSwitch]:
+    with open_switch(request.param, nginx, settings_env, tmp_path) as opened:
+        yield opened
 
 
 def addresses(world, *colors: str):
@@ -170,3 +184,26 @@ def test_a_route_over_several_addresses_reads_back_whole(switch, world):
     assert switch.describe()[LIVE] == str(both[0])   # status names the first
     switch.route_to(LIVE, both[1:])
     assert switch.current(LIVE) == both[1:]
+
+
+def test_a_route_the_include_cannot_say_changes_nothing(switch, world):
+    blue = addresses(world, "blue")
+    switch.route_to(LIVE, blue)
+    both = addresses(world, "blue", "green")
+    with pytest.raises(ValueError, match="the set form takes one address, not 2"):
+        switch.route_to(LIVE, both)           # NGINX_INCLUDE_FORM=set: one address
+    with pytest.raises(ValueError, match="the set form takes one address, not 2"):
+        switch.route_to(PREVIEW, both)        # the preview include is always one line
+    with pytest.raises(ValueError, match="no address to route to"):
+        switch.route_to(LIVE, ())
+    assert switch.current(LIVE) == blue and switch.current(PREVIEW) == PLACEHOLDER
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_without_a_preview_include_there_is_no_preview_route(kind, nginx, settings_env, tmp_path, world):
+    with open_switch(kind, nginx, settings_env, tmp_path, preview=False) as switch:
+        switch.route_to(LIVE, addresses(world, "green"))
+        assert switch.describe() == {LIVE: str(addresses(world, "green")[0])}
+        assert switch.current(PREVIEW) is None
+        with pytest.raises(AssertionError, match="no include configured for the preview route"):
+            switch.route_to(PREVIEW, addresses(world, "blue"))   # a flow never does: a bug

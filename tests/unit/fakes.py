@@ -17,7 +17,7 @@ import pytest
 from pipeline.flows import deploy as flows
 from pipeline.core.answers import AccessLogReader, AnswerReader
 from pipeline.core.clock import Clock
-from pipeline.core.decide import ContainerFact, color_at
+from pipeline.core.decide import ContainerFact, color_at, render_include
 from pipeline.core.route import Address, Route
 from pipeline.adapters.engine import ContainerWatch, Engine
 from pipeline.adapters.nginx_host import LocalHost
@@ -390,12 +390,18 @@ class FakeSwitch(Strict):
     """Where each route points, as ReloadSwitch keeps it. `calls`: a list each route_to is also
     logged to, as ("route_to", route, addresses) (shared with FakeEngine's to see the order);
     `access_log`: nginx's answers are read from this file on this machine, as the reload switch
-    reads its access log (else a test sets `reader`)."""
+    reads its access log (else a test sets `reader`). `preview`: whether a preview include is
+    configured (NGINX_PREVIEW_INCLUDE); `form`: the live include's form (NGINX_INCLUDE_FORM), which
+    decides, as it does for the real switch, whether a route may have several addresses.
+    tests/integration/test_contracts.py runs the same cases against this fake and ReloadSwitch."""
 
     mode = "reload"
-    settle_seconds = 0.0
+    settle_seconds = 0.0   # ReloadSwitch waits 0.3 s for the workers; on a fake clock, nothing to wait for
 
-    def __init__(self, calls: Optional[List[Tuple[object, ...]]] = None, access_log: Optional[str] = None) -> None:
+    def __init__(self, calls: Optional[List[Tuple[object, ...]]] = None, access_log: Optional[str] = None,
+                 preview: bool = True, form: str = "set") -> None:
+        self.preview = preview
+        self.form = form
         self.routes: Dict[str, Optional[Route]] = {LIVE: None, PREVIEW: None}
         self.moves: List[Tuple[str, Route]] = []
         self.calls = calls
@@ -405,6 +411,13 @@ class FakeSwitch(Strict):
         self.loaded: Dict[str, bool] = {LIVE: True, PREVIEW: True}
         # What nginx answers during a verification window (a test that verifies sets it).
         self.reader: Optional[AnswerReader] = None
+
+    @classmethod
+    def configured(cls, settings: Settings, calls: Optional[List[Tuple[object, ...]]] = None,
+                   access_log: Optional[str] = None) -> "FakeSwitch":
+        """The fake as these settings make the real switch: the include form, a preview include or none."""
+        return cls(calls, access_log, preview=settings.nginx_preview_include is not None,
+                   form=settings.nginx_include_form)
 
     def check(self) -> None:
         pass
@@ -425,6 +438,9 @@ class FakeSwitch(Strict):
 
     def route_to(self, route: str, address: Route, /) -> None:
         assert isinstance(address, tuple), f"a route is a tuple of addresses, not {address!r}"
+        assert route == LIVE or self.preview, f"no include configured for the {route} route"
+        # What the include could not say raises as rendering it does (the preview's is one line).
+        render_include(address, self.form if route == LIVE else "set")
         if self.calls is not None:
             self.calls.append(("route_to", route, address))
         self.moves.append((route, address))
@@ -432,7 +448,8 @@ class FakeSwitch(Strict):
         self.loaded[route] = True
 
     def describe(self) -> Dict[str, Optional[str]]:
-        return {route: str(a[0]) if a else None for route, a in self.routes.items()}
+        return {route: str(a[0]) if a else None for route, a in self.routes.items()
+                if route == LIVE or self.preview}
 
 
 class FakeAdmin(Strict):
@@ -565,7 +582,7 @@ class World:
                                  **settings)         # type: ignore[arg-type]
         self.host = FakeHost()
         self.engine = FakeEngine(self.settings)
-        self.switch = FakeSwitch()
+        self.switch = FakeSwitch.configured(self.settings)
         self.interrupt_drain = False
         self.clock = WorldClock(self)   # the fake clock: only `sleep` moves it
         self.after_gate = ""        # "dies" / "sickens": what the next release does right after its gate

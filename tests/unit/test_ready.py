@@ -287,7 +287,7 @@ def swarm_context(tmp_path, answers=None, **env):
     engine = FakeEngine(settings, calls, tasks={c: [task(c, i) for i in range(3)] for c in ("blue", "green")},
                         clock=clock)   # `events` change tasks as the clock moves
     engine.logs = ["task log line"]
-    ctx = Context(settings, engine, LocalHost(), FakeSwitch(calls), tmp_path, {}, prober, 0.0, SignalGuard(), clock)
+    ctx = Context(settings, engine, LocalHost(), FakeSwitch.configured(settings, calls), tmp_path, {}, prober, 0.0, SignalGuard(), clock)
     return ctx, calls, prober, clock
 
 

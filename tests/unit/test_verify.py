@@ -166,7 +166,7 @@ def window(tmp_path, reader, sleep=lambda seconds: None, **env):
     calls = Calls()
     engine = running_both(FakeEngine(settings, calls))
     # No probe falls in these windows (the first would be 2 s in): a strict prober proves it.
-    ctx = Context(settings, engine, LocalHost(), FakeSwitch(calls), tmp_path, {}, Strict(), 0.0, SignalGuard(),
+    ctx = Context(settings, engine, LocalHost(), FakeSwitch.configured(settings, calls), tmp_path, {}, Strict(), 0.0, SignalGuard(),
                   HookClock(sleep))
     return ctx, calls, verify.Baseline("green", "blue", reader, engine.watch("green"))
 

@@ -114,7 +114,7 @@ def window(tmp_path, reader, answers=None, **env):
     calls: list = []
     prober = FakeProber(answers=answers or {})
     engine = swarm(settings, calls)
-    ctx = Context(settings, engine, LocalHost(), FakeSwitch(calls, str(settings.nginx_access_log)), tmp_path, {},
+    ctx = Context(settings, engine, LocalHost(), FakeSwitch.configured(settings, calls, str(settings.nginx_access_log)), tmp_path, {},
                   prober, 0.0, SignalGuard(), FakeClock())
     return ctx, calls, prober, baseline_of(engine, reader)
 
