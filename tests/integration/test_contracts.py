@@ -5,6 +5,8 @@ adapter it stands for, so a fake cannot drift from what the flows' unit tests ta
   its containers on the test's own deploy network).
 - TrafficSwitch: FakeSwitch and ReloadSwitch on an nginx of the test's own (local files and
   commands, as compose builds them).
+- nginx's live admin (what LiveSwitch speaks; the unit tests run the real LiveSwitch over it):
+  FakeAdmin and live_switch.NginxAdmin on an nginx of the test's own with the Lua config.
 
 The real parts are built as the program builds them (compose.make_target, compose.make_switch),
 so these tests follow a change of their constructors. The fake is configured to start where the
@@ -22,14 +24,15 @@ import pytest
 
 from pipeline import compose
 from pipeline.core.decide import parse_include
-from pipeline.core.errors import EngineFailed, IncludeNotLoaded
+from pipeline.core.errors import AdminUnavailable, EngineFailed, IncludeNotLoaded
 from pipeline.core.route import Address
-from pipeline.core.settings import Settings
+from pipeline.core.settings import MAX_ROUTE_ADDRESSES, Settings
 from pipeline.core.switch import LIVE, PREVIEW, TrafficSwitch
 from pipeline.core.target import Endpoint, Target
+from teststack import switchmodes
 from teststack.realstack import REPO
 
-from ..unit.fakes import FakeEngine, FakeSwitch
+from ..unit.fakes import FakeAdmin, FakeEngine, FakeSwitch
 
 pytestmark = pytest.mark.integration
 
@@ -207,3 +210,43 @@ def test_without_a_preview_include_there_is_no_preview_route(kind, nginx, settin
         assert switch.current(PREVIEW) is None
         with pytest.raises(AssertionError, match="no include configured for the preview route"):
             switch.route_to(PREVIEW, addresses(world, "blue"))   # a flow never does: a bug
+
+
+# -- nginx's live admin ----------------------------------------------------------------------------
+
+@pytest.fixture(params=KINDS)
+def admin(request, world, stack, tmp_path):
+    if request.param == "fake":
+        yield FakeAdmin()
+        return
+    nginx = switchmodes.make_nginx("live", tmp_path / "nginx", world.network)
+    nginx.start()
+    try:
+        settings = Settings.from_env(switchmodes.deploy_env(world.app, world.network, nginx, stack, tmp_path), tmp_path)
+        with compose.nginx_host(settings) as host:
+            yield compose.make_switch(host, settings).admin   # the live switch's own admin
+    finally:
+        nginx.stop()
+
+
+def test_the_admin_reads_back_what_was_put(admin, world):
+    assert admin.get(LIVE) is None and admin.get(PREVIEW) is None   # a fresh nginx: no route yet
+    blue, green = addresses(world, "blue"), addresses(world, "green")
+    admin.put(LIVE, blue)
+    admin.put(PREVIEW, green)
+    assert admin.get(LIVE) == blue and admin.get(PREVIEW) == green
+    both = addresses(world, "green", "blue")
+    admin.put(LIVE, both)
+    assert admin.get(LIVE) == both   # in the order given
+    assert {LIVE, PREVIEW} <= set(admin.files())
+
+
+def test_the_admin_refuses_a_route_nginx_cannot_take_before_sending_it(admin, world):
+    blue = addresses(world, "blue")
+    admin.put(LIVE, blue)
+    subnet = world.network.subnet.rsplit(".", 1)[0]
+    too_many = tuple(Address(f"{subnet}.{i}", 8080) for i in range(2, MAX_ROUTE_ADDRESSES + 3))
+    for route in (too_many, blue + blue, ()):
+        with pytest.raises(AdminUnavailable, match=f"cannot set the {LIVE} route to"):
+            admin.put(LIVE, route)
+    assert admin.get(LIVE) == blue

@@ -17,13 +17,13 @@ import pytest
 from pipeline.flows import deploy as flows
 from pipeline.core.answers import AccessLogReader, AnswerReader
 from pipeline.core.clock import Clock
-from pipeline.core.decide import ContainerFact, color_at, render_include
-from pipeline.core.route import Address, Route
+from pipeline.core.decide import ContainerFact, color_at, render_include, render_route
+from pipeline.core.route import Address, Route, shown
 from pipeline.adapters.engine import ContainerWatch, Engine
 from pipeline.adapters.nginx_host import LocalHost
 from pipeline.adapters.swarm import SwarmEngine, TaskAddress, TaskFact
 from pipeline.core.target import HealthReport, Watch
-from pipeline.core.errors import (DeployFailed, EngineFailed, RouteRefused, HealthCheckFailed, IncludeNotLoaded, Interrupted, NginxHostFailed, NotText,
+from pipeline.core.errors import (AdminUnavailable, DeployFailed, EngineFailed, RouteRefused, HealthCheckFailed, IncludeNotLoaded, Interrupted, NginxHostFailed, NotText,
                              PipelineError)
 from pipeline.core.gate import Gate, NotHealthyYet, Transport
 from pipeline.core.host import CommandResult
@@ -494,6 +494,10 @@ class FakeAdmin(Strict):
 
     def put(self, route: str, targets: Route) -> None:
         self.calls.append(("put", route))
+        try:
+            render_route(targets)
+        except ValueError as exc:   # as the real admin: more than nginx takes is said before sending
+            raise AdminUnavailable(self.url, f"cannot set the {route} route to {shown(targets)}: {exc}") from exc
         if self.down is not None:
             raise self.down
         failure, lands = self._step("put")
