@@ -9,19 +9,25 @@ import signal
 import socket
 from dataclasses import replace
 from pathlib import Path, PurePosixPath
-from typing import Dict, List, Optional, Set, Tuple, Union
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Set, Tuple, Union, cast
 
+import paramiko
 import pytest
 
 from pipeline.flows import deploy as flows
-from pipeline.core.answers import AnswerReader, Tally
+from pipeline.core.answers import AccessLogReader, AnswerReader, Tally
 from pipeline.core.clock import Clock
-from pipeline.core.decide import Address, ContainerFact, Route, color_at
-from pipeline.adapters.engine import Engine
-from pipeline.adapters.swarm import SwarmEngine, TaskFact
-from pipeline.core.errors import (DeployFailed, HealthCheckFailed, IncludeNotLoaded, Interrupted, NginxHostFailed, NotText,
-                             NotEnoughNodes, PipelineError, TaskFailed)
-from pipeline.core.gate import Gate, NotHealthyYet, wait_ready
+from pipeline.core.decide import ContainerFact, color_at, render_include, render_route
+from pipeline.core.route import Address, Route, shown
+from pipeline.adapters.engine import ContainerWatch, Engine
+from pipeline.adapters.nginx_host import LocalHost
+from pipeline.adapters.swarm import SwarmEngine, TaskAddress, TaskFact
+from pipeline.core.target import HealthReport, Watch
+from pipeline.core.errors import (AdminUnavailable, DeployFailed, EngineFailed, RouteRefused, HealthCheckFailed,
+                                  IncludeNotLoaded, Interrupted, NginxHostFailed, NotText, NotEnoughNodes,
+                                  PipelineError, TaskFailed)
+from pipeline.core.gate import Gate, NotHealthyYet, Transport, wait_ready
+from pipeline.core.host import CommandResult
 from pipeline.core.settings import Settings
 from pipeline.core.switch import LIVE, PREVIEW
 
@@ -56,27 +62,104 @@ class FakeClock:
 
 
 class Strict:
-    def __getattr__(self, name: str):
+    """The base of every fake here: any member it does not define fails the test, naming it.
+    `__getattr__` is typed to return `object`, not Any, so mypy still sees a member a fake lacks
+    as missing from the Protocol it is assigned to (the end of this module)."""
+
+    def __getattr__(self, name: str) -> object:
         raise AssertionError(f"{type(self).__name__}.{name} was used, but this fake was not told about it")
 
 
+class Allowing(Strict):
+    """A part of which a test allows a few calls by name, each answering a fixed value
+    (`Allowing(check=None, network_exists=False)`); `calls` lists the names called, in order."""
+
+    def __init__(self, **allowed: object) -> None:
+        self.__dict__["_allowed"] = allowed
+        self.__dict__["calls"] = []
+
+    def __getattr__(self, name: str) -> object:
+        if name not in self.__dict__["_allowed"]:
+            raise AssertionError(f"unexpected call to {name}")
+
+        def call(*args: object, **kwargs: object) -> object:
+            self.__dict__["calls"].append(name)
+            return self.__dict__["_allowed"][name]
+        return call
+
+
 class FakeHost(Strict):
-    """The nginx host's files, in memory. No command runs and no channel opens on it.
+    """The nginx host's files, in memory; commands and channels only as a test allows them.
 
     A file's content is text, or bytes for one that is not UTF-8 text (read_text then raises
     NotText, as the real hosts do); `directories` and `unreadable` (opened: Permission denied,
     looked at: fine) hold what else a path can be. tests/integration/test_nginx_host.py runs the
-    same cases against this fake and the real hosts."""
+    same cases against this fake and the real hosts.
+
+    Commands, for the route check of health probes: `routes` (IP -> (exit code, output) of
+    `ip -4 route get IP`; any other command fails the test) and `bridges` (the devices that are
+    bridges: /sys/class/net/DEV/bridge/bridge_id reads as a bridge's); `runs_commands=False` is an
+    SFTP-only account (`true` fails). `route_asks` lists the IPs asked, `batches` the commands of
+    each run_steps call (one session each over SSH), `reads` every path read. Channels (health
+    probes and the live admin over the nginx host): `channels` "connect" opens a plain socket on
+    this machine, "refuse" is the SSH server refusing; `opened` lists (host, port) asked."""
 
     description = "fake nginx host"
     part = "nginx host (fake)"
 
-    def __init__(self) -> None:
+    def __init__(self, routes: Optional[Dict[str, Tuple[int, str]]] = None, bridges: Sequence[str] = (),
+                 runs_commands: bool = True, channels: Optional[str] = None,
+                 description: str = "fake nginx host") -> None:
         self.files: Dict[str, Union[str, bytes]] = {}
         self.directories: Set[str] = set()
         self.unreadable: Set[str] = set()
+        self.description = description
+        self.routes = routes
+        self.runs_commands = runs_commands
+        self.channels = channels
+        self.route_asks: List[str] = []
+        self.batches: List[List[List[str]]] = []
+        self.reads: List[str] = []
+        self.opened: List[Tuple[str, int]] = []
+        for device in bridges:
+            self.files[f"/sys/class/net/{device}/bridge/bridge_id"] = "8000.0242ac1d0501\n"
+
+    def run(self, argv: Sequence[str]) -> CommandResult:
+        argv = list(argv)
+        assert self.routes is not None, f"FakeHost.run was used, but this fake was not told about it: {argv}"
+        assert argv[:4] == ["ip", "-4", "route", "get"] and len(argv) == 5, f"unexpected command {argv}"
+        assert argv[4] in self.routes, f"no answer prepared for {argv}"
+        self.route_asks.append(argv[4])
+        code, output = self.routes[argv[4]]
+        return CommandResult(argv, code, output)
+
+    def run_steps(self, steps: Sequence[Sequence[str]]) -> List[CommandResult]:
+        """In order, until one fails; `true` answers as a host that runs commands (or not)."""
+        self.batches.append([list(argv) for argv in steps])
+        results: List[CommandResult] = []
+        for argv in steps:
+            if list(argv) == ["true"]:
+                results.append(CommandResult(argv, 0 if self.runs_commands else 1,
+                                             "" if self.runs_commands else "This service allows sftp connections only."))
+            else:
+                results.append(self.run(argv))
+            if results[-1].code != 0:
+                break
+        return results
+
+    def open_channel(self, host: str, port: int, timeout: float) -> socket.socket:
+        assert self.channels is not None, f"FakeHost.open_channel was used, but this fake was not told about it: {host}:{port}"
+        self.opened.append((host, port))
+        if self.channels == "refuse":
+            raise paramiko.ChannelException(2, "Connect failed")
+        assert host == "127.0.0.1", f"a channel to {host}: this fake opens them on this machine only"
+        return socket.create_connection((host, port), timeout=timeout)
+
+    def close(self) -> None:
+        pass
 
     def read_text(self, path: str) -> Optional[str]:
+        self.reads.append(path)
         self._open(path)
         data = self.files.get(path)
         if isinstance(data, bytes):
@@ -129,15 +212,26 @@ def _raw(data: Union[str, bytes]) -> bytes:
 
 
 class FakeEngine(Strict):
-    """Containers by color (status, version, image) and release images; mutations are logged."""
+    """Containers by color (status, version, image) and release images; mutations are logged.
 
-    def __init__(self, settings: Settings) -> None:
+    `calls`: the list mutations are logged to (a test may share it with FakeSwitch to see the
+    order of both). `tasks`: a swarm instead of one engine, the tasks the manager reports per
+    color (several endpoints per color, the swarm target's watch and discard); `clock` with
+    `events` ((time, (color, slot, TaskFact)) replacing a task once the clock reaches the time)
+    makes tasks change while a flow waits."""
+
+    def __init__(self, settings: Settings, calls: Optional[List[Tuple[object, ...]]] = None,
+                 tasks: Optional[Dict[str, List[TaskFact]]] = None, clock: Optional[Clock] = None) -> None:
         self.settings = settings
         self.boxes: Dict[str, Dict[str, str]] = {}
         self.images: Dict[str, int] = {}
         self.unhealthy: Set[str] = set()     # versions whose health check never passes
         self.sick: Set[str] = set()          # colors whose health answers 503 (the container runs on)
-        self.mutations: List[Tuple[str, ...]] = []
+        self.mutations: List[Tuple[object, ...]] = calls if calls is not None else []
+        self.tasks_of = tasks
+        self.task_clock = clock
+        self.events: List[Tuple[float, Tuple[str, int, TaskFact]]] = []
+        self.logs: List[str] = []
         self._clock = itertools.count(1)
         self.network = False
         self.holding = False   # whether a running container holds its color's address (holds_address)
@@ -162,6 +256,8 @@ class FakeEngine(Strict):
         self.network = False
 
     def container(self, color: str) -> Optional[ContainerFact]:
+        if self.tasks_of is not None:   # a swarm: the color's service, at no one address
+            return ContainerFact(color, self.settings.container_name(color), "running", "v", "img", None)
         box = self.boxes.get(color)
         if box is None:
             return None
@@ -185,7 +281,24 @@ class FakeEngine(Strict):
         return [self.settings.ip_of(color) for color in ("blue", "green")]
 
     def addresses(self, color: str) -> Route:
+        if self.tasks_of is not None:
+            return tuple(Address(t.node_addr, t.port) for t in self.task_addresses(color))
         return (Address(self.settings.ip_of(color), self.settings.app_port),)
+
+    def tasks(self, color: str) -> List[TaskFact]:
+        """A swarm's tasks of the color now (after the events the clock has reached)."""
+        assert self.tasks_of is not None, "tasks of a fake engine that is not a swarm"
+        if self.task_clock is not None:
+            for at, (c, slot, fact) in list(self.events):
+                if self.task_clock.now() >= at:
+                    self.tasks_of[c][slot] = fact
+                    self.events.remove((at, (c, slot, fact)))
+        return list(self.tasks_of[color])
+
+    def task_addresses(self, color: str) -> List[TaskAddress]:
+        """As the swarm target's: the running tasks on nodes that are up."""
+        return [TaskAddress(t.node_addr, t.port, t.task_id, t.node, t.state)
+                for t in self.tasks(color) if t.running and t.node_up and t.node_addr]
 
     def color_at(self, route: Optional[Route]) -> Optional[str]:
         return color_at(route, lambda a: a.ip, self.settings.color_ips)
@@ -193,14 +306,35 @@ class FakeEngine(Strict):
     def check_capacity(self) -> None:
         pass
 
-    # What the one engine decides from its facts, run over this fake's facts: the gate, the
-    # watch after it, its rows in `status`, how a failed release goes.
-    placement = Engine.placement
-    gate = Engine.gate
-    watch = Engine.watch
-    status_row = Engine.status_row
-    discard = Engine.discard
-    discarding = Engine.discarding
+    # What the real target decides from its facts, run over this fake's facts: the gate, the
+    # watch after it, its rows in `status`, how a failed release goes. They only call members
+    # this fake has (the `cast` says so to mypy).
+    def placement(self, color: str) -> str:
+        return Engine.placement(cast(Engine, self), color)
+
+    def gate(self, color: str, prober: Transport) -> Gate:
+        return Engine.gate(cast(Engine, self), color, prober)
+
+    def watch(self, color: str) -> Watch:
+        if self.tasks_of is not None:
+            return SwarmEngine.watch(cast(SwarmEngine, self), color)
+        return ContainerWatch(cast(Engine, self), color)
+
+    def status_row(self, color: str, fact: Optional[ContainerFact],
+                   report: Optional[HealthReport]) -> Dict[str, object]:
+        return Engine.status_row(cast(Engine, self), color, fact, report)
+
+    def discard(self, color: str, graceful: bool = False) -> None:
+        if self.tasks_of is not None:   # scaled to 0
+            self.mutations.append(("discard", color))
+            self.tasks_of[color] = []
+            return
+        Engine.discard(cast(Engine, self), color, graceful)
+
+    def discarding(self, color: str, graceful: bool = False) -> str:
+        if self.tasks_of is not None:
+            return SwarmEngine.discarding(cast(SwarmEngine, self), color, graceful)
+        return Engine.discarding(cast(Engine, self), color, graceful)
 
     def build_image(self, cwd: Path, tag: str, version: str) -> str:
         self.mutations.append(("build_image", tag))
@@ -224,7 +358,9 @@ class FakeEngine(Strict):
 
     def start(self, color: str) -> None:
         self.mutations.append(("start", color))
-        assert color in self.boxes, f"start of a container that does not exist: {color}"
+        if color not in self.boxes:   # as the engine answers: No such container
+            raise EngineFailed("docker engine (fake)", f"starting {self.settings.container_name(color)}",
+                               f"No such container: {self.settings.container_name(color)}")
         self.boxes[color]["status"] = "running"
 
     def stop(self, color: str) -> None:
@@ -237,7 +373,7 @@ class FakeEngine(Strict):
         self.boxes.pop(color, None)
 
     def logs_tail(self, color: str, lines: int = 20) -> List[str]:
-        return []
+        return list(self.logs)
 
     def release_images(self) -> Dict[str, float]:
         return {ref: float(created) for ref, created in self.images.items()}
@@ -252,17 +388,37 @@ class FakeEngine(Strict):
 
 
 class FakeSwitch(Strict):
-    mode = "reload"
-    settle_seconds = 0.0
+    """Where each route points, as ReloadSwitch keeps it. `calls`: a list each route_to is also
+    logged to, as ("route_to", route, addresses) (shared with FakeEngine's to see the order);
+    `access_log`: nginx's answers are read from this file on this machine, as the reload switch
+    reads its access log (else a test sets `reader`). `preview`: whether a preview include is
+    configured (NGINX_PREVIEW_INCLUDE); `form`: the live include's form (NGINX_INCLUDE_FORM), which
+    decides, as it does for the real switch, whether a route may have several addresses.
+    tests/integration/test_contracts.py runs the same cases against this fake and ReloadSwitch."""
 
-    def __init__(self) -> None:
+    mode = "reload"
+    settle_seconds = 0.0   # ReloadSwitch waits 0.3 s for the workers; on a fake clock, nothing to wait for
+
+    def __init__(self, calls: Optional[List[Tuple[object, ...]]] = None, access_log: Optional[str] = None,
+                 preview: bool = True, form: str = "set") -> None:
+        self.preview = preview
+        self.form = form
         self.routes: Dict[str, Optional[Route]] = {LIVE: None, PREVIEW: None}
         self.moves: List[Tuple[str, Route]] = []
+        self.calls = calls
+        self.access_log = access_log
         # False: the include was written but nginx was not seen loading it (reload mode, a run
         # killed in between): current() raises IncludeNotLoaded, as ReloadSwitch does.
         self.loaded: Dict[str, bool] = {LIVE: True, PREVIEW: True}
         # What nginx answers during a verification window (a test that verifies sets it).
         self.reader: Optional[AnswerReader] = None
+
+    @classmethod
+    def configured(cls, settings: Settings, calls: Optional[List[Tuple[object, ...]]] = None,
+                   access_log: Optional[str] = None) -> "FakeSwitch":
+        """The fake as these settings make the real switch: the include form, a preview include or none."""
+        return cls(calls, access_log, preview=settings.nginx_preview_include is not None,
+                   form=settings.nginx_include_form)
 
     def check(self) -> None:
         pass
@@ -270,23 +426,31 @@ class FakeSwitch(Strict):
     def check_answers(self) -> None:
         pass
 
-    def answers(self, route: Route) -> AnswerReader:
+    def answers(self, route: Route, /) -> AnswerReader:
+        if self.access_log is not None:
+            return AccessLogReader(LocalHost(), self.access_log, route)
         assert self.reader is not None, "the test verifies, but did not say what nginx answers"
         return self.reader
 
-    def current(self, route: str) -> Optional[Route]:
+    def current(self, route: str, /) -> Optional[Route]:
         if not self.loaded[route]:
             raise IncludeNotLoaded(f"nginx was not seen loading the {route} include", self.routes[route])
         return self.routes[route]
 
-    def route_to(self, route: str, address: Route) -> None:
+    def route_to(self, route: str, address: Route, /) -> None:
         assert isinstance(address, tuple), f"a route is a tuple of addresses, not {address!r}"
+        assert route == LIVE or self.preview, f"no include configured for the {route} route"
+        # What the include could not say raises as rendering it does (the preview's is one line).
+        render_include(address, self.form if route == LIVE else "set")
+        if self.calls is not None:
+            self.calls.append(("route_to", route, address))
         self.moves.append((route, address))
         self.routes[route] = address
         self.loaded[route] = True
 
     def describe(self) -> Dict[str, Optional[str]]:
-        return {route: str(a[0]) if a else None for route, a in self.routes.items()}
+        return {route: str(a[0]) if a else None for route, a in self.routes.items()
+                if route == LIVE or self.preview}
 
 
 class FakeAdmin(Strict):
@@ -299,9 +463,10 @@ class FakeAdmin(Strict):
 
     url = "http://127.0.0.1:8091"
 
-    def __init__(self, routes: Optional[Dict[str, Route]] = None) -> None:
+    def __init__(self, routes: Optional[Dict[str, Route]] = None, stats: Sequence[str] = ()) -> None:
         self.routes: Dict[str, Route] = dict(routes or {})
-        self.script: List[tuple] = []
+        self.stats_answers = list(stats)   # what `GET /pipeline/stats` answers, one per call
+        self.script: List[Tuple[object, ...]] = []
         self.calls: List[Tuple[str, str]] = []
         self.down_after_put: Optional[BaseException] = None
         self.down: Optional[BaseException] = None
@@ -315,7 +480,9 @@ class FakeAdmin(Strict):
             return None, False
         step = self.script.pop(0)
         assert step[0] == call, f"the admin expected {step[0]}, got {call}"
-        return step[1], len(step) > 2 and step[2] == "lands"
+        failure = step[1]
+        assert failure is None or isinstance(failure, BaseException), f"a script step that is no failure: {step}"
+        return failure, len(step) > 2 and step[2] == "lands"
 
     def get(self, route: str) -> Optional[Route]:
         self.calls.append(("get", route))
@@ -328,6 +495,10 @@ class FakeAdmin(Strict):
 
     def put(self, route: str, targets: Route) -> None:
         self.calls.append(("put", route))
+        try:
+            render_route(targets)
+        except ValueError as exc:   # as the real admin: more than nginx takes is said before sending
+            raise AdminUnavailable(self.url, f"cannot set the {route} route to {shown(targets)}: {exc}") from exc
         if self.down is not None:
             raise self.down
         failure, lands = self._step("put")
@@ -338,22 +509,57 @@ class FakeAdmin(Strict):
         self.down, self.down_after_put = self.down_after_put, None
 
 
+    def stats(self) -> str:
+        assert self.stats_answers, "nginx's stats were read, but the test did not say what they are"
+        return self.stats_answers.pop(0)
+
+
 class FakeProber(Strict):
     """Where probes run: every color's address is reached over a local bridge. It sends nothing:
     the World's health gate stands in for the gate's probes, and a probe after the gate (while
     holding MIN_READY_SECONDS, the last look before the old color stops) gets the engine's answer."""
 
-    def __init__(self, engine: FakeEngine) -> None:
+    def __init__(self, engine: Optional[FakeEngine] = None, answers: Optional[Dict[str, List[int]]] = None,
+                 refuse: Optional[str] = None, where: str = "this machine (fake)",
+                 otherwise: Optional[int] = 200) -> None:
+        """`answers`: a table instead (URL -> statuses, one per probe, the last repeated; a URL
+        not in it answers `otherwise`, or fails the test if that is None; every address listens); `refuse`: every probe is refused by the
+        route check, for this reason. With neither an engine nor a table, any probe or connection
+        fails the test (a transport that must not be reached)."""
         self.engine = engine
+        self.answers = answers
+        self.refuse = refuse
+        self.where = where
+        self.otherwise = otherwise
+        self.asked: List[str] = []   # every URL probed, in order
 
     def check_route(self, ip: str) -> None:
         pass
 
-    def check_routes(self, ips: List[str]) -> None:
+    def check_routes(self, ips: Sequence[str]) -> None:
         pass
 
     def get(self, url: str, timeout: float) -> Tuple[int, str]:
+        self.asked.append(url)
+        if self.refuse is not None:
+            raise RouteRefused(f"not probing {url}: {self.refuse}")
+        if self.answers is not None:
+            assert url in self.answers or self.otherwise is not None, f"a probe of {url}, which the test did not expect"
+            statuses = self.answers.get(url, [self.otherwise or 200])
+            status = statuses.pop(0) if len(statuses) > 1 else statuses[0]
+            return status, "UP" if status == 200 else "DOWN"
+        assert self.engine is not None, f"a probe left for {url} although it should not have"
         return self.engine.answer(url)
+
+    def can_connect(self, ip: str, port: int, timeout: float) -> bool:
+        if self.answers is not None:
+            return True
+        assert self.engine is not None, f"a connection to {ip}:{port} was tried although it should not have"
+        return any(self.engine.holds_address(c) for c in ("blue", "green") if self.settings_ip(c) == ip)
+
+    def settings_ip(self, color: str) -> str:
+        assert self.engine is not None
+        return self.engine.settings.ip_of(color)
 
 
 class WorldClock(FakeClock):
@@ -378,7 +584,7 @@ class World:
         """`verify_seconds`: the window after the switch (nginx's answers: `NginxAnswers`);
         `swarm_nodes`: TARGET=swarm on that many nodes (`FakeSwarm`; REPLICAS given or 2)."""
         if swarm_nodes:
-            settings = {"target": "swarm", "registry": "r:5001", **settings}
+            settings = {"target": "swarm", "registry": "r:5001", "nginx_include_form": "upstream", **settings}
         self.settings = Settings(app_name="app", build_command=(), nginx_include=INCLUDE,
                                  nginx_preview_include=PREVIEW_INCLUDE if preview else None,
                                  drain_seconds=1.0, keep_releases=keep_releases,
@@ -386,7 +592,7 @@ class World:
                                  **settings)         # type: ignore[arg-type]
         self.host = FakeHost()
         self.engine = FakeSwarm(self.settings, swarm_nodes) if swarm_nodes else FakeEngine(self.settings)
-        self.switch = FakeSwitch()
+        self.switch = FakeSwitch.configured(self.settings)
         self.switch.reader = NginxAnswers(self)
         self.bad_answers: Set[str] = set()   # versions nginx gets 5xx from (their health answers 200)
         self.interrupt_drain = False
@@ -431,7 +637,7 @@ class World:
         clock; then `!dies` fails the color's first task, `!sickens` makes every task answer 503."""
         assert isinstance(self.engine, FakeSwarm)
         attempts = wait_ready(gate, interval, timeout, clock)
-        color = next(m[1] for m in reversed(self.engine.mutations) if m[0] in ("run", "start"))
+        color = next(str(m[1]) for m in reversed(self.engine.mutations) if m[0] in ("run", "start"))
         if self.after_gate == "dies":
             self.engine.failing.add(self.engine.boxes[color]["version"])
         elif self.after_gate == "sickens":
@@ -569,7 +775,10 @@ class FakeSwarm(FakeEngine):
     ensure_network = SwarmEngine.ensure_network   # nothing to create: tasks publish their node's port
     network_exists = SwarmEngine.network_exists
     remove_network = SwarmEngine.remove_network
-    task_addresses = SwarmEngine.task_addresses
+
+    def task_addresses(self, color: str) -> List[TaskAddress]:
+        return SwarmEngine.task_addresses(cast(SwarmEngine, self), color)   # the swarm's own, over these tasks
+
     addresses = SwarmEngine.addresses
     color_at = SwarmEngine.color_at
     holds_address = SwarmEngine.holds_address
@@ -579,3 +788,25 @@ class FakeSwarm(FakeEngine):
     status_row = SwarmEngine.status_row
     discard = SwarmEngine.discard
     discarding = SwarmEngine.discarding
+
+
+if TYPE_CHECKING:
+    # Every fake is what it stands for, as mypy sees it (pyproject's [tool.mypy] checks this
+    # module): a fake that drifts from its Protocol's signatures fails the type check.
+    from pipeline.core.answers import Stats
+    from pipeline.core.gate import Probing
+    from pipeline.core.host import NginxHost
+    from pipeline.core.switch import TrafficSwitch
+    from pipeline.core.target import Target
+
+    _settings = Settings()
+    _target: Target = FakeEngine(_settings)
+    _swarm: Target = FakeEngine(_settings, tasks={})
+    _fake_swarm: Target = FakeSwarm(_settings, 3)
+    _switch: TrafficSwitch = FakeSwitch()
+    _host: NginxHost = FakeHost()
+    _clock: Clock = FakeClock()
+    _world_clock: Clock = WorldClock(World())
+    _probing: Probing = FakeProber()
+    _transport: Transport = FakeProber()
+    _stats: Stats = FakeAdmin()

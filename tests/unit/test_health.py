@@ -109,20 +109,16 @@ def test_nothing_listening_counts_as_not_healthy():
 
 # -- where probes run, and the route rule ---------------------------------------------------------
 
-import re  # noqa: E402
-import socket  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-import paramiko  # noqa: E402
 
 from pipeline.flows import deploy as flows  # noqa: E402
 from pipeline.core.errors import EXIT_PREFLIGHT, NginxHostFailed, PreflightError  # noqa: E402
 from pipeline.core.gate import NotHealthyYet  # noqa: E402
 from pipeline.adapters.health import ChannelTransport, Prober, RouteRefused, route_answer, route_problem  # noqa: E402
-from pipeline.core.host import CommandResult  # noqa: E402
 from pipeline.core.settings import Settings  # noqa: E402
 
-from .fakes import FakeHost  # noqa: E402
+from .fakes import FakeHost, FakeProber  # noqa: E402
 
 BRIDGE = "172.29.5.2 dev br-4e82f078a87e src 172.29.5.1 uid 0 \n    cache \n"
 GATEWAY = "172.20.0.2 via 10.0.0.1 dev eth0 src 10.0.0.5 uid 0 \n    cache \n"
@@ -151,82 +147,25 @@ def test_route_get_answers_are_directly_connected_or_refused(code, output, probl
         assert found is not None and found.startswith(problem)
 
 
-class StrictRunner:
-    """`ip -4 route get IP` answers for the addresses it was told about; anything else fails."""
-
-    def __init__(self, answers):
-        self.answers = dict(answers)
-        self.calls = []
-
-    def __call__(self, argv):
-        argv = list(argv)
-        assert argv[:4] == ["ip", "-4", "route", "get"] and len(argv) == 5, f"unexpected command {argv}"
-        assert argv[4] in self.answers, f"no answer prepared for {argv}"
-        self.calls.append(argv[4])
-        code, output = self.answers[argv[4]]
-        return CommandResult(argv, code, output)
-
-
-class RouteHost:
+def route_host(routes, bridges=(), runs_commands=True) -> FakeHost:
     """The nginx host as the route check sees it: `ip -4 route get IP` answers and which
-    interfaces are bridges (/sys/class/net/DEV/bridge). Any other call fails."""
-
-    description = "root@nginx-host:22"
-
-    def __init__(self, routes, bridges=(), runs_commands=True):
-        self.run = StrictRunner(routes)
-        self.bridges = set(bridges)
-        self.read = []
-        self.batches = []   # the commands of each run_steps call: one session each over SSH
-        self.runs_commands = runs_commands
-
-    def run_steps(self, steps):
-        """As NginxHost.run_steps: in order, until one fails; `true` as a host that runs commands
-        (or, `runs_commands=False`, an SFTP-only account's) answers it."""
-        self.batches.append([list(argv) for argv in steps])
-        results = []
-        for argv in steps:
-            if list(argv) == ["true"]:
-                results.append(CommandResult(argv, 0 if self.runs_commands else 1,
-                                             "" if self.runs_commands else "This service allows sftp connections only."))
-            else:
-                results.append(self.run(argv))
-            if results[-1].code != 0:
-                break
-        return results
-
-    def read_text(self, path):
-        match = re.fullmatch(r"/sys/class/net/([^/]+)/bridge/bridge_id", path)
-        assert match, f"unexpected read of {path}"
-        self.read.append(match.group(1))
-        return "8000.0242ac1d0501\n" if match.group(1) in self.bridges else None
-
-    def __getattr__(self, name):
-        raise AssertionError(f"unexpected call to NginxHost.{name}")
+    interfaces are bridges. Any other command fails."""
+    return FakeHost(routes=routes, bridges=bridges, runs_commands=runs_commands, description="root@nginx-host:22")
 
 
-class StrictTransport:
-    """Must not be reached unless a test allows it."""
+def bridge_reads(host: FakeHost):
+    """The devices whose bridge file was read, in order."""
+    return [path.split("/")[4] for path in host.reads]
 
-    where = "the nginx host root@example:22"
 
-    def __init__(self, answer=None):
-        self.answer = answer
-        self.gets = []
-
-    def get(self, url, timeout):
-        assert self.answer is not None, f"a probe left for {url} although it should not have"
-        self.gets.append(url)
-        return self.answer
-
-    def can_connect(self, ip, port, timeout):
-        assert self.answer is not None, f"a connection to {ip}:{port} was tried although it should not have"
-        return True
+def strict_transport() -> FakeProber:
+    """A transport on the nginx host that must not be reached."""
+    return FakeProber(where="the nginx host root@example:22")
 
 
 def test_an_address_behind_a_gateway_is_never_probed_and_is_a_preflight_error():
-    transport = StrictTransport()
-    prober = Prober(transport, RouteHost({"172.20.0.2": (0, GATEWAY)}), "DEPLOY_NETWORK=deploy ...")
+    transport = strict_transport()
+    prober = Prober(transport, route_host({"172.20.0.2": (0, GATEWAY)}), "DEPLOY_NETWORK=deploy ...")
     with pytest.raises(RouteRefused) as caught:
         probe(prober, "http://172.20.0.2:8080/actuator/health", 2.0)
     assert caught.value.exit_code == EXIT_PREFLIGHT
@@ -236,82 +175,60 @@ def test_an_address_behind_a_gateway_is_never_probed_and_is_a_preflight_error():
     assert "the nginx host root@example:22" in message and "DEPLOY_NETWORK=deploy" in message
     with pytest.raises(RouteRefused):
         prober.can_connect("172.20.0.2", 8080, 1.0)
-    assert transport.gets == []
+    assert transport.asked == []
 
 
 def test_a_bridge_address_is_checked_once_then_probed_through_the_transport():
-    host = RouteHost({"172.29.5.2": (0, BRIDGE)}, bridges={"br-4e82f078a87e"})
-    transport = StrictTransport(answer=(200, '{"status":"UP"}'))
+    host = route_host({"172.29.5.2": (0, BRIDGE)}, bridges={"br-4e82f078a87e"})
+    transport = FakeProber(answers={}, where="the nginx host root@example:22")
     prober = Prober(transport, host)
     for _ in range(3):
         assert probe(prober, "http://172.29.5.2:8080/actuator/health", 2.0).startswith("HTTP 200")
     assert prober.can_connect("172.29.5.2", 8080, 1.0)
-    assert host.run.calls == ["172.29.5.2"] and host.read == ["br-4e82f078a87e"]
-    assert len(transport.gets) == 3
+    assert host.route_asks == ["172.29.5.2"] and bridge_reads(host) == ["br-4e82f078a87e"]
+    assert len(transport.asked) == 3
 
 
 def test_a_directly_connected_interface_that_is_not_a_bridge_is_refused():
     # e.g. a VPN's tun0 carrying the default route without a gateway
-    host = RouteHost({"172.20.0.2": (0, "172.20.0.2 dev tun0 src 10.8.0.6 uid 0\n    cache\n")})
-    prober = Prober(StrictTransport(), host)
+    host = route_host({"172.20.0.2": (0, "172.20.0.2 dev tun0 src 10.8.0.6 uid 0\n    cache\n")})
+    prober = Prober(strict_transport(), host)
     with pytest.raises(RouteRefused, match="reaches it on tun0, which is not a bridge"):
         probe(prober, "http://172.20.0.2:8080/actuator/health", 2.0)
 
 
-class ChannelHost:
-    """An NginxHost that offers only open_channel (a plain socket here: the seam the SSH host
-    implements with a direct-tcpip channel) and `ip route get`. Any other call fails."""
-
-    description = "root@nginx-host:22"
-
-    def __init__(self, refuse=False, routes=None):
-        self.channels = []
-        self.refuse = refuse
-        self.routes = routes or {}
-
-    def run(self, argv):
-        """Only `ip -4 route get IP`, for the addresses the test gave an answer for."""
-        return StrictRunner(self.routes)(argv)
-
-    def read_text(self, path):
-        raise AssertionError(f"unexpected read of {path}")
-
-    def open_channel(self, host, port, timeout):
-        self.channels.append((host, port))
-        if self.refuse:
-            raise paramiko.ChannelException(2, "Connect failed")
-        return socket.create_connection((host, port), timeout=timeout)
-
-    def __getattr__(self, name):
-        raise AssertionError(f"unexpected call to NginxHost.{name}")
+def channel_host(refuse=False, routes=None) -> FakeHost:
+    """An NginxHost that offers only channels (a plain socket on this machine here: the seam the
+    SSH host implements with a direct-tcpip channel) and `ip route get`."""
+    return FakeHost(routes=routes or {}, channels="refuse" if refuse else "connect", description="root@nginx-host:22")
 
 
 @pytest.mark.parametrize("server", [[503, 200]], indirect=True)
 def test_the_channel_transport_speaks_http_over_the_nginx_hosts_channels(server):
-    host = ChannelHost()
+    host = channel_host()
     attempts = wait_healthy(server.url, interval=0.3, timeout=10, check_alive=lambda: None,
                             transport=ChannelTransport(host), **on(server.clock))
     port = int(server.url.split(":")[2].split("/")[0])
     assert attempts == 2
-    assert host.channels == [("127.0.0.1", port)] * 2   # one channel per probe, nothing else
+    assert host.opened == [("127.0.0.1", port)] * 2   # one channel per probe, nothing else
     assert len(server.times) == 2
     assert ChannelTransport(host).can_connect("127.0.0.1", port, 1.0)
 
 
 def test_a_channel_the_nginx_host_cannot_open_is_not_healthy_yet():
     with pytest.raises(NotHealthyYet, match="refused or unreachable from the nginx host"):
-        ChannelTransport(ChannelHost(refuse=True)).get("http://172.29.5.2:8080/health", 1.0)
-    assert not ChannelTransport(ChannelHost(refuse=True)).can_connect("172.29.5.2", 8080, 1.0)
+        ChannelTransport(channel_host(refuse=True)).get("http://172.29.5.2:8080/health", 1.0)
+    assert not ChannelTransport(channel_host(refuse=True)).can_connect("172.29.5.2", 8080, 1.0)
 
 
 def test_remote_nginx_means_probes_through_the_ssh_host_and_routes_checked_there():
-    host = ChannelHost(routes={"172.20.0.2": (0, GATEWAY)})
+    host = channel_host(routes={"172.20.0.2": (0, GATEWAY)})
     prober = Prober.for_host(host, remote=True)
     assert isinstance(prober.transport, ChannelTransport) and prober.transport.host is host
     assert prober.where == "the nginx host root@nginx-host:22"
     with pytest.raises(RouteRefused, match="run on the nginx host root@nginx-host:22, which reaches"):
         prober.check_route("172.20.0.2")     # asked of the nginx host: its answer decides
-    assert host.channels == []
+    assert host.opened == []
     assert isinstance(Prober.for_host(host, remote=False).transport, LocalTransport)
 
 
@@ -327,20 +244,7 @@ def test_local_probes_ignore_a_proxy_from_the_environment(server, monkeypatch):
 
 
 # A deploy refused at the route check, against strict fakes at the Context seam.
-
-class Strict:
-    def __init__(self, **allowed):
-        self.__dict__["_allowed"] = allowed
-        self.__dict__["calls"] = []
-
-    def __getattr__(self, name):
-        if name not in self._allowed:
-            raise AssertionError(f"unexpected call to {name}")
-
-        def call(*args, **kwargs):
-            self.calls.append(name)
-            return self._allowed[name]
-        return call
+from .fakes import Allowing  # noqa: E402
 
 
 def test_a_deploy_whose_new_network_is_not_a_local_bridge_removes_it_and_changes_nothing(tmp_path):
@@ -349,12 +253,12 @@ def test_a_deploy_whose_new_network_is_not_a_local_bridge_removes_it_and_changes
                                   "GREEN_IP": "172.29.5.3",
                                   # Verification has its own preflight (verify.check); not this test's.
                                   "VERIFY_SECONDS": "0"}, tmp_path)
-    engine = Strict(network_exists=False, ensure_network=True, remove_network=None,
-                    probe_ips=["172.29.5.2", "172.29.5.3"])
-    switch = Strict(check=None)
-    host = RouteHost({"172.29.5.2": (0, "172.29.5.2 via 192.0.2.1 dev eth0 src 192.0.2.2 uid 0\n"),
+    engine = Allowing(network_exists=False, ensure_network=True, remove_network=None,
+                      probe_ips=["172.29.5.2", "172.29.5.3"])
+    switch = Allowing(check=None)
+    host = route_host({"172.29.5.2": (0, "172.29.5.2 via 192.0.2.1 dev eth0 src 192.0.2.2 uid 0\n"),
                       "172.29.5.3": (0, "172.29.5.3 via 192.0.2.1 dev eth0 src 192.0.2.2 uid 0\n")})
-    prober = Prober(StrictTransport(), host)
+    prober = Prober(strict_transport(), host)
     files = FakeHost()   # the lock and the history; the include stays untouched
     ctx = flows.Context(settings, engine, files, switch, Path(tmp_path), {}, prober, started=0.0)
     with pytest.raises(RouteRefused, match="not probing 172.29.5.2"):
@@ -367,41 +271,43 @@ def test_a_deploy_whose_new_network_is_not_a_local_bridge_removes_it_and_changes
 def test_the_routes_of_every_address_are_asked_in_one_command_after_true_and_each_bridge_read_once():
     # Over SSH each command is a session of its own (the login shell starts for each): issue 15.
     other = "172.29.5.3 dev br-4e82f078a87e src 172.29.5.1 uid 0 \n    cache \n"
-    host = RouteHost({"172.29.5.2": (0, BRIDGE), "172.29.5.3": (0, other)}, bridges={"br-4e82f078a87e"})
-    prober = Prober(StrictTransport(), host)
+    host = route_host({"172.29.5.2": (0, BRIDGE), "172.29.5.3": (0, other)}, bridges={"br-4e82f078a87e"})
+    prober = Prober(strict_transport(), host)
     prober.check_routes(["172.29.5.2", "172.29.5.3"])
     assert host.batches == [[["true"], ["ip", "-4", "route", "get", "172.29.5.2"],
                              ["ip", "-4", "route", "get", "172.29.5.3"]]]
-    assert host.read == ["br-4e82f078a87e"]   # one device, read once
+    assert bridge_reads(host) == ["br-4e82f078a87e"]   # one device, read once
     prober.check_routes(["172.29.5.2", "172.29.5.3"])   # known now: nothing asked again
     prober.check_route("172.29.5.3")
-    assert len(host.batches) == 1 and host.run.calls == ["172.29.5.2", "172.29.5.3"]
+    assert len(host.batches) == 1 and host.route_asks == ["172.29.5.2", "172.29.5.3"]
 
 
 def test_the_first_address_refused_ends_the_check_and_later_ones_are_not_asked():
-    host = RouteHost({"172.29.5.2": (2, "RTNETLINK answers: Network is unreachable\n")})
+    host = route_host({"172.29.5.2": (2, "RTNETLINK answers: Network is unreachable\n")})
     with pytest.raises(RouteRefused, match="not probing 172.29.5.2: .* has no route to it"):
-        Prober(StrictTransport(), host).check_routes(["172.29.5.2", "172.29.5.3"])
-    assert host.run.calls == ["172.29.5.2"]
+        Prober(strict_transport(), host).check_routes(["172.29.5.2", "172.29.5.3"])
+    assert host.route_asks == ["172.29.5.2"]
 
 
 def test_a_nginx_host_that_runs_no_commands_is_a_preflight_error_at_the_route_check():
-    host = RouteHost({}, runs_commands=False)
+    host = route_host({}, runs_commands=False)
     with pytest.raises(PreflightError) as caught:
-        Prober(StrictTransport(), host).check_routes(["172.29.5.2"])
+        Prober(strict_transport(), host).check_routes(["172.29.5.2"])
     assert not isinstance(caught.value, RouteRefused) and caught.value.exit_code == EXIT_PREFLIGHT
     assert str(caught.value) == ("nginx host root@nginx-host:22 over SSH: running `true` exited with 1: "
                                  "This service allows sftp connections only.")
-    assert host.run.calls == []
+    assert host.route_asks == []
 
 
 def test_a_session_that_fails_at_the_route_check_is_a_preflight_error_naming_the_commands():
-    class Broken(RouteHost):
-        def run_steps(self, steps):
-            raise NginxHostFailed("nginx host root@nginx-host:22 over SSH", "running `true` then `ip ...`",
-                                  "no answer within 3s (NETWORK_TIMEOUT)")
+    broken = route_host({})
+
+    def run_steps(steps):
+        raise NginxHostFailed("nginx host root@nginx-host:22 over SSH", "running `true` then `ip ...`",
+                              "no answer within 3s (NETWORK_TIMEOUT)")
+    broken.run_steps = run_steps
     with pytest.raises(PreflightError, match=r"^nginx host root@nginx-host:22 over SSH: running `true` then"):
-        Prober(StrictTransport(), Broken({})).check_routes(["172.29.5.2"])
+        Prober(strict_transport(), broken).check_routes(["172.29.5.2"])
 
 
 SHELL_NOISE = "rm: cannot remove '/root/.pyenv/shims/tmp.QXSeTsXbXe': No such file or directory\n"
@@ -555,23 +461,12 @@ from types import SimpleNamespace  # noqa: E402
 
 from pipeline.adapters.swarm import SwarmEngine, TaskAddress  # noqa: E402
 
-from .fakes import FakeClock  # noqa: E402
+from .fakes import FakeClock, FakeProber  # noqa: E402
 
 
-class ScriptedTransport:
-    """Answers per URL from a script: each URL's next status (the last one repeats)."""
-
-    where = "this machine"
-
-    def __init__(self, script):
-        self.script = {url: list(statuses) for url, statuses in script.items()}
-        self.gets = []
-
-    def get(self, url, timeout):
-        self.gets.append(url)
-        statuses = self.script[url]
-        status = statuses.pop(0) if len(statuses) > 1 else statuses[0]
-        return status, "ok" if status == 200 else "no"
+def scripted(script) -> FakeProber:
+    """Answers per URL from a script: each URL's next status (the last one repeats); any other URL fails."""
+    return FakeProber(answers={url: list(statuses) for url, statuses in script.items()}, otherwise=None)
 
 
 TASK_A, TASK_B, TASK_C = (TaskAddress("10.99.0.11", 8082, "task-a", "n1", "running"),
@@ -597,10 +492,10 @@ def swarm_gate(tmp_path, addresses, transport, check_tasks=lambda: None, replica
 
 
 def test_the_swarm_gate_waits_until_every_task_answers_200(tmp_path):
-    transport = ScriptedTransport({url(TASK_A): [503, 200], url(TASK_B): [503, 503, 200]})
+    transport = scripted({url(TASK_A): [503, 200], url(TASK_B): [503, 503, 200]})
     clock = FakeClock()
     assert wait_ready(swarm_gate(tmp_path, lambda: [TASK_A, TASK_B], transport), 0.05, 5, clock) == 3
-    assert transport.gets.count(url(TASK_B)) == 3
+    assert transport.asked.count(url(TASK_B)) == 3
     assert clock.time - 1000.0 < 1   # waited on the fake clock, not the real one
 
 
@@ -612,23 +507,23 @@ def test_the_swarm_gate_waits_for_tasks_still_to_come_and_asks_for_the_addresses
     def addresses():
         last[:] = next(lists, last)
         return list(last)
-    transport = ScriptedTransport({url(TASK_A): [200], url(TASK_B): [503], url(TASK_C): [200]})
+    transport = scripted({url(TASK_A): [200], url(TASK_B): [503], url(TASK_C): [200]})
     assert wait_ready(swarm_gate(tmp_path, addresses, transport), 0.05, 5, FakeClock()) == 3
-    assert transport.gets[-2:] == [url(TASK_A), url(TASK_C)]
+    assert transport.asked[-2:] == [url(TASK_A), url(TASK_C)]
 
 
 def test_the_swarm_gate_fails_naming_each_task_that_did_not_answer(tmp_path):
-    transport = ScriptedTransport({url(TASK_A): [200], url(TASK_B): [404]})
+    transport = scripted({url(TASK_A): [200], url(TASK_B): [404]})
     with pytest.raises(HealthCheckFailed, match=r"every task of app-blue at /health did not answer 200 after \d+ "
                                                 r"attempts \(last: 1 of 2 answer 200 \(2 running\); task task-b on n2 "
-                                                r"\(10\.99\.0\.12:8082\): HTTP 404 'no'\)"):
+                                                r"\(10\.99\.0\.12:8082\): HTTP 404 'DOWN'\)"):
         wait_ready(swarm_gate(tmp_path, lambda: [TASK_A, TASK_B], transport), 0.05, 0.5, FakeClock())
 
 
 def test_the_swarm_gate_stops_at_once_when_a_task_fails(tmp_path):
     def failed():
         raise ContainerExited("app-blue", "task failed")
-    transport = ScriptedTransport({url(TASK_A): [503]})
+    transport = scripted({url(TASK_A): [503]})
     with pytest.raises(ContainerExited):
         wait_ready(swarm_gate(tmp_path, lambda: [TASK_A], transport, failed, replicas=1), 0.05, 30, FakeClock())
-    assert transport.gets == []
+    assert transport.asked == []

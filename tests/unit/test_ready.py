@@ -23,7 +23,8 @@ from pipeline.signals import SignalGuard
 from pipeline.core.switch import LIVE, PREVIEW
 
 from .fakes import FakeClock, World, no_network  # noqa: F401  (autouse: no flow reaches the network)
-from .test_verify_swarm import FakeBaselineSwarm, FakeProber, FakeSwitch, health_urls, task
+from .fakes import FakeEngine, FakeProber, FakeSwitch
+from .test_verify_swarm import addresses, health_urls, task
 
 
 
@@ -276,41 +277,17 @@ def test_min_ready_seconds_defaults_to_0_and_takes_fractions(tmp_path):
 
 # -- on a swarm: every task ----------------------------------------------------------------------------
 
-class Swarm(FakeBaselineSwarm):
-    """Three tasks per color; `events` (time -> (color, slot, TaskFact)) replace a task's fact
-    once the fake clock reaches that time."""
-
-    def __init__(self, settings, calls, clock) -> None:
-        super().__init__(settings, calls)
-        self.clock = clock
-        self.events: List[tuple] = []
-
-    def tasks(self, color: str):
-        for at, (c, slot, fact) in list(self.events):
-            if self.clock.now() >= at:
-                self.now[c][slot] = fact
-                self.events.remove((at, (c, slot, fact)))
-        return super().tasks(color)
-
-    def task_addresses(self, color: str):
-        return [t for t in self.tasks(color) if t.running]
-
-    def logs_tail(self, color: str, lines: int = 20) -> List[str]:
-        return ["task log line"]
-
-    def stop(self, color: str) -> None:
-        self.calls.append(("stop", color))
-
-
 def swarm_context(tmp_path, answers=None, **env):
     settings = Settings.from_env({"TARGET": "swarm", "REGISTRY": "r:5001", "REPLICAS": "3", "VERIFY_SECONDS": "0",
                                   "HEALTH_INTERVAL": "10", "HEALTH_PATH": "/health", "DRAIN_SECONDS": "1",
                                   "NGINX_INCLUDE": str(tmp_path / "service-upstream.inc"), **env}, tmp_path)
     calls: list = []
     clock = FakeClock(0.0)
-    prober = FakeProber(answers or {})
-    engine = Swarm(settings, calls, clock)
-    ctx = Context(settings, engine, LocalHost(), FakeSwitch(calls), tmp_path, {}, prober, 0.0, SignalGuard(), clock)
+    prober = FakeProber(answers=answers or {})
+    engine = FakeEngine(settings, calls, tasks={c: [task(c, i) for i in range(3)] for c in ("blue", "green")},
+                        clock=clock)   # `events` change tasks as the clock moves
+    engine.logs = ["task log line"]
+    ctx = Context(settings, engine, LocalHost(), FakeSwitch.configured(settings, calls), tmp_path, {}, prober, 0.0, SignalGuard(), clock)
     return ctx, calls, prober, clock
 
 
@@ -351,7 +328,7 @@ def test_the_last_look_on_a_swarm_switches_back_to_every_old_task_and_scales_the
         flows.retire(ctx, "blue", "green", before)
     assert str(caught.value) == ("switched back to blue: app-green: only 2 of REPLICAS=3 task(s) running, "
                                  "in the last look before stopping app-blue")
-    assert calls == [("route_to", LIVE, ("10.99.0.11:8081", "10.99.0.12:8081", "10.99.0.13:8081")),
+    assert calls == [("route_to", LIVE, addresses("blue")),
                      ("discard", "green")]   # blue never stopped
     assert prober.asked == []
     assert ReleaseRecord.from_json((tmp_path / "app.releases.json").read_text()) == before

@@ -1,8 +1,9 @@
 """One shape for every target and every switch (issue 16): the flows never ask which one they
 hold, and every implementation and every fake has the whole interface.
 
-mypy --strict proves the implementations (compose.py returns them as the Protocols); the fakes
-are not type-checked, so their members are checked here by name against the same Protocols."""
+mypy --strict proves the implementations (compose.py returns them as the Protocols) and the fakes
+(tests/unit/fakes.py assigns each to its Protocol, and pyproject's [tool.mypy] checks that module);
+the tests below check members by name too, so a missing one fails the unit tests as well."""
 from __future__ import annotations
 
 import re
@@ -57,3 +58,16 @@ def test_every_switch_has_the_whole_interface(implementation):
 
 def test_the_fake_clock_is_a_clock():
     assert members(Clock) <= set(dir(fakes.FakeClock)) and members(Clock) <= set(dir(SystemClock))
+
+
+def test_mypy_holds_the_fakes_to_the_protocols():
+    """What makes the fakes type-checked: mypy's files name fakes.py, whose end assigns one
+    fake per Protocol."""
+    import tomllib
+    root = Path(__file__).resolve().parents[2]
+    config = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["mypy"]
+    assert "tests/unit/fakes.py" in config["files"] and config["strict"] is True
+    text = (root / "tests" / "unit" / "fakes.py").read_text()
+    for protocol, fake in (("Target", "FakeEngine"), ("TrafficSwitch", "FakeSwitch"), ("NginxHost", "FakeHost"),
+                           ("Clock", "FakeClock"), ("Probing", "FakeProber"), ("Stats", "FakeAdmin")):
+        assert re.search(rf"^    _\w+: {protocol} = {fake}\(", text, re.M), f"{fake} is not held to {protocol}"

@@ -78,13 +78,13 @@ def test_a_signal_during_the_live_switch_read_back_undoes_the_switch_and_is_rais
     # Before: the switch's `except PipelineError` turned it into LiveSwitchFailed (exit 1), and
     # the signal was lost. Now the switch is undone (include and nginx's address) and the
     # signal goes on to the flow, which cleans up and exits 143.
-    admin = FakeAdmin({LIVE: BLUE})
+    admin = FakeAdmin({LIVE: (BLUE,)})   # a route, as nginx's admin answers it
     switch = live_switch(admin)
     admin.script = [("get", None), ("put", None), ("get", Interrupted(signal.SIGTERM))]
     with pytest.raises(Interrupted) as caught:
         switch.route_to(LIVE, (GREEN,))
     assert type(caught.value) is Interrupted and caught.value.exit_code == 143
-    assert admin.routes[LIVE] == BLUE, "nginx's address was put back"
+    assert admin.routes[LIVE] == (BLUE,), "nginx's address was put back"
     assert switch.includes.read(LIVE) == f"set $service_url {BLUE.url};\n"
     assert admin.calls == [("get", LIVE), ("put", LIVE), ("get", LIVE), ("put", LIVE)]
 

@@ -10,14 +10,13 @@ import logging
 import signal
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable, List, Tuple
+from typing import Callable, List
 
 import pytest
 
 from pipeline.flows import verify
-from pipeline.core.decide import Address, ContainerFact
+from pipeline.core.decide import Address
 from pipeline.flows.deploy import Context
-from pipeline.adapters.engine import Engine
 from pipeline.core.errors import (EngineFailed, Interrupted, LiveUnverified, NginxHostFailed, PipelineError, PreflightError,
                              SettingsError, SwitchedBackAfterBug)
 from pipeline.adapters.nginx_host import LocalHost
@@ -26,7 +25,7 @@ from pipeline.core.settings import Settings
 from pipeline.signals import SignalGuard
 from pipeline.core.switch import LIVE
 
-from .fakes import FakeClock, FakeHost, Strict
+from .fakes import FakeClock, FakeEngine, FakeHost, FakeSwitch, Strict
 
 LINE = ('127.0.0.1 - - [01/Dec/2026:20:00:00 +0000] "GET /x?a=\\x22b HTTP/1.1" {status} 12 "-" '
         '"wrk \\x22quoted\\x22" upstream={upstream} upstream_status={status} request_time=0.001 '
@@ -131,55 +130,6 @@ class Calls(list):
         assert [c[0] for c in self] == list(names), self
 
 
-class FakeEngine:
-    """Knows two running containers at their fixed IPs; records what is done to them."""
-
-    def __init__(self, settings: Settings, calls: Calls) -> None:
-        self.settings, self.calls = settings, calls
-        self.states = {"blue": "running", "green": "running"}
-
-    def container(self, color: str):
-        if self.states.get(color) is None:
-            return None
-        return ContainerFact(color, self.settings.container_name(color), self.states[color], "v", "img",
-                             self.settings.ip_of(color))
-
-    def at_fixed_ip(self, fact) -> bool:
-        return True
-
-    def addresses(self, color: str) -> Tuple[Address, ...]:
-        return (Address(self.settings.ip_of(color), self.settings.app_port),)
-
-    def stop(self, color: str) -> None:
-        self.calls.append(("stop", color))
-
-    def remove(self, color: str) -> None:
-        self.calls.append(("remove", color))
-        self.states[color] = None
-
-    # The one engine's own watch and discard, over this fake's containers.
-    watch = Engine.watch
-    discard = Engine.discard
-    discarding = Engine.discarding
-
-    def __getattr__(self, name: str):
-        raise AssertionError(f"unexpected engine call: {name}")
-
-
-class FakeSwitch:
-    mode = "reload"
-    settle_seconds = 0.0
-
-    def __init__(self, calls: Calls) -> None:
-        self.calls = calls
-
-    def route_to(self, route: str, address: Address) -> None:
-        self.calls.append(("route_to", route, ", ".join(map(str, address))))
-
-    def __getattr__(self, name: str):
-        raise AssertionError(f"unexpected switch call: {name}")
-
-
 class Script:
     """An answer reader that gives one tally per read, then the last one again."""
 
@@ -205,12 +155,18 @@ class HookClock(FakeClock):
         super().sleep(seconds)
 
 
+def running_both(engine: FakeEngine) -> FakeEngine:
+    """Two running containers at their fixed IPs."""
+    engine.boxes = {c: {"status": "running", "version": "v", "image": "img"} for c in ("blue", "green")}
+    return engine
+
+
 def window(tmp_path, reader, sleep=lambda seconds: None, **env):
     settings = Settings.from_env({"VERIFY_SECONDS": "0.2", "HEALTH_INTERVAL": "10", **env}, tmp_path)
     calls = Calls()
-    engine = FakeEngine(settings, calls)
+    engine = running_both(FakeEngine(settings, calls))
     # No probe falls in these windows (the first would be 2 s in): a strict prober proves it.
-    ctx = Context(settings, engine, LocalHost(), FakeSwitch(calls), tmp_path, {}, Strict(), 0.0, SignalGuard(),
+    ctx = Context(settings, engine, LocalHost(), FakeSwitch.configured(settings, calls), tmp_path, {}, Strict(), 0.0, SignalGuard(),
                   HookClock(sleep))
     return ctx, calls, verify.Baseline("green", "blue", reader, engine.watch("green"))
 
@@ -231,12 +187,12 @@ def test_too_many_5xx_switches_back_then_removes_the_new_container(tmp_path):
                                  "(limit 1.0%; commonest: 200 x70, 500 x30)")
     assert caught.value.history_result == "switched back" and caught.value.exit_code == 1
     calls.expect("route_to", "stop", "remove")
-    assert calls[0] == ("route_to", LIVE, f"{ctx.settings.blue_ip}:8080")
+    assert calls[0] == ("route_to", LIVE, (Address(ctx.settings.ip_of("blue"), 8080),))
 
 
 def test_a_new_container_that_exits_is_switched_back_at_once(tmp_path):
     ctx, calls, mark = window(tmp_path, Script({200: 3}))
-    ctx.engine.states["green"] = "exited"
+    ctx.engine.boxes["green"]["status"] = "exited"
     with pytest.raises(verify.SwitchedBack, match="green stopped \\(exited"):
         verify.verify(ctx, mark)
     calls.expect("route_to", "stop", "remove")
@@ -295,6 +251,7 @@ class FailingEngine(FakeEngine):
 
     def __init__(self, settings: Settings, calls: Calls, failure: BaseException, after: int = 1) -> None:
         super().__init__(settings, calls)
+        running_both(self)
         self.failure, self.after, self.looks = failure, after, 0
 
     def container(self, color: str):
@@ -304,11 +261,11 @@ class FailingEngine(FakeEngine):
         return super().container(color)
 
     def stop(self, color: str) -> None:
-        self.calls.append(("stop", color))
+        self.mutations.append(("stop", color))
         raise self.failure
 
     def remove(self, color: str) -> None:
-        self.calls.append(("remove", color))
+        self.mutations.append(("remove", color))
         raise self.failure
 
 
@@ -328,7 +285,7 @@ def test_the_engine_failing_mid_window_switches_back_and_fails_with_exit_1(tmp_p
     assert caught.value.__cause__ is ENGINE_GONE
     # Back on blue first; the new container cannot be removed through an engine that is gone: said.
     calls.expect("route_to", "stop")
-    assert calls[0] == ("route_to", LIVE, f"{ctx.settings.blue_ip}:8080")
+    assert calls[0] == ("route_to", LIVE, (Address(ctx.settings.ip_of("blue"), 8080),))
     assert "could not remove app-green" in pipeline_log.text and "the next deploy replaces it" in pipeline_log.text
 
 
@@ -388,7 +345,7 @@ def test_verification_off_or_nothing_to_go_back_to(tmp_path):
     assert verify.baseline(ctx, "green", "blue") is None
     ctx, calls, _ = window(tmp_path, Script({}))
     assert verify.baseline(ctx, "green", None) is None
-    ctx.engine.states["blue"] = "exited"
+    ctx.engine.boxes["blue"]["status"] = "exited"
     assert verify.baseline(ctx, "green", "blue") is None
     assert verify.verify(ctx, None) is None
 

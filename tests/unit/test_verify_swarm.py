@@ -10,21 +10,21 @@ from __future__ import annotations
 
 import collections
 from dataclasses import replace
-from typing import Dict, List, Tuple
+from typing import List, Tuple
 
 import pytest
 
 from pipeline.flows import verify
-from pipeline.core.decide import Address, ContainerFact
+from pipeline.core.decide import Address
 from pipeline.flows.deploy import Context
-from pipeline.core.errors import EngineFailed, LiveUnverified, RouteRefused
+from pipeline.core.errors import EngineFailed, LiveUnverified
 from pipeline.adapters.nginx_host import LocalHost
 from pipeline.core.settings import Settings
 from pipeline.signals import SignalGuard
-from pipeline.adapters.swarm import SwarmEngine, TaskFact, TaskWatch, serving_problem
+from pipeline.adapters.swarm import TaskFact, TaskWatch, serving_problem
 from pipeline.core.switch import LIVE
 
-from .fakes import FakeClock, Strict
+from .fakes import FakeAdmin, FakeClock, FakeEngine, FakeProber, FakeSwitch
 from .test_verify import LINE, Script, pipeline_log  # noqa: F401 (a fixture)
 
 NODES = [("n1", "pswarm-n1", "10.99.0.11"), ("n2", "pswarm-n2", "10.99.0.12"), ("n3", "pswarm-n3", "10.99.0.13")]
@@ -91,88 +91,30 @@ def test_the_access_log_reader_sums_every_task_of_the_new_color(tmp_path):
     assert reader.read().statuses == {200: 3, 500: 1, 502: 1}
 
 
-class FakeAdmin(Strict):
-    """The live switch's admin: only `GET /pipeline/stats` (one line per address and status)."""
-
-    def __init__(self, *answers: str) -> None:
-        self.answers = list(answers)
-
-    def stats(self) -> str:
-        return self.answers.pop(0)
-
-
 def test_the_stats_reader_sums_every_task_of_the_new_color_from_its_baseline():
-    admin = FakeAdmin("10.99.0.11:8082 200 5\n10.99.0.11:8081 200 90\n",
-                      "10.99.0.11:8082 200 9\n10.99.0.12:8082 200 3\n10.99.0.12:8082 500 2\n"
-                      "10.99.0.13:8082 504 1\n10.99.0.11:8081 500 40\n")
+    admin = FakeAdmin(stats=["10.99.0.11:8082 200 5\n10.99.0.11:8081 200 90\n",
+                             "10.99.0.11:8082 200 9\n10.99.0.12:8082 200 3\n10.99.0.12:8082 500 2\n"
+                             "10.99.0.13:8082 504 1\n10.99.0.11:8081 500 40\n"])
     reader = verify.StatsReader(admin, addresses("green"))
     assert reader.read().statuses == {200: 7, 500: 2, 504: 1}
     # One address, as on one engine: the same reader.
-    assert verify.StatsReader(FakeAdmin("1.2.3.4:8080 200 1\n"), (Address("1.2.3.4", 8080),)).before == {200: 1}
+    assert verify.StatsReader(FakeAdmin(stats=["1.2.3.4:8080 200 1\n"]), (Address("1.2.3.4", 8080),)).before == {200: 1}
 
 
 # -- the window on a swarm ----------------------------------------------------------------------------
 
-class FakeSwarm(Strict):
-    """Three tasks per color, one per node; `tasks` is what the manager says now."""
-
-    def __init__(self, settings: Settings, calls: list) -> None:
-        self.settings, self.calls = settings, calls
-        self.now: Dict[str, List[TaskFact]] = {c: [task(c, i) for i in range(3)] for c in PORTS}
-
-    def tasks(self, color: str) -> List[TaskFact]:
-        return list(self.now[color])
-
-    def addresses(self, color: str) -> Tuple[Address, ...]:
-        return tuple(Address(t.node_addr, t.port) for t in self.now[color] if t.running and t.node_up)
-
-    def discard(self, color: str, graceful: bool = False) -> None:
-        self.calls.append(("discard", color))
-        self.now[color] = []
-
-    # The swarm target's own words and watch, over this fake's tasks.
-    discarding = SwarmEngine.discarding
-    watch = SwarmEngine.watch
-
-
-class FakeSwitch(Strict):
-    mode = "reload"
-    settle_seconds = 0.0
-
-    def __init__(self, calls: list, access_log: str = "") -> None:
-        self.calls = calls
-        self.access_log = access_log
-
-    def answers(self, route) -> verify.AccessLogReader:
-        """As the reload switch: nginx's access log (here a file on this machine)."""
-        return verify.AccessLogReader(LocalHost(), self.access_log, route)
-
-    def route_to(self, route: str, targets) -> None:
-        self.calls.append(("route_to", route, tuple(str(a) for a in targets)))
-
-
-class FakeProber(Strict):
-    """Answers health probes from a table (URL -> list of statuses, the last one repeated); sends
-    nothing, and records every URL it was asked for."""
-
-    def __init__(self, answers: Dict[str, List[int]]) -> None:
-        self.answers = answers
-        self.asked: List[str] = []
-
-    def get(self, url: str, timeout: float) -> Tuple[int, str]:
-        self.asked.append(url)
-        statuses = self.answers.get(url, [200])
-        status = statuses.pop(0) if len(statuses) > 1 else statuses[0]
-        return status, "UP" if status == 200 else "DOWN"
+def swarm(settings: Settings, calls: list) -> FakeEngine:
+    """The fake target as a swarm: three tasks per color, one per node."""
+    return FakeEngine(settings, calls, tasks={c: [task(c, i) for i in range(3)] for c in PORTS})
 
 
 def window(tmp_path, reader, answers=None, **env):
     settings = Settings.from_env({"TARGET": "swarm", "REGISTRY": "r:5001", "REPLICAS": "3",
                                   "VERIFY_SECONDS": "0.4", "HEALTH_INTERVAL": "0.05", "HEALTH_PATH": "/health", **env}, tmp_path)
     calls: list = []
-    prober = FakeProber(answers or {})
-    engine = FakeSwarm(settings, calls)
-    ctx = Context(settings, engine, LocalHost(), FakeSwitch(calls, str(settings.nginx_access_log)), tmp_path, {},
+    prober = FakeProber(answers=answers or {})
+    engine = swarm(settings, calls)
+    ctx = Context(settings, engine, LocalHost(), FakeSwitch.configured(settings, calls, str(settings.nginx_access_log)), tmp_path, {},
                   prober, 0.0, SignalGuard(), FakeClock())
     return ctx, calls, prober, baseline_of(engine, reader)
 
@@ -202,7 +144,7 @@ def test_too_many_5xx_over_the_tasks_switches_back_to_every_old_task_then_scales
         verify.verify(ctx, mark)
     assert str(caught.value) == ("switched back to blue: green answered 5xx to 30.0% of 100 requests "
                                  "(limit 1.0%; commonest: 200 x70, 500 x30)")
-    assert calls == [("route_to", LIVE, ("10.99.0.11:8081", "10.99.0.12:8081", "10.99.0.13:8081")),
+    assert calls == [("route_to", LIVE, addresses("blue")),
                      ("discard", "green")]
 
 
@@ -219,7 +161,7 @@ def test_health_failing_twice_on_one_task_switches_back_naming_it(tmp_path):
 
 def test_a_task_that_fails_is_switched_back_at_once_and_not_probed(tmp_path):
     ctx, calls, prober, mark = window(tmp_path, Script({200: 3}))
-    ctx.engine.now["green"][2] = task("green", 2, "failed", "shutdown", exit_code=137, message="task: non-zero exit (137)")
+    ctx.engine.tasks_of["green"][2] = task("green", 2, "failed", "shutdown", exit_code=137, message="task: non-zero exit (137)")
     with pytest.raises(verify.SwitchedBack, match=r"switched back to blue: app-green: task green-task-2 on "
                                                   r"pswarm-n3 \(10.99.0.13:8082\) stopped serving \(failed, exit code 137"):
         verify.verify(ctx, mark)
@@ -228,17 +170,17 @@ def test_a_task_that_fails_is_switched_back_at_once_and_not_probed(tmp_path):
 
 def test_a_down_node_is_not_probed_and_the_old_color_comes_back_on_the_tasks_still_up(tmp_path):
     ctx, calls, prober, mark = window(tmp_path, Script({200: 3}))
-    ctx.engine.now["green"][0] = task("green", 0, node_up=False)
-    ctx.engine.now["blue"][0] = task("blue", 0, node_up=False)
+    ctx.engine.tasks_of["green"][0] = task("green", 0, node_up=False)
+    ctx.engine.tasks_of["blue"][0] = task("blue", 0, node_up=False)
     with pytest.raises(verify.SwitchedBack, match="node pswarm-n1 is not ready"):
         verify.verify(ctx, mark)
     assert prober.asked == []
-    assert calls[0] == ("route_to", LIVE, ("10.99.0.12:8081", "10.99.0.13:8081"))
+    assert calls[0] == ("route_to", LIVE, addresses("blue")[1:])
 
 
 def test_no_old_task_left_running_keeps_the_new_release_live_and_says_so(tmp_path):
     ctx, calls, _, mark = window(tmp_path, Script({500: 30}))
-    ctx.engine.now["blue"] = []
+    ctx.engine.tasks_of["blue"] = []
     with pytest.raises(LiveUnverified) as caught:
         verify.verify(ctx, mark)
     assert caught.value.exit_code == 6
@@ -252,7 +194,7 @@ MANAGER_GONE = EngineFailed("docker engine at tcp://10.99.0.11:2375", "listing t
                             "no answer within 60s (NETWORK_TIMEOUT)")
 
 
-class SilentManager(FakeSwarm):
+class SilentManager(FakeEngine):
     """The manager stops answering after the switch: every call fails."""
 
     def tasks(self, color: str) -> List[TaskFact]:
@@ -262,20 +204,20 @@ class SilentManager(FakeSwarm):
         raise MANAGER_GONE
 
     def discard(self, color: str, graceful: bool = False) -> None:
-        self.calls.append(("discard", color))
+        self.mutations.append(("discard", color))
         raise MANAGER_GONE
 
 
 def test_the_manager_not_answering_switches_back_to_where_the_old_tasks_answered_at_the_switch(tmp_path, pipeline_log):
     ctx, calls, _, mark = window(tmp_path, Script({200: 3}))
-    engine = SilentManager(ctx.settings, calls)
+    engine = SilentManager(ctx.settings, calls, tasks={})
     ctx = replace(ctx, engine=engine)
     mark = replace(baseline_of(engine, mark.reader), old_addresses=addresses("blue"))   # as the baseline took them
     with pytest.raises(verify.SwitchedBack) as caught:
         verify.verify(ctx, mark)
     assert caught.value.exit_code == 1
     assert str(caught.value).startswith(f"switched back to blue: verification could not go on: {MANAGER_GONE}")
-    assert calls == [("route_to", LIVE, ("10.99.0.11:8081", "10.99.0.12:8081", "10.99.0.13:8081")),
+    assert calls == [("route_to", LIVE, addresses("blue")),
                      ("discard", "green")]
     assert "switching back to where blue answered at the switch" in pipeline_log.text
     assert "could not remove app-green" in pipeline_log.text
@@ -285,39 +227,25 @@ def test_the_baseline_keeps_where_the_old_tasks_answer(tmp_path):
     log = tmp_path / "app.access.log"
     log.write_text("")
     ctx, calls, _, _ = window(tmp_path, None, NGINX_ACCESS_LOG=str(log))
-    ctx = replace(ctx, engine=FakeBaselineSwarm(ctx.settings, calls))
+    ctx = replace(ctx, engine=swarm(ctx.settings, calls))
     assert verify.baseline(ctx, "green", "blue").old_addresses == tuple(addresses("blue"))
-
-
-class RefusingProber(FakeProber):
-    def get(self, url: str, timeout: float) -> Tuple[int, str]:
-        self.asked.append(url)
-        raise RouteRefused(f"not probing {url}: health probes run on this machine, which reaches it only "
-                           f"through a gateway")
 
 
 def test_a_route_check_refused_mid_window_switches_back(tmp_path):
     ctx, calls, _, mark = window(tmp_path, Script({200: 3}))
-    ctx = replace(ctx, prober=RefusingProber({}))
+    ctx = replace(ctx, prober=FakeProber(refuse="health probes run on this machine, which reaches it only "
+                                                     "through a gateway"))
     with pytest.raises(verify.SwitchedBack, match="switched back to blue: verification could not go on: "
                                                   "not probing http://10.99.0.1"):
         verify.verify(ctx, mark)
     assert [c[0] for c in calls] == ["route_to", "discard"]
 
 
-class FakeBaselineSwarm(FakeSwarm):
-    def container(self, color: str) -> ContainerFact:
-        return ContainerFact(color, self.settings.container_name(color), "running", "v", "img", None)
-
-    def task_addresses(self, color: str):
-        return [t for t in self.now[color] if t.running]
-
-
 def test_the_baseline_watches_the_tasks_and_reads_every_address_of_the_new_color(tmp_path):
     log = tmp_path / "app.access.log"
     log.write_text("")
     ctx, calls, _, _ = window(tmp_path, None, NGINX_ACCESS_LOG=str(log))
-    ctx = replace(ctx, engine=FakeBaselineSwarm(ctx.settings, calls))
+    ctx = replace(ctx, engine=swarm(ctx.settings, calls))
     mark = verify.baseline(ctx, "green", "blue")
     assert (mark.color, mark.old, mark.watch.watched) == ("green", "blue", WATCHED)
     assert mark.reader.addresses == {"10.99.0.11:8082", "10.99.0.12:8082", "10.99.0.13:8082"}
