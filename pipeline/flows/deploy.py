@@ -776,7 +776,7 @@ def lock_command(host: NginxHost, settings: Settings, command: str) -> str:
 def _report_facts(ctx: Context) -> Facts:
     """For reports: when nginx's admin does not answer, what the include files say. Nothing is
     probed: the record, not blue's health, tells a staged first release from a live one."""
-    includes = IncludeFiles(ctx.host, ctx.settings)
+    includes = IncludeFiles(ctx.host, ctx.settings.switch)
     try:
         return gather(ctx, probe=False)
     except SwitchUnavailable as exc:
@@ -790,7 +790,7 @@ def describe_failure(exc: BaseException) -> str:
 
 def status(ctx: Context, probe: bool = True) -> Report:
     s = ctx.settings
-    includes = IncludeFiles(ctx.host, s)
+    includes = IncludeFiles(ctx.host, s.switch)
 
     def written(route: str) -> Optional[Route]:
         return decide.parse_include(includes.read(route)) or None

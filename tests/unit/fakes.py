@@ -21,7 +21,7 @@ from pipeline.adapters.engine import Engine
 from pipeline.core.errors import (DeployFailed, HealthCheckFailed, IncludeNotLoaded, Interrupted, NginxHostFailed, NotText,
                              PipelineError)
 from pipeline.core.gate import Gate, NotHealthyYet
-from pipeline.core.settings import Settings
+from pipeline.core.settings import AppSettings, NetworkSettings, Settings
 from pipeline.core.switch import LIVE, PREVIEW
 
 
@@ -138,7 +138,7 @@ class FakeEngine(Strict):
         self.sick: Set[str] = set()          # colors whose health answers 503 (the container runs on)
         self.mutations: List[Tuple[str, ...]] = []
         self._clock = itertools.count(1)
-        self.network = False
+        self.has_network = False
         self.holding = False   # whether a running container holds its color's address (holds_address)
 
     def answer(self, url: str) -> Tuple[int, str]:
@@ -150,15 +150,15 @@ class FakeEngine(Strict):
         return (503, '{"status":"DOWN"}') if color in self.sick else (200, '{"status":"UP"}')
 
     def ensure_network(self) -> bool:
-        created, self.network = not self.network, True
+        created, self.has_network = not self.has_network, True
         return created
 
     def network_exists(self) -> bool:
-        return self.network
+        return self.has_network
 
     def remove_network(self) -> None:
         self.mutations.append(("remove_network",))
-        self.network = False
+        self.has_network = False
 
     def container(self, color: str) -> Optional[ContainerFact]:
         box = self.boxes.get(color)
@@ -191,6 +191,15 @@ class FakeEngine(Strict):
 
     def check_capacity(self) -> None:
         pass
+
+    # The sections the one engine's methods below read (World.context settles `settings`).
+    @property
+    def app(self) -> AppSettings:
+        return self.settings.app
+
+    @property
+    def network(self) -> NetworkSettings:
+        return self.settings.network
 
     # What the one engine decides from its facts, run over this fake's facts: the gate, the
     # watch after it, its rows in `status`, how a failed release goes.

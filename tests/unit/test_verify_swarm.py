@@ -118,6 +118,7 @@ class FakeSwarm(Strict):
 
     def __init__(self, settings: Settings, calls: list) -> None:
         self.settings, self.calls = settings, calls
+        self.app, self.swarm = settings.app, settings.swarm   # what SwarmEngine's watch and gate read
         self.now: Dict[str, List[TaskFact]] = {c: [task(c, i) for i in range(3)] for c in PORTS}
 
     def tasks(self, color: str) -> List[TaskFact]:
