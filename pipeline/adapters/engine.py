@@ -67,17 +67,18 @@ class Images:
 
     def build_image(self, cwd: Path, tag: str, version: str) -> str:
         """Build the release image, streaming the build's output; returns the image id."""
-        context = self.build.build_context if self.build.build_context.is_absolute() else cwd / self.build.build_context
-        dockerfile = self.build.dockerfile if self.build.dockerfile.is_absolute() else cwd / self.build.dockerfile
+        build = self.build
+        context = build.build_context if build.build_context.is_absolute() else cwd / build.build_context
+        dockerfile = build.dockerfile if build.dockerfile.is_absolute() else cwd / build.dockerfile
         labels = {LABEL_APP: self.app.app_name, LABEL_VERSION: version}
-        if self.build.image_build == "layered":   # from the jar alone, no Dockerfile: layered.py
-            with self._calling(f"building image {tag} from the jar on {self.build.base_image}"):
-                return layered.build_image(self.api, cwd, tag, labels, self.build, self.app.app_port)
+        if build.image_build == "layered":   # from the jar alone, no Dockerfile: layered.py
+            with self._calling(f"building image {tag} from the jar on {build.base_image}"):
+                return layered.build_image(self.api, cwd, tag, labels, build, self.app.app_port)
         image_id = None
         last: List[str] = []
         try:
             for chunk in self.api.build(path=str(context), dockerfile=str(dockerfile.resolve()), tag=tag,
-                                        buildargs=dict(self.build.build_args), labels=labels, rm=True,
+                                        buildargs=dict(build.build_args), labels=labels, rm=True,
                                         forcerm=True, decode=True):
                 if "stream" in chunk:
                     for line in chunk["stream"].splitlines():
@@ -97,12 +98,13 @@ class Images:
 
     def push_and_pull(self, tag: str) -> None:
         """Push the release to the registry, then pull it back as the target engine would."""
+        registry = self.registry
         auth = None
-        if self.registry.registry_username:
+        if registry.registry_username:
             # Checked by check_registry in preflight; the engine takes the credentials per request.
-            auth = {"username": self.registry.registry_username, "password": self.registry.registry_password.reveal()}
+            auth = {"username": registry.registry_username, "password": registry.registry_password.reveal()}
         repository, _, version = tag.rpartition(":")
-        part = f"registry {self.registry.registry}"
+        part = f"registry {registry.registry}"
         for verb, stream in (("push", self.api.push), ("pull", self.api.pull)):
             # NETWORK_TIMEOUT bounds each wait for the engine's next progress line: a registry that
             # never answers leaves the engine silent, and the push fails instead of hanging.
@@ -165,30 +167,31 @@ class Engine(Images):
 
     def ensure_network(self) -> bool:
         """Create the deploy network if missing; refuse one with another subnet. True if created."""
+        network = self.network
         try:
-            found = self.api.networks(names=[self.network.deploy_network])
+            found = self.api.networks(names=[network.deploy_network])
         except LIBRARY_ERRORS as exc:
-            raise PreflightError(f"{self.part}: listing networks named {self.network.deploy_network}: "
+            raise PreflightError(f"{self.part}: listing networks named {network.deploy_network}: "
                                  f"{_reason(exc, self.runtime.network_timeout)}") from exc
-        found = [n for n in found if n["Name"] == self.network.deploy_network]
+        found = [n for n in found if n["Name"] == network.deploy_network]
         if found:
             configs = (found[0].get("IPAM") or {}).get("Config") or []
             subnets = {c.get("Subnet") for c in configs}
-            if str(self.network.deploy_subnet) not in subnets:
+            if str(network.deploy_subnet) not in subnets:
                 raise PreflightError(
-                    f"docker network {self.network.deploy_network} exists with subnet "
-                    f"{', '.join(sorted(x for x in subnets if x)) or 'none'}, not DEPLOY_SUBNET={self.network.deploy_subnet}"
+                    f"docker network {network.deploy_network} exists with subnet "
+                    f"{', '.join(sorted(x for x in subnets if x)) or 'none'}, not DEPLOY_SUBNET={network.deploy_subnet}"
                 )
             return False
         ipam = docker.types.IPAMConfig(pool_configs=[
-            docker.types.IPAMPool(subnet=str(self.network.deploy_subnet), gateway=str(self.network.deploy_gateway))
+            docker.types.IPAMPool(subnet=str(network.deploy_subnet), gateway=str(network.deploy_gateway))
         ])
         try:
-            self.api.create_network(self.network.deploy_network, driver="bridge", ipam=ipam,
+            self.api.create_network(network.deploy_network, driver="bridge", ipam=ipam,
                                     labels={LABEL_APP: self.app.app_name})
         except LIBRARY_ERRORS as exc:
-            raise PreflightError(f"cannot create docker network {self.network.deploy_network} "
-                                 f"({self.network.deploy_subnet}): {_reason(exc, self.runtime.network_timeout)}") from exc
+            raise PreflightError(f"cannot create docker network {network.deploy_network} "
+                                 f"({network.deploy_subnet}): {_reason(exc, self.runtime.network_timeout)}") from exc
         return True
 
     def network_exists(self) -> bool:
@@ -264,17 +267,18 @@ class Engine(Images):
     def gate(self, color: str, prober: Transport) -> Gate:
         """The one container at its fixed address: its health URL answers 200. The port check
         runs between probes; the container exiting, restarting or losing its address ends the wait."""
-        url = health_url(self.addresses(color)[0], self.app.health_path)
+        app = self.app
+        url = health_url(self.addresses(color)[0], app.health_path)
 
         def check_alive() -> None:
             trouble, fact = container_trouble(self, color)
             if trouble is not None:
-                raise ContainerExited(self.app.container_name(color), _while_starting(trouble, fact, self.network),
+                raise ContainerExited(app.container_name(color), _while_starting(trouble, fact, self.network),
                                       self.logs_tail(color) if trouble == "stopped" else [])
 
-        return Gate(what=url, awaited=f"{self.app.container_name(color)} to answer {url}", check_alive=check_alive,
+        return Gate(what=url, awaited=f"{app.container_name(color)} to answer {url}", check_alive=check_alive,
                     probe_all=lambda timeout: probe(prober, url, timeout), logs=lambda: self.logs_tail(color),
-                    can_connect=connect_check(prober, self.network.ip_of(color), self.app.app_port))
+                    can_connect=connect_check(prober, self.network.ip_of(color), app.app_port))
 
     def watch(self, color: str) -> "ContainerWatch":
         return ContainerWatch(self, color)
@@ -296,29 +300,30 @@ class Engine(Images):
 
     def run(self, color: str, image: str, version: str) -> None:
         """Start the release as this color's container at its fixed IP (no host port published)."""
-        name = self.app.container_name(color)
+        app, network = self.app, self.network
+        name = app.container_name(color)
         self.remove(color)
         environment = {"APP_VERSION": version, "APP_COLOR": color}
-        if self.app.container_env_file is not None:
-            environment = {**_read_env_file(self.app.container_env_file), **environment}
+        if app.container_env_file is not None:
+            environment = {**_read_env_file(app.container_env_file), **environment}
         host_config = self.api.create_host_config(
-            network_mode=self.network.deploy_network,
-            binds=list(self.app.volumes_for(color)) or None,
+            network_mode=network.deploy_network,
+            binds=list(app.volumes_for(color)) or None,
             # Back after a daemon or host restart; a container we stopped stays stopped.
             restart_policy={"Name": "unless-stopped"},
         )
         networking = self.api.create_networking_config({
-            self.network.deploy_network: self.api.create_endpoint_config(ipv4_address=self.network.ip_of(color)),
+            network.deploy_network: self.api.create_endpoint_config(ipv4_address=network.ip_of(color)),
         })
         try:
             created = self.api.create_container(
                 image, name=name, detach=True, environment=environment, host_config=host_config,
                 networking_config=networking, stop_signal="SIGTERM",
-                labels={LABEL_APP: self.app.app_name, LABEL_COLOR: color, LABEL_VERSION: version},
+                labels={LABEL_APP: app.app_name, LABEL_COLOR: color, LABEL_VERSION: version},
             )
             self.api.start(created["Id"])
         except LIBRARY_ERRORS as exc:
-            failure = EngineFailed(self.part, f"starting {name} from {image} at {self.network.ip_of(color)}",
+            failure = EngineFailed(self.part, f"starting {name} from {image} at {network.ip_of(color)}",
                                    _reason(exc, self.runtime.network_timeout))
             try:
                 self.remove(color)

@@ -29,8 +29,8 @@ from tenacity import RetryError, Retrying, retry_if_result, wait_fixed
 
 from pipeline.core.decide import ContainerFact, color_at
 from pipeline.core.route import Address, Route, health_url
-from pipeline.adapters.engine import (LABEL_APP, LABEL_COLOR, LABEL_VERSION, LIBRARY_ERRORS, Images, _read_env_file, _reason,
-                     engine_environment, registry_login)
+from pipeline.adapters.engine import (LABEL_APP, LABEL_COLOR, LABEL_VERSION, LIBRARY_ERRORS, Images, _read_env_file,
+                                      _reason, engine_environment, registry_login)
 from pipeline.core.clock import SYSTEM, Clock
 from pipeline.core.errors import DeployFailed, EngineFailed, NotEnoughNodes, PreflightError, TaskFailed
 from pipeline.core.gate import Gate, NotHealthyYet, Transport, probe
@@ -276,7 +276,8 @@ class SwarmEngine:
         address. A task that fails or restarts ends the wait at once (TaskFailed, naming the task,
         its node and its last log lines); a task lost with its node is waited out: each attempt
         asks for the tasks anew."""
-        name = self.app.container_name(color)
+        app, swarm = self.app, self.swarm
+        name = app.container_name(color)
 
         def probe_all(timeout: float) -> str:
             # Only tasks of a converged service count: a replacement on its way is not healthy yet.
@@ -284,17 +285,18 @@ class SwarmEngine:
             healthy, problems = [], []
             for task in found:
                 try:
-                    probe(prober, health_url(Address(task.node_addr, task.port), self.app.health_path), timeout)
+                    probe(prober, health_url(Address(task.node_addr, task.port), app.health_path), timeout)
                     healthy.append(str(task))
                 except NotHealthyYet as exc:
                     problems.append(f"{task}: {exc.last}")
-            if len(healthy) < self.swarm.replicas:
+            if len(healthy) < swarm.replicas:
                 detail = f"; {'; '.join(problems)}" if problems else ""
-                raise NotHealthyYet(f"{len(healthy)} of {self.swarm.replicas} answer 200 ({len(found)} running){detail}")
+                raise NotHealthyYet(f"{len(healthy)} of {swarm.replicas} answer 200 ({len(found)} running){detail}")
             return ", ".join(healthy)
 
-        return Gate(what=f"every task of {name} at {self.app.health_path}",
-                    awaited=f"{self.swarm.replicas} task(s) of {name} to answer {self.app.health_path} on port {self.swarm.port_of(color)}",
+        return Gate(what=f"every task of {name} at {app.health_path}",
+                    awaited=f"{swarm.replicas} task(s) of {name} to answer {app.health_path} "
+                            f"on port {swarm.port_of(color)}",
                     check_alive=lambda: self.check_tasks(color), probe_all=probe_all,
                     logs=lambda: self.logs_tail(color))
 
@@ -382,29 +384,30 @@ class SwarmEngine:
 
         Refused before anything changes when fewer nodes are ready than REPLICAS.
         """
-        name = self.app.container_name(color)
+        app, swarm = self.app, self.swarm
+        name = app.container_name(color)
         self.check_capacity()
         self.remove(color)
         environment = {"APP_VERSION": version, "APP_COLOR": color}
-        if self.app.container_env_file is not None:
-            environment = {**_read_env_file(self.app.container_env_file), **environment}
-        labels = {LABEL_APP: self.app.app_name, LABEL_COLOR: color, LABEL_VERSION: version}
-        port = self.swarm.port_of(color)
+        if app.container_env_file is not None:
+            environment = {**_read_env_file(app.container_env_file), **environment}
+        labels = {LABEL_APP: app.app_name, LABEL_COLOR: color, LABEL_VERSION: version}
+        port = swarm.port_of(color)
         self._login()
         self._baseline[color] = frozenset()
         self._call(f"create service {name} from {image} on port {port}", lambda: self.client.services.create(
             image, name=name, labels=labels, container_labels=labels,
             env=[f"{k}={v}" for k, v in environment.items()],
-            mode=ServiceMode("replicated", replicas=self.swarm.replicas),
-            endpoint_spec=EndpointSpec(mode="dnsrr", ports={port: (self.app.app_port, "tcp", "host")}),
+            mode=ServiceMode("replicated", replicas=swarm.replicas),
+            endpoint_spec=EndpointSpec(mode="dnsrr", ports={port: (app.app_port, "tcp", "host")}),
             maxreplicas=1,
-            mounts=list(self.app.volumes_for(color)) or None,
+            mounts=list(app.volumes_for(color)) or None,
             stop_signal="SIGTERM",
-            stop_grace_period=int(self.app.stop_timeout * 1e9),
+            stop_grace_period=int(app.stop_timeout * 1e9),
             # A task that exits is replaced (after a second); the health gate counts that as a failure.
             restart_policy=RestartPolicy(condition="any", delay=int(1e9)),
         ))
-        log.info("    service %s: %d task(s) of %s on port %d", name, self.swarm.replicas, image, port)
+        log.info("    service %s: %d task(s) of %s on port %d", name, swarm.replicas, image, port)
 
     def start(self, color: str) -> None:
         """Scale the kept service back up to REPLICAS (rollback, promote)."""
