@@ -2,6 +2,11 @@
 
 `Settings.from_env(environ, cwd)` is the only reader of configuration. Every check names the
 variable and the value it got, so a bad value is a one-line error before anything changes.
+
+`Settings` is the parsed, validated whole, which the flows (the runbooks) read; its sections
+(`settings.app`, `.build`, `.network`, `.swarm`, `.runtime`, `.nginx`, `.switch`, `.verify`,
+`.rollout`, `.registry_access`) are frozen parts of it, and compose.py hands each adapter only
+the sections it reads: every setting is in exactly one (tests/unit/test_sections.py).
 """
 from __future__ import annotations
 
