@@ -117,7 +117,7 @@ def build_fat(api: Any, jar: Path, ref: str, base: str, labels: Dict[str, str]) 
 def build_layered(api: Any, jar: Path, ref: str, base: str, labels: Dict[str, str]) -> float:
     settings = Settings.from_env({"IMAGE_BUILD": "layered", "JAR": str(jar), "BASE_IMAGE": base}, REPO)
     started = time.monotonic()
-    layered.build_image(api, REPO, ref, labels, settings)
+    layered.build_image(api, REPO, ref, labels, settings.build, settings.app_port)
     return time.monotonic() - started
 
 

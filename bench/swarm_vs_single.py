@@ -29,7 +29,7 @@ from typing import Dict, List, Optional
 
 import docker
 
-from pipeline.adapters.swarm import SwarmEngine
+from pipeline.compose import make_target
 from teststack.realstack import (Nginx, free_port, remove_app, remove_network,
                                  reserve_network, run_pipeline, stack_env)
 from teststack.swarmstack import start_swarm, swarm_env, swarm_settings
@@ -123,7 +123,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         rows += rounds_for("swarm", env, nginx, work, args.rounds)
     finally:
         nginx.stop()
-        engine = SwarmEngine.connect(swarm_settings(swarm, app), {})
+        engine = make_target(swarm_settings(swarm, app), {})
         for color in ("blue", "green"):
             engine.remove(color)
         shutil.rmtree(work, ignore_errors=True)

@@ -26,17 +26,19 @@ from pipeline.core.switch import TrafficSwitch
 from pipeline.core.target import Target
 
 
-def make_prober(host: NginxHost, s: Settings) -> Prober:
+def make_prober(host: NginxHost, settings: Settings) -> Prober:
     """Where health probes run: the nginx host's side (over its SSH connection when it is remote)."""
-    hint = (f"DEPLOY_NETWORK={s.deploy_network} (DEPLOY_SUBNET={s.deploy_subnet}) must be a docker"
+    network = settings.network
+    hint = (f"DEPLOY_NETWORK={network.deploy_network} (DEPLOY_SUBNET={network.deploy_subnet}) must be a docker"
             f" bridge on the machine nginx runs on: point DOCKER_HOST at that machine's engine")
-    return Prober.for_host(host, s.remote, hint)
+    return Prober.for_host(host, settings.nginx.remote, hint)
 
 
 def make_switch(host: NginxHost, settings: Settings) -> TrafficSwitch:
+    """SWITCH_MODE's switch, handed its sections: the switch's own, and NETWORK_TIMEOUT."""
     if settings.switch_mode == "live":
-        return LiveSwitch(host, settings)
-    return ReloadSwitch(host, settings)
+        return LiveSwitch(host, settings.switch, settings.network_timeout)
+    return ReloadSwitch(host, settings.switch, settings.nginx, settings.network_timeout)
 
 
 def make_target(settings: Settings, environ: Mapping[str, str], clock: Clock = SYSTEM) -> Target:
@@ -45,14 +47,16 @@ def make_target(settings: Settings, environ: Mapping[str, str], clock: Clock = S
         # Imported here: the one engine's runs (a rollback: a switch) start without it.
         from pipeline.adapters.swarm import SwarmEngine
 
-        return SwarmEngine.connect(settings, environ, clock)
-    return Engine.connect(settings, environ)
+        return SwarmEngine.connect(settings.app, settings.swarm, settings.build, settings.runtime,
+                                   settings.registry_access, environ, clock)
+    return Engine.connect(settings.app, settings.build, settings.network, settings.runtime,
+                          settings.registry_access, environ)
 
 
 @contextmanager
 def nginx_host(settings: Settings, connecting: Optional[Connecting] = None) -> Iterator[NginxHost]:
     """The nginx host, connected (or, `connecting`, the connection cli.py started early)."""
-    host = connecting.result() if connecting is not None else connect(settings)
+    host = connecting.result() if connecting is not None else connect(settings.nginx, settings.network_timeout)
     try:
         yield host
     finally:

@@ -15,7 +15,7 @@ import docker
 
 from pipeline.core.errors import EngineFailed, PreflightError
 from pipeline.core.settings import Settings
-from pipeline.adapters.swarm import SwarmEngine
+from pipeline.compose import make_target
 
 from .realstack import LUA_MODULES, REPO, Nginx, free_port
 
@@ -128,7 +128,7 @@ def bring_back(swarm: Dict[str, str], app: str) -> None:
         warnings.warn(f"swarm: node {i}'s dockerd was not running; started again. Its last log lines:\n"
                       + "\n".join(tail))
     swarm_sh("start")
-    engine = SwarmEngine.connect(swarm_settings(swarm, app), {})
+    engine = make_target(swarm_settings(swarm, app), {})
     deadline = time.monotonic() + CONVERGE_TIMEOUT
     while sum(n.ready for n in engine.nodes()) < NODES:
         assert time.monotonic() < deadline, f"swarm nodes {dead} did not come back ready"
@@ -149,6 +149,6 @@ def app_of_its_own(swarm: Dict[str, str]) -> Iterator[str]:
 
 
 def remove_services(swarm: Dict[str, str], app: str) -> None:
-    engine = SwarmEngine.connect(swarm_settings(swarm, app), {})
+    engine = make_target(swarm_settings(swarm, app), {})
     for color in ("blue", "green"):
         engine.remove(color)

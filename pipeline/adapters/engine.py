@@ -19,7 +19,8 @@ from pipeline.core.decide import ContainerFact, color_at
 from pipeline.core.route import Address, Route, health_url
 from pipeline.core.errors import ContainerExited, DeployFailed, EngineFailed, OutsideFailure, PreflightError, RegistryFailed
 from pipeline.core.gate import Gate, Transport, connect_check, probe
-from pipeline.core.settings import COLORS, Settings
+from pipeline.core.settings import (COLORS, AppSettings, BuildSettings, NetworkSettings, RegistrySettings,
+                                     RuntimeSettings)
 from pipeline.core.target import Endpoint, HealthReport
 
 log = logging.getLogger("pipeline")
@@ -34,13 +35,15 @@ LIBRARY_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestExce
                   urllib3.exceptions.HTTPError, OSError)
 
 
-class Engine:
-    """The few engine operations a deploy needs, with errors turned into pipeline's own."""
+class Images:
+    """Release images on one engine (build, push and pull, retention), with errors turned into
+    pipeline's own: the single engine's, and a swarm manager's own (swarm.py builds there)."""
 
-    def __init__(self, client: Any, settings: Settings, where: str = "the local socket") -> None:
+    def __init__(self, client: Any, app: AppSettings, build: BuildSettings, runtime: RuntimeSettings,
+                 registry: RegistrySettings, where: str = "the local socket") -> None:
         self.client = client
         self.api = client.api
-        self.settings = settings
+        self.app, self.build, self.runtime, self.registry = app, build, runtime, registry
         self.part = f"docker engine at {where}"
 
     @contextmanager
@@ -50,89 +53,32 @@ class Engine:
         try:
             yield
         except LIBRARY_ERRORS as exc:
-            raise error(part or self.part, action, _reason(exc, self.settings.network_timeout)) from exc
-
-    @classmethod
-    def connect(cls, settings: Settings, environ: Mapping[str, str]) -> "Engine":
-        env, where = engine_environment(settings, environ)
-        try:
-            # The default for every API call; the image build alone sets none (it takes as long
-            # as it takes), and `stop` adds its grace period.
-            # No version given, so the SDK asks the engine for it (GET /version) here: that
-            # answer is the proof the engine is reachable; a ping after it was a second round trip.
-            client = docker.client.from_env(environment=env, timeout=settings.network_timeout)
-        except LIBRARY_ERRORS as exc:
-            raise PreflightError(f"cannot reach the docker engine at {where}: "
-                                 f"{_reason(exc, settings.network_timeout)}") from exc
-        return cls(client, settings, where)
+            raise error(part or self.part, action, _reason(exc, self.runtime.network_timeout)) from exc
 
     def check_registry(self) -> None:
         """Preflight, with REGISTRY_USERNAME set: the registry takes the login (through the engine)."""
-        s = self.settings
-        refused = registry_login(self.client, s, reauth=True)
+        refused = registry_login(self.client, self.registry, self.runtime.network_timeout, reauth=True)
         if refused is not None:
-            raise PreflightError(f"registry {s.registry}: login as {s.registry_username} failed: {refused}")
+            raise PreflightError(f"registry {self.registry.registry}: login as {self.registry.registry_username} "
+                                 f"failed: {refused}")
 
-    # -- network -------------------------------------------------------------------------------
-
-    def ensure_network(self) -> bool:
-        """Create the deploy network if missing; refuse one with another subnet. True if created."""
-        s = self.settings
-        try:
-            found = self.api.networks(names=[s.deploy_network])
-        except LIBRARY_ERRORS as exc:
-            raise PreflightError(f"{self.part}: listing networks named {s.deploy_network}: "
-                                 f"{_reason(exc, s.network_timeout)}") from exc
-        found = [n for n in found if n["Name"] == s.deploy_network]
-        if found:
-            configs = (found[0].get("IPAM") or {}).get("Config") or []
-            subnets = {c.get("Subnet") for c in configs}
-            if str(s.deploy_subnet) not in subnets:
-                raise PreflightError(
-                    f"docker network {s.deploy_network} exists with subnet "
-                    f"{', '.join(sorted(x for x in subnets if x)) or 'none'}, not DEPLOY_SUBNET={s.deploy_subnet}"
-                )
-            return False
-        ipam = docker.types.IPAMConfig(pool_configs=[
-            docker.types.IPAMPool(subnet=str(s.deploy_subnet), gateway=str(s.deploy_gateway))
-        ])
-        try:
-            self.api.create_network(s.deploy_network, driver="bridge", ipam=ipam,
-                                    labels={LABEL_APP: s.app_name})
-        except LIBRARY_ERRORS as exc:
-            raise PreflightError(f"cannot create docker network {s.deploy_network} "
-                                 f"({s.deploy_subnet}): {_reason(exc, s.network_timeout)}") from exc
-        return True
-
-    def network_exists(self) -> bool:
-        name = self.settings.deploy_network
-        with self._calling(f"listing networks named {name}"):
-            return any(n["Name"] == name for n in self.api.networks(names=[name]))
-
-    def remove_network(self) -> None:
-        """Remove the deploy network again (only right after this run created it, still empty)."""
-        try:
-            self.api.remove_network(self.settings.deploy_network)
-        except LIBRARY_ERRORS as exc:
-            log.warning("    could not remove docker network %s again: %s", self.settings.deploy_network,
-                        _reason(exc, self.settings.network_timeout))
 
     # -- images --------------------------------------------------------------------------------
 
     def build_image(self, cwd: Path, tag: str, version: str) -> str:
         """Build the release image, streaming the build's output; returns the image id."""
-        s = self.settings
-        context = s.build_context if s.build_context.is_absolute() else cwd / s.build_context
-        dockerfile = s.dockerfile if s.dockerfile.is_absolute() else cwd / s.dockerfile
-        labels = {LABEL_APP: s.app_name, LABEL_VERSION: version}
-        if s.image_build == "layered":   # from the jar alone, no Dockerfile: layered.py
-            with self._calling(f"building image {tag} from the jar on {s.base_image}"):
-                return layered.build_image(self.api, cwd, tag, labels, s)
+        build = self.build
+        context = build.build_context if build.build_context.is_absolute() else cwd / build.build_context
+        dockerfile = build.dockerfile if build.dockerfile.is_absolute() else cwd / build.dockerfile
+        labels = {LABEL_APP: self.app.app_name, LABEL_VERSION: version}
+        if build.image_build == "layered":   # from the jar alone, no Dockerfile: layered.py
+            with self._calling(f"building image {tag} from the jar on {build.base_image}"):
+                return layered.build_image(self.api, cwd, tag, labels, build, self.app.app_port)
         image_id = None
         last: List[str] = []
         try:
             for chunk in self.api.build(path=str(context), dockerfile=str(dockerfile.resolve()), tag=tag,
-                                        buildargs=dict(s.build_args), labels=labels, rm=True,
+                                        buildargs=dict(build.build_args), labels=labels, rm=True,
                                         forcerm=True, decode=True):
                 if "stream" in chunk:
                     for line in chunk["stream"].splitlines():
@@ -144,7 +90,7 @@ class Engine:
                 if "error" in chunk:
                     raise DeployFailed(f"docker build of {tag} failed: {chunk['error'].strip()}", last)
         except LIBRARY_ERRORS as exc:
-            raise EngineFailed(self.part, f"building image {tag}", _reason(exc, s.network_timeout), last) from exc
+            raise EngineFailed(self.part, f"building image {tag}", _reason(exc, self.runtime.network_timeout), last) from exc
         if image_id is None:
             with self._calling(f"inspecting image {tag}"):
                 image_id = self.api.inspect_image(tag)["Id"]
@@ -152,13 +98,13 @@ class Engine:
 
     def push_and_pull(self, tag: str) -> None:
         """Push the release to the registry, then pull it back as the target engine would."""
-        s = self.settings
+        registry = self.registry
         auth = None
-        if s.registry_username:
+        if registry.registry_username:
             # Checked by check_registry in preflight; the engine takes the credentials per request.
-            auth = {"username": s.registry_username, "password": s.registry_password.reveal()}
+            auth = {"username": registry.registry_username, "password": registry.registry_password.reveal()}
         repository, _, version = tag.rpartition(":")
-        part = f"registry {s.registry}"
+        part = f"registry {registry.registry}"
         for verb, stream in (("push", self.api.push), ("pull", self.api.pull)):
             # NETWORK_TIMEOUT bounds each wait for the engine's next progress line: a registry that
             # never answers leaves the engine silent, and the push fails instead of hanging.
@@ -172,7 +118,7 @@ class Engine:
         """This app's release images: reference -> creation time (for retention)."""
         images = {}
         with self._calling("listing release images"):
-            found = self.api.images(filters={"label": f"{LABEL_APP}={self.settings.app_name}"})
+            found = self.api.images(filters={"label": f"{LABEL_APP}={self.app.app_name}"})
         for image in found:
             for ref in image.get("RepoTags") or []:
                 if ref != "<none>:<none>":
@@ -183,32 +129,100 @@ class Engine:
         try:
             self.api.remove_image(ref)
         except LIBRARY_ERRORS as exc:
-            log.warning("    could not remove image %s: %s", ref, _reason(exc, self.settings.network_timeout))
+            log.warning("    could not remove image %s: %s", ref, _reason(exc, self.runtime.network_timeout))
 
     def prune_dangling(self) -> None:
         try:
             # Only this app's: another app's build in progress on the same engine has dangling
             # layers too, and pruning them makes its build fail.
-            self.api.prune_images(filters={"dangling": True, "label": f"{LABEL_APP}={self.settings.app_name}"})
+            self.api.prune_images(filters={"dangling": True, "label": f"{LABEL_APP}={self.app.app_name}"})
         except LIBRARY_ERRORS as exc:
-            log.warning("    could not prune dangling images: %s", _reason(exc, self.settings.network_timeout))
+            log.warning("    could not prune dangling images: %s", _reason(exc, self.runtime.network_timeout))
+
+
+class Engine(Images):
+    """The few engine operations a deploy needs, with errors turned into pipeline's own."""
+
+    def __init__(self, client: Any, app: AppSettings, build: BuildSettings, network: NetworkSettings,
+                 runtime: RuntimeSettings, registry: RegistrySettings, where: str = "the local socket") -> None:
+        super().__init__(client, app, build, runtime, registry, where)
+        self.network = network
+
+    @classmethod
+    def connect(cls, app: AppSettings, build: BuildSettings, network: NetworkSettings, runtime: RuntimeSettings,
+                registry: RegistrySettings, environ: Mapping[str, str]) -> "Engine":
+        env, where = engine_environment(runtime, environ)
+        try:
+            # The default for every API call; the image build alone sets none (it takes as long
+            # as it takes), and `stop` adds its grace period.
+            # No version given, so the SDK asks the engine for it (GET /version) here: that
+            # answer is the proof the engine is reachable; a ping after it was a second round trip.
+            client = docker.client.from_env(environment=env, timeout=runtime.network_timeout)
+        except LIBRARY_ERRORS as exc:
+            raise PreflightError(f"cannot reach the docker engine at {where}: "
+                                 f"{_reason(exc, runtime.network_timeout)}") from exc
+        return cls(client, app, build, network, runtime, registry, where)
+
+    # -- network -------------------------------------------------------------------------------
+
+    def ensure_network(self) -> bool:
+        """Create the deploy network if missing; refuse one with another subnet. True if created."""
+        network = self.network
+        try:
+            found = self.api.networks(names=[network.deploy_network])
+        except LIBRARY_ERRORS as exc:
+            raise PreflightError(f"{self.part}: listing networks named {network.deploy_network}: "
+                                 f"{_reason(exc, self.runtime.network_timeout)}") from exc
+        found = [n for n in found if n["Name"] == network.deploy_network]
+        if found:
+            configs = (found[0].get("IPAM") or {}).get("Config") or []
+            subnets = {c.get("Subnet") for c in configs}
+            if str(network.deploy_subnet) not in subnets:
+                raise PreflightError(
+                    f"docker network {network.deploy_network} exists with subnet "
+                    f"{', '.join(sorted(x for x in subnets if x)) or 'none'}, not DEPLOY_SUBNET={network.deploy_subnet}"
+                )
+            return False
+        ipam = docker.types.IPAMConfig(pool_configs=[
+            docker.types.IPAMPool(subnet=str(network.deploy_subnet), gateway=str(network.deploy_gateway))
+        ])
+        try:
+            self.api.create_network(network.deploy_network, driver="bridge", ipam=ipam,
+                                    labels={LABEL_APP: self.app.app_name})
+        except LIBRARY_ERRORS as exc:
+            raise PreflightError(f"cannot create docker network {network.deploy_network} "
+                                 f"({network.deploy_subnet}): {_reason(exc, self.runtime.network_timeout)}") from exc
+        return True
+
+    def network_exists(self) -> bool:
+        name = self.network.deploy_network
+        with self._calling(f"listing networks named {name}"):
+            return any(n["Name"] == name for n in self.api.networks(names=[name]))
+
+    def remove_network(self) -> None:
+        """Remove the deploy network again (only right after this run created it, still empty)."""
+        try:
+            self.api.remove_network(self.network.deploy_network)
+        except LIBRARY_ERRORS as exc:
+            log.warning("    could not remove docker network %s again: %s", self.network.deploy_network,
+                        _reason(exc, self.runtime.network_timeout))
 
     # -- containers ----------------------------------------------------------------------------
 
     def container(self, color: str) -> Optional[ContainerFact]:
-        name = self.settings.container_name(color)
+        name = self.app.container_name(color)
         with self._calling(f"inspecting container {name}"):
             try:
                 info = self.api.inspect_container(name)
             except docker.errors.NotFound:
                 return None
         labels = info["Config"].get("Labels") or {}
-        if labels.get(LABEL_APP) != self.settings.app_name:
+        if labels.get(LABEL_APP) != self.app.app_name:
             # Not one of ours: never touch, never probe it.
             raise PreflightError(f"container {name} exists but was not started by pipeline "
-                                 f"(no label {LABEL_APP}={self.settings.app_name}); remove or rename it")
+                                 f"(no label {LABEL_APP}={self.app.app_name}); remove or rename it")
         networks = info["NetworkSettings"].get("Networks") or {}
-        endpoint = networks.get(self.settings.deploy_network) or {}
+        endpoint = networks.get(self.network.deploy_network) or {}
         ip = endpoint.get("IPAddress") or (endpoint.get("IPAMConfig") or {}).get("IPv4Address") or None
         return ContainerFact(
             color=color, name=name, status=info["State"]["Status"], version=labels.get(LABEL_VERSION),
@@ -229,17 +243,17 @@ class Engine:
 
     def addresses(self, color: str) -> Route:
         """The color's one fixed address, whether or not its container runs now."""
-        return (Address(self.settings.ip_of(color), self.settings.app_port),)
+        return (Address(self.network.ip_of(color), self.app.app_port),)
 
     def color_at(self, route: Optional[Route]) -> Optional[str]:
         """By the address: each color has its own fixed IP."""
-        return color_at(route, lambda a: a.ip, self.settings.color_ips)
+        return color_at(route, lambda a: a.ip, self.network.color_ips)
 
     def probe_ips(self) -> List[str]:
-        return [self.settings.ip_of(color) for color in COLORS]
+        return [self.network.ip_of(color) for color in COLORS]
 
     def placement(self, color: str) -> str:
-        return self.settings.ip_of(color)
+        return self.network.ip_of(color)
 
     def discard(self, color: str, graceful: bool = False) -> None:
         """Removed; `graceful`: stopped first (SIGTERM, STOP_TIMEOUT), so requests in flight finish."""
@@ -248,23 +262,23 @@ class Engine:
         self.remove(color)
 
     def discarding(self, color: str, graceful: bool = False) -> str:
-        return f"removing {self.settings.container_name(color)}"
+        return f"removing {self.app.container_name(color)}"
 
     def gate(self, color: str, prober: Transport) -> Gate:
         """The one container at its fixed address: its health URL answers 200. The port check
         runs between probes; the container exiting, restarting or losing its address ends the wait."""
-        s = self.settings
-        url = health_url(self.addresses(color)[0], s.health_path)
+        app = self.app
+        url = health_url(self.addresses(color)[0], app.health_path)
 
         def check_alive() -> None:
             trouble, fact = container_trouble(self, color)
             if trouble is not None:
-                raise ContainerExited(s.container_name(color), _while_starting(trouble, fact, s),
+                raise ContainerExited(app.container_name(color), _while_starting(trouble, fact, self.network),
                                       self.logs_tail(color) if trouble == "stopped" else [])
 
-        return Gate(what=url, awaited=f"{s.container_name(color)} to answer {url}", check_alive=check_alive,
+        return Gate(what=url, awaited=f"{app.container_name(color)} to answer {url}", check_alive=check_alive,
                     probe_all=lambda timeout: probe(prober, url, timeout), logs=lambda: self.logs_tail(color),
-                    can_connect=connect_check(prober, s.ip_of(color), s.app_port))
+                    can_connect=connect_check(prober, self.network.ip_of(color), app.app_port))
 
     def watch(self, color: str) -> "ContainerWatch":
         return ContainerWatch(self, color)
@@ -274,43 +288,43 @@ class Engine:
         """Its fixed IP; its health only while a container of ours holds it."""
         healthy = None
         if fact is not None and report is not None and self.holds_address(color):
-            healthy = report(health_url(self.addresses(color)[0], self.settings.health_path))
-        return {"ip": self.settings.ip_of(color), "health": healthy}
+            healthy = report(health_url(self.addresses(color)[0], self.app.health_path))
+        return {"ip": self.network.ip_of(color), "health": healthy}
 
     def check_capacity(self) -> None:
         """One engine always has room for the one container of a color."""
 
     def at_fixed_ip(self, fact: ContainerFact) -> bool:
         """The container holds its color's address on a deploy network that exists now."""
-        return fact.ip == self.settings.ip_of(fact.color) and self.network_exists()
+        return fact.ip == self.network.ip_of(fact.color) and self.network_exists()
 
     def run(self, color: str, image: str, version: str) -> None:
         """Start the release as this color's container at its fixed IP (no host port published)."""
-        s = self.settings
-        name = s.container_name(color)
+        app, network = self.app, self.network
+        name = app.container_name(color)
         self.remove(color)
         environment = {"APP_VERSION": version, "APP_COLOR": color}
-        if s.container_env_file is not None:
-            environment = {**_read_env_file(s.container_env_file), **environment}
+        if app.container_env_file is not None:
+            environment = {**_read_env_file(app.container_env_file), **environment}
         host_config = self.api.create_host_config(
-            network_mode=s.deploy_network,
-            binds=list(s.volumes_for(color)) or None,
+            network_mode=network.deploy_network,
+            binds=list(app.volumes_for(color)) or None,
             # Back after a daemon or host restart; a container we stopped stays stopped.
             restart_policy={"Name": "unless-stopped"},
         )
         networking = self.api.create_networking_config({
-            s.deploy_network: self.api.create_endpoint_config(ipv4_address=s.ip_of(color)),
+            network.deploy_network: self.api.create_endpoint_config(ipv4_address=network.ip_of(color)),
         })
         try:
             created = self.api.create_container(
                 image, name=name, detach=True, environment=environment, host_config=host_config,
                 networking_config=networking, stop_signal="SIGTERM",
-                labels={LABEL_APP: s.app_name, LABEL_COLOR: color, LABEL_VERSION: version},
+                labels={LABEL_APP: app.app_name, LABEL_COLOR: color, LABEL_VERSION: version},
             )
             self.api.start(created["Id"])
         except LIBRARY_ERRORS as exc:
-            failure = EngineFailed(self.part, f"starting {name} from {image} at {s.ip_of(color)}",
-                                   _reason(exc, s.network_timeout))
+            failure = EngineFailed(self.part, f"starting {name} from {image} at {network.ip_of(color)}",
+                                   _reason(exc, self.runtime.network_timeout))
             try:
                 self.remove(color)
             except EngineFailed as again:
@@ -318,22 +332,22 @@ class Engine:
             raise failure from exc
 
     def start(self, color: str) -> None:
-        name = self.settings.container_name(color)
+        name = self.app.container_name(color)
         with self._calling(f"starting {name}"):
             self.api.start(name)
 
     def stop(self, color: str) -> None:
         """Stop gracefully: SIGTERM, then SIGKILL after STOP_TIMEOUT. Kept for rollback."""
-        name = self.settings.container_name(color)
+        name = self.app.container_name(color)
         with self._calling(f"stopping {name}"):
             try:
                 # docker-py waits NETWORK_TIMEOUT plus this grace period for the answer.
-                self.api.stop(name, timeout=int(round(self.settings.stop_timeout)))
+                self.api.stop(name, timeout=int(round(self.app.stop_timeout)))
             except docker.errors.NotFound:
                 pass
 
     def remove(self, color: str) -> None:
-        name = self.settings.container_name(color)
+        name = self.app.container_name(color)
         with self._calling(f"removing {name}"):
             try:
                 self.api.remove_container(name, force=True)
@@ -343,7 +357,7 @@ class Engine:
     def logs_tail(self, color: str, lines: int = 20) -> List[str]:
         """The container's last log lines for an error's detail; none if the engine cannot say."""
         try:
-            raw = self.api.logs(self.settings.container_name(color), tail=lines, stdout=True, stderr=True)
+            raw = self.api.logs(self.app.container_name(color), tail=lines, stdout=True, stderr=True)
         except LIBRARY_ERRORS:
             return []
         return [line for line in raw.decode("utf-8", "replace").splitlines() if line.strip()]
@@ -352,7 +366,8 @@ class Engine:
 class Containers(Protocol):
     """What the container checks read: the one engine (or a fake of it, at the same seam)."""
 
-    settings: Settings
+    app: AppSettings
+    network: NetworkSettings
 
     def container(self, color: str) -> Optional[ContainerFact]: ...
 
@@ -373,13 +388,13 @@ def container_trouble(engine: Containers, color: str) -> Tuple[Optional[str], Op
     return None, fact
 
 
-def _while_starting(trouble: str, fact: Optional[ContainerFact], s: Settings) -> str:
+def _while_starting(trouble: str, fact: Optional[ContainerFact], network: NetworkSettings) -> str:
     """The trouble as the health gate's ContainerExited says it."""
     if trouble == "removed" or fact is None:
         return "removed"
     if trouble == "stopped":
         return fact.status if fact.restart_count == 0 else f"{fact.status}, restarted {fact.restart_count}x"
-    return f"does not hold {s.ip_of(fact.color)} on {s.deploy_network}"
+    return f"does not hold {network.ip_of(fact.color)} on {network.deploy_network}"
 
 
 class ContainerWatch:
@@ -389,8 +404,8 @@ class ContainerWatch:
         self.engine, self.color = engine, color
 
     def problem(self) -> Optional[str]:
-        s = self.engine.settings
-        name = s.container_name(self.color)
+        app, network = self.engine.app, self.engine.network
+        name = app.container_name(self.color)
         trouble, fact = container_trouble(self.engine, self.color)
         if trouble is None:
             return None
@@ -398,33 +413,32 @@ class ContainerWatch:
             return f"container {name} was removed"
         if trouble == "stopped":
             return f"container {name} stopped ({fact.status}, restarted {fact.restart_count}x)"
-        return f"container {name} no longer holds {s.ip_of(self.color)} on {s.deploy_network}"
+        return f"container {name} no longer holds {network.ip_of(self.color)} on {network.deploy_network}"
 
     def endpoints(self) -> List[Endpoint]:
-        s = self.engine.settings
-        return [Endpoint(Address(s.ip_of(self.color), s.app_port), "")]
+        return [Endpoint(Address(self.engine.network.ip_of(self.color), self.engine.app.app_port), "")]
 
 
-def registry_login(client: Any, s: Settings, reauth: bool = False) -> Optional[str]:
+def registry_login(client: Any, registry: RegistrySettings, timeout: float, reauth: bool = False) -> Optional[str]:
     """Log the docker client in to REGISTRY when it needs a login (REGISTRY_USERNAME): the one
     login of both targets. None when done (or not needed); else the engine's reason, for the
     caller's own error (a preflight check, or a step of the run)."""
-    if not s.registry_username:
+    if not registry.registry_username:
         return None
     try:
-        client.login(username=s.registry_username, password=s.registry_password.reveal(),
-                     registry=s.registry.split("/")[0], reauth=reauth)
+        client.login(username=registry.registry_username, password=registry.registry_password.reveal(),
+                     registry=registry.registry.split("/")[0], reauth=reauth)
     except LIBRARY_ERRORS as exc:
-        return _reason(exc, s.network_timeout)
+        return _reason(exc, timeout)
     return None
 
 
-def engine_environment(settings: Settings, environ: Mapping[str, str]) -> "tuple[Dict[str, str], str]":
+def engine_environment(runtime: RuntimeSettings, environ: Mapping[str, str]) -> "tuple[Dict[str, str], str]":
     """The environment the docker SDK reads (DOCKER_HOST from the settings wins) and, for
     messages, where that engine is."""
     env = dict(environ)
-    if settings.docker_host:
-        env["DOCKER_HOST"] = settings.docker_host
+    if runtime.docker_host:
+        env["DOCKER_HOST"] = runtime.docker_host
     return env, env.get("DOCKER_HOST") or "the local socket"
 
 

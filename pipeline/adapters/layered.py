@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import IO, Any, Dict, Iterable, List, Mapping, Optional, Protocol, Sequence, Tuple
 
 from pipeline.core.errors import DeployFailed, SettingsError
-from pipeline.core.settings import Settings
+from pipeline.core.settings import BuildSettings
 
 log = logging.getLogger("pipeline")
 
@@ -251,13 +251,14 @@ def _manifest(text: str) -> Dict[str, str]:
     return attributes
 
 
-def build_image(api: ImageApi, cwd: Path, tag: str, labels: Mapping[str, str], settings: Settings) -> str:
+def build_image(api: ImageApi, cwd: Path, tag: str, labels: Mapping[str, str], build: BuildSettings,
+                app_port: int) -> str:
     """Build the release image from the jar, load it into the engine as `tag`; its image id."""
-    jar_path = settings.jar_path(cwd)
+    jar_path = build.jar_path(cwd)
     the_plan, created = read_jar(jar_path)
     if the_plan.note:
         log.info("    %s", the_plan.note)
-    base = _base_image(api, settings.base_image)
+    base = _base_image(api, build.base_image)
     with tempfile.TemporaryDirectory(prefix="pipeline-layers-") as work:
         tarball = Path(work) / "image.tar"
         diff_ids: List[str] = []
@@ -271,7 +272,7 @@ def build_image(api: ImageApi, cwd: Path, tag: str, labels: Mapping[str, str], s
                 diff_ids.append(diff_id)
                 image.add(layer_file, f"{diff_id[7:]}/layer.tar")
             config = config_bytes(image_config(base, diff_ids, the_plan.layers, the_plan.entrypoint, labels,
-                                               settings.app_port, created, settings.base_image))
+                                               app_port, created, build.base_image))
             image_id = f"sha256:{hashlib.sha256(config).hexdigest()}"
             _add_bytes(image, f"{image_id[7:]}.json", config)
             # The base's layers are named (docker load wants one path per layer) but not carried.

@@ -53,7 +53,7 @@ from pipeline.core.errors import (AdminRefused, AdminTokenRefused, AdminUnavaila
 from pipeline.log import register_secret
 from pipeline.adapters.channel_http import ChannelConnection
 from pipeline.core.host import NginxHost
-from pipeline.core.settings import Secret, Settings
+from pipeline.core.settings import Secret, SwitchSettings
 from pipeline.core.switch import LIVE, PREVIEW, IncludeFiles
 
 log = logging.getLogger("pipeline")
@@ -234,13 +234,14 @@ class LiveSwitch:
     mode = "live"
     settle_seconds = 0.0   # the shared dict is read by every worker on the next request
 
-    def __init__(self, host: NginxHost, settings: Settings, admin: Optional[NginxAdmin] = None) -> None:
-        self.settings = settings
-        self.includes = IncludeFiles(host, settings)
-        # NETWORK_TIMEOUT bounds each admin request; the admin answers in milliseconds, so its own
-        # 5 s cap applies below that.
-        self.admin = admin or NginxAdmin(host, settings.nginx_admin_url, str(settings.nginx_admin_token_file),
-                                         timeout=min(ADMIN_TIMEOUT, settings.network_timeout))
+    def __init__(self, host: NginxHost, switch: SwitchSettings, timeout: float,
+                 admin: Optional[NginxAdmin] = None) -> None:
+        self.settings = switch
+        self.includes = IncludeFiles(host, switch)
+        # NETWORK_TIMEOUT (`timeout`) bounds each admin request; the admin answers in
+        # milliseconds, so its own 5 s cap applies below that.
+        self.admin = admin or NginxAdmin(host, switch.nginx_admin_url, str(switch.nginx_admin_token_file),
+                                         timeout=min(ADMIN_TIMEOUT, timeout))
 
     def check(self) -> None:
         """The include files the tool writes must be the ones nginx reads when it starts:

@@ -22,7 +22,7 @@ import paramiko
 
 from pipeline.core.errors import NginxHostFailed, NotText, PreflightError
 from pipeline.core.host import CommandResult, NginxHost, temp_name
-from pipeline.core.settings import Settings, without_secrets
+from pipeline.core.settings import NginxSettings, without_secrets
 
 log = logging.getLogger("pipeline")
 
@@ -177,17 +177,17 @@ class SshHost:
     """
 
     def __init__(self, client: paramiko.SSHClient, description: str,
-                 settings: Optional[Settings] = None) -> None:
+                 nginx: Optional[NginxSettings] = None, timeout: float = COMMAND_TIMEOUT) -> None:
         self.client = client
         self.description = description
-        self.settings = settings
-        self.timeout = settings.network_timeout if settings is not None else COMMAND_TIMEOUT
+        self.nginx = nginx   # to connect again after a lost connection (None: never)
+        self.timeout = timeout
         self._sftp: Optional[paramiko.SFTPClient] = None
         self._unreachable: Optional[NginxHostFailed] = None
         self._spare: Optional[_SpareSession] = None
 
     @classmethod
-    def connect(cls, settings: Settings) -> "SshHost":
+    def connect(cls, nginx: NginxSettings, timeout: float) -> "SshHost":
         """Connect, then prove the SFTP channel: preflight, exit 3. That the host runs commands
         is proven by a flow's first one, the route check in preflight (Prober.check_routes):
         a session of its own here cost a saturated machine most of a second (issue 15).
@@ -195,7 +195,7 @@ class SshHost:
         The first command's session is started before the SFTP subsystem, not after it: each
         starts a login shell on the nginx host, and side by side the second is ready when the
         first is, instead of a login shell later (the route check waited 0.2 s for it, issue 15)."""
-        host = cls(_open_client(settings), _where(settings), settings)
+        host = cls(_open_client(nginx, timeout), _where(nginx), nginx, timeout)
         host._start_spare()
         try:
             host.sftp
@@ -218,7 +218,7 @@ class SshHost:
         transport = self.client.get_transport()
         if transport is not None and transport.is_active():
             return transport
-        if self.settings is None:
+        if self.nginx is None:
             raise NginxHostFailed(self.ssh_part, "using the connection", "it is closed")
         if self._unreachable is not None:
             # Tried once already: every further wait would only add NETWORK_TIMEOUT to the cleanup.
@@ -226,7 +226,7 @@ class SshHost:
         log.warning("    the SSH connection to %s was lost; connecting again", self.description)
         self._drop()
         try:
-            self.client = _open_client(self.settings)
+            self.client = _open_client(self.nginx, self.timeout)
         except PreflightError as exc:
             cause = _ssh_reason(exc.__cause__, self.timeout) if exc.__cause__ is not None else str(exc)
             self._unreachable = NginxHostFailed(self.ssh_part, "connecting again after the connection was lost",
@@ -591,16 +591,15 @@ class _SpareSession:
             self.channel.close()
 
 
-def _where(settings: Settings) -> str:
-    return f"{settings.nginx_ssh_user}@{settings.nginx_host}:{settings.nginx_ssh_port}"
+def _where(nginx: NginxSettings) -> str:
+    return f"{nginx.nginx_ssh_user}@{nginx.nginx_host}:{nginx.nginx_ssh_port}"
 
 
-def _open_client(settings: Settings) -> paramiko.SSHClient:
+def _open_client(nginx: NginxSettings, timeout: float) -> paramiko.SSHClient:
     """Connect with key auth and a checked host key; every failure is a PreflightError."""
-    host, port, user = settings.nginx_host, settings.nginx_ssh_port, settings.nginx_ssh_user
-    where = _where(settings)
-    timeout = settings.network_timeout
-    known_hosts = settings.nginx_ssh_known_hosts.expanduser()
+    host, port, user = nginx.nginx_host, nginx.nginx_ssh_port, nginx.nginx_ssh_user
+    where = _where(nginx)
+    known_hosts = nginx.nginx_ssh_known_hosts.expanduser()
     client = paramiko.SSHClient()
     try:
         client.load_host_keys(str(known_hosts))
@@ -609,7 +608,7 @@ def _open_client(settings: Settings) -> paramiko.SSHClient:
     # An unknown host key is refused, never learnt: a deploy must not trust a new machine silently.
     client.set_missing_host_key_policy(paramiko.RejectPolicy())
     try:
-        client.connect(host, port=port, username=user, key_filename=str(settings.nginx_ssh_key),
+        client.connect(host, port=port, username=user, key_filename=str(nginx.nginx_ssh_key),
                        look_for_keys=False, allow_agent=False, timeout=timeout,
                        banner_timeout=timeout, auth_timeout=timeout, channel_timeout=timeout)
     except paramiko.BadHostKeyException as exc:
@@ -617,7 +616,7 @@ def _open_client(settings: Settings) -> paramiko.SSHClient:
                              f"(got {exc.key.get_name()} {exc.key.get_fingerprint().hex()})") from exc
     except paramiko.AuthenticationException as exc:
         raise PreflightError(f"nginx host {where}: key authentication failed with "
-                             f"NGINX_SSH_KEY={settings.nginx_ssh_key}") from exc
+                             f"NGINX_SSH_KEY={nginx.nginx_ssh_key}") from exc
     except paramiko.SSHException as exc:
         if "not found in known_hosts" in str(exc):
             raise PreflightError(f"nginx host {where}: host key is not in NGINX_SSH_KNOWN_HOSTS="
@@ -697,31 +696,32 @@ def _short(command: str, limit: int = 120) -> str:
     return command if len(command) <= limit else command[:limit - 3] + "..."
 
 
-def connect(settings: Settings) -> NginxHost:
-    if settings.remote:
-        return SshHost.connect(settings)
+def connect(nginx: NginxSettings, timeout: float) -> NginxHost:
+    """The nginx host: over SSH when NGINX_HOST is set, else this machine. `timeout`: NETWORK_TIMEOUT."""
+    if nginx.remote:
+        return SshHost.connect(nginx, timeout)
     return LocalHost()
 
 
 class Connecting:
-    """`connect(settings)` under way in a thread of its own, started before the rest of the tool
+    """`connect(nginx, timeout)` under way in a thread of its own, started before the rest of the tool
     is imported (cli.py): over SSH the handshake, the login and the SFTP subsystem's start are
     mostly the nginx host's work (sshd, the login shell), which then overlaps this process's
     imports instead of following them. On a saturated machine that is most of a second of a
     rollback (issue 15). `result()` gives the host, or raises what connecting raised, where
     `connect` would have raised it; `close()` closes a host nobody took."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, nginx: NginxSettings, timeout: float) -> None:
         self._host: Optional[NginxHost] = None
         self._error: Optional[BaseException] = None
         self._taken = False
-        self._thread = threading.Thread(target=self._connect, args=(settings,), name="connect-nginx-host",
+        self._thread = threading.Thread(target=self._connect, args=(nginx, timeout), name="connect-nginx-host",
                                         daemon=True)
         self._thread.start()
 
-    def _connect(self, settings: Settings) -> None:
+    def _connect(self, nginx: NginxSettings, timeout: float) -> None:
         try:
-            self._host = connect(settings)
+            self._host = connect(nginx, timeout)
         except BaseException as exc:   # handed to the caller of result(), in the main thread
             self._error = exc
 

@@ -47,7 +47,7 @@ from pipeline.core.route import Route, shown
 from pipeline.core.errors import (DeployFailed, IncludeNotLoaded, NginxHostFailed, PipelineError, PreflightError,
                      RemoteCommandFailed, SwitchIncomplete, tail)
 from pipeline.core.host import CommandResult, NginxHost
-from pipeline.core.settings import Settings
+from pipeline.core.settings import NginxSettings, SwitchSettings
 from pipeline.core.switch import LIVE, PREVIEW, IncludeFiles
 
 log = logging.getLogger("pipeline")
@@ -178,14 +178,17 @@ class ReloadSwitch:
     # connection); a margin for the requests the old ones still hold, as before the check.
     settle_seconds = 0.3
 
-    def __init__(self, host: NginxHost, settings: Settings) -> None:
+    def __init__(self, host: NginxHost, switch: SwitchSettings, nginx: NginxSettings, timeout: float) -> None:
+        """`nginx`: who reads the access log, for preflight's message; `timeout`: NETWORK_TIMEOUT."""
         self.host = host
-        self.settings = settings
-        self.includes = IncludeFiles(host, settings)
+        self.settings = switch
+        self.nginx = nginx
+        self.timeout = timeout
+        self.includes = IncludeFiles(host, switch)
 
     @property
     def confirm_seconds(self) -> int:
-        return max(1, min(CONFIRM_SECONDS, int(self.settings.network_timeout / 2)))
+        return max(1, min(CONFIRM_SECONDS, int(self.timeout / 2)))
 
     def loaded_path(self, route: str) -> str:
         """Where the copy of the include nginx was last seen loading is kept (live route only)."""
@@ -329,7 +332,7 @@ class ReloadSwitch:
 
     def check_answers(self) -> None:
         """The access log opens (answers.check_access_log)."""
-        check_access_log(self.host, self.settings)
+        check_access_log(self.host, self.settings, self.nginx)
 
     def answers(self, route: Route) -> AnswerReader:
         """nginx's access log, from its size now."""

@@ -29,12 +29,13 @@ from tenacity import RetryError, Retrying, retry_if_result, wait_fixed
 
 from pipeline.core.decide import ContainerFact, color_at
 from pipeline.core.route import Address, Route, health_url
-from pipeline.adapters.engine import (LABEL_APP, LABEL_COLOR, LABEL_VERSION, LIBRARY_ERRORS, Engine, _read_env_file, _reason,
-                     engine_environment, registry_login)
+from pipeline.adapters.engine import (LABEL_APP, LABEL_COLOR, LABEL_VERSION, LIBRARY_ERRORS, Images, _read_env_file,
+                                      _reason, engine_environment, registry_login)
 from pipeline.core.clock import SYSTEM, Clock
 from pipeline.core.errors import DeployFailed, EngineFailed, NotEnoughNodes, PreflightError, TaskFailed
 from pipeline.core.gate import Gate, NotHealthyYet, Transport, probe
-from pipeline.core.settings import COLORS, Settings
+from pipeline.core.settings import (COLORS, AppSettings, BuildSettings, RegistrySettings, RuntimeSettings,
+                                     SwarmSettings)
 from pipeline.core.target import Endpoint, HealthReport
 
 log = logging.getLogger("pipeline")
@@ -196,15 +197,16 @@ class SwarmEngine:
     """A swarm manager, reached like the single engine (DOCKER_HOST), driving one service per color.
 
     Image operations (build, push, retention) run on the manager's own engine, through the single
-    `Engine`: the release is built there and pushed to REGISTRY, where every node pulls it.
+    engine's `Images`: the release is built there and pushed to REGISTRY, where every node pulls it.
     """
 
-    def __init__(self, client: Any, settings: Settings, clock: Clock = SYSTEM) -> None:
+    def __init__(self, client: Any, app: AppSettings, swarm: SwarmSettings, build: BuildSettings,
+                 runtime: RuntimeSettings, registry: RegistrySettings, clock: Clock = SYSTEM) -> None:
         self.client = client
         self.clock = clock   # the run's clock: waiting for tasks to stop
         self.api = client.api
-        self.settings = settings
-        self.images = Engine(client, settings)
+        self.app, self.swarm, self.runtime, self.registry = app, swarm, runtime, registry
+        self.images = Images(client, app, build, runtime, registry)
         # Task ids each color had before this engine last ran or started it: the tasks that
         # came after are the current run's, whose failures fail the health gate.
         self._baseline: Dict[str, FrozenSet[str]] = {}
@@ -213,21 +215,23 @@ class SwarmEngine:
         self._lost: Set[str] = set()
 
     @classmethod
-    def connect(cls, settings: Settings, environ: Mapping[str, str], clock: Clock = SYSTEM) -> "SwarmEngine":
-        env, where = engine_environment(settings, environ)
+    def connect(cls, app: AppSettings, swarm: SwarmSettings, build: BuildSettings, runtime: RuntimeSettings,
+                registry: RegistrySettings, environ: Mapping[str, str], clock: Clock = SYSTEM) -> "SwarmEngine":
+        env, where = engine_environment(runtime, environ)
         try:
-            client = docker.client.from_env(environment=env, timeout=settings.network_timeout)
-            swarm = client.info().get("Swarm") or {}
+            client = docker.client.from_env(environment=env, timeout=runtime.network_timeout)
+            state = client.info().get("Swarm") or {}
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-            raise PreflightError(f"cannot reach the docker engine at {where}: {_reason(exc, settings.network_timeout)}") from exc
-        if swarm.get("LocalNodeState") != "active":
+            raise PreflightError(f"cannot reach the docker engine at {where}: "
+                                 f"{_reason(exc, runtime.network_timeout)}") from exc
+        if state.get("LocalNodeState") != "active":
             raise PreflightError(f"the docker engine at {where} is not in a swarm "
-                                 f"(state {swarm.get('LocalNodeState') or 'unknown'}); TARGET=swarm needs "
+                                 f"(state {state.get('LocalNodeState') or 'unknown'}); TARGET=swarm needs "
                                  f"DOCKER_HOST to name a swarm manager")
-        if not swarm.get("ControlAvailable"):
+        if not state.get("ControlAvailable"):
             raise PreflightError(f"the docker engine at {where} is a swarm worker; TARGET=swarm needs "
                                  f"DOCKER_HOST to name a swarm manager")
-        return cls(client, settings, clock)
+        return cls(client, app, swarm, build, runtime, registry, clock)
 
     # -- what the single engine has too ----------------------------------------------------------
 
@@ -253,10 +257,10 @@ class SwarmEngine:
 
     def color_at(self, route: Optional[Route]) -> Optional[str]:
         """By the port: every task of a color publishes the color's own port."""
-        return color_at(route, lambda a: a.port, {c: self.settings.port_of(c) for c in COLORS})
+        return color_at(route, lambda a: a.port, {c: self.swarm.port_of(c) for c in COLORS})
 
     def placement(self, color: str) -> str:
-        return f"{self.settings.replicas} task(s) on port {self.settings.port_of(color)}"
+        return f"{self.swarm.replicas} task(s) on port {self.swarm.port_of(color)}"
 
     def discard(self, color: str, graceful: bool = False) -> None:
         """A failed release: scaled to 0, its spec kept (the failed tasks' logs stay readable).
@@ -264,7 +268,7 @@ class SwarmEngine:
         self.stop(color)
 
     def discarding(self, color: str, graceful: bool = False) -> str:
-        name = self.settings.container_name(color)
+        name = self.app.container_name(color)
         return f"scaling {name} to 0 (its spec kept)" if graceful else f"scaling to 0 {name}"
 
     def gate(self, color: str, prober: Transport) -> Gate:
@@ -272,8 +276,8 @@ class SwarmEngine:
         address. A task that fails or restarts ends the wait at once (TaskFailed, naming the task,
         its node and its last log lines); a task lost with its node is waited out: each attempt
         asks for the tasks anew."""
-        s = self.settings
-        name = s.container_name(color)
+        app, swarm = self.app, self.swarm
+        name = app.container_name(color)
 
         def probe_all(timeout: float) -> str:
             # Only tasks of a converged service count: a replacement on its way is not healthy yet.
@@ -281,25 +285,26 @@ class SwarmEngine:
             healthy, problems = [], []
             for task in found:
                 try:
-                    probe(prober, health_url(Address(task.node_addr, task.port), s.health_path), timeout)
+                    probe(prober, health_url(Address(task.node_addr, task.port), app.health_path), timeout)
                     healthy.append(str(task))
                 except NotHealthyYet as exc:
                     problems.append(f"{task}: {exc.last}")
-            if len(healthy) < s.replicas:
+            if len(healthy) < swarm.replicas:
                 detail = f"; {'; '.join(problems)}" if problems else ""
-                raise NotHealthyYet(f"{len(healthy)} of {s.replicas} answer 200 ({len(found)} running){detail}")
+                raise NotHealthyYet(f"{len(healthy)} of {swarm.replicas} answer 200 ({len(found)} running){detail}")
             return ", ".join(healthy)
 
-        return Gate(what=f"every task of {name} at {s.health_path}",
-                    awaited=f"{s.replicas} task(s) of {name} to answer {s.health_path} on port {s.port_of(color)}",
+        return Gate(what=f"every task of {name} at {app.health_path}",
+                    awaited=f"{swarm.replicas} task(s) of {name} to answer {app.health_path} "
+                            f"on port {swarm.port_of(color)}",
                     check_alive=lambda: self.check_tasks(color), probe_all=probe_all,
                     logs=lambda: self.logs_tail(color))
 
     def watch(self, color: str) -> "TaskWatch":
         """The tasks running now (each on a node that is up) are the ones watched."""
         watched = frozenset(t.task_id for t in self.task_addresses(color))
-        return TaskWatch(lambda: self.tasks(color), watched, self.settings.replicas,
-                         self.settings.container_name(color))
+        return TaskWatch(lambda: self.tasks(color), watched, self.swarm.replicas,
+                         self.app.container_name(color))
 
     def status_row(self, color: str, fact: Optional[ContainerFact],
                    report: Optional[HealthReport]) -> Dict[str, object]:
@@ -315,12 +320,12 @@ class SwarmEngine:
                 if task.node_addr:
                     entry["address"] = f"{task.node_addr}:{task.port}"
                 if report is not None and task.running and task.node_up and task.node_addr:
-                    entry["health"] = report(health_url(Address(task.node_addr, task.port), self.settings.health_path))
+                    entry["health"] = report(health_url(Address(task.node_addr, task.port), self.app.health_path))
                 tasks.append(entry)
             if report is not None:
                 answering = sum(1 for entry in tasks if str(entry["health"]).startswith("HTTP 200"))
-                healthy = f"{answering} of {self.settings.replicas} task(s) answer 200"
-        return {"ip": None, "health": healthy, "port": self.settings.port_of(color), "tasks": tasks}
+                healthy = f"{answering} of {self.swarm.replicas} task(s) answer 200"
+        return {"ip": None, "health": healthy, "port": self.swarm.port_of(color), "tasks": tasks}
 
     def check_registry(self) -> None:
         """Preflight: REGISTRY takes the login, through the manager's engine (where the release is
@@ -363,7 +368,7 @@ class SwarmEngine:
             status = "starting"
         failed = sum(1 for e in self.task_events(color) if e.kind == "failed")
         image = spec["TaskTemplate"]["ContainerSpec"].get("Image", "").split("@", 1)[0]
-        return ContainerFact(color=color, name=self.settings.container_name(color), status=status,
+        return ContainerFact(color=color, name=self.app.container_name(color), status=status,
                              version=labels.get(LABEL_VERSION), image=image, ip=None, restart_count=failed)
 
     def containers(self) -> Dict[str, ContainerFact]:
@@ -379,40 +384,40 @@ class SwarmEngine:
 
         Refused before anything changes when fewer nodes are ready than REPLICAS.
         """
-        s = self.settings
-        name = s.container_name(color)
+        app, swarm = self.app, self.swarm
+        name = app.container_name(color)
         self.check_capacity()
         self.remove(color)
         environment = {"APP_VERSION": version, "APP_COLOR": color}
-        if s.container_env_file is not None:
-            environment = {**_read_env_file(s.container_env_file), **environment}
-        labels = {LABEL_APP: s.app_name, LABEL_COLOR: color, LABEL_VERSION: version}
-        port = s.port_of(color)
+        if app.container_env_file is not None:
+            environment = {**_read_env_file(app.container_env_file), **environment}
+        labels = {LABEL_APP: app.app_name, LABEL_COLOR: color, LABEL_VERSION: version}
+        port = swarm.port_of(color)
         self._login()
         self._baseline[color] = frozenset()
         self._call(f"create service {name} from {image} on port {port}", lambda: self.client.services.create(
             image, name=name, labels=labels, container_labels=labels,
             env=[f"{k}={v}" for k, v in environment.items()],
-            mode=ServiceMode("replicated", replicas=s.replicas),
-            endpoint_spec=EndpointSpec(mode="dnsrr", ports={port: (s.app_port, "tcp", "host")}),
+            mode=ServiceMode("replicated", replicas=swarm.replicas),
+            endpoint_spec=EndpointSpec(mode="dnsrr", ports={port: (app.app_port, "tcp", "host")}),
             maxreplicas=1,
-            mounts=list(s.volumes_for(color)) or None,
+            mounts=list(app.volumes_for(color)) or None,
             stop_signal="SIGTERM",
-            stop_grace_period=int(s.stop_timeout * 1e9),
+            stop_grace_period=int(app.stop_timeout * 1e9),
             # A task that exits is replaced (after a second); the health gate counts that as a failure.
             restart_policy=RestartPolicy(condition="any", delay=int(1e9)),
         ))
-        log.info("    service %s: %d task(s) of %s on port %d", name, s.replicas, image, port)
+        log.info("    service %s: %d task(s) of %s on port %d", name, swarm.replicas, image, port)
 
     def start(self, color: str) -> None:
         """Scale the kept service back up to REPLICAS (rollback, promote)."""
         service = self._service(color)
         if service is None:
-            raise DeployFailed(f"cannot start {self.settings.container_name(color)}: no such service")
+            raise DeployFailed(f"cannot start {self.app.container_name(color)}: no such service")
         self.check_capacity()
         self._baseline[color] = frozenset(t.task_id for t in self.tasks(color))
-        self._call(f"scale service {service.name} to {self.settings.replicas}",
-                   lambda: service.scale(self.settings.replicas))
+        self._call(f"scale service {service.name} to {self.swarm.replicas}",
+                   lambda: service.scale(self.swarm.replicas))
 
     def stop(self, color: str) -> None:
         """Scale to 0, keeping the service and its spec for a rollback; waits for the tasks on
@@ -423,7 +428,7 @@ class SwarmEngine:
         self._baseline.pop(color, None)  # its tasks stop now because we asked: no failures
         if _replicas(service.attrs["Spec"]) != 0:
             self._call(f"scale service {service.name} to 0", lambda: service.scale(0))
-        self._wait(lambda: not self._running_on_ready_nodes(color), self.settings.stop_timeout + STOP_SLACK,
+        self._wait(lambda: not self._running_on_ready_nodes(color), self.app.stop_timeout + STOP_SLACK,
                    f"the tasks of {service.name} to stop")
 
     def remove(self, color: str) -> None:
@@ -438,7 +443,7 @@ class SwarmEngine:
             pass
         except LIBRARY_ERRORS as exc:
             raise EngineFailed("swarm manager", f"remove service {service.name}",
-                               _reason(exc, self.settings.network_timeout)) from exc
+                               _reason(exc, self.runtime.network_timeout)) from exc
 
     def logs_tail(self, color: str, lines: int = 20) -> List[str]:
         """The last lines of the service's logs, every task's; [] if the manager cannot say."""
@@ -457,8 +462,8 @@ class SwarmEngine:
         """NotEnoughNodes (exit 3) if fewer nodes can take a task than REPLICAS."""
         nodes = self.nodes()
         ready = [n for n in nodes if n.ready]
-        if len(ready) < self.settings.replicas:
-            raise NotEnoughNodes(self.settings.replicas, [n.name for n in ready],
+        if len(ready) < self.swarm.replicas:
+            raise NotEnoughNodes(self.swarm.replicas, [n.name for n in ready],
                                  [f"{n.name} ({n.state}, {n.availability})" for n in nodes if not n.ready])
 
     def tasks(self, color: str) -> List[TaskFact]:
@@ -468,7 +473,7 @@ class SwarmEngine:
             return []
         nodes = {n.node_id: n for n in self.nodes()}
         raw = self._call(f"list the tasks of {service.name}", lambda: service.tasks())
-        facts = [_task_fact(t, color, nodes, self.settings.port_of(color), self.settings.app_port) for t in raw]
+        facts = [_task_fact(t, color, nodes, self.swarm.port_of(color), self.app.app_port) for t in raw]
         order = {t["ID"]: t.get("CreatedAt", "") for t in raw}
         return sorted(facts, key=lambda f: order[f.task_id], reverse=True)
 
@@ -483,7 +488,7 @@ class SwarmEngine:
         nodes = {n.node_id: n for n in self.nodes()}
         on = {t.node_id for t in self.tasks(color) if t.running and nodes.get(t.node_id, None) is not None
               and nodes[t.node_id].ready}
-        return len(on) >= self.settings.replicas
+        return len(on) >= self.swarm.replicas
 
     def task_events(self, color: str) -> List[TaskEvent]:
         """Tasks of the current run (since this engine last ran or started the color; without
@@ -512,7 +517,7 @@ class SwarmEngine:
         for event in self.task_events(color):
             if event.kind == "failed":
                 task = event.task
-                raise TaskFailed(self.settings.container_name(color), task.task_id,
+                raise TaskFailed(self.app.container_name(color), task.task_id,
                                  task.node or "(none)", event.reason, self.task_logs(color, task.task_id))
 
     def task_logs(self, color: str, task_id: str, lines: int = 20) -> List[str]:
@@ -532,30 +537,29 @@ class SwarmEngine:
 
     def _service(self, color: str) -> Any:
         """The color's service (a docker SDK Service), None if absent; one not labelled as ours is refused."""
-        name = self.settings.container_name(color)
+        name = self.app.container_name(color)
         try:
             service = self.client.services.get(name)
         except docker.errors.NotFound:
             return None
         except LIBRARY_ERRORS as exc:
             raise EngineFailed("swarm manager", f"inspect service {name}",
-                               _reason(exc, self.settings.network_timeout)) from exc
+                               _reason(exc, self.runtime.network_timeout)) from exc
         if service.name != name:  # get() also matches an id prefix
             return None
         labels = service.attrs["Spec"].get("Labels") or {}
-        if labels.get(LABEL_APP) != self.settings.app_name:
+        if labels.get(LABEL_APP) != self.app.app_name:
             raise PreflightError(f"service {name} exists but was not created by pipeline "
-                                 f"(no label {LABEL_APP}={self.settings.app_name}); remove or rename it")
+                                 f"(no label {LABEL_APP}={self.app.app_name}); remove or rename it")
         return service
 
     def _login(self) -> None:
         """Log the client in to REGISTRY (if it needs a login): the service is then created with
         these credentials (X-Registry-Auth), which swarm hands to every node that pulls the release."""
-        s = self.settings
-        refused = registry_login(self.client, s)
+        refused = registry_login(self.client, self.registry, self.runtime.network_timeout)
         if refused is not None:
-            raise DeployFailed(f"registry login to {s.registry.split('/')[0]} as {s.registry_username} failed: "
-                               f"{refused}")
+            raise DeployFailed(f"registry login to {self.registry.registry.split('/')[0]} as "
+                               f"{self.registry.registry_username} failed: {refused}")
 
     def _running_on_ready_nodes(self, color: str) -> bool:
         ready = {n.node_id for n in self.nodes() if n.ready}
@@ -567,7 +571,7 @@ class SwarmEngine:
         try:
             return action()
         except LIBRARY_ERRORS as exc:
-            raise EngineFailed("swarm manager", what, _reason(exc, self.settings.network_timeout)) from exc
+            raise EngineFailed("swarm manager", what, _reason(exc, self.runtime.network_timeout)) from exc
 
     def _wait(self, done: Callable[[], bool], timeout: float, what: str) -> None:
         started = self.clock.now()

@@ -20,7 +20,7 @@ from typing import Counter, Dict, FrozenSet, Optional, Protocol, Tuple
 from pipeline.core.route import Route
 from pipeline.core.errors import NginxHostFailed, PreflightError
 from pipeline.core.host import NginxHost
-from pipeline.core.settings import Settings
+from pipeline.core.settings import NginxSettings, SwitchSettings
 
 log = logging.getLogger("pipeline")
 
@@ -164,7 +164,7 @@ class StatsReader:
 
 
 
-def check_access_log(host: NginxHost, s: Settings) -> None:
+def check_access_log(host: NginxHost, s: SwitchSettings, nginx: NginxSettings) -> None:
     """Preflight, reload mode: the access log must be a file the nginx host lets us open: Debian's
     is 0640 www-data:adm, which a non-root SSH user outside `adm` cannot read; found only during
     the window, that would cost a switch back."""
@@ -176,7 +176,7 @@ def check_access_log(host: NginxHost, s: Settings) -> None:
         if size is not None:
             host.read_bytes(path, max(size - 1, 0), 1)   # opened, as the window will
     except NginxHostFailed as exc:
-        who = f"NGINX_SSH_USER={s.nginx_ssh_user}" if s.remote else "the user running pipeline"
+        who = f"NGINX_SSH_USER={nginx.nginx_ssh_user}" if nginx.remote else "the user running pipeline"
         hint = (f" (it is read as {who}: on Debian, make that user a member of `adm`)"
                 if isinstance(exc.__cause__, PermissionError) else "")
         raise PreflightError(f"NGINX_ACCESS_LOG={path}: cannot read it {where}: {exc.cause}{hint}; "

@@ -2,6 +2,11 @@
 
 `Settings.from_env(environ, cwd)` is the only reader of configuration. Every check names the
 variable and the value it got, so a bad value is a one-line error before anything changes.
+
+`Settings` is the parsed, validated whole, which the flows (the runbooks) read; its sections
+(`settings.app`, `.build`, `.network`, `.swarm`, `.runtime`, `.nginx`, `.switch`, `.verify`,
+`.rollout`, `.registry_access`) are frozen parts of it, and compose.py hands each adapter only
+the sections it reads: every setting is in exactly one (tests/unit/test_sections.py).
 """
 from __future__ import annotations
 
@@ -343,6 +348,178 @@ def _secret(name: str, raw: str, cwd: Path) -> Secret:
     return Secret(raw)
 
 
+# -- sections: the settings each part reads, handed to it alone (compose.py hands them out) ----------
+
+@dataclass(frozen=True)
+class AppSettings:
+    """The release and its containers: what either target runs."""
+
+    app_name: str
+    app_version: Optional[str]
+    app_port: int
+    health_path: str
+    container_env_file: Optional[Path]
+    container_volumes: Tuple[str, ...]
+    stop_timeout: float
+
+    def container_name(self, color: str) -> str:
+        return f"{self.app_name}-{color}"
+
+    def volumes_for(self, color: str) -> Tuple[str, ...]:
+        return tuple(v.replace("{color}", color) for v in self.container_volumes)
+
+
+@dataclass(frozen=True)
+class BuildSettings:
+    """How the release image is built (IMAGE_BUILD=dockerfile or layered)."""
+
+    build_command: Tuple[str, ...]
+    image_build: str
+    jar: Optional[Path]
+    base_image: str
+    dockerfile: Path
+    build_context: Path
+    build_args: Dict[str, str]
+
+    def check_build_inputs(self, cwd: Path) -> None:
+        """What only a build needs: checked in deploy's preflight, not by `status`."""
+        if self.image_build == "layered":
+            if not self.build_command:
+                self.jar_path(cwd)   # no build makes it: it must be there now
+            return
+        dockerfile = self.dockerfile if self.dockerfile.is_absolute() else cwd / self.dockerfile
+        if not dockerfile.is_file():
+            raise SettingsError("DOCKERFILE", self.dockerfile, "no such file")
+        context = self.build_context if self.build_context.is_absolute() else cwd / self.build_context
+        if not context.is_dir():
+            raise SettingsError("BUILD_CONTEXT", self.build_context, "no such directory")
+
+    def jar_path(self, cwd: Path) -> Path:
+        """The jar IMAGE_BUILD=layered builds from: JAR, else the one *.jar under build/libs/
+        (Gradle's `-plain.jar`, the classes without their dependencies, left out)."""
+        if self.jar is not None:
+            path = self.jar if self.jar.is_absolute() else cwd / self.jar
+            if not path.is_file():
+                raise SettingsError("JAR", self.jar, "no such file")
+            return path
+        libs = cwd / "build" / "libs"
+        found = sorted(p.name for p in libs.glob("*.jar") if p.is_file() and not p.name.endswith("-plain.jar"))
+        if len(found) != 1:
+            which = f"{len(found)} jars ({', '.join(found)})" if found else "no *.jar"
+            raise SettingsError("JAR", None, f"not set, and {libs} holds {which} besides any -plain.jar: "
+                                             f"set JAR to the one to release")
+        return libs / found[0]
+
+
+@dataclass(frozen=True)
+class NetworkSettings:
+    """TARGET=docker: the bridge network the colors live on, at fixed addresses (DOCKER_ONLY)."""
+
+    deploy_network: str
+    deploy_subnet: ipaddress.IPv4Network
+    deploy_gateway: ipaddress.IPv4Address
+    blue_ip: ipaddress.IPv4Address
+    green_ip: ipaddress.IPv4Address
+
+    def ip_of(self, color: str) -> str:
+        return str(self.blue_ip if color == "blue" else self.green_ip)
+
+    @property
+    def color_ips(self) -> Dict[str, str]:
+        return {color: self.ip_of(color) for color in COLORS}
+
+
+@dataclass(frozen=True)
+class SwarmSettings:
+    """TARGET=swarm: tasks per color and the node ports they publish (SWARM_ONLY)."""
+
+    replicas: int
+    blue_port: int
+    green_port: int
+
+    def port_of(self, color: str) -> int:
+        """The node port a color's swarm tasks publish APP_PORT on (host mode)."""
+        return self.blue_port if color == "blue" else self.green_port
+
+
+@dataclass(frozen=True)
+class RuntimeSettings:
+    """Where releases run (TARGET, DOCKER_HOST) and how long any one network call may take."""
+
+    target: str
+    docker_host: str
+    network_timeout: float
+
+
+@dataclass(frozen=True)
+class NginxSettings:
+    """The nginx host and how it is reached (SSH; none: this machine)."""
+
+    nginx_host: str
+    nginx_ssh_user: str
+    nginx_ssh_port: int
+    nginx_ssh_key: Optional[Path]
+    nginx_ssh_known_hosts: Path
+
+    @property
+    def remote(self) -> bool:
+        return bool(self.nginx_host)
+
+
+@dataclass(frozen=True)
+class SwitchSettings:
+    """How traffic is switched on the nginx host: the include files, reload mode's commands, pid
+    file and access log, live mode's admin server."""
+
+    switch_mode: str
+    nginx_include: PurePosixPath
+    nginx_preview_include: Optional[PurePosixPath]
+    nginx_include_form: str
+    nginx_upstream: str
+    nginx_test_command: Tuple[str, ...]
+    nginx_reload_command: Tuple[str, ...]
+    nginx_pid_file: PurePosixPath
+    nginx_admin_url: str
+    nginx_admin_token_file: PurePosixPath
+    nginx_access_log: PurePosixPath
+
+
+@dataclass(frozen=True)
+class VerifySettings:
+    """Verification under live traffic after the switch (flows/verify.py)."""
+
+    verify_seconds: float
+    verify_max_error_rate: float
+    verify_min_requests: int
+
+
+@dataclass(frozen=True)
+class RolloutSettings:
+    """The runbook's own waits and choices: health, smoke, hold, drain, what is kept."""
+
+    health_interval: float
+    health_timeout: float
+    smoke_command: str
+    min_ready_seconds: float
+    drain_seconds: float
+    keep_previous_running: bool
+    keep_releases: int
+
+
+@dataclass(frozen=True)
+class RegistrySettings:
+    """The registry releases go through, and its login."""
+
+    registry: str
+    registry_username: str
+    registry_password: Secret
+
+
+# Every section; each setting is in exactly one (tests/unit/test_sections.py).
+SECTIONS = (AppSettings, BuildSettings, NetworkSettings, SwarmSettings, RuntimeSettings, NginxSettings,
+            SwitchSettings, VerifySettings, RolloutSettings, RegistrySettings)
+
+
 @dataclass(frozen=True)
 class Settings:
     """Every setting, each declared as `field: type = _env(reader, default)`: it is read from the
@@ -416,32 +593,78 @@ class Settings:
     green_port: int = _env(_port, 8082)
 
 
-    # -- derived -------------------------------------------------------------------------------
+    # -- sections ------------------------------------------------------------------------------
+
+    def _values_of(self, section: Any) -> Dict[str, Any]:
+        """This run's values of one section's fields (they have the same names and types here)."""
+        return {f.name: getattr(self, f.name) for f in fields(section)}
+
+    @property
+    def app(self) -> AppSettings:
+        return AppSettings(**self._values_of(AppSettings))
+
+    @property
+    def build(self) -> BuildSettings:
+        return BuildSettings(**self._values_of(BuildSettings))
+
+    @property
+    def network(self) -> NetworkSettings:
+        return NetworkSettings(**self._values_of(NetworkSettings))
+
+    @property
+    def swarm(self) -> SwarmSettings:
+        return SwarmSettings(**self._values_of(SwarmSettings))
+
+    @property
+    def runtime(self) -> RuntimeSettings:
+        return RuntimeSettings(**self._values_of(RuntimeSettings))
+
+    @property
+    def nginx(self) -> NginxSettings:
+        return NginxSettings(**self._values_of(NginxSettings))
+
+    @property
+    def switch(self) -> SwitchSettings:
+        return SwitchSettings(**self._values_of(SwitchSettings))
+
+    @property
+    def verify(self) -> VerifySettings:
+        return VerifySettings(**self._values_of(VerifySettings))
+
+    @property
+    def rollout(self) -> RolloutSettings:
+        return RolloutSettings(**self._values_of(RolloutSettings))
+
+    @property
+    def registry_access(self) -> RegistrySettings:
+        """The registry section (`registry` is the REGISTRY setting itself)."""
+        return RegistrySettings(**self._values_of(RegistrySettings))
+
+    # -- derived (from more than one section, or kept here for the flows) --------------------------
 
     def container_name(self, color: str) -> str:
-        return f"{self.app_name}-{color}"
+        return self.app.container_name(color)
 
     def port_of(self, color: str) -> int:
-        """The node port a color's swarm tasks publish APP_PORT on (host mode)."""
-        return self.blue_port if color == "blue" else self.green_port
+        return self.swarm.port_of(color)
 
     def ip_of(self, color: str) -> str:
-        return str(self.blue_ip if color == "blue" else self.green_ip)
+        return self.network.ip_of(color)
 
     @property
     def color_ips(self) -> Dict[str, str]:
-        return {color: self.ip_of(color) for color in COLORS}
+        return self.network.color_ips
 
     @property
     def remote(self) -> bool:
-        return bool(self.nginx_host)
+        return self.nginx.remote
 
     def image_ref(self, version: str) -> str:
         repo = f"{self.registry}/{self.app_name}" if self.registry else self.app_name
         return f"{repo}:{version}"
 
     def volumes_for(self, color: str) -> Tuple[str, ...]:
-        return tuple(v.replace("{color}", color) for v in self.container_volumes)
+        return self.app.volumes_for(color)
 
     def lock_path(self) -> PurePosixPath:
         return self.nginx_include.parent / f"{self.app_name}.deploy.lock"
@@ -454,32 +677,10 @@ class Settings:
 
     def check_build_inputs(self, cwd: Path) -> None:
         """What only a build needs: checked in deploy's preflight, not by `status`."""
-        if self.image_build == "layered":
-            if not self.build_command:
-                self.jar_path(cwd)   # no build makes it: it must be there now
-            return
-        dockerfile = self.dockerfile if self.dockerfile.is_absolute() else cwd / self.dockerfile
-        if not dockerfile.is_file():
-            raise SettingsError("DOCKERFILE", self.dockerfile, "no such file")
-        context = self.build_context if self.build_context.is_absolute() else cwd / self.build_context
-        if not context.is_dir():
-            raise SettingsError("BUILD_CONTEXT", self.build_context, "no such directory")
+        self.build.check_build_inputs(cwd)
 
     def jar_path(self, cwd: Path) -> Path:
-        """The jar IMAGE_BUILD=layered builds from: JAR, else the one *.jar under build/libs/
-        (Gradle's `-plain.jar`, the classes without their dependencies, left out)."""
-        if self.jar is not None:
-            path = self.jar if self.jar.is_absolute() else cwd / self.jar
-            if not path.is_file():
-                raise SettingsError("JAR", self.jar, "no such file")
-            return path
-        libs = cwd / "build" / "libs"
-        found = sorted(p.name for p in libs.glob("*.jar") if p.is_file() and not p.name.endswith("-plain.jar"))
-        if len(found) != 1:
-            which = f"{len(found)} jars ({', '.join(found)})" if found else "no *.jar"
-            raise SettingsError("JAR", None, f"not set, and {libs} holds {which} besides any -plain.jar: "
-                                             f"set JAR to the one to release")
-        return libs / found[0]
+        return self.build.jar_path(cwd)
 
     # -- reading ---------------------------------------------------------------------------------
 

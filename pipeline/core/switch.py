@@ -21,7 +21,7 @@ from pipeline.core.answers import AnswerReader
 from pipeline.core.decide import render_include
 from pipeline.core.route import Route
 from pipeline.core.host import NginxHost
-from pipeline.core.settings import Settings
+from pipeline.core.settings import SwitchSettings
 
 LIVE = "live"
 PREVIEW = "preview"
@@ -65,9 +65,9 @@ def status_fields(switch: TrafficSwitch) -> Dict[str, object]:
 class IncludeFiles:
     """The include files on the nginx host: the persistent truth of where each route points."""
 
-    def __init__(self, host: NginxHost, settings: Settings) -> None:
+    def __init__(self, host: NginxHost, switch: SwitchSettings) -> None:
         self.host = host
-        self.settings = settings
+        self.settings = switch
 
     def path(self, route: str) -> Optional[str]:
         if route == LIVE:

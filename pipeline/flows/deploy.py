@@ -776,7 +776,7 @@ def lock_command(host: NginxHost, settings: Settings, command: str) -> str:
 def _report_facts(ctx: Context) -> Facts:
     """For reports: when nginx's admin does not answer, what the include files say. Nothing is
     probed: the record, not blue's health, tells a staged first release from a live one."""
-    includes = IncludeFiles(ctx.host, ctx.settings)
+    includes = IncludeFiles(ctx.host, ctx.settings.switch)
     try:
         return gather(ctx, probe=False)
     except SwitchUnavailable as exc:
@@ -792,7 +792,7 @@ def status(ctx: Context, probe: bool = True) -> Report:
     """What nginx serves, what runs of each color and how it answers, what the record says.
     Changes nothing. `probe=False` (or routes the probes may not take): nothing is probed."""
     s = ctx.settings
-    includes = IncludeFiles(ctx.host, s)
+    includes = IncludeFiles(ctx.host, s.switch)
     probe_problem = _probe_problem(ctx) if probe else None
     probe = probe and probe_problem is None
     facts, switch_problem, unknown = _status_facts(ctx, includes, probe)

@@ -130,11 +130,11 @@ def test_the_same_jar_built_twice_gives_the_same_layer_digests_and_image_id(worl
                                  REPO)
     labels = {"pipeline.app": world.app, "pipeline.version": "same"}
     tag = f"{world.app}:same"
-    first = layered.build_image(world.client.api, REPO, tag, labels, settings)
+    first = layered.build_image(world.client.api, REPO, tag, labels, settings.build, settings.app_port)
     first_layers = layers(world.client, tag)
     world.client.api.remove_image(tag)   # its own layers go with it (nothing else uses them)
     with caplog.at_level(logging.INFO, logger="pipeline"):
-        second = layered.build_image(world.client.api, REPO, tag, labels, settings)
+        second = layered.build_image(world.client.api, REPO, tag, labels, settings.build, settings.app_port)
     assert second == first == world.client.api.inspect_image(tag)["Id"]
     assert layers(world.client, tag) == first_layers
     # The engine checked the loaded layers against the config's digests (it read them anew).

@@ -30,7 +30,7 @@ def open_host(kind: str, stack, tmp_path):
     settings = Settings.from_env({
         "NGINX_HOST": "127.0.0.1", "NGINX_SSH_PORT": stack["SSH_PORT"], "NGINX_SSH_KEY": stack["SSH_KEY"],
         "NGINX_SSH_KNOWN_HOSTS": stack["SSH_KNOWN_HOSTS"]}, tmp_path)
-    ssh = SshHost.connect(settings)
+    ssh = SshHost.connect(settings.nginx, settings.network_timeout)
     yield ssh
     ssh.close()
 
@@ -218,9 +218,10 @@ def test_a_file_the_user_may_not_open_has_a_size_but_cannot_be_read(kind, stack,
         host.files[str(unreadable_log)] = b"line\n"
         host.unreadable.add(str(unreadable_log))
     else:
-        host = SshHost.connect(Settings.from_env({
+        other = Settings.from_env({
             "NGINX_HOST": "127.0.0.1", "NGINX_SSH_PORT": stack["SSH_PORT"], "NGINX_SSH_USER": stack["SSH_OTHER_USER"],
-            "NGINX_SSH_KEY": stack["SSH_KEY"], "NGINX_SSH_KNOWN_HOSTS": stack["SSH_KNOWN_HOSTS"]}, tmp_path))
+            "NGINX_SSH_KEY": stack["SSH_KEY"], "NGINX_SSH_KNOWN_HOSTS": stack["SSH_KNOWN_HOSTS"]}, tmp_path)
+        host = SshHost.connect(other.nginx, other.network_timeout)
     try:
         assert host.size(str(unreadable_log)) == 5
         with pytest.raises(NginxHostFailed) as caught:
@@ -272,7 +273,7 @@ def test_a_channel_after_the_connection_dropped_connects_again_and_a_refused_rec
     settings = Settings.from_env({
         "NGINX_HOST": "127.0.0.1", "NGINX_SSH_PORT": str(sshd.port), "NGINX_SSH_KEY": stack["SSH_KEY"],
         "NGINX_SSH_KNOWN_HOSTS": str(sshd.known_hosts), "NETWORK_TIMEOUT": "5"}, tmp_path)
-    host = SshHost.connect(settings)
+    host = SshHost.connect(settings.nginx, settings.network_timeout)
     try:
         assert greeting(host, greeter.port) == b"hi"
         sshd.kill_sessions()   # the connection drops, as when its sshd dies

@@ -15,6 +15,7 @@ import requests
 from pipeline.core.errors import NotEnoughNodes, TaskFailed
 from pipeline.core.settings import Secret
 from pipeline.adapters.swarm import SwarmEngine
+from pipeline.compose import make_target
 
 from teststack.realstack import REPO, wait_for
 from teststack.swarmstack import CONVERGE_TIMEOUT, NODES, app_of_its_own, swarm_settings, swarm_sh
@@ -28,7 +29,7 @@ def release(swarm, demo_jar, stack) -> str:
     a deploy would. The workers have it only from there: their tasks running prove the credentials
     reached them with the service."""
     settings = swarm_settings(swarm, "swarmdemo")
-    engine = SwarmEngine.connect(settings, {})
+    engine = make_target(settings, {})
     tag = settings.image_ref("v1")
     engine.build_image(REPO, tag, "v1")
     engine.push_and_pull(tag)
@@ -61,7 +62,7 @@ def converge(engine: SwarmEngine, color: str, timeout: float = CONVERGE_TIMEOUT)
     def done() -> bool:
         engine.check_tasks(color)  # a failed task ends the wait at once, with its log
         return engine.converged(color)
-    wait_for(done, timeout, interval=0.5, what=f"{engine.settings.replicas} running tasks of {color}")
+    wait_for(done, timeout, interval=0.5, what=f"{engine.swarm.replicas} running tasks of {color}")
 
 
 def all_healthy(engine: SwarmEngine, color: str, timeout: float = 60) -> list:
@@ -84,7 +85,7 @@ def test_swarm_sh_start_is_idempotent(swarm):
 
 
 def test_each_color_runs_one_task_per_node_on_its_own_port_and_scales_to_0_and_back(swarm, release, app):
-    engine = SwarmEngine.connect(swarm_settings(swarm, app, REPLICAS="3"), {})
+    engine = make_target(swarm_settings(swarm, app, REPLICAS="3"), {})
     engine.run("blue", release, "v1")
     converge(engine, "blue")
     addresses = all_healthy(engine, "blue")
@@ -128,7 +129,7 @@ def test_each_color_runs_one_task_per_node_on_its_own_port_and_scales_to_0_and_b
 def test_a_release_that_crashes_fails_naming_the_task_its_node_and_its_log(swarm, release, app, tmp_path):
     env_file = tmp_path / "crash.env"
     env_file.write_text("CRASH_ON_START=1\n")
-    engine = SwarmEngine.connect(swarm_settings(swarm, app, REPLICAS="2", CONTAINER_ENV_FILE=str(env_file)), {})
+    engine = make_target(swarm_settings(swarm, app, REPLICAS="2", CONTAINER_ENV_FILE=str(env_file)), {})
     engine.run("green", release, "v2")
     # Each task runs for a moment, then exits: the first exit ends the wait.
     with pytest.raises(TaskFailed) as caught:
@@ -148,12 +149,12 @@ def test_without_the_registry_credentials_the_workers_cannot_pull_the_release(sw
     settings = swarm_settings(swarm, app, REPLICAS="3")
     # A tag no node has pulled yet (they have the session's release cached): only the manager,
     # which pushes it, has it.
-    pusher = SwarmEngine.connect(settings, {})
+    pusher = make_target(settings, {})
     fresh = settings.image_ref(f"fresh-{app}")
     repository, _, tag = fresh.rpartition(":")
     pusher.api.tag(release, repository, tag)
     pusher.push_and_pull(fresh)
-    engine = SwarmEngine.connect(replace(settings, registry_username="", registry_password=Secret("")), {})
+    engine = make_target(replace(settings, registry_username="", registry_password=Secret("")), {})
     engine.run("blue", fresh, "v1")
     with pytest.raises(TaskFailed) as caught:
         wait_for(lambda: engine.check_tasks("blue"), 60, interval=0.25, what="a worker's task to be rejected")
@@ -169,7 +170,7 @@ def test_without_the_registry_credentials_the_workers_cannot_pull_the_release(sw
 
 
 def test_a_node_down_moves_its_task_and_too_many_replicas_are_refused_before_any_change(swarm, release, app):
-    engine = SwarmEngine.connect(swarm_settings(swarm, app, REPLICAS="2"), {})
+    engine = make_target(swarm_settings(swarm, app, REPLICAS="2"), {})
     engine.run("blue", release, "v1")
     converge(engine, "blue")
     before = all_healthy(engine, "blue")
@@ -195,7 +196,7 @@ def test_a_node_down_moves_its_task_and_too_many_replicas_are_refused_before_any
         assert any(e.kind == "node-lost" and e.task.task_id == victim.task_id for e in engine.task_events("blue"))
 
         # Now only 2 nodes can take a task: REPLICAS=3 is refused before anything changes.
-        three = SwarmEngine.connect(swarm_settings(swarm, app, REPLICAS="3"), {})
+        three = make_target(swarm_settings(swarm, app, REPLICAS="3"), {})
         with pytest.raises(NotEnoughNodes) as caught:
             three.run("green", release, "v2")
         assert caught.value.exit_code == 3

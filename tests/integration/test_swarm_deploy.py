@@ -16,7 +16,7 @@ import pytest
 import requests
 
 from pipeline.flows import verify
-from pipeline.adapters.swarm import SwarmEngine
+from pipeline.compose import make_target
 
 from teststack.loadgen import Load
 from teststack.realstack import Nginx, run_pipeline, start_pipeline, wait_for
@@ -116,7 +116,7 @@ def test_deploy_twice_under_load_loses_nothing_spreads_over_3_tasks_and_rolls_ba
     assert_ok(back)
     assert sorted(servers(nginx)) == [f"{addr}:8081" for addr in nodes]
     assert nginx.get().text == "version=v1 color=blue\n"
-    engine = SwarmEngine.connect(swarm_settings(swarm, env["APP_NAME"]), {})
+    engine = make_target(swarm_settings(swarm, env["APP_NAME"]), {})
     assert engine.container("green").status == "stopped"
 
     # Staged behind the preview (the color's first task), live untouched; then promoted.
@@ -154,7 +154,7 @@ def test_a_release_that_never_gets_healthy_is_scaled_to_0_and_the_old_one_keeps_
     assert "scaling to 0" in failed.stderr
     assert nginx.include.read_text() == before
     assert nginx.get().text == "version=v1 color=blue\n"
-    engine = SwarmEngine.connect(swarm_settings(swarm, env["APP_NAME"]), {})
+    engine = make_target(swarm_settings(swarm, env["APP_NAME"]), {})
     green = engine.container("green")
     assert green is not None and green.status == "stopped"   # kept, scaled to 0
     assert engine.task_addresses("green") == []
@@ -162,7 +162,7 @@ def test_a_release_that_never_gets_healthy_is_scaled_to_0_and_the_old_one_keeps_
 
 def test_a_node_lost_during_the_health_wait_is_waited_out_and_a_node_down_limits_the_next_deploy(
         swarm, env, nginx, tmp_path):
-    engine = SwarmEngine.connect(swarm_settings(swarm, env["APP_NAME"]), {})
+    engine = make_target(swarm_settings(swarm, env["APP_NAME"]), {})
     manager = next(n for n in engine.nodes() if n.manager)
     by_addr = {n.addr: n for n in engine.nodes()}
     (tmp_path / "app.env").write_text("STARTUP_DELAY_MS=12000\n")   # time to lose a node mid-gate
@@ -220,7 +220,7 @@ def test_live_mode_spreads_over_every_task_and_retries_past_a_stopped_node(swarm
     nginx = swarm_nginx(tmp_path / "nginx", "live")
     victim = None
     try:
-        engine = SwarmEngine.connect(swarm_settings(swarm, app), {})
+        engine = make_target(swarm_settings(swarm, app), {})
         env = swarm_env(swarm, app, REPLICAS="3", HEALTH_INTERVAL="0.5", HEALTH_TIMEOUT="120", DRAIN_SECONDS="1",
                         NGINX_HOST="", NGINX_INCLUDE=str(nginx.include), **switch_env(nginx, "live"))
         nodes = sorted(swarm["SWARM_NODES"].split())

@@ -19,7 +19,7 @@ from typing import Dict, Iterator
 
 import pytest
 
-from pipeline.adapters.swarm import SwarmEngine
+from pipeline.compose import make_target
 
 from teststack.loadgen import Load
 from teststack.realstack import Nginx, wait_for
@@ -95,7 +95,7 @@ def test_a_release_answering_500_to_30_percent_on_every_task_is_switched_back_to
     if mode == "live":
         assert _live_admin(nginx, "live") == ",".join(f"{a}:8081" for a in nodes) + "\n"
     assert nginx.get().text == "version=v1 color=blue\n"
-    engine = SwarmEngine.connect(swarm_settings(swarm, env["APP_NAME"]), {})
+    engine = make_target(swarm_settings(swarm, env["APP_NAME"]), {})
     assert engine.container("blue").status == "running" and len(engine.task_addresses("blue")) == len(nodes)
     assert engine.container("green").status == "stopped" and engine.task_addresses("green") == []
     # Only the bad release's own 500s failed: no connection lost, nothing else.

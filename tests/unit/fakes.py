@@ -28,7 +28,7 @@ from pipeline.core.errors import (AdminUnavailable, DeployFailed, EngineFailed, 
                                   PipelineError, TaskFailed)
 from pipeline.core.gate import Gate, NotHealthyYet, Transport, wait_ready
 from pipeline.core.host import CommandResult
-from pipeline.core.settings import Settings
+from pipeline.core.settings import AppSettings, NetworkSettings, RuntimeSettings, Settings, SwarmSettings
 from pipeline.core.switch import LIVE, PREVIEW
 
 
@@ -233,7 +233,7 @@ class FakeEngine(Strict):
         self.events: List[Tuple[float, Tuple[str, int, TaskFact]]] = []
         self.logs: List[str] = []
         self._clock = itertools.count(1)
-        self.network = False
+        self.has_network = False
         self.holding = False   # whether a running container holds its color's address (holds_address)
 
     def answer(self, url: str) -> Tuple[int, str]:
@@ -245,15 +245,15 @@ class FakeEngine(Strict):
         return (503, '{"status":"DOWN"}') if color in self.sick else (200, '{"status":"UP"}')
 
     def ensure_network(self) -> bool:
-        created, self.network = not self.network, True
+        created, self.has_network = not self.has_network, True
         return created
 
     def network_exists(self) -> bool:
-        return self.network
+        return self.has_network
 
     def remove_network(self) -> None:
         self.mutations.append(("remove_network",))
-        self.network = False
+        self.has_network = False
 
     def container(self, color: str) -> Optional[ContainerFact]:
         if self.tasks_of is not None:   # a swarm: the color's service, at no one address
@@ -305,6 +305,23 @@ class FakeEngine(Strict):
 
     def check_capacity(self) -> None:
         pass
+
+    # The sections the one engine's methods below read (World.context settles `settings`).
+    @property
+    def app(self) -> AppSettings:
+        return self.settings.app
+
+    @property
+    def network(self) -> NetworkSettings:
+        return self.settings.network
+
+    @property
+    def swarm(self) -> SwarmSettings:
+        return self.settings.swarm
+
+    @property
+    def runtime(self) -> RuntimeSettings:
+        return self.settings.runtime
 
     # What the real target decides from its facts, run over this fake's facts: the gate, the
     # watch after it, its rows in `status`, how a failed release goes. They only call members

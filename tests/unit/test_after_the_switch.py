@@ -148,7 +148,7 @@ def live_world() -> Tuple[World, FakeAdmin]:
     world = World(preview=False)
     world.settings = replace(world.settings, switch_mode="live")
     admin = FakeAdmin()
-    world.switch = LiveSwitch(world.host, world.settings, admin)   # type: ignore[assignment,arg-type]
+    world.switch = LiveSwitch(world.host, world.settings.switch, world.settings.network_timeout, admin)   # type: ignore[assignment,arg-type]
     return world, admin
 
 

@@ -483,7 +483,8 @@ def swarm_gate(tmp_path, addresses, transport, check_tasks=lambda: None, replica
     client behind it: only the methods below are asked)."""
     settings = Settings.from_env({"TARGET": "swarm", "REGISTRY": "r:5001", "REPLICAS": str(replicas),
                                   "HEALTH_PATH": "/health", "APP_NAME": "app"}, tmp_path)
-    engine = SwarmEngine(SimpleNamespace(api=None), settings)
+    engine = SwarmEngine(SimpleNamespace(api=None), settings.app, settings.swarm, settings.build, settings.runtime,
+                         settings.registry_access)
     engine.task_addresses = lambda color: list(addresses())
     engine.converged = lambda color: True
     engine.check_tasks = lambda color: check_tasks()

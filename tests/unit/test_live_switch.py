@@ -198,7 +198,7 @@ def live_switch(host, tmp_path: Path, url: str, **extra: str) -> LiveSwitch:
     # The waits between attempts go on a fake clock: a refused admin is retried without sleeping.
     admin = NginxAdmin(host, url, str(settings.nginx_admin_token_file), timeout=1.0, retry_wait=0.01,
                        clock=FakeClock())
-    return LiveSwitch(host, settings, admin)
+    return LiveSwitch(host, settings.switch, settings.network_timeout, admin)
 
 
 def closed_port_url() -> str:
@@ -488,7 +488,7 @@ def test_check_ignores_the_preview_file_when_no_preview_include_is_set(tmp_path,
     settings = Settings.from_env({"SWITCH_MODE": "live", "NGINX_ADMIN_URL": admin.url,
                                   "NGINX_INCLUDE": str(tmp_path / "service-url.inc")}, tmp_path)
     token_file = str(tmp_path / "pipeline-admin.token")
-    LiveSwitch(host, settings, NginxAdmin(host, admin.url, token_file, timeout=1.0, retry_wait=0.01)).check()
+    LiveSwitch(host, settings.switch, settings.network_timeout, NginxAdmin(host, admin.url, token_file, timeout=1.0, retry_wait=0.01)).check()
 
 
 def test_check_names_an_older_config_without_the_files_endpoint(tmp_path, host, admin):

@@ -92,7 +92,7 @@ def reloaded(verdict: str, code: int = 0, output: str = "", note: str = ""):
 def switch(host: ScriptedHost) -> ReloadSwitch:
     settings = Settings()
     assert str(settings.nginx_include) == INCLUDE
-    return ReloadSwitch(host, settings)  # type: ignore[arg-type]
+    return ReloadSwitch(host, settings.switch, settings.nginx, settings.network_timeout)  # type: ignore[arg-type]
 
 
 def test_a_switch_is_done_when_the_reload_is_seen_to_apply():

@@ -71,7 +71,7 @@ def live_switch(admin: FakeAdmin) -> LiveSwitch:
     host = FakeHost()
     host.files[str(INCLUDE)] = f"set $service_url {BLUE.url};\n"
     world = World()
-    return LiveSwitch(host, replace(world.settings, switch_mode="live"), admin)   # type: ignore[arg-type]
+    return LiveSwitch(host, replace(world.settings, switch_mode="live").switch, world.settings.network_timeout, admin)   # type: ignore[arg-type]
 
 
 def test_a_signal_during_the_live_switch_read_back_undoes_the_switch_and_is_raised_on():

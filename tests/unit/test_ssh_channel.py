@@ -12,7 +12,7 @@ import pytest
 from pipeline.adapters import nginx_host
 from pipeline.core.errors import NginxHostFailed, PreflightError
 from pipeline.adapters.nginx_host import SshHost
-from pipeline.core.settings import Settings
+from pipeline.core.settings import NginxSettings, Settings
 
 
 class FakeChannel:
@@ -73,7 +73,7 @@ class Connects:
         self.clients = list(clients)
         self.calls = 0
 
-    def __call__(self, settings: Settings) -> FakeClient:
+    def __call__(self, nginx: NginxSettings, timeout: float) -> FakeClient:
         self.calls += 1
         client = self.clients.pop(0)
         if isinstance(client, BaseException):
@@ -93,7 +93,7 @@ def test_a_channel_over_a_lost_connection_connects_again(settings, monkeypatch, 
     fresh = FakeTransport()
     connects = Connects(FakeClient(fresh))
     monkeypatch.setattr(nginx_host, "_open_client", connects)
-    host = SshHost(FakeClient(LOST[lost]()), "root@nginx1:22", settings)  # type: ignore[arg-type]
+    host = SshHost(FakeClient(LOST[lost]()), "root@nginx1:22", settings.nginx, settings.network_timeout)  # type: ignore[arg-type]
     channel = host.open_channel("127.0.0.1", 8081, 5.0)
     assert isinstance(channel, FakeChannel) and channel.timeout == 5.0
     assert fresh.opened == [("direct-tcpip", ("127.0.0.1", 8081), 5.0)] and connects.calls == 1
@@ -105,7 +105,7 @@ def test_a_channel_over_a_lost_connection_connects_again(settings, monkeypatch, 
 def test_a_failed_reconnect_is_one_line_and_not_tried_again(settings, monkeypatch, lost):
     connects = Connects(REFUSED)
     monkeypatch.setattr(nginx_host, "_open_client", connects)
-    host = SshHost(FakeClient(LOST[lost]()), "root@nginx1:22", settings)  # type: ignore[arg-type]
+    host = SshHost(FakeClient(LOST[lost]()), "root@nginx1:22", settings.nginx, settings.network_timeout)  # type: ignore[arg-type]
     for _ in range(2):
         with pytest.raises(NginxHostFailed) as caught:
             host.open_channel("127.0.0.1", 8081, 5.0)
@@ -117,7 +117,7 @@ def test_a_failed_reconnect_is_one_line_and_not_tried_again(settings, monkeypatc
 def test_a_connection_lost_again_at_once_is_one_line(settings, monkeypatch):
     connects = Connects(FakeClient(FakeTransport("drop")))
     monkeypatch.setattr(nginx_host, "_open_client", connects)
-    host = SshHost(FakeClient(FakeTransport("drop")), "root@nginx1:22", settings)  # type: ignore[arg-type]
+    host = SshHost(FakeClient(FakeTransport("drop")), "root@nginx1:22", settings.nginx, settings.network_timeout)  # type: ignore[arg-type]
     with pytest.raises(NginxHostFailed) as caught:
         host.open_channel("127.0.0.1", 8081, 5.0)
     assert str(caught.value) == ("nginx host root@nginx1:22 over SSH: opening a channel to 127.0.0.1:8081: "
@@ -126,9 +126,9 @@ def test_a_connection_lost_again_at_once_is_one_line(settings, monkeypatch):
 
 def test_a_target_that_refuses_or_a_slow_sshd_is_the_callers_answer_not_a_reconnect(settings, monkeypatch):
     monkeypatch.setattr(nginx_host, "_open_client", Connects())   # any connect fails the test
-    host = SshHost(FakeClient(FakeTransport("refuse")), "root@nginx1:22", settings)  # type: ignore[arg-type]
+    host = SshHost(FakeClient(FakeTransport("refuse")), "root@nginx1:22", settings.nginx, settings.network_timeout)  # type: ignore[arg-type]
     with pytest.raises(paramiko.ChannelException):
         host.open_channel("172.20.0.3", 8080, 5.0)
-    host = SshHost(FakeClient(FakeTransport("slow")), "root@nginx1:22", settings)  # type: ignore[arg-type]
+    host = SshHost(FakeClient(FakeTransport("slow")), "root@nginx1:22", settings.nginx, settings.network_timeout)  # type: ignore[arg-type]
     with pytest.raises(socket.timeout, match="no channel within 5s"):
         host.open_channel("172.20.0.3", 8080, 5.0)

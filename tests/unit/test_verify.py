@@ -359,7 +359,7 @@ def preflight_ctx(tmp_path, host, **env):
     settings = Settings.from_env({"NGINX_ACCESS_LOG": LOG, **env}, tmp_path)
     calls = Calls()
     # The real reload switch: it says how the answers are read (the access log on `host`).
-    return Context(settings, FakeEngine(settings, calls), host, ReloadSwitch(host, settings), tmp_path, {}, Strict(),
+    return Context(settings, FakeEngine(settings, calls), host, ReloadSwitch(host, settings.switch, settings.nginx, settings.network_timeout), tmp_path, {}, Strict(),
                    0.0, SignalGuard(), FakeClock())
 
 
