@@ -215,22 +215,15 @@ class FakeEngine(Strict):
     """Containers by color (status, version, image) and release images; mutations are logged.
 
     `calls`: the list mutations are logged to (a test may share it with FakeSwitch to see the
-    order of both). `tasks`: a swarm instead of one engine, the tasks the manager reports per
-    color (several endpoints per color, the swarm target's watch and discard); `clock` with
-    `events` ((time, (color, slot, TaskFact)) replacing a task once the clock reaches the time)
-    makes tasks change while a flow waits."""
+    order of both). A swarm is FakeSwarm."""
 
-    def __init__(self, settings: Settings, calls: Optional[List[Tuple[object, ...]]] = None,
-                 tasks: Optional[Dict[str, List[TaskFact]]] = None, clock: Optional[Clock] = None) -> None:
+    def __init__(self, settings: Settings, calls: Optional[List[Tuple[object, ...]]] = None) -> None:
         self.settings = settings
         self.boxes: Dict[str, Dict[str, str]] = {}
         self.images: Dict[str, int] = {}
         self.unhealthy: Set[str] = set()     # versions whose health check never passes
         self.sick: Set[str] = set()          # colors whose health answers 503 (the container runs on)
         self.mutations: List[Tuple[object, ...]] = calls if calls is not None else []
-        self.tasks_of = tasks
-        self.task_clock = clock
-        self.events: List[Tuple[float, Tuple[str, int, TaskFact]]] = []
         self.logs: List[str] = []
         self._clock = itertools.count(1)
         self.has_network = False
@@ -256,8 +249,6 @@ class FakeEngine(Strict):
         self.has_network = False
 
     def container(self, color: str) -> Optional[ContainerFact]:
-        if self.tasks_of is not None:   # a swarm: the color's service, at no one address
-            return ContainerFact(color, self.settings.container_name(color), "running", "v", "img", None)
         box = self.boxes.get(color)
         if box is None:
             return None
@@ -281,24 +272,7 @@ class FakeEngine(Strict):
         return [self.settings.ip_of(color) for color in ("blue", "green")]
 
     def addresses(self, color: str) -> Route:
-        if self.tasks_of is not None:
-            return tuple(Address(t.node_addr, t.port) for t in self.task_addresses(color))
         return (Address(self.settings.ip_of(color), self.settings.app_port),)
-
-    def tasks(self, color: str) -> List[TaskFact]:
-        """A swarm's tasks of the color now (after the events the clock has reached)."""
-        assert self.tasks_of is not None, "tasks of a fake engine that is not a swarm"
-        if self.task_clock is not None:
-            for at, (c, slot, fact) in list(self.events):
-                if self.task_clock.now() >= at:
-                    self.tasks_of[c][slot] = fact
-                    self.events.remove((at, (c, slot, fact)))
-        return list(self.tasks_of[color])
-
-    def task_addresses(self, color: str) -> List[TaskAddress]:
-        """As the swarm target's: the running tasks on nodes that are up."""
-        return [TaskAddress(t.node_addr, t.port, t.task_id, t.node, t.state)
-                for t in self.tasks(color) if t.running and t.node_up and t.node_addr]
 
     def color_at(self, route: Optional[Route]) -> Optional[str]:
         return color_at(route, lambda a: a.ip, self.settings.color_ips)
@@ -333,8 +307,6 @@ class FakeEngine(Strict):
         return Engine.gate(cast(Engine, self), color, prober)
 
     def watch(self, color: str) -> Watch:
-        if self.tasks_of is not None:
-            return SwarmEngine.watch(cast(SwarmEngine, self), color)
         return ContainerWatch(cast(Engine, self), color)
 
     def status_row(self, color: str, fact: Optional[ContainerFact],
@@ -342,15 +314,9 @@ class FakeEngine(Strict):
         return Engine.status_row(cast(Engine, self), color, fact, report)
 
     def discard(self, color: str, graceful: bool = False) -> None:
-        if self.tasks_of is not None:   # scaled to 0
-            self.mutations.append(("discard", color))
-            self.tasks_of[color] = []
-            return
         Engine.discard(cast(Engine, self), color, graceful)
 
     def discarding(self, color: str, graceful: bool = False) -> str:
-        if self.tasks_of is not None:
-            return SwarmEngine.discarding(cast(SwarmEngine, self), color, graceful)
         return Engine.discarding(cast(Engine, self), color, graceful)
 
     def build_image(self, cwd: Path, tag: str, version: str) -> str:
@@ -736,15 +702,31 @@ class FakeSwarm(FakeEngine):
     REPLICAS tasks, one on each of the first nodes that are up, answering at its node's address on
     the color's port. `down`: nodes that are not ready; `failing`: versions whose first task fails
     right after it starts. What the swarm decides from its tasks (the gate, the watch, `status`
-    rows, its addresses) is SwarmEngine's own code over these tasks."""
+    rows, its addresses) is SwarmEngine's own code over these tasks.
 
-    def __init__(self, settings: Settings, nodes: int) -> None:
-        super().__init__(settings)
+    A test may script a color's tasks instead: `tasks_of[color]` is then what the manager reports
+    for it (the color's service runs while one of them does), and `events` ((time, (color, slot,
+    TaskFact)), read on `clock`) replace a scripted task once the clock reaches the time, so tasks
+    change while a flow waits. Discarding a color (scaled to 0) drops its script."""
+
+    def __init__(self, settings: Settings, nodes: int = 3, calls: Optional[List[Tuple[object, ...]]] = None,
+                 clock: Optional[Clock] = None) -> None:
+        super().__init__(settings, calls)
         self.nodes = [(f"node-{i}", f"10.99.0.{10 + i}") for i in range(1, nodes + 1)]
         self.down: Set[str] = set()
         self.failing: Set[str] = set()
+        self.tasks_of: Dict[str, List[TaskFact]] = {}
+        self.task_clock = clock
+        self.events: List[Tuple[float, Tuple[str, int, TaskFact]]] = []
 
     def tasks(self, color: str) -> List[TaskFact]:
+        if self.task_clock is not None:
+            for at, (c, slot, fact) in list(self.events):
+                if self.task_clock.now() >= at:
+                    self.tasks_of[c][slot] = fact
+                    self.events.remove((at, (c, slot, fact)))
+        if color in self.tasks_of:
+            return list(self.tasks_of[color])
         box = self.boxes.get(color)
         if box is None or box["status"] != "running":
             return []
@@ -786,6 +768,12 @@ class FakeSwarm(FakeEngine):
         return [addr for _, addr in self.nodes]
 
     def container(self, color: str) -> Optional[ContainerFact]:
+        if color in self.tasks_of:   # the scripted service: running while a task of it runs
+            tasks = self.tasks(color)
+            first = tasks[0] if tasks else None
+            return ContainerFact(color, self.settings.container_name(color),
+                                 "running" if any(t.running for t in tasks) else "stopped",
+                                 first.version if first else "", first.image if first else "", None)
         fact = super().container(color)
         return None if fact is None else replace(fact, ip=None)
 
@@ -803,8 +791,14 @@ class FakeSwarm(FakeEngine):
     gate = SwarmEngine.gate
     watch = SwarmEngine.watch
     status_row = SwarmEngine.status_row
-    discard = SwarmEngine.discard
     discarding = SwarmEngine.discarding
+
+    def discard(self, color: str, graceful: bool = False) -> None:
+        """Scaled to 0, its spec kept (as SwarmEngine's): its tasks are gone, scripted or not."""
+        self.mutations.append(("discard", color))
+        self.tasks_of.pop(color, None)
+        if color in self.boxes:
+            self.boxes[color]["status"] = "exited"
 
 
 if TYPE_CHECKING:
@@ -818,8 +812,7 @@ if TYPE_CHECKING:
 
     _settings = Settings()
     _target: Target = FakeEngine(_settings)
-    _swarm: Target = FakeEngine(_settings, tasks={})
-    _fake_swarm: Target = FakeSwarm(_settings, 3)
+    _swarm: Target = FakeSwarm(_settings, 3)
     _switch: TrafficSwitch = FakeSwitch()
     _host: NginxHost = FakeHost()
     _clock: Clock = FakeClock()

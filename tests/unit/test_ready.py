@@ -23,7 +23,7 @@ from pipeline.signals import SignalGuard
 from pipeline.core.switch import LIVE, PREVIEW
 
 from .fakes import FakeClock, World, no_network  # noqa: F401  (autouse: no flow reaches the network)
-from .fakes import FakeEngine, FakeProber, FakeSwitch
+from .fakes import FakeProber, FakeSwarm, FakeSwitch
 from .test_verify_swarm import addresses, health_urls, task
 
 
@@ -284,8 +284,8 @@ def swarm_context(tmp_path, answers=None, **env):
     calls: list = []
     clock = FakeClock(0.0)
     prober = FakeProber(answers=answers or {})
-    engine = FakeEngine(settings, calls, tasks={c: [task(c, i) for i in range(3)] for c in ("blue", "green")},
-                        clock=clock)   # `events` change tasks as the clock moves
+    engine = FakeSwarm(settings, 3, calls, clock=clock)   # `events` change tasks as the clock moves
+    engine.tasks_of.update({c: [task(c, i) for i in range(3)] for c in ("blue", "green")})
     engine.logs = ["task log line"]
     ctx = Context(settings, engine, LocalHost(), FakeSwitch.configured(settings, calls), tmp_path, {}, prober, 0.0, SignalGuard(), clock)
     return ctx, calls, prober, clock

@@ -24,7 +24,7 @@ from pipeline.signals import SignalGuard
 from pipeline.adapters.swarm import TaskFact, TaskWatch, serving_problem
 from pipeline.core.switch import LIVE
 
-from .fakes import FakeAdmin, FakeClock, FakeEngine, FakeProber, FakeSwitch
+from .fakes import FakeAdmin, FakeClock, FakeProber, FakeSwarm, FakeSwitch
 from .test_verify import LINE, Script, pipeline_log  # noqa: F401 (a fixture)
 
 NODES = [("n1", "pswarm-n1", "10.99.0.11"), ("n2", "pswarm-n2", "10.99.0.12"), ("n3", "pswarm-n3", "10.99.0.13")]
@@ -103,9 +103,11 @@ def test_the_stats_reader_sums_every_task_of_the_new_color_from_its_baseline():
 
 # -- the window on a swarm ----------------------------------------------------------------------------
 
-def swarm(settings: Settings, calls: list) -> FakeEngine:
+def swarm(settings: Settings, calls: list) -> FakeSwarm:
     """The fake target as a swarm: three tasks per color, one per node."""
-    return FakeEngine(settings, calls, tasks={c: [task(c, i) for i in range(3)] for c in PORTS})
+    engine = FakeSwarm(settings, 3, calls)
+    engine.tasks_of.update({c: [task(c, i) for i in range(3)] for c in PORTS})
+    return engine
 
 
 def window(tmp_path, reader, answers=None, **env):
@@ -194,7 +196,7 @@ MANAGER_GONE = EngineFailed("docker engine at tcp://10.99.0.11:2375", "listing t
                             "no answer within 60s (NETWORK_TIMEOUT)")
 
 
-class SilentManager(FakeEngine):
+class SilentManager(FakeSwarm):
     """The manager stops answering after the switch: every call fails."""
 
     def tasks(self, color: str) -> List[TaskFact]:
@@ -210,7 +212,7 @@ class SilentManager(FakeEngine):
 
 def test_the_manager_not_answering_switches_back_to_where_the_old_tasks_answered_at_the_switch(tmp_path, pipeline_log):
     ctx, calls, _, mark = window(tmp_path, Script({200: 3}))
-    engine = SilentManager(ctx.settings, calls, tasks={})
+    engine = SilentManager(ctx.settings, 3, calls)
     ctx = replace(ctx, engine=engine)
     mark = replace(baseline_of(engine, mark.reader), old_addresses=addresses("blue"))   # as the baseline took them
     with pytest.raises(verify.SwitchedBack) as caught:
