@@ -46,17 +46,20 @@ PREVIEW_INCLUDE = PurePosixPath("/nginx/service-url-preview.inc")
 
 
 class FakeClock:
-    """The fake `pipeline.core.clock.Clock`: time moves only when something sleeps; every sleep is kept."""
+    """The fake `pipeline.core.clock.Clock`: time moves only when something sleeps; every sleep is kept.
+    `max_sleep`: no single sleep may be longer (a wait that must keep checking fails the test)."""
 
-    def __init__(self, start: float = 1000.0) -> None:
+    def __init__(self, start: float = 1000.0, max_sleep: Optional[float] = None) -> None:
         self.time = start
         self.sleeps: List[float] = []
+        self.max_sleep = max_sleep
 
     def now(self) -> float:
         return self.time
 
     def sleep(self, seconds: float) -> None:
         assert seconds >= 0, f"a negative sleep: {seconds}"
+        assert self.max_sleep is None or seconds <= self.max_sleep + 1e-9, f"slept {seconds}s in one go"
         self.sleeps.append(seconds)
         self.time += seconds
 
@@ -504,17 +507,26 @@ class FakeProber(Strict):
 
     def __init__(self, engine: Optional[FakeEngine] = None, answers: Optional[Dict[str, List[int]]] = None,
                  refuse: Optional[str] = None, where: str = "this machine (fake)",
-                 otherwise: Optional[int] = 200) -> None:
+                 otherwise: Optional[int] = 200, service: Optional[Tuple[str, float, float]] = None,
+                 clock: Optional[FakeClock] = None) -> None:
         """`answers`: a table instead (URL -> statuses, one per probe, the last repeated; a URL
         not in it answers `otherwise`, or fails the test if that is None; every address listens); `refuse`: every probe is refused by the
-        route check, for this reason. With neither an engine nor a table, any probe or connection
-        fails the test (a transport that must not be reached)."""
+        route check, for this reason. `service` (url, listen_at, healthy_at) on `clock`: one
+        service, and only its URL and address may be asked: it refuses connections before
+        listen_at, answers 503 before healthy_at and 200 from then on; a connection attempt costs
+        1 ms of the clock's time, a GET 2 ms, and `seen` keeps ("connect" | "probe", time) in order
+        (a test may add its own marks). With neither an engine nor a table nor a service, any
+        probe or connection fails the test (a transport that must not be reached)."""
         self.engine = engine
         self.answers = answers
         self.refuse = refuse
         self.where = where
         self.otherwise = otherwise
+        self.service = service
+        self.clock = clock
+        assert service is None or clock is not None, "a service's times are read on a clock"
         self.asked: List[str] = []   # every URL probed, in order
+        self.seen: List[Tuple[str, float]] = []
 
     def check_route(self, ip: str) -> None:
         pass
@@ -526,6 +538,14 @@ class FakeProber(Strict):
         self.asked.append(url)
         if self.refuse is not None:
             raise RouteRefused(f"not probing {url}: {self.refuse}")
+        if self.service is not None and self.clock is not None:
+            at, listen_at, healthy_at = self.service
+            assert url == at, f"a probe of {url}, not of the service at {at}"
+            self.seen.append(("probe", self.clock.time))
+            self.clock.time += 0.002
+            if self.clock.time < listen_at:
+                raise NotHealthyYet("connection refused or unreachable")
+            return (503, '{"status":"DOWN"}') if self.clock.time < healthy_at else (200, '{"status":"UP"}')
         if self.answers is not None:
             assert url in self.answers or self.otherwise is not None, f"a probe of {url}, which the test did not expect"
             statuses = self.answers.get(url, [self.otherwise or 200])
@@ -535,6 +555,12 @@ class FakeProber(Strict):
         return self.engine.answer(url)
 
     def can_connect(self, ip: str, port: int, timeout: float) -> bool:
+        if self.service is not None and self.clock is not None:
+            at, listen_at, _ = self.service
+            assert f"//{ip}:{port}/" in at and 0 < timeout <= 1, f"a connection to {ip}:{port} ({timeout}s)"
+            self.seen.append(("connect", self.clock.time))
+            self.clock.time += 0.001   # a refused or accepted connect on a local bridge
+            return self.clock.time >= listen_at
         if self.answers is not None:
             return True
         assert self.engine is not None, f"a connection to {ip}:{port} was tried although it should not have"
