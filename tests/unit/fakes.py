@@ -47,12 +47,14 @@ PREVIEW_INCLUDE = PurePosixPath("/nginx/service-url-preview.inc")
 
 class FakeClock:
     """The fake `pipeline.core.clock.Clock`: time moves only when something sleeps; every sleep is kept.
-    `max_sleep`: no single sleep may be longer (a wait that must keep checking fails the test)."""
+    `max_sleep`: no single sleep may be longer (a wait that must keep checking fails the test);
+    `spins`: whether a sleep of 0 is allowed (False: a loop that spins fails the test)."""
 
-    def __init__(self, start: float = 1000.0, max_sleep: Optional[float] = None) -> None:
+    def __init__(self, start: float = 1000.0, max_sleep: Optional[float] = None, spins: bool = True) -> None:
         self.time = start
         self.sleeps: List[float] = []
         self.max_sleep = max_sleep
+        self.spins = spins
 
     def now(self) -> float:
         return self.time
@@ -60,6 +62,7 @@ class FakeClock:
     def sleep(self, seconds: float) -> None:
         assert seconds >= 0, f"a negative sleep: {seconds}"
         assert self.max_sleep is None or seconds <= self.max_sleep + 1e-9, f"slept {seconds}s in one go"
+        assert self.spins or seconds > 0, "never spins"
         self.sleeps.append(seconds)
         self.time += seconds
 
