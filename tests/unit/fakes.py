@@ -9,7 +9,7 @@ import signal
 import socket
 from dataclasses import replace
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Set, Tuple, Union, cast
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Set, Tuple, Union, cast
 
 import paramiko
 import pytest
@@ -48,13 +48,17 @@ PREVIEW_INCLUDE = PurePosixPath("/nginx/service-url-preview.inc")
 class FakeClock:
     """The fake `pipeline.core.clock.Clock`: time moves only when something sleeps; every sleep is kept.
     `max_sleep`: no single sleep may be longer (a wait that must keep checking fails the test);
-    `spins`: whether a sleep of 0 is allowed (False: a loop that spins fails the test)."""
+    `spins`: whether a sleep of 0 is allowed (False: a loop that spins fails the test);
+    `before_sleep`: called with each sleep first (where a signal may arrive: what it raises, the
+    sleep that was to come never happens)."""
 
-    def __init__(self, start: float = 1000.0, max_sleep: Optional[float] = None, spins: bool = True) -> None:
+    def __init__(self, start: float = 1000.0, max_sleep: Optional[float] = None, spins: bool = True,
+                 before_sleep: Optional[Callable[[float], None]] = None) -> None:
         self.time = start
         self.sleeps: List[float] = []
         self.max_sleep = max_sleep
         self.spins = spins
+        self.before_sleep = before_sleep
 
     def now(self) -> float:
         return self.time
@@ -63,6 +67,8 @@ class FakeClock:
         assert seconds >= 0, f"a negative sleep: {seconds}"
         assert self.max_sleep is None or seconds <= self.max_sleep + 1e-9, f"slept {seconds}s in one go"
         assert self.spins or seconds > 0, "never spins"
+        if self.before_sleep is not None:
+            self.before_sleep(seconds)
         self.sleeps.append(seconds)
         self.time += seconds
 

@@ -10,7 +10,7 @@ import logging
 import signal
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable, List
+from typing import List
 
 import pytest
 
@@ -143,18 +143,6 @@ class Script:
         return verify.Tally(statuses)
 
 
-class HookClock(FakeClock):
-    """The fake clock, calling `hook` with each sleep first (where a signal may arrive)."""
-
-    def __init__(self, hook: Callable[[float], None]) -> None:
-        super().__init__()
-        self.hook = hook
-
-    def sleep(self, seconds: float) -> None:
-        self.hook(seconds)
-        super().sleep(seconds)
-
-
 def running_both(engine: FakeEngine) -> FakeEngine:
     """Two running containers at their fixed IPs."""
     engine.boxes = {c: {"status": "running", "version": "v", "image": "img"} for c in ("blue", "green")}
@@ -167,7 +155,7 @@ def window(tmp_path, reader, sleep=lambda seconds: None, **env):
     engine = running_both(FakeEngine(settings, calls))
     # No probe falls in these windows (the first would be 2 s in): a strict prober proves it.
     ctx = Context(settings, engine, LocalHost(), FakeSwitch.configured(settings, calls), tmp_path, {}, Strict(), 0.0, SignalGuard(),
-                  HookClock(sleep))
+                  FakeClock(before_sleep=sleep))
     return ctx, calls, verify.Baseline("green", "blue", reader, engine.watch("green"))
 
 
