@@ -742,7 +742,9 @@ class FakeSwarm(FakeEngine):
     A test may script a color's tasks instead: `tasks_of[color]` is then what the manager reports
     for it (the color's service runs while one of them does), and `events` ((time, (color, slot,
     TaskFact)), read on `clock`) replace a scripted task once the clock reaches the time, so tasks
-    change while a flow waits. Discarding a color (scaled to 0) drops its script."""
+    change while a flow waits. Discarding a color (scaled to 0) drops its script. `gone`: the
+    manager stops answering, every look at the tasks (so at the addresses) and every discard
+    (logged first) fails with it."""
 
     def __init__(self, settings: Settings, nodes: int = 3, calls: Optional[List[Tuple[object, ...]]] = None,
                  clock: Optional[Clock] = None) -> None:
@@ -753,8 +755,11 @@ class FakeSwarm(FakeEngine):
         self.tasks_of: Dict[str, List[TaskFact]] = {}
         self.task_clock = clock
         self.events: List[Tuple[float, Tuple[str, int, TaskFact]]] = []
+        self.gone: Optional[BaseException] = None
 
     def tasks(self, color: str) -> List[TaskFact]:
+        if self.gone is not None:
+            raise self.gone
         if self.task_clock is not None:
             for at, (c, slot, fact) in list(self.events):
                 if self.task_clock.now() >= at:
@@ -831,6 +836,8 @@ class FakeSwarm(FakeEngine):
     def discard(self, color: str, graceful: bool = False) -> None:
         """Scaled to 0, its spec kept (as SwarmEngine's): its tasks are gone, scripted or not."""
         self.mutations.append(("discard", color))
+        if self.gone is not None:
+            raise self.gone
         self.tasks_of.pop(color, None)
         if color in self.boxes:
             self.boxes[color]["status"] = "exited"

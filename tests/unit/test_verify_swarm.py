@@ -196,23 +196,10 @@ MANAGER_GONE = EngineFailed("docker engine at tcp://10.99.0.11:2375", "listing t
                             "no answer within 60s (NETWORK_TIMEOUT)")
 
 
-class SilentManager(FakeSwarm):
-    """The manager stops answering after the switch: every call fails."""
-
-    def tasks(self, color: str) -> List[TaskFact]:
-        raise MANAGER_GONE
-
-    def addresses(self, color: str) -> Tuple[Address, ...]:
-        raise MANAGER_GONE
-
-    def discard(self, color: str, graceful: bool = False) -> None:
-        self.mutations.append(("discard", color))
-        raise MANAGER_GONE
-
-
 def test_the_manager_not_answering_switches_back_to_where_the_old_tasks_answered_at_the_switch(tmp_path, pipeline_log):
     ctx, calls, _, mark = window(tmp_path, Script({200: 3}))
-    engine = SilentManager(ctx.settings, 3, calls)
+    engine = FakeSwarm(ctx.settings, 3, calls)
+    engine.gone = MANAGER_GONE   # the manager stops answering after the switch: every call fails
     ctx = replace(ctx, engine=engine)
     mark = replace(baseline_of(engine, mark.reader), old_addresses=addresses("blue"))   # as the baseline took them
     with pytest.raises(verify.SwitchedBack) as caught:
