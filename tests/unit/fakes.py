@@ -227,7 +227,8 @@ class FakeEngine(Strict):
     """Containers by color (status, version, image) and release images; mutations are logged.
 
     `calls`: the list mutations are logged to (a test may share it with FakeSwitch to see the
-    order of both). A swarm is FakeSwarm."""
+    order of both). A swarm is FakeSwarm. `gone`: the engine stops answering: every `container`
+    after the first `looks_before_gone` fails with it, and every stop and remove (logged first)."""
 
     def __init__(self, settings: Settings, calls: Optional[List[Tuple[object, ...]]] = None) -> None:
         self.settings = settings
@@ -240,6 +241,9 @@ class FakeEngine(Strict):
         self._clock = itertools.count(1)
         self.has_network = False
         self.holding = False   # whether a running container holds its color's address (holds_address)
+        self.gone: Optional[BaseException] = None
+        self.looks_before_gone = 0
+        self._looks = 0
 
     def answer(self, url: str) -> Tuple[int, str]:
         """What the color at the URL's address answers its health probe, if it runs."""
@@ -261,6 +265,9 @@ class FakeEngine(Strict):
         self.has_network = False
 
     def container(self, color: str) -> Optional[ContainerFact]:
+        self._looks += 1
+        if self.gone is not None and self._looks > self.looks_before_gone:
+            raise self.gone
         box = self.boxes.get(color)
         if box is None:
             return None
@@ -360,11 +367,15 @@ class FakeEngine(Strict):
 
     def stop(self, color: str) -> None:
         self.mutations.append(("stop", color))
+        if self.gone is not None:
+            raise self.gone
         if color in self.boxes:
             self.boxes[color]["status"] = "exited"
 
     def remove(self, color: str) -> None:
         self.mutations.append(("remove", color))
+        if self.gone is not None:
+            raise self.gone
         self.boxes.pop(color, None)
 
     def logs_tail(self, color: str, lines: int = 20) -> List[str]:
@@ -743,8 +754,8 @@ class FakeSwarm(FakeEngine):
     for it (the color's service runs while one of them does), and `events` ((time, (color, slot,
     TaskFact)), read on `clock`) replace a scripted task once the clock reaches the time, so tasks
     change while a flow waits. Discarding a color (scaled to 0) drops its script. `gone`: the
-    manager stops answering, every look at the tasks (so at the addresses) and every discard
-    (logged first) fails with it."""
+    manager stops answering: besides FakeEngine's, every look at the tasks (so at the addresses)
+    and every discard (logged first) fails with it."""
 
     def __init__(self, settings: Settings, nodes: int = 3, calls: Optional[List[Tuple[object, ...]]] = None,
                  clock: Optional[Clock] = None) -> None:
@@ -755,7 +766,6 @@ class FakeSwarm(FakeEngine):
         self.tasks_of: Dict[str, List[TaskFact]] = {}
         self.task_clock = clock
         self.events: List[Tuple[float, Tuple[str, int, TaskFact]]] = []
-        self.gone: Optional[BaseException] = None
 
     def tasks(self, color: str) -> List[TaskFact]:
         if self.gone is not None:

@@ -233,28 +233,12 @@ ENGINE_GONE = EngineFailed("docker engine at unix:///var/run/docker.sock", "insp
                            "no answer within 60s (NETWORK_TIMEOUT)")
 
 
-class FailingEngine(FakeEngine):
+def failing_engine(settings: Settings, calls: Calls, failure: BaseException, after: int = 1) -> FakeEngine:
     """The engine answers the baseline, then every call fails as `failure` says (from `after`
     calls of `container` on)."""
-
-    def __init__(self, settings: Settings, calls: Calls, failure: BaseException, after: int = 1) -> None:
-        super().__init__(settings, calls)
-        running_both(self)
-        self.failure, self.after, self.looks = failure, after, 0
-
-    def container(self, color: str):
-        self.looks += 1
-        if self.looks > self.after:
-            raise self.failure
-        return super().container(color)
-
-    def stop(self, color: str) -> None:
-        self.mutations.append(("stop", color))
-        raise self.failure
-
-    def remove(self, color: str) -> None:
-        self.mutations.append(("remove", color))
-        raise self.failure
+    engine = running_both(FakeEngine(settings, calls))
+    engine.gone, engine.looks_before_gone = failure, after
+    return engine
 
 
 def with_engine(ctx, mark, engine):
@@ -264,7 +248,7 @@ def with_engine(ctx, mark, engine):
 
 def test_the_engine_failing_mid_window_switches_back_and_fails_with_exit_1(tmp_path, pipeline_log):
     ctx, calls, mark = window(tmp_path, Script({200: 3}), VERIFY_SECONDS="5")
-    ctx, mark = with_engine(ctx, mark, FailingEngine(ctx.settings, calls, ENGINE_GONE, after=2))
+    ctx, mark = with_engine(ctx, mark, failing_engine(ctx.settings, calls, ENGINE_GONE, after=2))
     with pytest.raises(verify.SwitchedBack) as caught:
         verify.verify(ctx, mark)
     assert caught.value.exit_code == 1 and caught.value.history_result == "switched back"
@@ -280,7 +264,7 @@ def test_the_engine_failing_mid_window_switches_back_and_fails_with_exit_1(tmp_p
 def test_a_bug_mid_window_switches_back_then_is_still_a_bug(tmp_path):
     bug = AttributeError("'NoneType' object has no attribute 'attrs'")
     ctx, calls, mark = window(tmp_path, Script({200: 3}))
-    ctx, mark = with_engine(ctx, mark, FailingEngine(ctx.settings, calls, bug, after=0))
+    ctx, mark = with_engine(ctx, mark, failing_engine(ctx.settings, calls, bug, after=0))
     ctx.engine.stop = lambda color: calls.append(("stop", color))
     ctx.engine.remove = lambda color: calls.append(("remove", color))
     with pytest.raises(SwitchedBackAfterBug) as caught:
@@ -294,7 +278,7 @@ def test_a_bug_mid_window_switches_back_then_is_still_a_bug(tmp_path):
 
 def test_when_the_switch_back_after_an_engine_failure_fails_too_the_message_says_what_serves(tmp_path):
     ctx, calls, mark = window(tmp_path, Script({200: 3}))
-    ctx, mark = with_engine(ctx, mark, FailingEngine(ctx.settings, calls, ENGINE_GONE, after=0))
+    ctx, mark = with_engine(ctx, mark, failing_engine(ctx.settings, calls, ENGINE_GONE, after=0))
 
     def refuse(route, address):
         raise NginxHostFailed("nginx host root@n1:22 over SSH", "connecting", "Connection refused")
@@ -313,7 +297,7 @@ def test_when_the_switch_back_after_an_engine_failure_fails_too_the_message_says
 
 def test_a_signal_held_through_the_switch_back_is_reported_as_a_switch_back_on_that_signal(tmp_path):
     ctx, calls, mark = window(tmp_path, Script({200: 3}))
-    ctx, mark = with_engine(ctx, mark, FailingEngine(ctx.settings, calls, ENGINE_GONE, after=0))
+    ctx, mark = with_engine(ctx, mark, failing_engine(ctx.settings, calls, ENGINE_GONE, after=0))
 
     def switch_back_while_signalled(route, address):
         calls.append(("route_to", route, ", ".join(map(str, address))))
