@@ -520,6 +520,28 @@ class FakeAdmin(Strict):
         return self.stats_answers.pop(0)
 
 
+class FakeAnswers:
+    """The fake `pipeline.core.answers.AnswerReader` (nginx's answers for the new release): each
+    read gives the next of `turns`, the last one again and again: a tally (status -> count), or an
+    exception it raises. `on_read` runs first at each read; `reads` counts them."""
+
+    unparsed = 0
+
+    def __init__(self, *turns: Union[Dict[int, int], BaseException]) -> None:
+        assert turns, "a reader with nothing to answer"
+        self.turns = list(turns)
+        self.reads = 0
+        self.on_read: Callable[[], None] = lambda: None
+
+    def read(self) -> Tally:
+        self.reads += 1
+        self.on_read()
+        turn = self.turns.pop(0) if len(self.turns) > 1 else self.turns[0]
+        if isinstance(turn, BaseException):
+            raise turn
+        return Tally(turn)
+
+
 class FakeProber(Strict):
     """Where probes run: every color's address is reached over a local bridge. It sends nothing:
     the World's health gate stands in for the gate's probes, and a probe after the gate (while
@@ -872,3 +894,4 @@ if TYPE_CHECKING:
     _probing: Probing = FakeProber()
     _transport: Transport = FakeProber()
     _stats: Stats = FakeAdmin()
+    _answers: AnswerReader = FakeAnswers({200: 1})
