@@ -114,7 +114,8 @@ class FakeHost(Strict):
     SFTP-only account (`true` fails). `route_asks` lists the IPs asked, `batches` the commands of
     each run_steps call (one session each over SSH), `reads` every path read. Channels (health
     probes and the live admin over the nginx host): `channels` "connect" opens a plain socket on
-    this machine, "refuse" is the SSH server refusing; `opened` lists (host, port) asked."""
+    this machine, "refuse" is the SSH server refusing; `opened` lists (host, port) asked.
+    `write_fails`: every atomic write raises it instead (e.g. a signal arriving mid-write)."""
 
     description = "fake nginx host"
     part = "nginx host (fake)"
@@ -133,6 +134,7 @@ class FakeHost(Strict):
         self.batches: List[List[List[str]]] = []
         self.reads: List[str] = []
         self.opened: List[Tuple[str, int]] = []
+        self.write_fails: Optional[BaseException] = None
         for device in bridges:
             self.files[f"/sys/class/net/{device}/bridge/bridge_id"] = "8000.0242ac1d0501\n"
 
@@ -182,6 +184,8 @@ class FakeHost(Strict):
         return data
 
     def write_text_atomic(self, path: str, text: str) -> None:
+        if self.write_fails is not None:
+            raise self.write_fails
         self.files[path] = text
 
     def create_exclusive(self, path: str, text: str) -> bool:

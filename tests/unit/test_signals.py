@@ -47,15 +47,12 @@ def test_a_signal_inside_the_answer_reader_switches_back_and_exits_130(tmp_path)
     calls.expect("route_to", "stop", "remove")
 
 
-class SignalledHost(FakeHost):
-    def write_text_atomic(self, path: str, text: str) -> None:
-        raise Interrupted(signal.SIGTERM)
-
-
 def test_a_signal_while_the_release_record_is_written_is_not_taken_for_a_write_failure():
     # Before: ReleaseStore.write's `except (OSError, PipelineError)` logged "could not write the
     # release record" and the run went on.
-    store = ReleaseStore(SignalledHost(), "/nginx/app.releases.json")
+    host = FakeHost()
+    host.write_fails = Interrupted(signal.SIGTERM)   # SIGTERM arrives while it writes
+    store = ReleaseStore(host, "/nginx/app.releases.json")
     with pytest.raises(Interrupted):
         store.write(ReleaseRecord().made_live(Release("v1", "blue", "app:v1")))
 
