@@ -115,14 +115,19 @@ class FakeHost(Strict):
     each run_steps call (one session each over SSH), `reads` every path read. Channels (health
     probes and the live admin over the nginx host): `channels` "connect" opens a plain socket on
     this machine, "refuse" is the SSH server refusing; `opened` lists (host, port) asked.
-    `write_fails`: every atomic write raises it instead (e.g. a signal arriving mid-write)."""
+    `write_fails`: every atomic write raises it instead (e.g. a signal arriving mid-write).
+
+    `script`: a list of (call, outcome) that every file access and command must follow, in order
+    ("read", "write", "run", "run_steps", ...); any call it does not expect fails the test. An
+    outcome that is an exception is raised; for a command, the outcome is its result, or a
+    function of the call's arguments giving it; `done` says every scripted call was made."""
 
     description = "fake nginx host"
     part = "nginx host (fake)"
 
     def __init__(self, routes: Optional[Dict[str, Tuple[int, str]]] = None, bridges: Sequence[str] = (),
                  runs_commands: bool = True, channels: Optional[str] = None,
-                 description: str = "fake nginx host") -> None:
+                 description: str = "fake nginx host", script: Optional[List[Tuple[str, object]]] = None) -> None:
         self.files: Dict[str, Union[str, bytes]] = {}
         self.directories: Set[str] = set()
         self.unreadable: Set[str] = set()
@@ -135,10 +140,27 @@ class FakeHost(Strict):
         self.reads: List[str] = []
         self.opened: List[Tuple[str, int]] = []
         self.write_fails: Optional[BaseException] = None
+        self.script = script
         for device in bridges:
             self.files[f"/sys/class/net/{device}/bridge/bridge_id"] = "8000.0242ac1d0501\n"
 
+    def _step(self, call: str, *args: object) -> object:
+        """The script's next call, which must be this one: its outcome (None without a script)."""
+        if self.script is None:
+            return None
+        assert self.script, f"unexpected call {call}{args}"
+        expected, outcome = self.script.pop(0)
+        assert expected == call, f"expected {expected}, got {call}{args}"
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome(*args) if callable(outcome) else outcome
+
+    def done(self) -> None:
+        assert not self.script, f"calls expected but not made: {self.script}"
+
     def run(self, argv: Sequence[str]) -> CommandResult:
+        if self.script is not None:
+            return cast(CommandResult, self._step("run", argv))
         argv = list(argv)
         assert self.routes is not None, f"FakeHost.run was used, but this fake was not told about it: {argv}"
         assert argv[:4] == ["ip", "-4", "route", "get"] and len(argv) == 5, f"unexpected command {argv}"
@@ -149,6 +171,8 @@ class FakeHost(Strict):
 
     def run_steps(self, steps: Sequence[Sequence[str]]) -> List[CommandResult]:
         """In order, until one fails; `true` answers as a host that runs commands (or not)."""
+        if self.script is not None:
+            return cast(List[CommandResult], self._step("run_steps", steps))
         self.batches.append([list(argv) for argv in steps])
         results: List[CommandResult] = []
         for argv in steps:
@@ -173,6 +197,7 @@ class FakeHost(Strict):
         pass
 
     def read_text(self, path: str) -> Optional[str]:
+        self._step("read", path)
         self.reads.append(path)
         self._open(path)
         data = self.files.get(path)
@@ -184,30 +209,36 @@ class FakeHost(Strict):
         return data
 
     def write_text_atomic(self, path: str, text: str) -> None:
+        self._step("write", path)
         if self.write_fails is not None:
             raise self.write_fails
         self.files[path] = text
 
     def create_exclusive(self, path: str, text: str) -> bool:
+        self._step("create", path)
         if path in self.files:
             return False
         self.files[path] = text
         return True
 
     def append_text(self, path: str, text: str) -> None:
+        self._step("append", path)
         data = self.files.get(path, "")
         self.files[path] = data + text.encode() if isinstance(data, bytes) else data + text
 
     def remove(self, path: str) -> None:
+        self._step("remove", path)
         self.files.pop(path, None)
 
     def size(self, path: str) -> Optional[int]:
+        self._step("size", path)
         if path in self.directories:
             raise NginxHostFailed(self.part, f"looking at {path}", "it is a directory, not a file")
         data = self.files.get(path)
         return None if data is None else len(_raw(data))
 
     def read_bytes(self, path: str, offset: int, limit: int) -> bytes:
+        self._step("read_bytes", path)
         self._open(path)
         if path not in self.files:
             raise NginxHostFailed(self.part, f"reading {path}", "No such file or directory") \
