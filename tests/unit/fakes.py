@@ -930,3 +930,4 @@ if TYPE_CHECKING:
     _transport: Transport = FakeProber()
     _stats: Stats = FakeAdmin()
     _answers: AnswerReader = FakeAnswers({200: 1})
+    _world_answers: AnswerReader = NginxAnswers(World())
