@@ -9,7 +9,7 @@ import signal
 import socket
 from dataclasses import replace
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Set, Tuple, Union, cast
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Set, Tuple, Union, cast
 
 import paramiko
 import pytest
@@ -46,17 +46,29 @@ PREVIEW_INCLUDE = PurePosixPath("/nginx/service-url-preview.inc")
 
 
 class FakeClock:
-    """The fake `pipeline.core.clock.Clock`: time moves only when something sleeps; every sleep is kept."""
+    """The fake `pipeline.core.clock.Clock`: time moves only when something sleeps; every sleep is kept.
+    `max_sleep`: no single sleep may be longer (a wait that must keep checking fails the test);
+    `spins`: whether a sleep of 0 is allowed (False: a loop that spins fails the test);
+    `before_sleep`: called with each sleep first (where a signal may arrive: what it raises, the
+    sleep that was to come never happens)."""
 
-    def __init__(self, start: float = 1000.0) -> None:
+    def __init__(self, start: float = 1000.0, max_sleep: Optional[float] = None, spins: bool = True,
+                 before_sleep: Optional[Callable[[float], None]] = None) -> None:
         self.time = start
         self.sleeps: List[float] = []
+        self.max_sleep = max_sleep
+        self.spins = spins
+        self.before_sleep = before_sleep
 
     def now(self) -> float:
         return self.time
 
     def sleep(self, seconds: float) -> None:
         assert seconds >= 0, f"a negative sleep: {seconds}"
+        assert self.max_sleep is None or seconds <= self.max_sleep + 1e-9, f"slept {seconds}s in one go"
+        assert self.spins or seconds > 0, "never spins"
+        if self.before_sleep is not None:
+            self.before_sleep(seconds)
         self.sleeps.append(seconds)
         self.time += seconds
 
@@ -102,14 +114,20 @@ class FakeHost(Strict):
     SFTP-only account (`true` fails). `route_asks` lists the IPs asked, `batches` the commands of
     each run_steps call (one session each over SSH), `reads` every path read. Channels (health
     probes and the live admin over the nginx host): `channels` "connect" opens a plain socket on
-    this machine, "refuse" is the SSH server refusing; `opened` lists (host, port) asked."""
+    this machine, "refuse" is the SSH server refusing; `opened` lists (host, port) asked.
+    `write_fails`: every atomic write raises it instead (e.g. a signal arriving mid-write).
+
+    `script`: a list of (call, outcome) that every file access and command must follow, in order
+    ("read", "write", "run", "run_steps", ...); any call it does not expect fails the test. An
+    outcome that is an exception is raised; for a command, the outcome is its result, or a
+    function of the call's arguments giving it; `done` says every scripted call was made."""
 
     description = "fake nginx host"
     part = "nginx host (fake)"
 
     def __init__(self, routes: Optional[Dict[str, Tuple[int, str]]] = None, bridges: Sequence[str] = (),
                  runs_commands: bool = True, channels: Optional[str] = None,
-                 description: str = "fake nginx host") -> None:
+                 description: str = "fake nginx host", script: Optional[List[Tuple[str, object]]] = None) -> None:
         self.files: Dict[str, Union[str, bytes]] = {}
         self.directories: Set[str] = set()
         self.unreadable: Set[str] = set()
@@ -121,10 +139,28 @@ class FakeHost(Strict):
         self.batches: List[List[List[str]]] = []
         self.reads: List[str] = []
         self.opened: List[Tuple[str, int]] = []
+        self.write_fails: Optional[BaseException] = None
+        self.script = script
         for device in bridges:
             self.files[f"/sys/class/net/{device}/bridge/bridge_id"] = "8000.0242ac1d0501\n"
 
+    def _step(self, call: str, *args: object) -> object:
+        """The script's next call, which must be this one: its outcome (None without a script)."""
+        if self.script is None:
+            return None
+        assert self.script, f"unexpected call {call}{args}"
+        expected, outcome = self.script.pop(0)
+        assert expected == call, f"expected {expected}, got {call}{args}"
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome(*args) if callable(outcome) else outcome
+
+    def done(self) -> None:
+        assert not self.script, f"calls expected but not made: {self.script}"
+
     def run(self, argv: Sequence[str]) -> CommandResult:
+        if self.script is not None:
+            return cast(CommandResult, self._step("run", argv))
         argv = list(argv)
         assert self.routes is not None, f"FakeHost.run was used, but this fake was not told about it: {argv}"
         assert argv[:4] == ["ip", "-4", "route", "get"] and len(argv) == 5, f"unexpected command {argv}"
@@ -135,6 +171,8 @@ class FakeHost(Strict):
 
     def run_steps(self, steps: Sequence[Sequence[str]]) -> List[CommandResult]:
         """In order, until one fails; `true` answers as a host that runs commands (or not)."""
+        if self.script is not None:
+            return cast(List[CommandResult], self._step("run_steps", steps))
         self.batches.append([list(argv) for argv in steps])
         results: List[CommandResult] = []
         for argv in steps:
@@ -159,6 +197,7 @@ class FakeHost(Strict):
         pass
 
     def read_text(self, path: str) -> Optional[str]:
+        self._step("read", path)
         self.reads.append(path)
         self._open(path)
         data = self.files.get(path)
@@ -170,28 +209,36 @@ class FakeHost(Strict):
         return data
 
     def write_text_atomic(self, path: str, text: str) -> None:
+        self._step("write", path)
+        if self.write_fails is not None:
+            raise self.write_fails
         self.files[path] = text
 
     def create_exclusive(self, path: str, text: str) -> bool:
+        self._step("create", path)
         if path in self.files:
             return False
         self.files[path] = text
         return True
 
     def append_text(self, path: str, text: str) -> None:
+        self._step("append", path)
         data = self.files.get(path, "")
         self.files[path] = data + text.encode() if isinstance(data, bytes) else data + text
 
     def remove(self, path: str) -> None:
+        self._step("remove", path)
         self.files.pop(path, None)
 
     def size(self, path: str) -> Optional[int]:
+        self._step("size", path)
         if path in self.directories:
             raise NginxHostFailed(self.part, f"looking at {path}", "it is a directory, not a file")
         data = self.files.get(path)
         return None if data is None else len(_raw(data))
 
     def read_bytes(self, path: str, offset: int, limit: int) -> bytes:
+        self._step("read_bytes", path)
         self._open(path)
         if path not in self.files:
             raise NginxHostFailed(self.part, f"reading {path}", "No such file or directory") \
@@ -215,26 +262,23 @@ class FakeEngine(Strict):
     """Containers by color (status, version, image) and release images; mutations are logged.
 
     `calls`: the list mutations are logged to (a test may share it with FakeSwitch to see the
-    order of both). `tasks`: a swarm instead of one engine, the tasks the manager reports per
-    color (several endpoints per color, the swarm target's watch and discard); `clock` with
-    `events` ((time, (color, slot, TaskFact)) replacing a task once the clock reaches the time)
-    makes tasks change while a flow waits."""
+    order of both). A swarm is FakeSwarm. `gone`: the engine stops answering: every `container`
+    after the first `looks_before_gone` fails with it, and every stop and remove (logged first)."""
 
-    def __init__(self, settings: Settings, calls: Optional[List[Tuple[object, ...]]] = None,
-                 tasks: Optional[Dict[str, List[TaskFact]]] = None, clock: Optional[Clock] = None) -> None:
+    def __init__(self, settings: Settings, calls: Optional[List[Tuple[object, ...]]] = None) -> None:
         self.settings = settings
         self.boxes: Dict[str, Dict[str, str]] = {}
         self.images: Dict[str, int] = {}
         self.unhealthy: Set[str] = set()     # versions whose health check never passes
         self.sick: Set[str] = set()          # colors whose health answers 503 (the container runs on)
         self.mutations: List[Tuple[object, ...]] = calls if calls is not None else []
-        self.tasks_of = tasks
-        self.task_clock = clock
-        self.events: List[Tuple[float, Tuple[str, int, TaskFact]]] = []
         self.logs: List[str] = []
         self._clock = itertools.count(1)
         self.has_network = False
         self.holding = False   # whether a running container holds its color's address (holds_address)
+        self.gone: Optional[BaseException] = None
+        self.looks_before_gone = 0
+        self._looks = 0
 
     def answer(self, url: str) -> Tuple[int, str]:
         """What the color at the URL's address answers its health probe, if it runs."""
@@ -256,8 +300,9 @@ class FakeEngine(Strict):
         self.has_network = False
 
     def container(self, color: str) -> Optional[ContainerFact]:
-        if self.tasks_of is not None:   # a swarm: the color's service, at no one address
-            return ContainerFact(color, self.settings.container_name(color), "running", "v", "img", None)
+        self._looks += 1
+        if self.gone is not None and self._looks > self.looks_before_gone:
+            raise self.gone
         box = self.boxes.get(color)
         if box is None:
             return None
@@ -281,24 +326,7 @@ class FakeEngine(Strict):
         return [self.settings.ip_of(color) for color in ("blue", "green")]
 
     def addresses(self, color: str) -> Route:
-        if self.tasks_of is not None:
-            return tuple(Address(t.node_addr, t.port) for t in self.task_addresses(color))
         return (Address(self.settings.ip_of(color), self.settings.app_port),)
-
-    def tasks(self, color: str) -> List[TaskFact]:
-        """A swarm's tasks of the color now (after the events the clock has reached)."""
-        assert self.tasks_of is not None, "tasks of a fake engine that is not a swarm"
-        if self.task_clock is not None:
-            for at, (c, slot, fact) in list(self.events):
-                if self.task_clock.now() >= at:
-                    self.tasks_of[c][slot] = fact
-                    self.events.remove((at, (c, slot, fact)))
-        return list(self.tasks_of[color])
-
-    def task_addresses(self, color: str) -> List[TaskAddress]:
-        """As the swarm target's: the running tasks on nodes that are up."""
-        return [TaskAddress(t.node_addr, t.port, t.task_id, t.node, t.state)
-                for t in self.tasks(color) if t.running and t.node_up and t.node_addr]
 
     def color_at(self, route: Optional[Route]) -> Optional[str]:
         return color_at(route, lambda a: a.ip, self.settings.color_ips)
@@ -333,8 +361,6 @@ class FakeEngine(Strict):
         return Engine.gate(cast(Engine, self), color, prober)
 
     def watch(self, color: str) -> Watch:
-        if self.tasks_of is not None:
-            return SwarmEngine.watch(cast(SwarmEngine, self), color)
         return ContainerWatch(cast(Engine, self), color)
 
     def status_row(self, color: str, fact: Optional[ContainerFact],
@@ -342,15 +368,9 @@ class FakeEngine(Strict):
         return Engine.status_row(cast(Engine, self), color, fact, report)
 
     def discard(self, color: str, graceful: bool = False) -> None:
-        if self.tasks_of is not None:   # scaled to 0
-            self.mutations.append(("discard", color))
-            self.tasks_of[color] = []
-            return
         Engine.discard(cast(Engine, self), color, graceful)
 
     def discarding(self, color: str, graceful: bool = False) -> str:
-        if self.tasks_of is not None:
-            return SwarmEngine.discarding(cast(SwarmEngine, self), color, graceful)
         return Engine.discarding(cast(Engine, self), color, graceful)
 
     def build_image(self, cwd: Path, tag: str, version: str) -> str:
@@ -382,11 +402,15 @@ class FakeEngine(Strict):
 
     def stop(self, color: str) -> None:
         self.mutations.append(("stop", color))
+        if self.gone is not None:
+            raise self.gone
         if color in self.boxes:
             self.boxes[color]["status"] = "exited"
 
     def remove(self, color: str) -> None:
         self.mutations.append(("remove", color))
+        if self.gone is not None:
+            raise self.gone
         self.boxes.pop(color, None)
 
     def logs_tail(self, color: str, lines: int = 20) -> List[str]:
@@ -531,6 +555,28 @@ class FakeAdmin(Strict):
         return self.stats_answers.pop(0)
 
 
+class FakeAnswers:
+    """The fake `pipeline.core.answers.AnswerReader` (nginx's answers for the new release): each
+    read gives the next of `turns`, the last one again and again: a tally (status -> count), or an
+    exception it raises. `on_read` runs first at each read; `reads` counts them."""
+
+    unparsed = 0
+
+    def __init__(self, *turns: Union[Dict[int, int], BaseException]) -> None:
+        assert turns, "a reader with nothing to answer"
+        self.turns = list(turns)
+        self.reads = 0
+        self.on_read: Callable[[], None] = lambda: None
+
+    def read(self) -> Tally:
+        self.reads += 1
+        self.on_read()
+        turn = self.turns.pop(0) if len(self.turns) > 1 else self.turns[0]
+        if isinstance(turn, BaseException):
+            raise turn
+        return Tally(turn)
+
+
 class FakeProber(Strict):
     """Where probes run: every color's address is reached over a local bridge. It sends nothing:
     the World's health gate stands in for the gate's probes, and a probe after the gate (while
@@ -538,17 +584,26 @@ class FakeProber(Strict):
 
     def __init__(self, engine: Optional[FakeEngine] = None, answers: Optional[Dict[str, List[int]]] = None,
                  refuse: Optional[str] = None, where: str = "this machine (fake)",
-                 otherwise: Optional[int] = 200) -> None:
+                 otherwise: Optional[int] = 200, service: Optional[Tuple[str, float, float]] = None,
+                 clock: Optional[FakeClock] = None) -> None:
         """`answers`: a table instead (URL -> statuses, one per probe, the last repeated; a URL
         not in it answers `otherwise`, or fails the test if that is None; every address listens); `refuse`: every probe is refused by the
-        route check, for this reason. With neither an engine nor a table, any probe or connection
-        fails the test (a transport that must not be reached)."""
+        route check, for this reason. `service` (url, listen_at, healthy_at) on `clock`: one
+        service, and only its URL and address may be asked: it refuses connections before
+        listen_at, answers 503 before healthy_at and 200 from then on; a connection attempt costs
+        1 ms of the clock's time, a GET 2 ms, and `seen` keeps ("connect" | "probe", time) in order
+        (a test may add its own marks). With neither an engine nor a table nor a service, any
+        probe or connection fails the test (a transport that must not be reached)."""
         self.engine = engine
         self.answers = answers
         self.refuse = refuse
         self.where = where
         self.otherwise = otherwise
+        self.service = service
+        self.clock = clock
+        assert service is None or clock is not None, "a service's times are read on a clock"
         self.asked: List[str] = []   # every URL probed, in order
+        self.seen: List[Tuple[str, float]] = []
 
     def check_route(self, ip: str) -> None:
         pass
@@ -560,6 +615,14 @@ class FakeProber(Strict):
         self.asked.append(url)
         if self.refuse is not None:
             raise RouteRefused(f"not probing {url}: {self.refuse}")
+        if self.service is not None and self.clock is not None:
+            at, listen_at, healthy_at = self.service
+            assert url == at, f"a probe of {url}, not of the service at {at}"
+            self.seen.append(("probe", self.clock.time))
+            self.clock.time += 0.002
+            if self.clock.time < listen_at:
+                raise NotHealthyYet("connection refused or unreachable")
+            return (503, '{"status":"DOWN"}') if self.clock.time < healthy_at else (200, '{"status":"UP"}')
         if self.answers is not None:
             assert url in self.answers or self.otherwise is not None, f"a probe of {url}, which the test did not expect"
             statuses = self.answers.get(url, [self.otherwise or 200])
@@ -569,6 +632,12 @@ class FakeProber(Strict):
         return self.engine.answer(url)
 
     def can_connect(self, ip: str, port: int, timeout: float) -> bool:
+        if self.service is not None and self.clock is not None:
+            at, listen_at, _ = self.service
+            assert f"//{ip}:{port}/" in at and 0 < timeout <= 1, f"a connection to {ip}:{port} ({timeout}s)"
+            self.seen.append(("connect", self.clock.time))
+            self.clock.time += 0.001   # a refused or accepted connect on a local bridge
+            return self.clock.time >= listen_at
         if self.answers is not None:
             return True
         assert self.engine is not None, f"a connection to {ip}:{port} was tried although it should not have"
@@ -736,15 +805,35 @@ class FakeSwarm(FakeEngine):
     REPLICAS tasks, one on each of the first nodes that are up, answering at its node's address on
     the color's port. `down`: nodes that are not ready; `failing`: versions whose first task fails
     right after it starts. What the swarm decides from its tasks (the gate, the watch, `status`
-    rows, its addresses) is SwarmEngine's own code over these tasks."""
+    rows, its addresses) is SwarmEngine's own code over these tasks.
 
-    def __init__(self, settings: Settings, nodes: int) -> None:
-        super().__init__(settings)
+    A test may script a color's tasks instead: `tasks_of[color]` is then what the manager reports
+    for it (the color's service runs while one of them does), and `events` ((time, (color, slot,
+    TaskFact)), read on `clock`) replace a scripted task once the clock reaches the time, so tasks
+    change while a flow waits. Discarding a color (scaled to 0) drops its script. `gone`: the
+    manager stops answering: besides FakeEngine's, every look at the tasks (so at the addresses)
+    and every discard (logged first) fails with it."""
+
+    def __init__(self, settings: Settings, nodes: int = 3, calls: Optional[List[Tuple[object, ...]]] = None,
+                 clock: Optional[Clock] = None) -> None:
+        super().__init__(settings, calls)
         self.nodes = [(f"node-{i}", f"10.99.0.{10 + i}") for i in range(1, nodes + 1)]
         self.down: Set[str] = set()
         self.failing: Set[str] = set()
+        self.tasks_of: Dict[str, List[TaskFact]] = {}
+        self.task_clock = clock
+        self.events: List[Tuple[float, Tuple[str, int, TaskFact]]] = []
 
     def tasks(self, color: str) -> List[TaskFact]:
+        if self.gone is not None:
+            raise self.gone
+        if self.task_clock is not None:
+            for at, (c, slot, fact) in list(self.events):
+                if self.task_clock.now() >= at:
+                    self.tasks_of[c][slot] = fact
+                    self.events.remove((at, (c, slot, fact)))
+        if color in self.tasks_of:
+            return list(self.tasks_of[color])
         box = self.boxes.get(color)
         if box is None or box["status"] != "running":
             return []
@@ -786,6 +875,12 @@ class FakeSwarm(FakeEngine):
         return [addr for _, addr in self.nodes]
 
     def container(self, color: str) -> Optional[ContainerFact]:
+        if color in self.tasks_of:   # the scripted service: running while a task of it runs
+            tasks = self.tasks(color)
+            first = tasks[0] if tasks else None
+            return ContainerFact(color, self.settings.container_name(color),
+                                 "running" if any(t.running for t in tasks) else "stopped",
+                                 first.version if first else "", first.image if first else "", None)
         fact = super().container(color)
         return None if fact is None else replace(fact, ip=None)
 
@@ -803,8 +898,16 @@ class FakeSwarm(FakeEngine):
     gate = SwarmEngine.gate
     watch = SwarmEngine.watch
     status_row = SwarmEngine.status_row
-    discard = SwarmEngine.discard
     discarding = SwarmEngine.discarding
+
+    def discard(self, color: str, graceful: bool = False) -> None:
+        """Scaled to 0, its spec kept (as SwarmEngine's): its tasks are gone, scripted or not."""
+        self.mutations.append(("discard", color))
+        if self.gone is not None:
+            raise self.gone
+        self.tasks_of.pop(color, None)
+        if color in self.boxes:
+            self.boxes[color]["status"] = "exited"
 
 
 if TYPE_CHECKING:
@@ -818,8 +921,7 @@ if TYPE_CHECKING:
 
     _settings = Settings()
     _target: Target = FakeEngine(_settings)
-    _swarm: Target = FakeEngine(_settings, tasks={})
-    _fake_swarm: Target = FakeSwarm(_settings, 3)
+    _swarm: Target = FakeSwarm(_settings, 3)
     _switch: TrafficSwitch = FakeSwitch()
     _host: NginxHost = FakeHost()
     _clock: Clock = FakeClock()
@@ -827,3 +929,5 @@ if TYPE_CHECKING:
     _probing: Probing = FakeProber()
     _transport: Transport = FakeProber()
     _stats: Stats = FakeAdmin()
+    _answers: AnswerReader = FakeAnswers({200: 1})
+    _world_answers: AnswerReader = NginxAnswers(World())

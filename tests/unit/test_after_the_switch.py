@@ -15,37 +15,22 @@ import pytest
 
 from pipeline import cli
 from pipeline.flows import deploy as flows
-from pipeline.flows import verify
 from pipeline.core.decide import parse_include
 from pipeline.core.errors import AdminRefused, AdminUnavailable, DeployFailed, SwitchedBackAfterBug
 from pipeline.adapters.live_switch import LiveSwitch
 from pipeline.core.releases import ReleaseRecord
 from pipeline.core.switch import LIVE
 
-from .fakes import INCLUDE, FakeAdmin, World, no_network  # noqa: F401  (autouse: no flow reaches the network)
+from .fakes import INCLUDE, FakeAdmin, FakeAnswers, World, no_network  # noqa: F401  (autouse: no flow reaches the network)
 
 
-
-
-class Answers:
-    """nginx's answers for the new release (a good few unless told), and a hook run at each read."""
-
-    unparsed = 0
-
-    def __init__(self) -> None:
-        self.on_read = lambda: None
-        self.statuses = {200: 5}
-
-    def read(self) -> verify.Tally:
-        self.on_read()
-        return verify.Tally(self.statuses)
 
 
 @pytest.fixture
 def verifying():
     """A World whose deploys verify for a moment (no health probe falls in it), reading answers
     from `answers` instead of an access log."""
-    answers = Answers()
+    answers = FakeAnswers({200: 5})   # a good few, unless a test says otherwise
     world = World()
     world.switch.reader = answers
     world.settings = replace(world.settings, verify_seconds=0.3)
@@ -86,7 +71,7 @@ def test_a_bug_in_the_window_switches_back_puts_the_record_back_and_is_still_a_b
 def test_a_switch_back_that_fails_leaves_the_new_release_live_recorded_and_marked_live(verifying):
     world = verifying
     assert world.step("deploy v1") == (0, "")
-    world.answers.statuses = {200: 10, 500: 30}
+    world.answers.turns = [{200: 10, 500: 30}]
     moved = world.switch.route_to
 
     def refuse_to_go_back(route, address):

@@ -322,75 +322,48 @@ def test_what_the_login_shell_prints_around_the_route_is_not_the_answer(output):
 
 # -- the schedule, on a fake clock ------------------------------------------------------------------
 #
-# A fake service at our seams: `clock`/`sleep` are the time wait_healthy runs on, and it is the
-# Transport: it answers the health GET as a service would that listens from `listen_at` and is
-# healthy from `healthy_at`, and `can_connect` says whether it listens. Each records what it was
-# asked, and anything else it is asked fails the test.
+# The gate waits on a FakeClock (no sleep longer than ALIVE_CHECK_EVERY) through a FakeProber that
+# is one service at HEALTH: it listens from `listen_at` and is healthy from `healthy_at`; anything
+# else it is asked fails the test. `seen` holds its connects and probes, and the container checks,
+# in order, with their times.
+
+from typing import List  # noqa: E402
 
 from pipeline.core import gate  # noqa: E402
 
-
-class ServiceClock:
-    """The fake service's time as a pipeline.core.clock.Clock."""
-
-    def __init__(self, service: "FakeService") -> None:
-        self.service = service
-
-    def now(self) -> float:
-        return self.service.now
-
-    def sleep(self, seconds: float) -> None:
-        self.service.sleep(seconds)
+HEALTH = "http://10.0.0.2:8080/health"
 
 
-class FakeService:
-    where = "the fake"
+class Service:
+    """A FakeProber standing for one service at HEALTH, the gate waiting on its FakeClock."""
 
     def __init__(self, listen_at: float, healthy_at: float = None):
-        self.now = 0.0
-        self.listen_at = listen_at
-        self.healthy_at = listen_at if healthy_at is None else healthy_at
-        self.probes = []        # times of health GETs
-        self.events = []        # ("alive" | "connect" | "probe", time), in order
+        self.clock = FakeClock(0.0, max_sleep=gate.ALIVE_CHECK_EVERY)
+        self.prober = FakeProber(service=(HEALTH, listen_at, listen_at if healthy_at is None else healthy_at),
+                                 clock=self.clock)
 
-    # time (the service is the gate's Clock too)
-    def sleep(self, seconds: float) -> None:
-        assert 0 <= seconds <= gate.ALIVE_CHECK_EVERY + 1e-9, f"slept {seconds}s in one go"
-        self.now += seconds
-
-    # the container
-    def check_alive(self) -> None:
-        self.events.append(("alive", self.now))
-
-    def can_connect(self, ip, port, timeout) -> bool:
-        assert (ip, port) == ("10.0.0.2", 8080) and 0 < timeout <= 1
-        self.events.append(("connect", self.now))
-        self.now += 0.001                   # a refused or accepted connect on a local bridge
-        return self.now >= self.listen_at
-
-    # the transport's GET, strict: only the health URL
-    def get(self, url, timeout):
-        assert url == "http://10.0.0.2:8080/health"
-        self.events.append(("probe", self.now))
-        self.probes.append(self.now)
-        self.now += 0.002
-        if self.now < self.listen_at:
-            raise NotHealthyYet("connection refused or unreachable")
-        if self.now < self.healthy_at:
-            return 503, '{"status":"DOWN"}'
-        return 200, '{"status":"UP"}'
+    def check_alive(self) -> None:   # the container: marked among what the prober saw
+        self.prober.seen.append(("alive", self.clock.now()))
 
     def wait(self, interval=10.0, timeout=300.0, connect=True) -> int:
-        can_connect = gate.connect_check(self, "10.0.0.2", 8080) if connect else None
-        return wait_healthy("http://10.0.0.2:8080/health", interval, timeout, self.check_alive, self,
-                            can_connect=can_connect, clock=ServiceClock(self))
+        can_connect = gate.connect_check(self.prober, "10.0.0.2", 8080) if connect else None
+        return wait_healthy(HEALTH, interval, timeout, self.check_alive, self.prober,
+                            can_connect=can_connect, clock=self.clock)
+
+    @property
+    def events(self):
+        return self.prober.seen
+
+    @property
+    def probes(self) -> List[float]:   # times of health GETs
+        return [t for kind, t in self.prober.seen if kind == "probe"]
 
     def gaps(self):
         return [b - a for a, b in zip(self.probes, self.probes[1:])]
 
 
 def test_without_a_connect_check_the_gaps_double_from_a_quarter_second_to_the_interval():
-    service = FakeService(listen_at=40.0)
+    service = Service(listen_at=40.0)
     service.wait(interval=10.0, connect=False)
     assert service.gaps() == pytest.approx([0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 10.0, 10.0, 10.0], abs=0.01)
     # So a service ready at 8 s waited until the probe at 15.75 s: what the connect check is for.
@@ -398,7 +371,7 @@ def test_without_a_connect_check_the_gaps_double_from_a_quarter_second_to_the_in
 
 @pytest.mark.parametrize("startup", [1, 2, 5, 8, 12, 20, 30])
 def test_with_a_connect_check_readiness_is_seen_within_a_tick_of_listening(startup):
-    service = FakeService(listen_at=float(startup))
+    service = Service(listen_at=float(startup))
     service.wait(interval=10.0)
     assert startup <= service.probes[-1] <= startup + gate.CONNECT_CHECK_EVERY + 0.01
     # ... and the health probes themselves still back off to HEALTH_INTERVAL, never further apart.
@@ -408,7 +381,7 @@ def test_with_a_connect_check_readiness_is_seen_within_a_tick_of_listening(start
 
 def test_once_listening_the_probes_start_over_from_short_gaps():
     # Listens at 8 s, but its health answers 503 for another 1.2 s (a framework still wiring up).
-    service = FakeService(listen_at=8.0, healthy_at=9.2)
+    service = Service(listen_at=8.0, healthy_at=9.2)
     service.wait(interval=10.0)
     after = [t for t in service.probes if t >= 8.0]
     gaps = [b - a for a, b in zip(after, after[1:])]
@@ -418,7 +391,7 @@ def test_once_listening_the_probes_start_over_from_short_gaps():
 
 
 def test_the_port_is_tried_only_right_after_the_container_was_checked():
-    service = FakeService(listen_at=3.0)
+    service = Service(listen_at=3.0)
     service.wait(interval=10.0)
     kinds = [kind for kind, _ in service.events]
     assert kinds.count("connect") >= 25                             # every 0.1 s for 3 s
@@ -430,7 +403,7 @@ def test_the_port_is_tried_only_right_after_the_container_was_checked():
 def test_a_port_open_from_the_start_costs_one_extra_probe_not_a_faster_schedule():
     # Listening at once but unhealthy for 20 s: the port says nothing new after the first check,
     # so the probes back off to HEALTH_INTERVAL as without the check.
-    service = FakeService(listen_at=0.0, healthy_at=20.0)
+    service = Service(listen_at=0.0, healthy_at=20.0)
     service.wait(interval=10.0)
     gaps = service.gaps()
     assert gaps[0] < 0.01                     # the first check sees it open: probe again at once
@@ -438,7 +411,7 @@ def test_a_port_open_from_the_start_costs_one_extra_probe_not_a_faster_schedule(
 
 
 def test_the_last_probe_comes_at_the_timeout_not_an_interval_later():
-    service = FakeService(listen_at=1000.0)
+    service = Service(listen_at=1000.0)
     with pytest.raises(HealthCheckFailed, match="connection refused"):
         service.wait(interval=10.0, timeout=25.0)
     assert 25.0 <= service.probes[-1] <= 25.0 + gate.CONNECT_CHECK_EVERY + 0.01

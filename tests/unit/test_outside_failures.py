@@ -5,7 +5,7 @@ from __future__ import annotations
 import http.client
 import socket
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import List, Sequence
 
 import docker.errors
 import paramiko
@@ -24,6 +24,8 @@ from pipeline.core.settings import Settings
 from pipeline.adapters.reload_switch import CONFIRM_SECONDS, RELOAD_SCRIPT, ReloadSwitch
 from pipeline.core.switch import LIVE
 
+from .fakes import FakeHost
+
 INCLUDE = "/etc/nginx/conf.d/service-url.inc"
 BLUE_TEXT = "set $service_url http://172.20.0.2:8080;\n"
 GREEN = Address("172.20.0.3", 8080)
@@ -32,41 +34,12 @@ LOADED = INCLUDE + ".loaded"
 LOST = NginxHostFailed("nginx host root@n1:22 over SSH", "running `nginx -t`", "the connection was closed")
 
 
-class ScriptedHost:
-    """A strict fake nginx host: files in a dict, and a script of what each call does. Any call
-    the script does not expect fails the test. An outcome that is a function gets the call's
-    arguments (the reload step's verdict line carries a token the switch makes up)."""
-
-    description = "root@n1:22"
-
-    def __init__(self, script: List[tuple]) -> None:
-        self.files: Dict[str, str] = {INCLUDE: BLUE_TEXT, LOADED: BLUE_TEXT}
-        self.script = list(script)
-
-    def _next(self, call: str, *args: object) -> object:
-        assert self.script, f"unexpected call {call}{args}"
-        expected, outcome = self.script.pop(0)
-        assert expected == call, f"expected {expected}, got {call}{args}"
-        if isinstance(outcome, BaseException):
-            raise outcome
-        return outcome(*args) if callable(outcome) else outcome
-
-    def read_text(self, path: str) -> Optional[str]:
-        self._next("read", path)
-        return self.files.get(path)
-
-    def write_text_atomic(self, path: str, text: str) -> None:
-        self._next("write", path)
-        self.files[path] = text
-
-    def run(self, argv: Sequence[str]) -> CommandResult:
-        return self._next("run", argv)  # type: ignore[return-value]
-
-    def run_steps(self, steps: Sequence[Sequence[str]]) -> List[CommandResult]:
-        return self._next("run_steps", steps)  # type: ignore[return-value]
-
-    def done(self) -> None:
-        assert not self.script, f"calls expected but not made: {self.script}"
+def scripted_host(script: List[tuple]) -> FakeHost:
+    """The fake nginx host on a script of what each call does (FakeHost's `script`), the
+    includes saying blue."""
+    host = FakeHost(description="root@n1:22", script=list(script))
+    host.files.update({INCLUDE: BLUE_TEXT, LOADED: BLUE_TEXT})
+    return host
 
 
 def ok_result(argv: Sequence[str] = ("nginx",)) -> CommandResult:
@@ -89,21 +62,21 @@ def reloaded(verdict: str, code: int = 0, output: str = "", note: str = ""):
     return answer
 
 
-def switch(host: ScriptedHost) -> ReloadSwitch:
+def switch(host: FakeHost) -> ReloadSwitch:
     settings = Settings()
     assert str(settings.nginx_include) == INCLUDE
     return ReloadSwitch(host, settings.switch, settings.nginx, settings.network_timeout)  # type: ignore[arg-type]
 
 
 def test_a_switch_is_done_when_the_reload_is_seen_to_apply():
-    host = ScriptedHost([("read", None), ("write", None), ("run_steps", reloaded("applied").steps)])
+    host = scripted_host([("read", None), ("write", None), ("run_steps", reloaded("applied").steps)])
     switch(host).route_to(LIVE, (GREEN,))
     host.done()
     assert host.files[INCLUDE] == GREEN_TEXT
 
 
 def test_the_reload_step_runs_the_reload_command_under_the_check():
-    host = ScriptedHost([("read", None), ("write", None), ("run_steps", reloaded("applied").steps)])
+    host = scripted_host([("read", None), ("write", None), ("run_steps", reloaded("applied").steps)])
     seen = []
     host.run_steps = lambda steps: seen.extend(steps) or reloaded("applied").steps(steps)   # type: ignore
     host.script = host.script[:2]
@@ -128,7 +101,7 @@ def test_the_reload_step_runs_the_reload_command_under_the_check():
 def test_a_reload_that_did_not_apply_puts_the_include_back_without_reloading(verdict, code, words):
     # Nothing was loaded (the workers are those of before), or nothing was reloaded: the old
     # include is all it takes.
-    host = ScriptedHost([("read", None), ("write", None), ("run_steps", reloaded(verdict, code).steps),
+    host = scripted_host([("read", None), ("write", None), ("run_steps", reloaded(verdict, code).steps),
                          ("write", None)])
     with pytest.raises(DeployFailed) as caught:
         switch(host).route_to(LIVE, (GREEN,))
@@ -144,7 +117,7 @@ def test_a_reload_that_did_not_apply_puts_the_include_back_without_reloading(ver
     (1, "nginx reload failed; put the old live include back: `nginx -s reload` exited with 1"),
 ], ids=["exit-0", "exit-1"])
 def test_a_reload_that_may_have_applied_is_undone_by_a_reload_seen_to_apply(code, words):
-    host = ScriptedHost([("read", None), ("write", None), ("run_steps", reloaded("changed", code).steps),
+    host = scripted_host([("read", None), ("write", None), ("run_steps", reloaded("changed", code).steps),
                          ("write", None), ("run", reloaded("applied"))])
     with pytest.raises(DeployFailed) as caught:
         switch(host).route_to(LIVE, (GREEN,))
@@ -155,7 +128,7 @@ def test_a_reload_that_may_have_applied_is_undone_by_a_reload_seen_to_apply(code
 
 
 def test_a_session_lost_mid_switch_puts_the_include_back_and_reloads():
-    host = ScriptedHost([("read", None), ("write", None), ("run_steps", LOST), ("write", None),
+    host = scripted_host([("read", None), ("write", None), ("run_steps", LOST), ("write", None),
                          ("run", reloaded("applied"))])
     with pytest.raises(DeployFailed) as caught:
         switch(host).route_to(LIVE, (GREEN,))
@@ -186,7 +159,7 @@ def test_a_session_lost_mid_switch_puts_the_include_back_and_reloads():
 ], ids=["write-back-fails", "reload-after-write-back-fails", "reload-after-write-back-does-not-apply",
         "reload-after-write-back-cut-off", "test-failed-then-write-back-fails"])
 def test_an_include_that_cannot_be_put_back_says_what_to_do(script, problem):
-    host = ScriptedHost(script)
+    host = scripted_host(script)
     with pytest.raises(SwitchIncomplete) as caught:
         switch(host).route_to(LIVE, (GREEN,))
     host.done()
@@ -202,7 +175,7 @@ def test_an_include_that_cannot_be_put_back_says_what_to_do(script, problem):
 
 @pytest.mark.parametrize("loaded", [BLUE_TEXT, None, GREEN_TEXT], ids=["same", "missing", "other"])
 def test_the_live_route_is_the_include_only_when_nginx_was_seen_loading_it(loaded):
-    host = ScriptedHost([("read", None), ("read", None)])
+    host = scripted_host([("read", None), ("read", None)])
     host.files[LOADED] = loaded   # type: ignore[assignment]
     if loaded == BLUE_TEXT:
         assert switch(host).current(LIVE) == (Address("172.20.0.2", 8080),)
@@ -224,7 +197,7 @@ def test_the_live_route_is_the_include_only_when_nginx_was_seen_loading_it(loade
     ("1234\n", None),
 ])
 def test_check_reads_the_pid_file(pid_text, words):
-    host = ScriptedHost([("read", None)])
+    host = scripted_host([("read", None)])
     if pid_text is not None:
         host.files["/run/nginx.pid"] = pid_text
     if words is None:

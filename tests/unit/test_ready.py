@@ -23,7 +23,7 @@ from pipeline.signals import SignalGuard
 from pipeline.core.switch import LIVE, PREVIEW
 
 from .fakes import FakeClock, World, no_network  # noqa: F401  (autouse: no flow reaches the network)
-from .fakes import FakeEngine, FakeProber, FakeSwitch
+from .fakes import FakeProber, FakeSwarm, FakeSwitch
 from .test_verify_swarm import addresses, health_urls, task
 
 
@@ -200,14 +200,14 @@ class Release:
     probes (by number, from 1) that fail."""
 
     def __init__(self, dies_at: Optional[float] = None, sick: tuple = ()) -> None:
-        self.now = 0.0
+        self.clock = FakeClock(0.0, spins=False)
         self.dies_at, self.sick = dies_at, sick
         self.probes: List[float] = []
         self.checks: List[float] = []
 
-    def sleep(self, seconds: float) -> None:
-        assert seconds > 0, "never spins"
-        self.now += seconds
+    @property
+    def now(self) -> float:
+        return self.clock.now()
 
     def problem(self) -> Optional[str]:
         self.checks.append(self.now)
@@ -220,20 +220,7 @@ class Release:
             raise gate.NotHealthyYet("HTTP 503")
 
     def run(self, seconds: float, interval: float = 10.0) -> Optional[str]:
-        return gate.stay_ready(seconds, interval, self.problem, self.probe_all, ReleaseClock(self))
-
-
-class ReleaseClock:
-    """The release's fake time, as a pipeline.core.clock.Clock."""
-
-    def __init__(self, release: Release) -> None:
-        self.release = release
-
-    def now(self) -> float:
-        return self.release.now
-
-    def sleep(self, seconds: float) -> None:
-        self.release.sleep(seconds)
+        return gate.stay_ready(seconds, interval, self.problem, self.probe_all, self.clock)
 
 
 @pytest.mark.parametrize("seconds,interval,release,why,probes", [
@@ -284,8 +271,8 @@ def swarm_context(tmp_path, answers=None, **env):
     calls: list = []
     clock = FakeClock(0.0)
     prober = FakeProber(answers=answers or {})
-    engine = FakeEngine(settings, calls, tasks={c: [task(c, i) for i in range(3)] for c in ("blue", "green")},
-                        clock=clock)   # `events` change tasks as the clock moves
+    engine = FakeSwarm(settings, 3, calls, clock=clock)   # `events` change tasks as the clock moves
+    engine.tasks_of.update({c: [task(c, i) for i in range(3)] for c in ("blue", "green")})
     engine.logs = ["task log line"]
     ctx = Context(settings, engine, LocalHost(), FakeSwitch.configured(settings, calls), tmp_path, {}, prober, 0.0, SignalGuard(), clock)
     return ctx, calls, prober, clock

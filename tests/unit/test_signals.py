@@ -20,7 +20,7 @@ from pipeline.adapters.live_switch import LiveSwitch
 from pipeline.core.releases import Release, ReleaseRecord, ReleaseStore
 from pipeline.core.switch import LIVE
 
-from .fakes import INCLUDE, FakeAdmin, FakeHost, World
+from .fakes import INCLUDE, FakeAdmin, FakeAnswers, FakeHost, World
 from .test_verify import window
 
 BLUE = Address("172.20.0.2", 8080)
@@ -36,17 +36,10 @@ def test_an_interrupt_is_caught_by_no_except_exception():
     assert Interrupted(signal.SIGTERM).exit_code == EXIT_SIGTERM == 143
 
 
-class SignalledReader:
-    """The access-log (or stats) reader, with SIGINT arriving while it reads."""
-
-    def read(self) -> verify.Tally:
-        raise Interrupted(signal.SIGINT)
-
-
 def test_a_signal_inside_the_answer_reader_switches_back_and_exits_130(tmp_path):
     # Before: the reader's `except (OSError, EOFError, PipelineError)` took SIGINT for an
     # unreadable log, went on with health only, and the release passed verification.
-    ctx, calls, mark = window(tmp_path, SignalledReader())
+    ctx, calls, mark = window(tmp_path, FakeAnswers(Interrupted(signal.SIGINT)))   # SIGINT while it reads
     with pytest.raises(SwitchedBackOnSignal) as caught:
         verify.verify(ctx, mark)
     assert caught.value.exit_code == 130
@@ -54,15 +47,12 @@ def test_a_signal_inside_the_answer_reader_switches_back_and_exits_130(tmp_path)
     calls.expect("route_to", "stop", "remove")
 
 
-class SignalledHost(FakeHost):
-    def write_text_atomic(self, path: str, text: str) -> None:
-        raise Interrupted(signal.SIGTERM)
-
-
 def test_a_signal_while_the_release_record_is_written_is_not_taken_for_a_write_failure():
     # Before: ReleaseStore.write's `except (OSError, PipelineError)` logged "could not write the
     # release record" and the run went on.
-    store = ReleaseStore(SignalledHost(), "/nginx/app.releases.json")
+    host = FakeHost()
+    host.write_fails = Interrupted(signal.SIGTERM)   # SIGTERM arrives while it writes
+    store = ReleaseStore(host, "/nginx/app.releases.json")
     with pytest.raises(Interrupted):
         store.write(ReleaseRecord().made_live(Release("v1", "blue", "app:v1")))
 

@@ -10,7 +10,6 @@ import logging
 import signal
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable, List
 
 import pytest
 
@@ -25,7 +24,7 @@ from pipeline.core.settings import Settings
 from pipeline.signals import SignalGuard
 from pipeline.core.switch import LIVE
 
-from .fakes import FakeClock, FakeEngine, FakeHost, FakeSwitch, Strict
+from .fakes import FakeAnswers, FakeClock, FakeEngine, FakeHost, FakeSwitch, Strict
 
 LINE = ('127.0.0.1 - - [01/Dec/2026:20:00:00 +0000] "GET /x?a=\\x22b HTTP/1.1" {status} 12 "-" '
         '"wrk \\x22quoted\\x22" upstream={upstream} upstream_status={status} request_time=0.001 '
@@ -130,31 +129,6 @@ class Calls(list):
         assert [c[0] for c in self] == list(names), self
 
 
-class Script:
-    """An answer reader that gives one tally per read, then the last one again."""
-
-    unparsed = 0
-
-    def __init__(self, *tallies: dict) -> None:
-        self.tallies: List[dict] = list(tallies)
-
-    def read(self) -> verify.Tally:
-        statuses = self.tallies.pop(0) if len(self.tallies) > 1 else self.tallies[0]
-        return verify.Tally(statuses)
-
-
-class HookClock(FakeClock):
-    """The fake clock, calling `hook` with each sleep first (where a signal may arrive)."""
-
-    def __init__(self, hook: Callable[[float], None]) -> None:
-        super().__init__()
-        self.hook = hook
-
-    def sleep(self, seconds: float) -> None:
-        self.hook(seconds)
-        super().sleep(seconds)
-
-
 def running_both(engine: FakeEngine) -> FakeEngine:
     """Two running containers at their fixed IPs."""
     engine.boxes = {c: {"status": "running", "version": "v", "image": "img"} for c in ("blue", "green")}
@@ -167,12 +141,12 @@ def window(tmp_path, reader, sleep=lambda seconds: None, **env):
     engine = running_both(FakeEngine(settings, calls))
     # No probe falls in these windows (the first would be 2 s in): a strict prober proves it.
     ctx = Context(settings, engine, LocalHost(), FakeSwitch.configured(settings, calls), tmp_path, {}, Strict(), 0.0, SignalGuard(),
-                  HookClock(sleep))
+                  FakeClock(before_sleep=sleep))
     return ctx, calls, verify.Baseline("green", "blue", reader, engine.watch("green"))
 
 
 def test_a_good_release_passes_and_nothing_is_switched(tmp_path):
-    ctx, calls, mark = window(tmp_path, Script({200: 5}, {200: 40}))
+    ctx, calls, mark = window(tmp_path, FakeAnswers({200: 5}, {200: 40}))
     verdict = verify.verify(ctx, mark)
     assert verdict.tally.statuses == {200: 40}
     assert verdict.summary().startswith("verified for 0.2s: 0 5xx of 40 requests (0.0%)")
@@ -180,7 +154,7 @@ def test_a_good_release_passes_and_nothing_is_switched(tmp_path):
 
 
 def test_too_many_5xx_switches_back_then_removes_the_new_container(tmp_path):
-    ctx, calls, mark = window(tmp_path, Script({200: 10}, {200: 70, 500: 30}))
+    ctx, calls, mark = window(tmp_path, FakeAnswers({200: 10}, {200: 70, 500: 30}))
     with pytest.raises(verify.SwitchedBack) as caught:
         verify.verify(ctx, mark)
     assert str(caught.value) == ("switched back to blue: green answered 5xx to 30.0% of 100 requests "
@@ -191,7 +165,7 @@ def test_too_many_5xx_switches_back_then_removes_the_new_container(tmp_path):
 
 
 def test_a_new_container_that_exits_is_switched_back_at_once(tmp_path):
-    ctx, calls, mark = window(tmp_path, Script({200: 3}))
+    ctx, calls, mark = window(tmp_path, FakeAnswers({200: 3}))
     ctx.engine.boxes["green"]["status"] = "exited"
     with pytest.raises(verify.SwitchedBack, match="green stopped \\(exited"):
         verify.verify(ctx, mark)
@@ -205,7 +179,7 @@ def test_a_signal_during_the_window_switches_back_and_keeps_its_exit_code(tmp_pa
         if signals:   # once, as SignalGuard does: a second signal only logs "still cleaning up"
             raise Interrupted(signals.pop())
 
-    ctx, calls, mark = window(tmp_path, Script({200: 3}), sleep=sleep)
+    ctx, calls, mark = window(tmp_path, FakeAnswers({200: 3}), sleep=sleep)
     with pytest.raises(verify.SwitchedBackOnSignal) as caught:
         verify.verify(ctx, mark)
     assert caught.value.exit_code == 143 and caught.value.history_result == "switched back"
@@ -214,7 +188,7 @@ def test_a_signal_during_the_window_switches_back_and_keeps_its_exit_code(tmp_pa
 
 
 def test_a_failed_switch_back_leaves_the_new_release_running_and_says_what_serves(tmp_path):
-    ctx, calls, mark = window(tmp_path, Script({500: 30}))
+    ctx, calls, mark = window(tmp_path, FakeAnswers({500: 30}))
 
     def refuse(route, address):
         raise verify.DeployFailed("nginx -t exited with 1")
@@ -245,28 +219,12 @@ ENGINE_GONE = EngineFailed("docker engine at unix:///var/run/docker.sock", "insp
                            "no answer within 60s (NETWORK_TIMEOUT)")
 
 
-class FailingEngine(FakeEngine):
+def failing_engine(settings: Settings, calls: Calls, failure: BaseException, after: int = 1) -> FakeEngine:
     """The engine answers the baseline, then every call fails as `failure` says (from `after`
     calls of `container` on)."""
-
-    def __init__(self, settings: Settings, calls: Calls, failure: BaseException, after: int = 1) -> None:
-        super().__init__(settings, calls)
-        running_both(self)
-        self.failure, self.after, self.looks = failure, after, 0
-
-    def container(self, color: str):
-        self.looks += 1
-        if self.looks > self.after:
-            raise self.failure
-        return super().container(color)
-
-    def stop(self, color: str) -> None:
-        self.mutations.append(("stop", color))
-        raise self.failure
-
-    def remove(self, color: str) -> None:
-        self.mutations.append(("remove", color))
-        raise self.failure
+    engine = running_both(FakeEngine(settings, calls))
+    engine.gone, engine.looks_before_gone = failure, after
+    return engine
 
 
 def with_engine(ctx, mark, engine):
@@ -275,8 +233,8 @@ def with_engine(ctx, mark, engine):
 
 
 def test_the_engine_failing_mid_window_switches_back_and_fails_with_exit_1(tmp_path, pipeline_log):
-    ctx, calls, mark = window(tmp_path, Script({200: 3}), VERIFY_SECONDS="5")
-    ctx, mark = with_engine(ctx, mark, FailingEngine(ctx.settings, calls, ENGINE_GONE, after=2))
+    ctx, calls, mark = window(tmp_path, FakeAnswers({200: 3}), VERIFY_SECONDS="5")
+    ctx, mark = with_engine(ctx, mark, failing_engine(ctx.settings, calls, ENGINE_GONE, after=2))
     with pytest.raises(verify.SwitchedBack) as caught:
         verify.verify(ctx, mark)
     assert caught.value.exit_code == 1 and caught.value.history_result == "switched back"
@@ -291,8 +249,8 @@ def test_the_engine_failing_mid_window_switches_back_and_fails_with_exit_1(tmp_p
 
 def test_a_bug_mid_window_switches_back_then_is_still_a_bug(tmp_path):
     bug = AttributeError("'NoneType' object has no attribute 'attrs'")
-    ctx, calls, mark = window(tmp_path, Script({200: 3}))
-    ctx, mark = with_engine(ctx, mark, FailingEngine(ctx.settings, calls, bug, after=0))
+    ctx, calls, mark = window(tmp_path, FakeAnswers({200: 3}))
+    ctx, mark = with_engine(ctx, mark, failing_engine(ctx.settings, calls, bug, after=0))
     ctx.engine.stop = lambda color: calls.append(("stop", color))
     ctx.engine.remove = lambda color: calls.append(("remove", color))
     with pytest.raises(SwitchedBackAfterBug) as caught:
@@ -305,8 +263,8 @@ def test_a_bug_mid_window_switches_back_then_is_still_a_bug(tmp_path):
 
 
 def test_when_the_switch_back_after_an_engine_failure_fails_too_the_message_says_what_serves(tmp_path):
-    ctx, calls, mark = window(tmp_path, Script({200: 3}))
-    ctx, mark = with_engine(ctx, mark, FailingEngine(ctx.settings, calls, ENGINE_GONE, after=0))
+    ctx, calls, mark = window(tmp_path, FakeAnswers({200: 3}))
+    ctx, mark = with_engine(ctx, mark, failing_engine(ctx.settings, calls, ENGINE_GONE, after=0))
 
     def refuse(route, address):
         raise NginxHostFailed("nginx host root@n1:22 over SSH", "connecting", "Connection refused")
@@ -324,8 +282,8 @@ def test_when_the_switch_back_after_an_engine_failure_fails_too_the_message_says
 
 
 def test_a_signal_held_through_the_switch_back_is_reported_as_a_switch_back_on_that_signal(tmp_path):
-    ctx, calls, mark = window(tmp_path, Script({200: 3}))
-    ctx, mark = with_engine(ctx, mark, FailingEngine(ctx.settings, calls, ENGINE_GONE, after=0))
+    ctx, calls, mark = window(tmp_path, FakeAnswers({200: 3}))
+    ctx, mark = with_engine(ctx, mark, failing_engine(ctx.settings, calls, ENGINE_GONE, after=0))
 
     def switch_back_while_signalled(route, address):
         calls.append(("route_to", route, ", ".join(map(str, address))))
@@ -341,9 +299,9 @@ def test_a_signal_held_through_the_switch_back_is_reported_as_a_switch_back_on_t
 
 
 def test_verification_off_or_nothing_to_go_back_to(tmp_path):
-    ctx, calls, _ = window(tmp_path, Script({}), VERIFY_SECONDS="0")
+    ctx, calls, _ = window(tmp_path, FakeAnswers({}), VERIFY_SECONDS="0")
     assert verify.baseline(ctx, "green", "blue") is None
-    ctx, calls, _ = window(tmp_path, Script({}))
+    ctx, calls, _ = window(tmp_path, FakeAnswers({}))
     assert verify.baseline(ctx, "green", None) is None
     ctx.engine.boxes["blue"]["status"] = "exited"
     assert verify.baseline(ctx, "green", "blue") is None
@@ -405,28 +363,12 @@ def test_preflight_reads_a_readable_log_and_skips_a_window_that_is_off(tmp_path)
     verify.check(preflight_ctx(tmp_path, host, VERIFY_SECONDS="0"))
 
 
-class Failing:
-    """An answer reader whose reads fail (True) or give a tally, in turn; the last entry repeats."""
-
-    unparsed = 0
-
-    def __init__(self, *turns) -> None:
-        self.turns = list(turns)
-        self.reads = 0
-
-    def read(self) -> verify.Tally:
-        self.reads += 1
-        turn = self.turns.pop(0) if len(self.turns) > 1 else self.turns[0]
-        if turn is True:
-            raise NginxHostFailed("nginx host deploy@nginx1:22 over SFTP", f"reading {LOG}", "Permission denied")
-        if isinstance(turn, BaseException):
-            raise turn
-        return verify.Tally(turn)
+UNREADABLE = NginxHostFailed("nginx host deploy@nginx1:22 over SFTP", f"reading {LOG}", "Permission denied")
 
 
 def test_answers_that_cannot_be_read_switch_back_never_health_only(tmp_path, caplog, monkeypatch):
     monkeypatch.setattr(logging.getLogger("pipeline"), "propagate", True)   # cli.main may have run before
-    reader = Failing({200: 5}, True)
+    reader = FakeAnswers({200: 5}, UNREADABLE)
     ctx, calls, mark = window(tmp_path, reader)
     with caplog.at_level("WARNING", logger="pipeline"), pytest.raises(verify.SwitchedBack) as caught:
         verify.verify(ctx, mark)
@@ -441,7 +383,7 @@ def test_answers_that_cannot_be_read_switch_back_never_health_only(tmp_path, cap
 
 
 def test_a_read_that_fails_once_is_read_again(tmp_path):
-    ctx, calls, mark = window(tmp_path, Failing({200: 5}, True, True, {200: 40}))
+    ctx, calls, mark = window(tmp_path, FakeAnswers({200: 5}, UNREADABLE, UNREADABLE, {200: 40}))
     assert verify.verify(ctx, mark).tally.statuses == {200: 40}
     calls.expect()
 
@@ -449,7 +391,7 @@ def test_a_read_that_fails_once_is_read_again(tmp_path):
 def test_the_window_never_ends_on_a_failed_read(tmp_path):
     # The read at the end fails: the answers it missed are read before anything is judged.
     slept = []
-    ctx, calls, mark = window(tmp_path, Failing(True, {200: 10, 500: 30}), sleep=slept.append,
+    ctx, calls, mark = window(tmp_path, FakeAnswers(UNREADABLE, {200: 10, 500: 30}), sleep=slept.append,
                               VERIFY_SECONDS="0")
     with pytest.raises(verify.SwitchedBack, match="green answered 5xx to 75.0% of 40 requests"):
         verify.verify(ctx, mark)
@@ -458,7 +400,7 @@ def test_the_window_never_ends_on_a_failed_read(tmp_path):
 
 
 def test_a_signal_while_reading_the_answers_is_not_taken_for_a_failed_read(tmp_path):
-    ctx, calls, mark = window(tmp_path, Failing({200: 5}, Interrupted(signal.SIGINT)))
+    ctx, calls, mark = window(tmp_path, FakeAnswers({200: 5}, Interrupted(signal.SIGINT)))
     with pytest.raises(verify.SwitchedBackOnSignal) as caught:
         verify.verify(ctx, mark)
     assert caught.value.exit_code == 130

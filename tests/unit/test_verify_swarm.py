@@ -24,8 +24,8 @@ from pipeline.signals import SignalGuard
 from pipeline.adapters.swarm import TaskFact, TaskWatch, serving_problem
 from pipeline.core.switch import LIVE
 
-from .fakes import FakeAdmin, FakeClock, FakeEngine, FakeProber, FakeSwitch
-from .test_verify import LINE, Script, pipeline_log  # noqa: F401 (a fixture)
+from .fakes import FakeAdmin, FakeAnswers, FakeClock, FakeProber, FakeSwarm, FakeSwitch
+from .test_verify import LINE, pipeline_log  # noqa: F401 (a fixture)
 
 NODES = [("n1", "pswarm-n1", "10.99.0.11"), ("n2", "pswarm-n2", "10.99.0.12"), ("n3", "pswarm-n3", "10.99.0.13")]
 PORTS = {"blue": 8081, "green": 8082}
@@ -103,9 +103,11 @@ def test_the_stats_reader_sums_every_task_of_the_new_color_from_its_baseline():
 
 # -- the window on a swarm ----------------------------------------------------------------------------
 
-def swarm(settings: Settings, calls: list) -> FakeEngine:
+def swarm(settings: Settings, calls: list) -> FakeSwarm:
     """The fake target as a swarm: three tasks per color, one per node."""
-    return FakeEngine(settings, calls, tasks={c: [task(c, i) for i in range(3)] for c in PORTS})
+    engine = FakeSwarm(settings, 3, calls)
+    engine.tasks_of.update({c: [task(c, i) for i in range(3)] for c in PORTS})
+    return engine
 
 
 def window(tmp_path, reader, answers=None, **env):
@@ -130,7 +132,7 @@ def health_urls(color: str) -> List[str]:
 
 
 def test_a_good_release_is_probed_on_every_task_and_nothing_is_switched(tmp_path):
-    ctx, calls, prober, mark = window(tmp_path, Script({200: 5}, {200: 40}))
+    ctx, calls, prober, mark = window(tmp_path, FakeAnswers({200: 5}, {200: 40}))
     verdict = verify.verify(ctx, mark)
     assert verdict.tally.statuses == {200: 40} and calls == []
     assert set(prober.asked) == set(health_urls("green"))            # every task, nothing else
@@ -139,7 +141,7 @@ def test_a_good_release_is_probed_on_every_task_and_nothing_is_switched(tmp_path
 
 
 def test_too_many_5xx_over_the_tasks_switches_back_to_every_old_task_then_scales_the_new_to_0(tmp_path):
-    ctx, calls, _, mark = window(tmp_path, Script({200: 10}, {200: 70, 500: 30}))
+    ctx, calls, _, mark = window(tmp_path, FakeAnswers({200: 10}, {200: 70, 500: 30}))
     with pytest.raises(verify.SwitchedBack) as caught:
         verify.verify(ctx, mark)
     assert str(caught.value) == ("switched back to blue: green answered 5xx to 30.0% of 100 requests "
@@ -150,7 +152,7 @@ def test_too_many_5xx_over_the_tasks_switches_back_to_every_old_task_then_scales
 
 def test_health_failing_twice_on_one_task_switches_back_naming_it(tmp_path):
     sick = health_urls("green")[1]
-    ctx, calls, prober, mark = window(tmp_path, Script({200: 3}), {sick: [200, 503]})
+    ctx, calls, prober, mark = window(tmp_path, FakeAnswers({200: 3}), {sick: [200, 503]})
     with pytest.raises(verify.SwitchedBack) as caught:
         verify.verify(ctx, mark)
     assert ("green's health failed 2 times in a row on task green-task-1 on pswarm-n2 (10.99.0.12:8082) "
@@ -160,7 +162,7 @@ def test_health_failing_twice_on_one_task_switches_back_naming_it(tmp_path):
 
 
 def test_a_task_that_fails_is_switched_back_at_once_and_not_probed(tmp_path):
-    ctx, calls, prober, mark = window(tmp_path, Script({200: 3}))
+    ctx, calls, prober, mark = window(tmp_path, FakeAnswers({200: 3}))
     ctx.engine.tasks_of["green"][2] = task("green", 2, "failed", "shutdown", exit_code=137, message="task: non-zero exit (137)")
     with pytest.raises(verify.SwitchedBack, match=r"switched back to blue: app-green: task green-task-2 on "
                                                   r"pswarm-n3 \(10.99.0.13:8082\) stopped serving \(failed, exit code 137"):
@@ -169,7 +171,7 @@ def test_a_task_that_fails_is_switched_back_at_once_and_not_probed(tmp_path):
 
 
 def test_a_down_node_is_not_probed_and_the_old_color_comes_back_on_the_tasks_still_up(tmp_path):
-    ctx, calls, prober, mark = window(tmp_path, Script({200: 3}))
+    ctx, calls, prober, mark = window(tmp_path, FakeAnswers({200: 3}))
     ctx.engine.tasks_of["green"][0] = task("green", 0, node_up=False)
     ctx.engine.tasks_of["blue"][0] = task("blue", 0, node_up=False)
     with pytest.raises(verify.SwitchedBack, match="node pswarm-n1 is not ready"):
@@ -179,7 +181,7 @@ def test_a_down_node_is_not_probed_and_the_old_color_comes_back_on_the_tasks_sti
 
 
 def test_no_old_task_left_running_keeps_the_new_release_live_and_says_so(tmp_path):
-    ctx, calls, _, mark = window(tmp_path, Script({500: 30}))
+    ctx, calls, _, mark = window(tmp_path, FakeAnswers({500: 30}))
     ctx.engine.tasks_of["blue"] = []
     with pytest.raises(LiveUnverified) as caught:
         verify.verify(ctx, mark)
@@ -194,23 +196,10 @@ MANAGER_GONE = EngineFailed("docker engine at tcp://10.99.0.11:2375", "listing t
                             "no answer within 60s (NETWORK_TIMEOUT)")
 
 
-class SilentManager(FakeEngine):
-    """The manager stops answering after the switch: every call fails."""
-
-    def tasks(self, color: str) -> List[TaskFact]:
-        raise MANAGER_GONE
-
-    def addresses(self, color: str) -> Tuple[Address, ...]:
-        raise MANAGER_GONE
-
-    def discard(self, color: str, graceful: bool = False) -> None:
-        self.mutations.append(("discard", color))
-        raise MANAGER_GONE
-
-
 def test_the_manager_not_answering_switches_back_to_where_the_old_tasks_answered_at_the_switch(tmp_path, pipeline_log):
-    ctx, calls, _, mark = window(tmp_path, Script({200: 3}))
-    engine = SilentManager(ctx.settings, calls, tasks={})
+    ctx, calls, _, mark = window(tmp_path, FakeAnswers({200: 3}))
+    engine = FakeSwarm(ctx.settings, 3, calls)
+    engine.gone = MANAGER_GONE   # the manager stops answering after the switch: every call fails
     ctx = replace(ctx, engine=engine)
     mark = replace(baseline_of(engine, mark.reader), old_addresses=addresses("blue"))   # as the baseline took them
     with pytest.raises(verify.SwitchedBack) as caught:
@@ -232,7 +221,7 @@ def test_the_baseline_keeps_where_the_old_tasks_answer(tmp_path):
 
 
 def test_a_route_check_refused_mid_window_switches_back(tmp_path):
-    ctx, calls, _, mark = window(tmp_path, Script({200: 3}))
+    ctx, calls, _, mark = window(tmp_path, FakeAnswers({200: 3}))
     ctx = replace(ctx, prober=FakeProber(refuse="health probes run on this machine, which reaches it only "
                                                      "through a gateway"))
     with pytest.raises(verify.SwitchedBack, match="switched back to blue: verification could not go on: "
