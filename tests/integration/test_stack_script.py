@@ -23,6 +23,7 @@ pytestmark = pytest.mark.integration
 
 MAIN_PIDFILE = Path("/var/run/docker.pid")
 NAME_LOOKUP = "stack.sh looked up a process by name"
+DOCKERD = shutil.which("dockerd") or "/usr/bin/dockerd"
 
 
 def read_pid(path: Path) -> int:
@@ -49,7 +50,8 @@ def answers(socket: Path) -> bool:
 
 
 class Throwaway:
-    """A dockerd with its own data-root, exec-root, socket, pid file and config, no networking."""
+    """A dockerd with its own data-root, exec-root, socket, pid file, config and network namespace
+    (no networking)."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -62,10 +64,21 @@ class Throwaway:
                      f" --containerd-plugins-namespace {root.name}-plugins")
 
     def stack_env(self) -> dict:
-        return {**os.environ, "PATH": f"{self.no_name_lookups()}:{os.environ['PATH']}",
+        return {**os.environ, "PATH": f"{self.own_network()}:{self.no_name_lookups()}:{os.environ['PATH']}",
                 "STACK_DIR": str(self.root / "stack"), "DOCKERD_PIDFILE": str(self.pidfile),
                 "DOCKERD_SOCKET": str(self.socket), "DOCKERD_CONFIG": str(self.config),
                 "DOCKERD_ARGS": self.args}
+
+    def own_network(self) -> Path:
+        """A PATH entry whose `dockerd` runs in a network namespace of its own. A dockerd started
+        with --bridge=none deletes the machine's docker0 (moby's removeDefaultBridgeInterface),
+        and the shared daemon's builds then fail on "could not find bridge docker0"."""
+        bin_dir = self.root / "own-network"
+        bin_dir.mkdir(exist_ok=True)
+        shim = bin_dir / "dockerd"
+        shim.write_text(f'#!/bin/sh\nexec unshare --net -- {DOCKERD} "$@"\n')
+        shim.chmod(0o755)
+        return bin_dir
 
     def no_name_lookups(self) -> Path:
         """A PATH entry whose pidof, pgrep, pkill and killall refuse to run. A stack.sh that went
@@ -82,7 +95,7 @@ class Throwaway:
     def start(self) -> None:
         # setsid -f: the daemon is not our child, as the shared one is not stack.sh's once it exits.
         with (self.root / "first.log").open("w") as log:
-            subprocess.run(["setsid", "-f", "dockerd", "--pidfile", str(self.pidfile), "-H", f"unix://{self.socket}",
+            subprocess.run(["setsid", "-f", str(self.own_network() / "dockerd"), "--pidfile", str(self.pidfile), "-H", f"unix://{self.socket}",
                             "--config-file", str(self.config), *self.args.split()],
                            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, check=True, timeout=10)
         deadline = time.monotonic() + 60
@@ -109,6 +122,7 @@ def throwaway() -> Iterator[Throwaway]:
     # Short path under /tmp: a unix socket path must stay under 108 bytes.
     root = Path(tempfile.mkdtemp(prefix="sg-dd-", dir="/tmp"))
     daemon = Throwaway(root)
+    bridge_before = Path("/sys/class/net/docker0").exists()
     try:
         yield daemon
     finally:
@@ -117,6 +131,8 @@ def throwaway() -> Iterator[Throwaway]:
         if os.path.ismount(root / "data"):
             subprocess.run(["umount", str(root / "data")], check=True, timeout=30)
         shutil.rmtree(root)
+    # The shared daemon's default bridge is not the throwaway's to remove (its builds' RUN steps use it).
+    assert Path("/sys/class/net/docker0").exists() == bridge_before, "the throwaway dockerd removed docker0"
 
 
 def test_restart_dockerd_restarts_only_the_daemon_named_by_its_pid_file(throwaway):
