@@ -14,6 +14,7 @@ import ipaddress
 import re
 import shlex
 from dataclasses import Field, dataclass, field, fields
+from functools import cached_property
 from pathlib import Path, PurePosixPath
 from typing import AbstractSet, Any, Callable, Dict, Generic, Mapping, Optional, Tuple, TypeVar
 from urllib.parse import urlsplit
@@ -594,48 +595,50 @@ class Settings:
 
 
     # -- sections ------------------------------------------------------------------------------
+    # Built once per Settings (it is frozen; `replace` makes a new one with none built yet): the
+    # flows' helpers below read them on every call, the health gate's and the window's included.
 
     def _values_of(self, section: Any) -> Dict[str, Any]:
         """This run's values of one section's fields (they have the same names and types here)."""
         return {f.name: getattr(self, f.name) for f in fields(section)}
 
-    @property
+    @cached_property
     def app(self) -> AppSettings:
         return AppSettings(**self._values_of(AppSettings))
 
-    @property
+    @cached_property
     def build(self) -> BuildSettings:
         return BuildSettings(**self._values_of(BuildSettings))
 
-    @property
+    @cached_property
     def network(self) -> NetworkSettings:
         return NetworkSettings(**self._values_of(NetworkSettings))
 
-    @property
+    @cached_property
     def swarm(self) -> SwarmSettings:
         return SwarmSettings(**self._values_of(SwarmSettings))
 
-    @property
+    @cached_property
     def runtime(self) -> RuntimeSettings:
         return RuntimeSettings(**self._values_of(RuntimeSettings))
 
-    @property
+    @cached_property
     def nginx(self) -> NginxSettings:
         return NginxSettings(**self._values_of(NginxSettings))
 
-    @property
+    @cached_property
     def switch(self) -> SwitchSettings:
         return SwitchSettings(**self._values_of(SwitchSettings))
 
-    @property
+    @cached_property
     def verify(self) -> VerifySettings:
         return VerifySettings(**self._values_of(VerifySettings))
 
-    @property
+    @cached_property
     def rollout(self) -> RolloutSettings:
         return RolloutSettings(**self._values_of(RolloutSettings))
 
-    @property
+    @cached_property
     def registry_access(self) -> RegistrySettings:
         """The registry section (`registry` is the REGISTRY setting itself)."""
         return RegistrySettings(**self._values_of(RegistrySettings))
