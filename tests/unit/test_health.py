@@ -434,7 +434,7 @@ from types import SimpleNamespace  # noqa: E402
 
 from pipeline.adapters.swarm import SwarmEngine, TaskAddress  # noqa: E402
 
-from .fakes import FakeClock, FakeProber  # noqa: E402
+from .fakes import FakeProber  # noqa: E402
 
 
 def scripted(script) -> FakeProber:
