@@ -108,7 +108,7 @@ def _run(args: argparse.Namespace, settings: Settings, environ: Mapping[str, str
     # The nginx host first, in a thread: over SSH its handshake and login run on the nginx host's
     # side while the rest of the tool (the docker SDK, requests, the flows) is imported here.
     # Only then: `--help` and bad input never load any of it (issue 15).
-    connecting = Connecting(settings.nginx, settings.network_timeout)
+    connecting = Connecting(settings.nginx.each()[0], settings.network_timeout)   # the first of NGINX_HOSTS
     try:
         from pipeline import compose
         from pipeline.flows import deploy as flows

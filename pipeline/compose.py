@@ -10,7 +10,7 @@ import threading
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Iterator, Mapping, Optional
+from typing import Iterator, List, Mapping, Optional, Tuple
 
 from pipeline.flows.build import default_version
 from pipeline.core.clock import SYSTEM, Clock
@@ -55,12 +55,29 @@ def make_target(settings: Settings, environ: Mapping[str, str], clock: Clock = S
 
 @contextmanager
 def nginx_host(settings: Settings, connecting: Optional[Connecting] = None) -> Iterator[NginxHost]:
-    """The nginx host, connected (or, `connecting`, the connection cli.py started early)."""
-    host = connecting.result() if connecting is not None else connect(settings.nginx, settings.network_timeout)
+    """The (first) nginx host, connected (or, `connecting`, the connection cli.py started early)."""
+    with nginx_hosts(settings, connecting) as hosts:
+        yield hosts[0]
+
+
+@contextmanager
+def nginx_hosts(settings: Settings, connecting: Optional[Connecting] = None) -> Iterator[Tuple[NginxHost, ...]]:
+    """Every nginx host (NGINX_HOSTS, in order), connected at the same time; the first may be the
+    connection cli.py started early. One that cannot be reached fails the whole (its own error,
+    naming it: exit 3), and the others are closed again."""
+    sections = settings.nginx.each()
+    pending = [Connecting(section, settings.network_timeout) for section in sections[1:]]
+    hosts: List[NginxHost] = []
     try:
-        yield host
+        hosts.append(connecting.result() if connecting is not None else connect(sections[0], settings.network_timeout))
+        for other in pending:
+            hosts.append(other.result())
+        yield tuple(hosts)
     finally:
-        host.close()
+        for other in pending:
+            other.close()   # those nobody took (an earlier one failed)
+        for host in hosts:
+            host.close()
 
 
 def settled(settings: Settings, cwd: Path, releasing: bool) -> Settings:
@@ -80,12 +97,13 @@ def context(settings: Settings, environ: Mapping[str, str], cwd: Path, lock_wait
     run builds a release (its version is settled here, before any part gets the settings)."""
     settings = settled(settings, cwd, releasing)
     engine = _engine_while_connecting(settings, environ, connecting)
-    with nginx_host(settings, connecting) as host:
+    with nginx_hosts(settings, connecting) as hosts:
         if engine is None:
             engine = make_target(settings, environ)
+        host = hosts[0]
         ctx = Context(settings, engine, host, make_switch(host, settings), cwd, environ,
                       make_prober(host, settings), SYSTEM.now() if started is None else started,
-                      lock_wait=lock_wait, clock=SYSTEM)
+                      lock_wait=lock_wait, clock=SYSTEM, hosts=hosts)
         if threading.current_thread() is threading.main_thread():
             ctx.guard.install()   # SIGINT/SIGTERM become Interrupted, so every cleanup runs
         yield ctx

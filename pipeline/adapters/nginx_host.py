@@ -698,6 +698,7 @@ def _short(command: str, limit: int = 120) -> str:
 
 def connect(nginx: NginxSettings, timeout: float) -> NginxHost:
     """The nginx host: over SSH when NGINX_HOST is set, else this machine. `timeout`: NETWORK_TIMEOUT."""
+    assert not nginx.nginx_hosts, "connect one host at a time: NginxSettings.each()"
     if nginx.remote:
         return SshHost.connect(nginx, timeout)
     return LocalHost()

@@ -13,10 +13,10 @@ from __future__ import annotations
 import ipaddress
 import re
 import shlex
-from dataclasses import Field, dataclass, field, fields
+from dataclasses import Field, dataclass, field, fields, replace
 from functools import cached_property
 from pathlib import Path, PurePosixPath
-from typing import AbstractSet, Any, Callable, Dict, Generic, Mapping, Optional, Tuple, TypeVar
+from typing import AbstractSet, Any, Callable, Dict, Generic, List, Mapping, Optional, Tuple, TypeVar
 from urllib.parse import urlsplit
 
 from pipeline.core.errors import SettingsError
@@ -196,6 +196,49 @@ def _between(parse: Callable[[str], Optional[N]], low: N, high: N, problem: str)
 
 
 _port = _between(_whole, 1, 65535, "must be a port number from 1 to 65535")
+
+
+@dataclass(frozen=True)
+class HostAddress:
+    """One entry of NGINX_HOSTS: `[user@]host[:port]` (an IPv6 address in brackets); a user or
+    port left out is NGINX_SSH_USER's or NGINX_SSH_PORT's."""
+
+    host: str
+    user: Optional[str] = None
+    port: Optional[int] = None
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return (f"{self.user}@" if self.user else "") + host + (f":{self.port}" if self.port else "")
+
+
+_HOST_ENTRY_RE = re.compile(r"^(?:(?P<user>[^@]*)@)?(?:\[(?P<v6>[^\]]*)\]|(?P<host>[^:\[\]]*))(?::(?P<port>[^:]*))?$")
+
+
+def _host_list(name: str, raw: str, cwd: Path) -> Tuple[HostAddress, ...]:
+    """Comma-separated `[user@]host[:port]`, none twice; each entry checked as NGINX_HOST,
+    NGINX_SSH_USER and NGINX_SSH_PORT are."""
+    hosts: List[HostAddress] = []
+    for entry in (part.strip() for part in raw.split(",")):
+        match = _HOST_ENTRY_RE.match(entry)
+        host = match and (match.group("v6") if match.group("v6") is not None else match.group("host"))
+        if not match or not host or not _HOST_RE.match(host):
+            raise SettingsError(name, raw, f"{entry!r} is not [user@]host[:port]")
+        user, port = match.group("user"), match.group("port")
+        if user is not None and not _USER_RE.match(user):
+            raise SettingsError(name, raw, f"{entry!r}: {user!r} is not a user name")
+        number = _whole(port) if port is not None else None
+        if port is not None and (number is None or not 1 <= number <= 65535):
+            raise SettingsError(name, raw, f"{entry!r}: {port!r} is not a port number from 1 to 65535")
+        address = HostAddress(host, user, number)
+        if address in hosts:
+            raise SettingsError(name, raw, f"{entry!r} is listed twice")
+        hosts.append(address)
+    return tuple(hosts)
+
+
+def _optional_hosts(name: str, raw: str, cwd: Path) -> Tuple[HostAddress, ...]:
+    return _host_list(name, raw, cwd) if raw else ()
 
 
 def _duration(positive: bool = False, maximum: float = MAX_DURATION) -> _Bounded[float]:
@@ -457,6 +500,7 @@ class NginxSettings:
     """The nginx host and how it is reached (SSH; none: this machine)."""
 
     nginx_host: str
+    nginx_hosts: Tuple["HostAddress", ...]
     nginx_ssh_user: str
     nginx_ssh_port: int
     nginx_ssh_key: Optional[Path]
@@ -464,7 +508,17 @@ class NginxSettings:
 
     @property
     def remote(self) -> bool:
-        return bool(self.nginx_host)
+        return bool(self.nginx_host or self.nginx_hosts)
+
+    def each(self) -> Tuple["NginxSettings", ...]:
+        """One section per nginx host, each naming just its host (NGINX_HOSTS' in their order, the
+        first one the default), with everything else shared: the same key, known_hosts file,
+        include paths, commands and admin. Without NGINX_HOSTS: this section alone."""
+        if not self.nginx_hosts:
+            return (self,)
+        return tuple(replace(self, nginx_host=h.host, nginx_ssh_user=h.user or self.nginx_ssh_user,
+                             nginx_ssh_port=h.port or self.nginx_ssh_port, nginx_hosts=())
+                     for h in self.nginx_hosts)
 
 
 @dataclass(frozen=True)
@@ -549,6 +603,8 @@ class Settings:
     health_interval: float = _env(_duration(positive=True, maximum=600), 10.0)
     health_timeout: float = _env(_duration(), 300.0)
     nginx_host: str = _env(_text(_HOST_RE, "not a host name or address"), "")
+    # Several nginx hosts switched as one (issue 17); replaces NGINX_HOST.
+    nginx_hosts: Tuple[HostAddress, ...] = _env(_optional_hosts, ())
     nginx_ssh_user: str = _env(_text(_USER_RE, "not a user name", allow_empty=False), "root")
     nginx_ssh_port: int = _env(_port, 22)
     nginx_ssh_key: Optional[Path] = _env(_optional(_local_file), None)
@@ -750,9 +806,19 @@ class Settings:
             raise SettingsError("GREEN_IP", self.green_ip, "same address as BLUE_IP")
         if self.nginx_preview_include is not None and self.nginx_preview_include == self.nginx_include:
             raise SettingsError("NGINX_PREVIEW_INCLUDE", self.nginx_preview_include, "same file as NGINX_INCLUDE")
+        if self.nginx_host and self.nginx_hosts:
+            raise SettingsError("NGINX_HOSTS", ",".join(map(str, self.nginx_hosts)),
+                                f"replaces NGINX_HOST (set to {self.nginx_host}): set one of them")
+        seen: Dict[Tuple[str, str, int], HostAddress] = {}
+        for address, each in zip(self.nginx_hosts, self.nginx.each()):
+            where = (each.nginx_ssh_user, each.nginx_host, each.nginx_ssh_port)
+            if where in seen:
+                raise SettingsError("NGINX_HOSTS", ",".join(map(str, self.nginx_hosts)),
+                                    f"{address} and {seen[where]} are the same host")
+            seen[where] = address
         if self.remote:
             if self.nginx_ssh_key is None:
-                raise SettingsError("NGINX_SSH_KEY", "", "required when NGINX_HOST is set")
+                raise SettingsError("NGINX_SSH_KEY", "", "required when NGINX_HOST or NGINX_HOSTS is set")
             if not self.nginx_ssh_known_hosts.expanduser().is_file():
                 raise SettingsError("NGINX_SSH_KNOWN_HOSTS", self.nginx_ssh_known_hosts, "no such file")
         if self.registry_username and not self.registry_password:
@@ -780,7 +846,7 @@ class Settings:
             if f.name == "build_args":
                 value = {k: "***" if is_secret_name(k) else v for k, v in value.items()}
             if isinstance(value, tuple):
-                value = shlex.join(value) if f.name.endswith("command") else ",".join(value)
+                value = shlex.join(value) if f.name.endswith("command") else ",".join(map(str, value))
             out[f.name] = "" if value is None else str(value)
         return out
 

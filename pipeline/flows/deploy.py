@@ -66,6 +66,12 @@ class Context:
     # The health gate (gate.wait_ready's signature): the one step that waits for the release.
     health_gate: Callable[[gate.Gate, float, float, Clock], int] = gate.wait_ready
     lock_wait: float = 0.0
+    # Every nginx host (NGINX_HOSTS, in order; `host` is the first): (host,) when there is one.
+    hosts: Tuple[NginxHost, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.hosts:
+            object.__setattr__(self, "hosts", (self.host,))
 
 
 @dataclass(frozen=True)

@@ -382,3 +382,48 @@ def test_lock_wait_is_read_as_the_duration_settings_are(tmp_path, capsys, value)
     err = capsys.readouterr().err
     assert code == 2, err
     assert f"--lock-wait={value}: must be a non-negative number of seconds" in err, err
+
+
+def remote(tmp_path: Path, **env: str) -> Settings:
+    key, known = tmp_path / "id", tmp_path / "known_hosts"
+    key.write_text("k")
+    known.write_text("")
+    return read(tmp_path, NGINX_SSH_KEY=str(key), NGINX_SSH_KNOWN_HOSTS=str(known), **env)
+
+
+def test_nginx_hosts_are_one_section_each_with_the_shared_user_and_port_as_defaults(tmp_path):
+    settings = remote(tmp_path, NGINX_HOSTS="edge1, deploy@edge2:2200,[fd00::7]:22", NGINX_SSH_USER="ops")
+    each = settings.nginx.each()
+    assert [(n.nginx_ssh_user, n.nginx_host, n.nginx_ssh_port) for n in each] == \
+        [("ops", "edge1", 22), ("deploy", "edge2", 2200), ("ops", "fd00::7", 22)]
+    assert all(n.remote and not n.nginx_hosts and n.nginx_ssh_key == settings.nginx_ssh_key for n in each)
+    assert settings.public()["nginx_hosts"] == "edge1,deploy@edge2:2200,[fd00::7]:22"
+
+
+def test_without_nginx_hosts_the_one_host_is_the_only_section(tmp_path):
+    settings = remote(tmp_path, NGINX_HOST="edge1")
+    assert settings.nginx.each() == (settings.nginx,)
+    assert read(tmp_path).nginx.each() == (read(tmp_path).nginx,)
+
+
+@pytest.mark.parametrize("value, words", [
+    ("edge1,edge1", "'edge1' is listed twice"),
+    ("edge1,root@edge1:22", "root@edge1:22 and edge1 are the same host"),
+    ("edge1,,edge2", "'' is not [user@]host[:port]"),
+    ("edge 1", "'edge 1' is not [user@]host[:port]"),
+    ("edge1:0", "'0' is not a port number"),
+    ("edge1:ssh", "'ssh' is not a port number"),
+    ("-x@edge1", "'-x' is not a user name"),
+    ("fd00::7", "is not [user@]host[:port]"),
+])
+def test_bad_nginx_hosts_name_the_setting_the_value_and_the_entry(tmp_path, value, words):
+    with pytest.raises(SettingsError) as caught:
+        remote(tmp_path, NGINX_HOSTS=value)
+    assert str(caught.value).startswith(f"NGINX_HOSTS={value}") and words in str(caught.value)
+
+
+def test_nginx_hosts_replace_nginx_host_and_need_the_key(tmp_path):
+    with pytest.raises(SettingsError, match="NGINX_HOSTS=b: replaces NGINX_HOST .set to a.: set one of them"):
+        remote(tmp_path, NGINX_HOST="a", NGINX_HOSTS="b")
+    with pytest.raises(SettingsError, match="NGINX_SSH_KEY"):
+        read(tmp_path, NGINX_HOSTS="a,b")
