@@ -101,9 +101,10 @@ def context(settings: Settings, environ: Mapping[str, str], cwd: Path, lock_wait
         if engine is None:
             engine = make_target(settings, environ)
         host = hosts[0]
-        ctx = Context(settings, engine, host, make_switch(host, settings), cwd, environ,
+        switches = tuple(make_switch(each, settings) for each in hosts)
+        ctx = Context(settings, engine, host, switches[0], cwd, environ,
                       make_prober(host, settings), SYSTEM.now() if started is None else started,
-                      lock_wait=lock_wait, clock=SYSTEM, hosts=hosts)
+                      lock_wait=lock_wait, clock=SYSTEM, hosts=hosts, switches=switches)
         if threading.current_thread() is threading.main_thread():
             ctx.guard.install()   # SIGINT/SIGTERM become Interrupted, so every cleanup runs
         yield ctx

@@ -66,12 +66,16 @@ class Context:
     # The health gate (gate.wait_ready's signature): the one step that waits for the release.
     health_gate: Callable[[gate.Gate, float, float, Clock], int] = gate.wait_ready
     lock_wait: float = 0.0
-    # Every nginx host (NGINX_HOSTS, in order; `host` is the first): (host,) when there is one.
+    # Every nginx host (NGINX_HOSTS, in order; `host` is the first): (host,) when there is one;
+    # and each one's own switch, in the same order (`switch` is what the flows switch with).
     hosts: Tuple[NginxHost, ...] = ()
+    switches: Tuple[TrafficSwitch, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.hosts:
             object.__setattr__(self, "hosts", (self.host,))
+        if not self.switches:
+            object.__setattr__(self, "switches", (self.switch,))
 
 
 @dataclass(frozen=True)
