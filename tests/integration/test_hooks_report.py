@@ -10,7 +10,6 @@ can end with here (6 is reached on the fakes: tests/unit/test_hooks_report.py).
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
