@@ -496,7 +496,7 @@ class VerifySettings:
 
 @dataclass(frozen=True)
 class RolloutSettings:
-    """The runbook's own waits and choices: health, smoke, hold, drain, what is kept."""
+    """The runbook's own waits and choices: health, smoke, hold, drain, what is kept, the hooks."""
 
     health_interval: float
     health_timeout: float
