@@ -20,6 +20,8 @@ from pipeline.core import errors
 
 from pipeline import log as logsetup
 from pipeline.core.errors import PipelineError, UsageError
+from pipeline.core.runlog import RunLog, report_document
+from pipeline.flows import hooks, report
 from pipeline.adapters.nginx_host import Connecting
 from pipeline.core.settings import Settings
 
@@ -43,14 +45,22 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--lock-wait", type=_seconds, default=0.0, metavar="SECONDS",
                        help="wait this long for another deploy's lock instead of failing at once")
 
+    def reporting(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--report", type=Path, metavar="FILE",
+                       help="write what the run did (result, exit code, phases) as JSON to FILE, however it ends")
+
     p = commands.add_parser("deploy", help="build, start the idle color, health-check, switch, stop the old one")
     p.add_argument("--no-promote", action="store_true",
                    help="stop after health (and the preview route): live traffic is left alone")
     locking(p)
-    locking(commands.add_parser("promote", help="switch live traffic to the staged release"))
+    reporting(p)
+    p = commands.add_parser("promote", help="switch live traffic to the staged release")
+    locking(p)
+    reporting(p)
     p = commands.add_parser("rollback", help="make the previous release (or --to VERSION) live again")
     p.add_argument("--to", metavar="VERSION", help="any release still kept (`history` marks them)")
     locking(p)
+    reporting(p)
     p = commands.add_parser("status", help="live color, both containers, where nginx points")
     p.add_argument("--json", action="store_true")
     p = commands.add_parser("history", help="every deploy, promote and rollback; marks what is live and "
@@ -80,17 +90,26 @@ def main(argv: Sequence[str], environ: Mapping[str, str], cwd: Optional[Path] = 
     verbose = "--verbose" in argv
     logsetup.setup(verbose)
     started = time.monotonic()
+    runlog = RunLog()
+    reporting = _Reporting(argv, cwd, runlog, started)
     try:
         args = build_parser().parse_args(list(argv))
+        reporting.parsed(args)
         settings = Settings.from_env(environ, cwd, args.env_file)
         logsetup.register_secrets(settings.secret_values())
         if args.command == "deploy":
+            runlog.version = settings.app_version
             settings.check_build_inputs(cwd)
-        return _run(args, settings, environ, cwd, out, started)
+        if runlog.action:
+            hooks.check(settings.hooks_dir, cwd, runlog.action)
+        code = _run(args, settings, environ, cwd, out, started, runlog)
+        reporting.write(code, "ok", None)
+        return code
     except (PipelineError, errors.Interrupted) as exc:   # Interrupted: SIGINT/SIGTERM, after cleaning up
         print(logsetup.mask(f"pipeline: error: {exc}"), file=sys.stderr)
         for line in exc.detail():
             print(logsetup.mask(f"    {line}"), file=sys.stderr)
+        reporting.write(exc.exit_code, report.result_of(exc), str(exc))
         return exc.exit_code
     except SystemExit as exc:  # --help
         return int(exc.code or 0)
@@ -100,11 +119,51 @@ def main(argv: Sequence[str], environ: Mapping[str, str], cwd: Optional[Path] = 
             print(logsetup.mask(traceback.format_exc()), file=sys.stderr, end="")
         else:
             print("    (run with --verbose for the traceback)", file=sys.stderr)
+        reporting.write(errors.EXIT_BUG, report.result_of(exc), f"internal error: {type(exc).__name__}: {exc}")
         return errors.EXIT_BUG
 
 
+class _Reporting:
+    """`--report FILE` for deploy, promote and rollback: written however the run ends. Until the
+    arguments are parsed, the file and the action are what the words say (report.scan), so bad
+    input gets a report too when they can be told."""
+
+    def __init__(self, argv: Sequence[str], cwd: Path, runlog: RunLog, started: float) -> None:
+        self.cwd, self.runlog, self.started = cwd, runlog, started
+        self.started_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        action, path = report.scan(argv)
+        self.path = Path(path) if action and path else None
+        runlog.action = action or ""
+
+    def parsed(self, args: argparse.Namespace) -> None:
+        if args.command not in report.ACTIONS:
+            self.path, self.runlog.action = None, ""
+            return
+        self.runlog.action = "stage" if getattr(args, "no_promote", False) else args.command
+        self.path = args.report
+        if self.path is not None and not self._file().parent.is_dir():
+            path, self.path = self.path, None
+            raise UsageError(f"--report={path}: no such directory: {path.parent}")
+
+    def _file(self) -> Path:
+        assert self.path is not None
+        return self.path if self.path.is_absolute() else self.cwd / self.path
+
+    def write(self, exit_code: int, result: str, error: Optional[str]) -> None:
+        """The report, if asked for; a report that cannot be written is a warning: the run's
+        result and exit code stand."""
+        if self.path is None:
+            return
+        document = report_document(self.runlog, exit_code, result, logsetup.mask(error) if error else None,
+                                   self.started_at, time.monotonic() - self.started)
+        try:
+            report.write(self._file(), document, logsetup.mask)
+        except OSError as exc:
+            print(logsetup.mask(f"pipeline: warning: could not write the report {self.path}: {exc}"), file=sys.stderr)
+
+
 def _run(args: argparse.Namespace, settings: Settings, environ: Mapping[str, str], cwd: Path,
-         stdout: logsetup.TextOut, started: float) -> int:
+         stdout: logsetup.TextOut, started: float, runlog: RunLog) -> int:
     # The nginx host first, in a thread: over SSH its handshake and login run on the nginx host's
     # side while the rest of the tool (the docker SDK, requests, the flows) is imported here.
     # Only then: `--help` and bad input never load any of it (issue 15).
@@ -120,7 +179,7 @@ def _run(args: argparse.Namespace, settings: Settings, environ: Mapping[str, str
             stdout.write(flows.lock_command(host, settings, args.lock_command) + "\n")
             return errors.EXIT_OK
     with compose.context(settings, environ, cwd, getattr(args, "lock_wait", 0.0), started, connecting,
-                         releasing=args.command == "deploy") as ctx:
+                         releasing=args.command == "deploy", runlog=runlog) as ctx:
         if args.command == "status":
             _print_status(flows.status(ctx), args.json, stdout)
         elif args.command == "history":

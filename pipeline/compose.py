@@ -20,6 +20,7 @@ from pipeline.adapters.engine import Engine
 from pipeline.adapters.live_switch import LiveSwitch
 from pipeline.adapters.nginx_host import Connecting, connect
 from pipeline.core.host import NginxHost
+from pipeline.core.runlog import RunLog
 from pipeline.adapters.reload_switch import ReloadSwitch
 from pipeline.core.settings import Settings
 from pipeline.core.switch import TrafficSwitch
@@ -92,9 +93,10 @@ def settled(settings: Settings, cwd: Path, releasing: bool) -> Settings:
 @contextmanager
 def context(settings: Settings, environ: Mapping[str, str], cwd: Path, lock_wait: float = 0.0,
             started: Optional[float] = None, connecting: Optional[Connecting] = None,
-            releasing: bool = False) -> Iterator[Context]:
+            releasing: bool = False, runlog: Optional[RunLog] = None) -> Iterator[Context]:
     """Every part a flow works with, connected; closed again on the way out. `releasing`: the
-    run builds a release (its version is settled here, before any part gets the settings)."""
+    run builds a release (its version is settled here, before any part gets the settings).
+    `runlog`: where the run records what it decided and its phases (cli.py reports it)."""
     settings = settled(settings, cwd, releasing)
     engine = _engine_while_connecting(settings, environ, connecting)
     with nginx_hosts(settings, connecting) as hosts:
@@ -104,7 +106,8 @@ def context(settings: Settings, environ: Mapping[str, str], cwd: Path, lock_wait
         switches = tuple(make_switch(each, settings) for each in hosts)
         ctx = Context(settings, engine, host, switches[0], cwd, environ,
                       make_prober(host, settings), SYSTEM.now() if started is None else started,
-                      lock_wait=lock_wait, clock=SYSTEM, hosts=hosts, switches=switches)
+                      lock_wait=lock_wait, clock=SYSTEM, hosts=hosts, switches=switches,
+                      runlog=runlog if runlog is not None else RunLog())
         if threading.current_thread() is threading.main_thread():
             ctx.guard.install()   # SIGINT/SIGTERM become Interrupted, so every cleanup runs
         yield ctx

@@ -249,6 +249,11 @@ class SmokeFailed(DeployFailed):
     """SMOKE_COMMAND exited non-zero (or ran too long); nothing was switched."""
 
 
+class HookFailed(DeployFailed):
+    """A pre-deploy or pre-rollback hook exited non-zero, ran too long or could not start; the run
+    stopped before changing anything. (A post hook's failure is a warning, never an error.)"""
+
+
 class SwitchedBack(DeployFailed):
     """The new release failed verification; traffic is back on the old one."""
 

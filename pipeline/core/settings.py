@@ -550,7 +550,7 @@ class VerifySettings:
 
 @dataclass(frozen=True)
 class RolloutSettings:
-    """The runbook's own waits and choices: health, smoke, hold, drain, what is kept."""
+    """The runbook's own waits and choices: health, smoke, hold, drain, what is kept, the hooks."""
 
     health_interval: float
     health_timeout: float
@@ -559,6 +559,8 @@ class RolloutSettings:
     drain_seconds: float
     keep_previous_running: bool
     keep_releases: int
+    hooks_dir: Path
+    hook_timeout: float
 
 
 @dataclass(frozen=True)
@@ -636,6 +638,9 @@ class Settings:
     # running and answer health this long (deploy.hold_ready; Kubernetes' minReadySeconds).
     min_ready_seconds: float = _env(_duration(), 0.0)
     keep_previous_running: bool = _env(_flag, False)
+    # Executables run on the tool's side before and after a deploy or rollback (flows/hooks.py).
+    hooks_dir: Path = _env(_path, Path(".pipeline/hooks"))
+    hook_timeout: float = _env(_duration(positive=True), 300.0)
     registry: str = _env(_registry, "")
     registry_username: str = _env(_text(), "")
     registry_password: Secret = _env(_secret, Secret(""))
