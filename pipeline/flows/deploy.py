@@ -252,8 +252,9 @@ def run_hook(ctx: Context, when: str, result: Optional[str] = None) -> None:
     path = hooks.find(s.hooks_dir, ctx.cwd, name)
     if path is None:
         return
-    env = hooks.environment(ctx.environ, ctx.runlog, who_am_i(ctx.environ), ",".join(map(str, s.nginx_hosts)) or s.nginx_host or "localhost",
-                            ctx.clock.now() - ctx.started, result)
+    hosts = ",".join(map(str, s.nginx_hosts)) or s.nginx_host or "localhost"
+    env = hooks.environment(ctx.environ, ctx.runlog, who_am_i(ctx.environ), hosts, ctx.clock.now() - ctx.started,
+                            result)
     with timed(ctx, f"{name} hook"):
         hooks.run(path, name, env, ctx.cwd, s.hook_timeout, must_pass=when == "pre")
 
