@@ -273,6 +273,9 @@ set -e
 # here they would pin what the machine's dockerd and swarm nodes unmount and remove.
 awk '$9 == "overlay" || $9 == "nsfs" || $5 ~ "^(/var/lib/docker|/run/docker|/tmp/pipeline-swarm)(/|$)" {print $5}' \
     /proc/self/mountinfo | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
+# Its own /sys: sysfs mounted from inside the network namespace shows that namespace's
+# interfaces (as `ip netns exec` does), so /sys/class/net/eth0 is its eth0.
+mount -t sysfs sysfs /sys
 dir="$1"; shift
 for target in "$@"; do
     mount --bind "$dir/root$target" "$target"
