@@ -197,7 +197,7 @@ class Bridge:
 def _veth_into(netns: str, bridge: str, inside: str, address: str, prefix: int) -> str:
     """A veth from `bridge` (host side, enslaved) into `netns` (as `inside`, with address/prefix).
     Returns the host side's name."""
-    outside = f"{netns[:8]}-{inside}"[:15]
+    outside = f"{netns}-{inside}"[:15]   # pnh-1a2b3c-eth0: 15 characters, the most a link name has
     sh("ip", "link", "add", outside, "type", "veth", "peer", "name", inside, "netns", netns)
     sh("ip", "link", "set", outside, "master", bridge, "up")
     sh("ip", "-n", netns, "addr", "add", f"{address}/{prefix}", "dev", inside)
