@@ -13,7 +13,8 @@ inside both namespaces, so every SSH session sees what nginx sees.
 
     host = NginxHost.start("pswarm0", "10.99.0.0/24")          # an address of its own on it
     env = {**tool_settings, **host.env()}   # NGINX_HOST, NGINX_SSH_KEY, NGINX_SSH_KNOWN_HOSTS,
-                                            # NGINX_SSH_USER/PORT, NGINX_INCLUDE (upstream form)
+                                            # NGINX_SSH_USER/PORT, NGINX_INCLUDE (upstream form),
+                                            # SWITCH_MODE=live (live form)
     host.run("nginx", "-t")                 # a command inside it (CompletedProcess; check=True)
     host.file("/etc/nginx/conf.d/service-upstream.inc")   # that file, as a path on this machine
     host.include, host.access_log           # the same, for the two a test reads most
@@ -348,6 +349,8 @@ class NginxHost:
                     "NGINX_SSH_KEY": str(self.key), "NGINX_SSH_KNOWN_HOSTS": str(self.known_hosts)}
         if self.form == "upstream":
             settings["NGINX_INCLUDE"] = "/etc/nginx/conf.d/service-upstream.inc"
+        if self.form == "live":   # the admin's URL and token file are the tool's defaults
+            settings["SWITCH_MODE"] = "live"
         return settings
 
     def file(self, path: str) -> Path:
