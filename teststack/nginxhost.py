@@ -199,7 +199,12 @@ def _veth_into(netns: str, bridge: str, inside: str, address: str, prefix: int) 
     """A veth from `bridge` (host side, enslaved) into `netns` (as `inside`, with address/prefix).
     Returns the host side's name."""
     outside = f"{netns}-{inside}"[:15]   # pnh-1a2b3c-eth0: 15 characters, the most a link name has
-    sh("ip", "link", "add", outside, "type", "veth", "peer", "name", inside, "netns", netns)
+    # The MAC follows from the address (as docker's do): an address given back and claimed again a
+    # moment later (the next test's host) answers at the MAC that this machine's and the nodes'
+    # neighbour caches still hold for it, instead of leaving them sending to a vanished one for
+    # up to half a minute.
+    mac = "02:50:" + ":".join(f"{int(octet):02x}" for octet in address.split("."))
+    sh("ip", "link", "add", outside, "type", "veth", "peer", "name", inside, "address", mac, "netns", netns)
     sh("ip", "link", "set", outside, "master", bridge, "up")
     sh("ip", "-n", netns, "addr", "add", f"{address}/{prefix}", "dev", inside)
     sh("ip", "-n", netns, "link", "set", inside, "up")
@@ -408,8 +413,14 @@ class NginxHost:
     def start_sshd(self) -> None:
         (self.dir / "sshd.pid").unlink(missing_ok=True)
         self.run(SSHD, "-f", str(self.dir / "sshd_config"), "-E", str(self.dir / "sshd.log"))
-        wait_for(lambda: self.sshd_pid() is not None and self._can_connect(22), 10, interval=0.05,
-                 what=f"the sshd of {self.name}")
+        try:
+            wait_for(lambda: self.sshd_pid() is not None and self._can_connect(22), 30, interval=0.1,
+                     what=f"the sshd of {self.name} ({self.address}:22) to take connections from this machine")
+        except AssertionError as exc:
+            log = self.dir / "sshd.log"
+            raise AssertionError(f"{exc}; sshd pid {self.sshd_pid()}; this machine's route: "
+                                 f"{sh('ip', '-4', 'route', 'get', self.address, check=False).stdout.strip()}; "
+                                 f"sshd.log: {log.read_text()[-1000:] if log.exists() else '(none)'}") from None
 
     def kill_sshd(self, sessions: bool = True) -> None:
         """SIGKILL the sshd (its listener; with `sessions`, every sshd process inside, so open
