@@ -168,11 +168,23 @@ def _accept_bridged(bridge: str, add: bool) -> None:
         sh("iptables", "-D", *rule, check=False)
 
 
+def _sweep_dead_bridge_rules() -> None:
+    """DOCKER-USER rules for bridges made here that are gone (a test process killed before its
+    teardown): removed, so they do not pile up."""
+    rules = sh("iptables", "-S", "DOCKER-USER", check=False).stdout.splitlines()
+    for rule in rules:
+        words = rule.split()
+        if words[:2] == ["-A", "DOCKER-USER"] and len(words) > 3 and words[2] == "-i" and words[3].startswith("pnb-") \
+                and not Path(f"/sys/class/net/{words[3]}").exists():
+            sh("iptables", "-D", *words[1:], check=False)
+
+
 class Bridge:
     """A bridge of the test's own on a claimed 10.97.N.0/24, with this machine's address .1 on it
     (`host_address=True`) or none (a plain switch this machine has no foot in)."""
 
     def __init__(self, host_address: bool = True) -> None:
+        _sweep_dead_bridge_rules()
         self.name = f"pnb-{uuid.uuid4().hex[:6]}"
         self.owner = f"link:{self.name}"
         sh("ip", "link", "add", self.name, "type", "bridge")
