@@ -227,8 +227,16 @@ def _status_lines(report: Mapping[str, Any]) -> Iterator[str]:
         yield f"warning:  {report['probe_problem']}\n"
     yield "releases: " + "  ".join(f"{name}={r['version']} ({r['color']})" if r else f"{name}=none"
                                    for name, r in report["releases"].items()) + "\n"
+    for name, r in report["releases"].items():
+        if r and r.get("digest"):   # a record from before digests were kept has none
+            yield f"  {name + ':':<9} {r['image']}  {r['digest']}  ({_digest_kind(r.get('digest_of', ''))})\n"
     for color, row in report["colors"].items():
         yield from _color_lines(color, row, color == live)
+
+
+def _digest_kind(digest_of: str) -> str:
+    return {"registry": "registry digest",
+            "image id": "image id, not pushed"}.get(digest_of, "digest")
 
 
 def _live_shown(report: Mapping[str, Any]) -> str:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import http.client
 import logging
+import re
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Protocol, Tuple, Type
@@ -96,8 +97,9 @@ class Images:
                 image_id = self.api.inspect_image(tag)["Id"]
         return str(image_id)
 
-    def push_and_pull(self, tag: str) -> None:
-        """Push the release to the registry, then pull it back as the target engine would."""
+    def push_and_pull(self, tag: str) -> str:
+        """Push the release to the registry, then pull it back as the target engine would; the
+        registry's digest of the manifest it took (what `repository@digest` pulls, on any node)."""
         registry = self.registry
         auth = None
         if registry.registry_username:
@@ -105,6 +107,7 @@ class Images:
             auth = {"username": registry.registry_username, "password": registry.registry_password.reveal()}
         repository, _, version = tag.rpartition(":")
         part = f"registry {registry.registry}"
+        digests: List[str] = []
         for verb, stream in (("push", self.api.push), ("pull", self.api.pull)):
             # NETWORK_TIMEOUT bounds each wait for the engine's next progress line: a registry that
             # never answers leaves the engine silent, and the push fails instead of hanging.
@@ -112,7 +115,17 @@ class Images:
                 for chunk in stream(repository, tag=version, stream=True, decode=True, auth_config=auth):
                     if "error" in chunk:
                         raise RegistryFailed(part, f"docker {verb} {tag}", str(chunk["error"]).strip())
+                    digests += _digest_in(chunk)
             log.info("    docker %s %s: done", verb, tag)
+        if not digests:   # an engine that did not say: what it recorded for the repository
+            with self._calling(f"inspecting image {tag}"):
+                found = self.api.inspect_image(tag).get("RepoDigests") or []
+            digests = [ref.partition("@")[2] for ref in found if ref.partition("@")[0] == repository]
+        if not digests:
+            log.warning("    the registry named no digest for %s: its image id stands for it", tag)
+            return ""
+        log.info("    %s is %s@%s", tag, repository, digests[0])
+        return digests[0]
 
     def release_images(self) -> Dict[str, float]:
         """This app's release images: reference -> creation time (for retention)."""
@@ -441,6 +454,18 @@ def engine_environment(runtime: RuntimeSettings, environ: Mapping[str, str]) -> 
     if runtime.docker_host:
         env["DOCKER_HOST"] = runtime.docker_host
     return env, env.get("DOCKER_HOST") or "the local socket"
+
+
+_DIGEST_LINE = re.compile(r"\bDigest: (sha256:[0-9a-f]{64})\b")
+
+
+def _digest_in(chunk: Mapping[str, Any]) -> List[str]:
+    """The manifest digest a push (its `aux`) or a pull (its "Digest: ..." status) reports."""
+    aux = chunk.get("aux")
+    if isinstance(aux, dict) and isinstance(aux.get("Digest"), str) and aux["Digest"].startswith("sha256:"):
+        return [aux["Digest"]]
+    found = _DIGEST_LINE.search(str(chunk.get("status") or ""))
+    return [found.group(1)] if found else []
 
 
 def _read_env_file(path: Path) -> Dict[str, str]:

@@ -339,10 +339,10 @@ class SwarmEngine:
     def build_image(self, cwd: Path, tag: str, version: str) -> str:
         return self.images.build_image(cwd, tag, version)
 
-    def push_and_pull(self, tag: str) -> None:
+    def push_and_pull(self, tag: str) -> str:
         # The registry login is kept by the client: creating a service then hands the same
         # credentials to the nodes (X-Registry-Auth), so they can pull the release.
-        self.images.push_and_pull(tag)
+        return self.images.push_and_pull(tag)
 
     def release_images(self) -> Dict[str, float]:
         return self.images.release_images()

@@ -68,9 +68,12 @@ class Target(Protocol):
     def check_registry(self) -> None:
         """Preflight, with REGISTRY_USERNAME set: the registry takes the login."""
 
-    def build_image(self, cwd: Path, tag: str, version: str) -> str: ...
+    def build_image(self, cwd: Path, tag: str, version: str) -> str:
+        """Build the release image `tag`; its image id ("sha256:...")."""
 
-    def push_and_pull(self, tag: str) -> None: ...
+    def push_and_pull(self, tag: str) -> str:
+        """Push `tag` to REGISTRY and pull it back; the registry's digest of its manifest ("" if
+        neither the registry nor the engine named one)."""
 
     def release_images(self) -> Dict[str, float]: ...
 

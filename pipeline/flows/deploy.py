@@ -96,6 +96,7 @@ class Outcome:
     version: str
     color: str
     message: str
+    release: Optional[Release] = None   # the release it made live or staged: its digest goes on record
 
 
 def phase(message: str, *args: object) -> None:
@@ -223,8 +224,10 @@ def preflight(ctx: Context, action: str) -> Iterator[Run]:
             raise
         outcome = run.outcome
         assert outcome is not None, f"the {action} flow ended without saying what it did"
+        made = outcome.release
         history.append(Entry(_now(), who, s.app_name, outcome.action, outcome.version, outcome.color, "ok",
-                             _elapsed(ctx), outcome.message))
+                             _elapsed(ctx), outcome.message, made.digest if made else "",
+                             made.digest_of if made else ""))
         if run.post_hook:
             run_hook(ctx, "post", "ok")
         phase("done: %s in %.1fs", outcome.message, ctx.clock.now() - ctx.started)
@@ -366,12 +369,14 @@ def build_release(ctx: Context, color: str) -> Release:
             build.run_build(s.build_command, ctx.cwd, ctx.environ)
         build.warn_secret_build_args(s.build_args)
         phase("building image %s", image)
-        ctx.engine.build_image(ctx.cwd, image, version)
+        digest, digest_of = ctx.engine.build_image(ctx.cwd, image, version), releases.DIGEST_IMAGE_ID
     if s.registry:
         phase("pushing %s to %s and pulling it back", image, s.registry)
         with timed(ctx, "push"):
-            ctx.engine.push_and_pull(image)
-    return Release(version, color, image)
+            pushed = ctx.engine.push_and_pull(image)
+        if pushed:   # what every node pulls: status and history show it
+            digest, digest_of = pushed, releases.DIGEST_REGISTRY
+    return Release(version, color, image, digest, digest_of)
 
 
 def start(ctx: Context, release: Release) -> None:
@@ -711,7 +716,7 @@ def deploy(ctx: Context) -> Outcome:
         retire(ctx, live, target, before, facts.preview_address)
         clean_images(ctx, record)
         return run.done(Outcome("deploy", release.version, target,
-                                f"{release.version} live on {target}" + _verified(verdict)))
+                                f"{release.version} live on {target}" + _verified(verdict), release))
 
 
 def stage(ctx: Context) -> Outcome:
@@ -731,7 +736,7 @@ def stage(ctx: Context) -> Outcome:
             ctx.clock.sleep(ctx.switch.settle_seconds)   # "staged" means the preview serves it
         phase("%s staged on %s; live traffic still on %s. Run `promote` to switch.", release.version, target,
               live or "nothing")
-        return run.done(Outcome("stage", release.version, target, f"staged on {target}"))
+        return run.done(Outcome("stage", release.version, target, f"staged on {target}", release))
 
 
 def promote(ctx: Context) -> Outcome:
@@ -750,7 +755,7 @@ def promote(ctx: Context) -> Outcome:
         retire(ctx, live, staged.color, before)
         clean_images(ctx, record)
         return run.done(Outcome("promote", staged.version, staged.color,
-                                f"{staged.version} live on {staged.color}" + _verified(verdict)))
+                                f"{staged.version} live on {staged.color}" + _verified(verdict), staged))
 
 
 def rollback(ctx: Context, to_version: Optional[str] = None) -> Outcome:
@@ -794,7 +799,7 @@ def rollback(ctx: Context, to_version: Optional[str] = None) -> Outcome:
             raise
         retire(ctx, live, target.color, before)
         return run.done(Outcome("rollback", target.version, target.color,
-                                 f"{target.version} live on {target.color} again"))
+                                 f"{target.version} live on {target.color} again", target))
 
 
 def _undo_bring_back(ctx: Context, plan: releases.RollbackPlan, live: Optional[str], record: ReleaseRecord) -> None:

@@ -381,9 +381,10 @@ class FakeEngine(Strict):
     def check_registry(self) -> None:
         pass   # the registry takes the login (with REGISTRY set)
 
-    def push_and_pull(self, tag: str) -> None:
+    def push_and_pull(self, tag: str) -> str:
         self.mutations.append(("push_and_pull", tag))
         assert tag in self.images, f"pushed {tag}, which was never built"
+        return f"sha256:pushed-{tag}"
 
     def run(self, color: str, image: str, version: str) -> None:
         self.mutations.append(("run", color, version))
