@@ -38,8 +38,16 @@ import java.util.concurrent.atomic.AtomicLong;
  *   CRASH_ON_START=1   print an error to stderr and exit(1) immediately
  *   GRACE_SECONDS      max seconds SIGTERM waits for in-flight requests (default 10)
  *   THREADS            handler threads (default 32)
+ *   SCHEMA_FILE        a small file-based "database": the schema version it is at (a number);
+ *                      with REQUIRE_SCHEMA, health answers 503 while it is older than that
+ *   REQUIRE_SCHEMA     the schema version this release needs (default: none needed)
  *
  * Endpoints: GET /, GET /actuator/health, GET /slow?ms=N
+ *
+ * `migrate [--sleep-ms N] [--fail] [--hang]` (the release phase's command: the image's entry
+ * point kept) does not serve: it brings SCHEMA_FILE up to REQUIRE_SCHEMA (an expand step: the
+ * older release, needing less, keeps working), printing what it does, and exits 0. --sleep-ms:
+ * takes that long first; --fail: exits 3 without changing anything; --hang: never ends.
  */
 public final class Demo {
 
@@ -58,6 +66,9 @@ public final class Demo {
     }
 
     public static void main(String[] args) throws Exception {
+        if (args.length > 0 && "migrate".equals(args[0])) {
+            System.exit(migrate(args));
+        }
         String version = env("APP_VERSION", "dev");
         String color = env("APP_COLOR", "none");
         int port = intEnv("PORT", 8080);
@@ -104,8 +115,13 @@ public final class Demo {
                 send(ex, 200, "text/plain; charset=utf-8", rootBody);
             }
         }));
+        int requiredSchema = intEnv("REQUIRE_SCHEMA", 0);
         server.createContext("/actuator/health", counted(ex -> {
-            if (healthFail || healthExpired(healthFailAfter)) {
+            int schema = requiredSchema > 0 ? schemaVersion() : 0;
+            if (schema < requiredSchema) {
+                send(ex, 503, "application/json", ("{\"status\":\"DOWN\",\"schema\":" + schema + ",\"required\":"
+                        + requiredSchema + "}").getBytes(StandardCharsets.UTF_8));
+            } else if (healthFail || healthExpired(healthFailAfter)) {
                 send(ex, 503, "application/json", down);
             } else {
                 send(ex, 200, "application/json", up);
@@ -173,6 +189,54 @@ public final class Demo {
         long ms = TimeUnit.NANOSECONDS.toMillis(System.nanoTime() - t0);
         System.out.println("demo stopped after " + ms + " ms drain, in-flight left: " + IN_FLIGHT.get());
         System.out.flush();
+    }
+
+    /** The schema version SCHEMA_FILE holds; 0 when there is none yet (or it cannot be read). */
+    private static int schemaVersion() {
+        try {
+            return Integer.parseInt(new String(java.nio.file.Files.readAllBytes(schemaFile()),
+                    StandardCharsets.UTF_8).trim());
+        } catch (IOException | NumberFormatException e) {
+            return 0;
+        }
+    }
+
+    private static java.nio.file.Path schemaFile() {
+        return java.nio.file.Paths.get(env("SCHEMA_FILE", "/data/schema"));
+    }
+
+    /** `migrate`: SCHEMA_FILE up to REQUIRE_SCHEMA, written atomically (temp file + rename). */
+    private static int migrate(String[] args) throws Exception {
+        String version = env("APP_VERSION", "dev");
+        int target = intEnv("REQUIRE_SCHEMA", 0);
+        int current = schemaVersion();
+        java.util.List<String> options = java.util.Arrays.asList(args);
+        System.out.println("migrate " + version + " (" + env("APP_COLOR", "none") + "): schema " + current
+                + ", this release needs " + target);
+        System.out.flush();
+        int sleepAt = options.indexOf("--sleep-ms");
+        if (sleepAt >= 0 && sleepAt + 1 < args.length) {
+            Thread.sleep(Long.parseLong(args[sleepAt + 1]));
+        }
+        if (options.contains("--hang")) {
+            System.out.println("migrate: waiting for a lock that is never released");
+            System.out.flush();
+            Thread.sleep(Long.MAX_VALUE);
+        }
+        if (options.contains("--fail")) {
+            System.err.println("migrate: ALTER TABLE orders ADD COLUMN note failed: database is locked"
+                    + " (connected with DB_PASSWORD=" + env("DB_PASSWORD", "") + ")");
+            return 3;
+        }
+        for (int step = current + 1; step <= target; step++) {
+            java.nio.file.Path file = schemaFile();
+            java.nio.file.Path tmp = file.resolveSibling(file.getFileName() + ".tmp");
+            java.nio.file.Files.write(tmp, (step + "\n").getBytes(StandardCharsets.UTF_8));
+            java.nio.file.Files.move(tmp, file, java.nio.file.StandardCopyOption.ATOMIC_MOVE);
+            System.out.println("migrate: schema " + (step - 1) + " -> " + step);
+        }
+        System.out.println("migrate: schema at " + schemaVersion());
+        return 0;
     }
 
     /** EXIT_AFTER_HEALTHY: halt with status 1 that many seconds from now (no shutdown hook: a crash). */
