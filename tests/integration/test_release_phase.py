@@ -10,6 +10,7 @@ connections paced 10 ms apart, bounded by wrk's -d.
 from __future__ import annotations
 
 import json
+import signal
 import time
 from pathlib import Path
 from typing import Dict
@@ -17,7 +18,7 @@ from typing import Dict
 import pytest
 
 from teststack import loadgen
-from teststack.realstack import Nginx, run_pipeline
+from teststack.realstack import Nginx, run_pipeline, start_pipeline, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -141,6 +142,35 @@ def test_a_failing_or_hanging_release_phase_fails_the_deploy_with_nothing_starte
     assert not (database / "schema").exists()
     entry = last_entry(env, tmp_path)
     assert (entry["action"], entry["version"], entry["result"]) == ("deploy", "v2", "release phase failed")
+
+
+def test_a_signal_during_the_release_phase_removes_the_one_off_container_and_starts_nothing(
+        world, nginx, settings_env, tmp_path, database):
+    env = {**settings_env, "CONTAINER_VOLUMES": f"{database}:/data", "CONTAINER_ENV_FILE": release_env(tmp_path, 0)}
+    ok(run_pipeline(["deploy"], {**env, "APP_VERSION": "v1"}, tmp_path))
+    deploying = start_pipeline(["deploy"], {**env, "APP_VERSION": "v2", "RELEASE_COMMAND": "migrate --hang"},
+                               tmp_path)
+    wait_for(lambda: [c for c in one_offs(world) if c.status == "running"], 60, 0.1, "the one-off container")
+    time.sleep(0.5)
+    deploying.send_signal(signal.SIGTERM)
+    _, stderr = deploying.communicate(timeout=60)
+    assert deploying.returncode == 143, stderr
+    assert one_offs(world) == []
+    assert world.container("green") is None and nginx.get().text == V1 + "\n"
+    assert last_entry(env, tmp_path)["result"] == "interrupted"
+
+
+def test_a_one_off_container_left_by_a_killed_run_is_replaced_by_the_next_release_phase(
+        world, nginx, settings_env, tmp_path, database):
+    env = {**settings_env, "CONTAINER_VOLUMES": f"{database}:/data", "CONTAINER_ENV_FILE": release_env(tmp_path, 1)}
+    killed = start_pipeline(["deploy"], {**env, "APP_VERSION": "v1", "RELEASE_COMMAND": "migrate --hang"}, tmp_path)
+    wait_for(lambda: [c for c in one_offs(world) if c.status == "running"], 60, 0.1, "the one-off container")
+    killed.send_signal(signal.SIGKILL)
+    killed.communicate(timeout=10)
+    assert [c.status for c in one_offs(world)] == ["running"]   # nothing could clean up
+    again = ok(run_pipeline(["deploy"], {**env, "APP_VERSION": "v1", "RELEASE_COMMAND": "migrate"}, tmp_path))
+    assert "| migrate: schema 0 -> 1" in again.stderr
+    assert one_offs(world) == [] and nginx.get().text == V1 + "\n"
 
 
 def test_release_phase_by_hand_runs_again_for_the_live_release(world, nginx, settings_env, tmp_path, database):
