@@ -150,7 +150,15 @@ def test_a_signal_during_the_release_phase_removes_the_one_off_container_and_sta
     ok(run_pipeline(["deploy"], {**env, "APP_VERSION": "v1"}, tmp_path))
     deploying = start_pipeline(["deploy"], {**env, "APP_VERSION": "v2", "RELEASE_COMMAND": "migrate --hang"},
                                tmp_path)
-    wait_for(lambda: [c for c in one_offs(world) if c.status == "running"], 60, 0.1, "the one-off container")
+    running = wait_for(lambda: [c for c in one_offs(world) if c.status == "running"], 60, 0.1,
+                       "the one-off container")
+    # From the new image, its entry point kept and the words its command, on the deploy network.
+    config = running[0].attrs["Config"]
+    assert (config["Image"], config["Cmd"]) == (f"{world.app}:v2", ["migrate", "--hang"])
+    assert config["Entrypoint"][0] == "java" and running[0].name == f"{world.app}-release-phase"
+    assert {"APP_VERSION=v2", "APP_COLOR=green", "REQUIRE_SCHEMA=0"} <= set(config["Env"])
+    assert list(running[0].attrs["NetworkSettings"]["Networks"]) == [world.network.name]
+    assert running[0].attrs["HostConfig"]["Binds"] == [f"{database}:/data"]
     time.sleep(0.5)
     deploying.send_signal(signal.SIGTERM)
     _, stderr = deploying.communicate(timeout=60)
