@@ -499,7 +499,8 @@ class SwarmEngine:
         """Remove the release phase's service (its task is stopped with it); a failure is a warning."""
         try:
             service = self.client.services.get(name)
-            if service.name == name and (service.attrs["Spec"].get("Labels") or {}).get(LABEL_APP) == self.app.app_name:
+            ours = (service.attrs["Spec"].get("Labels") or {}).get(LABEL_APP) == self.app.app_name
+            if service.name == name and ours:   # get() also matches an id prefix
                 service.remove()
         except docker.errors.NotFound:
             pass
