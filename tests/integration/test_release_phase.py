@@ -1,11 +1,13 @@
 """The release phase (RELEASE_COMMAND, issue 18) on the real engine and nginx, through the CLI.
 
-The database is a small file-based one the demo itself reads (SCHEMA_FILE on a bind-mounted
-directory: the schema version it is at), not SQLite: the demo's JRE image is jlink'ed without
-java.sql. A release needs the schema its env file names (REQUIRE_SCHEMA; health answers 503 while
-the file is older), and `migrate`, the release phase's command (the image's entry point kept),
-brings the file up to it. Load: wrk through the test's nginx, a new connection per request, 16
-connections paced 10 ms apart, bounded by wrk's -d.
+The database is a real SQLite file on the releases' volume (DATABASE_URL's default,
+/data/app.db, on a bind-mounted directory; teststack/sqlite.py): the demo's jar carries Debian's
+SQLite JDBC driver and runs on pipeline/jre-sql:17, the shared JRE with java.sql and the driver's
+JNI library added. A release needs the schema version its env file names (REQUIRE_SCHEMA; health
+answers 503 while the database's schema_version is older), and `migrate`, the release phase's
+command (the image's entry point kept), brings it up to that in one transaction. The tests read
+the schema back from the file itself. Load: wrk through the test's nginx, a new connection per
+request, 16 connections paced 10 ms apart, bounded by wrk's -d.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from typing import Dict
 
 import pytest
 
-from teststack import loadgen
+from teststack import loadgen, sqlite
 from teststack.realstack import Nginx, run_pipeline, start_pipeline, wait_for
 
 pytestmark = pytest.mark.integration
@@ -42,12 +44,18 @@ def last_entry(env: Dict[str, str], cwd: Path) -> dict:
 
 @pytest.fixture
 def database(tmp_path) -> Path:
-    """The directory the releases (and their release phase) mount at /data: the schema file lives
-    there. World-writable: the image runs as uid 10001."""
+    """The directory the releases (and their release phase) mount at /data: the SQLite file (and
+    its journal) live there. World-writable: the image runs as uid 10001."""
     directory = tmp_path / "db"
     directory.mkdir()
     directory.chmod(0o777)
     return directory
+
+
+@pytest.fixture
+def sql_env(settings_env, sqlite_build_args, database) -> Dict[str, str]:
+    """The demo built with the JDBC driver on the JRE with java.sql, the database's volume mounted."""
+    return {**settings_env, "BUILD_ARGS": sqlite_build_args, "CONTAINER_VOLUMES": f"{database}:/data"}
 
 
 def release_env(tmp_path: Path, schema: int) -> str:
@@ -57,10 +65,6 @@ def release_env(tmp_path: Path, schema: int) -> str:
     return str(path)
 
 
-def schema(database: Path) -> str:
-    return (database / "schema").read_text().strip()
-
-
 def one_offs(world) -> list:
     """Containers of the app's release phase, running or not."""
     return [c for c in world.client.containers.list(all=True, filters={"label": f"pipeline.app={world.app}"})
@@ -68,15 +72,17 @@ def one_offs(world) -> list:
 
 
 def test_the_release_phase_migrates_the_database_before_v2_starts_while_v1_serves_under_load(
-        world, nginx, settings_env, tmp_path, database):
-    env = {**settings_env, "CONTAINER_VOLUMES": f"{database}:/data", "RELEASE_COMMAND": "migrate"}
+        world, nginx, sql_env, tmp_path, database):
+    env = {**sql_env, "RELEASE_COMMAND": "migrate"}
     first = ok(run_pipeline(["deploy"], {**env, "APP_VERSION": "v1",
                                          "CONTAINER_ENV_FILE": release_env(tmp_path, 1)}, tmp_path))
     assert "migrate v1 (blue): schema 0, this release needs 1" in first.stderr
-    assert schema(database) == "1"
+    assert sqlite.versions(database) == [(1, "v1")]
+    assert sqlite.tables(database) == ["orders", "schema_version"]
     assert nginx.get().text == V1 + "\n"
 
-    # v2 needs schema 2: without its release phase it never becomes healthy (nothing switched).
+    # v2 needs schema 2: without its release phase it never becomes healthy (nothing switched):
+    # its health reads the version from the database.
     env["CONTAINER_ENV_FILE"] = release_env(tmp_path, 2)
     unmigrated = run_pipeline(["deploy"], {**env, "APP_VERSION": "v2", "RELEASE_COMMAND": "",
                                            "HEALTH_TIMEOUT": "3"}, tmp_path)
@@ -93,12 +99,14 @@ def test_the_release_phase_migrates_the_database_before_v2_starts_while_v1_serve
     print(f"\nrelease phase under load: {result.line()}")
     assert result.failed == 0, result.summary()
     assert set(result.versions()) == {V1, "version=v2 color=green"}, result.summary()
-    assert schema(database) == "2"
+    assert sqlite.versions(database) == [(1, "v1"), (2, "v2")]
+    assert sqlite.columns(database, "orders") == ["id", "item", "note"]
     err = second.stderr
     # In the new image, with the color it is about to start on; streamed, before that color starts.
     assert "release phase: migrate --sleep-ms 1500 in a one-off container of " + f"{world.app}:v2" in err
     assert "| migrate v2 (green): schema 1, this release needs 2" in err
-    assert err.index("| migrate: schema 1 -> 2") < err.index("release phase done") < err.index("==> starting ")
+    assert err.index("| migrate: schema 1 -> 2: ALTER TABLE orders ADD COLUMN note TEXT") < err.index(
+        "| migrate: schema at 2") < err.index("release phase done") < err.index("==> starting ")
     assert err.index("==> building image") < err.index("==> release phase")
     assert nginx.get().text == "version=v2 color=green\n"
     assert one_offs(world) == []
@@ -106,13 +114,14 @@ def test_the_release_phase_migrates_the_database_before_v2_starts_while_v1_serve
 
 @pytest.mark.parametrize("command, timeout, says", [
     ("migrate --fail", "600", "exited with 3"),
-    ("migrate --hang", "3", "did not end within RELEASE_TIMEOUT=3s (stopped)"),
+    ("migrate --hang", "5", "did not end within RELEASE_TIMEOUT=5s (stopped)"),
 ], ids=["failing", "hanging"])
 def test_a_failing_or_hanging_release_phase_fails_the_deploy_with_nothing_started(
-        world, nginx, settings_env, tmp_path, database, command, timeout, says):
-    env = {**settings_env, "CONTAINER_VOLUMES": f"{database}:/data",
-           "CONTAINER_ENV_FILE": release_env(tmp_path, 0)}
+        world, nginx, sql_env, tmp_path, database, command, timeout, says):
+    env = {**sql_env, "CONTAINER_ENV_FILE": release_env(tmp_path, 0)}
     ok(run_pipeline(["deploy"], {**env, "APP_VERSION": "v1"}, tmp_path))
+    assert not (database / sqlite.DATABASE_FILE).exists()   # v1 needs no schema
+    env["CONTAINER_ENV_FILE"] = release_env(tmp_path, 1)   # v2 does: its migration creates a table
     blue_started = world.container("blue").attrs["State"]["StartedAt"]
     include = nginx.include.read_text()
 
@@ -127,10 +136,11 @@ def test_a_failing_or_hanging_release_phase_fails_the_deploy_with_nothing_starte
     assert error == [f"pipeline: error: release phase `{command}` of v2 {says}; nothing was started or switched"]
     # Its last lines under the error; the secret it printed masked in the log and the message.
     if command == "migrate --fail":
-        assert "    release phase: migrate: ALTER TABLE orders ADD COLUMN note failed" in failed.stderr
-        assert "DB_PASSWORD=***" in failed.stderr
+        assert "    release phase: migrate: ALTER TABLE orders ADD COLUMN ref TEXT UNIQUE failed, rolled back: " \
+               "[SQLITE_ERROR] SQL error or missing database (Cannot add a UNIQUE column) (connected with " \
+               "DB_PASSWORD=***)" in failed.stderr
     else:
-        assert "    release phase: migrate: waiting for a lock that is never released" in failed.stderr
+        assert "    release phase: migrate: holding the write lock, never committing (--hang)" in failed.stderr
     assert SECRET not in failed.stderr + failed.stdout
     # Nothing started or switched: green never ran, blue (v1) was never touched and served throughout.
     assert world.container("green") is None
@@ -139,14 +149,17 @@ def test_a_failing_or_hanging_release_phase_fails_the_deploy_with_nothing_starte
     result = traffic.result
     assert result.failed == 0 and set(result.versions()) == {V1}, result.summary()
     assert one_offs(world) == []
-    assert not (database / "schema").exists()
+    # Both had created orders in their transaction: rolled back (--fail), or never committed and
+    # its journal rolled back by the next connection (--hang, stopped): the database has no table.
+    assert "| migrate: schema 0 -> 1: CREATE TABLE orders" in failed.stderr
+    assert (database / sqlite.DATABASE_FILE).exists() and sqlite.tables(database) == []
     entry = last_entry(env, tmp_path)
     assert (entry["action"], entry["version"], entry["result"]) == ("deploy", "v2", "release phase failed")
 
 
 def test_a_signal_during_the_release_phase_removes_the_one_off_container_and_starts_nothing(
-        world, nginx, settings_env, tmp_path, database):
-    env = {**settings_env, "CONTAINER_VOLUMES": f"{database}:/data", "CONTAINER_ENV_FILE": release_env(tmp_path, 0)}
+        world, nginx, sql_env, tmp_path, database):
+    env = {**sql_env, "CONTAINER_ENV_FILE": release_env(tmp_path, 0)}
     ok(run_pipeline(["deploy"], {**env, "APP_VERSION": "v1"}, tmp_path))
     deploying = start_pipeline(["deploy"], {**env, "APP_VERSION": "v2", "RELEASE_COMMAND": "migrate --hang"},
                                tmp_path)
@@ -169,26 +182,27 @@ def test_a_signal_during_the_release_phase_removes_the_one_off_container_and_sta
 
 
 def test_a_one_off_container_left_by_a_killed_run_is_replaced_by_the_next_release_phase(
-        world, nginx, settings_env, tmp_path, database):
-    env = {**settings_env, "CONTAINER_VOLUMES": f"{database}:/data", "CONTAINER_ENV_FILE": release_env(tmp_path, 1)}
+        world, nginx, sql_env, tmp_path, database):
+    env = {**sql_env, "CONTAINER_ENV_FILE": release_env(tmp_path, 1)}
     killed = start_pipeline(["deploy"], {**env, "APP_VERSION": "v1", "RELEASE_COMMAND": "migrate --hang"}, tmp_path)
     wait_for(lambda: [c for c in one_offs(world) if c.status == "running"], 60, 0.1, "the one-off container")
     killed.send_signal(signal.SIGKILL)
     killed.communicate(timeout=10)
-    assert [c.status for c in one_offs(world)] == ["running"]   # nothing could clean up
+    assert [c.status for c in one_offs(world)] == ["running"]   # nothing could clean up: it holds the write lock
     again = ok(run_pipeline(["deploy"], {**env, "APP_VERSION": "v1", "RELEASE_COMMAND": "migrate"}, tmp_path))
-    assert "| migrate: schema 0 -> 1" in again.stderr
+    assert "| migrate: schema 0 -> 1: CREATE TABLE orders" in again.stderr
+    assert sqlite.versions(database) == [(1, "v1")]
     assert one_offs(world) == [] and nginx.get().text == V1 + "\n"
 
 
-def test_release_phase_by_hand_runs_again_for_the_live_release(world, nginx, settings_env, tmp_path, database):
-    env = {**settings_env, "CONTAINER_VOLUMES": f"{database}:/data", "RELEASE_COMMAND": "migrate",
-           "CONTAINER_ENV_FILE": release_env(tmp_path, 1)}
+def test_release_phase_by_hand_runs_again_for_the_live_release(world, nginx, sql_env, tmp_path, database):
+    env = {**sql_env, "RELEASE_COMMAND": "migrate", "CONTAINER_ENV_FILE": release_env(tmp_path, 1)}
     ok(run_pipeline(["deploy"], {**env, "APP_VERSION": "v1"}, tmp_path))
-    (database / "schema").write_text("0\n")   # the database restored from an old backup, say
+    assert sqlite.versions(database) == [(1, "v1")]
+    (database / sqlite.DATABASE_FILE).unlink()   # the database lost and started anew, say
     again = ok(run_pipeline(["release-phase"], env, tmp_path))
     assert "| migrate v1 (blue): schema 0, this release needs 1" in again.stderr
-    assert schema(database) == "1"
+    assert sqlite.versions(database) == [(1, "v1")] and "orders" in sqlite.tables(database)
     assert one_offs(world) == []
     assert world.container("green") is None and nginx.get().text == V1 + "\n"   # nothing started
     entry = last_entry(env, tmp_path)
