@@ -61,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", metavar="VERSION", help="any release still kept (`history` marks them)")
     locking(p)
     reporting(p)
+    p = commands.add_parser("release-phase", help="run RELEASE_COMMAND again, by hand, for the live release "
+                                                  "(or --version); nothing is started or switched")
+    p.add_argument("--version", metavar="VERSION", help="a release on record (live, staged or previous)")
+    locking(p)
     p = commands.add_parser("status", help="live color, both containers, where nginx points")
     p.add_argument("--json", action="store_true")
     p = commands.add_parser("history", help="every deploy, promote and rollback; marks what is live and "
@@ -100,6 +104,8 @@ def main(argv: Sequence[str], environ: Mapping[str, str], cwd: Optional[Path] = 
         if args.command == "deploy":
             runlog.version = settings.app_version
             settings.check_build_inputs(cwd)
+        if args.command == "release-phase" and not settings.release_command:
+            raise errors.SettingsError("RELEASE_COMMAND", "", "is empty: there is no release phase to run")
         if runlog.action:
             hooks.check(settings.hooks_dir, cwd, runlog.action)
         code = _run(args, settings, environ, cwd, out, started, runlog)
@@ -188,6 +194,8 @@ def _run(args: argparse.Namespace, settings: Settings, environ: Mapping[str, str
             (flows.stage if args.no_promote else flows.deploy)(ctx)
         elif args.command == "promote":
             flows.promote(ctx)
+        elif args.command == "release-phase":
+            flows.release_phase(ctx, args.version)
         else:
             flows.rollback(ctx, args.to)
     return errors.EXIT_OK

@@ -18,7 +18,8 @@ import queue
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, FrozenSet, List, Mapping, NamedTuple, Optional, Sequence, Set, TypeVar, Union
+from typing import (Any, Callable, Dict, FrozenSet, List, Mapping, NamedTuple, Optional, Sequence, Set, Tuple, TypeVar,
+                    Union)
 
 import docker
 import docker.client
@@ -29,14 +30,15 @@ from tenacity import RetryError, Retrying, retry_if_result, wait_fixed
 
 from pipeline.core.decide import ContainerFact, color_at
 from pipeline.core.route import Address, Route, health_url
-from pipeline.adapters.engine import (LABEL_APP, LABEL_COLOR, LABEL_VERSION, LIBRARY_ERRORS, Images, _read_env_file,
-                                      _reason, engine_environment, registry_login)
+from pipeline.adapters.engine import (LABEL_APP, LABEL_COLOR, LABEL_ROLE, LABEL_VERSION, LIBRARY_ERRORS,
+                                      RELEASE_PHASE_ROLE, Images, _read_env_file, _reason, engine_environment,
+                                      follow_one_off, one_off_name, registry_login, release_environment)
 from pipeline.core.clock import SYSTEM, Clock
 from pipeline.core.errors import DeployFailed, EngineFailed, NotEnoughNodes, PreflightError, TaskFailed
 from pipeline.core.gate import Gate, NotHealthyYet, Transport, probe
 from pipeline.core.settings import (COLORS, AppSettings, BuildSettings, RegistrySettings, RuntimeSettings,
                                      SwarmSettings)
-from pipeline.core.target import Endpoint, HealthReport, RouteReport
+from pipeline.core.target import Endpoint, HealthReport, OneOff, OutputLine, RouteReport
 
 log = logging.getLogger("pipeline")
 
@@ -448,6 +450,67 @@ class SwarmEngine:
         except LIBRARY_ERRORS as exc:
             raise EngineFailed("swarm manager", f"remove service {service.name}",
                                _reason(exc, self.runtime.network_timeout)) from exc
+
+    def run_once(self, image: str, version: str, color: str, command: Sequence[str], timeout: float,
+                 output: OutputLine) -> OneOff:
+        """The release phase as a one-off task on one node: the service `APP_NAME-release-phase`,
+        1 replica, restart policy none, its words as the container's arguments (`args`: the
+        image's entry point kept; a service's `command` would replace it). Waited for, then
+        removed (which stops its task), however it ends."""
+        app = self.app
+        name = one_off_name(app)
+        self._remove_one_off(name)   # one left by a run that was killed while it ran
+        self._login()
+        labels = {LABEL_APP: app.app_name, LABEL_VERSION: version, LABEL_ROLE: RELEASE_PHASE_ROLE}
+        environment = release_environment(app, version, color)
+        service = self._call(f"create service {name} from {image} (the release phase)",
+                             lambda: self.client.services.create(
+                                 image, args=list(command), name=name, labels=labels, container_labels=labels,
+                                 env=[f"{k}={v}" for k, v in environment.items()],
+                                 mode=ServiceMode("replicated", replicas=1),
+                                 mounts=list(app.volumes_for(color)) or None, stop_signal="SIGTERM",
+                                 restart_policy=RestartPolicy(condition="none")))
+        try:
+            nodes = {n.node_id: n for n in self.nodes()}
+
+            def task() -> Optional[TaskFact]:
+                raw = self._call(f"list the tasks of {name}", lambda: service.tasks())
+                found = [_task_fact(t, color, nodes, 0, app.app_port) for t in raw]
+                return found[0] if found else None
+
+            def state() -> Tuple[bool, Optional[int]]:
+                fact = task()
+                if fact is None or fact.state not in FAILED_STATES + ("shutdown", "orphaned", "remove"):
+                    return False, None
+                if fact.exit_code is not None:
+                    return True, fact.exit_code
+                return True, 0 if fact.state == "complete" else None
+
+            def problem() -> str:
+                fact = task()
+                return f"task {fact.state} on {fact.node or '(no node)'}: {fact.message}" if fact else "no task"
+
+            def logs(since: Optional[int]) -> bytes:
+                return b"".join(self._call(f"read the output of {name}", lambda: list(self.api.service_logs(
+                    service.id, stdout=True, stderr=True, timestamps=True, since=since or 0, is_tty=False))))
+
+            log.info("    service %s: a one-off task of %s", name, image)
+            return follow_one_off(state, logs, timeout, self.clock, output, problem)
+        finally:
+            self._remove_one_off(name)
+
+    def _remove_one_off(self, name: str) -> None:
+        """Remove the release phase's service (its task is stopped with it); a failure is a warning."""
+        try:
+            service = self.client.services.get(name)
+            ours = (service.attrs["Spec"].get("Labels") or {}).get(LABEL_APP) == self.app.app_name
+            if service.name == name and ours:   # get() also matches an id prefix
+                service.remove()
+        except docker.errors.NotFound:
+            pass
+        except LIBRARY_ERRORS as exc:
+            log.warning("    could not remove the release phase service %s: %s", name,
+                        _reason(exc, self.runtime.network_timeout))
 
     def logs_tail(self, color: str, lines: int = 20) -> List[str]:
         """The last lines of the service's logs, every task's; [] if the manager cannot say."""

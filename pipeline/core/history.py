@@ -18,7 +18,7 @@ class Entry:
     time: str
     who: str
     app: str
-    action: str       # deploy, stage, promote, rollback
+    action: str       # deploy, stage, promote, rollback, release-phase
     version: str
     color: str
     result: str       # ok, failed, interrupted, switched back, live unverified

@@ -559,6 +559,9 @@ class RolloutSettings:
     drain_seconds: float
     keep_previous_running: bool
     keep_releases: int
+    # The release phase (migrations): once per deploy, before the new color starts (deploy.run_release_phase).
+    release_command: Tuple[str, ...]
+    release_timeout: float
     hooks_dir: Path
     hook_timeout: float
 
@@ -637,6 +640,10 @@ class Settings:
     # After the health gate (and the smoke test), before any switch: the new release must stay
     # running and answer health this long (deploy.hold_ready; Kubernetes' minReadySeconds).
     min_ready_seconds: float = _env(_duration(), 0.0)
+    # The release phase: RELEASE_COMMAND's words are the command of a one-off container of the new
+    # image (its entry point kept), run before the new color starts; bounded by RELEASE_TIMEOUT.
+    release_command: Tuple[str, ...] = _env(_command(allow_empty=True), ())
+    release_timeout: float = _env(_duration(positive=True), 600.0)
     keep_previous_running: bool = _env(_flag, False)
     # Executables run on the tool's side before and after a deploy or rollback (flows/hooks.py).
     hooks_dir: Path = _env(_path, Path(".pipeline/hooks"))

@@ -13,7 +13,7 @@ picks one. The implementations import this module's names, never the other way r
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Dict, List, NamedTuple, Optional, Protocol
+from typing import Callable, Dict, List, NamedTuple, Optional, Protocol, Sequence, Tuple
 
 from pipeline.core.decide import ContainerFact
 from pipeline.core.route import Address, Route, health_url
@@ -40,6 +40,19 @@ class Watch(Protocol):
 
     def endpoints(self) -> List[Endpoint]:
         """Where to probe now: what the last `problem()` found ours and serving."""
+
+
+class OneOff(NamedTuple):
+    """How a one-off container (the release phase) ended."""
+
+    exit_code: Optional[int]      # None: it never ran to an end (timed out, or a task that never ran)
+    timed_out: bool               # still running at the timeout: it was stopped
+    last_lines: Tuple[str, ...]   # its last lines of output (stdout and stderr)
+    problem: str = ""             # why it ended without an exit code, other than the timeout
+
+
+# Where a one-off container's output goes, a line at a time, as it comes (the log: masked there).
+OutputLine = Callable[[str], None]
 
 
 # What `status` reports of a color's health, given a health URL ("HTTP 200 ..." or "unhealthy: ...").
@@ -129,6 +142,15 @@ class Target(Protocol):
     def remove(self, color: str) -> None: ...
 
     def logs_tail(self, color: str, lines: int = 20) -> List[str]: ...
+
+    def run_once(self, image: str, version: str, color: str, command: Sequence[str], timeout: float,
+                 output: OutputLine) -> OneOff:
+        """The release phase: `command` as the command of a one-off container from `image` (its
+        entry point kept, as `docker run IMAGE WORDS`), with what the color's container gets
+        (CONTAINER_ENV_FILE, APP_VERSION, APP_COLOR=`color`, CONTAINER_VOLUMES, the deploy
+        network; a swarm: a one-off task on one node, never restarted). Each line of its output
+        goes to `output` as it comes; after `timeout` seconds it is stopped. However it ends
+        (an interrupt included), the one-off container (or service) is removed before this returns."""
 
 
 def probe_endpoints(prober: Transport, endpoints: List[Endpoint], path: str, timeout: float) -> None:

@@ -31,7 +31,8 @@ from pipeline.core import decide, gate, releases
 from pipeline.core.decide import ContainerFact
 from pipeline.core.route import Route, health_url, shown
 from pipeline.core.errors import (DeployFailed, IncludeNotLoaded, Interrupted, InterruptedAfterSwitch,
-                     LiveUnverified, NothingToDo, OutsideFailure, PipelineError, PreflightError, RouteRefused, SettingsError,
+                     LiveUnverified, NothingToDo, OutsideFailure, PipelineError, PreflightError, ReleasePhaseFailed,
+                     RouteRefused, SettingsError,
                      SwitchedBack, SwitchedBackAfterBug, SwitchedBackOnSignal, SwitchIncomplete, SwitchUnavailable)
 from pipeline.core.history import Entry, History
 from pipeline.core.clock import SYSTEM, Clock
@@ -379,6 +380,36 @@ def build_release(ctx: Context, color: str) -> Release:
     return Release(version, color, image, digest, digest_of)
 
 
+def run_release_phase(ctx: Context, release: Release) -> None:
+    """RELEASE_COMMAND (the migrations' expand step), once, in a one-off container of the new
+    release's image, after it is built and pushed and before its color starts: a non-zero exit or
+    RELEASE_TIMEOUT fails the run here (exit 1), with nothing started or switched and the one-off
+    container removed. Its output goes to the log as it comes (masked there, as every line)."""
+    if ctx.settings.release_command:
+        with timed(ctx, "release phase"):
+            _release_phase(ctx, release)
+
+
+def _release_phase(ctx: Context, release: Release) -> None:
+    s = ctx.settings
+    command = shlex.join(s.release_command)
+    phase("release phase: %s in a one-off container of %s (up to RELEASE_TIMEOUT=%gs)", command, release.image,
+          s.release_timeout)
+    ended = ctx.engine.run_once(release.image, release.version, release.color, s.release_command,
+                                s.release_timeout, lambda line: log.info("    | %s", line))
+    if ended.timed_out:
+        why = f"did not end within RELEASE_TIMEOUT={s.release_timeout:g}s (stopped)"
+    elif ended.exit_code is None:
+        why = f"did not run: {ended.problem}"
+    elif ended.exit_code != 0:
+        why = f"exited with {ended.exit_code}"
+    else:
+        log.info("    release phase done")
+        return
+    raise ReleasePhaseFailed(f"release phase `{command}` of {release.version} {why}; nothing was started or "
+                             f"switched", [f"release phase: {line}" for line in ended.last_lines])
+
+
 def start(ctx: Context, release: Release) -> None:
     s = ctx.settings
     phase("starting %s (%s) at %s", s.container_name(release.color), release.version,
@@ -705,6 +736,7 @@ def deploy(ctx: Context) -> Outcome:
     """Release `APP_VERSION` (settled before the run: git sha or UTC time) and make it live."""
     with preflight(ctx, "deploy") as run:
         facts, record, release = new_release(ctx, run, "deploying to")
+        run_release_phase(ctx, release)
         live, target = facts.choice.live, release.color
         with abandoned_on_failure(ctx, target, facts, record):
             brought_up(ctx, release)
@@ -725,6 +757,7 @@ def stage(ctx: Context) -> Outcome:
     s = ctx.settings
     with preflight(ctx, "stage") as run:
         facts, record, release = new_release(ctx, run, "staging on")
+        run_release_phase(ctx, release)
         live, target = facts.choice.live, release.color
         with abandoned_on_failure(ctx, target, facts, record):
             brought_up(ctx, release)
@@ -800,6 +833,26 @@ def rollback(ctx: Context, to_version: Optional[str] = None) -> Outcome:
         retire(ctx, live, target.color, before)
         return run.done(Outcome("rollback", target.version, target.color,
                                  f"{target.version} live on {target.color} again", target))
+
+
+def release_phase(ctx: Context, version: Optional[str] = None) -> Outcome:
+    """`release-phase [--version V]`: RELEASE_COMMAND again, by hand, for the live release (or a
+    release on record whose image is kept), as a deploy runs it; nothing is started or switched.
+    `promote` and `rollback` never run it: code goes back, a schema does not."""
+    with preflight(ctx, "release-phase") as run:
+        facts, record = facts_and_record(ctx)
+        known = [r for r in (record.live, record.staged, record.previous) if r is not None]
+        wanted = [r for r in known if r.version == version] if version else known[:1] if record.live else []
+        if not wanted:
+            on_record = ", ".join(str(r) for r in known) or "none"
+            raise NothingToDo(f"no release {version} on record (live, staged or previous: {on_record})" if version
+                              else "nothing is live: name the release with --version")
+        release = wanted[0]
+        if release.image not in ctx.engine.release_images():
+            raise NothingToDo(f"the image of {release} ({release.image}) is no longer kept")
+        run_release_phase(ctx, release)
+        return run.done(Outcome("release-phase", release.version, release.color,
+                                f"release phase of {release.version} done"))
 
 
 def _undo_bring_back(ctx: Context, plan: releases.RollbackPlan, live: Optional[str], record: ReleaseRecord) -> None:

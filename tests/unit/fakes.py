@@ -22,7 +22,7 @@ from pipeline.core.route import Address, Route, shown
 from pipeline.adapters.engine import ContainerWatch, Engine
 from pipeline.adapters.nginx_host import LocalHost
 from pipeline.adapters.swarm import SwarmEngine, TaskAddress, TaskFact
-from pipeline.core.target import HealthReport, RouteReport, Watch
+from pipeline.core.target import HealthReport, OneOff, OutputLine, RouteReport, Watch
 from pipeline.core.errors import (AdminUnavailable, DeployFailed, EngineFailed, RouteRefused, HealthCheckFailed,
                                   IncludeNotLoaded, Interrupted, NginxHostFailed, NotText, NotEnoughNodes,
                                   PipelineError, TaskFailed)
@@ -279,6 +279,8 @@ class FakeEngine(Strict):
         self.gone: Optional[BaseException] = None
         self.looks_before_gone = 0
         self._looks = 0
+        # How each release phase (run_once) ends, in order: a test scripts them; one more is a failure.
+        self.one_offs: List[OneOff] = []
 
     def answer(self, url: str) -> Tuple[int, str]:
         """What the color at the URL's address answers its health probe, if it runs."""
@@ -416,6 +418,18 @@ class FakeEngine(Strict):
 
     def logs_tail(self, color: str, lines: int = 20) -> List[str]:
         return list(self.logs)
+
+    def run_once(self, image: str, version: str, color: str, command: Sequence[str], timeout: float,
+                 output: OutputLine) -> OneOff:
+        """The next scripted ending (`one_offs`), its lines handed to `output`; a one-off of an image
+        never built, or one no test scripted, fails the test."""
+        self.mutations.append(("run_once", version, color, tuple(command), timeout))
+        assert image in self.images, f"a release phase of {image}, which was never built"
+        assert self.one_offs, f"a release phase ({' '.join(command)}) that no test scripted"
+        ended = self.one_offs.pop(0)
+        for line in ended.last_lines:
+            output(line)
+        return ended
 
     def release_images(self) -> Dict[str, float]:
         return {ref: float(created) for ref, created in self.images.items()}
