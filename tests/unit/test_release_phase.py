@@ -193,3 +193,18 @@ def test_a_one_off_that_ended_without_an_exit_code_says_why():
     ended = follow_one_off(container.state, container.logs, 5, FakeClock(), container.output.append,
                            lambda: "task rejected on node-1: no such image")
     assert ended == OneOff(None, False, (), "task rejected on node-1: no such image")
+
+
+def test_the_report_times_the_release_phase_between_the_build_and_the_start_and_only_when_there_is_one():
+    world = world_with_release_phase()
+    world.engine.one_offs = [OK, OK]
+    assert world.step("deploy v1") == (0, "")
+    ctx = world.context("v2")
+    flows.deploy(ctx)
+    names = [p.name for p in ctx.runlog.phases]
+    assert names.index("build") < names.index("release phase") < names.index("start")
+    plain = World()
+    assert plain.step("deploy v1") == (0, "")
+    ctx = plain.context("v2")
+    flows.deploy(ctx)
+    assert "release phase" not in [p.name for p in ctx.runlog.phases]
