@@ -56,6 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("history", help="every deploy, promote and rollback; marks what is live and "
                                             "what `rollback --to` can go to")
     p.add_argument("--json", action="store_true")
+    p = commands.add_parser("maintenance", help="on: nginx answers 503 and a maintenance page on the public port; "
+                                                "off: the live release serves again")
+    p.add_argument("state", choices=["on", "off"])
+    p.add_argument("--message", metavar="TEXT", help="the page's text (default: MAINTENANCE_PAGE, or a stock one)")
+    locking(p)
     p = commands.add_parser("lock", help="show or release the deploy lock")
     p.add_argument("lock_command", choices=["status", "release"])
     return parser
@@ -86,6 +91,11 @@ def main(argv: Sequence[str], environ: Mapping[str, str], cwd: Optional[Path] = 
         logsetup.register_secrets(settings.secret_values())
         if args.command == "deploy":
             settings.check_build_inputs(cwd)
+        if args.command == "maintenance" and args.message is not None:
+            from pipeline.core.maintenance import check_message
+            if args.state == "off":
+                raise UsageError("--message goes with `maintenance on` only")
+            check_message(args.message)
         return _run(args, settings, environ, cwd, out, started)
     except (PipelineError, errors.Interrupted) as exc:   # Interrupted: SIGINT/SIGTERM, after cleaning up
         print(logsetup.mask(f"pipeline: error: {exc}"), file=sys.stderr)
@@ -127,6 +137,9 @@ def _run(args: argparse.Namespace, settings: Settings, environ: Mapping[str, str
             _print_history(flows.history(ctx), args.json, stdout)
         elif args.command == "deploy":
             (flows.stage if args.no_promote else flows.deploy)(ctx)
+        elif args.command == "maintenance":
+            from pipeline.flows import maintenance
+            maintenance.turn_on(ctx, args.message) if args.state == "on" else maintenance.turn_off(ctx)
         elif args.command == "promote":
             flows.promote(ctx)
         else:
@@ -162,6 +175,8 @@ def _status_lines(report: Mapping[str, Any]) -> Iterator[str]:
     if report["preview"]:
         yield f"preview:  {report['preview']}\n"
     yield f"switch:   {report['switch_mode']}" + "".join(f"  {k}={v}" for k, v in report["switch"].items()) + "\n"
+    if report.get("maintenance"):
+        yield f"maintenance: {_maintenance_shown(report['maintenance'])}\n"
     if report["switch_problem"]:
         yield f"warning:  {report['switch_problem']}" + ("; live color above is from the include\n" if live else "\n")
     if report.get("probe_problem"):
@@ -170,6 +185,12 @@ def _status_lines(report: Mapping[str, Any]) -> Iterator[str]:
                                    for name, r in report["releases"].items()) + "\n"
     for color, row in report["colors"].items():
         yield from _color_lines(color, row, color == live)
+
+
+def _maintenance_shown(state: Mapping[str, Any]) -> str:
+    if state.get("on") is None:
+        return f"unknown ({state.get('problem')})"
+    return f"ON: nginx answers 503 (Retry-After {state['retry_after']}) on the public port" if state["on"] else "off"
 
 
 def _live_shown(report: Mapping[str, Any]) -> str:
