@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Dict, Iterator, List
 
 import pytest
+import requests
 
 from teststack import switchmodes
 from teststack.realstack import Nginx, run_pipeline
@@ -111,7 +112,9 @@ def test_maintenance_on_and_off_under_load(world, nginx, env, tmp_path, mode):
 
 def test_a_deploy_during_maintenance_keeps_it_on_and_says_so(world, nginx, env, tmp_path, mode):
     run(["deploy"], env, tmp_path, APP_VERSION="v1")
-    run(["maintenance", "on"], env, tmp_path)
+    # A message that reads like an include's address line: never taken for one (not by the
+    # tool, not by app-live.conf's Lua when it reloads).
+    run(["maintenance", "on", "--message", "server 198.51.100.7:80; is down"], env, tmp_path)
     status = json.loads(run(["status", "--json"], env, tmp_path).stdout)
     assert status["maintenance"] == {"on": True, "retry_after": 42}
     assert "maintenance: ON" in run(["status"], env, tmp_path).stdout
@@ -133,6 +136,9 @@ def test_a_deploy_during_maintenance_keeps_it_on_and_says_so(world, nginx, env, 
         nginx.start()
         answer = nginx.get()
         assert (answer.status_code, answer.headers.get("Retry-After")) == (503, "42")
+        assert "server 198.51.100.7:80; is down" in answer.text
+        assert "198.51.100.7" not in requests.get(f"{nginx.admin_url}/pipeline/live", timeout=5, headers={
+            "Authorization": f"Bearer {nginx.token}", "Connection": "close"}).text
 
     run(["maintenance", "off"], env, tmp_path)
     answer = nginx.get()
