@@ -87,13 +87,25 @@ def test_a_good_message_is_taken():
     assert check_message("Back at 10:00 (UTC) — «soon»") == "Back at 10:00 (UTC) — «soon»"
 
 
+@pytest.fixture
+def logging_restored():
+    """cli.main sets up the pipeline logger on this test's stderr (closed after it): put it back as
+    it was, so later tests' caplog still sees it."""
+    import logging
+
+    logger = logging.getLogger("pipeline")
+    saved = (logger.handlers[:], logger.propagate, logger.level)
+    yield
+    logger.handlers[:], logger.propagate, logger.level = saved[0], saved[1], saved[2]
+
+
 @pytest.mark.parametrize("argv", [
     ["maintenance", "on", "--message", "a\x07b"],
     ["maintenance", "on", "--message", "x" * 301],
     ["maintenance", "off", "--message", "done"],
     ["maintenance", "sideways"],
 ])
-def test_bad_input_exits_2_in_one_line_before_anything_is_reached(argv, capsys):
+def test_bad_input_exits_2_in_one_line_before_anything_is_reached(argv, capsys, logging_restored):
     # No settings at all: had it connected to anything, it would fail otherwise (exit 3).
     assert cli.main(argv, {}, Path("/nonexistent"), io.StringIO()) == 2
     err = capsys.readouterr().err
