@@ -525,6 +525,7 @@ class FakeAdmin(Strict):
         self.calls: List[Tuple[str, str]] = []
         self.down_after_put: Optional[BaseException] = None
         self.down: Optional[BaseException] = None
+        self.flag: Optional[Maintenance] = None   # maintenance mode, as the balancer's dict holds it
 
     def files(self) -> Dict[str, str]:
         """The includes nginx reads at start: the World's."""
@@ -563,6 +564,25 @@ class FakeAdmin(Strict):
             raise failure
         self.down, self.down_after_put = self.down_after_put, None
 
+
+    def maintenance(self) -> Optional[Maintenance]:
+        self.calls.append(("maintenance", ""))
+        if self.down is not None:
+            raise self.down
+        failure, _ = self._step("maintenance")
+        if failure is not None:
+            raise failure
+        return self.flag
+
+    def set_maintenance(self, flag: Optional[Maintenance]) -> None:
+        self.calls.append(("set_maintenance", "on" if flag else "off"))
+        if self.down is not None:
+            raise self.down
+        failure, lands = self._step("set_maintenance")
+        if failure is None or lands:
+            self.flag = flag
+        if failure is not None:
+            raise failure
 
     def stats(self) -> str:
         assert self.stats_answers, "nginx's stats were read, but the test did not say what they are"

@@ -177,3 +177,55 @@ def test_on_with_nothing_deployed_fails_in_preflight_and_is_recorded():
     assert getattr(caught.value, "exit_code", None) == 3, caught.value
     assert world.switch.flag is None
     assert history(world) == [("maintenance on", "failed", "unit")]
+
+
+# -- live mode's switch, on the fake admin ---------------------------------------------------------
+
+def live_switch(admin):
+    from dataclasses import replace
+
+    from pipeline.adapters.live_switch import LiveSwitch
+
+    from .fakes import INCLUDE, FakeHost
+
+    host = FakeHost()
+    host.files[str(INCLUDE)] = f"set $service_url {BLUE.url};\n"
+    world = World()
+    return LiveSwitch(host, replace(world.settings, switch_mode="live").switch, world.settings.network_timeout,
+                      admin)
+
+
+def test_live_on_writes_the_include_then_the_admin_and_reads_it_back():
+    from pipeline.core.switch import LIVE
+
+    from .fakes import FakeAdmin
+
+    admin = FakeAdmin({LIVE: (BLUE,)})
+    switch = live_switch(admin)
+    flag = Maintenance(page_for("back soon"), 60)
+    switch.set_maintenance(flag)
+    assert admin.flag == flag and switch.maintenance() == flag
+    assert parse_flag(switch.includes.read(LIVE)) == flag, "the include carries it for a restart"
+    assert parse_include(switch.includes.read(LIVE)) == (BLUE,)
+    assert admin.calls == [("maintenance", ""), ("set_maintenance", "on"), ("maintenance", ""), ("maintenance", "")]
+    switch.set_maintenance(None)
+    assert admin.flag is None and parse_flag(switch.includes.read(LIVE)) is None
+
+
+@pytest.mark.parametrize("failure,lands", [("refused", False), ("lost answer", True)])
+def test_live_on_that_fails_puts_the_include_and_nginx_back(failure, lands):
+    from pipeline.core.errors import AdminRefused, AdminUnavailable, LiveSwitchFailed
+    from pipeline.core.switch import LIVE
+
+    from .fakes import FakeAdmin
+
+    admin = FakeAdmin({LIVE: (BLUE,)})
+    switch = live_switch(admin)
+    before = switch.includes.read(LIVE)
+    error = AdminRefused(admin.url, "PUT answered 500") if failure == "refused" else \
+        AdminUnavailable(admin.url, "timed out")
+    admin.script = [("maintenance", None), ("set_maintenance", error, *(["lands"] if lands else []))]
+    with pytest.raises(LiveSwitchFailed, match="put maintenance mode back off"):
+        switch.set_maintenance(Maintenance(page_for("back soon"), 60))
+    assert admin.flag is None, "nginx is off again"
+    assert switch.includes.read(LIVE) == before
