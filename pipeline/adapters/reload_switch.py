@@ -47,7 +47,7 @@ from pipeline.core.route import Route, shown
 from pipeline.core.errors import (DeployFailed, IncludeNotLoaded, NginxHostFailed, PipelineError, PreflightError,
                      RemoteCommandFailed, SwitchIncomplete, tail)
 from pipeline.core.host import CommandResult, NginxHost
-from pipeline.core.maintenance import Maintenance, parse_flag, with_flag
+from pipeline.core.maintenance import READY, Maintenance, parse_flag, with_flag
 from pipeline.core.settings import NginxSettings, SwitchSettings
 from pipeline.core.switch import LIVE, PREVIEW, IncludeFiles
 
@@ -243,7 +243,15 @@ class ReloadSwitch:
             raise PreflightError(f"NGINX_INCLUDE={self.includes.path(LIVE)} names no address: maintenance mode "
                                  f"is carried by the live include, so deploy first")
         before = self.includes.read(LIVE)
-        self._apply(LIVE, before, with_flag(before or "", flag, self.settings.nginx_include_form), address)
+        try:
+            self._apply(LIVE, before, with_flag(before or "", flag, self.settings.nginx_include_form), address)
+        except RemoteCommandFailed as exc:
+            if READY.lstrip("$") not in "\n".join(exc.detail()):
+                raise
+            raise DeployFailed(f"nginx's config does not act on maintenance mode (`{exc.command}` found no "
+                               f"{READY}): install this version's nginx/conf.d/app.conf or app-upstream.conf "
+                               f"on the nginx host, then run this again; put the old live include back",
+                               exc.detail()) from exc
 
     def _apply(self, route: str, before: Optional[str], text: str, address: Route) -> None:
         """Write the include's new `text`, test, reload and see it apply; put `before` back on any

@@ -6,12 +6,14 @@ Pure text in, text out; the switches (reload_switch.py, live_switch.py) carry it
 In both switch modes the live include carries the flag, as lines the shipped configs act on
 (nginx/conf.d/app.conf, app-upstream.conf) and app-live.conf's Lua reads at start and reload:
 
-    set form (server context):   set $pipeline_maintenance 60;
+    set form (server context):   set $pipeline_maintenance "60$pipeline_maintenance_ready";
                                  set $pipeline_maintenance_page "<!doctype html>...";
-    upstream form (http context): map "" $pipeline_maintenance { default 60; }
+    upstream form (http context): map "" $pipeline_maintenance { default "60$pipeline_maintenance_ready"; }
                                  map "" $pipeline_maintenance_page { default "<!doctype html>..."; }
 
-The value of `$pipeline_maintenance` is the `Retry-After` seconds (non-empty: on). The page is one
+The value of `$pipeline_maintenance` is the `Retry-After` seconds (non-empty: on). Only a config
+that acts on the flag defines `$pipeline_maintenance_ready` (empty): with an older app.conf
+`nginx -t` refuses the include (unknown variable) rather than load a flag nothing reads. The page is one
 nginx string on one line: `\\`, `"`, newline, CR and tab are escaped as nginx reads them back, and
 `$` (which nginx would take for a variable) becomes the HTML entity `&#36;`. nginx reads one
 string of at most 4095 bytes, hence MAX_PAGE_BYTES. A switch rewrites the include and keeps these
@@ -31,9 +33,10 @@ MAX_MESSAGE = 300          # characters of --message
 MAX_PAGE_BYTES = 3500      # the page as written in the include (escaped), under nginx's 4095
 DEFAULT_MESSAGE = "This service is down for maintenance. Please try again in a few minutes."
 FLAG = "$pipeline_maintenance"
+READY = "$pipeline_maintenance_ready"   # defined by the shipped configs that act on the flag
 
 _FLAG_LINE_RE = re.compile(r"^.*\$pipeline_maintenance.*$\n?", re.M)
-_RETRY_RE = re.compile(r"\$pipeline_maintenance(?![\w])\D*?(\d+)\s*;", re.M)
+_RETRY_RE = re.compile(r"\$pipeline_maintenance(?![\w])\D*?(\d+)", re.M)
 _PAGE_RE = re.compile(r'\$pipeline_maintenance_page\b[^"\n]*"((?:[^"\\\n]|\\.)*)"', re.M)
 _NGINX_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t", "$": "&#36;"}
 _NGINX_UNESCAPES = {"n": "\n", "r": "\r", "t": "\t"}
@@ -98,9 +101,9 @@ def render_flag(flag: Maintenance, form: str) -> str:
     """The include's maintenance lines for the include form (`set` or `upstream`)."""
     page = nginx_string(flag.page)
     if form == "upstream":
-        return (f'map "" {FLAG} {{ default {flag.retry_after}; }}\n'
+        return (f'map "" {FLAG} {{ default "{flag.retry_after}{READY}"; }}\n'
                 f'map "" {FLAG}_page {{ default "{page}"; }}\n')
-    return f'set {FLAG} {flag.retry_after};\nset {FLAG}_page "{page}";\n'
+    return f'set {FLAG} "{flag.retry_after}{READY}";\nset {FLAG}_page "{page}";\n'
 
 
 def without_flag(text: str) -> str:

@@ -11,6 +11,7 @@ mode the flag outlives an nginx reload (and a restart: the include carries it).
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 from typing import Dict, Iterator, List
@@ -149,3 +150,28 @@ def test_a_deploy_during_maintenance_keeps_it_on_and_says_so(world, nginx, env, 
     if mode == "live":
         nginx.reload()   # off stays off: the include no longer carries the flag
         assert nginx.get().status_code == 200
+
+
+def _without_maintenance(conf: str) -> str:
+    """A shipped server config as it was before maintenance mode: nothing acts on the flag."""
+    conf = re.sub(r"\n\s*if \(\$pipeline_maintenance\) \{[^}]*\}", "", conf)
+    conf = re.sub(r"\n\s*location @pipeline_maintenance \{[^}]*\}", "", conf)
+    return "".join(line for line in conf.splitlines(keepends=True) if "pipeline_maintenance" not in line)
+
+
+@pytest.mark.parametrize("mode", ["reload", "reload-upstream"], indirect=True)
+def test_an_nginx_config_that_does_not_act_on_the_flag_refuses_it(world, nginx, env, tmp_path, mode):
+    # An app.conf from before maintenance mode would load the flag and keep serving: `on` would
+    # say done while nothing changed. nginx -t refuses the include instead, and it is put back.
+    run(["deploy"], env, tmp_path, APP_VERSION="v1")
+    conf = nginx.directory / ("app-upstream.conf" if mode == "reload-upstream" else "app.conf")
+    conf.write_text(_without_maintenance(conf.read_text()))
+    nginx.reload()
+    include = nginx.include.read_text()
+    result = run_pipeline(["maintenance", "on"], env, tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert "nginx's config does not act on maintenance mode" in result.stderr
+    assert "install this version's nginx/conf.d/app.conf" in result.stderr
+    assert nginx.include.read_text() == include, "the include was put back"
+    assert nginx.get().status_code == 200
+    assert json.loads(run(["status", "--json"], env, tmp_path).stdout)["maintenance"] == {"on": False}

@@ -229,3 +229,22 @@ def test_live_on_that_fails_puts_the_include_and_nginx_back(failure, lands):
         switch.set_maintenance(Maintenance(page_for("back soon"), 60))
     assert admin.flag is None, "nginx is off again"
     assert switch.includes.read(LIVE) == before
+
+
+def test_on_waits_for_no_one_while_another_run_holds_the_lock():
+    import os
+    import socket
+
+    from pipeline.core.errors import LockHeld
+    from pipeline.flows.lock import DeployLock, LockInfo
+
+    world = World()
+    assert world.step("deploy v1") == (0, "")
+    other = DeployLock(world.host, str(world.settings.lock_path()))
+    other.acquire(LockInfo("jenkins", socket.gethostname(), os.getpid(), "deploy", "v2", "2026-01-01T00:00:00Z"))
+    with pytest.raises(LockHeld, match="jenkins .* is running deploy of v2"):
+        flows.turn_on(world.context(), "back soon")
+    assert world.switch.flag is None, "nothing changed"
+    other.release()
+    flows.turn_on(world.context(), "back soon")
+    assert world.switch.flag is not None
