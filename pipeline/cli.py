@@ -139,7 +139,10 @@ def _run(args: argparse.Namespace, settings: Settings, environ: Mapping[str, str
             (flows.stage if args.no_promote else flows.deploy)(ctx)
         elif args.command == "maintenance":
             from pipeline.flows import maintenance
-            maintenance.turn_on(ctx, args.message) if args.state == "on" else maintenance.turn_off(ctx)
+            if args.state == "on":
+                maintenance.turn_on(ctx, args.message)
+            else:
+                maintenance.turn_off(ctx)
         elif args.command == "promote":
             flows.promote(ctx)
         else:

@@ -175,3 +175,22 @@ def test_an_nginx_config_that_does_not_act_on_the_flag_refuses_it(world, nginx, 
     assert nginx.include.read_text() == include, "the include was put back"
     assert nginx.get().status_code == 200
     assert json.loads(run(["status", "--json"], env, tmp_path).stdout)["maintenance"] == {"on": False}
+
+
+@pytest.mark.parametrize("mode", ["reload", "live"], indirect=True)
+def test_on_and_off_over_ssh(world, nginx, env, tmp_path, stack, mode):
+    # nginx on another host: the include over SFTP and the reload over SSH (reload mode), the
+    # admin through a direct-tcpip channel of the SSH connection (live mode, a page-sized answer).
+    ssh = {**env, "NGINX_HOST": "127.0.0.1", "NGINX_SSH_PORT": stack["SSH_PORT"], "NGINX_SSH_USER": "root",
+           "NGINX_SSH_KEY": stack["SSH_KEY"], "NGINX_SSH_KNOWN_HOSTS": stack["SSH_KNOWN_HOSTS"]}
+    run(["deploy"], ssh, tmp_path, APP_VERSION="v1")
+    page = tmp_path / "down.html"
+    page.write_text("<html><body><h1>Down</h1>" + "<p>We are moving the database.</p>\n" * 60 + "</body></html>\n")
+    run(["maintenance", "on"], ssh, tmp_path, MAINTENANCE_PAGE=str(page))
+    answer = nginx.get()
+    assert (answer.status_code, answer.text) == (503, page.read_text())
+    assert answer.headers["Content-Type"].startswith("text/html")
+    status = json.loads(run(["status", "--json"], ssh, tmp_path).stdout)
+    assert status["maintenance"] == {"on": True, "retry_after": 42}
+    run(["maintenance", "off"], ssh, tmp_path)
+    assert nginx.get().status_code == 200
