@@ -193,7 +193,10 @@ def _status_lines(report: Mapping[str, Any]) -> Iterator[str]:
 def _maintenance_shown(state: Mapping[str, Any]) -> str:
     if state.get("on") is None:
         return f"unknown ({state.get('problem')})"
-    return f"ON: nginx answers 503 (Retry-After {state['retry_after']}) on the public port" if state["on"] else "off"
+    if not state["on"]:
+        return "off"
+    since = f", since {state['since']} by {state['by']}: {state['message'][:80]}" if state.get("since") else ""
+    return f"ON: nginx answers 503 (Retry-After {state['retry_after']}) on the public port{since}"
 
 
 def _live_shown(report: Mapping[str, Any]) -> str:

@@ -248,3 +248,19 @@ def test_on_waits_for_no_one_while_another_run_holds_the_lock():
     other.release()
     flows.turn_on(world.context(), "back soon")
     assert world.switch.flag is not None
+
+
+def test_status_says_since_when_by_whom_and_why():
+    from pipeline.flows import deploy
+
+    world = World()
+    assert world.step("deploy v1") == (0, "")
+    assert deploy.status(world.context(), probe=False)["maintenance"] == {"on": False}
+    flows.turn_on(world.context(), "moving the database")
+    report = deploy.status(world.context(), probe=False)
+    state = report["maintenance"]
+    assert (state["on"], state["by"], state["message"]) == (True, "unit", "moving the database")
+    assert state["retry_after"] == world.settings.maintenance_retry_after and state["since"]
+    text = "".join(cli._status_lines(report))
+    assert f"maintenance: ON: nginx answers 503 (Retry-After {state['retry_after']}) on the public port, since " \
+           f"{state['since']} by unit: moving the database\n" in text
