@@ -196,3 +196,27 @@ def test_on_and_off_over_ssh(world, nginx, env, tmp_path, stack, mode):
     assert status["maintenance"]["on"] is True and status["maintenance"]["message"] == f"page {page}"
     run(["maintenance", "off"], ssh, tmp_path)
     assert nginx.get().status_code == 200
+
+
+@pytest.mark.parametrize("mode", ["live"], indirect=True)
+def test_the_admin_maintenance_protocol(nginx, mode):
+    def admin(method: str, body=None, token=nginx.token):
+        headers = {"Connection": "close", **({"Authorization": f"Bearer {token}"} if token else {})}
+        return requests.request(method, f"{nginx.admin_url}/pipeline/maintenance", data=body, headers=headers,
+                                timeout=5)
+
+    assert (admin("GET").status_code, admin("GET").text) == (200, "off\n")
+    for method, body in [("GET", None), ("PUT", "60\n<p>x</p>"), ("DELETE", None)]:
+        assert admin(method, body, token=None).status_code == 401
+        assert admin(method, body, token="0" * 64).status_code == 401
+    assert admin("GET").text == "off\n", "a request without the token changed nothing"
+    for bad in ["", "60", "60\n", "x\n<p>", "1234567\n<p>", "\n<p>"]:
+        assert admin("PUT", bad).status_code == 400, bad
+    assert admin("POST", "60\n<p>x</p>").status_code == 405
+    assert nginx.get().status_code == 503 and "Retry-After" not in nginx.get().headers   # no route yet
+    answer = admin("PUT", "60\n<p>x</p>")
+    assert (answer.status_code, answer.text) == (200, "on 60\n")
+    assert admin("GET").text == "on 60\n<p>x</p>"
+    public = nginx.get()
+    assert (public.status_code, public.text, public.headers["Retry-After"]) == (503, "<p>x</p>", "60")
+    assert (admin("DELETE").status_code, admin("GET").text) == (200, "off\n")
