@@ -170,7 +170,10 @@ class FleetSwitch:
         committed = on_each([p for _, p in prepared], lambda p: self._commit(p), together=True)
         failed = [(name, exc) for (name, _), (_, exc) in zip(prepared, committed) if exc is not None]
         if failed:
-            done = [(name, p) for (name, p), (_, exc) in zip(prepared, committed) if exc is None]
+            # Back: every host that switched, and any whose commit ended in a bug (a failure of
+            # ours, not the host's: its switch did not put itself back).
+            done = [(name, p) for (name, p), (_, exc) in zip(prepared, committed)
+                    if exc is None or not isinstance(exc, PipelineError)]
             self._commit_failed(route_name, route, prepared, done, failed)
         times = [(name, cast(float, at)) for (name, _), (at, _) in zip(prepared, committed)]
         self._report_skew(route_name, route, times)

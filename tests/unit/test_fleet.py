@@ -116,6 +116,16 @@ def test_a_host_whose_own_put_back_failed_makes_it_switch_incomplete():
     assert "b may serve 172.20.0.3:8080 or 172.20.0.2:8080" in str(caught.value)
 
 
+def test_a_bug_in_one_hosts_commit_is_raised_as_a_bug_once_every_host_is_put_back():
+    calls: List[Tuple[object, ...]] = []
+    switch, (a, b) = fleet("a", "b", calls=calls)
+    b.fails["commit"] = KeyError("a bug")
+    with pytest.raises(KeyError):
+        switch.route_to(LIVE, GREEN)
+    assert a.routes[LIVE] == BLUE and b.routes[LIVE] == BLUE
+    assert sorted(x for x in calls if x[0] == "undo") == [("undo", LIVE, BLUE)] * 2   # b's include too
+
+
 def test_hosts_that_agree_answer_as_one():
     switch, _ = fleet("a", "b")
     assert switch.current(LIVE) == BLUE
