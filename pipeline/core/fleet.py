@@ -101,6 +101,10 @@ def named(exc: E, host: str) -> E:
 class FleetSwitch:
     """Every nginx host's switch as one TrafficSwitch (see the module docstring)."""
 
+    # The hosts' (they all have the same SWITCH_MODE), and the longest of their settle times.
+    mode: str = ""
+    settle_seconds: float = 0.0
+
     def __init__(self, members: Sequence[Tuple[str, TwoPhaseSwitch]], clock: Clock) -> None:
         """`members`: (how a message names the host, its switch), in NGINX_HOSTS' order;
         `clock`: when each host's commit completed is read on it."""
