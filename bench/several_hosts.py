@@ -9,8 +9,10 @@ own (teststack/severalhosts.py: nginx + sshd each in its own network and mount n
 default route, in front of the single engine's containers), a first deploy, then `--rounds`
 deploys through `python -m pipeline deploy` over SSH while wrk sends load to every host in use
 (inside each host's namespace, to its own nginx: a new connection per request, 8 connections
-paced 10 ms, bounded by time). Per deploy: the command's wall time, failed requests, and with two
-hosts the skew between the first and the last host serving the new release, twice:
+paced 10 ms, bounded by time), then `--rounds` more without load (the wall time of the same deploy
+on a quiet machine: the load on two hosts is twice the load on one). Per deploy under load: the
+command's wall time, failed requests, and with two hosts the skew between the first and the last
+host serving the new release, twice:
 
 - reported: what the tool logs (when each host's commit completed: the reload seen to apply, or
   the PUT read back; first to last);
@@ -111,6 +113,19 @@ def run_config(mode: str, count: int, rounds: int, stack: Dict[str, str]) -> Lis
             print(json.dumps(row), file=sys.stderr, flush=True)
             rows.append(row)
             new_ip = network.blue_ip if new_ip == network.green_ip else network.green_ip
+        for number in range(rounds + 2, 2 * rounds + 2):   # the same deploys without load
+            version = f"v{number}"
+            started = time.monotonic()
+            result = run_pipeline(["deploy"], {**env, "APP_VERSION": version}, work, timeout=240)
+            wall = time.monotonic() - started
+            if result.returncode != 0:
+                raise SystemExit(f"{mode} x{count}: deploy {version} failed (exit {result.returncode}):\n"
+                                 f"{result.stderr}")
+            reported = _SKEW.search(result.stderr)
+            row = {"mode": mode, "hosts": count, "version": version, "quiet": True, "wall_s": round(wall, 2),
+                   "skew_reported_ms": float(reported.group(1)) if reported else None}
+            print(json.dumps(row), file=sys.stderr, flush=True)
+            rows.append(row)
     finally:
         remove_app(client, app)
         hosts.stop()
@@ -121,7 +136,8 @@ def summary(rows: List[dict]) -> List[dict]:
     out = []
     for mode in ("reload", "live"):
         for count in (1, 2):
-            mine = [r for r in rows if r["mode"] == mode and r["hosts"] == count]
+            mine = [r for r in rows if r["mode"] == mode and r["hosts"] == count and not r.get("quiet")]
+            quiet = [r["wall_s"] for r in rows if r["mode"] == mode and r["hosts"] == count and r.get("quiet")]
             if not mine:
                 continue
 
@@ -130,6 +146,7 @@ def summary(rows: List[dict]) -> List[dict]:
                 return round(statistics.median(values), 1) if values else None
 
             out.append({"mode": mode, "hosts": count, "deploys": len(mine), "wall_s_median": med("wall_s"),
+                        "quiet_wall_s_median": round(statistics.median(quiet), 1) if quiet else None,
                         "skew_reported_ms_median": med("skew_reported_ms"),
                         "skew_reported_ms_max": max((r["skew_reported_ms"] for r in mine
                                                      if r["skew_reported_ms"] is not None), default=None),
