@@ -231,3 +231,25 @@ def test_verification_switch_back_moves_both_hosts(fleet, tmp_path):
     assert fleet.serving() == [before] * 2
     switched = re.findall(r"2 nginx hosts switched the live route", result.stderr)
     assert len(switched) == 2, result.stderr   # the switch, and the switch back, each on both hosts
+
+
+def test_hosts_that_serve_different_colors_stop_a_deploy_with_exit_3_naming_each(reload_fleet):
+    fleet = reload_fleet
+    before = live(fleet)
+    include, loaded = fleet.b.include, fleet.b.file("/etc/nginx/conf.d/service-url.inc.loaded")
+    text = include.read_text()
+    live_ip = fleet.env["BLUE_IP"] if "color=blue" in before else fleet.env["GREEN_IP"]
+    other_ip = fleet.env["GREEN_IP"] if live_ip == fleet.env["BLUE_IP"] else fleet.env["BLUE_IP"]
+    # Host b set by hand to the other color (as a put-back that failed would leave it).
+    for path in (include, loaded):
+        path.write_text(text.replace(live_ip, other_ip))
+    try:
+        version, result = fleet.deploy()
+    finally:
+        for path in (include, loaded):
+            path.write_text(text)
+    assert result.returncode == 3, result.stderr
+    error = error_line(result)
+    assert (f"the nginx hosts disagree on the live route: root@{fleet.a.address}:22 serves {live_ip}:8080; "
+            f"root@{fleet.b.address}:22 serves {other_ip}:8080") in error, error
+    assert fleet.serving() == [before] * 2 and fleet.containers_of(version) == []
