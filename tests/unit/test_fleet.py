@@ -325,3 +325,17 @@ def test_live_undo_whose_put_fails_is_switch_incomplete():
     admin.down = AdminUnavailable(admin.url, "timed out")
     with pytest.raises(SwitchIncomplete, match="setting nginx back to 172.20.0.2:8080 failed"):
         prepared.undo()
+
+
+def test_compose_hands_one_host_its_own_switch_and_prober_and_several_the_fleet(tmp_path):
+    from pipeline import compose
+    from pipeline.core.settings import Settings
+
+    one, two = FakeSwitch(), FakeSwitch()
+    a, b = FakeHost(description="root@a:22"), FakeHost(description="root@b:22")
+    assert compose.fleet_switch([a], [one]) is one
+    fleet_switch = compose.fleet_switch([a, b], [one, two])
+    assert isinstance(fleet_switch, FleetSwitch) and fleet_switch.names == ["root@a:22", "root@b:22"]
+    settings = Settings.from_env({}, tmp_path)
+    assert not isinstance(compose.fleet_prober([a], settings), FleetProber)
+    assert isinstance(compose.fleet_prober([a, b], settings), FleetProber)
