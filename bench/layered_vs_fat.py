@@ -19,7 +19,7 @@ Measured per code-only release (v1 and on, each after the one before it is in th
 - what a node holding the previous release pulls: the release is removed from the local engine
   (the previous one stays) and pulled back from the registry; the bytes of the layers the pull
   downloaded (not "Already exists"), from the registry's manifest, and the pull's wall time.
-Not measured here: the deploy time on the 3-node swarm (see docs/benchmarks.md).
+The 3-node swarm (bytes per node, the deploy's wall time): python -m bench.layered_swarm.
 Traffic: the local docker engine and 127.0.0.1:5000 only. Images are removed at the end.
 """
 from __future__ import annotations

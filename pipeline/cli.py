@@ -20,6 +20,8 @@ from pipeline.core import errors
 
 from pipeline import log as logsetup
 from pipeline.core.errors import PipelineError, UsageError
+from pipeline.core.runlog import RunLog, report_document
+from pipeline.flows import hooks, report
 from pipeline.adapters.nginx_host import Connecting
 from pipeline.core.settings import Settings
 
@@ -43,13 +45,25 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--lock-wait", type=_seconds, default=0.0, metavar="SECONDS",
                        help="wait this long for another deploy's lock instead of failing at once")
 
+    def reporting(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--report", type=Path, metavar="FILE",
+                       help="write what the run did (result, exit code, phases) as JSON to FILE, however it ends")
+
     p = commands.add_parser("deploy", help="build, start the idle color, health-check, switch, stop the old one")
     p.add_argument("--no-promote", action="store_true",
                    help="stop after health (and the preview route): live traffic is left alone")
     locking(p)
-    locking(commands.add_parser("promote", help="switch live traffic to the staged release"))
+    reporting(p)
+    p = commands.add_parser("promote", help="switch live traffic to the staged release")
+    locking(p)
+    reporting(p)
     p = commands.add_parser("rollback", help="make the previous release (or --to VERSION) live again")
     p.add_argument("--to", metavar="VERSION", help="any release still kept (`history` marks them)")
+    locking(p)
+    reporting(p)
+    p = commands.add_parser("release-phase", help="run RELEASE_COMMAND again, by hand, for the live release "
+                                                  "(or --version); nothing is started or switched")
+    p.add_argument("--version", metavar="VERSION", help="a release on record (live, staged or previous)")
     locking(p)
     p = commands.add_parser("status", help="live color, both containers, where nginx points")
     p.add_argument("--json", action="store_true")
@@ -80,17 +94,28 @@ def main(argv: Sequence[str], environ: Mapping[str, str], cwd: Optional[Path] = 
     verbose = "--verbose" in argv
     logsetup.setup(verbose)
     started = time.monotonic()
+    runlog = RunLog()
+    reporting = _Reporting(argv, cwd, runlog, started)
     try:
         args = build_parser().parse_args(list(argv))
+        reporting.parsed(args)
         settings = Settings.from_env(environ, cwd, args.env_file)
         logsetup.register_secrets(settings.secret_values())
         if args.command == "deploy":
+            runlog.version = settings.app_version
             settings.check_build_inputs(cwd)
-        return _run(args, settings, environ, cwd, out, started)
+        if args.command == "release-phase" and not settings.release_command:
+            raise errors.SettingsError("RELEASE_COMMAND", "", "is empty: there is no release phase to run")
+        if runlog.action:
+            hooks.check(settings.hooks_dir, cwd, runlog.action)
+        code = _run(args, settings, environ, cwd, out, started, runlog)
+        reporting.write(code, "ok", None)
+        return code
     except (PipelineError, errors.Interrupted) as exc:   # Interrupted: SIGINT/SIGTERM, after cleaning up
         print(logsetup.mask(f"pipeline: error: {exc}"), file=sys.stderr)
         for line in exc.detail():
             print(logsetup.mask(f"    {line}"), file=sys.stderr)
+        reporting.write(exc.exit_code, report.result_of(exc), str(exc))
         return exc.exit_code
     except SystemExit as exc:  # --help
         return int(exc.code or 0)
@@ -100,11 +125,51 @@ def main(argv: Sequence[str], environ: Mapping[str, str], cwd: Optional[Path] = 
             print(logsetup.mask(traceback.format_exc()), file=sys.stderr, end="")
         else:
             print("    (run with --verbose for the traceback)", file=sys.stderr)
+        reporting.write(errors.EXIT_BUG, report.result_of(exc), f"internal error: {type(exc).__name__}: {exc}")
         return errors.EXIT_BUG
 
 
+class _Reporting:
+    """`--report FILE` for deploy, promote and rollback: written however the run ends. Until the
+    arguments are parsed, the file and the action are what the words say (report.scan), so bad
+    input gets a report too when they can be told."""
+
+    def __init__(self, argv: Sequence[str], cwd: Path, runlog: RunLog, started: float) -> None:
+        self.cwd, self.runlog, self.started = cwd, runlog, started
+        self.started_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        action, path = report.scan(argv)
+        self.path = Path(path) if action and path else None
+        runlog.action = action or ""
+
+    def parsed(self, args: argparse.Namespace) -> None:
+        if args.command not in report.ACTIONS:
+            self.path, self.runlog.action = None, ""
+            return
+        self.runlog.action = "stage" if getattr(args, "no_promote", False) else args.command
+        self.path = args.report
+        if self.path is not None and not self._file().parent.is_dir():
+            path, self.path = self.path, None
+            raise UsageError(f"--report={path}: no such directory: {path.parent}")
+
+    def _file(self) -> Path:
+        assert self.path is not None
+        return self.path if self.path.is_absolute() else self.cwd / self.path
+
+    def write(self, exit_code: int, result: str, error: Optional[str]) -> None:
+        """The report, if asked for; a report that cannot be written is a warning: the run's
+        result and exit code stand."""
+        if self.path is None:
+            return
+        document = report_document(self.runlog, exit_code, result, logsetup.mask(error) if error else None,
+                                   self.started_at, time.monotonic() - self.started)
+        try:
+            report.write(self._file(), document, logsetup.mask)
+        except OSError as exc:
+            print(logsetup.mask(f"pipeline: warning: could not write the report {self.path}: {exc}"), file=sys.stderr)
+
+
 def _run(args: argparse.Namespace, settings: Settings, environ: Mapping[str, str], cwd: Path,
-         stdout: logsetup.TextOut, started: float) -> int:
+         stdout: logsetup.TextOut, started: float, runlog: RunLog) -> int:
     # The nginx host first, in a thread: over SSH its handshake and login run on the nginx host's
     # side while the rest of the tool (the docker SDK, requests, the flows) is imported here.
     # Only then: `--help` and bad input never load any of it (issue 15).
@@ -120,7 +185,7 @@ def _run(args: argparse.Namespace, settings: Settings, environ: Mapping[str, str
             stdout.write(flows.lock_command(host, settings, args.lock_command) + "\n")
             return errors.EXIT_OK
     with compose.context(settings, environ, cwd, getattr(args, "lock_wait", 0.0), started, connecting,
-                         releasing=args.command == "deploy") as ctx:
+                         releasing=args.command == "deploy", runlog=runlog) as ctx:
         if args.command == "status":
             _print_status(flows.status(ctx), args.json, stdout)
         elif args.command == "history":
@@ -129,6 +194,8 @@ def _run(args: argparse.Namespace, settings: Settings, environ: Mapping[str, str
             (flows.stage if args.no_promote else flows.deploy)(ctx)
         elif args.command == "promote":
             flows.promote(ctx)
+        elif args.command == "release-phase":
+            flows.release_phase(ctx, args.version)
         else:
             flows.rollback(ctx, args.to)
     return errors.EXIT_OK
@@ -168,8 +235,16 @@ def _status_lines(report: Mapping[str, Any]) -> Iterator[str]:
         yield f"warning:  {report['probe_problem']}\n"
     yield "releases: " + "  ".join(f"{name}={r['version']} ({r['color']})" if r else f"{name}=none"
                                    for name, r in report["releases"].items()) + "\n"
+    for name, r in report["releases"].items():
+        if r and r.get("digest"):   # a record from before digests were kept has none
+            yield f"  {name + ':':<9} {r['image']}  {r['digest']}  ({_digest_kind(r.get('digest_of', ''))})\n"
     for color, row in report["colors"].items():
         yield from _color_lines(color, row, color == live)
+
+
+def _digest_kind(digest_of: str) -> str:
+    return {"registry": "registry digest",
+            "image id": "image id, not pushed"}.get(digest_of, "digest")
 
 
 def _live_shown(report: Mapping[str, Any]) -> str:
@@ -185,8 +260,9 @@ def _color_lines(color: str, row: Mapping[str, Any], live: bool) -> Iterator[str
     yield (f"{'*' if live else ' '} {color:<5}  {row['container']:<24} {where:<15} {row['state']:<10} "
            f"{row['version'] or '-':<16} {row['health'] or '-'}\n")
     for task in row.get("tasks") or []:   # TARGET=swarm: one line per task
+        route = f"  (route: {task['route']})" if task.get("route") else ""
         yield (f"      task {task['task']:<12} {task['node']:<12} {task['address'] or '-':<20} "
-               f"{task['state']:<10} {task['version'] or '-':<16} {task['health'] or '-'}\n")
+               f"{task['state']:<10} {task['version'] or '-':<16} {task['health'] or '-'}{route}\n")
 
 
 def run() -> None:

@@ -20,16 +20,26 @@ from pipeline.adapters.engine import Engine
 from pipeline.adapters.live_switch import LiveSwitch
 from pipeline.adapters.nginx_host import Connecting, connect
 from pipeline.core.host import NginxHost
+from pipeline.core.runlog import RunLog
 from pipeline.adapters.reload_switch import ReloadSwitch
-from pipeline.core.settings import Settings
+from pipeline.core.settings import COLORS, Settings
 from pipeline.core.fleet import FleetProber, FleetSwitch
 from pipeline.core.gate import Probing
 from pipeline.core.switch import TrafficSwitch, TwoPhaseSwitch
 from pipeline.core.target import Target
 
 
-def make_prober(host: NginxHost, settings: Settings) -> Prober:
-    """Where health probes run: the nginx host's side (over its SSH connection when it is remote)."""
+def make_prober(host: NginxHost, settings: Settings, target: Target) -> Prober:
+    """Where health probes run: the nginx host's side (over its SSH connection when it is remote).
+
+    TARGET=swarm: only to the nodes' addresses the manager reports, on a color's port, by any
+    route the nginx host has to them (nginx proxies to the tasks that way); else over a local
+    bridge only (health.py)."""
+    if settings.target == "swarm":
+        hint = ("nginx proxies to each task at its node's address: the nginx host needs a route to every "
+                "swarm node")
+        return Prober.for_host(host, settings.nginx.remote, hint, nodes=target.probe_ips,
+                               ports={settings.swarm.port_of(color) for color in COLORS})
     network = settings.network
     hint = (f"DEPLOY_NETWORK={network.deploy_network} (DEPLOY_SUBNET={network.deploy_subnet}) must be a docker"
             f" bridge on the machine nginx runs on: point DOCKER_HOST at that machine's engine")
@@ -62,11 +72,11 @@ def fleet_switch(hosts: Sequence[NginxHost], switches: Sequence[TwoPhaseSwitch],
     return FleetSwitch([(host.description, switch) for host, switch in zip(hosts, switches)], clock)
 
 
-def fleet_prober(hosts: Sequence[NginxHost], settings: Settings) -> Probing:
+def fleet_prober(hosts: Sequence[NginxHost], settings: Settings, target: Target) -> Probing:
     """Where health probes run: from the one nginx host, or (NGINX_HOSTS) from every one."""
     if len(hosts) == 1:
-        return make_prober(hosts[0], settings)
-    return FleetProber([make_prober(host, settings) for host in hosts])
+        return make_prober(hosts[0], settings, target)
+    return FleetProber([make_prober(host, settings, target) for host in hosts])
 
 
 @contextmanager
@@ -108,9 +118,10 @@ def settled(settings: Settings, cwd: Path, releasing: bool) -> Settings:
 @contextmanager
 def context(settings: Settings, environ: Mapping[str, str], cwd: Path, lock_wait: float = 0.0,
             started: Optional[float] = None, connecting: Optional[Connecting] = None,
-            releasing: bool = False) -> Iterator[Context]:
+            releasing: bool = False, runlog: Optional[RunLog] = None) -> Iterator[Context]:
     """Every part a flow works with, connected; closed again on the way out. `releasing`: the
-    run builds a release (its version is settled here, before any part gets the settings)."""
+    run builds a release (its version is settled here, before any part gets the settings).
+    `runlog`: where the run records what it decided and its phases (cli.py reports it)."""
     settings = settled(settings, cwd, releasing)
     engine = _engine_while_connecting(settings, environ, connecting)
     with nginx_hosts(settings, connecting) as hosts:
@@ -119,8 +130,9 @@ def context(settings: Settings, environ: Mapping[str, str], cwd: Path, lock_wait
         host = hosts[0]
         switches = tuple(make_switch(each, settings) for each in hosts)
         ctx = Context(settings, engine, host, fleet_switch(hosts, switches), cwd, environ,
-                      fleet_prober(hosts, settings), SYSTEM.now() if started is None else started,
-                      lock_wait=lock_wait, clock=SYSTEM, hosts=hosts, switches=switches)
+                      fleet_prober(hosts, settings, engine), SYSTEM.now() if started is None else started,
+                      lock_wait=lock_wait, clock=SYSTEM, hosts=hosts, switches=switches,
+                      runlog=runlog if runlog is not None else RunLog())
         if threading.current_thread() is threading.main_thread():
             ctx.guard.install()   # SIGINT/SIGTERM become Interrupted, so every cleanup runs
         yield ctx

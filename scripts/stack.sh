@@ -55,7 +55,10 @@ PACKAGES=(docker.io nginx-light openssh-server docker-registry wrk libnginx-mod-
     psmisc curl apache2-utils
     # The dependency jars of the Spring Boot-layout test service (demo/layered/build.py).
     libtomcat10-embed-java libjackson2-databind-java libjackson2-core-java libjackson2-annotations-java
-    libguava-java libbcprov-java libcommons-math3-java libcommons-lang3-java libicu4j-java)
+    libguava-java libbcprov-java libcommons-math3-java libcommons-lang3-java libicu4j-java
+    # SQLite's JDBC driver and its JNI library, for the release-phase tests' real database
+    # (demo/build.sh's app-sqlite.jar on pipeline/jre-sql:17, teststack/sqlite.py).
+    libxerial-sqlite-jdbc-java libxerial-sqlite-jdbc-jni)
 
 log() { echo "stack: $*"; }
 note() { echo "stack: note: $*" >&2; }

@@ -13,7 +13,8 @@ inside both namespaces, so every SSH session sees what nginx sees.
 
     host = NginxHost.start("pswarm0", "10.99.0.0/24")          # an address of its own on it
     env = {**tool_settings, **host.env()}   # NGINX_HOST, NGINX_SSH_KEY, NGINX_SSH_KNOWN_HOSTS,
-                                            # NGINX_SSH_USER/PORT, NGINX_INCLUDE (upstream form)
+                                            # NGINX_SSH_USER/PORT, NGINX_INCLUDE (upstream form),
+                                            # SWITCH_MODE=live (live form)
     host.run("nginx", "-t")                 # a command inside it (CompletedProcess; check=True)
     host.file("/etc/nginx/conf.d/service-upstream.inc")   # that file, as a path on this machine
     host.include, host.access_log           # the same, for the two a test reads most
@@ -167,11 +168,23 @@ def _accept_bridged(bridge: str, add: bool) -> None:
         sh("iptables", "-D", *rule, check=False)
 
 
+def _sweep_dead_bridge_rules() -> None:
+    """DOCKER-USER rules for bridges made here that are gone (a test process killed before its
+    teardown): removed, so they do not pile up."""
+    rules = sh("iptables", "-S", "DOCKER-USER", check=False).stdout.splitlines()
+    for rule in rules:
+        words = rule.split()
+        if words[:2] == ["-A", "DOCKER-USER"] and len(words) > 3 and words[2] == "-i" and words[3].startswith("pnb-") \
+                and not Path(f"/sys/class/net/{words[3]}").exists():
+            sh("iptables", "-D", *words[1:], check=False)
+
+
 class Bridge:
     """A bridge of the test's own on a claimed 10.97.N.0/24, with this machine's address .1 on it
     (`host_address=True`) or none (a plain switch this machine has no foot in)."""
 
     def __init__(self, host_address: bool = True) -> None:
+        _sweep_dead_bridge_rules()
         self.name = f"pnb-{uuid.uuid4().hex[:6]}"
         self.owner = f"link:{self.name}"
         sh("ip", "link", "add", self.name, "type", "bridge")
@@ -197,8 +210,13 @@ class Bridge:
 def _veth_into(netns: str, bridge: str, inside: str, address: str, prefix: int) -> str:
     """A veth from `bridge` (host side, enslaved) into `netns` (as `inside`, with address/prefix).
     Returns the host side's name."""
-    outside = f"{netns[:8]}-{inside}"[:15]
-    sh("ip", "link", "add", outside, "type", "veth", "peer", "name", inside, "netns", netns)
+    outside = f"{netns}-{inside}"[:15]   # pnh-1a2b3c-eth0: 15 characters, the most a link name has
+    # The MAC follows from the address (as docker's do): an address given back and claimed again a
+    # moment later (the next test's host) answers at the MAC that this machine's and the nodes'
+    # neighbour caches still hold for it, instead of leaving them sending to a vanished one for
+    # up to half a minute.
+    mac = "02:50:" + ":".join(f"{int(octet):02x}" for octet in address.split("."))
+    sh("ip", "link", "add", outside, "type", "veth", "peer", "name", inside, "address", mac, "netns", netns)
     sh("ip", "link", "set", outside, "master", bridge, "up")
     sh("ip", "-n", netns, "addr", "add", f"{address}/{prefix}", "dev", inside)
     sh("ip", "-n", netns, "link", "set", inside, "up")
@@ -273,6 +291,9 @@ set -e
 # here they would pin what the machine's dockerd and swarm nodes unmount and remove.
 awk '$9 == "overlay" || $9 == "nsfs" || $5 ~ "^(/var/lib/docker|/run/docker|/tmp/pipeline-swarm)(/|$)" {print $5}' \
     /proc/self/mountinfo | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
+# Its own /sys: sysfs mounted from inside the network namespace shows that namespace's
+# interfaces (as `ip netns exec` does), so /sys/class/net/eth0 is its eth0.
+mount -t sysfs sysfs /sys
 dir="$1"; shift
 for target in "$@"; do
     mount --bind "$dir/root$target" "$target"
@@ -345,6 +366,8 @@ class NginxHost:
                     "NGINX_SSH_KEY": str(self.key), "NGINX_SSH_KNOWN_HOSTS": str(self.known_hosts)}
         if self.form == "upstream":
             settings["NGINX_INCLUDE"] = "/etc/nginx/conf.d/service-upstream.inc"
+        if self.form == "live":   # the admin's URL and token file are the tool's defaults
+            settings["SWITCH_MODE"] = "live"
         return settings
 
     def file(self, path: str) -> Path:
@@ -402,8 +425,14 @@ class NginxHost:
     def start_sshd(self) -> None:
         (self.dir / "sshd.pid").unlink(missing_ok=True)
         self.run(SSHD, "-f", str(self.dir / "sshd_config"), "-E", str(self.dir / "sshd.log"))
-        wait_for(lambda: self.sshd_pid() is not None and self._can_connect(22), 10, interval=0.05,
-                 what=f"the sshd of {self.name}")
+        try:
+            wait_for(lambda: self.sshd_pid() is not None and self._can_connect(22), 30, interval=0.1,
+                     what=f"the sshd of {self.name} ({self.address}:22) to take connections from this machine")
+        except AssertionError as exc:
+            log = self.dir / "sshd.log"
+            raise AssertionError(f"{exc}; sshd pid {self.sshd_pid()}; this machine's route: "
+                                 f"{sh('ip', '-4', 'route', 'get', self.address, check=False).stdout.strip()}; "
+                                 f"sshd.log: {log.read_text()[-1000:] if log.exists() else '(none)'}") from None
 
     def kill_sshd(self, sessions: bool = True) -> None:
         """SIGKILL the sshd (its listener; with `sessions`, every sshd process inside, so open

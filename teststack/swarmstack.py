@@ -9,7 +9,7 @@ import time
 import uuid
 import warnings
 from pathlib import Path
-from typing import Dict, Iterator, List
+from typing import Dict, Iterator, List, Tuple
 
 import docker
 
@@ -96,6 +96,17 @@ def switch_env(nginx: Nginx, mode: str) -> Dict[str, str]:
                 "NGINX_TEST_COMMAND": "false", "NGINX_RELOAD_COMMAND": "false"}
     return {"NGINX_TEST_COMMAND": nginx.test_command, "NGINX_RELOAD_COMMAND": nginx.reload_command,
             "NGINX_PID_FILE": str(nginx.pid_file)}
+
+
+def node_links() -> Dict[int, Tuple[int, int]]:
+    """Each node's (bytes sent to it, bytes received from it) so far, on the host side of its veth
+    (pswarm-hI) on the bridge: what it pulled from the registry, what it pushed, and whatever else
+    crossed its link (swarm's own traffic, health probes, requests from nginx)."""
+    out = {}
+    for node in range(1, NODES + 1):
+        stats = Path(f"/sys/class/net/pswarm-h{node}/statistics")
+        out[node] = (int((stats / "tx_bytes").read_text()), int((stats / "rx_bytes").read_text()))
+    return out
 
 
 def dead_nodes(swarm: Dict[str, str]) -> List[int]:

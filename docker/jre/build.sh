@@ -15,6 +15,8 @@
 #   JDK_HOME     JDK 17 to jlink from          (default /usr/lib/jvm/java-17-openjdk-amd64)
 #   JRE_MODULES  comma-separated module list   (default below; add java.desktop,java.sql,
 #                java.naming,java.instrument,... for a real Spring Boot app)
+#   JRE_LIBS     space-separated absolute paths of extra shared libraries (a JDBC driver's JNI
+#                library, say) copied to the same path, with every library they link
 #   FORCE=1      rebuild even if the image exists
 #   DOCKER       docker client to use          (default: docker on PATH)
 set -euo pipefail
@@ -22,6 +24,7 @@ set -euo pipefail
 image="${JRE_IMAGE:-pipeline/jre:17}"
 jdk="${JDK_HOME:-/usr/lib/jvm/java-17-openjdk-amd64}"
 modules="${JRE_MODULES:-java.base,java.logging,java.management,jdk.httpserver,jdk.unsupported}"
+libs_extra="${JRE_LIBS:-}"
 docker="${DOCKER:-docker}"
 java_home=/opt/java/openjdk
 app_uid=10001
@@ -29,10 +32,17 @@ app_uid=10001
 log() { echo "docker/jre/build.sh: $*"; }
 die() { echo "docker/jre/build.sh: ERROR: $*" >&2; exit 1; }
 
-if [[ "${FORCE:-0}" != 1 ]] && "$docker" image inspect "$image" >/dev/null 2>&1; then
+# An image of this tag built with other modules or libraries is rebuilt.
+wanted="$modules|$libs_extra"
+if [[ "${FORCE:-0}" != 1 ]] &&
+    built="$("$docker" image inspect -f '{{index .Config.Labels "pipeline.jre.modules"}}|{{index .Config.Labels "pipeline.jre.libs"}}' "$image" 2>/dev/null)" &&
+    [[ "$built" == "$wanted" ]]; then
     log "$image already exists (FORCE=1 to rebuild)"
     exit 0
 fi
+for lib in $libs_extra; do
+    [[ "$lib" == /* && -f "$lib" ]] || die "JRE_LIBS: no library at $lib"
+done
 
 [[ -x "$jdk/bin/jlink" && -d "$jdk/jmods" ]] ||
     die "no JDK with jmods at $jdk (install openjdk-17-jdk-headless or set JDK_HOME)"
@@ -64,6 +74,13 @@ elves=()
 while IFS= read -r -d '' f; do
     [[ "$(head -c4 "$f" | od -An -c | tr -d ' ')" == '177ELF' ]] && elves+=("$f")
 done < <(find "$jre/bin" "$jre/lib" -type f -print0)
+# The extra libraries go in at their own path (a JNI library is found on java.library.path,
+# which for Debian's JDK includes /usr/lib/x86_64-linux-gnu/jni); ldd below adds what they link.
+for lib in $libs_extra; do
+    mkdir -p "$rootfs$(dirname "$lib")"
+    cp -L "$lib" "$rootfs$lib"
+    elves+=("$rootfs$lib")
+done
 declare -A libs=()
 while read -r name arrow path _; do
     if [[ "$arrow" == "=>" && "$path" == "not" ]]; then
@@ -123,7 +140,8 @@ ENV JAVA_HOME=$java_home \\
     LANG=C.UTF-8
 LABEL org.opencontainers.image.title="pipeline JRE 17" \\
       org.opencontainers.image.description="jlink JRE from the host JDK 17 on scratch" \\
-      pipeline.jre.modules="$modules"
+      pipeline.jre.modules="$modules" \\
+      pipeline.jre.libs="$libs_extra"
 USER $app_uid:$app_uid
 WORKDIR /
 CMD ["java", "-version"]

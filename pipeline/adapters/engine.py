@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import http.client
 import logging
+import re
+from collections import deque
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Protocol, Tuple, Type
+from typing import Any, Callable, Deque, Dict, Iterator, List, Mapping, Optional, Protocol, Sequence, Tuple, Type
 
 import docker
 import docker.client
@@ -18,16 +21,22 @@ from pipeline.adapters import layered
 from pipeline.core.decide import ContainerFact, color_at
 from pipeline.core.route import Address, Route, health_url
 from pipeline.core.errors import ContainerExited, DeployFailed, EngineFailed, OutsideFailure, PreflightError, RegistryFailed
+from pipeline.core.clock import SYSTEM, Clock
 from pipeline.core.gate import Gate, Transport, connect_check, probe
 from pipeline.core.settings import (COLORS, AppSettings, BuildSettings, NetworkSettings, RegistrySettings,
                                      RuntimeSettings)
-from pipeline.core.target import Endpoint, HealthReport
+from pipeline.core.target import Endpoint, HealthReport, OneOff, OutputLine, RouteReport
 
 log = logging.getLogger("pipeline")
 
 LABEL_APP = "pipeline.app"
 LABEL_COLOR = "pipeline.color"
 LABEL_VERSION = "pipeline.version"
+# A one-off container (the release phase) carries this label besides the app's and the version's.
+LABEL_ROLE = "pipeline.role"
+RELEASE_PHASE_ROLE = "release-phase"
+# How often a one-off container's state and new output are read.
+ONE_OFF_POLL = 0.5
 
 # What the docker SDK raises when the engine errs, goes away or does not answer: its own errors,
 # requests' (the HTTP client under it) and urllib3's (read straight from a stream), the socket's.
@@ -96,8 +105,9 @@ class Images:
                 image_id = self.api.inspect_image(tag)["Id"]
         return str(image_id)
 
-    def push_and_pull(self, tag: str) -> None:
-        """Push the release to the registry, then pull it back as the target engine would."""
+    def push_and_pull(self, tag: str) -> str:
+        """Push the release to the registry, then pull it back as the target engine would; the
+        registry's digest of the manifest it took (what `repository@digest` pulls, on any node)."""
         registry = self.registry
         auth = None
         if registry.registry_username:
@@ -105,6 +115,7 @@ class Images:
             auth = {"username": registry.registry_username, "password": registry.registry_password.reveal()}
         repository, _, version = tag.rpartition(":")
         part = f"registry {registry.registry}"
+        digests: List[str] = []
         for verb, stream in (("push", self.api.push), ("pull", self.api.pull)):
             # NETWORK_TIMEOUT bounds each wait for the engine's next progress line: a registry that
             # never answers leaves the engine silent, and the push fails instead of hanging.
@@ -112,7 +123,17 @@ class Images:
                 for chunk in stream(repository, tag=version, stream=True, decode=True, auth_config=auth):
                     if "error" in chunk:
                         raise RegistryFailed(part, f"docker {verb} {tag}", str(chunk["error"]).strip())
+                    digests += _digest_in(chunk)
             log.info("    docker %s %s: done", verb, tag)
+        if not digests:   # an engine that did not say: what it recorded for the repository
+            with self._calling(f"inspecting image {tag}"):
+                found = self.api.inspect_image(tag).get("RepoDigests") or []
+            digests = [ref.partition("@")[2] for ref in found if ref.partition("@")[0] == repository]
+        if not digests:
+            log.warning("    the registry named no digest for %s: its image id stands for it", tag)
+            return ""
+        log.info("    %s is %s@%s", tag, repository, digests[0])
+        return digests[0]
 
     def release_images(self) -> Dict[str, float]:
         """This app's release images: reference -> creation time (for retention)."""
@@ -144,9 +165,11 @@ class Engine(Images):
     """The few engine operations a deploy needs, with errors turned into pipeline's own."""
 
     def __init__(self, client: Any, app: AppSettings, build: BuildSettings, network: NetworkSettings,
-                 runtime: RuntimeSettings, registry: RegistrySettings, where: str = "the local socket") -> None:
+                 runtime: RuntimeSettings, registry: RegistrySettings, where: str = "the local socket",
+                 clock: Clock = SYSTEM) -> None:
         super().__init__(client, app, build, runtime, registry, where)
         self.network = network
+        self.clock = clock   # the release phase's wait
 
     @classmethod
     def connect(cls, app: AppSettings, build: BuildSettings, network: NetworkSettings, runtime: RuntimeSettings,
@@ -284,8 +307,9 @@ class Engine(Images):
         return ContainerWatch(self, color)
 
     def status_row(self, color: str, fact: Optional[ContainerFact],
-                   report: Optional[HealthReport]) -> Dict[str, object]:
-        """Its fixed IP; its health only while a container of ours holds it."""
+                   report: Optional[HealthReport], route: Optional[RouteReport] = None) -> Dict[str, object]:
+        """Its fixed IP; its health only while a container of ours holds it. (Its route is a
+        local bridge: the only one its probes may take.)"""
         healthy = None
         if fact is not None and report is not None and self.holds_address(color):
             healthy = report(health_url(self.addresses(color)[0], self.app.health_path))
@@ -303,9 +327,7 @@ class Engine(Images):
         app, network = self.app, self.network
         name = app.container_name(color)
         self.remove(color)
-        environment = {"APP_VERSION": version, "APP_COLOR": color}
-        if app.container_env_file is not None:
-            environment = {**_read_env_file(app.container_env_file), **environment}
+        environment = release_environment(app, version, color)
         host_config = self.api.create_host_config(
             network_mode=network.deploy_network,
             binds=list(app.volumes_for(color)) or None,
@@ -353,6 +375,49 @@ class Engine(Images):
                 self.api.remove_container(name, force=True)
             except docker.errors.NotFound:
                 pass
+
+    def run_once(self, image: str, version: str, color: str, command: Sequence[str], timeout: float,
+                 output: OutputLine) -> OneOff:
+        """The release phase in a one-off container `APP_NAME-release-phase` on the deploy network
+        (an address from its pool, none of the colors' fixed ones: they are not running or not
+        ours to take while this runs before the new color starts). Removed however it ends."""
+        app, network = self.app, self.network
+        name = one_off_name(app)
+        self._remove_one_off(name)   # one left by a run that was killed while it ran
+        host_config = self.api.create_host_config(network_mode=network.deploy_network,
+                                                  binds=list(app.volumes_for(color)) or None)
+        labels = {LABEL_APP: app.app_name, LABEL_VERSION: version, LABEL_ROLE: RELEASE_PHASE_ROLE}
+        try:
+            with self._calling(f"starting the release phase {name} from {image}"):
+                created = self.api.create_container(image, name=name, command=list(command), detach=True,
+                                                    environment=release_environment(app, version, color),
+                                                    host_config=host_config, labels=labels, stop_signal="SIGTERM")
+                self.api.start(created["Id"])
+
+            def state() -> Tuple[bool, Optional[int]]:
+                with self._calling(f"inspecting the release phase {name}"):
+                    info = self.api.inspect_container(name)["State"]
+                if info.get("Status") in ("exited", "dead"):
+                    return True, int(info.get("ExitCode", -1))
+                return False, None
+
+            def logs(since: Optional[int]) -> bytes:
+                with self._calling(f"reading the output of the release phase {name}"):
+                    return bytes(self.api.logs(name, stdout=True, stderr=True, timestamps=True, since=since))
+
+            return follow_one_off(state, logs, timeout, self.clock, output)
+        finally:
+            self._remove_one_off(name)
+
+    def _remove_one_off(self, name: str) -> None:
+        """Remove the one-off container (stopping it at once if it still runs); a failure is a warning."""
+        try:
+            self.api.remove_container(name, force=True)
+        except docker.errors.NotFound:
+            pass
+        except LIBRARY_ERRORS as exc:
+            log.warning("    could not remove the release phase container %s: %s", name,
+                        _reason(exc, self.runtime.network_timeout))
 
     def logs_tail(self, color: str, lines: int = 20) -> List[str]:
         """The container's last log lines for an error's detail; none if the engine cannot say."""
@@ -419,6 +484,90 @@ class ContainerWatch:
         return [Endpoint(Address(self.engine.network.ip_of(self.color), self.engine.app.app_port), "")]
 
 
+def one_off_name(app: AppSettings) -> str:
+    """The release phase's one-off container (or swarm service): one at a time, under the deploy lock."""
+    return f"{app.app_name}-release-phase"
+
+
+def release_environment(app: AppSettings, version: str, color: str) -> Dict[str, str]:
+    """What a release's container gets in its environment: CONTAINER_ENV_FILE, then APP_VERSION
+    and APP_COLOR (the release phase's one-off container gets the same)."""
+    environment = {"APP_VERSION": version, "APP_COLOR": color}
+    if app.container_env_file is not None:
+        environment = {**_read_env_file(app.container_env_file), **environment}
+    return environment
+
+
+def follow_one_off(state: Callable[[], Tuple[bool, Optional[int]]], logs: Callable[[Optional[int]], bytes],
+                   timeout: float, clock: Clock, output: OutputLine, problem: Callable[[], str] = lambda: "") -> OneOff:
+    """Wait for a one-off container to end (`state`: (ended, exit code)), at most `timeout`
+    seconds on `clock`, handing each new line of its output (`logs(since)`: its output with
+    docker's timestamps, from the whole second `since` on) to `output` as it comes. Polled, so
+    no stream is held open for longer than NETWORK_TIMEOUT while the command is quiet."""
+    cursor = _LogCursor()
+    last: Deque[str] = deque(maxlen=20)
+    deadline = clock.now() + timeout
+    while True:
+        ended, code = state()
+        for line in cursor.new(logs(cursor.since)):   # after the state: all of it once it ended
+            output(line)
+            last.append(line)
+        if ended:
+            return OneOff(code, False, tuple(last), problem() if code is None else "")
+        left = deadline - clock.now()
+        if left <= 0:
+            return OneOff(None, True, tuple(last))
+        clock.sleep(min(ONE_OFF_POLL, left))
+
+
+class _LogCursor:
+    """Which lines of a container's timestamped output were handed on already. Docker's `since`
+    takes whole seconds here, so each read starts at the second of the last line seen and the
+    lines of that second already seen are skipped."""
+
+    def __init__(self) -> None:
+        self.last: Optional[Tuple[int, int]] = None   # (unix seconds, nanoseconds) of the last line seen
+        self.seen_at_last = 0                         # how many lines carried exactly that timestamp
+
+    @property
+    def since(self) -> Optional[int]:
+        return self.last[0] if self.last is not None and self.last[0] > 0 else None
+
+    def new(self, raw: bytes) -> List[str]:
+        out = []
+        at_last = 0
+        for line in raw.decode("utf-8", "replace").splitlines():
+            stamp, _, text = line.partition(" ")
+            when = _timestamp(stamp)
+            if when is None:   # not docker's timestamp: a line the engine split; keep it as it is
+                out.append(line.rstrip())
+                continue
+            if self.last is not None and when < self.last:
+                continue
+            if self.last is not None and when == self.last:
+                at_last += 1
+                if at_last <= self.seen_at_last:
+                    continue
+                self.seen_at_last += 1
+            else:
+                self.last, self.seen_at_last, at_last = when, 1, 1
+            out.append(text.rstrip())
+        return out
+
+
+def _timestamp(stamp: str) -> Optional[Tuple[int, int]]:
+    """Docker's RFC 3339 timestamp with nanoseconds ("2026-12-05T02:33:01.123456789Z") as
+    (unix seconds, nanoseconds); None if it is not one."""
+    whole, _, fraction = stamp.rstrip("Z").partition(".")
+    try:
+        seconds = datetime.strptime(whole, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=timezone.utc).timestamp()
+    except ValueError:
+        return None
+    if not stamp.endswith("Z") or not fraction.isdigit() and fraction:
+        return None
+    return int(seconds), int((fraction or "0")[:9].ljust(9, "0"))
+
+
 def registry_login(client: Any, registry: RegistrySettings, timeout: float, reauth: bool = False) -> Optional[str]:
     """Log the docker client in to REGISTRY when it needs a login (REGISTRY_USERNAME): the one
     login of both targets. None when done (or not needed); else the engine's reason, for the
@@ -440,6 +589,18 @@ def engine_environment(runtime: RuntimeSettings, environ: Mapping[str, str]) -> 
     if runtime.docker_host:
         env["DOCKER_HOST"] = runtime.docker_host
     return env, env.get("DOCKER_HOST") or "the local socket"
+
+
+_DIGEST_LINE = re.compile(r"\bDigest: (sha256:[0-9a-f]{64})\b")
+
+
+def _digest_in(chunk: Mapping[str, Any]) -> List[str]:
+    """The manifest digest a push (its `aux`) or a pull (its "Digest: ..." status) reports."""
+    aux = chunk.get("aux")
+    if isinstance(aux, dict) and isinstance(aux.get("Digest"), str) and aux["Digest"].startswith("sha256:"):
+        return [aux["Digest"]]
+    found = _DIGEST_LINE.search(str(chunk.get("status") or ""))
+    return [found.group(1)] if found else []
 
 
 def _read_env_file(path: Path) -> Dict[str, str]:

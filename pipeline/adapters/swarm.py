@@ -18,7 +18,8 @@ import queue
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, FrozenSet, List, Mapping, NamedTuple, Optional, Sequence, Set, TypeVar, Union
+from typing import (Any, Callable, Dict, FrozenSet, List, Mapping, NamedTuple, Optional, Sequence, Set, Tuple, TypeVar,
+                    Union)
 
 import docker
 import docker.client
@@ -29,14 +30,15 @@ from tenacity import RetryError, Retrying, retry_if_result, wait_fixed
 
 from pipeline.core.decide import ContainerFact, color_at
 from pipeline.core.route import Address, Route, health_url
-from pipeline.adapters.engine import (LABEL_APP, LABEL_COLOR, LABEL_VERSION, LIBRARY_ERRORS, Images, _read_env_file,
-                                      _reason, engine_environment, registry_login)
+from pipeline.adapters.engine import (LABEL_APP, LABEL_COLOR, LABEL_ROLE, LABEL_VERSION, LIBRARY_ERRORS,
+                                      RELEASE_PHASE_ROLE, Images, _read_env_file, _reason, engine_environment,
+                                      follow_one_off, one_off_name, registry_login, release_environment)
 from pipeline.core.clock import SYSTEM, Clock
 from pipeline.core.errors import DeployFailed, EngineFailed, NotEnoughNodes, PreflightError, TaskFailed
 from pipeline.core.gate import Gate, NotHealthyYet, Transport, probe
 from pipeline.core.settings import (COLORS, AppSettings, BuildSettings, RegistrySettings, RuntimeSettings,
                                      SwarmSettings)
-from pipeline.core.target import Endpoint, HealthReport
+from pipeline.core.target import Endpoint, HealthReport, OneOff, OutputLine, RouteReport
 
 log = logging.getLogger("pipeline")
 
@@ -307,20 +309,24 @@ class SwarmEngine:
                          self.app.container_name(color))
 
     def status_row(self, color: str, fact: Optional[ContainerFact],
-                   report: Optional[HealthReport]) -> Dict[str, object]:
+                   report: Optional[HealthReport], route: Optional[RouteReport] = None) -> Dict[str, object]:
         """Every task the manager remembers for the color: node, address, state, version, health
-        (probed only while running on a node that is up: an address of this swarm)."""
+        and the route the nginx host reaches it by (both asked only while it runs on a node that
+        is up: an address of this swarm)."""
         tasks: List[Dict[str, object]] = []
         healthy = None
         if fact is not None:
             for task in self.tasks(color):
                 entry: Dict[str, object] = {
                     "task": task.task_id[:12], "node": task.node, "address": None, "state": task.state,
-                    "desired": task.desired_state, "version": task.version, "health": None}
+                    "desired": task.desired_state, "version": task.version, "health": None, "route": None}
                 if task.node_addr:
                     entry["address"] = f"{task.node_addr}:{task.port}"
-                if report is not None and task.running and task.node_up and task.node_addr:
-                    entry["health"] = report(health_url(Address(task.node_addr, task.port), self.app.health_path))
+                if task.running and task.node_up and task.node_addr:
+                    if route is not None:
+                        entry["route"] = route(task.node_addr)
+                    if report is not None:
+                        entry["health"] = report(health_url(Address(task.node_addr, task.port), self.app.health_path))
                 tasks.append(entry)
             if report is not None:
                 answering = sum(1 for entry in tasks if str(entry["health"]).startswith("HTTP 200"))
@@ -335,10 +341,10 @@ class SwarmEngine:
     def build_image(self, cwd: Path, tag: str, version: str) -> str:
         return self.images.build_image(cwd, tag, version)
 
-    def push_and_pull(self, tag: str) -> None:
+    def push_and_pull(self, tag: str) -> str:
         # The registry login is kept by the client: creating a service then hands the same
         # credentials to the nodes (X-Registry-Auth), so they can pull the release.
-        self.images.push_and_pull(tag)
+        return self.images.push_and_pull(tag)
 
     def release_images(self) -> Dict[str, float]:
         return self.images.release_images()
@@ -444,6 +450,67 @@ class SwarmEngine:
         except LIBRARY_ERRORS as exc:
             raise EngineFailed("swarm manager", f"remove service {service.name}",
                                _reason(exc, self.runtime.network_timeout)) from exc
+
+    def run_once(self, image: str, version: str, color: str, command: Sequence[str], timeout: float,
+                 output: OutputLine) -> OneOff:
+        """The release phase as a one-off task on one node: the service `APP_NAME-release-phase`,
+        1 replica, restart policy none, its words as the container's arguments (`args`: the
+        image's entry point kept; a service's `command` would replace it). Waited for, then
+        removed (which stops its task), however it ends."""
+        app = self.app
+        name = one_off_name(app)
+        self._remove_one_off(name)   # one left by a run that was killed while it ran
+        self._login()
+        labels = {LABEL_APP: app.app_name, LABEL_VERSION: version, LABEL_ROLE: RELEASE_PHASE_ROLE}
+        environment = release_environment(app, version, color)
+        service = self._call(f"create service {name} from {image} (the release phase)",
+                             lambda: self.client.services.create(
+                                 image, args=list(command), name=name, labels=labels, container_labels=labels,
+                                 env=[f"{k}={v}" for k, v in environment.items()],
+                                 mode=ServiceMode("replicated", replicas=1),
+                                 mounts=list(app.volumes_for(color)) or None, stop_signal="SIGTERM",
+                                 restart_policy=RestartPolicy(condition="none")))
+        try:
+            nodes = {n.node_id: n for n in self.nodes()}
+
+            def task() -> Optional[TaskFact]:
+                raw = self._call(f"list the tasks of {name}", lambda: service.tasks())
+                found = [_task_fact(t, color, nodes, 0, app.app_port) for t in raw]
+                return found[0] if found else None
+
+            def state() -> Tuple[bool, Optional[int]]:
+                fact = task()
+                if fact is None or fact.state not in FAILED_STATES + ("shutdown", "orphaned", "remove"):
+                    return False, None
+                if fact.exit_code is not None:
+                    return True, fact.exit_code
+                return True, 0 if fact.state == "complete" else None
+
+            def problem() -> str:
+                fact = task()
+                return f"task {fact.state} on {fact.node or '(no node)'}: {fact.message}" if fact else "no task"
+
+            def logs(since: Optional[int]) -> bytes:
+                return b"".join(self._call(f"read the output of {name}", lambda: list(self.api.service_logs(
+                    service.id, stdout=True, stderr=True, timestamps=True, since=since or 0, is_tty=False))))
+
+            log.info("    service %s: a one-off task of %s", name, image)
+            return follow_one_off(state, logs, timeout, self.clock, output, problem)
+        finally:
+            self._remove_one_off(name)
+
+    def _remove_one_off(self, name: str) -> None:
+        """Remove the release phase's service (its task is stopped with it); a failure is a warning."""
+        try:
+            service = self.client.services.get(name)
+            ours = (service.attrs["Spec"].get("Labels") or {}).get(LABEL_APP) == self.app.app_name
+            if service.name == name and ours:   # get() also matches an id prefix
+                service.remove()
+        except docker.errors.NotFound:
+            pass
+        except LIBRARY_ERRORS as exc:
+            log.warning("    could not remove the release phase service %s: %s", name,
+                        _reason(exc, self.runtime.network_timeout))
 
     def logs_tail(self, color: str, lines: int = 20) -> List[str]:
         """The last lines of the service's logs, every task's; [] if the manager cannot say."""

@@ -251,8 +251,19 @@ def tail(text: Optional[str], lines: int = 20) -> list[str]:
     return [line for line in text.splitlines() if line.strip()][-lines:]
 
 
+class ReleasePhaseFailed(DeployFailed):
+    """RELEASE_COMMAND exited non-zero or ran past RELEASE_TIMEOUT; nothing was started or switched."""
+
+    history_result = "release phase failed"
+
+
 class SmokeFailed(DeployFailed):
     """SMOKE_COMMAND exited non-zero (or ran too long); nothing was switched."""
+
+
+class HookFailed(DeployFailed):
+    """A pre-deploy or pre-rollback hook exited non-zero, ran too long or could not start; the run
+    stopped before changing anything. (A post hook's failure is a warning, never an error.)"""
 
 
 class SwitchedBack(DeployFailed):

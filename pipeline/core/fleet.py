@@ -290,3 +290,7 @@ class FleetProber:
 
     def can_connect(self, ip: str, port: int, timeout: float) -> bool:
         return all(prober.can_connect(ip, port, timeout) for prober in self.probers)
+
+    def route_to(self, ip: str) -> str:
+        """How each host reaches `ip`, for `status`."""
+        return "; ".join(f"{prober.route_to(ip)} from {prober.where}" for prober in self.probers)

@@ -18,12 +18,14 @@ class Entry:
     time: str
     who: str
     app: str
-    action: str       # deploy, stage, promote, rollback
+    action: str       # deploy, stage, promote, rollback, release-phase
     version: str
     color: str
     result: str       # ok, failed, interrupted, switched back, live unverified
     duration: float
     message: str = ""
+    digest: str = ""      # the release's image: its registry digest, or its image id (digest_of says)
+    digest_of: str = ""   # "registry" or "image id" (releases.DIGEST_*); "" for a failed run
 
 
 class History:
@@ -90,14 +92,23 @@ def _parse(line: str) -> Optional[Entry]:
 def format_table(entries: List[Dict[str, Any]]) -> str:
     """`history`'s table. ROLLBACK says `live` for the release serving now and `yes` for one
     `rollback --to VERSION` can make live (entries as deploy.history marks them)."""
-    header = ("TIME", "WHO", "ACTION", "VERSION", "COLOR", "RESULT", "SECONDS", "ROLLBACK", "MESSAGE")
+    header = ("TIME", "WHO", "ACTION", "VERSION", "COLOR", "RESULT", "SECONDS", "ROLLBACK", "IMAGE DIGEST",
+              "MESSAGE")
     rows = [header] + [(e["time"], e["who"], e["action"], e["version"], e["color"], e["result"],
-                        f"{e['duration']:.1f}", _mark(e), e["message"][:60]) for e in entries]
+                        f"{e['duration']:.1f}", _mark(e), short_digest(e.get("digest", ""), e.get("digest_of", "")),
+                        e["message"][:60]) for e in entries]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
     return "\n".join(
         ("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1]).rstrip()
         for row in rows
     ) + "\n"
+
+
+def short_digest(digest: str, digest_of: str) -> str:
+    """A digest as the tables show it: 12 hex digits and what it is (`--json` has it whole)."""
+    if not digest:
+        return "-"
+    return f"{digest[:19]} ({digest_of or 'unknown'})"
 
 
 def _mark(entry: Dict[str, Any]) -> str:

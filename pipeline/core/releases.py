@@ -33,11 +33,19 @@ KEPT_MAX = 50
 LIVE_ACTIONS = ("deploy", "promote", "rollback")
 
 
+# What a release's `digest` is: the registry's manifest digest (pushed: every node pulls exactly
+# that), or the image id on the engine it was built on (no REGISTRY).
+DIGEST_REGISTRY = "registry"
+DIGEST_IMAGE_ID = "image id"
+
+
 @dataclass(frozen=True)
 class Release:
     version: str
     color: str
     image: str
+    digest: str = ""      # "sha256:..." as `digest_of` says; "" when not known (a record from before)
+    digest_of: str = ""   # DIGEST_REGISTRY or DIGEST_IMAGE_ID
 
     def __str__(self) -> str:
         return f"{self.version} ({self.color})"
@@ -99,7 +107,8 @@ def _release(data: object) -> Release:
     """A release as written: a kept one is never null (a hand edit that says so is damage)."""
     if not isinstance(data, dict):
         raise ValueError(f"not a release: {data!r}")
-    release = Release(str(data["version"]), str(data["color"]), str(data["image"]))
+    release = Release(str(data["version"]), str(data["color"]), str(data["image"]),
+                      str(data.get("digest") or ""), str(data.get("digest_of") or ""))
     if release.color not in ("blue", "green") or not release.version:
         raise ValueError(f"not a release: {data!r}")
     return release
@@ -133,8 +142,24 @@ def rebuild(entries: Sequence[Entry], live_color: Optional[str], containers: Map
     releases = [entry for entry in entries if _names_a_release(entry)]
     live = _serving(containers.get(live_color) if live_color else None, image_of)
     kept = _live_first(live, _made_live(releases, containers, image_of))
-    return ReleaseRecord(live=live, previous=_previous(kept, live),
-                         staged=_still_staged(_last_stage(releases), live, containers), kept=tuple(kept[:KEPT_MAX]))
+    record = ReleaseRecord(live=live, previous=_previous(kept, live),
+                           staged=_still_staged(_last_stage(releases), live, containers), kept=tuple(kept[:KEPT_MAX]))
+    return _with_digests(record, releases)
+
+
+def _with_digests(record: ReleaseRecord, releases: Sequence[Entry]) -> ReleaseRecord:
+    """Each release's digest as the history recorded it when the release was built (the last
+    entry of its version that names one)."""
+    digests = {e.version: (e.digest, e.digest_of) for e in releases if e.digest}
+
+    def of(release: Optional[Release]) -> Optional[Release]:
+        if release is None or release.digest or release.version not in digests:
+            return release
+        digest, digest_of = digests[release.version]
+        return replace(release, digest=digest, digest_of=digest_of)
+
+    return ReleaseRecord(live=of(record.live), previous=of(record.previous), staged=of(record.staged),
+                         kept=tuple(r for r in map(of, record.kept) if r is not None))
 
 
 def _names_a_release(entry: Entry) -> bool:
@@ -293,7 +318,7 @@ def plan_rollback(record: ReleaseRecord, live_color: Optional[str], containers: 
     else:
         release = _going_to(to_version, record.live, targets)
     color = other(live_color)
-    return _plan_on(Release(release.version, color, release.image), containers.get(color))
+    return _plan_on(replace(release, color=color), containers.get(color))
 
 
 def _going_back(previous: Optional[Release], live: Release, targets: Sequence[Release]) -> Release:

@@ -550,7 +550,7 @@ class VerifySettings:
 
 @dataclass(frozen=True)
 class RolloutSettings:
-    """The runbook's own waits and choices: health, smoke, hold, drain, what is kept."""
+    """The runbook's own waits and choices: health, smoke, hold, drain, what is kept, the hooks."""
 
     health_interval: float
     health_timeout: float
@@ -559,6 +559,11 @@ class RolloutSettings:
     drain_seconds: float
     keep_previous_running: bool
     keep_releases: int
+    # The release phase (migrations): once per deploy, before the new color starts (deploy.run_release_phase).
+    release_command: Tuple[str, ...]
+    release_timeout: float
+    hooks_dir: Path
+    hook_timeout: float
 
 
 @dataclass(frozen=True)
@@ -635,7 +640,14 @@ class Settings:
     # After the health gate (and the smoke test), before any switch: the new release must stay
     # running and answer health this long (deploy.hold_ready; Kubernetes' minReadySeconds).
     min_ready_seconds: float = _env(_duration(), 0.0)
+    # The release phase: RELEASE_COMMAND's words are the command of a one-off container of the new
+    # image (its entry point kept), run before the new color starts; bounded by RELEASE_TIMEOUT.
+    release_command: Tuple[str, ...] = _env(_command(allow_empty=True), ())
+    release_timeout: float = _env(_duration(positive=True), 600.0)
     keep_previous_running: bool = _env(_flag, False)
+    # Executables run on the tool's side before and after a deploy or rollback (flows/hooks.py).
+    hooks_dir: Path = _env(_path, Path(".pipeline/hooks"))
+    hook_timeout: float = _env(_duration(positive=True), 300.0)
     registry: str = _env(_registry, "")
     registry_username: str = _env(_text(), "")
     registry_password: Secret = _env(_secret, Secret(""))

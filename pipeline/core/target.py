@@ -13,7 +13,7 @@ picks one. The implementations import this module's names, never the other way r
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Dict, List, NamedTuple, Optional, Protocol
+from typing import Callable, Dict, List, NamedTuple, Optional, Protocol, Sequence, Tuple
 
 from pipeline.core.decide import ContainerFact
 from pipeline.core.route import Address, Route, health_url
@@ -42,8 +42,23 @@ class Watch(Protocol):
         """Where to probe now: what the last `problem()` found ours and serving."""
 
 
+class OneOff(NamedTuple):
+    """How a one-off container (the release phase) ended."""
+
+    exit_code: Optional[int]      # None: it never ran to an end (timed out, or a task that never ran)
+    timed_out: bool               # still running at the timeout: it was stopped
+    last_lines: Tuple[str, ...]   # its last lines of output (stdout and stderr)
+    problem: str = ""             # why it ended without an exit code, other than the timeout
+
+
+# Where a one-off container's output goes, a line at a time, as it comes (the log: masked there).
+OutputLine = Callable[[str], None]
+
+
 # What `status` reports of a color's health, given a health URL ("HTTP 200 ..." or "unhealthy: ...").
 HealthReport = Callable[[str], str]
+# How `status` says the nginx host reaches an address ("via 10.0.0.1 on eth0", "directly on eth0").
+RouteReport = Callable[[str], str]
 
 
 class Target(Protocol):
@@ -66,9 +81,12 @@ class Target(Protocol):
     def check_registry(self) -> None:
         """Preflight, with REGISTRY_USERNAME set: the registry takes the login."""
 
-    def build_image(self, cwd: Path, tag: str, version: str) -> str: ...
+    def build_image(self, cwd: Path, tag: str, version: str) -> str:
+        """Build the release image `tag`; its image id ("sha256:...")."""
 
-    def push_and_pull(self, tag: str) -> None: ...
+    def push_and_pull(self, tag: str) -> str:
+        """Push `tag` to REGISTRY and pull it back; the registry's digest of its manifest ("" if
+        neither the registry nor the engine named one)."""
 
     def release_images(self) -> Dict[str, float]: ...
 
@@ -106,9 +124,10 @@ class Target(Protocol):
         """Watch a color that passed its gate, from now on."""
 
     def status_row(self, color: str, fact: Optional[ContainerFact],
-                   report: Optional[HealthReport]) -> Dict[str, object]:
+                   report: Optional[HealthReport], route: Optional[RouteReport] = None) -> Dict[str, object]:
         """The color's fields in `status` besides its container, state and version: where it
-        answers and its health (`report` each health URL when probing; None: not probed)."""
+        answers and its health (`report` each health URL when probing; None: not probed); a
+        swarm's tasks also the route the nginx host reaches each by (`route`, when probing)."""
 
     def stop(self, color: str) -> None:
         """Stop gracefully, kept for rollback."""
@@ -123,6 +142,15 @@ class Target(Protocol):
     def remove(self, color: str) -> None: ...
 
     def logs_tail(self, color: str, lines: int = 20) -> List[str]: ...
+
+    def run_once(self, image: str, version: str, color: str, command: Sequence[str], timeout: float,
+                 output: OutputLine) -> OneOff:
+        """The release phase: `command` as the command of a one-off container from `image` (its
+        entry point kept, as `docker run IMAGE WORDS`), with what the color's container gets
+        (CONTAINER_ENV_FILE, APP_VERSION, APP_COLOR=`color`, CONTAINER_VOLUMES, the deploy
+        network; a swarm: a one-off task on one node, never restarted). Each line of its output
+        goes to `output` as it comes; after `timeout` seconds it is stopped. However it ends
+        (an interrupt included), the one-off container (or service) is removed before this returns."""
 
 
 def probe_endpoints(prober: Transport, endpoints: List[Endpoint], path: str, timeout: float) -> None:

@@ -18,25 +18,28 @@ import logging
 import os
 import shlex
 import socket
+import contextlib
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
-from pipeline.flows import build, smoke, verify
+from pipeline.flows import build, hooks, smoke, verify
 
 from pipeline.core import decide, gate, releases
 from pipeline.core.decide import ContainerFact
 from pipeline.core.route import Route, health_url, shown
 from pipeline.core.errors import (DeployFailed, IncludeNotLoaded, Interrupted, InterruptedAfterSwitch,
-                     LiveUnverified, NothingToDo, OutsideFailure, PipelineError, PreflightError, RouteRefused, SettingsError,
+                     LiveUnverified, NothingToDo, OutsideFailure, PipelineError, PreflightError, ReleasePhaseFailed,
+                     RouteRefused, SettingsError,
                      SwitchedBack, SwitchedBackAfterBug, SwitchedBackOnSignal, SwitchIncomplete, SwitchUnavailable)
 from pipeline.core.history import Entry, History
 from pipeline.core.clock import SYSTEM, Clock
 from pipeline.flows.lock import DeployLock, LockInfo, who_am_i
 from pipeline.core.host import NginxHost, check_writable
 from pipeline.core.releases import Release, ReleaseRecord, ReleaseStore
+from pipeline.core.runlog import Phase, RunLog
 from pipeline.core.settings import COLORS, Settings
 from pipeline.signals import SignalGuard
 from pipeline.core.switch import LIVE, PREVIEW, IncludeFiles, TrafficSwitch, status_fields
@@ -66,6 +69,8 @@ class Context:
     # The health gate (gate.wait_ready's signature): the one step that waits for the release.
     health_gate: Callable[[gate.Gate, float, float, Clock], int] = gate.wait_ready
     lock_wait: float = 0.0
+    # What the run decided and how long each phase took: for the hooks and `--report` (cli.py).
+    runlog: RunLog = field(default_factory=RunLog)
     # Every nginx host (NGINX_HOSTS, in order; `host` is the first): (host,) when there is one;
     # and each one's own switch, in the same order (`switch` is what the flows switch with).
     hosts: Tuple[NginxHost, ...] = ()
@@ -92,10 +97,16 @@ class Outcome:
     version: str
     color: str
     message: str
+    release: Optional[Release] = None   # the release it made live or staged: its digest goes on record
 
 
 def phase(message: str, *args: object) -> None:
     log.info("==> " + message, *args)
+
+
+def timed(ctx: Context, name: str) -> "contextlib.AbstractContextManager[Phase]":
+    """A step of the run, timed on the run's clock for `--report` (runlog.py)."""
+    return ctx.runlog.timed(name, ctx.clock, ctx.started)
 
 
 # -- facts -----------------------------------------------------------------------------------------
@@ -126,9 +137,10 @@ def gather(ctx: Context, current: Optional[Callable[[str], Optional[Route]]] = N
 
 
 def check_probe_routes(ctx: Context) -> None:
-    """Before any probe: both colors' addresses (a swarm's: its nodes') are reached from where
-    probes run (the nginx host's side) over a local interface, never through a gateway (exit 3
-    otherwise). The first command the nginx host runs in a flow: one, for every address."""
+    """Before any probe: both colors' addresses are reached from where probes run (the nginx
+    host's side) by a route the probes may take (exit 3 otherwise): one engine's over a local
+    bridge, never through a gateway; a swarm's nodes' by any route (health.py). The first command
+    the nginx host runs in a flow: one, for every address."""
     ctx.prober.check_routes(ctx.engine.probe_ips())
 
 
@@ -144,6 +156,7 @@ class Run:
 
     def __init__(self) -> None:
         self.outcome: Optional[Outcome] = None
+        self.post_hook = False   # the pre hook's stage was passed: the post hook runs at the end
 
     def done(self, outcome: Outcome) -> Outcome:
         """What the history records when the flow's `with preflight(...)` block ends."""
@@ -159,13 +172,21 @@ def preflight(ctx: Context, action: str) -> Iterator[Run]:
     A check that fails has changed nothing: the lock is released again.
     """
     s = ctx.settings
+    ctx.runlog.action = action
+    if action in ("deploy", "stage"):
+        ctx.runlog.version = s.app_version   # settled: the report names it even if preflight fails
+    checks = ctx.runlog.begin("preflight", ctx.clock, ctx.started)   # the lock and the checks
     check_writable(ctx.host, s)   # first: the lock and the history are written there
     assert s.app_version or action not in ("deploy", "stage"), "compose settles the version of a deploy"
     who = who_am_i(ctx.environ)
     lock = DeployLock(ctx.host, str(s.lock_path()), clock=ctx.clock)
     history = History(ctx.host, str(s.history_path()))
-    lock.acquire(LockInfo(who, socket.gethostname(), os.getpid(), action, s.app_version or "", _now()),
-                 ctx.lock_wait)
+    try:
+        lock.acquire(LockInfo(who, socket.gethostname(), os.getpid(), action, s.app_version or "", _now()),
+                     ctx.lock_wait)
+    except BaseException:
+        checks.end(ctx.clock, failed=True)
+        raise
     run = Run()
     try:
         try:
@@ -190,18 +211,26 @@ def preflight(ctx: Context, action: str) -> Iterator[Run]:
                     ctx.engine.remove_network()   # ours, just made, empty: nothing changed
                     raise
             ctx.engine.check_capacity()   # a swarm with fewer nodes up than REPLICAS: exit 3 here
+            checks.end(ctx.clock)
             yield run
         except BaseException as exc:
+            checks.end(ctx.clock, failed=True)
             if not isinstance(exc, (NothingToDo, SettingsError)):   # neither changed anything
                 result = getattr(exc, "history_result", None) or (
                     "interrupted" if isinstance(exc, Interrupted) else "failed")
                 history.append(Entry(_now(), who, s.app_name, action, s.app_version or "",
                                      getattr(exc, "color", ""), result, _elapsed(ctx), describe_failure(exc)[:300]))
+                if run.post_hook:
+                    run_hook(ctx, "post", result)
             raise
         outcome = run.outcome
         assert outcome is not None, f"the {action} flow ended without saying what it did"
+        made = outcome.release
         history.append(Entry(_now(), who, s.app_name, outcome.action, outcome.version, outcome.color, "ok",
-                             _elapsed(ctx), outcome.message))
+                             _elapsed(ctx), outcome.message, made.digest if made else "",
+                             made.digest_of if made else ""))
+        if run.post_hook:
+            run_hook(ctx, "post", "ok")
         phase("done: %s in %.1fs", outcome.message, ctx.clock.now() - ctx.started)
     finally:
         try:
@@ -209,6 +238,30 @@ def preflight(ctx: Context, action: str) -> Iterator[Run]:
         except (OutsideFailure, PreflightError) as exc:   # must not replace the run's result
             log.error("==> could not release the deploy lock %s (%s); when no run is active: "
                       "`python -m pipeline lock release`", lock.path, exc)
+
+
+def before_changes(ctx: Context, run: Run, version: str, previous: Optional[Release], color: str) -> None:
+    """The run knows what it releases and has changed nothing yet: the report learns it, and the
+    pre hook runs (a failing one stops the run here, exit 1). The post hook runs when it ends."""
+    r = ctx.runlog
+    r.version, r.previous_version, r.color = version, previous.version if previous else None, color
+    run_hook(ctx, "pre")
+    run.post_hook = True
+
+
+def run_hook(ctx: Context, when: str, result: Optional[str] = None) -> None:
+    """The action's pre or post hook, if HOOKS_DIR holds it (hooks.py), timed as a phase."""
+    s = ctx.settings
+    pre, post = hooks.HOOKS[ctx.runlog.action]
+    name = pre if when == "pre" else post
+    path = hooks.find(s.hooks_dir, ctx.cwd, name)
+    if path is None:
+        return
+    hosts = ",".join(map(str, s.nginx_hosts)) or s.nginx_host or "localhost"
+    env = hooks.environment(ctx.environ, ctx.runlog, who_am_i(ctx.environ), hosts, ctx.clock.now() - ctx.started,
+                            result)
+    with timed(ctx, f"{name} hook"):
+        hooks.run(path, name, env, ctx.cwd, s.hook_timeout, must_pass=when == "pre")
 
 
 def killed_entry(dead: LockInfo, app: str, found_by: str) -> Entry:
@@ -311,23 +364,57 @@ def build_release(ctx: Context, color: str) -> Release:
     s = ctx.settings
     version = s.app_version or ""
     image = s.image_ref(version)
-    if s.build_command:
-        phase("building: %s", " ".join(s.build_command))
-        build.run_build(s.build_command, ctx.cwd, ctx.environ)
-    build.warn_secret_build_args(s.build_args)
-    phase("building image %s", image)
-    ctx.engine.build_image(ctx.cwd, image, version)
+    with timed(ctx, "build"):
+        if s.build_command:
+            phase("building: %s", " ".join(s.build_command))
+            build.run_build(s.build_command, ctx.cwd, ctx.environ)
+        build.warn_secret_build_args(s.build_args)
+        phase("building image %s", image)
+        digest, digest_of = ctx.engine.build_image(ctx.cwd, image, version), releases.DIGEST_IMAGE_ID
     if s.registry:
         phase("pushing %s to %s and pulling it back", image, s.registry)
-        ctx.engine.push_and_pull(image)
-    return Release(version, color, image)
+        with timed(ctx, "push"):
+            pushed = ctx.engine.push_and_pull(image)
+        if pushed:   # what every node pulls: status and history show it
+            digest, digest_of = pushed, releases.DIGEST_REGISTRY
+    return Release(version, color, image, digest, digest_of)
+
+
+def run_release_phase(ctx: Context, release: Release) -> None:
+    """RELEASE_COMMAND (the migrations' expand step), once, in a one-off container of the new
+    release's image, after it is built and pushed and before its color starts: a non-zero exit or
+    RELEASE_TIMEOUT fails the run here (exit 1), with nothing started or switched and the one-off
+    container removed. Its output goes to the log as it comes (masked there, as every line)."""
+    if ctx.settings.release_command:
+        with timed(ctx, "release phase"):
+            _release_phase(ctx, release)
+
+
+def _release_phase(ctx: Context, release: Release) -> None:
+    s = ctx.settings
+    command = shlex.join(s.release_command)
+    phase("release phase: %s in a one-off container of %s (up to RELEASE_TIMEOUT=%gs)", command, release.image,
+          s.release_timeout)
+    ended = ctx.engine.run_once(release.image, release.version, release.color, s.release_command,
+                                s.release_timeout, lambda line: log.info("    | %s", line))
+    if ended.timed_out:
+        why = f"did not end within RELEASE_TIMEOUT={s.release_timeout:g}s (stopped)"
+    elif ended.exit_code is None:
+        why = f"did not run: {ended.problem}"
+    elif ended.exit_code != 0:
+        why = f"exited with {ended.exit_code}"
+    else:
+        log.info("    release phase done")
+        return
+    raise ReleasePhaseFailed(f"release phase `{command}` of {release.version} {why}; nothing was started or "
+                             f"switched", [f"release phase: {line}" for line in ended.last_lines])
 
 
 def start(ctx: Context, release: Release) -> None:
     s = ctx.settings
     phase("starting %s (%s) at %s", s.container_name(release.color), release.version,
           ctx.engine.placement(release.color))
-    with ctx.guard.critical():
+    with timed(ctx, "start"), ctx.guard.critical():
         ctx.engine.run(release.color, release.image, release.version)
 
 
@@ -337,7 +424,8 @@ def wait_healthy(ctx: Context, color: str) -> None:
     s = ctx.settings
     gate = ctx.engine.gate(color, ctx.prober)
     phase("waiting for %s (every %gs, up to %gs)", gate.awaited, s.health_interval, s.health_timeout)
-    ctx.health_gate(gate, s.health_interval, s.health_timeout, ctx.clock)
+    with timed(ctx, "health"):
+        ctx.health_gate(gate, s.health_interval, s.health_timeout, ctx.clock)
 
 
 def smoke_test(ctx: Context, color: str) -> None:
@@ -345,7 +433,8 @@ def smoke_test(ctx: Context, color: str) -> None:
     if s.smoke_command:
         url = preview_route(ctx, color)[0].url
         phase("smoke test: %s (SMOKE_URL=%s)", s.smoke_command, url)
-        smoke.run_smoke(s.smoke_command, url, ctx.environ, s.health_timeout)
+        with timed(ctx, "smoke"):
+            smoke.run_smoke(s.smoke_command, url, ctx.environ, s.health_timeout)
 
 
 def hold_ready(ctx: Context, color: str) -> None:
@@ -361,7 +450,8 @@ def hold_ready(ctx: Context, color: str) -> None:
     phase("holding %s for MIN_READY_SECONDS=%gs: it must keep running and answering %s (every %gs)", name,
           s.min_ready_seconds, s.health_path, min(s.health_interval, gate.READY_PROBE_EVERY_MAX))
     started = ctx.clock.now()
-    reason = gate.stay_ready(s.min_ready_seconds, s.health_interval, problem, probe_all, ctx.clock)
+    with timed(ctx, "min ready"):
+        reason = gate.stay_ready(s.min_ready_seconds, s.health_interval, problem, probe_all, ctx.clock)
     if reason is not None:
         raise DeployFailed(f"{name} did not stay ready for MIN_READY_SECONDS={s.min_ready_seconds:g}: {reason} "
                            f"{ctx.clock.now() - started:.1f}s after it was healthy; nothing was switched",
@@ -389,7 +479,7 @@ def switch_live(ctx: Context, release: Release, record: ReleaseRecord) -> Releas
     phase("switching nginx to %s (%s) [%s]", release.color, shown(route), ctx.switch.mode)
     switched = False
     try:
-        with ctx.guard.critical():
+        with timed(ctx, "switch"), ctx.guard.critical():
             ctx.switch.route_to(LIVE, route)
             switched = True
             record = record.made_live(release)
@@ -406,8 +496,14 @@ def verified(ctx: Context, mark: Optional[verify.Baseline], before: ReleaseRecor
     was before the switch: the failed release is live nowhere and no rollback target. When the
     switch back failed (LiveUnverified), the record stays as the switch wrote it: that release
     is live."""
+    if mark is None:
+        return None
     try:
-        return verify.verify(ctx, mark)
+        with timed(ctx, "verify") as step:
+            try:
+                return verify.verify(ctx, mark)
+            finally:
+                step.counts = {"requests": mark.tally.requests, "errors": mark.tally.errors, "probes": mark.probes}
     except (SwitchedBack, SwitchedBackOnSignal, SwitchedBackAfterBug):
         assert mark is not None
         with ctx.guard.critical():
@@ -424,7 +520,7 @@ def _left_running(ctx: Context, old: Optional[str]) -> None:
 def point_preview(ctx: Context, color: str) -> None:
     route = preview_route(ctx, color)
     phase("pointing the preview at %s (%s)", color, shown(route))
-    with ctx.guard.critical():
+    with timed(ctx, "preview"), ctx.guard.critical():
         ctx.switch.route_to(PREVIEW, route)
 
 
@@ -468,8 +564,10 @@ def retire(ctx: Context, old: Optional[str], new: str, before: ReleaseRecord,
             ctx.clock.sleep(ctx.switch.settle_seconds)
         else:
             phase("draining %s for %gs", s.container_name(old), wait)
-            ctx.clock.sleep(wait)
-        serving, reason = last_look(ctx, new, old) if old_fact.running else (True, "")
+            with timed(ctx, "drain"):
+                ctx.clock.sleep(wait)
+        with timed(ctx, "last look"):
+            serving, reason = last_look(ctx, new, old) if old_fact.running else (True, "")
     except Interrupted:
         _left_running(ctx, old)
         raise
@@ -482,7 +580,7 @@ def retire(ctx: Context, old: Optional[str], new: str, before: ReleaseRecord,
               s.container_name(old))
         return
     phase("stopping %s (grace %gs); kept for rollback", s.container_name(old), s.stop_timeout)
-    with ctx.guard.critical():
+    with timed(ctx, "stop old"), ctx.guard.critical():
         try:
             ctx.engine.stop(old)
         except OutsideFailure as exc:
@@ -610,13 +708,14 @@ def _nginx_may_serve(ctx: Context, color: str) -> bool:
 
 # -- flows -----------------------------------------------------------------------------------------
 
-def new_release(ctx: Context, doing: str) -> Tuple[Facts, ReleaseRecord, Release]:
+def new_release(ctx: Context, run: Run, doing: str) -> Tuple[Facts, ReleaseRecord, Release]:
     """What a run that releases does first: pick the idle color from the facts, refuse a version
-    on record, build the release for that color (not started yet)."""
+    on record, [the pre-deploy hook,] build the release for that color (not started yet)."""
     facts, record = facts_and_record(ctx)
     log.info("    live: %s; %s %s (%s)", facts.choice.live or "none", doing, facts.choice.target,
              facts.choice.reason)
     check_version_is_new(ctx, facts, record)
+    before_changes(ctx, run, ctx.settings.app_version or "", record.live, facts.choice.target)
     return facts, record, build_release(ctx, facts.choice.target)
 
 
@@ -636,7 +735,8 @@ def brought_up(ctx: Context, release: Release) -> None:
 def deploy(ctx: Context) -> Outcome:
     """Release `APP_VERSION` (settled before the run: git sha or UTC time) and make it live."""
     with preflight(ctx, "deploy") as run:
-        facts, record, release = new_release(ctx, "deploying to")
+        facts, record, release = new_release(ctx, run, "deploying to")
+        run_release_phase(ctx, release)
         live, target = facts.choice.live, release.color
         with abandoned_on_failure(ctx, target, facts, record):
             brought_up(ctx, release)
@@ -648,7 +748,7 @@ def deploy(ctx: Context) -> Outcome:
         retire(ctx, live, target, before, facts.preview_address)
         clean_images(ctx, record)
         return run.done(Outcome("deploy", release.version, target,
-                                f"{release.version} live on {target}" + _verified(verdict)))
+                                f"{release.version} live on {target}" + _verified(verdict), release))
 
 
 def stage(ctx: Context) -> Outcome:
@@ -656,7 +756,8 @@ def stage(ctx: Context) -> Outcome:
     The release is recorded as staged: `promote` makes it live, nothing else does."""
     s = ctx.settings
     with preflight(ctx, "stage") as run:
-        facts, record, release = new_release(ctx, "staging on")
+        facts, record, release = new_release(ctx, run, "staging on")
+        run_release_phase(ctx, release)
         live, target = facts.choice.live, release.color
         with abandoned_on_failure(ctx, target, facts, record):
             brought_up(ctx, release)
@@ -668,7 +769,7 @@ def stage(ctx: Context) -> Outcome:
             ctx.clock.sleep(ctx.switch.settle_seconds)   # "staged" means the preview serves it
         phase("%s staged on %s; live traffic still on %s. Run `promote` to switch.", release.version, target,
               live or "nothing")
-        return run.done(Outcome("stage", release.version, target, f"staged on {target}"))
+        return run.done(Outcome("stage", release.version, target, f"staged on {target}", release))
 
 
 def promote(ctx: Context) -> Outcome:
@@ -678,6 +779,7 @@ def promote(ctx: Context) -> Outcome:
         live = facts.choice.live
         staged = releases.staged_release(record, live, facts.containers)
         log.info("    promoting %s from %s", staged, live or "nothing")
+        before_changes(ctx, run, staged.version, record.live, staged.color)
         proven_ready(ctx, staged.color)
         mark = verify.baseline(ctx, staged.color, live)
         before = record
@@ -686,7 +788,7 @@ def promote(ctx: Context) -> Outcome:
         retire(ctx, live, staged.color, before)
         clean_images(ctx, record)
         return run.done(Outcome("promote", staged.version, staged.color,
-                                f"{staged.version} live on {staged.color}" + _verified(verdict)))
+                                f"{staged.version} live on {staged.color}" + _verified(verdict), staged))
 
 
 def rollback(ctx: Context, to_version: Optional[str] = None) -> Outcome:
@@ -699,16 +801,17 @@ def rollback(ctx: Context, to_version: Optional[str] = None) -> Outcome:
         plan = releases.plan_rollback(record, live, facts.containers, ctx.engine.release_images(), to_version)
         target = plan.release
         log.info("    rolling back from %s to %s", record.live, target)
+        before_changes(ctx, run, target.version, record.live, target.color)
         try:
             if plan.how == "start":
                 phase("starting kept container %s", s.container_name(target.color))
-                with ctx.guard.critical():
+                with timed(ctx, "start"), ctx.guard.critical():
                     ctx.engine.start(target.color)
             elif plan.how == "recreate":
                 replaced = f", replacing {plan.replaces}" if plan.replaces else ""
                 phase("recreating %s from its kept image %s%s", s.container_name(target.color), target.image,
                       replaced)
-                with ctx.guard.critical():
+                with timed(ctx, "start"), ctx.guard.critical():
                     ctx.engine.run(target.color, target.image, target.version)
             wait_healthy(ctx, target.color)
             if plan.how != "running":   # one found running has been up since before this run
@@ -729,7 +832,27 @@ def rollback(ctx: Context, to_version: Optional[str] = None) -> Outcome:
             raise
         retire(ctx, live, target.color, before)
         return run.done(Outcome("rollback", target.version, target.color,
-                                 f"{target.version} live on {target.color} again"))
+                                 f"{target.version} live on {target.color} again", target))
+
+
+def release_phase(ctx: Context, version: Optional[str] = None) -> Outcome:
+    """`release-phase [--version V]`: RELEASE_COMMAND again, by hand, for the live release (or a
+    release on record whose image is kept), as a deploy runs it; nothing is started or switched.
+    `promote` and `rollback` never run it: code goes back, a schema does not."""
+    with preflight(ctx, "release-phase") as run:
+        facts, record = facts_and_record(ctx)
+        known = [r for r in (record.live, record.staged, record.previous) if r is not None]
+        wanted = [r for r in known if r.version == version] if version else known[:1] if record.live else []
+        if not wanted:
+            on_record = ", ".join(str(r) for r in known) or "none"
+            raise NothingToDo(f"no release {version} on record (live, staged or previous: {on_record})" if version
+                              else "nothing is live: name the release with --version")
+        release = wanted[0]
+        if release.image not in ctx.engine.release_images():
+            raise NothingToDo(f"the image of {release} ({release.image}) is no longer kept")
+        run_release_phase(ctx, release)
+        return run.done(Outcome("release-phase", release.version, release.color,
+                                f"release phase of {release.version} done"))
 
 
 def _undo_bring_back(ctx: Context, plan: releases.RollbackPlan, live: Optional[str], record: ReleaseRecord) -> None:
@@ -869,7 +992,8 @@ def _color_rows(ctx: Context, facts: Facts, probe_problem: Optional[str],
         fact = facts.containers.get(color)
         entry: Dict[str, object] = {"container": s.container_name(color), "ip": None, "state": "absent",
                                     "version": None, "health": None}
-        entry.update(ctx.engine.status_row(color, None if probe_problem else fact, report))
+        entry.update(ctx.engine.status_row(color, None if probe_problem else fact, report,
+                                           ctx.prober.route_to if report is not None else None))
         if fact is not None:
             entry.update(state=fact.status, version=fact.version)
             if probe_problem:

@@ -31,7 +31,7 @@ release keeps the traffic unverified: LiveUnverified (exit 6) says what serves a
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Protocol, Tuple
 
 from pipeline.core import gate
@@ -122,6 +122,9 @@ class Baseline:
     reader: AnswerReader
     watch: Watch
     old_addresses: Route = ()   # where the old release answered: the switch back's fallback
+    # What the window counted so far (for --report, also when it switched back): kept up by _Watch.
+    tally: Tally = field(default_factory=Tally)
+    probes: int = 0
 
 
 def check(ctx: Context) -> None:
@@ -222,6 +225,7 @@ class _Watch:
                 next_probe = now + every
                 for where, url in self._probed():
                     self.probes += 1
+                    self.mark.probes = self.probes
                     try:
                         # Only where the watch just found ours holding the address, and from where
                         # nginx is (ctx.prober checks the route there first). A generous timeout:
@@ -256,7 +260,7 @@ class _Watch:
         every request), so the window goes on without the answers for a moment only, and does
         not end on a failed read."""
         try:
-            self.tally = self.mark.reader.read()
+            self.tally = self.mark.tally = self.mark.reader.read()
         except (OutsideFailure, AdminUnavailable) as exc:
             self.read_failures += 1
             if self.read_failures >= READ_FAILS:

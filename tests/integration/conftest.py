@@ -65,6 +65,20 @@ def release_layers(client, demo_jar, stack) -> str:
     return LAYERS_TAG
 
 
+@pytest.fixture(scope="session")
+def sqlite_build_args(client, demo_jar) -> str:
+    """BUILD_ARGS for a release of the demo that reaches a real SQLite database (teststack/sqlite.py):
+    its jar with the JDBC driver on pipeline/jre-sql:17, built here when missing. Its layers are
+    tagged, as release_layers does for the plain one."""
+    from teststack import sqlite
+
+    build_args = sqlite.build_jre()
+    client.images.build(path=str(REPO / "demo"), dockerfile=str(REPO / "docker" / "Dockerfile"),
+                        buildargs=dict(arg.split("=", 1) for arg in build_args.split()),
+                        tag=LAYERS_TAG + "-sqlite", rm=True, forcerm=True)
+    return build_args
+
+
 @dataclass
 class World:
     """What one test owns on the engine: an app name and a deploy network."""

@@ -4,12 +4,13 @@ nginx of the test's own, pushed to the stack's registry, which is asked (its HTT
 storage, never our log) what it holds and what it received."""
 from __future__ import annotations
 
+import json
 import logging
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 import pytest
 import requests
@@ -34,11 +35,13 @@ def build_jar(out: Path, change: str, when: float, layers: str = "standard", *mo
 
 @pytest.fixture(scope="module")
 def jars(tmp_path_factory) -> Dict[str, Path]:
-    """v1; v2 an hour later (one class changed, every entry's time too); custom layers; without
-    a launcher (Start-Class only); each built once for the module."""
+    """v1; v2 an hour later (one class changed, every entry's time too), v3 and v4 later still;
+    custom layers; without a launcher (Start-Class only); each built once for the module."""
     where, now = tmp_path_factory.mktemp("jars"), time.time()
     return {"v1": build_jar(where / "v1" / "app.jar", "v1", now - 3600),
             "v2": build_jar(where / "v2" / "app.jar", "v2", now),
+            "v3": build_jar(where / "v3" / "app.jar", "v3", now + 600),
+            "v4": build_jar(where / "v4" / "app.jar", "v4", now + 1200),
             "custom": build_jar(where / "custom" / "app.jar", "custom", now, "custom"),
             "start-class": build_jar(where / "start-class" / "app.jar", "start-class", now, "standard", "--no-launcher")}
 
@@ -228,6 +231,11 @@ def test_pruning_an_old_release_keeps_the_layers_a_kept_one_shares_and_rollback_
     # v1's image is gone; every layer of it lives on in v3, which runs.
     assert layers(world.client, f"{world.app}:v3") == v1_layers
     assert nginx.get().text == "version=v3 color=blue\n"
+    # No registry: status knows each release by the engine's image id, and says so.
+    report = json.loads(ok_out(run_pipeline(["status", "--json"], env, tmp_path)))
+    assert {name: (r["digest"], r["digest_of"]) for name, r in report["releases"].items() if r} == {
+        "live": (world.client.api.inspect_image(f"{world.app}:v3")["Id"], "image id"),
+        "previous": (world.client.api.inspect_image(f"{world.app}:v2")["Id"], "image id")}
     # Rollback with v2's container gone: recreated from its layered image.
     world.container("green").remove(force=True)
     assert_ok(run_pipeline(["rollback"], env, tmp_path))
@@ -267,3 +275,78 @@ def test_a_base_image_the_engine_lacks_is_pulled_first_with_the_registry_login(w
     finally:
         if world.client.api.images(name=base):
             world.client.api.remove_image(base)
+
+
+# -- digests, rollback --to and pruning, with the registry ----------------------------------------------
+
+def registry_of(stack) -> Tuple[str, Tuple[str, str]]:
+    return stack["REGISTRY_ADDR"], (stack["REGISTRY_USER"], Path(stack["REGISTRY_PASSWORD_FILE"]).read_text().strip())
+
+
+def registry_digest(stack, app: str, version: str) -> str:
+    """The registry's own digest of a tag's manifest (its Docker-Content-Digest answer)."""
+    address, auth = registry_of(stack)
+    answer = requests.head(f"http://{address}/v2/{app}/manifests/{version}", timeout=10, auth=auth,
+                           headers={"Accept": MANIFEST_V2})
+    answer.raise_for_status()
+    return answer.headers["Docker-Content-Digest"]
+
+
+def test_status_and_history_show_each_release_registry_digest_and_pruning_newer_releases_keeps_an_older_ones_layers(
+        world, nginx, env, stack, jars, tmp_path):
+    """v1, v2, v3 deployed; `rollback --to v1` (recreated from its layered image over v2's
+    container); v4 deployed with KEEP_RELEASES=1, which prunes v2 and v3: both newer than v1 and
+    sharing its dependency and loader layers. v1, kept as the previous release, still starts from
+    its image (its container removed first) and the registry still serves every blob of it."""
+    address, auth = registry_of(stack)
+    env = {**env, "REGISTRY": address, "REGISTRY_USERNAME": auth[0], "REGISTRY_PASSWORD": auth[1]}
+    for version in ("v1", "v2", "v3"):
+        assert_ok(deploy(env, tmp_path, APP_VERSION=version, JAR=str(jars[version])))
+    repository = f"{address}/{world.app}"
+    digests = {v: registry_digest(stack, world.app, v) for v in ("v1", "v2", "v3")}
+    assert len(set(digests.values())) == 3
+
+    result = run_pipeline(["rollback", "--to", "v1"], env, tmp_path)
+    assert_ok(result)
+    assert "recreating" in result.stderr and nginx.get().text == "version=v1 color=green\n"
+    assert_ok(deploy(env, tmp_path, APP_VERSION="v4", JAR=str(jars["v4"]), KEEP_RELEASES="1"))
+    digests["v4"] = registry_digest(stack, world.app, "v4")
+    assert nginx.get().text == "version=v4 color=blue\n"
+    tags = sorted(t.rpartition(":")[2] for image in world.client.images.list(filters={"label": f"pipeline.app={world.app}"})
+                  for t in image.tags)
+    assert tags == ["v1", "v4"], "v2 and v3 pruned (KEEP_RELEASES=1); v1 kept as the previous release"
+
+    # status: the record's releases, each with the registry's digest of its tag, saying so.
+    report = json.loads(ok_out(run_pipeline(["status", "--json"], env, tmp_path)))
+    assert {name: (r["version"], r["digest"], r["digest_of"]) for name, r in report["releases"].items() if r} == {
+        "live": ("v4", digests["v4"], "registry"), "previous": ("v1", digests["v1"], "registry")}
+    text = ok_out(run_pipeline(["status"], env, tmp_path)).splitlines()
+    assert f"  live:     {repository}:v4  {digests['v4']}  (registry digest)" in text, text
+    assert f"  previous: {repository}:v1  {digests['v1']}  (registry digest)" in text, text
+    # history: every run names the digest of the release it made live; the rollback, v1's.
+    entries = json.loads(ok_out(run_pipeline(["history", "--json"], env, tmp_path)))
+    assert [(e["action"], e["version"], e["digest"], e["digest_of"]) for e in entries] == [
+        ("deploy", "v1", digests["v1"], "registry"), ("deploy", "v2", digests["v2"], "registry"),
+        ("deploy", "v3", digests["v3"], "registry"), ("rollback", "v1", digests["v1"], "registry"),
+        ("deploy", "v4", digests["v4"], "registry")]
+    table = ok_out(run_pipeline(["history"], env, tmp_path)).splitlines()
+    assert [row.split()[8:10] for row in table[1:]] == [[digests[e["version"]][:19], "(registry)"] for e in entries]
+
+    # The pruning left every layer of v1 on the engine (it runs from them below) and the registry
+    # still serves every blob of v1's manifest: a node that lacks it can pull it.
+    manifest = requests.get(f"http://{address}/v2/{world.app}/manifests/{digests['v1']}", timeout=10, auth=auth,
+                            headers={"Accept": MANIFEST_V2}).json()
+    for blob in [manifest["config"], *manifest["layers"]]:
+        answer = requests.head(f"http://{address}/v2/{world.app}/blobs/{blob['digest']}", timeout=10, auth=auth)
+        assert answer.status_code == 200 and int(answer.headers["Content-Length"]) == blob["size"], blob
+    world.container("green").remove(force=True)   # v1's kept container gone: recreated from its image
+    result = run_pipeline(["rollback", "--to", "v1"], env, tmp_path)
+    assert_ok(result)
+    assert "recreating" in result.stderr
+    assert nginx.get().text == "version=v1 color=green\n"
+    assert world.container("green").image.id == world.client.api.inspect_image(f"{repository}:v1")["Id"]
+
+
+def ok_out(result: subprocess.CompletedProcess) -> str:
+    assert_ok(result)
+    return result.stdout

@@ -49,6 +49,7 @@ def test_a_host_of_its_own_has_its_own_files_no_default_route_sshd_and_nginx(bri
         # Its /etc/nginx and /run are its own: what it writes there is not the machine's.
         inside = host.run("cat", "/etc/nginx/nginx.conf").stdout
         assert inside.startswith("# Written by teststack/nginxhost.py") and inside != machine_conf
+        assert sorted(host.run("ls", "/sys/class/net").stdout.split()) == ["eth0", "lo"]
         host.run("touch", "/etc/nginx/written-inside", "/run/written-inside")
         assert not Path("/etc/nginx/written-inside").exists() and not Path("/run/written-inside").exists()
         assert host.file("/etc/nginx/written-inside").exists()

@@ -177,3 +177,39 @@ def test_stack_blackholes_private_ranges_idempotently_and_keeps_the_resolver(tmp
         assert route_get("192.0.2.77").startswith("192.0.2.77 dev v0")            # not private: untouched
     finally:
         namespace.delete()
+
+
+def test_one_engine_still_refuses_a_container_address_the_nginx_host_reaches_through_a_gateway(
+        world, settings_env, tmp_path):
+    """Issue 20 leaves TARGET=docker's rule as it was: an nginx host of its own (its own network
+    and mount namespaces, sshd and nginx) that would reach the deploy network only through a
+    gateway (this machine, on a bridge of the test's own) is refused before anything is built."""
+    from teststack.nginxhost import Bridge, NginxHost
+
+    net = world.network
+    bridge = Bridge()
+    try:
+        with NginxHost.start(bridge.name, bridge.network, routes=[(net.subnet, str(bridge.host_address))],
+                             form="set") as host:
+            env = {k: v for k, v in settings_env.items()
+                   if k not in ("NGINX_INCLUDE", "NGINX_TEST_COMMAND", "NGINX_RELOAD_COMMAND", "NGINX_PID_FILE")}
+            env.update(host.env())
+            include_before = host.include.read_text()
+            assert host.run("ip", "-4", "route", "get", net.blue_ip).stdout.split()[1:3] == \
+                ["via", str(bridge.host_address)]
+
+            result = run_pipeline(["deploy"], env, tmp_path)
+
+            assert result.returncode == 3, f"exit {result.returncode}\nstderr:{result.stderr}"
+            error = [line for line in result.stderr.splitlines() if line.startswith("pipeline: error:")]
+            assert error == [f"pipeline: error: not probing {net.blue_ip}: health probes run on the nginx host "
+                             f"root@{host.address}:22, which reaches it only through the gateway "
+                             f"{bridge.host_address} (eth0), not a local bridge. DEPLOY_NETWORK={net.name} "
+                             f"(DEPLOY_SUBNET={net.subnet}) must be a docker bridge on the machine nginx runs on: "
+                             f"point DOCKER_HOST at that machine's engine"], result.stderr
+            assert "building" not in result.stderr and "starting" not in result.stderr
+            assert host.include.read_text() == include_before
+            assert world.running_containers() == []
+            assert world.client.networks.list(names=[net.name]) == []   # made by this run, removed again
+    finally:
+        bridge.stop()

@@ -81,7 +81,10 @@ def test_rollback_to_any_kept_release_and_history_marks_them(world, nginx, env, 
     result = ok(run_pipeline(["rollback", "--to", "v1"], env, tmp_path))
     assert "rebuilding it from the history and the containers' labels" in result.stderr
     assert nginx.get().text == "version=v1 color=green\n"     # on the idle color, from its kept image
-    assert record(nginx, world)["live"] == {"version": "v1", "color": "green", "image": f"{world.app}:v1"}
+    live = record(nginx, world)["live"]
+    assert {k: live[k] for k in ("version", "color", "image", "digest_of")} == {
+        "version": "v1", "color": "green", "image": f"{world.app}:v1", "digest_of": "image id"}
+    assert live["digest"] == entries[0]["digest"]   # rebuilt: the digest its deploy recorded
     assert ok(run_pipeline(["rollback", "--to", "v3"], env, tmp_path))
     assert nginx.get().text == "version=v3 color=blue\n"      # v3's kept container, started again
 

@@ -22,7 +22,7 @@ from pipeline.core.route import Address, Route, shown
 from pipeline.adapters.engine import ContainerWatch, Engine
 from pipeline.adapters.nginx_host import LocalHost
 from pipeline.adapters.swarm import SwarmEngine, TaskAddress, TaskFact
-from pipeline.core.target import HealthReport, Watch
+from pipeline.core.target import HealthReport, OneOff, OutputLine, RouteReport, Watch
 from pipeline.core.errors import (AdminUnavailable, DeployFailed, EngineFailed, RouteRefused, HealthCheckFailed,
                                   IncludeNotLoaded, Interrupted, NginxHostFailed, NotText, NotEnoughNodes,
                                   PipelineError, TaskFailed)
@@ -279,6 +279,8 @@ class FakeEngine(Strict):
         self.gone: Optional[BaseException] = None
         self.looks_before_gone = 0
         self._looks = 0
+        # How each release phase (run_once) ends, in order: a test scripts them; one more is a failure.
+        self.one_offs: List[OneOff] = []
 
     def answer(self, url: str) -> Tuple[int, str]:
         """What the color at the URL's address answers its health probe, if it runs."""
@@ -364,8 +366,8 @@ class FakeEngine(Strict):
         return ContainerWatch(cast(Engine, self), color)
 
     def status_row(self, color: str, fact: Optional[ContainerFact],
-                   report: Optional[HealthReport]) -> Dict[str, object]:
-        return Engine.status_row(cast(Engine, self), color, fact, report)
+                   report: Optional[HealthReport], route: Optional[RouteReport] = None) -> Dict[str, object]:
+        return Engine.status_row(cast(Engine, self), color, fact, report, route)
 
     def discard(self, color: str, graceful: bool = False) -> None:
         Engine.discard(cast(Engine, self), color, graceful)
@@ -381,9 +383,10 @@ class FakeEngine(Strict):
     def check_registry(self) -> None:
         pass   # the registry takes the login (with REGISTRY set)
 
-    def push_and_pull(self, tag: str) -> None:
+    def push_and_pull(self, tag: str) -> str:
         self.mutations.append(("push_and_pull", tag))
         assert tag in self.images, f"pushed {tag}, which was never built"
+        return f"sha256:pushed-{tag}"
 
     def run(self, color: str, image: str, version: str) -> None:
         self.mutations.append(("run", color, version))
@@ -415,6 +418,18 @@ class FakeEngine(Strict):
 
     def logs_tail(self, color: str, lines: int = 20) -> List[str]:
         return list(self.logs)
+
+    def run_once(self, image: str, version: str, color: str, command: Sequence[str], timeout: float,
+                 output: OutputLine) -> OneOff:
+        """The next scripted ending (`one_offs`), its lines handed to `output`; a one-off of an image
+        never built, or one no test scripted, fails the test."""
+        self.mutations.append(("run_once", version, color, tuple(command), timeout))
+        assert image in self.images, f"a release phase of {image}, which was never built"
+        assert self.one_offs, f"a release phase ({' '.join(command)}) that no test scripted"
+        ended = self.one_offs.pop(0)
+        for line in ended.last_lines:
+            output(line)
+        return ended
 
     def release_images(self) -> Dict[str, float]:
         return {ref: float(created) for ref, created in self.images.items()}
@@ -645,6 +660,11 @@ class FakeProber(Strict):
 
     def check_routes(self, ips: Sequence[str]) -> None:
         pass
+
+    def route_to(self, ip: str) -> str:
+        if self.refuse is not None:
+            raise RouteRefused(f"not probing {ip}: {self.refuse}")
+        return "directly on br-fake"
 
     def get(self, url: str, timeout: float) -> Tuple[int, str]:
         self.asked.append(url)

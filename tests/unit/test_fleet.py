@@ -20,7 +20,7 @@ from pipeline.core.gate import NotHealthyYet, probe
 from pipeline.core.host import CommandResult
 from pipeline.core.switch import LIVE
 
-from .fakes import INCLUDE, FakeAdmin, FakeAnswers, FakeClock, FakeHost, FakeProber, FakeSwitch, NginxAnswers, World
+from .fakes import INCLUDE, FakeAdmin, FakeAnswers, FakeEngine, FakeClock, FakeHost, FakeProber, FakeSwitch, NginxAnswers, World
 from .test_outside_failures import BLUE_TEXT, GREEN_TEXT, reloaded, scripted_host
 from .test_outside_failures import INCLUDE as RELOAD_INCLUDE
 from .test_outside_failures import switch as reload_switch
@@ -196,6 +196,11 @@ def test_healthy_only_when_every_host_gets_a_200():
     assert caught.value.last == "HTTP 503 'DOWN' (from b)"
 
 
+def test_status_says_how_each_host_reaches_an_address():
+    both = FleetProber([FakeProber(where="a"), FakeProber(where="b")])
+    assert both.route_to("172.20.0.3") == "directly on br-fake from a; directly on br-fake from b"
+
+
 def test_on_each_keeps_the_order_and_every_failure():
     outcomes = on_each([1, 2, 3], lambda n: 10 // (n - 2))
     assert outcomes[0] == (-10, None) and outcomes[2] == (10, None)
@@ -337,5 +342,6 @@ def test_compose_hands_one_host_its_own_switch_and_prober_and_several_the_fleet(
     fleet_switch = compose.fleet_switch([a, b], [one, two])
     assert isinstance(fleet_switch, FleetSwitch) and fleet_switch.names == ["root@a:22", "root@b:22"]
     settings = Settings.from_env({}, tmp_path)
-    assert not isinstance(compose.fleet_prober([a], settings), FleetProber)
-    assert isinstance(compose.fleet_prober([a, b], settings), FleetProber)
+    target = FakeEngine(settings)
+    assert not isinstance(compose.fleet_prober([a], settings, target), FleetProber)
+    assert isinstance(compose.fleet_prober([a, b], settings, target), FleetProber)

@@ -38,8 +38,21 @@ import java.util.concurrent.atomic.AtomicLong;
  *   CRASH_ON_START=1   print an error to stderr and exit(1) immediately
  *   GRACE_SECONDS      max seconds SIGTERM waits for in-flight requests (default 10)
  *   THREADS            handler threads (default 32)
+ *   DATABASE_URL       the release's database, a JDBC URL (default jdbc:sqlite:/data/app.db); used
+ *                      only with REQUIRE_SCHEMA, and only where java.sql and a driver are there
+ *                      (the image built on pipeline/jre-sql:17 from build/libs/app-sqlite.jar)
+ *   REQUIRE_SCHEMA     the schema version this release needs (default: none needed); health
+ *                      answers 503 while the database's schema_version is older than that
  *
  * Endpoints: GET /, GET /actuator/health, GET /slow?ms=N
+ *
+ * `migrate [--sleep-ms N] [--fail] [--hang]` (the release phase's command: the image's entry
+ * point kept) does not serve: in one transaction holding the database's write lock, it runs the
+ * expand steps (Database.STEPS) that bring the schema from its version up to REQUIRE_SCHEMA,
+ * recording each in the schema_version table (the older release, needing less, keeps working),
+ * prints what it does, commits and exits 0. --sleep-ms: the transaction takes that long more
+ * before it commits; --fail: it also runs a statement SQLite refuses, rolls back (nothing
+ * changed) and exits 3; --hang: it never commits nor ends.
  */
 public final class Demo {
 
@@ -51,6 +64,10 @@ public final class Demo {
     private static final AtomicLong SERVED = new AtomicLong();
     /** When health first answered 200 (System.nanoTime()), 0 until then; for HEALTH_FAIL_AFTER. */
     private static final AtomicLong FIRST_HEALTHY = new AtomicLong();
+    /** Where DATABASE_URL points when it is not set: a SQLite file on the release's volume. */
+    private static final String DEFAULT_DATABASE_URL = "jdbc:sqlite:/data/app.db";
+    /** Set once the schema version could not be read, so the cause is printed once. */
+    private static final AtomicBoolean SCHEMA_UNREADABLE = new AtomicBoolean();
     /** Set by the first 200 health answer, for EXIT_AFTER_HEALTHY. */
     private static final AtomicBoolean EXIT_SCHEDULED = new AtomicBoolean();
 
@@ -58,6 +75,9 @@ public final class Demo {
     }
 
     public static void main(String[] args) throws Exception {
+        if (args.length > 0 && "migrate".equals(args[0])) {
+            System.exit(migrate(args));
+        }
         String version = env("APP_VERSION", "dev");
         String color = env("APP_COLOR", "none");
         int port = intEnv("PORT", 8080);
@@ -104,8 +124,14 @@ public final class Demo {
                 send(ex, 200, "text/plain; charset=utf-8", rootBody);
             }
         }));
+        int requiredSchema = intEnv("REQUIRE_SCHEMA", 0);
+        String databaseUrl = env("DATABASE_URL", DEFAULT_DATABASE_URL);
         server.createContext("/actuator/health", counted(ex -> {
-            if (healthFail || healthExpired(healthFailAfter)) {
+            int schema = requiredSchema > 0 ? schemaVersion(databaseUrl) : 0;
+            if (schema < requiredSchema) {
+                send(ex, 503, "application/json", ("{\"status\":\"DOWN\",\"schema\":" + schema + ",\"required\":"
+                        + requiredSchema + "}").getBytes(StandardCharsets.UTF_8));
+            } else if (healthFail || healthExpired(healthFailAfter)) {
                 send(ex, 503, "application/json", down);
             } else {
                 send(ex, 200, "application/json", up);
@@ -173,6 +199,142 @@ public final class Demo {
         long ms = TimeUnit.NANOSECONDS.toMillis(System.nanoTime() - t0);
         System.out.println("demo stopped after " + ms + " ms drain, in-flight left: " + IN_FLIGHT.get());
         System.out.flush();
+    }
+
+    /**
+     * The schema version of the database, 0 while it has none (or no file yet); -1 when it cannot
+     * be read, the cause printed once (no java.sql or driver in this image, a bad URL).
+     */
+    private static int schemaVersion(String url) {
+        try {
+            return Database.version(url);
+        } catch (RuntimeException | LinkageError e) {
+            if (SCHEMA_UNREADABLE.compareAndSet(false, true)) {
+                System.err.println("demo: cannot read the schema version from " + url + ": " + e);
+            }
+            return -1;
+        }
+    }
+
+    /** `migrate`: see the class comment; the exit code. */
+    private static int migrate(String[] args) throws InterruptedException {
+        java.util.List<String> options = java.util.Arrays.asList(args);
+        int sleepAt = options.indexOf("--sleep-ms");
+        long sleepMs = sleepAt >= 0 && sleepAt + 1 < args.length ? Long.parseLong(args[sleepAt + 1]) : 0;
+        String url = env("DATABASE_URL", DEFAULT_DATABASE_URL);
+        try {
+            return Database.migrate(url, env("APP_VERSION", "dev"), env("APP_COLOR", "none"),
+                    intEnv("REQUIRE_SCHEMA", 0), sleepMs, options.contains("--fail"), options.contains("--hang"));
+        } catch (LinkageError e) {
+            System.err.println("migrate: no JDBC in this image (build on pipeline/jre-sql:17 with app-sqlite.jar): " + e);
+            return 2;
+        }
+    }
+
+    /**
+     * The database through JDBC. Every use of java.sql stays inside this class, which is loaded only
+     * when REQUIRE_SCHEMA or `migrate` needs it: Demo itself still runs on a JRE without java.sql.
+     */
+    static final class Database {
+        /** The expand steps, in order: step N takes the schema from version N-1 to N. */
+        static final String[] STEPS = {
+            "CREATE TABLE orders (id INTEGER PRIMARY KEY, item TEXT NOT NULL)",
+            "ALTER TABLE orders ADD COLUMN note TEXT",
+            "CREATE INDEX orders_item ON orders (item)",
+        };
+        /** What --fail also runs: SQLite's ALTER TABLE cannot add a UNIQUE column. */
+        static final String REFUSED = "ALTER TABLE orders ADD COLUMN ref TEXT UNIQUE";
+        /** SQLITE_CANTOPEN: opened read-only, a database file that is not there yet. */
+        private static final int CANTOPEN = 14;
+
+        private Database() {
+        }
+
+        /** The schema version, read-only (health never creates the file); 0 with no file or table yet. */
+        static int version(String url) {
+            java.util.Properties readOnly = new java.util.Properties();
+            readOnly.setProperty("open_mode", "1"); // SQLITE_OPEN_READONLY
+            try (java.sql.Connection db = java.sql.DriverManager.getConnection(url, readOnly);
+                 java.sql.Statement sql = db.createStatement()) {
+                return current(sql);
+            } catch (java.sql.SQLException e) {
+                if (e.getErrorCode() == CANTOPEN) {
+                    return 0;
+                }
+                throw new IllegalStateException(e.getMessage(), e);
+            }
+        }
+
+        private static int current(java.sql.Statement sql) throws java.sql.SQLException {
+            try (java.sql.ResultSet table = sql.executeQuery(
+                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'")) {
+                if (!table.next()) {
+                    return 0;
+                }
+            }
+            try (java.sql.ResultSet row = sql.executeQuery("SELECT COALESCE(MAX(version), 0) FROM schema_version")) {
+                row.next();
+                return row.getInt(1);
+            }
+        }
+
+        static int migrate(String url, String release, String color, int target, long sleepMs, boolean fail,
+                           boolean hang) throws InterruptedException {
+            if (target > STEPS.length) {
+                System.err.println("migrate: no migration to schema " + target + " (this release knows 1.." + STEPS.length
+                        + ")");
+                return 4;
+            }
+            java.util.Properties immediate = new java.util.Properties();
+            immediate.setProperty("transaction_mode", "IMMEDIATE"); // BEGIN IMMEDIATE: the write lock up front
+            String statement = "BEGIN";
+            try (java.sql.Connection db = java.sql.DriverManager.getConnection(url, immediate)) {
+                db.setAutoCommit(false);
+                try (java.sql.Statement sql = db.createStatement()) {
+                    int from = current(sql);
+                    System.out.println("migrate " + release + " (" + color + "): schema " + from
+                            + ", this release needs " + target);
+                    System.out.flush();
+                    statement = "CREATE TABLE schema_version";
+                    sql.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, "
+                            + "release TEXT NOT NULL, applied_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP)");
+                    for (int step = from + 1; step <= target; step++) {
+                        statement = STEPS[step - 1];
+                        sql.execute(statement);
+                        try (java.sql.PreparedStatement record = db.prepareStatement(
+                                "INSERT INTO schema_version (version, release) VALUES (?, ?)")) {
+                            record.setInt(1, step);
+                            record.setString(2, release);
+                            record.executeUpdate();
+                        }
+                        System.out.println("migrate: schema " + (step - 1) + " -> " + step + ": " + statement);
+                    }
+                    if (fail) {
+                        statement = REFUSED;
+                        sql.execute(statement);
+                    }
+                    if (sleepMs > 0) {
+                        Thread.sleep(sleepMs);
+                    }
+                    if (hang) {
+                        System.out.println("migrate: holding the write lock, never committing (--hang)");
+                        System.out.flush();
+                        Thread.sleep(Long.MAX_VALUE);
+                    }
+                    statement = "COMMIT";
+                    db.commit();
+                    System.out.println("migrate: schema at " + current(sql));
+                    return 0;
+                } catch (java.sql.SQLException e) {
+                    db.rollback();
+                    throw e;
+                }
+            } catch (java.sql.SQLException e) {
+                System.err.println("migrate: " + statement + " failed, rolled back: " + e.getMessage()
+                        + " (connected with DB_PASSWORD=" + env("DB_PASSWORD", "") + ")");
+                return 3;
+            }
+        }
     }
 
     /** EXIT_AFTER_HEALTHY: halt with status 1 that many seconds from now (no shutdown hook: a crash). */
