@@ -10,8 +10,8 @@ issue 17's tests and bench/several_hosts.py.
 The docker deploy network (TestNetwork) is made here, before the hosts: each host's veth is a port
 of the network's bridge on this machine, so its nginx reaches the containers as an nginx on the
 docker host would. Inside each host the veth is itself enslaved to a bridge of the host's own
-(`br0`, holding the host's address), and the host's mount namespace gets a sysfs of its own
-network namespace: the tool's route rule for TARGET=docker (a container address is probed only
+(`br0`, holding the host's address; the host's sysfs is its own network namespace's, so
+/sys/class/net/br0/bridge is there over SFTP): the tool's route rule for TARGET=docker (a container address is probed only
 where it is on a bridge of that machine, health.Prober) then holds there as on a docker host,
 with no exception made for the test. No namespace has a default route.
 
@@ -114,11 +114,10 @@ def _netns_prefix(host: NginxHost) -> List[str]:
 
 
 def _bridge_inside(host: NginxHost, subnet: str) -> None:
-    """The host's address moved from its veth to a bridge of its own holding the veth, and a sysfs
-    of its own network namespace in its mount namespace (so /sys/class/net shows its br0)."""
+    """The host's address moved from its veth to a bridge of its own holding the veth (its mount
+    namespace has a sysfs of its own network namespace, nginxhost.py: /sys/class/net shows br0)."""
     prefix = subnet.split("/")[1]
-    for argv in (["mount", "-t", "sysfs", "sysfs", "/sys"],
-                 ["ip", "link", "add", "br0", "type", "bridge"],
+    for argv in (["ip", "link", "add", "br0", "type", "bridge"],
                  ["ip", "addr", "del", f"{host.address}/{prefix}", "dev", "eth0"],
                  ["ip", "link", "set", "eth0", "master", "br0"],
                  ["ip", "addr", "add", f"{host.address}/{prefix}", "dev", "br0"],
