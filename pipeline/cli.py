@@ -70,6 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("history", help="every deploy, promote and rollback; marks what is live and "
                                             "what `rollback --to` can go to")
     p.add_argument("--json", action="store_true")
+    p = commands.add_parser("maintenance", help="on: nginx answers 503 and a maintenance page on the public port; "
+                                                "off: the live release serves again")
+    p.add_argument("state", choices=["on", "off"])
+    p.add_argument("--message", metavar="TEXT", help="the page's text (default: MAINTENANCE_PAGE, or a stock one)")
+    locking(p)
     p = commands.add_parser("lock", help="show or release the deploy lock")
     p.add_argument("lock_command", choices=["status", "release"])
     return parser
@@ -106,6 +111,11 @@ def main(argv: Sequence[str], environ: Mapping[str, str], cwd: Optional[Path] = 
             settings.check_build_inputs(cwd)
         if args.command == "release-phase" and not settings.release_command:
             raise errors.SettingsError("RELEASE_COMMAND", "", "is empty: there is no release phase to run")
+        if args.command == "maintenance" and args.message is not None:
+            from pipeline.core.maintenance import check_message
+            if args.state == "off":
+                raise UsageError("--message goes with `maintenance on` only")
+            check_message(args.message)
         if runlog.action:
             hooks.check(settings.hooks_dir, cwd, runlog.action)
         code = _run(args, settings, environ, cwd, out, started, runlog)
@@ -192,6 +202,12 @@ def _run(args: argparse.Namespace, settings: Settings, environ: Mapping[str, str
             _print_history(flows.history(ctx), args.json, stdout)
         elif args.command == "deploy":
             (flows.stage if args.no_promote else flows.deploy)(ctx)
+        elif args.command == "maintenance":
+            from pipeline.flows import maintenance
+            if args.state == "on":
+                maintenance.turn_on(ctx, args.message)
+            else:
+                maintenance.turn_off(ctx)
         elif args.command == "promote":
             flows.promote(ctx)
         elif args.command == "release-phase":
@@ -229,6 +245,8 @@ def _status_lines(report: Mapping[str, Any]) -> Iterator[str]:
     if report["preview"]:
         yield f"preview:  {report['preview']}\n"
     yield f"switch:   {report['switch_mode']}" + "".join(f"  {k}={v}" for k, v in report["switch"].items()) + "\n"
+    if report.get("maintenance"):
+        yield f"maintenance: {_maintenance_shown(report['maintenance'])}\n"
     if report["switch_problem"]:
         yield f"warning:  {report['switch_problem']}" + ("; live color above is from the include\n" if live else "\n")
     if report.get("probe_problem"):
@@ -245,6 +263,15 @@ def _status_lines(report: Mapping[str, Any]) -> Iterator[str]:
 def _digest_kind(digest_of: str) -> str:
     return {"registry": "registry digest",
             "image id": "image id, not pushed"}.get(digest_of, "digest")
+
+
+def _maintenance_shown(state: Mapping[str, Any]) -> str:
+    if state.get("on") is None:
+        return f"unknown ({state.get('problem')})"
+    if not state["on"]:
+        return "off"
+    since = f", since {state['since']} by {state['by']}: {state['message'][:80]}" if state.get("since") else ""
+    return f"ON: nginx answers 503 (Retry-After {state['retry_after']}) on the public port{since}"
 
 
 def _live_shown(report: Mapping[str, Any]) -> str:

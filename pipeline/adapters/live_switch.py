@@ -53,12 +53,15 @@ from pipeline.core.errors import (AdminRefused, AdminTokenRefused, AdminUnavaila
 from pipeline.log import register_secret
 from pipeline.adapters.channel_http import ChannelConnection
 from pipeline.core.host import NginxHost
+from pipeline.core.maintenance import Maintenance, admin_body, describe, parse_admin_answer, with_flag
 from pipeline.core.settings import Secret, SwitchSettings
 from pipeline.core.switch import LIVE, PREVIEW, IncludeFiles
 
 log = logging.getLogger("pipeline")
 
 FILES = "files"           # GET /pipeline/files: "ROUTE PATH" lines, the includes nginx reads
+MAINTENANCE = "maintenance"   # GET/PUT/DELETE /pipeline/maintenance: the 503 page of maintenance mode
+MAX_MAINTENANCE_BYTES = 16 * 1024   # "on SECONDS\n" and a page of at most MAX_PAGE_BYTES
 STATS = "stats"           # GET /pipeline/stats: "IP:PORT STATUS COUNT" lines (pipeline/flows/verify.py)
 MAX_STATS_BYTES = 64 * 1024   # at most 1024 counters of a few dozen bytes
 ADMIN_TIMEOUT = 5.0       # per request: connect (or channel open), send, answer
@@ -142,6 +145,27 @@ class NginxAdmin:
         if status != 200:   # app-live.conf answers 200 right after storing: anything else stored nothing
             raise AdminRefused(self.url, f"PUT {self._path(route)} {shown(targets)} answered {status} "
                                          f"{body[:80]!r}")
+
+    def maintenance(self) -> Optional[Maintenance]:
+        """Whether the public server answers with the maintenance page (and which), or None."""
+        status, body = self._request("GET", MAINTENANCE, limit=MAX_MAINTENANCE_BYTES)
+        if status != 200:
+            raise AdminUnavailable(self.url, f"GET {self._path(MAINTENANCE)} answered {status} {body[:80]!r}; "
+                                             f"maintenance mode needs an app-live.conf with /pipeline/maintenance")
+        try:
+            return parse_admin_answer(body)
+        except ValueError as exc:
+            raise AdminUnavailable(self.url, f"GET {self._path(MAINTENANCE)}: {exc}") from exc
+
+    def set_maintenance(self, flag: Optional[Maintenance]) -> None:
+        """PUT the page (on) or DELETE it (off)."""
+        if flag is None:
+            status, body = self._request("DELETE", MAINTENANCE)
+        else:
+            status, body = self._request("PUT", MAINTENANCE, admin_body(flag))
+        if status != 200:
+            raise AdminRefused(self.url, f"{'DELETE' if flag is None else 'PUT'} {self._path(MAINTENANCE)} "
+                                         f"answered {status} {body[:80]!r}")
 
     @staticmethod
     def _path(route: str) -> str:
@@ -266,6 +290,44 @@ class LiveSwitch:
                             route, shown(written), shown(served))
         return served
 
+    def maintenance(self) -> Optional[Maintenance]:
+        """What nginx's balancer holds (its shared dict: kept across reloads)."""
+        return self.admin.maintenance()
+
+    def set_maintenance(self, flag: Optional[Maintenance]) -> None:
+        """The live include first (nginx restores the flag from it when it starts or reloads), then
+        the admin, read back; on failure both are put back."""
+        try:
+            served_before = self.admin.maintenance()
+        except AdminUnavailable as exc:
+            raise LiveSwitchFailed(f"cannot turn maintenance mode {describe(flag)}: {exc}; nothing was changed") from exc
+        include_before = self.includes.read(LIVE)
+        if include_before is not None:
+            self.includes.write(LIVE, with_flag(include_before, flag, self.settings.nginx_include_form))
+        try:
+            self.admin.set_maintenance(flag)
+            now = self.admin.maintenance()
+            if now != flag:
+                raise AdminUnavailable(self.admin.url, f"set maintenance {describe(flag)} but nginx reports "
+                                                       f"{describe(now)}")
+        except (PipelineError, Interrupted) as exc:
+            problems = []
+            if include_before is not None:
+                try:
+                    self.includes.write(LIVE, include_before)
+                except NginxHostFailed as put_back:
+                    problems.append(f"putting the include back failed ({put_back})")
+            try:
+                self.admin.set_maintenance(served_before)
+            except AdminUnavailable as put_back:
+                problems.append(f"setting nginx back to maintenance {describe(served_before)} failed "
+                                f"({put_back.problem})")
+            if isinstance(exc, Interrupted):
+                raise
+            left = ("; ".join(problems) + ": run `python -m pipeline status`") if problems else \
+                f"put maintenance mode back {describe(served_before)}"
+            raise LiveSwitchFailed(f"nginx did not take maintenance mode {describe(flag)}: {exc}; {left}") from exc
+
     def route_to(self, route: str, targets: Route) -> None:
         self.prepare(route, targets).commit()
 
@@ -282,7 +344,7 @@ class LiveSwitch:
         except AdminUnavailable as exc:
             raise LiveSwitchFailed(f"cannot switch the {route} route: {exc}; nothing was changed") from exc
         include_before = self.includes.read(route)
-        self.includes.write(route, self.includes.render(route, targets))
+        self.includes.write(route, self.includes.render(route, targets, include_before))
         return LivePrepared(self, route, targets, served_before, include_before)
 
     def commit(self, route: str, targets: Route, served_before: Optional[Route],

@@ -47,6 +47,7 @@ from pipeline.core.route import Route, shown
 from pipeline.core.errors import (DeployFailed, IncludeNotLoaded, NginxHostFailed, PipelineError, PreflightError,
                      RemoteCommandFailed, SwitchIncomplete, tail)
 from pipeline.core.host import CommandResult, NginxHost
+from pipeline.core.maintenance import READY, Maintenance, parse_flag, with_flag
 from pipeline.core.settings import NginxSettings, SwitchSettings
 from pipeline.core.switch import LIVE, PREVIEW, IncludeFiles
 
@@ -228,9 +229,36 @@ class ReloadSwitch:
 
     def route_to(self, route: str, address: Route) -> None:
         before = self.includes.read(route)
+        self._apply(route, before, self.includes.render(route, address, before), address)
+
+    def maintenance(self) -> Optional[Maintenance]:
+        """What the live include says (`current(LIVE)` says whether nginx loaded it)."""
+        return parse_flag(self.includes.read(LIVE))
+
+    def set_maintenance(self, flag: Optional[Maintenance]) -> None:
+        """The live include with the flag's lines (or none), tested, reloaded and seen to apply,
+        as a switch is; the address it names is left as it is."""
+        address = self.current(LIVE)   # IncludeNotLoaded first: nginx may serve something else
+        if not address:
+            raise PreflightError(f"NGINX_INCLUDE={self.includes.path(LIVE)} names no address: maintenance mode "
+                                 f"is carried by the live include, so deploy first")
+        before = self.includes.read(LIVE)
+        try:
+            self._apply(LIVE, before, with_flag(before or "", flag, self.settings.nginx_include_form), address)
+        except RemoteCommandFailed as exc:
+            if READY.lstrip("$") not in "\n".join(exc.detail()):
+                raise
+            raise DeployFailed(f"nginx's config does not act on maintenance mode (`{exc.command}` found no "
+                               f"{READY}): install this version's nginx/conf.d/app.conf or app-upstream.conf "
+                               f"on the nginx host, then run this again; put the old live include back",
+                               exc.detail()) from exc
+
+    def _apply(self, route: str, before: Optional[str], text: str, address: Route) -> None:
+        """Write the include's new `text`, test, reload and see it apply; put `before` back on any
+        failure. `address`: what `text` names, for the messages."""
         token = f"__pipeline_reload_{os.urandom(8).hex()}"
         try:
-            self.includes.write(route, self.includes.render(route, address))
+            self.includes.write(route, text)
             # One round trip: they stand between "healthy" and "served".
             results = self.host.run_steps([self.settings.nginx_test_command, self._reload_step(route, token)])
         except NginxHostFailed as exc:
@@ -267,7 +295,7 @@ class ReloadSwitch:
         (nothing reloads). On failure the old include is back and the failure raised."""
         before = self.includes.read(route)
         try:
-            self.includes.write(route, self.includes.render(route, address))
+            self.includes.write(route, self.includes.render(route, address, before))
             test = self.host.run(self.settings.nginx_test_command)
         except NginxHostFailed as exc:
             failed = self._named(exc, self.settings.nginx_test_command)

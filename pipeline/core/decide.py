@@ -9,6 +9,7 @@ import re
 from dataclasses import dataclass, replace
 from typing import Callable, FrozenSet, List, Mapping, Optional, Set
 
+from pipeline.core.maintenance import without_flag
 from pipeline.core.route import Address, Route, shown
 from pipeline.core.settings import COLORS, MAX_ROUTE_ADDRESSES
 
@@ -82,9 +83,10 @@ def render_include(addresses: Route, form: str = "set", variable: str = "service
 
 def parse_include(text: Optional[str]) -> Route:
     """Every address an include points at (the set form has one; an upstream one per server);
-    () if absent or not understood."""
+    () if absent or not understood. Maintenance lines (maintenance.py) are not looked at."""
     if not text:
         return ()
+    text = without_flag(text)   # a maintenance page's text is never read as an address
     match = _SET_RE.search(text)
     if match:
         found = Address.parse(f"{match.group(1)}:{match.group(2)}")

@@ -34,6 +34,7 @@ from pipeline.core.clock import Clock
 from pipeline.core.errors import (DeployFailed, HostsDisagree, IncludeNotLoaded, Interrupted, PipelineError,
                                   SwitchIncomplete)
 from pipeline.core.gate import NotHealthyYet, Probing
+from pipeline.core.maintenance import Maintenance, describe as described
 from pipeline.core.route import Route, shown
 from pipeline.core.switch import Prepared, TwoPhaseSwitch
 
@@ -162,6 +163,35 @@ class FleetSwitch:
             if exc is not None:
                 raise named(exc, name)
         return seen[self.names[0]]
+
+    def maintenance(self) -> Optional[Maintenance]:
+        """Every host's flag, when they agree (HostsDisagree otherwise)."""
+        flags = self._all(lambda switch: switch.maintenance())
+        if len(set(flags)) > 1:
+            each = "; ".join(f"{name} {described(flag)}" for name, flag in zip(self.names, flags))
+            raise HostsDisagree(f"the nginx hosts disagree on maintenance mode: {each}. Nothing was changed: turn "
+                                f"it on or off again (`python -m pipeline maintenance on|off`) to set every host")
+        return flags[0]
+
+    def set_maintenance(self, flag: Optional[Maintenance]) -> None:
+        """On every host at once; when one fails, the others are set back to what they had."""
+        before = self._all(lambda switch: switch.maintenance())
+        outcomes = on_each(self.switches, lambda switch: switch.set_maintenance(flag))
+        failed = [(name, exc) for name, (_, exc) in zip(self.names, outcomes) if exc is not None]
+        if not failed:
+            return
+        done = [(switch, was) for switch, was, (_, exc) in zip(self.switches, before, outcomes) if exc is None]
+        back = on_each(done, lambda pair: pair[0].set_maintenance(pair[1]))
+        stuck = [f"{self.names[self.switches.index(switch)]} ({exc})"
+                 for (switch, _), (_, exc) in zip(done, back) if exc is not None]
+        name, exc = failed[0]
+        if not isinstance(exc, PipelineError):
+            raise exc
+        what = f"maintenance mode {described(flag)} failed on nginx host {name}: {exc}"
+        if stuck:
+            raise DeployFailed(f"{what}; setting the other hosts back failed on {', '.join(stuck)}: "
+                               f"`python -m pipeline status` shows each host") from exc
+        raise DeployFailed(f"{what}; every other host set back as it was") from exc
 
     # -- the switch: prepare everywhere, then commit everywhere at once ----------------------------
 

@@ -564,6 +564,8 @@ class RolloutSettings:
     release_timeout: float
     hooks_dir: Path
     hook_timeout: float
+    maintenance_page: Optional[Path]
+    maintenance_retry_after: int
 
 
 @dataclass(frozen=True)
@@ -628,6 +630,10 @@ class Settings:
     nginx_admin_url: str = _env(_admin_url, "http://127.0.0.1:8091")
     nginx_admin_token_file: PurePosixPath = _env(_remote_path,
                                                  PurePosixPath("/etc/nginx/pipeline-admin.token"))
+    # `maintenance on`: the page nginx answers with (an HTML file here; empty: one made from
+    # --message) and its Retry-After seconds (pipeline/core/maintenance.py).
+    maintenance_page: Optional[Path] = _env(_optional(_local_file), None)
+    maintenance_retry_after: int = _env(_count(maximum=86400), 120)
     drain_seconds: float = _env(_duration(), 10.0)
     stop_timeout: float = _env(_duration(), 30.0)
     # Verification under live traffic after the switch (pipeline/flows/verify.py).

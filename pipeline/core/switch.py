@@ -11,20 +11,29 @@ running.
 - LiveSwitch (SWITCH_MODE=live, live_switch.py): rewrite the include, then tell nginx's Lua
   balancer the new address over its admin port; no reload, so no client connection is reset.
 
+Maintenance mode (maintenance.py) is the switch's too: `maintenance()` says whether nginx answers
+503 on the public port, `set_maintenance(flag)` turns it on (a Maintenance) or off (None), and
+`route_to` keeps it as it is (a deploy during maintenance stays behind the 503 page).
+
 The implementations import this module, never the other way round; `compose.make_switch` picks one.
 """
 from __future__ import annotations
 
+import logging
 from typing import Dict, Optional, Protocol
 
 from pipeline.core.answers import AnswerReader
 from pipeline.core.decide import render_include
 from pipeline.core.route import Route
+from pipeline.core.errors import SwitchUnavailable
 from pipeline.core.host import NginxHost
+from pipeline.core.maintenance import Maintenance, carry, parse_flag
 from pipeline.core.settings import SwitchSettings
 
 LIVE = "live"
 PREVIEW = "preview"
+
+log = logging.getLogger("pipeline")
 
 
 class TrafficSwitch(Protocol):
@@ -47,6 +56,14 @@ class TrafficSwitch(Protocol):
 
     def describe(self) -> Dict[str, Optional[str]]:
         """What the switch reports, for `status`."""
+
+    def maintenance(self) -> Optional[Maintenance]:
+        """Whether nginx answers the public port with the maintenance page (and which), or None;
+        raises SwitchUnavailable when it cannot tell."""
+
+    def set_maintenance(self, flag: Optional[Maintenance], /) -> None:
+        """Turn maintenance mode on (`flag`) or off (None), with no container touched and the
+        preview route left alone; on failure raise with nginx left as it was."""
 
     def check_answers(self) -> None:
         """Preflight of a run that verifies: nginx's answers can be read where `answers` reads
@@ -84,7 +101,17 @@ class TwoPhaseSwitch(TrafficSwitch, Protocol):
 
 def status_fields(switch: TrafficSwitch) -> Dict[str, object]:
     """The switch's fields in `status`."""
-    return {"switch_mode": switch.mode, "switch": switch.describe()}
+    return {"switch_mode": switch.mode, "switch": switch.describe(), "maintenance": maintenance_status(switch)}
+
+
+def maintenance_status(switch: TrafficSwitch) -> Dict[str, object]:
+    """`status`'s maintenance field: {"on": true, "retry_after": N} or {"on": false}; "on" is
+    null (and "problem" says why) when the switch cannot tell."""
+    try:
+        flag = switch.maintenance()
+    except SwitchUnavailable as exc:
+        return {"on": None, "problem": str(exc)}
+    return {"on": True, "retry_after": flag.retry_after} if flag else {"on": False}
 
 
 class IncludeFiles:
@@ -104,10 +131,16 @@ class IncludeFiles:
         path = self.path(route)
         return self.host.read_text(path) if path else None
 
-    def render(self, route: str, address: Route) -> str:
+    def render(self, route: str, address: Route, before: Optional[str] = None) -> str:
+        """The include for `address`; the live one keeps the maintenance lines of `before` (the
+        include it replaces), and says so."""
         s = self.settings
         if route == LIVE:
-            return render_include(address, s.nginx_include_form, "service_url", s.nginx_upstream)
+            text = render_include(address, s.nginx_include_form, "service_url", s.nginx_upstream)
+            if parse_flag(before) is not None:
+                log.warning("    maintenance mode is on and stays on: nginx keeps answering 503 on the public "
+                            "port (`python -m pipeline maintenance off` ends it)")
+            return carry(before, text, s.nginx_include_form)
         # The preview include is always the one-line form: it serves a tester, not the load.
         return render_include(address, "set", "preview_url")
 

@@ -938,7 +938,7 @@ def status(ctx: Context, probe: bool = True) -> Report:
         "live_version": colors[live]["version"] if live else None,
         "include": {"path": str(s.nginx_include), "points_at": shown(include_address) if include_address else None},
         "preview": shown(facts.preview_address) if facts.preview_address else None,
-        **status_fields(ctx.switch),
+        **_with_maintenance_since(ctx, status_fields(ctx.switch)),
         "switch_problem": switch_problem,
         "probe_problem": probe_problem,
         "colors": colors,
@@ -946,6 +946,18 @@ def status(ctx: Context, probe: bool = True) -> Report:
         "settings": s.public(),   # the effective settings, secrets masked
         "releases": _status_record(ctx, facts, unknown),
     }
+
+
+def _with_maintenance_since(ctx: Context, fields: Dict[str, Any]) -> Dict[str, Any]:
+    """While maintenance mode is on: since when, by whom and with what message (the history's
+    last `maintenance on`)."""
+    state = fields["maintenance"]
+    if state.get("on"):
+        entries = History(ctx.host, str(ctx.settings.history_path())).entries()
+        last = next((e for e in reversed(entries) if e.action == "maintenance on" and e.result == "ok"), None)
+        if last is not None:
+            fields = {**fields, "maintenance": {**state, "since": last.time, "by": last.who, "message": last.message}}
+    return fields
 
 
 def _written(includes: IncludeFiles, route: str) -> Optional[Route]:

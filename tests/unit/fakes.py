@@ -19,11 +19,12 @@ from pipeline.core.answers import AccessLogReader, AnswerReader, Tally
 from pipeline.core.clock import Clock
 from pipeline.core.decide import ContainerFact, color_at, render_include, render_route
 from pipeline.core.route import Address, Route, shown
+from pipeline.core.maintenance import Maintenance
 from pipeline.adapters.engine import ContainerWatch, Engine
 from pipeline.adapters.nginx_host import LocalHost
 from pipeline.adapters.swarm import SwarmEngine, TaskAddress, TaskFact
 from pipeline.core.target import HealthReport, OneOff, OutputLine, RouteReport, Watch
-from pipeline.core.errors import (AdminUnavailable, DeployFailed, EngineFailed, RouteRefused, HealthCheckFailed,
+from pipeline.core.errors import (AdminUnavailable, PreflightError, DeployFailed, EngineFailed, RouteRefused, HealthCheckFailed,
                                   IncludeNotLoaded, Interrupted, NginxHostFailed, NotText, NotEnoughNodes,
                                   PipelineError, TaskFailed)
 from pipeline.core.gate import Gate, NotHealthyYet, Transport, wait_ready
@@ -470,6 +471,8 @@ class FakeSwitch(Strict):
         self.reader: Optional[AnswerReader] = None
         self.fails: Dict[str, BaseException] = {}      # the two phases' failures (prepare)
         self.during_commit: Callable[[], None] = lambda: None
+        # Maintenance mode (route_to keeps it, as the real switches do).
+        self.flag: Optional[Maintenance] = None
 
     @classmethod
     def configured(cls, settings: Settings, calls: Optional[List[Tuple[object, ...]]] = None,
@@ -509,6 +512,17 @@ class FakeSwitch(Strict):
     def describe(self) -> Dict[str, Optional[str]]:
         return {route: str(a[0]) if a else None for route, a in self.routes.items()
                 if route == LIVE or self.preview}
+
+    def maintenance(self) -> Optional[Maintenance]:
+        return self.flag
+
+    def set_maintenance(self, flag: Optional[Maintenance], /) -> None:
+        # As ReloadSwitch: the flag rides in the live include, which must name an address.
+        if not self.current(LIVE):
+            raise PreflightError("NGINX_INCLUDE names no address: deploy first")
+        if self.calls is not None:
+            self.calls.append(("set_maintenance", flag))
+        self.flag = flag
 
     def prepare(self, route: str, address: Route, /) -> "FakePrepared":
         """The first phase (several nginx hosts, fleet.FleetSwitch): logged as ("prepare", route,
@@ -561,6 +575,7 @@ class FakeAdmin(Strict):
         self.calls: List[Tuple[str, str]] = []
         self.down_after_put: Optional[BaseException] = None
         self.down: Optional[BaseException] = None
+        self.flag: Optional[Maintenance] = None   # maintenance mode, as the balancer's dict holds it
 
     def files(self) -> Dict[str, str]:
         """The includes nginx reads at start: the World's."""
@@ -599,6 +614,25 @@ class FakeAdmin(Strict):
             raise failure
         self.down, self.down_after_put = self.down_after_put, None
 
+
+    def maintenance(self) -> Optional[Maintenance]:
+        self.calls.append(("maintenance", ""))
+        if self.down is not None:
+            raise self.down
+        failure, _ = self._step("maintenance")
+        if failure is not None:
+            raise failure
+        return self.flag
+
+    def set_maintenance(self, flag: Optional[Maintenance]) -> None:
+        self.calls.append(("set_maintenance", "on" if flag else "off"))
+        if self.down is not None:
+            raise self.down
+        failure, lands = self._step("set_maintenance")
+        if failure is None or lands:
+            self.flag = flag
+        if failure is not None:
+            raise failure
 
     def stats(self) -> str:
         assert self.stats_answers, "nginx's stats were read, but the test did not say what they are"

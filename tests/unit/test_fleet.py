@@ -126,6 +126,23 @@ def test_a_bug_in_one_hosts_commit_is_raised_as_a_bug_once_every_host_is_put_bac
     assert sorted(x for x in calls if x[0] == "undo") == [("undo", LIVE, BLUE)] * 2   # b's include too
 
 
+def test_maintenance_mode_goes_on_every_host_or_none():
+    from pipeline.core.maintenance import Maintenance
+
+    flag = Maintenance("<p>back soon</p>", 60)
+    switch, (a, b) = fleet("a", "b")
+    switch.set_maintenance(flag)
+    assert (a.flag, b.flag) == (flag, flag) and switch.maintenance() == flag
+    b.set_maintenance = lambda f: (_ for _ in ()).throw(DeployFailed("nginx -t failed"))
+    with pytest.raises(DeployFailed, match="maintenance mode off failed on nginx host b: nginx -t failed; every "
+                                           "other host set back as it was"):
+        switch.set_maintenance(None)
+    assert a.flag == flag
+    a.flag = None
+    with pytest.raises(HostsDisagree, match=r"a off; b on \(503, Retry-After 60\)"):
+        switch.maintenance()
+
+
 def test_hosts_that_agree_answer_as_one():
     switch, _ = fleet("a", "b")
     assert switch.current(LIVE) == BLUE
