@@ -253,3 +253,16 @@ def test_hosts_that_serve_different_colors_stop_a_deploy_with_exit_3_naming_each
     assert (f"the nginx hosts disagree on the live route: root@{fleet.a.address}:22 serves {live_ip}:8080; "
             f"root@{fleet.b.address}:22 serves {other_ip}:8080") in error, error
     assert fleet.serving() == [before] * 2 and fleet.containers_of(version) == []
+
+
+def test_maintenance_mode_goes_on_and_off_on_both_hosts(fleet):
+    before = live(fleet)
+    on = run_pipeline(["maintenance", "on", "--message", "back soon"], fleet.env, fleet.workdir)
+    try:
+        assert on.returncode == 0, on.stderr
+        answers = [host.get("/") for host in (fleet.a, fleet.b)]
+        assert [a.status_code for a in answers] == [503, 503] and all("back soon" in a.text for a in answers)
+    finally:
+        off = run_pipeline(["maintenance", "off"], fleet.env, fleet.workdir)
+    assert off.returncode == 0, off.stderr
+    assert fleet.serving() == [before] * 2
