@@ -10,7 +10,7 @@ import threading
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Iterator, List, Mapping, Optional, Tuple
+from typing import Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from pipeline.flows.build import default_version
 from pipeline.core.clock import SYSTEM, Clock
@@ -23,7 +23,9 @@ from pipeline.core.host import NginxHost
 from pipeline.core.runlog import RunLog
 from pipeline.adapters.reload_switch import ReloadSwitch
 from pipeline.core.settings import COLORS, Settings
-from pipeline.core.switch import TrafficSwitch
+from pipeline.core.fleet import FleetProber, FleetSwitch
+from pipeline.core.gate import Probing
+from pipeline.core.switch import TrafficSwitch, TwoPhaseSwitch
 from pipeline.core.target import Target
 
 
@@ -44,7 +46,7 @@ def make_prober(host: NginxHost, settings: Settings, target: Target) -> Prober:
     return Prober.for_host(host, settings.nginx.remote, hint)
 
 
-def make_switch(host: NginxHost, settings: Settings) -> TrafficSwitch:
+def make_switch(host: NginxHost, settings: Settings) -> TwoPhaseSwitch:
     """SWITCH_MODE's switch, handed its sections: the switch's own, and NETWORK_TIMEOUT."""
     if settings.switch_mode == "live":
         return LiveSwitch(host, settings.switch, settings.network_timeout)
@@ -61,6 +63,20 @@ def make_target(settings: Settings, environ: Mapping[str, str], clock: Clock = S
                                    settings.registry_access, environ, clock)
     return Engine.connect(settings.app, settings.build, settings.network, settings.runtime,
                           settings.registry_access, environ)
+
+
+def fleet_switch(hosts: Sequence[NginxHost], switches: Sequence[TwoPhaseSwitch], clock: Clock = SYSTEM) -> TrafficSwitch:
+    """What the flows switch with: the one host's switch, or (NGINX_HOSTS) every host's as one."""
+    if len(switches) == 1:
+        return switches[0]
+    return FleetSwitch([(host.description, switch) for host, switch in zip(hosts, switches)], clock)
+
+
+def fleet_prober(hosts: Sequence[NginxHost], settings: Settings, target: Target) -> Probing:
+    """Where health probes run: from the one nginx host, or (NGINX_HOSTS) from every one."""
+    if len(hosts) == 1:
+        return make_prober(hosts[0], settings, target)
+    return FleetProber([make_prober(host, settings, target) for host in hosts])
 
 
 @contextmanager
@@ -113,8 +129,8 @@ def context(settings: Settings, environ: Mapping[str, str], cwd: Path, lock_wait
             engine = make_target(settings, environ)
         host = hosts[0]
         switches = tuple(make_switch(each, settings) for each in hosts)
-        ctx = Context(settings, engine, host, switches[0], cwd, environ,
-                      make_prober(host, settings, engine), SYSTEM.now() if started is None else started,
+        ctx = Context(settings, engine, host, fleet_switch(hosts, switches), cwd, environ,
+                      fleet_prober(hosts, settings, engine), SYSTEM.now() if started is None else started,
                       lock_wait=lock_wait, clock=SYSTEM, hosts=hosts, switches=switches,
                       runlog=runlog if runlog is not None else RunLog())
         if threading.current_thread() is threading.main_thread():

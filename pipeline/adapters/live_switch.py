@@ -329,6 +329,11 @@ class LiveSwitch:
             raise LiveSwitchFailed(f"nginx did not take maintenance mode {describe(flag)}: {exc}; {left}") from exc
 
     def route_to(self, route: str, targets: Route) -> None:
+        self.prepare(route, targets).commit()
+
+    def prepare(self, route: str, targets: Route) -> "LivePrepared":
+        """The checks before the PUT (the addresses are ones nginx takes, the admin answers with
+        the token) and the include written, nginx still serving the old address."""
         try:
             render_route(targets)   # more addresses than nginx takes, or one twice: before anything changes
         except ValueError as exc:
@@ -340,6 +345,11 @@ class LiveSwitch:
             raise LiveSwitchFailed(f"cannot switch the {route} route: {exc}; nothing was changed") from exc
         include_before = self.includes.read(route)
         self.includes.write(route, self.includes.render(route, targets, include_before))
+        return LivePrepared(self, route, targets, served_before, include_before)
+
+    def commit(self, route: str, targets: Route, served_before: Optional[Route],
+               include_before: Optional[str]) -> None:
+        """The PUT, read back; on failure the include and nginx's old address put back."""
         landed = True   # the PUT may have landed until nginx says it stored nothing
         try:
             try:
@@ -353,6 +363,27 @@ class LiveSwitch:
         except (PipelineError, Interrupted) as exc:
             self._undo(route, targets, include_before, served_before, landed, exc)
         log.info("    nginx %s route: %s -> %s (no reload)", route, shown(served_before), shown(targets))
+
+    def undo(self, route: str, targets: Route, served_before: Optional[Route], include_before: Optional[str],
+             put: bool) -> None:
+        """A prepared (`put`: and committed) switch undone: nginx's old address, then the include."""
+        problems = []
+        if put and served_before is None:
+            problems.append(f"nginx had no address before, so none can be set back: it still sends the {route} "
+                            f"traffic to {shown(targets)}")
+        elif put and served_before is not None:
+            try:
+                self.admin.put(route, served_before)
+            except AdminUnavailable as exc:
+                problems.append(f"setting nginx back to {shown(served_before)} failed ({exc.problem}): it may "
+                                f"still send the {route} traffic to {shown(targets)}")
+        try:
+            self.includes.write(route, include_before)
+        except NginxHostFailed as exc:
+            problems.append(f"putting the old include back failed ({exc}): {self.includes.path(route)} names "
+                            f"{shown(targets)}, which nginx serves if it restarts or reloads")
+        if problems:
+            raise SwitchIncomplete(f"{'; '.join(problems)} (nginx admin {self.admin.url})")
 
     def _undo(self, route: str, targets: Route, include_before: Optional[str], served_before: Optional[Route],
               landed: bool, why: BaseException) -> NoReturn:
@@ -426,3 +457,20 @@ class LiveSwitch:
             except AdminUnavailable as exc:
                 report[route] = f"unknown ({exc.problem})"
         return report
+
+
+class LivePrepared:
+    """One nginx host's live switch made ready, not yet PUT (core.switch.Prepared)."""
+
+    def __init__(self, switch: LiveSwitch, route: str, targets: Route, served_before: Optional[Route],
+                 include_before: Optional[str]) -> None:
+        self.switch, self.route, self.targets = switch, route, targets
+        self.before, self.include_before = served_before, include_before
+        self.committed = False
+
+    def commit(self) -> None:
+        self.switch.commit(self.route, self.targets, self.before, self.include_before)
+        self.committed = True
+
+    def undo(self) -> None:
+        self.switch.undo(self.route, self.targets, self.before, self.include_before, put=self.committed)

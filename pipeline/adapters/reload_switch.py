@@ -273,7 +273,10 @@ class ReloadSwitch:
                                           f"nginx rejected the new {route} include; put the old one back")
             self._put_back(route, before, address, failure, reload=False)
             raise failure
-        reload = Reload.parse(results[1] if len(results) > 1 else None, token)
+        self._reloaded(route, before, address, Reload.parse(results[1] if len(results) > 1 else None, token))
+
+    def _reloaded(self, route: str, before: Optional[str], address: Route, reload: Reload) -> None:
+        """What the reload step reported: done, or the old include put back and the failure raised."""
         if reload.verdict == "applied":
             if reload.note:
                 # The switch is done; the next run finds no copy and reloads nginx once more first.
@@ -284,6 +287,52 @@ class ReloadSwitch:
         # put its `.loaded` copy back). Otherwise nginx may have loaded the new one: reload again.
         self._put_back(route, before, address, failure, reload=reload.ran and reload.verdict != "unchanged")
         raise failure
+
+    # -- two phases, for several nginx hosts switched as one (fleet.FleetSwitch) -------------------
+
+    def prepare(self, route: str, address: Route) -> "ReloadPrepared":
+        """Write the new include and test it (`nginx -t`) while nginx still serves the old one
+        (nothing reloads). On failure the old include is back and the failure raised."""
+        before = self.includes.read(route)
+        try:
+            self.includes.write(route, self.includes.render(route, address, before))
+            test = self.host.run(self.settings.nginx_test_command)
+        except NginxHostFailed as exc:
+            failed = self._named(exc, self.settings.nginx_test_command)
+            self._put_back(route, before, address, failed, reload=False)
+            raise DeployFailed(f"{failed}; put the old {route} include back") from exc
+        if test.code != 0:
+            failure = RemoteCommandFailed(test.command, test.code, tail(test.output),
+                                          f"nginx rejected the new {route} include; put the old one back")
+            self._put_back(route, before, address, failure, reload=False)
+            raise failure
+        return ReloadPrepared(self, route, address, before)
+
+    def commit(self, route: str, address: Route, before: Optional[str]) -> None:
+        """The reload of a prepared include, seen to apply; on failure the old include is back
+        (reloaded when nginx may have loaded the new one) and the failure raised."""
+        token = f"__pipeline_reload_{os.urandom(8).hex()}"
+        try:
+            result = self.host.run(self._reload_step(route, token))
+        except NginxHostFailed as exc:
+            failed = self._named(exc, self.settings.nginx_reload_command)
+            self._put_back(route, before, address, failed, reload=True)
+            raise DeployFailed(f"{failed}; put the old {route} include back and reloaded nginx") from exc
+        self._reloaded(route, before, address, Reload.parse(result, token))
+
+    def undo(self, route: str, address: Route, before: Optional[str], reload: bool) -> None:
+        """The old include back, and reloaded (seen to apply) when nginx loaded the new one."""
+        s = self.settings
+        try:
+            problem = self._restore(route, before, reload)
+        except NginxHostFailed as exc:
+            problem = str(exc)
+        if problem is not None:
+            raise SwitchIncomplete(
+                f"putting the old {route} include back failed ({problem}). {self.includes.path(route)} on the nginx "
+                f"host ({self.host.description}) may name {shown(address)} or the old address, and nginx may serve "
+                f"either. On that host, run `{shlex.join(s.nginx_test_command)}` and "
+                f"`{shlex.join(s.nginx_reload_command)}`: nginx then serves what the include names")
 
     def _reload_step(self, route: str, token: str) -> List[str]:
         s = self.settings
@@ -333,14 +382,8 @@ class ReloadSwitch:
                   reload: bool) -> None:
         """Restore the include (and reload, seen to apply, when nginx may have loaded the new one);
         if that fails, say exactly what is left to do."""
-        problem = None
         try:
-            self.includes.write(route, before)
-            if reload:
-                again = self._reload(route)
-                if again.verdict != "applied":
-                    problem = (f"`{shlex.join(self.settings.nginx_reload_command)}` after putting it back was not "
-                               f"seen to apply ({again.verdict}, exit {again.code})")
+            problem = self._restore(route, before, reload)
         except NginxHostFailed as exc:
             problem = str(exc)
         if problem is None:
@@ -352,6 +395,16 @@ class ReloadSwitch:
             f"new container is left running. On the nginx host, run `{shlex.join(s.nginx_test_command)}` and "
             f"`{shlex.join(s.nginx_reload_command)}`: nginx then serves what the include names, and the next "
             f"deploy goes to the other color", list(why.detail())) from why
+
+    def _restore(self, route: str, before: Optional[str], reload: bool) -> Optional[str]:
+        """Write the old include back (and reload, seen to apply): what went wrong, or None."""
+        self.includes.write(route, before)
+        if reload:
+            again = self._reload(route)
+            if again.verdict != "applied":
+                return (f"`{shlex.join(self.settings.nginx_reload_command)}` after putting it back was not "
+                        f"seen to apply ({again.verdict}, exit {again.code})")
+        return None
 
     def _warn_loaded_not_written(self, route: str) -> None:
         log.warning(
@@ -370,6 +423,22 @@ class ReloadSwitch:
         """What each include names, read from the files (whether nginx loaded it: `current`)."""
         return {route: _text(parse_include(self.includes.read(route)))
                 for route in (LIVE, PREVIEW) if self.includes.path(route)}
+
+
+class ReloadPrepared:
+    """A new include written and tested on one nginx host, not yet reloaded (core.switch.Prepared)."""
+
+    def __init__(self, switch: ReloadSwitch, route: str, address: Route, before: Optional[str]) -> None:
+        self.switch, self.route, self.address, self.text_before = switch, route, address, before
+        self.before: Optional[Route] = parse_include(before) or None
+        self.committed = False
+
+    def commit(self) -> None:
+        self.switch.commit(self.route, self.address, self.text_before)
+        self.committed = True
+
+    def undo(self) -> None:
+        self.switch.undo(self.route, self.address, self.text_before, reload=self.committed)
 
 
 def _short(command: str, limit: int = 120) -> str:

@@ -95,6 +95,12 @@ class IncludeNotLoaded(SwitchUnavailable):
         super().__init__(message)
 
 
+class HostsDisagree(SwitchUnavailable):
+    """NGINX_HOSTS: the nginx hosts route the same traffic to different places (a switch that
+    could not be undone on one of them, or a host set by hand): nothing is changed until they
+    agree (exit 3). The message says what each serves."""
+
+
 class LockHeld(PipelineError):
     exit_code = EXIT_LOCKED
 

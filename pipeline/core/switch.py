@@ -74,6 +74,31 @@ class TrafficSwitch(Protocol):
         verification window's reader)."""
 
 
+class Prepared(Protocol):
+    """One host's switch made ready and not yet done (TwoPhaseSwitch.prepare): the include is
+    written and tested (reload mode) or the admin answered (live mode), while nginx still serves
+    what it served before (`before`)."""
+
+    before: Optional[Route]
+
+    def commit(self) -> None:
+        """Move the traffic (the reload, or the PUT); on failure raise, the host put back as it
+        was (or SwitchIncomplete when that could not be done)."""
+
+    def undo(self) -> None:
+        """Back to `before`, committed or not (the include, and nginx when it was moved);
+        SwitchIncomplete when that could not be done."""
+
+
+class TwoPhaseSwitch(TrafficSwitch, Protocol):
+    """A switch on one nginx host that can be prepared on every host before any host commits
+    (fleet.FleetSwitch, NGINX_HOSTS)."""
+
+    def prepare(self, route_name: str, route: Route, /) -> Prepared:
+        """Everything of `route_to` short of moving the traffic; on failure raise, the host put
+        back (or SwitchIncomplete)."""
+
+
 def status_fields(switch: TrafficSwitch) -> Dict[str, object]:
     """The switch's fields in `status`."""
     return {"switch_mode": switch.mode, "switch": switch.describe(), "maintenance": maintenance_status(switch)}

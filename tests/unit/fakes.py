@@ -469,6 +469,8 @@ class FakeSwitch(Strict):
         self.loaded: Dict[str, bool] = {LIVE: True, PREVIEW: True}
         # What nginx answers during a verification window (a test that verifies sets it).
         self.reader: Optional[AnswerReader] = None
+        self.fails: Dict[str, BaseException] = {}      # the two phases' failures (prepare)
+        self.during_commit: Callable[[], None] = lambda: None
         # Maintenance mode (route_to keeps it, as the real switches do).
         self.flag: Optional[Maintenance] = None
 
@@ -521,6 +523,39 @@ class FakeSwitch(Strict):
         if self.calls is not None:
             self.calls.append(("set_maintenance", flag))
         self.flag = flag
+
+    def prepare(self, route: str, address: Route, /) -> "FakePrepared":
+        """The first phase (several nginx hosts, fleet.FleetSwitch): logged as ("prepare", route,
+        addresses) to `calls`; `fails["prepare"]` raises instead (the host put back, as the real
+        ones do), `fails["commit"]` / `fails["undo"]` make those raise. `during_commit` runs inside
+        the commit, before the route moves (a test's check that hosts commit at the same time)."""
+        assert isinstance(address, tuple), f"a route is a tuple of addresses, not {address!r}"
+        render_include(address, self.form if route == LIVE else "set")
+        if self.calls is not None:
+            self.calls.append(("prepare", route, address))
+        if "prepare" in self.fails:
+            raise self.fails["prepare"]
+        return FakePrepared(self, route, address, self.routes[route])
+
+
+class FakePrepared:
+    """FakeSwitch.prepare's: commit moves the route (logged as route_to), undo puts it back."""
+
+    def __init__(self, switch: FakeSwitch, route: str, address: Route, before: Optional[Route]) -> None:
+        self.switch, self.route, self.address, self.before = switch, route, address, before
+
+    def commit(self) -> None:
+        self.switch.during_commit()
+        if "commit" in self.switch.fails:
+            raise self.switch.fails["commit"]
+        self.switch.route_to(self.route, self.address)
+
+    def undo(self) -> None:
+        if self.switch.calls is not None:
+            self.switch.calls.append(("undo", self.route, self.before or ()))
+        if "undo" in self.switch.fails:
+            raise self.switch.fails["undo"]
+        self.switch.routes[self.route] = self.before
 
 
 class FakeAdmin(Strict):
@@ -970,13 +1005,15 @@ if TYPE_CHECKING:
     from pipeline.core.answers import Stats
     from pipeline.core.gate import Probing
     from pipeline.core.host import NginxHost
-    from pipeline.core.switch import TrafficSwitch
+    from pipeline.core.switch import Prepared, TrafficSwitch, TwoPhaseSwitch
     from pipeline.core.target import Target
 
     _settings = Settings()
     _target: Target = FakeEngine(_settings)
     _swarm: Target = FakeSwarm(_settings, 3)
     _switch: TrafficSwitch = FakeSwitch()
+    _two_phase: TwoPhaseSwitch = FakeSwitch()
+    _prepared: Prepared = FakePrepared(FakeSwitch(), LIVE, (), None)
     _host: NginxHost = FakeHost()
     _clock: Clock = FakeClock()
     _world_clock: Clock = WorldClock(World())

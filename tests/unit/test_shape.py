@@ -13,7 +13,7 @@ from typing import Set
 import pytest
 
 from pipeline.adapters import engine, live_switch, reload_switch, swarm
-from pipeline.core import switch, target
+from pipeline.core import fleet, switch, target
 from pipeline.core.clock import Clock, SystemClock
 
 from . import fakes
@@ -49,8 +49,9 @@ def test_every_watch_has_the_whole_interface(implementation):
     assert members(target.Watch) <= set(dir(implementation))
 
 
-@pytest.mark.parametrize("implementation", [reload_switch.ReloadSwitch, live_switch.LiveSwitch, fakes.FakeSwitch],
-                         ids=["ReloadSwitch", "LiveSwitch", "fakes.FakeSwitch"])
+@pytest.mark.parametrize("implementation", [reload_switch.ReloadSwitch, live_switch.LiveSwitch, fakes.FakeSwitch,
+                                            fleet.FleetSwitch],
+                         ids=["ReloadSwitch", "LiveSwitch", "fakes.FakeSwitch", "fleet.FleetSwitch"])
 def test_every_switch_has_the_whole_interface(implementation):
     missing = {name for name in members(switch.TrafficSwitch) if not hasattr(implementation, name)}
     assert missing == set(), f"{implementation.__name__} lacks {sorted(missing)}"
