@@ -116,8 +116,8 @@ def _run(args: argparse.Namespace, settings: Settings, environ: Mapping[str, str
         connecting.close()
         raise
     if args.command == "lock":
-        with compose.nginx_host(settings, connecting) as host:
-            stdout.write(flows.lock_command(host, settings, args.lock_command) + "\n")
+        with compose.nginx_hosts(settings, connecting) as hosts:   # the lock is on every nginx host
+            stdout.write(flows.lock_command(hosts, settings, args.lock_command) + "\n")
             return errors.EXIT_OK
     with compose.context(settings, environ, cwd, getattr(args, "lock_wait", 0.0), started, connecting,
                          releasing=args.command == "deploy") as ctx:

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from pipeline.flows import build, smoke, verify
 
@@ -34,7 +34,7 @@ from pipeline.core.errors import (DeployFailed, IncludeNotLoaded, Interrupted, I
                      SwitchedBack, SwitchedBackAfterBug, SwitchedBackOnSignal, SwitchIncomplete, SwitchUnavailable)
 from pipeline.core.history import Entry, History
 from pipeline.core.clock import SYSTEM, Clock
-from pipeline.flows.lock import DeployLock, LockInfo, who_am_i
+from pipeline.flows.lock import LockInfo, LockSet, who_am_i
 from pipeline.core.host import NginxHost, check_writable
 from pipeline.core.releases import Release, ReleaseRecord, ReleaseStore
 from pipeline.core.settings import COLORS, Settings
@@ -159,11 +159,12 @@ def preflight(ctx: Context, action: str) -> Iterator[Run]:
     A check that fails has changed nothing: the lock is released again.
     """
     s = ctx.settings
-    check_writable(ctx.host, s)   # first: the lock and the history are written there
+    for host in ctx.hosts:
+        check_writable(host, s)   # first: the lock and the history are written there, on every host
     assert s.app_version or action not in ("deploy", "stage"), "compose settles the version of a deploy"
     who = who_am_i(ctx.environ)
-    lock = DeployLock(ctx.host, str(s.lock_path()), clock=ctx.clock)
-    history = History(ctx.host, str(s.history_path()))
+    lock = LockSet.on(ctx.hosts, str(s.lock_path()), clock=ctx.clock)
+    history = run_history(ctx)
     lock.acquire(LockInfo(who, socket.gethostname(), os.getpid(), action, s.app_version or "", _now()),
                  ctx.lock_wait)
     run = Run()
@@ -200,15 +201,25 @@ def preflight(ctx: Context, action: str) -> Iterator[Run]:
             raise
         outcome = run.outcome
         assert outcome is not None, f"the {action} flow ended without saying what it did"
-        history.append(Entry(_now(), who, s.app_name, outcome.action, outcome.version, outcome.color, "ok",
-                             _elapsed(ctx), outcome.message))
+        lost = history.append(Entry(_now(), who, s.app_name, outcome.action, outcome.version, outcome.color, "ok",
+                                    _elapsed(ctx), outcome.message))
+        if lost and len(ctx.hosts) > 1:
+            raise host_lost(outcome, lost)
         phase("done: %s in %.1fs", outcome.message, ctx.clock.now() - ctx.started)
     finally:
-        try:
-            lock.release()
-        except (OutsideFailure, PreflightError) as exc:   # must not replace the run's result
-            log.error("==> could not release the deploy lock %s (%s); when no run is active: "
-                      "`python -m pipeline lock release`", lock.path, exc)
+        lock.release()   # on every host; one that fails is logged and must not replace the run's result
+
+
+def host_lost(outcome: Outcome, lost: Sequence[Tuple[str, str]]) -> DeployFailed:
+    """A run that did what it set out to do, but one of several nginx hosts could not be reached
+    at its end (its history could not be written there): exit 1 naming it. What it serves is not
+    known; the next run cannot connect to it and refuses (exit 3) until it is back or removed
+    from NGINX_HOSTS."""
+    names = ", ".join(host for host, _ in lost)
+    causes = "; ".join(f"{host}: {cause}" for host, cause in lost)
+    return DeployFailed(f"{outcome.message} on the other nginx hosts, but the nginx host {names} could not be "
+                        f"reached at the end of the run ({causes}): what it serves is not known; the next "
+                        f"deploy refuses (exit 3) until it is back or removed from NGINX_HOSTS")
 
 
 def killed_entry(dead: LockInfo, app: str, found_by: str) -> Entry:
@@ -229,11 +240,18 @@ def _elapsed(ctx: Context) -> float:
 
 
 def facts_and_record(ctx: Context) -> Tuple[Facts, ReleaseRecord]:
-    """What the flows decide from: the facts, and the release record checked against them."""
+    """What the flows decide from: the facts, and the release record checked against them. With
+    several nginx hosts whose copies of the record differ, the record reconciled (releases.load)
+    is written on every host here, under the lock."""
     gathered = _gathered_settled(ctx)
-    read = record_store(ctx).read()   # once: _settled and recorded both need it (one SFTP round trip)
-    facts = _settled(ctx, gathered, read)
-    return facts, recorded(ctx, facts, read)
+    store = record_store(ctx)
+    copies = store.copies()   # once: _settled and recorded both need it (one SFTP round trip per host)
+    facts = _settled(ctx, gathered, copies)
+    record = recorded(ctx, facts, copies)
+    if any(copy.record != record for copy in copies) and len(copies) > 1:
+        with ctx.guard.critical():
+            store.write(record)
+    return facts, record
 
 
 def _gathered_settled(ctx: Context) -> Facts:
@@ -270,9 +288,8 @@ def _gathered_settled(ctx: Context) -> Facts:
     return gather(ctx)
 
 
-def _settled(ctx: Context, facts: Facts,
-             read: Optional[Tuple[Optional[ReleaseRecord], str]] = None) -> Facts:
-    written, _ = read if read is not None else record_store(ctx).read()
+def _settled(ctx: Context, facts: Facts, copies: Optional[Sequence[releases.Copy]] = None) -> Facts:
+    written = releases.agreed(copies if copies is not None else record_store(ctx).copies())
     running = frozenset(color for color, fact in facts.containers.items() if fact.running)
     choice = releases.settle_live(facts.choice, written, running)
     if choice == facts.choice:
@@ -281,16 +298,22 @@ def _settled(ctx: Context, facts: Facts,
     return replace(facts, choice=choice)
 
 
-def recorded(ctx: Context, facts: Facts,
-             read: Optional[Tuple[Optional[ReleaseRecord], str]] = None) -> ReleaseRecord:
-    """The release record, checked against what nginx serves and Docker reports."""
+def recorded(ctx: Context, facts: Facts, copies: Optional[Sequence[releases.Copy]] = None) -> ReleaseRecord:
+    """The release record, checked against what nginx serves and Docker reports (and its copies
+    on the nginx hosts reconciled)."""
     s = ctx.settings
-    return releases.load(record_store(ctx), History(ctx.host, str(s.history_path())).entries,
-                         facts.choice.live, facts.containers, s.image_ref, read)
+    return releases.load(record_store(ctx), run_history(ctx).entries,
+                         facts.choice.live, facts.containers, s.image_ref, copies)
 
 
 def record_store(ctx: Context) -> ReleaseStore:
-    return ReleaseStore(ctx.host, str(ctx.settings.releases_path()))
+    """The release record, on every nginx host."""
+    return ReleaseStore(ctx.hosts[0], str(ctx.settings.releases_path()), ctx.hosts[1:])
+
+
+def run_history(ctx: Context) -> History:
+    """The history, on every nginx host."""
+    return History(ctx.hosts[0], str(ctx.settings.history_path()), ctx.hosts[1:])
 
 
 # -- steps -----------------------------------------------------------------------------------------
@@ -752,8 +775,7 @@ def _undo_bring_back(ctx: Context, plan: releases.RollbackPlan, live: Optional[s
 def history(ctx: Context) -> List[Report]:
     """Every history entry, marked: `live` (its release serves now) and `rollback_target`
     (`rollback --to` its version works: it was live, and its container or image is kept)."""
-    s = ctx.settings
-    entries = History(ctx.host, str(s.history_path())).entries()
+    entries = run_history(ctx).entries()
     facts = _settled(ctx, _report_facts(ctx))
     record = recorded(ctx, facts)
     targets = {r.version for r in releases.rollback_targets(record, facts.choice.live, facts.containers,
@@ -768,19 +790,11 @@ def history(ctx: Context) -> List[Report]:
     return out
 
 
-def lock_command(host: NginxHost, settings: Settings, command: str) -> str:
-    """`lock status` / `lock release`: who holds the deploy lock; release it by hand."""
-    lock = DeployLock(host, str(settings.lock_path()))
-    holder = lock.read()
-    if command == "status":
-        if holder is None:
-            return "unlocked"
-        stale = " (stale: its process is gone)" if lock.is_stale(holder) else ""
-        return f"locked: {holder.describe()}{stale}"
-    if holder is None:
-        return "unlocked; nothing to release"
-    lock.force_release()
-    return f"released the lock held by: {holder.describe()}"
+def lock_command(hosts: Sequence[NginxHost], settings: Settings, command: str) -> str:
+    """`lock status` / `lock release`: who holds the deploy lock (on each nginx host, when there
+    are several); release it by hand (on every one)."""
+    lock = LockSet.on(hosts, str(settings.lock_path()))
+    return lock.status() if command == "status" else lock.force_release()
 
 
 def _report_facts(ctx: Context) -> Facts:
