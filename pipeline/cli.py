@@ -159,6 +159,7 @@ def _status_lines(report: Mapping[str, Any]) -> Iterator[str]:
     yield f"app:      {report['app']}\n"
     yield f"live:     {_live_shown(report)}\n"
     yield f"include:  {include['path']} -> {include['points_at'] or 'nothing'} on {report['nginx_host']}\n"
+    yield from _host_lines(report)
     if report["preview"]:
         yield f"preview:  {report['preview']}\n"
     yield f"switch:   {report['switch_mode']}" + "".join(f"  {k}={v}" for k, v in report["switch"].items()) + "\n"
@@ -170,6 +171,21 @@ def _status_lines(report: Mapping[str, Any]) -> Iterator[str]:
                                    for name, r in report["releases"].items()) + "\n"
     for color, row in report["colors"].items():
         yield from _color_lines(color, row, color == live)
+
+
+def _host_lines(report: Mapping[str, Any]) -> Iterator[str]:
+    """With several nginx hosts: what each one serves, and loudly when they disagree."""
+    hosts = report.get("nginx_hosts") or []
+    if len(hosts) < 2:
+        return
+    for row in hosts:
+        serves = f"{row['color']} ({row['version'] or '?'}) at {row['points_at']}" if row["color"] else \
+            (row["points_at"] or "nothing")
+        yield f"host:     {row['host']} serves {serves}" + (f"  [{row['problem']}]" if row["problem"] else "") + "\n"
+    if report.get("hosts_disagree"):
+        said = ", ".join(f"{row['host']}: {row['color'] or 'unknown'}" for row in hosts)
+        yield (f"WARNING:  THE NGINX HOSTS DISAGREE on what they serve ({said}); a deploy, promote or "
+               f"rollback switches every one of them\n")
 
 
 def _live_shown(report: Mapping[str, Any]) -> str:

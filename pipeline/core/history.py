@@ -91,7 +91,8 @@ def merge_copies(copies: Sequence[Tuple[str, Sequence[Entry]]]) -> Tuple[List[En
     """Every host's copy of the history as one (pure). Each run appends the same entry on every
     host, so copies differ only by entries a host missed (it could not be reached): the merge is
     the first copy with every entry another copy has and it lacks put in after the entry that
-    precedes it there, so each copy's order is kept. Also returns each host whose copy lacks
+    precedes it there (after the first copy's own entries there that are not newer), so each
+    copy's order is kept. Also returns each host whose copy lacks
     entries, and how many."""
     merged: List[Entry] = list(copies[0][1]) if copies else []
     for _, entries in copies[1:]:
@@ -100,6 +101,9 @@ def merge_copies(copies: Sequence[Tuple[str, Sequence[Entry]]]) -> Tuple[List[En
             if entry in merged:
                 place = merged.index(entry) + 1
             else:
+                # Between two entries both copies have, the other copy's own ones by their time.
+                while place < len(merged) and merged[place] not in entries and merged[place].time <= entry.time:
+                    place += 1
                 merged.insert(place, entry)
                 place += 1
     lacking = []

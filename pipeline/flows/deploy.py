@@ -823,6 +823,7 @@ def status(ctx: Context, probe: bool = True) -> Report:
     include_address = _written(includes, LIVE)
     live = facts.choice.live if facts.live_address and not unknown else None
     colors = _color_rows(ctx, facts, probe_problem, _health_report(ctx) if probe else None)
+    hosts = _host_rows(ctx, facts, switch_problem, colors)
     return {
         "app": s.app_name,
         "live_color": live,
@@ -834,9 +835,35 @@ def status(ctx: Context, probe: bool = True) -> Report:
         "probe_problem": probe_problem,
         "colors": colors,
         "nginx_host": ctx.host.description,
+        "nginx_hosts": hosts,   # what each nginx host serves (NGINX_HOSTS, in order)
+        "hosts_disagree": _disagree(hosts),
         "settings": s.public(),   # the effective settings, secrets masked
         "releases": _status_record(ctx, facts, unknown),
     }
+
+
+def _host_rows(ctx: Context, facts: Facts, switch_problem: Optional[str],
+               colors: Dict[str, Dict[str, object]]) -> List[Report]:
+    """What each nginx host serves, asked of its own switch; with one host, what `facts` say."""
+    rows = []
+    for host, switch in zip(ctx.hosts, ctx.switches):
+        route: Optional[Route]
+        if len(ctx.hosts) == 1:
+            route, problem = facts.live_address, switch_problem
+        else:
+            try:
+                route, problem = switch.current(LIVE), None
+            except PipelineError as exc:   # its admin, its include not loaded, the host itself
+                route, problem = getattr(exc, "address", None), str(exc)
+        color = ctx.engine.color_at(route) if route else None
+        rows.append({"host": host.description, "points_at": shown(route) if route else None, "color": color,
+                     "version": colors[color]["version"] if color else None, "problem": problem})
+    return rows
+
+
+def _disagree(hosts: Sequence[Report]) -> bool:
+    """Whether the nginx hosts serve different colors (or one cannot say what it serves)."""
+    return len({(row["color"], row["problem"] is None) for row in hosts}) > 1
 
 
 def _written(includes: IncludeFiles, route: str) -> Optional[Route]:
