@@ -201,8 +201,9 @@ def _color_lines(color: str, row: Mapping[str, Any], live: bool) -> Iterator[str
     yield (f"{'*' if live else ' '} {color:<5}  {row['container']:<24} {where:<15} {row['state']:<10} "
            f"{row['version'] or '-':<16} {row['health'] or '-'}\n")
     for task in row.get("tasks") or []:   # TARGET=swarm: one line per task
+        route = f"  (route: {task['route']})" if task.get("route") else ""
         yield (f"      task {task['task']:<12} {task['node']:<12} {task['address'] or '-':<20} "
-               f"{task['state']:<10} {task['version'] or '-':<16} {task['health'] or '-'}\n")
+               f"{task['state']:<10} {task['version'] or '-':<16} {task['health'] or '-'}{route}\n")
 
 
 def run() -> None:

@@ -21,13 +21,22 @@ from pipeline.adapters.live_switch import LiveSwitch
 from pipeline.adapters.nginx_host import Connecting, connect
 from pipeline.core.host import NginxHost
 from pipeline.adapters.reload_switch import ReloadSwitch
-from pipeline.core.settings import Settings
+from pipeline.core.settings import COLORS, Settings
 from pipeline.core.switch import TrafficSwitch
 from pipeline.core.target import Target
 
 
-def make_prober(host: NginxHost, settings: Settings) -> Prober:
-    """Where health probes run: the nginx host's side (over its SSH connection when it is remote)."""
+def make_prober(host: NginxHost, settings: Settings, target: Target) -> Prober:
+    """Where health probes run: the nginx host's side (over its SSH connection when it is remote).
+
+    TARGET=swarm: only to the nodes' addresses the manager reports, on a color's port, by any
+    route the nginx host has to them (nginx proxies to the tasks that way); else over a local
+    bridge only (health.py)."""
+    if settings.target == "swarm":
+        hint = ("nginx proxies to each task at its node's address: the nginx host needs a route to every "
+                "swarm node")
+        return Prober.for_host(host, settings.nginx.remote, hint, nodes=target.probe_ips,
+                               ports={settings.swarm.port_of(color) for color in COLORS})
     network = settings.network
     hint = (f"DEPLOY_NETWORK={network.deploy_network} (DEPLOY_SUBNET={network.deploy_subnet}) must be a docker"
             f" bridge on the machine nginx runs on: point DOCKER_HOST at that machine's engine")
@@ -103,7 +112,7 @@ def context(settings: Settings, environ: Mapping[str, str], cwd: Path, lock_wait
         host = hosts[0]
         switches = tuple(make_switch(each, settings) for each in hosts)
         ctx = Context(settings, engine, host, switches[0], cwd, environ,
-                      make_prober(host, settings), SYSTEM.now() if started is None else started,
+                      make_prober(host, settings, engine), SYSTEM.now() if started is None else started,
                       lock_wait=lock_wait, clock=SYSTEM, hosts=hosts, switches=switches)
         if threading.current_thread() is threading.main_thread():
             ctx.guard.install()   # SIGINT/SIGTERM become Interrupted, so every cleanup runs

@@ -21,7 +21,7 @@ from pipeline.core.errors import ContainerExited, DeployFailed, EngineFailed, Ou
 from pipeline.core.gate import Gate, Transport, connect_check, probe
 from pipeline.core.settings import (COLORS, AppSettings, BuildSettings, NetworkSettings, RegistrySettings,
                                      RuntimeSettings)
-from pipeline.core.target import Endpoint, HealthReport
+from pipeline.core.target import Endpoint, HealthReport, RouteReport
 
 log = logging.getLogger("pipeline")
 
@@ -284,8 +284,9 @@ class Engine(Images):
         return ContainerWatch(self, color)
 
     def status_row(self, color: str, fact: Optional[ContainerFact],
-                   report: Optional[HealthReport]) -> Dict[str, object]:
-        """Its fixed IP; its health only while a container of ours holds it."""
+                   report: Optional[HealthReport], route: Optional[RouteReport] = None) -> Dict[str, object]:
+        """Its fixed IP; its health only while a container of ours holds it. (Its route is a
+        local bridge: the only one its probes may take.)"""
         healthy = None
         if fact is not None and report is not None and self.holds_address(color):
             healthy = report(health_url(self.addresses(color)[0], self.app.health_path))

@@ -3,10 +3,19 @@
 Probes run where nginx runs, because that is where the release has to be reachable: through a
 direct-tcpip channel of the SSH connection when nginx is on another machine (`ChannelTransport`),
 from this machine otherwise (`LocalTransport`). A `Prober` wraps either and never lets a probe
-leave unless the probing side reaches the address over a directly connected interface, i.e. the
-deploy network is a local bridge there: an address reached only through the default route (a
-docker network on some other engine, or one that is gone) may be answered by anything outside.
-Callers also probe only an address a container of ours holds (checked before every probe).
+leave unless the probing side may take its route to the address:
+
+- one engine (TARGET=docker): only over a directly connected interface, i.e. the deploy network is
+  a local bridge there: an address reached only through the default route (a docker network on
+  some other engine, or one that is gone) may be answered by anything outside.
+- a swarm (TARGET=swarm, `nodes` given): only to an address of a node the manager reports, on a
+  color's published port, and then over any route the probing side has (directly connected on
+  any interface, or through a gateway): a task published in host mode answers at its node's own
+  address, and the color's port there is ours alone, so nginx proxies to it by whatever route
+  the nginx host has, and the probes go the same way (issue 20).
+
+Callers also probe only an address a container (or running task) of ours holds, checked before
+every probe.
 """
 from __future__ import annotations
 
@@ -14,7 +23,7 @@ import http.client
 import logging
 import re
 import socket
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import AbstractSet, Callable, Dict, FrozenSet, List, Optional, Sequence, Tuple
 from urllib.parse import urlsplit
 
 import paramiko
@@ -93,33 +102,66 @@ class ChannelTransport:
 
 
 class Prober:
-    """A transport that lets no probe leave unless the probing side has a directly connected
-    route to the address over a bridge (see `route_problem`), asked of the nginx host (`host`:
-    this machine or the SSH one). The route is checked once per address."""
+    """A transport that lets no probe leave unless the probing side may take its route to the
+    address (see the module's docstring and `route_problem`), asked of the nginx host (`host`:
+    this machine or the SSH one). The route is checked once per address.
 
-    def __init__(self, transport: Transport, host: NginxHost, network_hint: str = "") -> None:
+    `nodes` (TARGET=swarm): the node addresses the swarm manager reports, asked again when an
+    address is not among those last reported; with it, only those addresses on `ports` are
+    probed, over any route. Without it: any address, over a local bridge only."""
+
+    def __init__(self, transport: Transport, host: NginxHost, network_hint: str = "",
+                 nodes: Optional[Callable[[], Sequence[str]]] = None, ports: AbstractSet[int] = frozenset()) -> None:
         self.transport = transport
         self.where = transport.where
         self.host = host
         self._hint = network_hint
+        self._nodes_of = nodes
+        self._nodes: FrozenSet[str] = frozenset()
+        self._ports = frozenset(ports)
         self._checked: Dict[str, Optional[str]] = {}
+        self._routes: Dict[str, str] = {}              # address -> the route it is reached by
         self._bridges: Dict[str, Optional[str]] = {}   # device -> problem (None: a bridge)
         self._ran_commands = False
 
     @classmethod
-    def for_host(cls, host: NginxHost, remote: bool, network_hint: str = "") -> "Prober":
+    def for_host(cls, host: NginxHost, remote: bool, network_hint: str = "",
+                 nodes: Optional[Callable[[], Sequence[str]]] = None, ports: AbstractSet[int] = frozenset()) -> "Prober":
         """Probes from where nginx is: over the SSH connection when it is remote."""
         transport: Transport = ChannelTransport(host) if remote else LocalTransport()
-        return cls(transport, host, network_hint)
+        return cls(transport, host, network_hint, nodes, ports)
 
     def check_route(self, ip: str) -> None:
-        """Raise RouteRefused unless the probing side reaches `ip` over a local bridge."""
+        """Raise RouteRefused unless the probing side may take its route to `ip` (a swarm: `ip`
+        is a node's address first)."""
+        self._check_node(ip)
         if ip not in self._checked:
             self._checked[ip] = self._route_problem(ip, self.host.run(_route_get(ip)))
         problem = self._checked[ip]
         if problem is not None:
             hint = f" {self._hint}" if self._hint else ""
             raise RouteRefused(f"not probing {ip}: health probes run on {self.where}, which {problem}.{hint}")
+
+    def route_to(self, ip: str) -> str:
+        """How the probing side reaches `ip` ("via 10.0.0.1 on eth0", "directly on br-1a2b"), for
+        `status`; RouteRefused as `check_route`."""
+        self.check_route(ip)
+        return self._routes.get(ip, "?")
+
+    def _check_node(self, ip: str) -> None:
+        """A swarm: RouteRefused unless `ip` is a node's address, as the manager reports them now."""
+        if self._nodes_of is None:
+            return
+        if ip not in self._nodes:
+            self._nodes = frozenset(self._nodes_of())
+        if ip not in self._nodes:
+            nodes = " ".join(sorted(self._nodes)) or "none"
+            raise RouteRefused(f"not probing {ip}: not the address of a swarm node (the manager reports {nodes})")
+
+    def _check_port(self, port: Optional[int]) -> None:
+        if self._nodes_of is not None and port not in self._ports:
+            ports = " ".join(str(p) for p in sorted(self._ports))
+            raise RouteRefused(f"not probing port {port}: not a color's published port ({ports})")
 
     def check_routes(self, ips: Sequence[str]) -> None:
         """`check_route` for each address, the nginx host asked about all of them in one command.
@@ -130,6 +172,8 @@ class Prober:
         the same command: preflight's proof that the nginx host runs commands at all (an
         SFTP-only account does not; the switch's `nginx -t` and reload would fail), until then a
         session of its own in SshHost.connect. Any failure of that command: PreflightError."""
+        for ip in dict.fromkeys(ips):
+            self._check_node(ip)
         new = [ip for ip in dict.fromkeys(ips) if ip not in self._checked]
         if new or not self._ran_commands:
             proof = [] if self._ran_commands else [["true"]]
@@ -156,9 +200,13 @@ class Prober:
     def _route_problem(self, ip: str, result: CommandResult) -> Optional[str]:
         """What the answer of `ip -4 route get IP` says is wrong, or None: a local bridge."""
         output = route_answer(result.output, ip)
-        problem = route_problem(result.code, output)
+        any_route = self._nodes_of is not None
+        problem = route_problem(result.code, output, gateway_ok=any_route)
         if problem is not None:
             return problem
+        self._routes[ip] = route_shown(output)
+        if any_route:
+            return None   # a swarm node's address: any interface, any gateway
         device = route_device(output)
         assert device is not None, output   # route_problem refuses an answer without one
         if device not in self._bridges:
@@ -178,11 +226,14 @@ class Prober:
         return None
 
     def get(self, url: str, timeout: float) -> Tuple[int, str]:
-        self.check_route(urlsplit(url).hostname or "")
+        parts = urlsplit(url)
+        self.check_route(parts.hostname or "")
+        self._check_port(parts.port)
         return self.transport.get(url, timeout)
 
     def can_connect(self, ip: str, port: int, timeout: float) -> bool:
         self.check_route(ip)
+        self._check_port(port)
         return self.transport.can_connect(ip, port, timeout)
 
 
@@ -208,10 +259,11 @@ def route_answer(output: str, ip: str) -> str:
     return "\n".join(answer) if answer else output
 
 
-def route_problem(code: int, output: str) -> Optional[str]:
+def route_problem(code: int, output: str, gateway_ok: bool = False) -> Optional[str]:
     """What is wrong with the route `ip -4 route get IP` reported, or None if it is directly
     connected (`IP dev br-x src ...`: no gateway, a local interface; whether that interface is
-    a bridge is the caller's next question).
+    a bridge is the caller's next question) or, `gateway_ok` (a swarm node's address), a unicast
+    route through a gateway (`IP via GW dev eth0 ...`).
 
     Pure: the answer of the command, as exit code and output, in; a phrase for the message out.
     """
@@ -232,11 +284,19 @@ def route_problem(code: int, output: str) -> Optional[str]:
             return "holds that address itself (it is not a container there)"
         return f"has a {words[0]} route for it"
     gateway, device = _word_after(words, "via"), _word_after(words, "dev")
-    if gateway is not None:
+    if gateway is not None and not gateway_ok:
         return f"reaches it only through the gateway {gateway} ({device or '?'}), not a local bridge"
     if device is None or not _DEVICE_RE.fullmatch(device):
         return f"gave an answer without an interface: {lines[0]!r}"
     return None
+
+
+def route_shown(output: str) -> str:
+    """How `status` names a route `route_problem` allowed: "via 10.0.0.1 on eth0" (through that
+    gateway) or "directly on eth0" (directly connected)."""
+    words = (output.strip().splitlines() or [""])[0].split()
+    gateway, device = _word_after(words, "via"), _word_after(words, "dev") or "?"
+    return f"via {gateway} on {device}" if gateway is not None else f"directly on {device}"
 
 
 def route_device(output: str) -> Optional[str]:

@@ -36,7 +36,7 @@ from pipeline.core.errors import DeployFailed, EngineFailed, NotEnoughNodes, Pre
 from pipeline.core.gate import Gate, NotHealthyYet, Transport, probe
 from pipeline.core.settings import (COLORS, AppSettings, BuildSettings, RegistrySettings, RuntimeSettings,
                                      SwarmSettings)
-from pipeline.core.target import Endpoint, HealthReport
+from pipeline.core.target import Endpoint, HealthReport, RouteReport
 
 log = logging.getLogger("pipeline")
 
@@ -307,20 +307,24 @@ class SwarmEngine:
                          self.app.container_name(color))
 
     def status_row(self, color: str, fact: Optional[ContainerFact],
-                   report: Optional[HealthReport]) -> Dict[str, object]:
+                   report: Optional[HealthReport], route: Optional[RouteReport] = None) -> Dict[str, object]:
         """Every task the manager remembers for the color: node, address, state, version, health
-        (probed only while running on a node that is up: an address of this swarm)."""
+        and the route the nginx host reaches it by (both asked only while it runs on a node that
+        is up: an address of this swarm)."""
         tasks: List[Dict[str, object]] = []
         healthy = None
         if fact is not None:
             for task in self.tasks(color):
                 entry: Dict[str, object] = {
                     "task": task.task_id[:12], "node": task.node, "address": None, "state": task.state,
-                    "desired": task.desired_state, "version": task.version, "health": None}
+                    "desired": task.desired_state, "version": task.version, "health": None, "route": None}
                 if task.node_addr:
                     entry["address"] = f"{task.node_addr}:{task.port}"
-                if report is not None and task.running and task.node_up and task.node_addr:
-                    entry["health"] = report(health_url(Address(task.node_addr, task.port), self.app.health_path))
+                if task.running and task.node_up and task.node_addr:
+                    if route is not None:
+                        entry["route"] = route(task.node_addr)
+                    if report is not None:
+                        entry["health"] = report(health_url(Address(task.node_addr, task.port), self.app.health_path))
                 tasks.append(entry)
             if report is not None:
                 answering = sum(1 for entry in tasks if str(entry["health"]).startswith("HTTP 200"))

@@ -63,8 +63,14 @@ class Probing(Transport, Protocol):
     """A transport that checks the route to each address first (Prober): what a flow probes with."""
 
     def check_routes(self, ips: Sequence[str]) -> None:
-        """RouteRefused unless the probing side reaches every one over a local bridge;
-        PreflightError if the nginx host runs no commands."""
+        """RouteRefused unless the probing side may take its route to every one (one engine:
+        over a local bridge; a swarm: a node's address, by any route); PreflightError if the
+        nginx host runs no commands."""
+        ...
+
+    def route_to(self, ip: str) -> str:
+        """How the probing side reaches `ip` ("via 10.0.0.1 on eth0", "directly on br-1a2b"), for
+        `status`; RouteRefused as `check_routes`."""
         ...
 
 

@@ -44,6 +44,8 @@ class Watch(Protocol):
 
 # What `status` reports of a color's health, given a health URL ("HTTP 200 ..." or "unhealthy: ...").
 HealthReport = Callable[[str], str]
+# How `status` says the nginx host reaches an address ("via 10.0.0.1 on eth0", "directly on eth0").
+RouteReport = Callable[[str], str]
 
 
 class Target(Protocol):
@@ -106,9 +108,10 @@ class Target(Protocol):
         """Watch a color that passed its gate, from now on."""
 
     def status_row(self, color: str, fact: Optional[ContainerFact],
-                   report: Optional[HealthReport]) -> Dict[str, object]:
+                   report: Optional[HealthReport], route: Optional[RouteReport] = None) -> Dict[str, object]:
         """The color's fields in `status` besides its container, state and version: where it
-        answers and its health (`report` each health URL when probing; None: not probed)."""
+        answers and its health (`report` each health URL when probing; None: not probed); a
+        swarm's tasks also the route the nginx host reaches each by (`route`, when probing)."""
 
     def stop(self, color: str) -> None:
         """Stop gracefully, kept for rollback."""

@@ -126,9 +126,10 @@ def gather(ctx: Context, current: Optional[Callable[[str], Optional[Route]]] = N
 
 
 def check_probe_routes(ctx: Context) -> None:
-    """Before any probe: both colors' addresses (a swarm's: its nodes') are reached from where
-    probes run (the nginx host's side) over a local interface, never through a gateway (exit 3
-    otherwise). The first command the nginx host runs in a flow: one, for every address."""
+    """Before any probe: both colors' addresses are reached from where probes run (the nginx
+    host's side) by a route the probes may take (exit 3 otherwise): one engine's over a local
+    bridge, never through a gateway; a swarm's nodes' by any route (health.py). The first command
+    the nginx host runs in a flow: one, for every address."""
     ctx.prober.check_routes(ctx.engine.probe_ips())
 
 
@@ -910,7 +911,8 @@ def _color_rows(ctx: Context, facts: Facts, probe_problem: Optional[str],
         fact = facts.containers.get(color)
         entry: Dict[str, object] = {"container": s.container_name(color), "ip": None, "state": "absent",
                                     "version": None, "health": None}
-        entry.update(ctx.engine.status_row(color, None if probe_problem else fact, report))
+        entry.update(ctx.engine.status_row(color, None if probe_problem else fact, report,
+                                           ctx.prober.route_to if report is not None else None))
         if fact is not None:
             entry.update(state=fact.status, version=fact.version)
             if probe_problem:

@@ -22,7 +22,7 @@ from pipeline.core.route import Address, Route, shown
 from pipeline.adapters.engine import ContainerWatch, Engine
 from pipeline.adapters.nginx_host import LocalHost
 from pipeline.adapters.swarm import SwarmEngine, TaskAddress, TaskFact
-from pipeline.core.target import HealthReport, Watch
+from pipeline.core.target import HealthReport, RouteReport, Watch
 from pipeline.core.errors import (AdminUnavailable, DeployFailed, EngineFailed, RouteRefused, HealthCheckFailed,
                                   IncludeNotLoaded, Interrupted, NginxHostFailed, NotText, NotEnoughNodes,
                                   PipelineError, TaskFailed)
@@ -364,8 +364,8 @@ class FakeEngine(Strict):
         return ContainerWatch(cast(Engine, self), color)
 
     def status_row(self, color: str, fact: Optional[ContainerFact],
-                   report: Optional[HealthReport]) -> Dict[str, object]:
-        return Engine.status_row(cast(Engine, self), color, fact, report)
+                   report: Optional[HealthReport], route: Optional[RouteReport] = None) -> Dict[str, object]:
+        return Engine.status_row(cast(Engine, self), color, fact, report, route)
 
     def discard(self, color: str, graceful: bool = False) -> None:
         Engine.discard(cast(Engine, self), color, graceful)
@@ -610,6 +610,11 @@ class FakeProber(Strict):
 
     def check_routes(self, ips: Sequence[str]) -> None:
         pass
+
+    def route_to(self, ip: str) -> str:
+        if self.refuse is not None:
+            raise RouteRefused(f"not probing {ip}: {self.refuse}")
+        return "directly on br-fake"
 
     def get(self, url: str, timeout: float) -> Tuple[int, str]:
         self.asked.append(url)

@@ -46,7 +46,7 @@ def test_the_engine_is_connected_before_the_wait_for_the_nginx_host(tmp_path, mo
         return object()
     monkeypatch.setattr(compose, "make_target", make_target)
     monkeypatch.setattr(compose, "make_switch", lambda host, settings: object())
-    monkeypatch.setattr(compose, "make_prober", lambda host, settings: object())
+    monkeypatch.setattr(compose, "make_prober", lambda host, settings, target: object())
     with compose.context(_settings(tmp_path), {}, tmp_path, connecting=Connecting(events)):
         pass
     assert events == ["engine connected", "host taken", "host closed"]
@@ -86,7 +86,7 @@ def test_a_release_run_gets_its_version_settled_before_any_part_is_composed(tmp_
         return object()
     monkeypatch.setattr(compose, "make_target", make_target)
     monkeypatch.setattr(compose, "make_switch", lambda host, settings: seen.append(settings) or object())
-    monkeypatch.setattr(compose, "make_prober", lambda host, settings: object())
+    monkeypatch.setattr(compose, "make_prober", lambda host, settings, target: object())
     monkeypatch.setattr(compose, "default_version", lambda cwd: "abc1234")
     with compose.context(_settings(tmp_path), {}, tmp_path, connecting=Connecting([]), releasing=True) as ctx:
         assert ctx.settings.app_version == "abc1234"

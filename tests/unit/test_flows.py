@@ -454,4 +454,6 @@ def test_swarm_status_has_a_row_per_task_with_its_health():
     assert green["health"] == "0 of 3 task(s) answer 200"
     assert [(t["node"], t["address"], t["health"]) for t in green["tasks"]] == [
         (f"node-{i}", f"10.99.0.1{i}:8082", "unhealthy: HTTP 503 '{\"status\":\"DOWN\"}'") for i in (1, 2, 3)]
+    # The route the nginx host reaches each task by, as the prober found it (issue 20).
+    assert [t["route"] for t in green["tasks"]] == ["directly on br-fake"] * 3
     assert report["colors"]["blue"]["tasks"] == []   # stopped after the drain (kept, scaled to 0)

@@ -501,3 +501,91 @@ def test_the_swarm_gate_stops_at_once_when_a_task_fails(tmp_path):
     with pytest.raises(ContainerExited):
         wait_ready(swarm_gate(tmp_path, lambda: [TASK_A], transport, failed, replicas=1), 0.05, 30, FakeClock())
     assert transport.asked == []
+
+
+# -- TARGET=swarm: a node's address, on a color's port, by any route (issue 20) --------------------
+
+PLAIN = "10.99.0.11 dev eth0 src 10.99.0.21 uid 0 \n    cache \n"
+VIA_ROUTER = "10.99.0.12 via 10.97.2.1 dev eth0 src 10.97.2.20 uid 0 \n    cache \n"
+
+
+@pytest.mark.parametrize("code, output, problem", [
+    (0, VIA_ROUTER, None),
+    (0, PLAIN, None),
+    (0, BRIDGE, None),
+    (0, "10.99.0.12 via 192.0.2.1 dev eth0 src 192.0.2.2 uid 0 \n", None),   # the default route's gateway
+    (2, "RTNETLINK answers: Network is unreachable\n", "has no route to it"),
+    (0, "local 10.99.0.11 dev lo src 10.99.0.11 uid 0 \n    cache <local> \n", "holds that address itself"),
+    (0, "blackhole 10.99.0.11 uid 0\n", "has a blackhole route for it"),
+    (0, "unreachable 10.99.0.11 uid 0\n", "has a unreachable route for it"),
+    (0, "10.99.0.12 via 10.97.2.1 src 10.97.2.20 uid 0\n", "gave an answer without an interface"),
+])
+def test_with_gateways_allowed_any_unicast_route_to_an_interface_passes(code, output, problem):
+    found = route_problem(code, route_answer(output, output.split()[0] if output[0].isdigit() else "10.99.0.11"),
+                          gateway_ok=True)
+    if problem is None:
+        assert found is None
+    else:
+        assert found is not None and found.startswith(problem)
+
+
+def swarm_prober(host: FakeHost, transport=None, nodes=("10.99.0.11", "10.99.0.12", "10.99.0.13")):
+    asked = []
+
+    def reported():
+        asked.append(1)
+        return list(nodes)
+    prober = Prober(transport or strict_transport(), host, nodes=reported, ports={8081, 8082})
+    return prober, asked
+
+
+def test_a_swarm_nodes_address_is_probed_over_a_plain_interface_or_through_a_gateway():
+    host = route_host({"10.99.0.11": (0, PLAIN), "10.99.0.12": (0, VIA_ROUTER)})   # no bridge at all
+    transport = FakeProber(answers={}, where="the nginx host root@example:22")
+    prober, asked = swarm_prober(host, transport)
+    prober.check_routes(["10.99.0.11", "10.99.0.12"])
+    for url in ("http://10.99.0.11:8081/actuator/health", "http://10.99.0.12:8082/actuator/health"):
+        assert probe(prober, url, 2.0).startswith("HTTP 200")
+    assert prober.can_connect("10.99.0.12", 8082, 1.0)
+    assert transport.asked == ["http://10.99.0.11:8081/actuator/health", "http://10.99.0.12:8082/actuator/health"]
+    assert host.reads == []   # no interface is asked whether it is a bridge
+    assert prober.route_to("10.99.0.11") == "directly on eth0"
+    assert prober.route_to("10.99.0.12") == "via 10.97.2.1 on eth0"
+    assert host.route_asks == ["10.99.0.11", "10.99.0.12"] and len(asked) == 1
+
+
+def test_a_swarm_prober_refuses_what_is_not_a_node_or_not_a_colors_port_before_any_route_is_asked():
+    host = route_host({"10.99.0.11": (0, PLAIN), "172.20.0.2": (0, GATEWAY)})
+    prober, asked = swarm_prober(host)
+    with pytest.raises(RouteRefused, match=r"not probing 172\.20\.0\.2: not the address of a swarm node "
+                                           r"\(the manager reports 10\.99\.0\.11 10\.99\.0\.12 10\.99\.0\.13\)"):
+        probe(prober, "http://172.20.0.2:8080/actuator/health", 2.0)
+    assert len(asked) == 1   # the manager was asked again: a node may have joined since
+    with pytest.raises(RouteRefused, match="not probing port 8080: not a color's published port"):
+        probe(prober, "http://10.99.0.11:8080/actuator/health", 2.0)
+    with pytest.raises(RouteRefused, match="not probing port 22"):
+        prober.can_connect("10.99.0.11", 22, 1.0)
+    with pytest.raises(RouteRefused, match="not the address of a swarm node"):
+        prober.check_routes(["10.99.0.11", "172.20.0.2"])
+    assert host.route_asks == ["10.99.0.11"]   # 172.20.0.2's route never asked
+
+
+def test_a_swarm_node_with_no_usable_route_is_still_refused():
+    host = route_host({"10.99.0.11": (2, "RTNETLINK answers: Network is unreachable\n")})
+    with pytest.raises(RouteRefused, match=r"not probing 10\.99\.0\.11: .* has no route to it .*a route to every swarm node"):
+        Prober(strict_transport(), host, "nginx proxies ...: the nginx host needs a route to every swarm node",
+               nodes=lambda: ["10.99.0.11"], ports={8081}).check_routes(["10.99.0.11"])
+
+
+def test_the_swarm_rule_is_the_swarms_only_one_engine_still_refuses_a_gateway(tmp_path):
+    from pipeline.compose import make_prober
+
+    def prober_for(target: str):
+        host = route_host({"10.99.0.11": (0, VIA_ROUTER.replace("10.99.0.12", "10.99.0.11"))})
+        extra = {"TARGET": "swarm", "REGISTRY": "registry.example:5000"} if target == "swarm" else {}
+        settings = Settings.from_env({"NGINX_HOST": "", **extra}, tmp_path)
+        return make_prober(host, settings, Allowing(probe_ips=["10.99.0.11"]))
+
+    prober_for("swarm").check_routes(["10.99.0.11"])
+    with pytest.raises(RouteRefused, match="reaches it only through the gateway 10.97.2.1"):
+        prober_for("docker").check_routes(["10.99.0.11"])

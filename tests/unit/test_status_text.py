@@ -42,7 +42,7 @@ SWARM_COLORS = {
     "green": {"container": "app-green", "ip": None, "port": 8082, "state": "running", "version": "v2",
               "health": "2 of 2 task(s) answer 200",
               "tasks": [{"task": "abc123", "node": "node-1", "address": "10.0.0.5:8082", "state": "running",
-                         "version": "v2", "health": "HTTP 200"},
+                         "version": "v2", "health": "HTTP 200", "route": "via 10.1.0.1 on eth0"},
                         {"task": "def456", "node": "node-2", "address": None, "state": "pending",
                          "version": None, "health": None}]},
 }
@@ -71,7 +71,8 @@ CASES = [
      ["app:      app\n", "live:     green (v2)\n", INCLUDE, "switch:   reload\n", RELEASES,
       "  blue   app-blue                 port 8081       absent     -                -\n",
       "* green  app-green                port 8082       running    v2               2 of 2 task(s) answer 200\n",
-      "      task abc123       node-1       10.0.0.5:8082        running    v2               HTTP 200\n",
+      "      task abc123       node-1       10.0.0.5:8082        running    v2               HTTP 200"
+      "  (route: via 10.1.0.1 on eth0)\n",
       "      task def456       node-2       -                    pending    -                -\n"]),
 ]
 
