@@ -171,7 +171,7 @@ def preflight(ctx: Context, action: str) -> Iterator[Run]:
     run = Run()
     try:
         try:
-            if lock.taken_over is not None:
+            if lock.taken_over is not None and not _ended_elsewhere(ctx, history, lock.taken_over):
                 history.append(killed_entry(lock.taken_over, s.app_name, who))
             phase("preflight")   # from here to "done" this run holds the lock
             ctx.switch.check()
@@ -221,6 +221,20 @@ def host_lost(outcome: Outcome, lost: Sequence[Tuple[str, str]]) -> DeployFailed
     return DeployFailed(f"{outcome.message} on the other nginx hosts, but the nginx host {names} could not be "
                         f"reached at the end of the run ({causes}): what it serves is not known; the next "
                         f"deploy refuses (exit 3) until it is back or removed from NGINX_HOSTS")
+
+
+def _ended_elsewhere(ctx: Context, history: History, dead: LockInfo) -> bool:
+    """With several nginx hosts: whether the run whose stale lock was taken over did end, its
+    history line written on another host (it lost this one before it could release the lock
+    there). It was not killed, and is not recorded as killed."""
+    if len(ctx.hosts) == 1:
+        return False
+    ended = any(e.who == dead.who and e.action == dead.action and e.version == dead.version and e.time >= dead.since
+                for e in history.entries())
+    if ended:
+        log.info("    the stale lock was left by a run that ended (%s of %s by %s; its history says so), not "
+                 "one that was killed", dead.action, dead.version or "?", dead.who)
+    return ended
 
 
 def killed_entry(dead: LockInfo, app: str, found_by: str) -> Entry:

@@ -232,3 +232,6 @@ def test_a_host_lost_after_the_switch_is_exit_1_naming_it_and_the_next_deploy_ex
     result = ok(deploy(env, "v3", tmp_path))
     assert "taking over a stale lock" in result.stderr   # the lost run's lock on b
     assert served_version(a) == "version=v3"
+    # That run ended (its history line is on a): it is not recorded as killed.
+    # (The refused v3 never got past connecting: no history line.)
+    assert [(e["version"], e["result"]) for e in history(a, world.app)] == [("v1", "ok"), ("v2", "ok"), ("v3", "ok")]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
 from dataclasses import replace
 from typing import List, Optional, Tuple
 
@@ -267,7 +268,7 @@ class DiesAfterTheSwitch(FakeHost):
 
     def __init__(self, description: str, record_path: str) -> None:
         super().__init__(description=description)
-        self.record_path, self.dead = record_path, False
+        self.record_path, self.dead, self.armed = record_path, False, True
 
     def _lost(self, what: str) -> None:
         if self.dead:
@@ -276,8 +277,8 @@ class DiesAfterTheSwitch(FakeHost):
     def write_text_atomic(self, path: str, text: str) -> None:
         self._lost(f"writing {path}")
         super().write_text_atomic(path, text)
-        if path == self.record_path and '"v2"' in text:
-            self.dead = True
+        if path == self.record_path and '"v2"' in text and self.armed:
+            self.dead, self.armed = True, False   # once: back later, it stays up
 
     def append_text(self, path: str, text: str) -> None:
         self._lost(f"appending to {path}")
@@ -305,6 +306,23 @@ def test_a_host_lost_after_the_switch_is_exit_1_naming_it_and_the_new_release_se
     assert str(world.settings.lock_path()) not in world.host.files   # released where it could be
     last = json.loads(world.files(world.host, str(world.settings.history_path())).splitlines()[-1])
     assert (last["version"], last["result"]) == ("v2", "ok")
+
+
+def test_a_lock_left_on_a_lost_host_by_a_run_that_ended_is_taken_over_and_not_called_killed():
+    world = TwoHosts()
+    world.other = DiesAfterTheSwitch("nginx-b", world.record_path)
+    deploy(world, "v1")
+    assert deploy(world, "v2")[0] == 1
+    world.other.dead = False   # nginx-b is back, with v2's run's lock still on it
+    left = LockInfo.parse(world.files(world.other, str(world.settings.lock_path())))
+    assert (left.who, left.version) == ("unit", "v2")
+    gone = subprocess.Popen(["true"])   # that run's process has ended since: a pid that is gone
+    gone.wait()
+    world.other.files[str(world.settings.lock_path())] = replace(left, pid=gone.pid).to_text()
+    assert deploy(world, "v3") == (0, "")
+    entries = [json.loads(line) for line in world.files(world.host, str(world.settings.history_path())).splitlines()]
+    assert [(e["version"], e["result"]) for e in entries] == [("v1", "ok"), ("v2", "ok"), ("v3", "ok")]
+    assert str(world.settings.lock_path()) not in world.other.files
 
 
 # -- status ------------------------------------------------------------------------------------
