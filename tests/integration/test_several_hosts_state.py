@@ -32,12 +32,13 @@ INCLUDE = "/etc/nginx/conf.d/service-url.inc"
 class Fleet:
     """Nginx hosts on one bridge, reached with one key and one known_hosts (as NGINX_HOSTS wants)."""
 
-    def __init__(self, bridge: Bridge, count: int, tmp_path: Path) -> None:
+    def __init__(self, bridge: Bridge, count: int, tmp_path: Path, form: str = "set") -> None:
         self.bridge = bridge
         self.hosts: List[NginxHost] = []
         try:
-            for _ in range(count):
-                self.hosts.append(NginxHost.start(bridge.name, bridge.network, form="set"))
+            for _ in range(count):   # live: the admin takes only the published address's network
+                self.hosts.append(NginxHost.start(bridge.name, bridge.network, form=form,
+                                                  allowed_networks=[bridge.network]))
         except BaseException:
             self.stop()
             raise
@@ -73,7 +74,9 @@ def bridge() -> Iterator[Bridge]:
 
 @pytest.fixture
 def fleet(request, bridge, world, tmp_path) -> Iterator[Fleet]:
-    made = Fleet(bridge, getattr(request, "param", 2), tmp_path)
+    """Two nginx hosts in reload mode ("set" form); parametrized: (count, form)."""
+    count, form = getattr(request, "param", (2, "set"))
+    made = Fleet(bridge, count, tmp_path, form)
     yield made
     made.stop()   # before `world` removes the containers and the network
 
@@ -122,7 +125,7 @@ def served_version(host: NginxHost) -> str:
     return host.get("/").text.split()[0]
 
 
-@pytest.mark.parametrize("fleet", [3], indirect=True)
+@pytest.mark.parametrize("fleet", [(3, "set")], indirect=True)
 def test_two_runs_racing_for_the_lock_across_three_hosts_one_proceeds_the_other_exits_4(world, fleet, env,
                                                                                         tmp_path):
     # The two list the hosts in opposite orders: taken in that order, each could hold a lock the
@@ -235,3 +238,17 @@ def test_a_host_lost_after_the_switch_is_exit_1_naming_it_and_the_next_deploy_ex
     # That run ended (its history line is on a): it is not recorded as killed.
     # (The refused v3 never got past connecting: no history line.)
     assert [(e["version"], e["result"]) for e in history(a, world.app)] == [("v1", "ok"), ("v2", "ok"), ("v3", "ok")]
+
+
+@pytest.mark.parametrize("fleet", [(2, "live")], indirect=True)
+def test_live_mode_through_published_ports_keeps_history_and_record_on_both_hosts(world, fleet, env, tmp_path):
+    a, b = fleet.hosts
+    live = {**env, "SWITCH_MODE": "live", "NGINX_TEST_COMMAND": "false", "NGINX_RELOAD_COMMAND": "false"}
+    ok(deploy(live, "v1", tmp_path))
+    ok(deploy(live, "v2", tmp_path))
+    assert served_version(a) == "version=v2"   # no reload: the admin was told the published address
+    for host in (a, b):
+        assert [(e["version"], e["result"]) for e in history(host, world.app)] == [("v1", "ok"), ("v2", "ok")]
+        assert record(host, world.app).live.version == "v2"
+    report = json.loads(ok(run_pipeline(["status", "--json"], live, tmp_path)).stdout)
+    assert report["nginx_hosts"][0]["points_at"] == f"{fleet.bridge.host_address}:{fleet.ports['green']}"
