@@ -64,6 +64,29 @@ class History:
                         missing, "y" if missing == 1 else "ies")
         return merged
 
+    def mend(self) -> None:
+        """With several hosts, under the deploy lock: a host whose copy lacks entries the others
+        have (it was unreachable, or newly added to NGINX_HOSTS) gets the merged history written
+        over its copy, atomically, with a warning naming it. A host that cannot take it is warned
+        about; the run goes on (its own line is appended everywhere later)."""
+        if len(self.hosts) == 1:
+            return
+        copies = [(host, self._entries_on(host)) for host in self.hosts]
+        merged, lacking = merge_copies([(host.description, entries) for host, entries in copies])
+        text = "".join(json.dumps(asdict(entry), ensure_ascii=False) + "\n" for entry in merged)
+        for host, entries in copies:
+            missing = sum(1 for entry in merged if entry not in entries)
+            if not missing:
+                continue
+            log.warning("    history %s on the nginx host %s lacked %d entr%s the other hosts have; writing it "
+                        "again from every host's copy", self.path, host.description, missing,
+                        "y" if missing == 1 else "ies")
+            try:
+                host.write_text_atomic(self.path, text)
+            except NginxHostFailed as exc:
+                log.warning("    could not write history %s on the nginx host %s: %s", self.path,
+                            host.description, exc)
+
     def _entries_on(self, host: NginxHost) -> List[Entry]:
         """One host's entries. A line that is not UTF-8 text or not an entry (a hand edit,
         a line cut short by a full disk) is skipped with a warning naming the file and the line.

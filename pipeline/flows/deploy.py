@@ -171,6 +171,7 @@ def preflight(ctx: Context, action: str) -> Iterator[Run]:
     run = Run()
     try:
         try:
+            history.mend()   # several hosts: one that missed runs gets every host's history
             if lock.taken_over is not None and not _ended_elsewhere(ctx, history, lock.taken_over):
                 history.append(killed_entry(lock.taken_over, s.app_name, who))
             phase("preflight")   # from here to "done" this run holds the lock
@@ -263,7 +264,7 @@ def facts_and_record(ctx: Context) -> Tuple[Facts, ReleaseRecord]:
     copies = store.copies()   # once: _settled and recorded both need it (one SFTP round trip per host)
     facts = _settled(ctx, gathered, copies)
     record = recorded(ctx, facts, copies)
-    if any(copy.record != record for copy in copies) and len(copies) > 1:
+    if any(copy.record != copies[0].record for copy in copies):   # several hosts, copies that disagree
         with ctx.guard.critical():
             store.write(record)
     return facts, record

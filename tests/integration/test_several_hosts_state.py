@@ -238,6 +238,7 @@ def test_a_host_lost_after_the_switch_is_exit_1_naming_it_and_the_next_deploy_ex
     # That run ended (its history line is on a): it is not recorded as killed.
     # (The refused v3 never got past connecting: no history line.)
     assert [(e["version"], e["result"]) for e in history(a, world.app)] == [("v1", "ok"), ("v2", "ok"), ("v3", "ok")]
+    assert history(b, world.app) == history(a, world.app)   # b's copy, which missed v2's line, mended
 
 
 @pytest.mark.parametrize("fleet", [(2, "live")], indirect=True)

@@ -166,6 +166,22 @@ def test_the_history_is_appended_on_every_host_and_read_merged_with_a_warning(ca
     assert "history /nginx/app.history.jsonl on the nginx host nginx-b lacks 1 entry" in caplog.text
 
 
+def test_a_host_whose_history_lacks_entries_gets_the_merged_one_under_the_lock(caplog):
+    a, b = FakeHost(description="nginx-a"), FakeHost(description="nginx-b")
+    History(a, "/nginx/app.history.jsonl").append(V1)
+    History(a, "/nginx/app.history.jsonl").append(V2)   # nginx-b was added to NGINX_HOSTS since
+    history = History(a, "/nginx/app.history.jsonl", [b])
+    with caplog.at_level(logging.WARNING, logger="pipeline"):
+        history.mend()
+    assert "history /nginx/app.history.jsonl on the nginx host nginx-b lacked 2 entries" in caplog.text
+    assert b.files["/nginx/app.history.jsonl"] == a.files["/nginx/app.history.jsonl"]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="pipeline"):
+        history.mend()
+        assert history.entries() == [V1, V2]
+    assert caplog.text == ""
+
+
 # -- the release record: copies reconciled -------------------------------------------------------
 
 R1, R2 = Release("v1", "blue", "app:v1"), Release("v2", "green", "app:v2")
