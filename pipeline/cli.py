@@ -191,8 +191,8 @@ def _run(args: argparse.Namespace, settings: Settings, environ: Mapping[str, str
         connecting.close()
         raise
     if args.command == "lock":
-        with compose.nginx_host(settings, connecting) as host:
-            stdout.write(flows.lock_command(host, settings, args.lock_command) + "\n")
+        with compose.nginx_hosts(settings, connecting) as hosts:   # the lock is on every nginx host
+            stdout.write(flows.lock_command(hosts, settings, args.lock_command) + "\n")
             return errors.EXIT_OK
     with compose.context(settings, environ, cwd, getattr(args, "lock_wait", 0.0), started, connecting,
                          releasing=args.command == "deploy", runlog=runlog) as ctx:
@@ -242,6 +242,7 @@ def _status_lines(report: Mapping[str, Any]) -> Iterator[str]:
     yield f"app:      {report['app']}\n"
     yield f"live:     {_live_shown(report)}\n"
     yield f"include:  {include['path']} -> {include['points_at'] or 'nothing'} on {report['nginx_host']}\n"
+    yield from _host_lines(report)
     if report["preview"]:
         yield f"preview:  {report['preview']}\n"
     yield f"switch:   {report['switch_mode']}" + "".join(f"  {k}={v}" for k, v in report["switch"].items()) + "\n"
@@ -272,6 +273,21 @@ def _maintenance_shown(state: Mapping[str, Any]) -> str:
         return "off"
     since = f", since {state['since']} by {state['by']}: {state['message'][:80]}" if state.get("since") else ""
     return f"ON: nginx answers 503 (Retry-After {state['retry_after']}) on the public port{since}"
+
+
+def _host_lines(report: Mapping[str, Any]) -> Iterator[str]:
+    """With several nginx hosts: what each one serves, and loudly when they disagree."""
+    hosts = report.get("nginx_hosts") or []
+    if len(hosts) < 2:
+        return
+    for row in hosts:
+        serves = f"{row['color']} ({row['version'] or '?'}) at {row['points_at']}" if row["color"] else \
+            (row["points_at"] or "nothing")
+        yield f"host:     {row['host']} serves {serves}" + (f"  [{row['problem']}]" if row["problem"] else "") + "\n"
+    if report.get("hosts_disagree"):
+        said = ", ".join(f"{row['host']}: {row['color'] or 'unknown'}" for row in hosts)
+        yield (f"WARNING:  THE NGINX HOSTS DISAGREE on what they serve ({said}); a deploy, promote or "
+               f"rollback switches every one of them\n")
 
 
 def _live_shown(report: Mapping[str, Any]) -> str:

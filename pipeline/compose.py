@@ -41,6 +41,13 @@ def make_prober(host: NginxHost, settings: Settings, target: Target) -> Prober:
         return Prober.for_host(host, settings.nginx.remote, hint, nodes=target.probe_ips,
                                ports={settings.swarm.port_of(color) for color in COLORS})
     network = settings.network
+    if network.publish_address is not None:
+        # The colors' published ports on that one address, over a route the nginx host has
+        # directly on one of its interfaces: never through a gateway.
+        hint = (f"PUBLISH_ADDRESS={network.publish_address} must be on a subnet of one of the nginx host's own "
+                f"interfaces (no gateway)")
+        return Prober.for_host(host, settings.nginx.remote, hint, nodes=lambda: [str(network.publish_address)],
+                               ports={settings.swarm.port_of(color) for color in COLORS}, gateway_ok=False)
     hint = (f"DEPLOY_NETWORK={network.deploy_network} (DEPLOY_SUBNET={network.deploy_subnet}) must be a docker"
             f" bridge on the machine nginx runs on: point DOCKER_HOST at that machine's engine")
     return Prober.for_host(host, settings.nginx.remote, hint)
@@ -62,7 +69,7 @@ def make_target(settings: Settings, environ: Mapping[str, str], clock: Clock = S
         return SwarmEngine.connect(settings.app, settings.swarm, settings.build, settings.runtime,
                                    settings.registry_access, environ, clock)
     return Engine.connect(settings.app, settings.build, settings.network, settings.runtime,
-                          settings.registry_access, environ)
+                          settings.registry_access, environ, ports=settings.swarm)
 
 
 def fleet_switch(hosts: Sequence[NginxHost], switches: Sequence[TwoPhaseSwitch], clock: Clock = SYSTEM) -> TrafficSwitch:

@@ -24,7 +24,7 @@ from pipeline.core.errors import ContainerExited, DeployFailed, EngineFailed, Ou
 from pipeline.core.clock import SYSTEM, Clock
 from pipeline.core.gate import Gate, Transport, connect_check, probe
 from pipeline.core.settings import (COLORS, AppSettings, BuildSettings, NetworkSettings, RegistrySettings,
-                                     RuntimeSettings)
+                                     RuntimeSettings, SwarmSettings)
 from pipeline.core.target import Endpoint, HealthReport, OneOff, OutputLine, RouteReport
 
 log = logging.getLogger("pipeline")
@@ -166,14 +166,22 @@ class Engine(Images):
 
     def __init__(self, client: Any, app: AppSettings, build: BuildSettings, network: NetworkSettings,
                  runtime: RuntimeSettings, registry: RegistrySettings, where: str = "the local socket",
-                 clock: Clock = SYSTEM) -> None:
+                 ports: Optional[SwarmSettings] = None, clock: Clock = SYSTEM) -> None:
         super().__init__(client, app, build, runtime, registry, where)
         self.network = network
         self.clock = clock   # the release phase's wait
+        # PUBLISH_ADDRESS (nginx hosts on other machines): where each color is also published
+        # (BLUE_PORT / GREEN_PORT, the `ports` section's), and what nginx and the probes use.
+        self.published: Dict[str, Address] = {}
+        if network.publish_address is not None:
+            assert ports is not None, "PUBLISH_ADDRESS needs the colors' ports"
+            self.published = {color: Address(str(network.publish_address), ports.port_of(color))
+                              for color in COLORS}
 
     @classmethod
     def connect(cls, app: AppSettings, build: BuildSettings, network: NetworkSettings, runtime: RuntimeSettings,
-                registry: RegistrySettings, environ: Mapping[str, str]) -> "Engine":
+                registry: RegistrySettings, environ: Mapping[str, str],
+                ports: Optional[SwarmSettings] = None) -> "Engine":
         env, where = engine_environment(runtime, environ)
         try:
             # The default for every API call; the image build alone sets none (it takes as long
@@ -184,7 +192,7 @@ class Engine(Images):
         except LIBRARY_ERRORS as exc:
             raise PreflightError(f"cannot reach the docker engine at {where}: "
                                  f"{_reason(exc, runtime.network_timeout)}") from exc
-        return cls(client, app, build, network, runtime, registry, where)
+        return cls(client, app, build, network, runtime, registry, where, ports)
 
     # -- network -------------------------------------------------------------------------------
 
@@ -265,18 +273,26 @@ class Engine(Images):
         return fact is not None and fact.running and self.at_fixed_ip(fact)
 
     def addresses(self, color: str) -> Route:
-        """The color's one fixed address, whether or not its container runs now."""
+        """The color's one fixed address, whether or not its container runs now; with
+        PUBLISH_ADDRESS, its published one (what nginx hosts on other machines reach)."""
+        if self.published:
+            return (self.published[color],)
         return (Address(self.network.ip_of(color), self.app.app_port),)
 
     def color_at(self, route: Optional[Route]) -> Optional[str]:
-        """By the address: each color has its own fixed IP."""
+        """By the address: each color has its own fixed IP (published: its own port)."""
+        if self.published:
+            return color_at(route, lambda a: a, self.published)
         return color_at(route, lambda a: a.ip, self.network.color_ips)
 
     def probe_ips(self) -> List[str]:
+        if self.published:
+            return [str(self.network.publish_address)]
         return [self.network.ip_of(color) for color in COLORS]
 
     def placement(self, color: str) -> str:
-        return self.network.ip_of(color)
+        ip, address = self.network.ip_of(color), self.addresses(color)[0]
+        return ip if address.ip == ip else f"{ip}, published on {address}"
 
     def discard(self, color: str, graceful: bool = False) -> None:
         """Removed; `graceful`: stopped first (SIGTERM, STOP_TIMEOUT), so requests in flight finish."""
@@ -301,7 +317,7 @@ class Engine(Images):
 
         return Gate(what=url, awaited=f"{app.container_name(color)} to answer {url}", check_alive=check_alive,
                     probe_all=lambda timeout: probe(prober, url, timeout), logs=lambda: self.logs_tail(color),
-                    can_connect=connect_check(prober, self.network.ip_of(color), app.app_port))
+                    can_connect=connect_check(prober, self.addresses(color)[0].ip, self.addresses(color)[0].port))
 
     def watch(self, color: str) -> "ContainerWatch":
         return ContainerWatch(self, color)
@@ -328,8 +344,10 @@ class Engine(Images):
         name = app.container_name(color)
         self.remove(color)
         environment = release_environment(app, version, color)
+        published = self.published.get(color)
         host_config = self.api.create_host_config(
             network_mode=network.deploy_network,
+            port_bindings={app.app_port: (published.ip, published.port)} if published else None,
             binds=list(app.volumes_for(color)) or None,
             # Back after a daemon or host restart; a container we stopped stays stopped.
             restart_policy={"Name": "unless-stopped"},
@@ -340,7 +358,7 @@ class Engine(Images):
         try:
             created = self.api.create_container(
                 image, name=name, detach=True, environment=environment, host_config=host_config,
-                networking_config=networking, stop_signal="SIGTERM",
+                networking_config=networking, stop_signal="SIGTERM", ports=[app.app_port] if published else None,
                 labels={LABEL_APP: app.app_name, LABEL_COLOR: color, LABEL_VERSION: version},
             )
             self.api.start(created["Id"])
@@ -438,6 +456,8 @@ class Containers(Protocol):
 
     def at_fixed_ip(self, fact: ContainerFact) -> bool: ...
 
+    def addresses(self, color: str) -> Route: ...
+
 
 def container_trouble(engine: Containers, color: str) -> Tuple[Optional[str], Optional[ContainerFact]]:
     """The one "is it still alive" check of a color's container: "removed", "stopped" (exited or
@@ -481,7 +501,7 @@ class ContainerWatch:
         return f"container {name} no longer holds {network.ip_of(self.color)} on {network.deploy_network}"
 
     def endpoints(self) -> List[Endpoint]:
-        return [Endpoint(Address(self.engine.network.ip_of(self.color), self.engine.app.app_port), "")]
+        return [Endpoint(self.engine.addresses(self.color)[0], "")]
 
 
 def one_off_name(app: AppSettings) -> str:

@@ -111,7 +111,8 @@ class Prober:
     probed, over any route. Without it: any address, over a local bridge only."""
 
     def __init__(self, transport: Transport, host: NginxHost, network_hint: str = "",
-                 nodes: Optional[Callable[[], Sequence[str]]] = None, ports: AbstractSet[int] = frozenset()) -> None:
+                 nodes: Optional[Callable[[], Sequence[str]]] = None, ports: AbstractSet[int] = frozenset(),
+                 gateway_ok: bool = True) -> None:
         self.transport = transport
         self.where = transport.where
         self.host = host
@@ -119,6 +120,7 @@ class Prober:
         self._nodes_of = nodes
         self._nodes: FrozenSet[str] = frozenset()
         self._ports = frozenset(ports)
+        self._gateway_ok = gateway_ok   # with `nodes`: False for PUBLISH_ADDRESS (issue 17), no gateway
         self._checked: Dict[str, Optional[str]] = {}
         self._routes: Dict[str, str] = {}              # address -> the route it is reached by
         self._bridges: Dict[str, Optional[str]] = {}   # device -> problem (None: a bridge)
@@ -126,10 +128,11 @@ class Prober:
 
     @classmethod
     def for_host(cls, host: NginxHost, remote: bool, network_hint: str = "",
-                 nodes: Optional[Callable[[], Sequence[str]]] = None, ports: AbstractSet[int] = frozenset()) -> "Prober":
+                 nodes: Optional[Callable[[], Sequence[str]]] = None, ports: AbstractSet[int] = frozenset(),
+                 gateway_ok: bool = True) -> "Prober":
         """Probes from where nginx is: over the SSH connection when it is remote."""
         transport: Transport = ChannelTransport(host) if remote else LocalTransport()
-        return cls(transport, host, network_hint, nodes, ports)
+        return cls(transport, host, network_hint, nodes, ports, gateway_ok)
 
     def check_route(self, ip: str) -> None:
         """Raise RouteRefused unless the probing side may take its route to `ip` (a swarm: `ip`
@@ -201,7 +204,7 @@ class Prober:
         """What the answer of `ip -4 route get IP` says is wrong, or None: a local bridge."""
         output = route_answer(result.output, ip)
         any_route = self._nodes_of is not None
-        problem = route_problem(result.code, output, gateway_ok=any_route)
+        problem = route_problem(result.code, output, gateway_ok=any_route and self._gateway_ok)
         if problem is not None:
             return problem
         self._routes[ip] = route_shown(output)

@@ -1,10 +1,11 @@
-"""The release history: JSON lines appended beside the include on the nginx host."""
+"""The release history: JSON lines appended beside the include on the nginx host (on every one of
+NGINX_HOSTS: each keeps a copy, and a reader merges the copies, `merge_copies`)."""
 from __future__ import annotations
 
 import json
 import logging
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from pipeline.core.errors import NginxHostFailed, NotText
 from pipeline.log import mask
@@ -29,25 +30,71 @@ class Entry:
 
 
 class History:
-    def __init__(self, host: NginxHost, path: str) -> None:
+    """The history file on the nginx host, and on each of `others` (the rest of NGINX_HOSTS)."""
+
+    def __init__(self, host: NginxHost, path: str, others: Sequence[NginxHost] = ()) -> None:
         self.host = host
         self.path = path
+        self.hosts: Tuple[NginxHost, ...] = (host, *others)
 
-    def append(self, entry: Entry) -> None:
+    def append(self, entry: Entry) -> List[Tuple[str, str]]:
+        """The entry, on every host. Returns the hosts where that failed (description, cause),
+        each already warned about."""
         # A failure's message may quote a secret (a build command's output, say): never on file.
         entry = replace(entry, message=mask(entry.message), version=mask(entry.version))
-        try:
-            self.host.append_text(self.path, json.dumps(asdict(entry), ensure_ascii=False) + "\n")
-        except NginxHostFailed as exc:
-            # The history must not turn a good deploy into a failed one, nor hide why one failed.
-            log.warning("    could not append to history %s: %s", self.path, exc)
+        line = json.dumps(asdict(entry), ensure_ascii=False) + "\n"
+        failed = []
+        for host in self.hosts:
+            try:
+                host.append_text(self.path, line)
+            except NginxHostFailed as exc:
+                # The history must not turn a good deploy into a failed one, nor hide why one failed.
+                where = f" on the nginx host {host.description}" if len(self.hosts) > 1 else ""
+                log.warning("    could not append to history %s%s: %s", self.path, where, exc)
+                failed.append((host.description, exc.cause))
+        return failed
 
     def entries(self) -> List[Entry]:
-        """Every entry, oldest first. A line that is not UTF-8 text or not an entry (a hand edit,
+        """Every entry, oldest first; with several hosts, their copies merged (`merge_copies`),
+        with a warning naming a host whose copy lacks entries the others have."""
+        if len(self.hosts) == 1:
+            return self._entries_on(self.host)
+        merged, lacking = merge_copies([(host.description, self._entries_on(host)) for host in self.hosts])
+        for description, missing in lacking:
+            log.warning("    history %s on the nginx host %s lacks %d entr%s the other hosts have (a run that "
+                        "could not reach it); reading the entries of every host", self.path, description,
+                        missing, "y" if missing == 1 else "ies")
+        return merged
+
+    def mend(self) -> None:
+        """With several hosts, under the deploy lock: a host whose copy lacks entries the others
+        have (it was unreachable, or newly added to NGINX_HOSTS) gets the merged history written
+        over its copy, atomically, with a warning naming it. A host that cannot take it is warned
+        about; the run goes on (its own line is appended everywhere later)."""
+        if len(self.hosts) == 1:
+            return
+        copies = [(host, self._entries_on(host)) for host in self.hosts]
+        merged, lacking = merge_copies([(host.description, entries) for host, entries in copies])
+        text = "".join(json.dumps(asdict(entry), ensure_ascii=False) + "\n" for entry in merged)
+        for host, entries in copies:
+            missing = sum(1 for entry in merged if entry not in entries)
+            if not missing:
+                continue
+            log.warning("    history %s on the nginx host %s lacked %d entr%s the other hosts have; writing it "
+                        "again from every host's copy", self.path, host.description, missing,
+                        "y" if missing == 1 else "ies")
+            try:
+                host.write_text_atomic(self.path, text)
+            except NginxHostFailed as exc:
+                log.warning("    could not write history %s on the nginx host %s: %s", self.path,
+                            host.description, exc)
+
+    def _entries_on(self, host: NginxHost) -> List[Entry]:
+        """One host's entries. A line that is not UTF-8 text or not an entry (a hand edit,
         a line cut short by a full disk) is skipped with a warning naming the file and the line.
         Lines end at "\\n" only: a message may hold U+2028, where str.splitlines would split too."""
         try:
-            lines: List[Optional[str]] = list((self.host.read_text(self.path) or "").split("\n"))
+            lines: List[Optional[str]] = list((host.read_text(self.path) or "").split("\n"))
         except NotText as exc:
             lines = [_decoded(raw) for raw in exc.data.split(b"\n")]
         entries = []
@@ -63,6 +110,33 @@ class History:
             else:
                 entries.append(entry)
         return entries
+
+
+def merge_copies(copies: Sequence[Tuple[str, Sequence[Entry]]]) -> Tuple[List[Entry], List[Tuple[str, int]]]:
+    """Every host's copy of the history as one (pure). Each run appends the same entry on every
+    host, so copies differ only by entries a host missed (it could not be reached): the merge is
+    the first copy with every entry another copy has and it lacks put in after the entry that
+    precedes it there (after the first copy's own entries there that are not newer), so each
+    copy's order is kept. Also returns each host whose copy lacks
+    entries, and how many."""
+    merged: List[Entry] = list(copies[0][1]) if copies else []
+    for _, entries in copies[1:]:
+        place = 0   # where the next entry missing from `merged` goes: after the last one both have
+        for entry in entries:
+            if entry in merged:
+                place = merged.index(entry) + 1
+            else:
+                # Between two entries both copies have, the other copy's own ones by their time.
+                while place < len(merged) and merged[place] not in entries and merged[place].time <= entry.time:
+                    place += 1
+                merged.insert(place, entry)
+                place += 1
+    lacking = []
+    for description, entries in copies:
+        missing = sum(1 for entry in merged if entry not in entries)
+        if missing:
+            lacking.append((description, missing))
+    return merged, lacking
 
 
 def _decoded(raw: bytes) -> Optional[str]:

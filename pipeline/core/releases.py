@@ -224,42 +224,126 @@ def _image(version: str, color: str, containers: Mapping[str, ContainerFact], im
     return image_of(version)
 
 
-class ReleaseStore:
-    """The record's file on the nginx host."""
+@dataclass(frozen=True)
+class Copy:
+    """One nginx host's copy of the record, as read: the record, or None and why it is unusable."""
 
-    def __init__(self, host: NginxHost, path: str) -> None:
+    host: str
+    record: Optional[ReleaseRecord]
+    why: str = ""
+
+    def says(self) -> str:
+        """What the copy says, for a warning: which release is live, or why it is unusable."""
+        if self.record is None:
+            return self.why
+        return f"says {self.record.live} is live" if self.record.live else "says nothing is live"
+
+
+@dataclass(frozen=True)
+class Reconciled:
+    """What the copies of the record come to (`reconcile`): the record to check against the facts
+    (None: there is none to use; `why` says why), a warning naming the hosts whose copy was not
+    taken ("" when every copy is the same), and those hosts."""
+
+    record: Optional[ReleaseRecord]
+    why: str
+    warning: str = ""
+    stale_hosts: Tuple[str, ...] = ()
+
+
+def reconcile(copies: Sequence[Copy], live_color: Optional[str],
+              containers: Mapping[str, ContainerFact]) -> Reconciled:
+    """The record from every nginx host's copy (pure). The same everywhere: that one (checked
+    against the facts by `load`, as one host's is). Copies that disagree (a host that missed a
+    write: it could not be reached, or a run was killed between two hosts' writes): the one copy
+    that agrees with what nginx serves and the containers' labels (`problem_with`), if exactly one
+    distinct record does; else none, so that `load` rebuilds it from the history and the labels.
+    Either way the warning names the hosts whose copy was not taken."""
+    first = copies[0]
+    if all(c.record == first.record and (c.record is not None or c.why == first.why) for c in copies):
+        return Reconciled(first.record, first.why)
+    fitting = []
+    for c in copies:
+        if c.record is not None and problem_with(c.record, live_color, containers) is None \
+                and c.record not in fitting:
+            fitting.append(c.record)
+    said = "; ".join(f"{c.host}: {c.says()}" for c in copies)
+    if len(fitting) == 1:
+        stale = tuple(c.host for c in copies if c.record != fitting[0])
+        taken = next(c.host for c in copies if c.record == fitting[0])
+        return Reconciled(fitting[0], "", f"the release record's copies disagree ({said}); the copy on "
+                          f"{', '.join(stale)} is out of date: taking {taken}'s, which agrees with what nginx "
+                          f"serves and the containers' labels", stale)
+    return Reconciled(None, "differs between the nginx hosts",
+                      f"the release record's copies disagree ({said}) and "
+                      f"{'none' if not fitting else 'more than one'} of them agrees with what nginx serves and "
+                      f"the containers' labels", tuple(c.host for c in copies))
+
+
+def agreed(copies: Sequence[Copy]) -> Optional[ReleaseRecord]:
+    """The record every copy holds, if they all hold the same one (pure)."""
+    first = copies[0].record
+    return first if all(c.record == first for c in copies) else None
+
+
+class ReleaseStore:
+    """The record's file on the nginx host, and on each of `others` (the rest of NGINX_HOSTS):
+    written on every one, read from every one (`load` reconciles copies that disagree)."""
+
+    def __init__(self, host: NginxHost, path: str, others: Sequence[NginxHost] = ()) -> None:
         self.host = host
         self.path = path
+        self.hosts: Tuple[NginxHost, ...] = (host, *others)
 
     def read(self) -> Tuple[Optional[ReleaseRecord], str]:
         """The record, or None and why it cannot be used (a file that is not UTF-8 text, as a
-        write cut short by a full disk leaves it, is damaged like one that is not a record)."""
-        try:
-            text = self.host.read_text(self.path)
-        except NotText as exc:
-            return None, f"{self.path} is damaged ({exc.cause})"
-        if text is None:
-            return None, f"{self.path} does not exist"
-        try:
-            return ReleaseRecord.from_json(text), ""
-        except ValueError as exc:
-            return None, f"{self.path} is damaged ({exc})"
+        write cut short by a full disk leaves it, is damaged like one that is not a record).
+        With several hosts whose copies differ: None (`copies` has them all)."""
+        copies = self.copies()
+        if len(copies) == 1 or all(c == replace(copies[0], host=c.host) for c in copies):
+            return copies[0].record, copies[0].why
+        return None, f"{self.path} differs between the nginx hosts"
 
-    def write(self, record: ReleaseRecord) -> None:
-        """Never turns a switch that happened into a failure: a record that could not be written
-        is rebuilt by the next run, which says so."""
+    def copies(self) -> Tuple[Copy, ...]:
+        """Every host's copy, in NGINX_HOSTS' order."""
+        return tuple(self._read_on(host) for host in self.hosts)
+
+    def _read_on(self, host: NginxHost) -> Copy:
         try:
-            self.host.write_text_atomic(self.path, record.to_json())
-        except (OSError, PipelineError) as exc:
-            log.warning("    could not write the release record %s: %s; the next run rebuilds it from "
-                        "the history and the containers' labels", self.path, exc)
+            text = host.read_text(self.path)
+        except NotText as exc:
+            return Copy(host.description, None, f"{self.path} is damaged ({exc.cause})")
+        if text is None:
+            return Copy(host.description, None, f"{self.path} does not exist")
+        try:
+            return Copy(host.description, ReleaseRecord.from_json(text))
+        except ValueError as exc:
+            return Copy(host.description, None, f"{self.path} is damaged ({exc})")
+
+    def write(self, record: ReleaseRecord) -> List[str]:
+        """On every host. Never turns a switch that happened into a failure: a record that could
+        not be written is rebuilt by the next run, which says so. Returns the hosts where the
+        write failed (each already warned about)."""
+        failed = []
+        for host in self.hosts:
+            try:
+                host.write_text_atomic(self.path, record.to_json())
+            except (OSError, PipelineError) as exc:
+                where = f" on the nginx host {host.description}" if len(self.hosts) > 1 else ""
+                log.warning("    could not write the release record %s%s: %s; the next run rebuilds it from "
+                            "the history and the containers' labels", self.path, where, exc)
+                failed.append(host.description)
+        return failed
 
 
 def load(store: ReleaseStore, entries: Callable[[], Sequence[Entry]], live_color: Optional[str],
          containers: Mapping[str, ContainerFact], image_of: Callable[[str], str],
-         read: Optional[Tuple[Optional[ReleaseRecord], str]] = None) -> ReleaseRecord:
-    """`read`: what `store.read()` gave earlier in the same run (under the lock), to spare a read."""
-    record, why = read if read is not None else store.read()
+         read: Optional[Sequence[Copy]] = None) -> ReleaseRecord:
+    """`read`: what `store.copies()` gave earlier in the same run (under the lock), to spare a read."""
+    decision = reconcile(read if read is not None else store.copies(), live_color, containers)
+    if decision.warning:
+        log.warning("    %s", decision.warning)
+    record, why = decision.record, decision.why
     if record is not None:
         why = problem_with(record, live_color, containers) or ""
         if not why:
@@ -267,6 +351,8 @@ def load(store: ReleaseStore, entries: Callable[[], Sequence[Entry]], live_color
         why = f"the release record {store.path} is out of date: {why}"
     elif why and "does not exist" in why and not entries() and not containers:
         return ReleaseRecord()   # a first deploy: nothing to rebuild, nothing to warn about
+    elif decision.stale_hosts:   # copies that disagree, none of them to be trusted
+        why = f"the release record {store.path} {why}"
     else:
         why = f"the release record {why}"
     log.warning("    %s; rebuilding it from the history and the containers' labels", why)

@@ -29,7 +29,9 @@ IMAGE_BUILDS = ("dockerfile", "layered")
 # The most addresses a live-mode route takes (nginx/live/app-live.conf, routes.max_addresses).
 MAX_ROUTE_ADDRESSES = 32
 # Settings that only one target reads: set explicitly for the other, they are refused.
-DOCKER_ONLY = ("DEPLOY_NETWORK", "DEPLOY_SUBNET", "DEPLOY_GATEWAY", "BLUE_IP", "GREEN_IP")
+DOCKER_ONLY = ("DEPLOY_NETWORK", "DEPLOY_SUBNET", "DEPLOY_GATEWAY", "BLUE_IP", "GREEN_IP", "PUBLISH_ADDRESS")
+# Read with TARGET=docker too once PUBLISH_ADDRESS is set (each color's published host port).
+PUBLISHED_PORTS = ("BLUE_PORT", "GREEN_PORT")
 SWARM_ONLY = ("REPLICAS", "BLUE_PORT", "GREEN_PORT")
 # Settings that only one IMAGE_BUILD reads: set explicitly for the other, they are refused.
 DOCKERFILE_ONLY = ("DOCKERFILE", "BUILD_CONTEXT", "BUILD_ARGS")
@@ -464,6 +466,9 @@ class NetworkSettings:
     deploy_gateway: ipaddress.IPv4Address
     blue_ip: ipaddress.IPv4Address
     green_ip: ipaddress.IPv4Address
+    # Nginx hosts on other machines (issue 17): each color's APP_PORT is also published on this
+    # address of the engine's machine, on BLUE_PORT / GREEN_PORT, and nginx proxies to that.
+    publish_address: Optional[ipaddress.IPv4Address]
 
     def ip_of(self, color: str) -> str:
         return str(self.blue_ip if color == "blue" else self.green_ip)
@@ -605,6 +610,7 @@ class Settings:
     deploy_gateway: ipaddress.IPv4Address = _env(_ip, ipaddress.IPv4Address("172.20.0.1"))
     blue_ip: ipaddress.IPv4Address = _env(_ip, ipaddress.IPv4Address("172.20.0.2"))
     green_ip: ipaddress.IPv4Address = _env(_ip, ipaddress.IPv4Address("172.20.0.3"))
+    publish_address: Optional[ipaddress.IPv4Address] = _env(_optional(_ip), None)
     app_port: int = _env(_port, 8080)
     health_path: str = _env(_health_path, "/actuator/health")
     health_interval: float = _env(_duration(positive=True, maximum=600), 10.0)
@@ -785,9 +791,18 @@ class Settings:
         """Refuse settings the chosen target would silently ignore."""
         ignored, other = (SWARM_ONLY, "swarm") if self.target == "docker" else (DOCKER_ONLY, "docker")
         for name in ignored:
+            if name in PUBLISHED_PORTS and self.publish_address is not None:
+                continue
             if name in given:
                 raise SettingsError(name, getattr(self, SETTING_FIELDS[name]),
                                     f"only read with TARGET={other}, not TARGET={self.target}")
+        if self.publish_address is not None:
+            address = self.publish_address
+            if address.is_unspecified or address.is_multicast or address.is_link_local:
+                raise SettingsError("PUBLISH_ADDRESS", address, "must be one address of the docker engine's machine "
+                                                                "that the nginx hosts reach directly")
+            if self.blue_port == self.green_port:
+                raise SettingsError("GREEN_PORT", self.green_port, "same port as BLUE_PORT")
         if self.target == "swarm":
             if not self.registry:
                 raise SettingsError("REGISTRY", None, "required with TARGET=swarm: every node pulls the release")

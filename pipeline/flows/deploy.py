@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from pipeline.flows import build, hooks, smoke, verify
 
@@ -36,7 +36,7 @@ from pipeline.core.errors import (DeployFailed, IncludeNotLoaded, Interrupted, I
                      SwitchedBack, SwitchedBackAfterBug, SwitchedBackOnSignal, SwitchIncomplete, SwitchUnavailable)
 from pipeline.core.history import Entry, History
 from pipeline.core.clock import SYSTEM, Clock
-from pipeline.flows.lock import DeployLock, LockInfo, who_am_i
+from pipeline.flows.lock import LockInfo, LockSet, who_am_i
 from pipeline.core.host import NginxHost, check_writable
 from pipeline.core.releases import Release, ReleaseRecord, ReleaseStore
 from pipeline.core.runlog import Phase, RunLog
@@ -176,11 +176,12 @@ def preflight(ctx: Context, action: str) -> Iterator[Run]:
     if action in ("deploy", "stage"):
         ctx.runlog.version = s.app_version   # settled: the report names it even if preflight fails
     checks = ctx.runlog.begin("preflight", ctx.clock, ctx.started)   # the lock and the checks
-    check_writable(ctx.host, s)   # first: the lock and the history are written there
+    for host in ctx.hosts:
+        check_writable(host, s)   # first: the lock and the history are written there, on every host
     assert s.app_version or action not in ("deploy", "stage"), "compose settles the version of a deploy"
     who = who_am_i(ctx.environ)
-    lock = DeployLock(ctx.host, str(s.lock_path()), clock=ctx.clock)
-    history = History(ctx.host, str(s.history_path()))
+    lock = LockSet.on(ctx.hosts, str(s.lock_path()), clock=ctx.clock)
+    history = run_history(ctx)
     try:
         lock.acquire(LockInfo(who, socket.gethostname(), os.getpid(), action, s.app_version or "", _now()),
                      ctx.lock_wait)
@@ -190,7 +191,8 @@ def preflight(ctx: Context, action: str) -> Iterator[Run]:
     run = Run()
     try:
         try:
-            if lock.taken_over is not None:
+            history.mend()   # several hosts: one that missed runs gets every host's history
+            if lock.taken_over is not None and not _ended_elsewhere(ctx, history, lock.taken_over):
                 history.append(killed_entry(lock.taken_over, s.app_name, who))
             phase("preflight")   # from here to "done" this run holds the lock
             ctx.switch.check()
@@ -226,18 +228,42 @@ def preflight(ctx: Context, action: str) -> Iterator[Run]:
         outcome = run.outcome
         assert outcome is not None, f"the {action} flow ended without saying what it did"
         made = outcome.release
-        history.append(Entry(_now(), who, s.app_name, outcome.action, outcome.version, outcome.color, "ok",
-                             _elapsed(ctx), outcome.message, made.digest if made else "",
-                             made.digest_of if made else ""))
+        lost = history.append(Entry(_now(), who, s.app_name, outcome.action, outcome.version, outcome.color, "ok",
+                                    _elapsed(ctx), outcome.message, made.digest if made else "",
+                                    made.digest_of if made else ""))
         if run.post_hook:
             run_hook(ctx, "post", "ok")
+        if lost and len(ctx.hosts) > 1:
+            raise host_lost(outcome, lost)
         phase("done: %s in %.1fs", outcome.message, ctx.clock.now() - ctx.started)
     finally:
-        try:
-            lock.release()
-        except (OutsideFailure, PreflightError) as exc:   # must not replace the run's result
-            log.error("==> could not release the deploy lock %s (%s); when no run is active: "
-                      "`python -m pipeline lock release`", lock.path, exc)
+        lock.release()   # on every host; one that fails is logged and must not replace the run's result
+
+
+def host_lost(outcome: Outcome, lost: Sequence[Tuple[str, str]]) -> DeployFailed:
+    """A run that did what it set out to do, but one of several nginx hosts could not be reached
+    at its end (its history could not be written there): exit 1 naming it. What it serves is not
+    known; the next run cannot connect to it and refuses (exit 3) until it is back or removed
+    from NGINX_HOSTS."""
+    names = ", ".join(host for host, _ in lost)
+    causes = "; ".join(f"{host}: {cause}" for host, cause in lost)
+    return DeployFailed(f"{outcome.message} on the other nginx hosts, but the nginx host {names} could not be "
+                        f"reached at the end of the run ({causes}): what it serves is not known; the next "
+                        f"deploy refuses (exit 3) until it is back or removed from NGINX_HOSTS")
+
+
+def _ended_elsewhere(ctx: Context, history: History, dead: LockInfo) -> bool:
+    """With several nginx hosts: whether the run whose stale lock was taken over did end, its
+    history line written on another host (it lost this one before it could release the lock
+    there). It was not killed, and is not recorded as killed."""
+    if len(ctx.hosts) == 1:
+        return False
+    ended = any(e.who == dead.who and e.action == dead.action and e.version == dead.version and e.time >= dead.since
+                for e in history.entries())
+    if ended:
+        log.info("    the stale lock was left by a run that ended (%s of %s by %s; its history says so), not "
+                 "one that was killed", dead.action, dead.version or "?", dead.who)
+    return ended
 
 
 def before_changes(ctx: Context, run: Run, version: str, previous: Optional[Release], color: str) -> None:
@@ -282,11 +308,18 @@ def _elapsed(ctx: Context) -> float:
 
 
 def facts_and_record(ctx: Context) -> Tuple[Facts, ReleaseRecord]:
-    """What the flows decide from: the facts, and the release record checked against them."""
+    """What the flows decide from: the facts, and the release record checked against them. With
+    several nginx hosts whose copies of the record differ, the record reconciled (releases.load)
+    is written on every host here, under the lock."""
     gathered = _gathered_settled(ctx)
-    read = record_store(ctx).read()   # once: _settled and recorded both need it (one SFTP round trip)
-    facts = _settled(ctx, gathered, read)
-    return facts, recorded(ctx, facts, read)
+    store = record_store(ctx)
+    copies = store.copies()   # once: _settled and recorded both need it (one SFTP round trip per host)
+    facts = _settled(ctx, gathered, copies)
+    record = recorded(ctx, facts, copies)
+    if any(copy.record != copies[0].record for copy in copies):   # several hosts, copies that disagree
+        with ctx.guard.critical():
+            store.write(record)
+    return facts, record
 
 
 def _gathered_settled(ctx: Context) -> Facts:
@@ -323,9 +356,8 @@ def _gathered_settled(ctx: Context) -> Facts:
     return gather(ctx)
 
 
-def _settled(ctx: Context, facts: Facts,
-             read: Optional[Tuple[Optional[ReleaseRecord], str]] = None) -> Facts:
-    written, _ = read if read is not None else record_store(ctx).read()
+def _settled(ctx: Context, facts: Facts, copies: Optional[Sequence[releases.Copy]] = None) -> Facts:
+    written = releases.agreed(copies if copies is not None else record_store(ctx).copies())
     running = frozenset(color for color, fact in facts.containers.items() if fact.running)
     choice = releases.settle_live(facts.choice, written, running)
     if choice == facts.choice:
@@ -334,16 +366,22 @@ def _settled(ctx: Context, facts: Facts,
     return replace(facts, choice=choice)
 
 
-def recorded(ctx: Context, facts: Facts,
-             read: Optional[Tuple[Optional[ReleaseRecord], str]] = None) -> ReleaseRecord:
-    """The release record, checked against what nginx serves and Docker reports."""
+def recorded(ctx: Context, facts: Facts, copies: Optional[Sequence[releases.Copy]] = None) -> ReleaseRecord:
+    """The release record, checked against what nginx serves and Docker reports (and its copies
+    on the nginx hosts reconciled)."""
     s = ctx.settings
-    return releases.load(record_store(ctx), History(ctx.host, str(s.history_path())).entries,
-                         facts.choice.live, facts.containers, s.image_ref, read)
+    return releases.load(record_store(ctx), run_history(ctx).entries,
+                         facts.choice.live, facts.containers, s.image_ref, copies)
 
 
 def record_store(ctx: Context) -> ReleaseStore:
-    return ReleaseStore(ctx.host, str(ctx.settings.releases_path()))
+    """The release record, on every nginx host."""
+    return ReleaseStore(ctx.hosts[0], str(ctx.settings.releases_path()), ctx.hosts[1:])
+
+
+def run_history(ctx: Context) -> History:
+    """The history, on every nginx host."""
+    return History(ctx.hosts[0], str(ctx.settings.history_path()), ctx.hosts[1:])
 
 
 # -- steps -----------------------------------------------------------------------------------------
@@ -875,8 +913,7 @@ def _undo_bring_back(ctx: Context, plan: releases.RollbackPlan, live: Optional[s
 def history(ctx: Context) -> List[Report]:
     """Every history entry, marked: `live` (its release serves now) and `rollback_target`
     (`rollback --to` its version works: it was live, and its container or image is kept)."""
-    s = ctx.settings
-    entries = History(ctx.host, str(s.history_path())).entries()
+    entries = run_history(ctx).entries()
     facts = _settled(ctx, _report_facts(ctx))
     record = recorded(ctx, facts)
     targets = {r.version for r in releases.rollback_targets(record, facts.choice.live, facts.containers,
@@ -891,19 +928,11 @@ def history(ctx: Context) -> List[Report]:
     return out
 
 
-def lock_command(host: NginxHost, settings: Settings, command: str) -> str:
-    """`lock status` / `lock release`: who holds the deploy lock; release it by hand."""
-    lock = DeployLock(host, str(settings.lock_path()))
-    holder = lock.read()
-    if command == "status":
-        if holder is None:
-            return "unlocked"
-        stale = " (stale: its process is gone)" if lock.is_stale(holder) else ""
-        return f"locked: {holder.describe()}{stale}"
-    if holder is None:
-        return "unlocked; nothing to release"
-    lock.force_release()
-    return f"released the lock held by: {holder.describe()}"
+def lock_command(hosts: Sequence[NginxHost], settings: Settings, command: str) -> str:
+    """`lock status` / `lock release`: who holds the deploy lock (on each nginx host, when there
+    are several); release it by hand (on every one)."""
+    lock = LockSet.on(hosts, str(settings.lock_path()))
+    return lock.status() if command == "status" else lock.force_release()
 
 
 def _report_facts(ctx: Context) -> Facts:
@@ -932,6 +961,7 @@ def status(ctx: Context, probe: bool = True) -> Report:
     include_address = _written(includes, LIVE)
     live = facts.choice.live if facts.live_address and not unknown else None
     colors = _color_rows(ctx, facts, probe_problem, _health_report(ctx) if probe else None)
+    hosts = _host_rows(ctx, facts, switch_problem, colors)
     return {
         "app": s.app_name,
         "live_color": live,
@@ -943,6 +973,8 @@ def status(ctx: Context, probe: bool = True) -> Report:
         "probe_problem": probe_problem,
         "colors": colors,
         "nginx_host": ctx.host.description,
+        "nginx_hosts": hosts,   # what each nginx host serves (NGINX_HOSTS, in order)
+        "hosts_disagree": _disagree(hosts),
         "settings": s.public(),   # the effective settings, secrets masked
         "releases": _status_record(ctx, facts, unknown),
     }
@@ -958,6 +990,30 @@ def _with_maintenance_since(ctx: Context, fields: Dict[str, Any]) -> Dict[str, A
         if last is not None:
             fields = {**fields, "maintenance": {**state, "since": last.time, "by": last.who, "message": last.message}}
     return fields
+
+
+def _host_rows(ctx: Context, facts: Facts, switch_problem: Optional[str],
+               colors: Dict[str, Dict[str, object]]) -> List[Report]:
+    """What each nginx host serves, asked of its own switch; with one host, what `facts` say."""
+    rows = []
+    for host, switch in zip(ctx.hosts, ctx.switches):
+        route: Optional[Route]
+        if len(ctx.hosts) == 1:
+            route, problem = facts.live_address, switch_problem
+        else:
+            try:
+                route, problem = switch.current(LIVE), None
+            except PipelineError as exc:   # its admin, its include not loaded, the host itself
+                route, problem = getattr(exc, "address", None), str(exc)
+        color = ctx.engine.color_at(route) if route else None
+        rows.append({"host": host.description, "points_at": shown(route) if route else None, "color": color,
+                     "version": colors[color]["version"] if color else None, "problem": problem})
+    return rows
+
+
+def _disagree(hosts: Sequence[Report]) -> bool:
+    """Whether the nginx hosts serve different colors (or one cannot say what it serves)."""
+    return len({(row["color"], row["problem"] is None) for row in hosts}) > 1
 
 
 def _written(includes: IncludeFiles, route: str) -> Optional[Route]:

@@ -25,7 +25,7 @@ import os
 import pwd
 import socket
 from dataclasses import MISSING, asdict, dataclass, fields, replace
-from typing import Mapping, Optional
+from typing import List, Mapping, Optional, Sequence, Tuple
 
 from pipeline.core.clock import SYSTEM, Clock
 from pipeline.core.errors import LockHeld, NginxHostFailed, NotText, PreflightError
@@ -321,3 +321,96 @@ def guard_path(path: str, content: str) -> str:
 def _why(exc: BaseException) -> str:
     """The cause of a failed file operation on the nginx host, as it reports it."""
     return getattr(exc, "cause", None) or getattr(exc, "strerror", None) or str(exc)
+
+
+class LockSet:
+    """One deploy lock for several nginx hosts (NGINX_HOSTS): each host's own DeployLock, taken
+    in one fixed order, the hosts sorted by their description (`user@host:port`), whatever order
+    NGINX_HOSTS lists them in. Two runs then both start at the same first host, so exactly one of
+    them gets past it and neither ever holds a lock the other waits for (no deadlock); a run that
+    finds a lock held (or cannot take one) releases every one it took before it says so. Released
+    on every host; stale locks are taken over per host as DeployLock does. With one host it is that
+    host's DeployLock, messages included."""
+
+    def __init__(self, locks: Sequence[DeployLock]) -> None:
+        assert locks, "a lock set of no host"
+        self.locks = sorted(locks, key=lambda lock: lock.host.description)
+        self.clock = self.locks[0].clock
+
+    @classmethod
+    def on(cls, hosts: Sequence[NginxHost], path: str, clock: Clock = SYSTEM,
+           processes: Optional[ProcessTable] = None) -> "LockSet":
+        return cls([DeployLock(host, path, clock=clock, processes=processes) for host in hosts])
+
+    @property
+    def path(self) -> str:
+        return self.locks[0].path
+
+    @property
+    def taken_over(self) -> Optional[LockInfo]:
+        """A run that died holding the lock (on any host; the same run held them all)."""
+        return next((lock.taken_over for lock in self.locks if lock.taken_over is not None), None)
+
+    def acquire(self, info: LockInfo, wait_seconds: float = 0.0) -> None:
+        """Every host's lock in order, `wait_seconds` for all of them together."""
+        deadline = self.clock.now() + wait_seconds
+        taken: List[DeployLock] = []
+        try:
+            for lock in self.locks:
+                try:
+                    lock.acquire(info, max(0.0, deadline - self.clock.now()))
+                except LockHeld as exc:
+                    if len(self.locks) == 1:
+                        raise
+                    raise LockHeld(f"nginx host {lock.host.description}: {exc}") from exc
+                taken.append(lock)
+        except BaseException:
+            for lock in reversed(taken):
+                _release_quietly(lock)
+            raise
+
+    def release(self) -> List[Tuple[str, BaseException]]:
+        """Every lock this run holds; the hosts where that failed (their description, the error),
+        each already logged. Never raises for one host: the others are released all the same."""
+        failed: List[Tuple[str, BaseException]] = []
+        for lock in self.locks:
+            error = _release_quietly(lock)
+            if error is not None:
+                failed.append((lock.host.description, error))
+        return failed
+
+    def status(self) -> str:
+        """`lock status`: one line, or one per host when there are several."""
+        if len(self.locks) == 1:
+            return _status_of(self.locks[0])
+        return "\n".join(f"{lock.host.description}: {_status_of(lock)}" for lock in self.locks)
+
+    def force_release(self) -> str:
+        """`lock release`: every host's lock, whoever holds it."""
+        lines = []
+        for lock in self.locks:
+            holder = lock.force_release()
+            line = (f"released the lock held by: {holder.describe()}" if holder is not None
+                    else "unlocked; nothing to release")
+            lines.append(line if len(self.locks) == 1 else f"{lock.host.description}: {line}")
+        return "\n".join(lines)
+
+
+def _status_of(lock: DeployLock) -> str:
+    holder = lock.read()
+    if holder is None:
+        return "unlocked"
+    stale = " (stale: its process is gone)" if lock.is_stale(holder) else ""
+    return f"locked: {holder.describe()}{stale}"
+
+
+def _release_quietly(lock: DeployLock) -> Optional[BaseException]:
+    """Release one host's lock; a failure is logged with what to run, and returned."""
+    try:
+        lock.release()
+    except (NginxHostFailed, PreflightError, OSError) as exc:
+        log.error("==> could not release the deploy lock %s on the nginx host %s (%s); when no run is "
+                  "active: `python -m pipeline lock release`", lock.path, lock.host.description, _why(exc))
+        lock.mine = None
+        return exc
+    return None

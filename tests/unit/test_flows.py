@@ -279,9 +279,9 @@ def test_a_lock_that_is_not_utf8_is_damaged_and_lock_release_removes_it():
     code, message = world.step("deploy v2")
     assert code == 4 and message.startswith(f"deploy lock {path} is damaged: not a lock pipeline wrote (")
     assert world.serving() == ("v1", "blue") and path in world.host.files
-    assert flows.lock_command(world.host, world.settings, "status").startswith(
+    assert flows.lock_command([world.host], world.settings, "status").startswith(
         "locked: a damaged lock file that pipeline did not write (")
-    assert flows.lock_command(world.host, world.settings, "release").startswith("released the lock held by: ")
+    assert flows.lock_command([world.host], world.settings, "release").startswith("released the lock held by: ")
     assert path not in world.host.files
     assert world.step("deploy v2") == (0, "")
 
