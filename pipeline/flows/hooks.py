@@ -21,17 +21,12 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
-import subprocess
-import threading
-import time
-from collections import deque
 from pathlib import Path
-from typing import Dict, Mapping, Optional, Tuple
+from typing import Dict, List, Mapping, Optional, Tuple
 
 from pipeline.core.errors import HookFailed, SettingsError
 from pipeline.core.runlog import RunLog
-from pipeline.log import echo_output
+from pipeline.flows.local import run_bounded
 
 log = logging.getLogger("pipeline")
 
@@ -112,45 +107,17 @@ def run(path: Path, name: str, env: Mapping[str, str], cwd: Path, timeout: float
         log.warning("    %s", line)
 
 
-def _run(path: Path, name: str, env: Mapping[str, str], cwd: Path, timeout: float) -> Tuple[Optional[str], list[str]]:
+def _run(path: Path, name: str, env: Mapping[str, str], cwd: Path, timeout: float) -> Tuple[Optional[str], List[str]]:
     """Why the hook failed (None: it exited 0), and its last lines of output."""
-    last: deque[str] = deque(maxlen=TAIL_LINES)
     log.info("==> running the %s hook %s", name, path)
-    started = time.monotonic()
     try:
-        process = subprocess.Popen([str(path)], cwd=cwd, env=dict(env), stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True, bufsize=1,
-                                   errors="replace", start_new_session=True)   # its own group: stopped whole
+        ended = run_bounded([str(path)], env, timeout, cwd=cwd, keep=TAIL_LINES)
     except OSError as exc:
         hint = " (a script needs a #! line)" if getattr(exc, "errno", None) == 8 else ""
         return f"{path} could not start: {exc.strerror or exc}{hint}", []
-
-    def stream() -> None:
-        assert process.stdout is not None
-        echo_output(process.stdout, last)
-
-    reader = threading.Thread(target=stream, daemon=True)
-    reader.start()
-    try:
-        code = process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        _kill(process)
-        reader.join(timeout=2)
-        return f"{path} did not finish within {timeout:g}s (HOOK_TIMEOUT) and was killed", list(last)
-    except BaseException:   # SIGINT/SIGTERM: the hook goes too, the signal goes on
-        _kill(process)
-        raise
-    reader.join(timeout=2)
-    if code != 0:
-        return f"{path} exited with {code}", list(last)
-    log.info("    the %s hook passed (%.1fs)", name, time.monotonic() - started)
-    return None, list(last)
-
-
-def _kill(process: subprocess.Popen[str]) -> None:
-    """The hook and whatever it started: the whole process group."""
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    process.wait()
+    if ended.code is None:
+        return f"{path} did not finish within {timeout:g}s (HOOK_TIMEOUT) and was killed", ended.last
+    if ended.code != 0:
+        return f"{path} exited with {ended.code}", ended.last
+    log.info("    the %s hook passed (%.1fs)", name, ended.seconds)
+    return None, ended.last

@@ -7,16 +7,10 @@ switched. It is bounded by HEALTH_TIMEOUT, like the wait for health.
 from __future__ import annotations
 
 import logging
-import os
-import signal
-import subprocess
-import threading
-import time
-from collections import deque
 from typing import Mapping
 
 from pipeline.core.errors import SmokeFailed
-from pipeline.log import echo_output
+from pipeline.flows.local import run_bounded
 from pipeline.core.settings import without_secrets
 
 log = logging.getLogger("pipeline")
@@ -25,39 +19,13 @@ log = logging.getLogger("pipeline")
 def run_smoke(command: str, url: str, environ: Mapping[str, str], timeout: float) -> None:
     env = dict(without_secrets(environ))
     env["SMOKE_URL"] = url
-    last: deque[str] = deque(maxlen=20)
-    started = time.monotonic()
     try:
-        process = subprocess.Popen(["sh", "-c", command], env=env, stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True, bufsize=1,
-                                   start_new_session=True)   # its own process group: stopped whole
+        ended = run_bounded(["sh", "-c", command], env, timeout)
     except OSError as exc:
         raise SmokeFailed(f"SMOKE_COMMAND could not start: {exc}") from exc
-    def stream() -> None:
-        assert process.stdout is not None
-        echo_output(process.stdout, last)
-
-    reader = threading.Thread(target=stream, daemon=True)
-    reader.start()
-    try:
-        code = process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired as exc:
-        _kill(process)
+    if ended.code is None:
         raise SmokeFailed(f"SMOKE_COMMAND did not finish within {timeout:g}s (HEALTH_TIMEOUT); nothing was switched",
-                          list(last)) from exc
-    except BaseException:   # SIGINT/SIGTERM: the command goes too
-        _kill(process)
-        raise
-    reader.join(timeout=2)
-    if code != 0:
-        raise SmokeFailed(f"SMOKE_COMMAND exited with {code} against {url}; nothing was switched", list(last))
-    log.info("    smoke command passed (%.1fs)", time.monotonic() - started)
-
-
-def _kill(process: subprocess.Popen[str]) -> None:
-    """The command and whatever it started (curl, a test runner): the whole process group."""
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    process.wait()
+                          ended.last)
+    if ended.code != 0:
+        raise SmokeFailed(f"SMOKE_COMMAND exited with {ended.code} against {url}; nothing was switched", ended.last)
+    log.info("    smoke command passed (%.1fs)", ended.seconds)
