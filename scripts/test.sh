@@ -19,6 +19,15 @@ swarm_log="${TMPDIR:-/tmp}/pipeline-swarm-start.log"
     eval "$(bash scripts/stack.sh env)"
     bash scripts/swarm.sh start 3 && bash scripts/swarm.sh push "$JRE_IMAGE"
 ) >"$swarm_log" 2>&1 &
+# Where python3 is pyenv's shim, pip's install ends with `pyenv rehash`, which takes a lock file
+# and waits up to 60 s for it, then fails. A rehash killed half-way (a login shell of an SSH
+# session a test cut) leaves that lock behind for good; a rehash takes well under a second, so a
+# lock older than two minutes is such a leftover.
+rehash_lock="${PYENV_ROOT:-$HOME/.pyenv}/shims/.pyenv-shim"
+if [ -n "$(find "$rehash_lock" -mmin +2 2>/dev/null)" ]; then
+    echo "test.sh: removing a stale pyenv rehash lock ($rehash_lock)"
+    rm -f "$rehash_lock"
+fi
 python3 -m pip install --quiet --disable-pip-version-check -e '.[test]'
 stamp "package installed"
 bash scripts/lint-jenkinsfile.sh
