@@ -288,9 +288,14 @@ class LiveUnverified(PipelineError):
     exit_code = EXIT_LIVE_UNVERIFIED
     history_result = "live unverified"
 
-    def __init__(self, message: str, color: str) -> None:
+    def __init__(self, message: str, color: str, detail_lines: Sequence[str] = ()) -> None:
         self.color = color
         super().__init__(message)
+        # Why switching back failed (e.g. the reload command's own output), under the line.
+        self._detail = list(detail_lines)
+
+    def detail(self) -> Sequence[str]:
+        return self._detail
 
 
 class SwitchedBackOnSignal(Interrupted):

@@ -313,7 +313,8 @@ def switch_back(ctx: Context, color: str, old: str, why: str, old_addresses: Rou
                              "is still running" if addresses else "has no running task")
                 serving = f"{new_name} still has the traffic, unverified; {old_name} {old_state}"
             raise LiveUnverified(f"{why}; switching back to {old} failed: {exc}. {serving}. To go back to "
-                                 f"{old}, run `python -m pipeline rollback` once that is fixed", color) from exc
+                                 f"{old}, run `python -m pipeline rollback` once that is fixed", color,
+                                 exc.detail()) from exc
         # Requests nginx's old workers (reload mode) still send to the new release finish first.
         ctx.clock.sleep(ctx.switch.settle_seconds)
         try:

@@ -5,7 +5,7 @@ Hooks live where a team keeps them, `.pipeline/hooks/` in the working directory,
 they were given to files the test reads: their whole environment (the PIPELINE_* facts, nothing
 secret), whether the deploy lock was held, and what the live include named at that moment.
 Reports are checked against docs/report.schema.json for a success and for each exit code a run
-can end with here (6 is reached on the fakes: tests/unit/test_hooks_report.py).
+can end with here, 6 included (a switch back that fails: nginx's reload refused the second time).
 """
 from __future__ import annotations
 
@@ -286,3 +286,62 @@ def test_every_failure_exit_code_writes_a_valid_report(world, nginx, settings_en
     if code == 143:
         assert [p["name"] for p in document["phases"] if p.get("failed")] == ["pre-deploy hook"]
         assert (document["version"], document["color"]) == ("v1", "blue")
+
+
+def test_a_failed_switch_back_leaves_the_new_release_live_unverified_and_says_so(world, nginx, settings_env,
+                                                                                  tmp_path):
+    """Exit 6 for real: a release answering 500 to 30% of requests fails verification, and the
+    switch back fails because nginx's reload command (a wrapper of the test's own) reloads the
+    first time and refuses from then on. The README: the new release serves, unverified; the old
+    one still runs; the message says what serves and what to run; history `live unverified`."""
+    ok(run_pipeline(["deploy"], {**settings_env, "APP_VERSION": "v1"}, tmp_path))
+    calls = tmp_path / "reload-calls"
+    wrapper = tmp_path / "reload-once"
+    wrapper.write_text(f"""#!/bin/sh
+n=$(( $(cat {calls} 2>/dev/null || echo 0) + 1 ))
+echo $n > {calls}
+if [ $n -gt 1 ]; then echo "reload refused by the test (call $n)" >&2; exit 1; fi
+exec {nginx.reload_command}
+""")
+    wrapper.chmod(0o755)
+    bad = tmp_path / "bad.env"
+    bad.write_text("FAIL_RATE=0.3\n")
+    env = {**settings_env, "APP_VERSION": "v2", "CONTAINER_ENV_FILE": str(bad), "NGINX_RELOAD_COMMAND": str(wrapper),
+           "VERIFY_SECONDS": "20", "VERIFY_MIN_REQUESTS": "10", "NGINX_ACCESS_LOG": str(nginx.access_log)}
+    with Traffic(f"http://127.0.0.1:{nginx.port}/", max_seconds=60):
+        result = run_pipeline(["deploy", "--report", "r.json"], env, tmp_path)
+    assert result.returncode == 6, result.stderr
+    assert calls.read_text() == "2\n", "one reload for the switch, one refused for the switch back"
+    line = error_line(result.stderr)
+    assert line.startswith("pipeline: error: green answered 5xx to "), line
+    assert "; switching back to blue failed: " in line and "reload refused by the test (call 2)" not in line
+    assert line.endswith(f"{world.app}-green still has the traffic, unverified; {world.app}-blue is still running. "
+                         f"To go back to blue, run `python -m pipeline rollback` once that is fixed"), line
+    assert "`" + str(wrapper) + "` exited with 1" in line
+    # Why the switch back failed: the reload command's own words, under the line.
+    assert "\n    reload refused by the test (call 2)\n" in result.stderr
+    assert "Traceback" not in result.stderr
+
+    # nginx serves the new release (the 500s are its own: FAIL_RATE), the old container still runs.
+    answers = [nginx.get() for _ in range(20)]
+    assert {a.status_code for a in answers} <= {200, 500}, [a.status_code for a in answers]
+    assert {a.text for a in answers if a.status_code == 200} == {"version=v2 color=green\n"}
+    assert world.state("green") == "running" and world.state("blue") == "running"
+    assert f"{world.network.green_ip}:8080" in nginx.include.read_text()
+
+    last = json.loads(ok(run_pipeline(["history", "--json"], settings_env, tmp_path)).stdout)[-1]
+    assert (last["action"], last["version"], last["result"]) == ("deploy", "v2", "live unverified")
+    document = valid(tmp_path / "r.json")
+    assert {k: document[k] for k in ("action", "version", "previous_version", "color", "result", "exit_code")} == {
+        "action": "deploy", "version": "v2", "previous_version": "v1", "color": "green",
+        "result": "live unverified", "exit_code": 6}
+    assert document["error"] == line.removeprefix("pipeline: error: ")
+    verify = [p for p in document["phases"] if p.get("failed")]
+    assert [p["name"] for p in verify] == ["verify"], document["phases"]
+    counts = verify[0]["counts"]
+    assert counts["requests"] >= 10 and counts["errors"] > 0, counts
+
+    # What the message says to run, once nginx can be switched again: a switch only, back to v1.
+    rolled = ok(run_pipeline(["rollback"], settings_env, tmp_path))
+    assert "starting kept container" not in rolled.stderr
+    assert nginx.get().text == "version=v1 color=blue\n"
