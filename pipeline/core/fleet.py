@@ -253,7 +253,7 @@ class FleetSwitch:
         if not isinstance(exc, PipelineError):
             raise exc
         what = f"switching the {route_name} route to {shown(route)} failed on nginx host {name}: {exc}"
-        serving = self._serving(prepared, stuck, route)
+        serving = self._serving(prepared, stuck, route, said=exc)
         if stuck:
             raise SwitchIncomplete(f"{what}; the hosts could not all be put back: {serving}. So the new release "
                                    f"is left running; `python -m pipeline status` shows what each host serves",
@@ -263,10 +263,12 @@ class FleetSwitch:
 
     @staticmethod
     def _serving(prepared: List[Tuple[str, Prepared]], stuck: Dict[str, BaseException],
-                 route: Optional[Route] = None) -> str:
+                 route: Optional[Route] = None, said: Optional[BaseException] = None) -> str:
         """What each host serves after a failed switch: what it served before, or (its put-back
-        failed) either."""
-        return ", ".join(f"{name} may serve {shown(route)} or {shown(p.before)} ({stuck[name]})" if name in stuck
+        failed) either, and why, unless that is `said` (the failure the message starts with: a
+        host whose commit and put-back both failed is not told twice in one line)."""
+        return ", ".join((f"{name} may serve {shown(route)} or {shown(p.before)}"
+                          + ("" if stuck[name] is said else f" ({stuck[name]})")) if name in stuck
                          else f"{name} serves {shown(p.before)}" for name, p in prepared)
 
 

@@ -113,7 +113,9 @@ def test_a_host_whose_own_put_back_failed_makes_it_switch_incomplete():
     with pytest.raises(SwitchIncomplete) as caught:
         switch.route_to(LIVE, GREEN)
     assert a.routes[LIVE] == BLUE
-    assert "b may serve 172.20.0.3:8080 or 172.20.0.2:8080" in str(caught.value)
+    message = str(caught.value)
+    assert "b may serve 172.20.0.3:8080 or 172.20.0.2:8080" in message
+    assert message.count("putting the old live include back failed") == 1, message   # said once, not twice
 
 
 def test_a_bug_in_one_hosts_commit_is_raised_as_a_bug_once_every_host_is_put_back():
