@@ -321,6 +321,7 @@ def test_a_host_whose_sshd_dies_during_the_commit_leaves_the_new_release_running
     assert (f"the hosts could not all be put back: root@{a.address}:22 serves {ip[old_color]}:8080, "
             f"root@{b.address}:22 may serve {ip[new_color]}:8080 or {ip[old_color]}:8080") in error, error
     assert "the new release is left running" in error, error
+    assert f"point root@{b.address}:22 at what the others serve" in error, error
     # a was switched back; b went on to the new release; both releases run (nginx may serve either).
     assert a.get("/").text.strip() == before
     wait_for(lambda: b.get("/").text.strip() == f"version={version} color={new_color}", 30,
