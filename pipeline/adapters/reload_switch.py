@@ -331,7 +331,7 @@ class ReloadSwitch:
             raise SwitchIncomplete(
                 f"putting the old {route} include back failed ({problem}). {self.includes.path(route)} on the nginx "
                 f"host ({self.host.description}) may name {shown(address)} or the old address, and nginx may serve "
-                f"either. On that host, run `{shlex.join(s.nginx_test_command)}` and "
+                f"either.", todo=f" On that host, run `{shlex.join(s.nginx_test_command)}` and "
                 f"`{shlex.join(s.nginx_reload_command)}`: nginx then serves what the include names")
 
     def _reload_step(self, route: str, token: str) -> List[str]:
@@ -392,9 +392,10 @@ class ReloadSwitch:
         raise SwitchIncomplete(
             f"{why}; then putting the old {route} include back failed ({problem}). {self.includes.path(route)} "
             f"on the nginx host may name {shown(address)} or the old address, and nginx may serve either, so the "
-            f"new container is left running. On the nginx host, run `{shlex.join(s.nginx_test_command)}` and "
+            f"new container is left running.", list(why.detail()),
+            todo=f" On the nginx host, run `{shlex.join(s.nginx_test_command)}` and "
             f"`{shlex.join(s.nginx_reload_command)}`: nginx then serves what the include names, and the next "
-            f"deploy goes to the other color", list(why.detail())) from why
+            f"deploy goes to the other color") from why
 
     def _restore(self, route: str, before: Optional[str], reload: bool) -> Optional[str]:
         """Write the old include back (and reload, seen to apply): what went wrong, or None."""

@@ -241,7 +241,14 @@ class NotText(NginxHostFailed):
 class SwitchIncomplete(DeployFailed):
     """A switch failed and could not be undone: the include may name the new release (reload
     mode), or nginx's balancer may send traffic to it (live mode). The flows leave its container
-    running whenever a switch raises this; the message says what to do."""
+    running whenever a switch raises this; the message says what to do.
+
+    `what` is the message without `todo`, what to do on one nginx host: with several hosts
+    (fleet.FleetSwitch) that advice alone would leave them disagreeing, so the fleet says its own."""
+
+    def __init__(self, message: str, detail_lines: Sequence[str] = (), todo: str = "") -> None:
+        super().__init__(f"{message}{todo}", detail_lines)
+        self.what = message
 
 
 def tail(text: Optional[str], lines: int = 20) -> list[str]:

@@ -252,22 +252,33 @@ class FleetSwitch:
         name, exc = failed[0]
         if not isinstance(exc, PipelineError):
             raise exc
-        what = f"switching the {route_name} route to {shown(route)} failed on nginx host {name}: {exc}"
-        serving = self._serving(prepared, stuck, route)
+        what = f"switching the {route_name} route to {shown(route)} failed on nginx host {name}: {_what(exc)}"
+        serving = self._serving(prepared, stuck, route, said=exc)
         if stuck:
             raise SwitchIncomplete(f"{what}; the hosts could not all be put back: {serving}. So the new release "
-                                   f"is left running; `python -m pipeline status` shows what each host serves",
+                                   f"is left running; `python -m pipeline status` shows what each host serves. "
+                                   f"Runs refuse while the hosts disagree: once every host answers, point "
+                                   f"{' and '.join(stuck)} at what the others serve (on that host: its include, then "
+                                   f"NGINX_TEST_COMMAND and NGINX_RELOAD_COMMAND), then run again",
                                    list(exc.detail())) from exc
         back = f"switched {', '.join(n for n, _ in done)} back" if done else "no other host had switched"
         raise DeployFailed(f"{what}; {back}: {serving}", list(exc.detail())) from exc
 
     @staticmethod
     def _serving(prepared: List[Tuple[str, Prepared]], stuck: Dict[str, BaseException],
-                 route: Optional[Route] = None) -> str:
+                 route: Optional[Route] = None, said: Optional[BaseException] = None) -> str:
         """What each host serves after a failed switch: what it served before, or (its put-back
-        failed) either."""
-        return ", ".join(f"{name} may serve {shown(route)} or {shown(p.before)} ({stuck[name]})" if name in stuck
+        failed) either, and why, unless that is `said` (the failure the message starts with: a
+        host whose commit and put-back both failed is not told twice in one line)."""
+        return ", ".join((f"{name} may serve {shown(route)} or {shown(p.before)}"
+                          + ("" if stuck[name] is said else f" ({_what(stuck[name])})")) if name in stuck
                          else f"{name} serves {shown(p.before)}" for name, p in prepared)
+
+
+def _what(exc: BaseException) -> str:
+    """A host's failure without what to do on that host alone (SwitchIncomplete.todo): put back
+    as one host would, it could still disagree with the others."""
+    return exc.what if isinstance(exc, SwitchIncomplete) else str(exc)
 
 
 class FleetAnswers:

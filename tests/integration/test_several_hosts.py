@@ -20,7 +20,7 @@ import pytest
 
 from pipeline.core.answers import parse_log_line
 from teststack import loadgen
-from teststack.realstack import REPO, remove_app, reserve_network, run_pipeline
+from teststack.realstack import REPO, remove_app, reserve_network, run_pipeline, start_pipeline, wait_for
 from teststack.severalhosts import HostsOnNetwork
 
 pytestmark = pytest.mark.integration
@@ -269,3 +269,89 @@ def test_maintenance_mode_goes_on_and_off_on_both_hosts(fleet):
         off = run_pipeline(["maintenance", "off"], fleet.env, fleet.workdir)
     assert off.returncode == 0, off.stderr
     assert fleet.serving() == [before] * 2
+
+
+# b's reload command: it says it started (a marker), then waits for the test (bounded: 60 s, then
+# it fails without reloading), then reloads nginx. Its output goes to a log of its own, as a
+# service manager's reload does: written to the dead session, `nginx -s reload`'s notice could
+# kill it with SIGPIPE before it signals nginx (the other outcome, which the tool cannot tell apart
+# either). a's reload command is the default one.
+PAUSING_RELOAD = """#!/bin/sh
+exec >>/etc/nginx/reload.log 2>&1
+touch /etc/nginx/reload.started
+i=0
+while [ ! -e /etc/nginx/reload.go ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i + 1)); done
+[ -e /etc/nginx/reload.go ] || exit 1
+exec nginx -s reload
+"""
+
+
+def test_a_host_whose_sshd_dies_during_the_commit_leaves_the_new_release_running_and_the_next_deploy_exit_3(
+        reload_fleet):
+    """The realistic case: b's sshd is killed (its sessions too) while b's reload command runs;
+    the command, no child of a session that could take it along (no terminal), goes on and nginx
+    on b reloads onto the new include. The tool cannot know that: b's put-back fails (its sshd is
+    gone), a is switched back, the new release is left running (the "could not be undone" case)."""
+    fleet = reload_fleet
+    a, b = fleet.a, fleet.b
+    before = live(fleet)
+    old_color = before.split("color=")[1]
+    new_color = "green" if old_color == "blue" else "blue"
+    ip = {"blue": fleet.env["BLUE_IP"], "green": fleet.env["GREEN_IP"]}
+    for host, text in ((a, "#!/bin/sh\nexec nginx -s reload\n"), (b, PAUSING_RELOAD)):
+        script = host.file("/etc/nginx/test-reload")
+        script.write_text(text)
+        script.chmod(0o755)
+    started, go = b.file("/etc/nginx/reload.started"), b.file("/etc/nginx/reload.go")
+    version = f"v{next(_VERSIONS)}"
+    run = start_pipeline(["deploy"], {**fleet.env, "APP_VERSION": version,
+                                      "NGINX_RELOAD_COMMAND": "/etc/nginx/test-reload"}, fleet.workdir)
+    try:
+        wait_for(started.exists, 120, interval=0.05, what="b's reload command to start")
+        b.kill_sshd()
+        go.touch()   # b's reload goes on, its session gone
+        _, stderr = run.communicate(timeout=120)
+    finally:
+        if run.poll() is None:
+            run.kill()
+        go.touch()
+    assert run.returncode == 1, stderr
+    error = [line for line in stderr.splitlines() if line.startswith("pipeline: error:")][0]
+    assert f"switching the live route to {ip[new_color]}:8080 failed on nginx host root@{b.address}:22" in error, error
+    assert (f"the hosts could not all be put back: root@{a.address}:22 serves {ip[old_color]}:8080, "
+            f"root@{b.address}:22 may serve {ip[new_color]}:8080 or {ip[old_color]}:8080") in error, error
+    assert "the new release is left running" in error, error
+    assert f"point root@{b.address}:22 at what the others serve" in error, error
+    # a was switched back; b went on to the new release; both releases run (nginx may serve either).
+    assert a.get("/").text.strip() == before
+    wait_for(lambda: b.get("/").text.strip() == f"version={version} color={new_color}", 30,
+             what="b serving the new release")
+    running = lambda v: [c.status for c in fleet.containers_of(v)] == ["running"]   # noqa: E731
+    old_version = before.split()[0].split("=")[1]
+    assert running(old_version) and running(version)
+
+    # b unreachable: the next deploy is exit 3 naming it, and changes nothing.
+    refused, result = fleet.deploy()
+    assert result.returncode == 3 and b.address in error_line(result), result.stderr
+    assert fleet.containers_of(refused) == [] and running(old_version) and running(version)
+    assert a.get("/").text.strip() == before
+
+    # b back: the hosts disagree (exit 3, naming what each serves) until b is pointed at a's color,
+    # as the message says; then a deploy moves both.
+    b.start_sshd()
+    refused, result = fleet.deploy()
+    assert result.returncode == 3, result.stderr
+    assert (f"the nginx hosts disagree on the live route: root@{a.address}:22 serves {ip[old_color]}:8080; "
+            f"root@{b.address}:22 serves {ip[new_color]}:8080") in error_line(result), result.stderr
+    assert "taking over a stale lock" in result.stderr   # the lost run's lock on b
+    assert fleet.containers_of(refused) == [] and running(old_version) and running(version)
+    include = "/etc/nginx/conf.d/service-url.inc"
+    for path in (include, include + ".loaded"):
+        b.file(path).write_text(a.file(path).read_text())
+    b.run("nginx", "-s", "reload")
+    wait_for(lambda: b.get("/").text.strip() == before, 10, what="b serving what a serves")
+    latest, result = fleet.deploy()
+    ok(result)
+    assert fleet.serving() == [f"version={latest} color={new_color}"] * 2
+    assert fleet.containers_of(version) == [] and running(latest)
+    assert [p for host in (a, b) for p in host.file("/etc/nginx/conf.d").glob("*.deploy.lock*")] == []

@@ -109,11 +109,18 @@ def test_a_put_back_that_fails_is_switch_incomplete_naming_that_host():
 
 def test_a_host_whose_own_put_back_failed_makes_it_switch_incomplete():
     switch, (a, b) = fleet("a", "b")
-    b.fails["commit"] = SwitchIncomplete("putting the old live include back failed")
+    b.fails["commit"] = SwitchIncomplete("putting the old live include back failed.",
+                                         todo=" On that host, run `nginx -t` and `nginx -s reload`")
     with pytest.raises(SwitchIncomplete) as caught:
         switch.route_to(LIVE, GREEN)
     assert a.routes[LIVE] == BLUE
-    assert "b may serve 172.20.0.3:8080 or 172.20.0.2:8080" in str(caught.value)
+    message = str(caught.value)
+    # Not one host's advice (reloading b alone leaves it on green, a on blue), but the fleet's.
+    assert "On that host, run" not in message, message
+    assert "Runs refuse while the hosts disagree: once every host answers, point b at what the others serve" \
+        in message, message
+    assert "b may serve 172.20.0.3:8080 or 172.20.0.2:8080" in message
+    assert message.count("putting the old live include back failed") == 1, message   # said once, not twice
 
 
 def test_a_bug_in_one_hosts_commit_is_raised_as_a_bug_once_every_host_is_put_back():
