@@ -147,7 +147,7 @@ def bring_back(swarm: Dict[str, str], app: str) -> None:
 
 
 def app_of_its_own(swarm: Dict[str, str]) -> Iterator[str]:
-    """The body of the swarm tests' `app` fixture: an app name of the test's own on a swarm whose
+    """The body of the swarm tests' `app` fixture (conftest.py): an app name of the test's own on a swarm whose
     nodes all run; its services are removed after the test."""
     name = f"s{uuid.uuid4().hex[:8]}"
     bring_back(swarm, name)

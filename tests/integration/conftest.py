@@ -182,3 +182,22 @@ def swarm(stack) -> Iterator[Dict[str, str]]:
         yield env
         if os.environ.get("PIPELINE_KEEP_SWARM") != "1":
             swarm_sh("stop")
+
+
+@pytest.fixture
+def app(swarm) -> Iterator[str]:
+    """An app name of the test's own on the swarm; its services are removed after the test."""
+    from teststack.swarmstack import app_of_its_own
+
+    yield from app_of_its_own(swarm)
+
+
+@pytest.fixture
+def swarm_nginx(tmp_path) -> Iterator[Nginx]:
+    """An nginx of the test's own in front of the swarm, in the upstream form that reload mode
+    rewrites (test_swarm_verify.py makes its own, for each switch mode)."""
+    from teststack import swarmstack
+
+    server = swarmstack.swarm_nginx(tmp_path / "nginx", "reload")
+    yield server
+    server.stop()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import Dict, Iterator, List
+from typing import Dict, List
 
 import pytest
 import requests
@@ -18,7 +18,7 @@ from pipeline.adapters.swarm import SwarmEngine
 from pipeline.compose import make_target
 
 from teststack.realstack import REPO, wait_for
-from teststack.swarmstack import CONVERGE_TIMEOUT, NODES, app_of_its_own, swarm_settings, swarm_sh
+from teststack.swarmstack import CONVERGE_TIMEOUT, NODES, swarm_settings, swarm_sh
 
 pytestmark = pytest.mark.integration
 
@@ -34,12 +34,6 @@ def release(swarm, demo_jar, stack) -> str:
     engine.build_image(REPO, tag, "v1")
     engine.push_and_pull(tag)
     return tag
-
-
-@pytest.fixture
-def app(swarm) -> Iterator[str]:
-    """An app name of the test's own; its services are removed after the test."""
-    yield from app_of_its_own(swarm)
 
 
 def node_addrs(swarm: Dict[str, str]) -> List[str]:

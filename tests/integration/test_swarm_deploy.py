@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Dict, Iterator, List
+from typing import Dict, List
 
 import pytest
 import requests
@@ -20,29 +20,17 @@ from pipeline.compose import make_target
 
 from teststack.loadgen import Load
 from teststack.realstack import Nginx, run_pipeline, start_pipeline, wait_for
-from teststack.swarmstack import NODES, app_of_its_own, swarm_env, swarm_nginx, swarm_settings, swarm_sh, switch_env
+from teststack.swarmstack import NODES, swarm_env, swarm_settings, swarm_sh, switch_env
+from teststack.swarmstack import swarm_nginx as start_swarm_nginx   # swarm_nginx: conftest's fixture
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def app(swarm) -> Iterator[str]:
-    """An app name of the test's own; its services are removed after the test."""
-    yield from app_of_its_own(swarm)
-
-
-@pytest.fixture
-def nginx(tmp_path) -> Iterator[Nginx]:
-    server = swarm_nginx(tmp_path / "nginx", "reload")
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def env(swarm, app, nginx, demo_jar) -> Dict[str, str]:
+def env(swarm, app, swarm_nginx, demo_jar) -> Dict[str, str]:
     return swarm_env(swarm, app, REPLICAS="3", HEALTH_INTERVAL="0.5", HEALTH_TIMEOUT="120",
-                     DRAIN_SECONDS="1", NGINX_HOST="", NGINX_INCLUDE=str(nginx.include),
-                     **switch_env(nginx, "reload"))
+                     DRAIN_SECONDS="1", NGINX_HOST="", NGINX_INCLUDE=str(swarm_nginx.include),
+                     **switch_env(swarm_nginx, "reload"))
 
 
 def run(args: List[str], env: Dict[str, str], cwd: Path, **overrides: str):
@@ -86,16 +74,16 @@ def deploy_v2_under_load(env: Dict[str, str], nginx: Nginx, nodes: List[str], cw
     return second
 
 
-def test_deploy_twice_under_load_loses_nothing_spreads_over_3_tasks_and_rolls_back(swarm, env, nginx, tmp_path):
+def test_deploy_twice_under_load_loses_nothing_spreads_over_3_tasks_and_rolls_back(swarm, env, swarm_nginx, tmp_path):
     nodes = sorted(swarm["SWARM_NODES"].split())
     first = run(["deploy"], env, tmp_path, APP_VERSION="v1")
     assert_ok(first)
-    assert sorted(servers(nginx)) == [f"{addr}:8081" for addr in nodes]   # every task, one per node
+    assert sorted(servers(swarm_nginx)) == [f"{addr}:8081" for addr in nodes]   # every task, one per node
     assert "waiting for 3 task(s)" in first.stderr
-    assert nginx.get().text == "version=v1 color=blue\n"
+    assert swarm_nginx.get().text == "version=v1 color=blue\n"
 
-    deploy_v2_under_load(env, nginx, nodes, tmp_path, "reload")
-    assert sorted(servers(nginx)) == [f"{addr}:8082" for addr in nodes]
+    deploy_v2_under_load(env, swarm_nginx, nodes, tmp_path, "reload")
+    assert sorted(servers(swarm_nginx)) == [f"{addr}:8082" for addr in nodes]
 
     status = run(["status", "--json"], env, tmp_path)
     assert_ok(status)
@@ -114,21 +102,21 @@ def test_deploy_twice_under_load_loses_nothing_spreads_over_3_tasks_and_rolls_ba
 
     back = run(["rollback"], env, tmp_path)
     assert_ok(back)
-    assert sorted(servers(nginx)) == [f"{addr}:8081" for addr in nodes]
-    assert nginx.get().text == "version=v1 color=blue\n"
+    assert sorted(servers(swarm_nginx)) == [f"{addr}:8081" for addr in nodes]
+    assert swarm_nginx.get().text == "version=v1 color=blue\n"
     engine = make_target(swarm_settings(swarm, env["APP_NAME"]), {})
     assert engine.container("green").status == "stopped"
 
     # Staged behind the preview (the color's first task), live untouched; then promoted.
-    preview = {"NGINX_PREVIEW_INCLUDE": str(nginx.preview_include)}
+    preview = {"NGINX_PREVIEW_INCLUDE": str(swarm_nginx.preview_include)}
     staged = run(["deploy", "--no-promote"], env, tmp_path, APP_VERSION="v3", **preview)
     assert_ok(staged)
-    assert nginx.get().text == "version=v1 color=blue\n"
-    assert nginx.get(preview=True).text == "version=v3 color=green\n"
+    assert swarm_nginx.get().text == "version=v1 color=blue\n"
+    assert swarm_nginx.get(preview=True).text == "version=v3 color=green\n"
     promoted = run(["promote"], env, tmp_path, KEEP_PREVIOUS_RUNNING="true", **preview)
     assert_ok(promoted)
-    assert sorted(servers(nginx)) == [f"{addr}:8082" for addr in nodes]
-    assert nginx.get().text == "version=v3 color=green\n"
+    assert sorted(servers(swarm_nginx)) == [f"{addr}:8082" for addr in nodes]
+    assert swarm_nginx.get().text == "version=v3 color=green\n"
     # KEEP_PREVIOUS_RUNNING on a swarm: the old color stays scaled up, out of traffic.
     assert "kept running out of traffic" in promoted.stderr
     assert engine.container("blue").status == "running" and len(engine.task_addresses("blue")) == NODES
@@ -142,9 +130,9 @@ def test_deploy_twice_under_load_loses_nothing_spreads_over_3_tasks_and_rolls_ba
     assert entries[-1]["live"] and entries[0]["rollback_target"]
 
 
-def test_a_release_that_never_gets_healthy_is_scaled_to_0_and_the_old_one_keeps_serving(swarm, env, nginx, tmp_path):
+def test_a_release_that_never_gets_healthy_is_scaled_to_0_and_the_old_one_keeps_serving(swarm, env, swarm_nginx, tmp_path):
     assert_ok(run(["deploy"], env, tmp_path, APP_VERSION="v1", REPLICAS="2"))
-    before = nginx.include.read_text()
+    before = swarm_nginx.include.read_text()
     failed = run(["deploy"], env, tmp_path, APP_VERSION="v2", REPLICAS="2", HEALTH_PATH="/nope",
                  HEALTH_TIMEOUT="20")
     assert failed.returncode == 1, failed.stderr
@@ -152,8 +140,8 @@ def test_a_release_that_never_gets_healthy_is_scaled_to_0_and_the_old_one_keeps_
     assert re.search(r"every task of \S+-green at /nope did not answer 200 .*0 of 2 answer 200 \(2 running\); "
                      r"task \w+ on \S+ \(10\.99\.0\.\d+:8082\): HTTP 404", failed.stderr), failed.stderr
     assert "scaling to 0" in failed.stderr
-    assert nginx.include.read_text() == before
-    assert nginx.get().text == "version=v1 color=blue\n"
+    assert swarm_nginx.include.read_text() == before
+    assert swarm_nginx.get().text == "version=v1 color=blue\n"
     engine = make_target(swarm_settings(swarm, env["APP_NAME"]), {})
     green = engine.container("green")
     assert green is not None and green.status == "stopped"   # kept, scaled to 0
@@ -161,7 +149,7 @@ def test_a_release_that_never_gets_healthy_is_scaled_to_0_and_the_old_one_keeps_
 
 
 def test_a_node_lost_during_the_health_wait_is_waited_out_and_a_node_down_limits_the_next_deploy(
-        swarm, env, nginx, tmp_path):
+        swarm, env, swarm_nginx, tmp_path):
     engine = make_target(swarm_settings(swarm, env["APP_NAME"]), {})
     manager = next(n for n in engine.nodes() if n.manager)
     by_addr = {n.addr: n for n in engine.nodes()}
@@ -181,25 +169,25 @@ def test_a_node_lost_during_the_health_wait_is_waited_out_and_a_node_down_limits
                 deploying.kill()
         assert deploying.returncode == 0, stderr
         # The gate waited for swarm to move the lost task, then switched to the 2 healthy ones.
-        addrs = {s.split(":")[0] for s in servers(nginx)}
-        assert len(addrs) == 2 and victim.addr not in addrs, nginx.include.read_text()
-        assert nginx.get().text == "version=v1 color=blue\n"
+        addrs = {s.split(":")[0] for s in servers(swarm_nginx)}
+        assert len(addrs) == 2 and victim.addr not in addrs, swarm_nginx.include.read_text()
+        assert swarm_nginx.get().text == "version=v1 color=blue\n"
         # A task had been placed on the lost node; the one that serves now runs elsewhere.
         assert victim.name in {task.node for task in engine.tasks("blue")}
 
         # With the node still down: more REPLICAS than nodes up is refused before anything changes.
-        before = nginx.include.read_text()
+        before = swarm_nginx.include.read_text()
         refused = run(["deploy"], env, tmp_path, APP_VERSION="v2")
         assert refused.returncode == 3, refused.stderr
         assert "REPLICAS=3 but only 2 swarm node(s) can run a task" in refused.stderr
         assert "building image" not in refused.stderr   # refused in preflight
-        assert nginx.include.read_text() == before and "green" not in engine.containers()
+        assert swarm_nginx.include.read_text() == before and "green" not in engine.containers()
 
         # REPLICAS no more than the nodes up: the tasks go to the nodes left.
         assert_ok(run(["deploy"], env, tmp_path, APP_VERSION="v2", REPLICAS="2"))
-        addrs = {s.split(":")[0] for s in servers(nginx)}
+        addrs = {s.split(":")[0] for s in servers(swarm_nginx)}
         assert len(addrs) == 2 and victim.addr not in addrs
-        assert nginx.get().text == "version=v2 color=green\n"
+        assert swarm_nginx.get().text == "version=v2 color=green\n"
     finally:
         if victim is not None:
             swarm_sh("start")   # the stopped node comes back and rejoins
@@ -217,7 +205,7 @@ def _live_admin(nginx: Nginx, route: str) -> str:
 
 def test_live_mode_spreads_over_every_task_and_retries_past_a_stopped_node(swarm, app, demo_jar, tmp_path):
     # nginx/live/app-live.conf, its admin taking the swarm nodes' network only.
-    nginx = swarm_nginx(tmp_path / "nginx", "live")
+    nginx = start_swarm_nginx(tmp_path / "nginx", "live")
     victim = None
     try:
         engine = make_target(swarm_settings(swarm, app), {})

@@ -9,14 +9,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Iterator
 
 import docker
 import pytest
 import requests
 
-from teststack.realstack import REPO, Nginx, run_pipeline
-from teststack.swarmstack import NODES, app_of_its_own, node_links, swarm_env, swarm_nginx, switch_env
+from teststack.realstack import REPO, run_pipeline
+from teststack.swarmstack import NODES, node_links, swarm_env, switch_env
 
 pytestmark = pytest.mark.integration
 
@@ -25,18 +24,6 @@ MANIFEST_V2 = "application/vnd.docker.distribution.manifest.v2+json"
 # and the image config (under 10 kB, docs/benchmarks.md) plus swarm's own traffic and the health
 # probes. The fat jar's layer alone is 32 MB: this bound fails if the dependencies move again.
 CODE_ONLY_MAX_BYTES = 3_000_000
-
-
-@pytest.fixture
-def app(swarm) -> Iterator[str]:
-    yield from app_of_its_own(swarm)
-
-
-@pytest.fixture
-def nginx(tmp_path) -> Iterator[Nginx]:
-    server = swarm_nginx(tmp_path / "nginx", "reload")
-    yield server
-    server.stop()
 
 
 def jar(where: Path, change: str, when: float) -> Path:
@@ -52,21 +39,21 @@ def ok(result: subprocess.CompletedProcess) -> str:
 
 
 def test_a_code_only_layered_release_moves_only_its_application_layer_to_each_node_and_status_names_its_digest(
-        swarm, app, nginx, tmp_path):
+        swarm, app, swarm_nginx, tmp_path):
     env = swarm_env(swarm, app, REPLICAS="3", HEALTH_INTERVAL="0.5", HEALTH_TIMEOUT="180", DRAIN_SECONDS="0.5",
-                    NGINX_HOST="", NGINX_INCLUDE=str(nginx.include), **switch_env(nginx, "reload"))
+                    NGINX_HOST="", NGINX_INCLUDE=str(swarm_nginx.include), **switch_env(swarm_nginx, "reload"))
     env = {k: v for k, v in env.items() if k not in ("DOCKERFILE", "BUILD_CONTEXT", "BUILD_ARGS")}
     env.update(IMAGE_BUILD="layered", BASE_IMAGE=f"{swarm['SWARM_REGISTRY']}/pipeline/jre:17")
     now = time.time()
     # The change names the app: no node holds an application layer of it from an earlier run.
     v1, v2 = jar(tmp_path, f"{app}-v1", now - 60), jar(tmp_path, f"{app}-v2", now)
     ok(run_pipeline(["deploy"], {**env, "APP_VERSION": "v1", "JAR": str(v1)}, tmp_path, timeout=600))
-    assert nginx.get().text.startswith("version=v1 ")
+    assert swarm_nginx.get().text.startswith("version=v1 ")
 
     before = node_links()
     ok(run_pipeline(["deploy"], {**env, "APP_VERSION": "v2", "JAR": str(v2)}, tmp_path, timeout=600))
     after = node_links()
-    assert nginx.get().text.startswith("version=v2 ")
+    assert swarm_nginx.get().text.startswith("version=v2 ")
     to_node = {n: after[n][0] - before[n][0] for n in before}
     assert all(b < CODE_ONLY_MAX_BYTES for b in to_node.values()), to_node
 

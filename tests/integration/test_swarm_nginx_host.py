@@ -25,17 +25,12 @@ import pytest
 from teststack.loadgen import Load
 from teststack.nginxhost import NginxHost, Router
 from teststack.realstack import run_pipeline, wait_for
-from teststack.swarmstack import NODE_NETWORK, app_of_its_own, swarm_env
+from teststack.swarmstack import NODE_NETWORK, swarm_env
 
 pytestmark = pytest.mark.integration
 
 BRIDGE = "pswarm0"   # scripts/swarm.sh's
 REPLICAS = 2         # of 3 nodes: one node runs no task of a color
-
-
-@pytest.fixture
-def app(swarm) -> Iterator[str]:
-    yield from app_of_its_own(swarm)
 
 
 @pytest.fixture(params=["veth", "router"])

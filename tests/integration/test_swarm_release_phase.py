@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Dict, Iterator
+from typing import Dict
 
 import docker
 import pytest
@@ -18,22 +18,10 @@ import pytest
 from pipeline.compose import make_target
 
 from teststack import sqlite
-from teststack.realstack import Nginx, run_pipeline
-from teststack.swarmstack import app_of_its_own, swarm_env, swarm_nginx, swarm_settings, swarm_sh, switch_env
+from teststack.realstack import run_pipeline
+from teststack.swarmstack import swarm_env, swarm_settings, swarm_sh, switch_env
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def app(swarm) -> Iterator[str]:
-    yield from app_of_its_own(swarm)
-
-
-@pytest.fixture
-def nginx(tmp_path) -> Iterator[Nginx]:
-    server = swarm_nginx(tmp_path / "nginx", "reload")
-    yield server
-    server.stop()
 
 
 @pytest.fixture
@@ -52,12 +40,12 @@ def sqlite_base(swarm, sqlite_build_args) -> str:
 
 
 @pytest.fixture
-def env(swarm, app, nginx, sqlite_base, database, tmp_path) -> Dict[str, str]:
+def env(swarm, app, swarm_nginx, sqlite_base, database, tmp_path) -> Dict[str, str]:
     env_file = tmp_path / "release.env"
     env_file.write_text("REQUIRE_SCHEMA=1\n")
     return swarm_env(swarm, app, BUILD_ARGS=f"BASE_IMAGE={sqlite_base} JAR={sqlite.JAR}", REPLICAS="2", HEALTH_INTERVAL="0.5", HEALTH_TIMEOUT="120", DRAIN_SECONDS="1",
-                     NGINX_HOST="", NGINX_INCLUDE=str(nginx.include), CONTAINER_ENV_FILE=str(env_file),
-                     CONTAINER_VOLUMES=f"{database}:/data", RELEASE_COMMAND="migrate", **switch_env(nginx, "reload"))
+                     NGINX_HOST="", NGINX_INCLUDE=str(swarm_nginx.include), CONTAINER_ENV_FILE=str(env_file),
+                     CONTAINER_VOLUMES=f"{database}:/data", RELEASE_COMMAND="migrate", **switch_env(swarm_nginx, "reload"))
 
 
 def release_phase_services(swarm: Dict[str, str], app: str) -> list:
@@ -68,7 +56,7 @@ def release_phase_services(swarm: Dict[str, str], app: str) -> list:
         client.close()
 
 
-def test_the_release_phase_is_a_one_off_task_waited_for_and_removed(swarm, app, env, nginx, database, tmp_path):
+def test_the_release_phase_is_a_one_off_task_waited_for_and_removed(swarm, app, env, swarm_nginx, database, tmp_path):
     first = run_pipeline(["deploy"], {**env, "APP_VERSION": "v1"}, tmp_path)
     assert first.returncode == 0, first.stderr
     # The task ran the new image's entry point with `migrate` as its arguments, with the release's
@@ -77,7 +65,7 @@ def test_the_release_phase_is_a_one_off_task_waited_for_and_removed(swarm, app, 
     assert first.stderr.count("| migrate v1 (blue): schema 0, this release needs 1") == 1
     assert first.stderr.index("release phase done") < first.stderr.index("==> starting ")
     assert sqlite.versions(database) == [(1, "v1")]
-    assert nginx.get().text == "version=v1 color=blue\n"
+    assert swarm_nginx.get().text == "version=v1 color=blue\n"
     assert release_phase_services(swarm, app) == []
 
     failed = run_pipeline(["deploy"], {**env, "APP_VERSION": "v2", "RELEASE_COMMAND": "migrate --fail"}, tmp_path)
@@ -89,6 +77,6 @@ def test_the_release_phase_is_a_one_off_task_waited_for_and_removed(swarm, app, 
     assert release_phase_services(swarm, app) == []
     engine = make_target(swarm_settings(swarm, app), {})
     assert engine.container("green") is None   # never created
-    assert engine.container("blue").status == "running" and nginx.get().text == "version=v1 color=blue\n"
+    assert engine.container("blue").status == "running" and swarm_nginx.get().text == "version=v1 color=blue\n"
     history = json.loads(run_pipeline(["history", "--json"], env, tmp_path).stdout)
     assert (history[-1]["version"], history[-1]["result"]) == ("v2", "release phase failed")

@@ -24,7 +24,7 @@ from pipeline.compose import make_target
 from teststack.loadgen import Load
 from teststack.realstack import Nginx, wait_for
 from teststack.swarmstack import swarm_env, swarm_nginx, swarm_settings, switch_env
-from .test_swarm_deploy import _live_admin, app, assert_ok, run, servers, upstreams  # noqa: F401  (app: fixture)
+from .test_swarm_deploy import _live_admin, assert_ok, run, servers, upstreams
 from teststack.timeline import bad_window, log_msec
 
 pytestmark = pytest.mark.integration
