@@ -2,7 +2,8 @@
 issue 17's tests and bench/several_hosts.py.
 
     hosts = HostsOnNetwork.start(client, network, mode="reload", count=2)
-    env = {**app_settings, **hosts.env()}     # NGINX_HOSTS, the one key and known_hosts, the mode
+    env = hosts.demo_env(app, stack)          # the demo release on the network, switched on every host
+    env = {**app_settings, **hosts.env()}     # or only NGINX_HOSTS, the one key and known_hosts, the mode
     hosts.hosts[0].get("/")                   # each an nginxhost.NginxHost
     hosts.load(seconds=30)                    # wrk inside every host's namespace, to its own nginx
     hosts.stop()
@@ -29,7 +30,7 @@ import docker
 
 from . import loadgen
 from .nginxhost import NginxHost, _accept_bridged
-from .realstack import TestNetwork
+from .realstack import REPO, TestNetwork
 
 MODES = {"reload": "set", "live": "live"}   # switch mode -> the nginx host's config form
 
@@ -84,6 +85,21 @@ class HostsOnNetwork:
         else:
             env.update(SWITCH_MODE="reload", NGINX_PREVIEW_INCLUDE="")
         return env
+
+    def demo_env(self, app: str, stack: Dict[str, str]) -> Dict[str, str]:
+        """The settings for a fast deploy of the demo release as `app` on this network (the blue
+        and green addresses its own), switched on every host: the tests' and the bench's set-up."""
+        network = self.network
+        return {
+            "APP_NAME": app, "BUILD_COMMAND": "",
+            "DOCKERFILE": str(REPO / "docker" / "Dockerfile"), "BUILD_CONTEXT": str(REPO / "demo"),
+            "BUILD_ARGS": f"BASE_IMAGE={stack['JRE_IMAGE']} JAR=build/libs/app.jar",
+            "DEPLOY_NETWORK": network.name, "DEPLOY_SUBNET": network.subnet, "DEPLOY_GATEWAY": network.gateway,
+            "BLUE_IP": network.blue_ip, "GREEN_IP": network.green_ip,
+            "HEALTH_INTERVAL": "0.5", "HEALTH_TIMEOUT": "30", "DRAIN_SECONDS": "1", "STOP_TIMEOUT": "5",
+            "VERIFY_SECONDS": "0",
+            **self.env(),
+        }
 
     def load(self, seconds: float, connections: int = 8, pause_ms: int = 10,
              count: Optional[int] = None) -> List[loadgen.Load]:

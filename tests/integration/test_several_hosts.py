@@ -20,7 +20,7 @@ import pytest
 
 from pipeline.core.answers import parse_log_line
 from teststack import loadgen
-from teststack.realstack import REPO, remove_app, reserve_network, run_pipeline, start_pipeline, wait_for
+from teststack.realstack import remove_app, reserve_network, run_pipeline, start_pipeline, wait_for
 from teststack.severalhosts import HostsOnNetwork
 
 pytestmark = pytest.mark.integration
@@ -66,16 +66,7 @@ def _fleet(mode: str, client, stack, tmp_path_factory) -> Iterator[Fleet]:
     app = f"t{network.name[-6:]}"
     hosts = HostsOnNetwork.start(client, network, mode, count=2)
     workdir = tmp_path_factory.mktemp(f"several-{mode}")
-    env = {
-        "APP_NAME": app, "BUILD_COMMAND": "",
-        "DOCKERFILE": str(REPO / "docker" / "Dockerfile"), "BUILD_CONTEXT": str(REPO / "demo"),
-        "BUILD_ARGS": f"BASE_IMAGE={stack['JRE_IMAGE']} JAR=build/libs/app.jar",
-        "DEPLOY_NETWORK": network.name, "DEPLOY_SUBNET": network.subnet, "DEPLOY_GATEWAY": network.gateway,
-        "BLUE_IP": network.blue_ip, "GREEN_IP": network.green_ip,
-        "HEALTH_INTERVAL": "0.5", "HEALTH_TIMEOUT": "30", "DRAIN_SECONDS": "1", "STOP_TIMEOUT": "5",
-        "VERIFY_SECONDS": "0",
-        **hosts.env(),
-    }
+    env = hosts.demo_env(app, stack)
     try:
         yield Fleet(hosts, env, workdir, client)
     finally:
