@@ -87,13 +87,6 @@ def fleet_prober(hosts: Sequence[NginxHost], settings: Settings, target: Target)
 
 
 @contextmanager
-def nginx_host(settings: Settings, connecting: Optional[Connecting] = None) -> Iterator[NginxHost]:
-    """The (first) nginx host, connected (or, `connecting`, the connection cli.py started early)."""
-    with nginx_hosts(settings, connecting) as hosts:
-        yield hosts[0]
-
-
-@contextmanager
 def nginx_hosts(settings: Settings, connecting: Optional[Connecting] = None) -> Iterator[Tuple[NginxHost, ...]]:
     """Every nginx host (NGINX_HOSTS, in order), connected at the same time; the first may be the
     connection cli.py started early. One that cannot be reached fails the whole (its own error,

@@ -142,8 +142,8 @@ def open_switch(kind: str, nginx, settings_env, tmp_path, preview: bool = True) 
         fake.loaded[LIVE] = False
         yield fake
         return
-    with compose.nginx_host(settings) as host:
-        yield compose.make_switch(host, settings)
+    with compose.nginx_hosts(settings) as hosts:
+        yield compose.make_switch(hosts[0], settings)
 
 
 @pytest.fixture(params=KINDS)
@@ -223,8 +223,8 @@ def admin(request, world, stack, tmp_path):
     nginx.start()
     try:
         settings = Settings.from_env(switchmodes.deploy_env(world.app, world.network, nginx, stack, tmp_path), tmp_path)
-        with compose.nginx_host(settings) as host:
-            yield compose.make_switch(host, settings).admin   # the live switch's own admin
+        with compose.nginx_hosts(settings) as hosts:
+            yield compose.make_switch(hosts[0], settings).admin   # the live switch's own admin
     finally:
         nginx.stop()
 

@@ -11,7 +11,7 @@ from typing import Iterator
 import paramiko
 import pytest
 
-from pipeline.compose import nginx_host
+from pipeline.compose import nginx_hosts
 from pipeline.core.settings import Settings
 
 from teststack.nginxhost import Bridge, NginxHost, Router, processes_in
@@ -76,7 +76,8 @@ def test_a_host_of_its_own_has_its_own_files_no_default_route_sshd_and_nginx(bri
 
         # The tool, given host.env(), runs the switch's commands there (its defaults: `nginx -t`).
         settings = Settings.from_env({**host.env(), "NGINX_INCLUDE_FORM": "upstream"}, tmp_path)
-        with nginx_host(settings) as tool_side:
+        with nginx_hosts(settings) as hosts:
+            tool_side = hosts[0]
             assert tool_side.run(["nginx", "-t"]).code == 0
             assert tool_side.read_text(settings.nginx_include.as_posix()) == host.include.read_text()
 
