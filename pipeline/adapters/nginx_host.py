@@ -16,7 +16,7 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, ContextManager, Dict, Iterator, List, Optional, Sequence, Tuple, Type
+from typing import Any, Callable, ContextManager, Dict, Iterator, List, Optional, Sequence, Tuple, Type
 
 import paramiko
 
@@ -187,18 +187,22 @@ class SshHost:
         self._spare: Optional[_SpareSession] = None
 
     @classmethod
-    def connect(cls, nginx: NginxSettings, timeout: float) -> "SshHost":
+    def connect(cls, nginx: NginxSettings, timeout: float,
+                requested: Callable[[], None] = lambda: None) -> "SshHost":
         """Connect, then prove the SFTP channel: preflight, exit 3. That the host runs commands
         is proven by a flow's first one, the route check in preflight (Prober.check_routes):
         a session of its own here cost a saturated machine most of a second (issue 15).
 
         The first command's session is started before the SFTP subsystem, not after it: each
         starts a login shell on the nginx host, and side by side the second is ready when the
-        first is, instead of a login shell later (the route check waited 0.2 s for it, issue 15)."""
+        first is, instead of a login shell later (the route check waited 0.2 s for it, issue 15).
+
+        `requested` is called once both are asked for: from then on the wait is the nginx host's
+        (its login shells), and this process's other work no longer delays the connection."""
         host = cls(_open_client(nginx, timeout), _where(nginx), nginx, timeout)
         host._start_spare()
         try:
-            host.sftp
+            host._open_sftp(requested)
         except NginxHostFailed as exc:
             host.close()
             raise PreflightError(f"{exc}; the include, the lock and the history are written over SFTP: "
@@ -260,6 +264,11 @@ class SshHost:
 
     @property
     def sftp(self) -> paramiko.SFTPClient:
+        return self._open_sftp()
+
+    def _open_sftp(self, requested: Callable[[], None] = lambda: None) -> paramiko.SFTPClient:
+        """The SFTP client, started if there is none; `requested`: called once the subsystem is
+        asked for, before waiting for the nginx host to start it."""
         transport = self._transport()
         if self._sftp is None:
             # SFTPClient.from_transport, with a timeout on opening the channel and on every answer.
@@ -268,6 +277,7 @@ class SshHost:
                 channel.settimeout(self.timeout)
                 with _deadline(transport, self.timeout):
                     channel.invoke_subsystem("sftp")
+                    requested()
                     self._sftp = paramiko.SFTPClient(channel)
         return self._sftp
 
@@ -696,11 +706,12 @@ def _short(command: str, limit: int = 120) -> str:
     return command if len(command) <= limit else command[:limit - 3] + "..."
 
 
-def connect(nginx: NginxSettings, timeout: float) -> NginxHost:
-    """The nginx host: over SSH when NGINX_HOST is set, else this machine. `timeout`: NETWORK_TIMEOUT."""
+def connect(nginx: NginxSettings, timeout: float, requested: Callable[[], None] = lambda: None) -> NginxHost:
+    """The nginx host: over SSH when NGINX_HOST is set, else this machine. `timeout`: NETWORK_TIMEOUT.
+    `requested`: see SshHost.connect (a local host never calls it)."""
     assert not nginx.nginx_hosts, "connect one host at a time: NginxSettings.each()"
     if nginx.remote:
-        return SshHost.connect(nginx, timeout)
+        return SshHost.connect(nginx, timeout, requested)
     return LocalHost()
 
 
@@ -716,15 +727,25 @@ class Connecting:
         self._host: Optional[NginxHost] = None
         self._error: Optional[BaseException] = None
         self._taken = False
+        self._requested = threading.Event()
         self._thread = threading.Thread(target=self._connect, args=(nginx, timeout), name="connect-nginx-host",
                                         daemon=True)
         self._thread.start()
 
     def _connect(self, nginx: NginxSettings, timeout: float) -> None:
         try:
-            self._host = connect(nginx, timeout)
+            self._host = connect(nginx, timeout, self._requested.set)
         except BaseException as exc:   # handed to the caller of result(), in the main thread
             self._error = exc
+        finally:
+            self._requested.set()
+
+    def wait_until_requested(self) -> None:
+        """Return once the connection waits on the nginx host alone (its sessions asked for), or
+        has ended. Until then this process's CPU is the connection's: on a saturated machine a
+        second thread importing beside it (one interpreter lock) delays the handshake by as much
+        as it imports (issue 15). Bounded: every step before is under NETWORK_TIMEOUT."""
+        self._requested.wait()
 
     def result(self) -> NginxHost:
         self._thread.join()

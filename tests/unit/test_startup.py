@@ -29,9 +29,14 @@ print(json.dumps({{"loaded": loaded, "paramiko_deferred": is_deferred("paramiko"
 
 
 def _report(body: str) -> dict:
+    return _fresh(_REPORT.format(body=body))
+
+
+def _fresh(code: str) -> dict:
+    """Run `code` in a fresh interpreter; its last line of output, as JSON."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["PYTHONPATH"] = str(REPO)
-    done = subprocess.run([sys.executable, "-c", _REPORT.format(body=body)], cwd=REPO, env=env,
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.splitlines()[-1])
@@ -134,3 +139,46 @@ def test_a_deferred_module_loads_once_on_first_use(tmp_path, monkeypatch):
     assert deferred_probe.runs == 1 and deferred_probe.VALUE == 42
     with pytest.raises(AttributeError):
         deferred_probe.missing
+
+
+# The CLI run with a stand-in connection (the real one is proven on the stack): it records, when
+# pipeline.compose (which brings docker, requests and the flows) is imported, whether the nginx
+# host's sessions had been asked for by then.
+_ORDER = """
+import importlib.abc, json, sys, tempfile, time
+from pathlib import Path
+from pipeline import cli
+from pipeline.adapters import nginx_host
+from pipeline.core.errors import PreflightError
+seen = {{"requested": False}}
+class Watch(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "pipeline.compose" and "compose_after_request" not in seen:
+            seen["compose_after_request"] = seen["requested"]
+        return None
+sys.meta_path.insert(0, Watch())
+def connect(nginx, timeout, requested=lambda: None):
+    time.sleep(0.3)   # the handshake
+    if {asks}:
+        seen["requested"] = True
+        requested()
+    raise PreflightError("nginx host root@n1:22 is unreachable: Connection refused")
+nginx_host.connect = connect
+cwd = Path(tempfile.mkdtemp())
+(cwd / "key").write_text("not read: the connection is a stand-in")
+(cwd / "known_hosts").write_text("")
+code = cli.main(["status"], {{"NGINX_HOST": "n1", "NGINX_SSH_KEY": str(cwd / "key"),
+                              "NGINX_SSH_KNOWN_HOSTS": str(cwd / "known_hosts"),
+                              "DOCKER_HOST": "unix:///nonexistent/docker.sock"}}, cwd)
+print(json.dumps({{"code": code, **seen}}))
+"""
+
+
+@pytest.mark.parametrize("asks", [True, False])
+def test_the_rest_of_the_tool_is_imported_only_once_the_nginx_hosts_sessions_are_asked_for(asks):
+    # Issue 15: the handshake ran beside the main thread's imports of docker, requests and the
+    # flows, one interpreter lock between them; the imports now wait until the connection waits
+    # on the nginx host alone. A connection that fails before it asks (False) releases them too.
+    report = _fresh(_ORDER.format(asks=asks))
+    assert report["code"] == 3
+    assert report["compose_after_request"] is asks
