@@ -35,8 +35,9 @@ from typing import Dict, List, Optional
 
 import docker
 
+from bench.common import QUICK_TIMINGS, demo_settings
 from pipeline.core.answers import parse_log_line
-from teststack.realstack import REPO, remove_app, reserve_network, run_pipeline, stack_env
+from teststack.realstack import remove_app, reserve_network, run_pipeline, stack_env
 from teststack.severalhosts import HostsOnNetwork
 
 _SKEW = re.compile(r"nginx hosts switched the live route to \S+; skew ([\d.]+) ms")
@@ -74,15 +75,8 @@ def run_config(mode: str, count: int, rounds: int, stack: Dict[str, str]) -> Lis
     hosts = HostsOnNetwork.start(client, network, mode, count)
     work = hosts.dir / "work"
     work.mkdir()
-    env = {
-        "APP_NAME": app, "BUILD_COMMAND": "",
-        "DOCKERFILE": str(REPO / "docker" / "Dockerfile"), "BUILD_CONTEXT": str(REPO / "demo"),
-        "BUILD_ARGS": f"BASE_IMAGE={stack['JRE_IMAGE']} JAR=build/libs/app.jar",
-        "DEPLOY_NETWORK": network.name, "DEPLOY_SUBNET": network.subnet, "DEPLOY_GATEWAY": network.gateway,
-        "BLUE_IP": network.blue_ip, "GREEN_IP": network.green_ip,
-        "HEALTH_INTERVAL": "0.5", "HEALTH_TIMEOUT": "30", "DRAIN_SECONDS": "1", "STOP_TIMEOUT": "5",
-        "VERIFY_SECONDS": "0", **hosts.env(),
-    }
+    env = {**demo_settings(app, network, stack), **QUICK_TIMINGS, "DRAIN_SECONDS": "1", "VERIFY_SECONDS": "0",
+           **hosts.env()}
     rows = []
     try:
         log_msec(hosts)
