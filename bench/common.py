@@ -14,11 +14,11 @@ import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import docker
 
-from teststack.realstack import remove_app, remove_network, reserve_network, stack_env
+from teststack.realstack import Nginx, TestNetwork, demo_settings, remove_app, remove_network, reserve_network, stack_env
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -116,6 +116,47 @@ def nginx_world(client: docker.DockerClient, prefix: str, make_nginx: Callable[[
             nginx.stop()
             remove_app(client, app)
             remove_network(client, network.name)
+
+
+# -- the settings a bench passes to the tool ------------------------------------------------------
+
+#: Short health, drain and stop waits: the benches that take them measure the switch, not the waits.
+QUICK_TIMINGS: Dict[str, str] = {"HEALTH_INTERVAL": "0.5", "HEALTH_TIMEOUT": "30", "DRAIN_SECONDS": "0.5",
+                                 "STOP_TIMEOUT": "5"}
+
+SWITCH_MODES = ("reload", "live")
+
+
+
+
+def ssh_settings(stack: Mapping[str, str]) -> Dict[str, str]:
+    """nginx reached over SSH: the stack's sshd on 127.0.0.1, as root (its files are this machine's)."""
+    return {"NGINX_HOST": "127.0.0.1", "NGINX_SSH_PORT": stack["SSH_PORT"], "NGINX_SSH_USER": "root",
+            "NGINX_SSH_KEY": stack["SSH_KEY"], "NGINX_SSH_KNOWN_HOSTS": stack["SSH_KNOWN_HOSTS"]}
+
+
+def nginx_settings(nginx: Nginx, switch: str = "reload", ssh: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
+    """The tool switching the bench's own `nginx` in `switch` mode; locally, or with `ssh` (the
+    stack's settings) through the stack's sshd."""
+    if switch not in SWITCH_MODES:
+        raise ValueError(f"switch mode {switch!r}: one of {', '.join(SWITCH_MODES)}")
+    settings = ssh_settings(ssh) if ssh is not None else {"NGINX_HOST": ""}
+    settings.update(NGINX_INCLUDE=str(nginx.include), NGINX_TEST_COMMAND=nginx.test_command,
+                    NGINX_RELOAD_COMMAND=nginx.reload_command, NGINX_PID_FILE=str(nginx.pid_file))
+    if switch == "live":
+        # `false`: live mode must never test or reload nginx, and a deploy that did would fail.
+        settings.update(SWITCH_MODE="live", NGINX_ADMIN_URL=nginx.admin_url,
+                        NGINX_ADMIN_TOKEN_FILE=str(nginx.token_file),
+                        NGINX_TEST_COMMAND="false", NGINX_RELOAD_COMMAND="false")
+    return settings
+
+
+def bench_env(app: str, network: TestNetwork, nginx: Nginx, stack: Mapping[str, str], *,
+              switch: str = "reload", over_ssh: bool = False, **extra: str) -> Dict[str, str]:
+    """The settings for deploying the demo service on `network` behind the bench's own `nginx`:
+    `demo_settings`, then `nginx_settings`, then what is particular to the bench (`extra` wins)."""
+    return {**demo_settings(app, network, stack),
+            **nginx_settings(nginx, switch, ssh=stack if over_ssh else None), **extra}
 
 
 def tool_trees(parser: Any, against: Optional[Path], first: str) -> List[Tuple[str, Path]]:

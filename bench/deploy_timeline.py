@@ -65,18 +65,14 @@ BACK_COLOR = "#e08e0b"
 class LivePart(Part):
     """The tool in live mode: nginx/live/app-live.conf, switched through its admin (over SSH)."""
 
+    switch = "live"
+
     def __init__(self, args: argparse.Namespace) -> None:
         super().__init__("pipeline", args)
         self.tool = "live"
         self.nginx = Nginx(self.work / "nginx", free_port(), free_port(), form="live",
                            extra_conf=list(LUA_MODULES), admin_port=free_port(),
                            allowed_networks=[self.net.subnet])
-
-    def extra_settings(self) -> dict:
-        # `false`: live mode must never test or reload nginx; a deploy that did would fail.
-        return {"SWITCH_MODE": "live", "NGINX_ADMIN_URL": self.nginx.admin_url,
-                "NGINX_ADMIN_TOKEN_FILE": str(self.nginx.token_file),
-                "NGINX_TEST_COMMAND": "false", "NGINX_RELOAD_COMMAND": "false"}
 
 
 class BackWatch(Watch):

@@ -43,6 +43,7 @@ from typing import Any, Dict, List, Tuple
 
 import docker
 
+from bench.common import nginx_settings
 from bench.layered_vs_fat import Registry, build_jar
 from teststack.realstack import Nginx, free_port, run_pipeline, stack_env
 from teststack.swarmstack import NODES, node_links, remove_services, start_swarm, swarm_env
@@ -62,9 +63,7 @@ def moved(before: Dict[int, Tuple[int, int]], after: Dict[int, Tuple[int, int]])
 def way_env(way: str, swarm: Dict[str, str], app: str, nginx: Nginx, context: Path) -> Dict[str, str]:
     base = f"{swarm['SWARM_REGISTRY']}/pipeline/jre:17"
     env = swarm_env(swarm, app, REPLICAS="3", HEALTH_TIMEOUT="240", HEALTH_INTERVAL="0.5", DRAIN_SECONDS="0.5",
-                    NGINX_HOST="", NGINX_INCLUDE=str(nginx.include), NGINX_TEST_COMMAND=nginx.test_command,
-                    NGINX_RELOAD_COMMAND=nginx.reload_command, NGINX_PID_FILE=str(nginx.pid_file),
-                    KEEP_RELEASES="2")
+                    KEEP_RELEASES="2", **nginx_settings(nginx))
     if way == "fat":
         return {**env, "BUILD_CONTEXT": str(context), "BUILD_ARGS": f"BASE_IMAGE={base} JAR=build/libs/app.jar"}
     env = {k: v for k, v in env.items() if k not in ("DOCKERFILE", "BUILD_CONTEXT", "BUILD_ARGS")}

@@ -101,6 +101,7 @@ def picture(reports: Sequence[dict], width: int = 50) -> str:
 def sample(count: int, into: Path) -> None:
     import docker
 
+    from bench.common import QUICK_TIMINGS, bench_env
     from teststack.realstack import Nginx, free_port, remove_app, remove_network, reserve_network, run_pipeline, \
         stack_env
     from teststack.traffic import Traffic
@@ -114,16 +115,8 @@ def sample(count: int, into: Path) -> None:
     work = Path(tempfile.mkdtemp(prefix=f"{app}-"))
     nginx = Nginx(work / "nginx", free_port(), free_port())
     nginx.directory.mkdir()
-    env = {
-        "APP_NAME": app, "BUILD_COMMAND": "", "DOCKERFILE": str(REPO / "docker" / "Dockerfile"),
-        "BUILD_CONTEXT": str(REPO / "demo"), "BUILD_ARGS": f"BASE_IMAGE={stack['JRE_IMAGE']} JAR=build/libs/app.jar",
-        "DEPLOY_NETWORK": net.name, "DEPLOY_SUBNET": net.subnet, "DEPLOY_GATEWAY": net.gateway,
-        "BLUE_IP": net.blue_ip, "GREEN_IP": net.green_ip, "HEALTH_INTERVAL": "0.5", "HEALTH_TIMEOUT": "30",
-        "DRAIN_SECONDS": "0.5", "STOP_TIMEOUT": "5", "NGINX_HOST": "", "NGINX_INCLUDE": str(nginx.include),
-        "NGINX_TEST_COMMAND": nginx.test_command, "NGINX_RELOAD_COMMAND": nginx.reload_command,
-        "NGINX_PID_FILE": str(nginx.pid_file), "VERIFY_SECONDS": "2", "VERIFY_MIN_REQUESTS": "1",
-        "NGINX_ACCESS_LOG": str(nginx.access_log),
-    }
+    env = bench_env(app, net, nginx, stack, **QUICK_TIMINGS, VERIFY_SECONDS="2", VERIFY_MIN_REQUESTS="1",
+                    NGINX_ACCESS_LOG=str(nginx.access_log))
     nginx.start()
     try:
         for number in range(1, count + 1):

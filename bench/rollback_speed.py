@@ -33,6 +33,7 @@ from typing import List, Optional
 
 import docker
 
+from bench.common import QUICK_TIMINGS, bench_env
 from teststack.realstack import (Nginx, free_port, remove_app, remove_network,
                                  reserve_network, run_pipeline, stack_env)
 from teststack.traffic import Traffic
@@ -57,18 +58,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     work = Path(tempfile.mkdtemp(prefix=f"{app}-"))
     nginx = Nginx(work / "nginx", free_port(), free_port())
     nginx.directory.mkdir()
-    env = {
-        "APP_NAME": app, "BUILD_COMMAND": "", "DOCKERFILE": str(REPO / "docker" / "Dockerfile"),
-        "BUILD_CONTEXT": str(REPO / "demo"), "BUILD_ARGS": f"BASE_IMAGE={stack['JRE_IMAGE']} JAR=build/libs/app.jar",
-        "DEPLOY_NETWORK": net.name, "DEPLOY_SUBNET": net.subnet, "DEPLOY_GATEWAY": net.gateway,
-        "BLUE_IP": net.blue_ip, "GREEN_IP": net.green_ip, "HEALTH_INTERVAL": "0.5", "HEALTH_TIMEOUT": "30",
-        "DRAIN_SECONDS": "0.5", "STOP_TIMEOUT": "5", "NGINX_HOST": "", "NGINX_INCLUDE": str(nginx.include),
-        "NGINX_TEST_COMMAND": nginx.test_command, "NGINX_RELOAD_COMMAND": nginx.reload_command,
-        "NGINX_PID_FILE": str(nginx.pid_file),
-        # The rollback is measured, not the verification window of the deploys before it (this
-        # nginx writes no `pipeline` access log for it to read).
-        "VERIFY_SECONDS": "0",
-    }
+    # The rollback is measured, not the verification window of the deploys before it (this nginx
+    # writes no `pipeline` access log for it to read).
+    env = bench_env(app, net, nginx, stack, **QUICK_TIMINGS, VERIFY_SECONDS="0")
     rounds: List[dict] = []
     problems: List[str] = []
     nginx.start()

@@ -56,7 +56,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from bench.common import compile_trees, ensure_demo_jar, format_table, nginx_world, tool_trees
 from teststack import loadgen
-from teststack.realstack import pipeline_env, run_pipeline, stack_env
+from teststack.realstack import demo_settings, pipeline_env, run_pipeline, stack_env
 from teststack.switchmodes import make_nginx
 from teststack.timeline import Timeline
 
@@ -213,11 +213,7 @@ def _first_log(stderr: str, wall_start: float) -> Optional[float]:
 
 def settings(app: str, network, nginx, stack: Dict[str, str]) -> Dict[str, str]:
     return {
-        "APP_NAME": app, "BUILD_COMMAND": "",
-        "DOCKERFILE": str(REPO / "docker" / "Dockerfile"), "BUILD_CONTEXT": str(REPO / "demo"),
-        "BUILD_ARGS": f"BASE_IMAGE={stack['JRE_IMAGE']} JAR=build/libs/app.jar",
-        "DEPLOY_NETWORK": network.name, "DEPLOY_SUBNET": network.subnet, "DEPLOY_GATEWAY": network.gateway,
-        "BLUE_IP": network.blue_ip, "GREEN_IP": network.green_ip,
+        **demo_settings(app, network, stack),
         # The health settings are the tool's defaults; the drain only shortens the bench (it
         # comes after the measured point, in both ways).
         "DRAIN_SECONDS": "0.5", "STOP_TIMEOUT": "5",

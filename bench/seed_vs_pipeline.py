@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Callable, List, Optional
 
 
-from bench.common import REPO, BenchNetwork
+from bench.common import REPO, BenchNetwork, bench_env
 from teststack import loadgen
 from teststack.realstack import Nginx, free_port, pipeline_env, remove_app, run_pipeline
 from teststack.switchwatch import Watch
@@ -60,6 +60,8 @@ class Row:
 
 class Part(BenchNetwork):
     """What one tool's run owns: a network, an nginx, a working directory."""
+
+    switch = "reload"     # how the tool switches this part's nginx (SWITCH_MODE)
 
     def __init__(self, tool: str, args) -> None:
         super().__init__(tool, build=False)     # each tool builds its own image
@@ -119,29 +121,20 @@ class Part(BenchNetwork):
         return done.returncode
 
     def _pipeline(self, version: str) -> int:
-        s, n, a = self.stack, self.net, self.args
-        env = {
-            "APP_NAME": self.name, "APP_VERSION": version, "BUILD_COMMAND": BUILD_COMMAND,
-            "DOCKERFILE": str(REPO / "docker" / "Dockerfile"), "BUILD_CONTEXT": str(REPO / "demo"),
-            "BUILD_ARGS": f"BASE_IMAGE={s['JRE_IMAGE']} JAR=build/libs/app.jar",
-            "DEPLOY_NETWORK": n.name, "DEPLOY_SUBNET": n.subnet, "DEPLOY_GATEWAY": n.gateway,
-            "BLUE_IP": n.blue_ip, "GREEN_IP": n.green_ip,
-            "HEALTH_INTERVAL": f"{a.health_interval:g}", "DRAIN_SECONDS": f"{a.drain:g}",
-            "CONTAINER_ENV_FILE": str(self.env_file),
-            "NGINX_HOST": "127.0.0.1", "NGINX_SSH_PORT": s["SSH_PORT"], "NGINX_SSH_USER": "root",
-            "NGINX_SSH_KEY": s["SSH_KEY"], "NGINX_SSH_KNOWN_HOSTS": s["SSH_KNOWN_HOSTS"],
-            "NGINX_INCLUDE": str(self.nginx.include), "NGINX_TEST_COMMAND": self.nginx.test_command,
-            "NGINX_RELOAD_COMMAND": self.nginx.reload_command, "NGINX_PID_FILE": str(self.nginx.pid_file),
-            # The seed has no verification; compared like for like (bench/verify_switchback.py has it).
-            "VERIFY_SECONDS": "0",
-            **self.extra_settings(),
-        }
+        a = self.args
+        # Like the seed: the tool builds the jar, reaches nginx over SSH. The seed has no
+        # verification; compared like for like (bench/verify_switchback.py has it).
+        env = {**bench_env(self.name, self.net, self.nginx, self.stack, switch=self.switch, over_ssh=True,
+                           APP_VERSION=version, BUILD_COMMAND=BUILD_COMMAND,
+                           HEALTH_INTERVAL=f"{a.health_interval:g}", DRAIN_SECONDS=f"{a.drain:g}",
+                           CONTAINER_ENV_FILE=str(self.env_file), VERIFY_SECONDS="0"),
+               **self.extra_settings()}
         done = run_pipeline(["deploy"], env, self.work, timeout=600)
         (self.work / f"pipeline-{version}.log").write_text(done.stdout + done.stderr)
         return done.returncode
 
     def extra_settings(self) -> dict:
-        """Settings a variant of this part adds to the tool's (bench/deploy_timeline.py: live mode)."""
+        """Settings a variant of this part adds to the tool's (bench/deploy_timeline.py: verification)."""
         return {}
 
     # -- measuring -------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from typing import Dict, List, Optional
 
 import docker
 
+from bench.common import QUICK_TIMINGS, bench_env, nginx_settings
 from pipeline.compose import make_target
 from teststack.realstack import (Nginx, free_port, remove_app, remove_network,
                                  reserve_network, run_pipeline, stack_env)
@@ -93,13 +94,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     work = Path(tempfile.mkdtemp(prefix=f"{app}-"))
     nginx = Nginx(work / "nginx", free_port(), free_port())
     nginx.directory.mkdir()
-    common = {"HEALTH_INTERVAL": "0.5", "DRAIN_SECONDS": "0.5", "STOP_TIMEOUT": "5", "VERIFY_SECONDS": "0",
-              "NGINX_HOST": "", "NGINX_INCLUDE": str(nginx.include), "NGINX_TEST_COMMAND": nginx.test_command,
-              "NGINX_RELOAD_COMMAND": nginx.reload_command, "NGINX_PID_FILE": str(nginx.pid_file)}
-    env = {"APP_NAME": app, "BUILD_COMMAND": "", "DOCKERFILE": str(REPO / "docker" / "Dockerfile"),
-           "BUILD_CONTEXT": str(REPO / "demo"), "BUILD_ARGS": f"BASE_IMAGE={stack['JRE_IMAGE']} JAR=build/libs/app.jar",
-           "DEPLOY_NETWORK": net.name, "DEPLOY_SUBNET": net.subnet, "DEPLOY_GATEWAY": net.gateway,
-           "BLUE_IP": net.blue_ip, "GREEN_IP": net.green_ip, "HEALTH_TIMEOUT": "30", **common}
+    timings = {**QUICK_TIMINGS, "VERIFY_SECONDS": "0"}
+    env = bench_env(app, net, nginx, stack, **timings)
     nginx.start()
     try:
         rows += rounds_for("docker", env, nginx, work, args.rounds)
@@ -115,9 +111,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     work = Path(tempfile.mkdtemp(prefix=f"{app}-"))
     nginx = Nginx(work / "nginx", free_port(), free_port(), form="upstream")
     nginx.directory.mkdir()
-    common.update(NGINX_INCLUDE=str(nginx.include), NGINX_TEST_COMMAND=nginx.test_command,
-                  NGINX_RELOAD_COMMAND=nginx.reload_command, NGINX_PID_FILE=str(nginx.pid_file))
-    env = swarm_env(swarm, app, REPLICAS="3", HEALTH_TIMEOUT="120", **common)
+    env = swarm_env(swarm, app, **{**timings, **nginx_settings(nginx), "REPLICAS": "3", "HEALTH_TIMEOUT": "120"})
     nginx.start()
     try:
         rows += rounds_for("swarm", env, nginx, work, args.rounds)

@@ -32,7 +32,7 @@ from functools import partial
 from pathlib import Path
 from typing import Dict, List
 
-from bench.common import ensure_demo_jar, nginx_world, write_rows
+from bench.common import ensure_demo_jar, nginx_world, ssh_settings, write_rows
 from teststack import loadgen
 from teststack.realstack import run_pipeline, stack_env
 from teststack.switchmodes import deploy_env, make_nginx
@@ -41,11 +41,6 @@ from teststack.timeline import bad_window, log_msec
 MODES = {"reload": ("reload", False), "reload-ssh": ("reload", True), "live": ("live", False)}
 
 COLUMNS = ["mode", "round", "back_s", "failed", "to_v2", "wrk_failed", "rate", "tool"]
-
-
-def ssh_settings(stack: Dict[str, str]) -> Dict[str, str]:
-    return {"NGINX_HOST": "127.0.0.1", "NGINX_SSH_PORT": stack["SSH_PORT"], "NGINX_SSH_USER": "root",
-            "NGINX_SSH_KEY": stack["SSH_KEY"], "NGINX_SSH_KNOWN_HOSTS": stack["SSH_KNOWN_HOSTS"]}
 
 
 def one_run(mode: str, stack: Dict[str, str], client, max_seconds: int) -> Dict[str, object]:

@@ -18,7 +18,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Mapping, Optional
 
 import docker
 import requests
@@ -95,6 +95,18 @@ def remove_network(client: docker.DockerClient, name: str) -> None:
             for container in net.containers:
                 net.disconnect(container, force=True)
             net.remove()
+
+
+def demo_settings(app: str, network: TestNetwork, stack: Mapping[str, str]) -> Dict[str, str]:
+    """The demo service as `app`, built by the tool from this tree (no build command: the jar is
+    there, see ensure_demo_jar), on `network` at its fixed blue and green addresses."""
+    return {
+        "APP_NAME": app, "BUILD_COMMAND": "",
+        "DOCKERFILE": str(REPO / "docker" / "Dockerfile"), "BUILD_CONTEXT": str(REPO / "demo"),
+        "BUILD_ARGS": f"BASE_IMAGE={stack['JRE_IMAGE']} JAR=build/libs/app.jar",
+        "DEPLOY_NETWORK": network.name, "DEPLOY_SUBNET": network.subnet, "DEPLOY_GATEWAY": network.gateway,
+        "BLUE_IP": network.blue_ip, "GREEN_IP": network.green_ip,
+    }
 
 
 # -- nginx ---------------------------------------------------------------------------------------

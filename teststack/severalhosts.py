@@ -30,7 +30,7 @@ import docker
 
 from . import loadgen
 from .nginxhost import NginxHost, _accept_bridged
-from .realstack import REPO, TestNetwork
+from .realstack import TestNetwork, demo_settings
 
 MODES = {"reload": "set", "live": "live"}   # switch mode -> the nginx host's config form
 
@@ -89,13 +89,8 @@ class HostsOnNetwork:
     def demo_env(self, app: str, stack: Dict[str, str]) -> Dict[str, str]:
         """The settings for a fast deploy of the demo release as `app` on this network (the blue
         and green addresses its own), switched on every host: the tests' and the bench's set-up."""
-        network = self.network
         return {
-            "APP_NAME": app, "BUILD_COMMAND": "",
-            "DOCKERFILE": str(REPO / "docker" / "Dockerfile"), "BUILD_CONTEXT": str(REPO / "demo"),
-            "BUILD_ARGS": f"BASE_IMAGE={stack['JRE_IMAGE']} JAR=build/libs/app.jar",
-            "DEPLOY_NETWORK": network.name, "DEPLOY_SUBNET": network.subnet, "DEPLOY_GATEWAY": network.gateway,
-            "BLUE_IP": network.blue_ip, "GREEN_IP": network.green_ip,
+            **demo_settings(app, self.network, stack),
             "HEALTH_INTERVAL": "0.5", "HEALTH_TIMEOUT": "30", "DRAIN_SECONDS": "1", "STOP_TIMEOUT": "5",
             "VERIFY_SECONDS": "0",
             **self.env(),

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from .realstack import LUA_MODULES, REPO, Nginx, free_port, run_pipeline
+from .realstack import LUA_MODULES, Nginx, demo_settings, free_port, run_pipeline
 
 MODES = {"live": "live", "reload": "set", "reload-upstream": "upstream"}   # mode -> Nginx helper form
 
@@ -205,11 +205,7 @@ def deploy_env(app: str, network, nginx: Nginx, stack: Dict[str, str], cwd: Path
     env_file = cwd / "app.env"
     env_file.write_text("STARTUP_DELAY_MS=2000\n")
     env = {
-        "APP_NAME": app, "APP_VERSION": "v1", "BUILD_COMMAND": "",
-        "DOCKERFILE": str(REPO / "docker" / "Dockerfile"), "BUILD_CONTEXT": str(REPO / "demo"),
-        "BUILD_ARGS": f"BASE_IMAGE={stack['JRE_IMAGE']} JAR=build/libs/app.jar",
-        "DEPLOY_NETWORK": network.name, "DEPLOY_SUBNET": network.subnet, "DEPLOY_GATEWAY": network.gateway,
-        "BLUE_IP": network.blue_ip, "GREEN_IP": network.green_ip,
+        **demo_settings(app, network, stack), "APP_VERSION": "v1",
         "HEALTH_INTERVAL": "0.5", "HEALTH_TIMEOUT": "30", "DRAIN_SECONDS": "1", "STOP_TIMEOUT": "5",
         # This bench compares the switches; verification after them is measured in verify_switchback.py.
         "VERIFY_SECONDS": "0", "NGINX_ACCESS_LOG": str(nginx.access_log),

@@ -12,7 +12,7 @@ from typing import Dict, Iterator
 import docker
 import pytest
 
-from teststack.realstack import REPO, Nginx, TestNetwork, free_port, remove_app, remove_network, reserve_network, stack_env
+from teststack.realstack import REPO, Nginx, TestNetwork, demo_settings, free_port, remove_app, remove_network, reserve_network, stack_env
 
 pytestmark = pytest.mark.integration
 
@@ -124,19 +124,9 @@ def nginx(world, tmp_path, request) -> Iterator[Nginx]:
 @pytest.fixture
 def settings_env(world, nginx, stack) -> Dict[str, str]:
     """Settings for a fast deploy of the demo service through the test's own nginx, locally."""
-    net = world.network
     return {
-        "APP_NAME": world.app,
+        **demo_settings(world.app, world.network, stack),
         "APP_VERSION": "v1",
-        "BUILD_COMMAND": "",
-        "DOCKERFILE": str(REPO / "docker" / "Dockerfile"),
-        "BUILD_CONTEXT": str(REPO / "demo"),
-        "BUILD_ARGS": f"BASE_IMAGE={stack['JRE_IMAGE']} JAR=build/libs/app.jar",
-        "DEPLOY_NETWORK": net.name,
-        "DEPLOY_SUBNET": net.subnet,
-        "DEPLOY_GATEWAY": net.gateway,
-        "BLUE_IP": net.blue_ip,
-        "GREEN_IP": net.green_ip,
         "HEALTH_INTERVAL": "0.5",
         "HEALTH_TIMEOUT": "30",
         "DRAIN_SECONDS": "0.5",

@@ -20,7 +20,7 @@ from pipeline.core.decide import render_include
 from pipeline.core.route import Address
 from pipeline.core.releases import ReleaseRecord
 from teststack.nginxhost import Bridge, NginxHost
-from teststack.realstack import REPO, free_port, run_pipeline, start_pipeline, wait_for
+from teststack.realstack import demo_settings, free_port, run_pipeline, start_pipeline, wait_for
 
 from .test_lock_race import StartingGate
 
@@ -83,12 +83,8 @@ def fleet(request, bridge, world, tmp_path) -> Iterator[Fleet]:
 
 @pytest.fixture
 def env(world, fleet, stack) -> Dict[str, str]:
-    net = world.network
     return {
-        "APP_NAME": world.app, "BUILD_COMMAND": "", "DOCKERFILE": str(REPO / "docker" / "Dockerfile"),
-        "BUILD_CONTEXT": str(REPO / "demo"), "BUILD_ARGS": f"BASE_IMAGE={stack['JRE_IMAGE']} JAR=build/libs/app.jar",
-        "DEPLOY_NETWORK": net.name, "DEPLOY_SUBNET": net.subnet, "DEPLOY_GATEWAY": net.gateway,
-        "BLUE_IP": net.blue_ip, "GREEN_IP": net.green_ip, "HEALTH_INTERVAL": "0.5", "HEALTH_TIMEOUT": "30",
+        **demo_settings(world.app, world.network, stack), "HEALTH_INTERVAL": "0.5", "HEALTH_TIMEOUT": "30",
         "DRAIN_SECONDS": "0.5", "VERIFY_SECONDS": "0", "STOP_TIMEOUT": "5", **fleet.env(),
     }
 
