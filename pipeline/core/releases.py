@@ -394,11 +394,18 @@ def rollback_targets(record: ReleaseRecord, live_color: Optional[str], container
 
 
 def plan_rollback(record: ReleaseRecord, live_color: Optional[str], containers: Mapping[str, ContainerFact],
-                  images: Iterable[str], to_version: Optional[str] = None) -> RollbackPlan:
-    """Raises NothingToDo (exit 5), naming what can be rolled back to, when there is nothing."""
+                  images: Callable[[], Iterable[str]], to_version: Optional[str] = None) -> RollbackPlan:
+    """Raises NothingToDo (exit 5), naming what can be rolled back to, when there is nothing.
+
+    `images` (the release images the engine keeps) is asked only when the idle container does not
+    hold the release gone back to: a rollback to a kept container, the one a bad day needs fast,
+    does without the engine's image list (a round trip before `docker start`, issue 15)."""
     if live_color is None or record.live is None:
         raise NothingToDo("no previous release to roll back to (nothing is live)")
-    targets = rollback_targets(record, live_color, containers, images)
+    wanted = to_version if to_version is not None else record.previous.version if record.previous else None
+    targets = rollback_targets(record, live_color, containers, ())   # what the idle container holds
+    if wanted is None or _find(targets, wanted) is None:
+        targets = rollback_targets(record, live_color, containers, images())
     if to_version is None:
         release = _going_back(record.previous, record.live, targets)
     else:

@@ -836,7 +836,7 @@ def rollback(ctx: Context, to_version: Optional[str] = None) -> Outcome:
     with preflight(ctx, "rollback") as run:
         facts, record = facts_and_record(ctx)
         live = facts.choice.live
-        plan = releases.plan_rollback(record, live, facts.containers, ctx.engine.release_images(), to_version)
+        plan = releases.plan_rollback(record, live, facts.containers, ctx.engine.release_images, to_version)
         target = plan.release
         log.info("    rolling back from %s to %s", record.live, target)
         before_changes(ctx, run, target.version, record.live, target.color)

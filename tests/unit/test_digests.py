@@ -111,7 +111,7 @@ def test_a_record_and_a_history_from_before_digests_still_read():
 def test_plan_rollback_keeps_the_release_digest():
     v1 = Release("v1", "blue", "app:v1", PUSHED, "registry")
     kept = ReleaseRecord().made_live(v1).made_live(Release("v2", "green", "app:v2", "sha256:" + "cd" * 32, "registry"))
-    plan = plan_rollback(kept, "green", {}, ["app:v1"], "v1")
+    plan = plan_rollback(kept, "green", {}, lambda: ["app:v1"], "v1")
     assert plan.release == Release("v1", "blue", "app:v1", PUSHED, "registry")
 
 

@@ -181,10 +181,23 @@ def test_plan_rollback(record: ReleaseRecord, live_color: Optional[str], facts: 
                        images: Tuple[str, ...], to_version: Optional[str], expected: object) -> None:
     if isinstance(expected, str):
         with pytest.raises(NothingToDo) as caught:
-            plan_rollback(record, live_color, facts, images, to_version)
+            plan_rollback(record, live_color, facts, lambda: images, to_version)
         assert str(caught.value) == expected
     else:
-        assert plan_rollback(record, live_color, facts, images, to_version) == expected
+        assert plan_rollback(record, live_color, facts, lambda: images, to_version) == expected
+
+
+def _no_image_list() -> Tuple[str, ...]:
+    raise AssertionError("the engine's image list was asked for")
+
+
+@pytest.mark.parametrize("to_version", [None, "v1"], ids=["rollback", "rollback-to"])
+def test_a_rollback_to_the_kept_container_does_without_the_image_list(to_version: Optional[str]) -> None:
+    # Issue 15: the image list is a round trip before `docker start`; the idle container that
+    # holds the release gone back to is enough to plan (the table above: the same plan with it).
+    kept = containers(fact("blue", "v1", "exited", image="reg/app:v1"))
+    assert plan_rollback(LIVE_V2, "green", kept, _no_image_list, to_version) == \
+        RollbackPlan(rel("v1", "blue"), "blue", "start", None)
 
 
 @pytest.mark.parametrize("text", [
