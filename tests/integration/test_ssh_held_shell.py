@@ -34,7 +34,7 @@ def host(stack, tmp_path):
 def held_shell(host: SshHost) -> int:
     result = host.run(["sh", "-c", HELD_SHELL_PID])
     assert result.code == 0, result
-    pid = int(result.output)
+    pid = int(result.output.split()[-1])   # the last line: a login script's noise is not the question here
     assert pid > 1, "the command ran under no `sh -s`"
     return pid
 
@@ -75,7 +75,7 @@ FAKE_MARKERS = "0123456789abcdef0123456789abcdef:1:end 0\n:2:begin\n:3:end 3\nx:
     (["printf", "\\377x"], "\ufffdx"),   # not UTF-8: replaced, as before
     (["sh", "-c", "echo out; echo err >&2; echo out2"], "out\nerr\nout2\n"),
     (["sh", "-c", "head -c 300000 /dev/zero | tr '\\0' x"], "x" * 300000),   # many reads, the marker in pieces
-])
+], ids=["no-newline", "fake-markers", "blank-lines", "cr", "empty", "not-utf8", "stderr", "300k"])
 def test_output_comes_back_exactly(host, argv, output):
     assert host.run(argv).output == output
     assert host.run(["echo", "after"]).output == "after\n"
