@@ -47,13 +47,14 @@ def _file_call(part: str, action: str, timeout: float = 0.0) -> Iterator[None]:
 
 
 @contextmanager
-def _deadline(transport: "paramiko.Transport", seconds: float) -> Iterator[None]:
+def _deadline(transport: "paramiko.Transport", seconds: float) -> Iterator[threading.Event]:
     """Bound a whole exchange on a channel by `seconds`.
 
     paramiko waits with no timeout for the answer to a channel request (`exec`, the `sftp`
     subsystem) and for a command's exit status; `settimeout` covers only reads. Past the deadline
     the connection is closed, which ends any such wait with an error, reported as no answer within
-    NETWORK_TIMEOUT; the next operation connects again.
+    NETWORK_TIMEOUT; the next operation connects again. Yields an event set once the deadline
+    has passed (a read from a channel that closes then ends quietly, without an error).
     """
     expired = threading.Event()
 
@@ -65,7 +66,7 @@ def _deadline(transport: "paramiko.Transport", seconds: float) -> Iterator[None]
     timer.daemon = True
     timer.start()
     try:
-        yield
+        yield expired
     except ssh_errors() as exc:
         if expired.is_set():
             raise socket.timeout(f"no answer within {seconds:g}s") from exc
@@ -184,7 +185,9 @@ class SshHost:
         self.timeout = timeout
         self._sftp: Optional[paramiko.SFTPClient] = None
         self._unreachable: Optional[NginxHostFailed] = None
-        self._spare: Optional[_SpareSession] = None
+        self._shell: Optional[_HeldShell] = None
+        self._held = True   # False once a held shell proved not to work here: a session per command
+        self._running = threading.Lock()   # one command at a time through the held shell
 
     @classmethod
     def connect(cls, nginx: NginxSettings, timeout: float,
@@ -193,14 +196,14 @@ class SshHost:
         is proven by a flow's first one, the route check in preflight (Prober.check_routes):
         a session of its own here cost a saturated machine most of a second (issue 15).
 
-        The first command's session is started before the SFTP subsystem, not after it: each
-        starts a login shell on the nginx host, and side by side the second is ready when the
+        The commands' held shell (see `run`) is started before the SFTP subsystem, not after it:
+        each starts a login shell on the nginx host, and side by side the second is ready when the
         first is, instead of a login shell later (the route check waited 0.2 s for it, issue 15).
 
         `requested` is called once both are asked for: from then on the wait is the nginx host's
         (its login shells), and this process's other work no longer delays the connection."""
         host = cls(_open_client(nginx, timeout), _where(nginx), nginx, timeout)
-        host._start_spare()
+        host._start_shell()
         try:
             host._open_sftp(requested)
         except NginxHostFailed as exc:
@@ -241,10 +244,8 @@ class SshHost:
         return transport
 
     def _drop(self) -> None:
-        spare, self._spare = self._spare, None
         try:
-            if spare is not None:
-                spare.close()
+            self._drop_shell()
             if self._sftp is not None:
                 self._sftp.close()
             self.client.close()
@@ -252,15 +253,16 @@ class SshHost:
             pass   # already broken: nothing left to close cleanly
         self._sftp = None
 
-    def _start_spare(self) -> None:
-        """Start the next command's session now, in the background (see `run`)."""
+    def _start_shell(self) -> None:
+        """Start the commands' held shell now, in the background (see `run`)."""
         transport = self.client.get_transport()
-        if self._spare is None and transport is not None and transport.is_active():
-            self._spare = _SpareSession(transport, self.timeout)
+        if self._held and self._shell is None and transport is not None and transport.is_active():
+            self._shell = _HeldShell(transport, self.timeout, background=True)
 
-    def _take_spare(self, transport: "paramiko.Transport") -> "Optional[paramiko.Channel]":
-        spare, self._spare = self._spare, None
-        return spare.take(transport) if spare is not None else None
+    def _drop_shell(self) -> None:
+        shell, self._shell = self._shell, None
+        if shell is not None:
+            shell.close()
 
     @property
     def sftp(self) -> paramiko.SFTPClient:
@@ -346,43 +348,84 @@ class SshHost:
         """Run a command; its exit code comes back in the result. A broken session, or no answer
         within NETWORK_TIMEOUT, raises NginxHostFailed: then nobody knows what the command did.
 
-        Every session starts the SSH user's login shell on the nginx host, whose start-up
+        Every SSH session starts the SSH user's login shell on the nginx host, whose start-up
         (.bashrc: 0.15 s of CPU where it runs `pyenv init`) a saturated machine stretches to most
-        of a second (issue 15). So the session for the next command is started ahead, in the
-        background, right after the connection and after each command: its shell starts while
-        this process does other work, then waits in `sh -s` for the command line, which `run`
-        sends (and then EOF). A spare that is no longer usable is dropped for a new session."""
+        of a second (issue 15). So all commands of this host go through one held session running
+        `exec sh -s` (`_HeldShell`): one login shell per connection, started in the background
+        right after connecting, instead of one per command (with several hosts in reload mode the
+        prepare's `nginx -t` and the commit's reload were two). A held shell that is no longer
+        usable (the connection lost, its shell gone) is dropped for a new one; one left in an
+        unknown state (no answer within NETWORK_TIMEOUT, the session cut during a command) is
+        never used again. Where a held shell does not work at all (no `sh` on the nginx host),
+        each command has a session of its own, as before."""
         command = shlex.join(argv)
-        transport = self._transport()
-        try:
-            with _file_call(self.ssh_part, f"running `{_short(command)}`", self.timeout):
-                channel = self._take_spare(transport)
-                started = channel is not None
-                if channel is None:
-                    channel = transport.open_session(timeout=self.timeout)
-                try:
-                    if not started:
-                        channel.set_combine_stderr(True)
-                        channel.settimeout(self.timeout)
-                    with _deadline(transport, self.timeout):
-                        if started:
-                            channel.sendall(command.encode() + b"\n")
-                            channel.shutdown_write()
-                        else:
-                            channel.exec_command(command)
-                        output = channel.makefile("rb").read().decode("utf-8", "replace")
-                        code = channel.recv_exit_status()
-                finally:
-                    channel.close()
-            self._start_spare()
-            if code == -1:
-                # No exit status: the session was cut (its sshd killed, the connection lost).
-                raise NginxHostFailed(self.ssh_part, f"running `{_short(command)}`",
-                                      "the session ended before the command reported its exit status")
-        except NginxHostFailed:
-            _settle(transport)
-            raise
+        action = f"running `{_short(command)}`"
+        with self._running:
+            transport = self._transport()
+            try:
+                with _file_call(self.ssh_part, action, self.timeout):
+                    with _deadline(transport, self.timeout) as expired:
+                        answer = self._run_held(transport, command) if self._held else None
+                        if answer is None:
+                            answer = self._run_in_own_session(transport, command)
+                code, output = answer
+                if code == -1 and expired.is_set():
+                    raise NginxHostFailed(self.ssh_part, action, _ssh_reason(socket.timeout(), self.timeout))
+                if code == -1:
+                    # No exit status: the session was cut (its sshd killed, the connection lost).
+                    raise NginxHostFailed(self.ssh_part, action,
+                                          "the session ended before the command reported its exit status")
+            except NginxHostFailed:
+                self._drop_shell()   # its state is unknown: never used again
+                _settle(transport)
+                raise
+            except BaseException:
+                self._drop_shell()
+                raise
         return CommandResult(argv, code, output)
+
+    def _run_held(self, transport: "paramiko.Transport", command: str) -> Optional[Tuple[int, str]]:
+        """The command through the held shell: (code, output), code -1 if the session ended during
+        the command; None if no held shell works here (then the caller runs it in a session of
+        its own). A held shell found ended before the command began (killed while idle) is
+        replaced once by a new one."""
+        for _ in range(2):
+            shell, self._shell = self._shell, None
+            if shell is None or not shell.usable_on(transport):
+                if shell is not None:
+                    shell.close()
+                try:
+                    shell = _HeldShell(transport, self.timeout, background=False)
+                except paramiko.ChannelException as exc:   # the nginx host refuses another session
+                    log.debug("    no held shell on %s: %s", self.description, exc)
+                    self._held = False
+                    return None
+            answer = shell.run(command)
+            if answer is None:   # the session ended before the command began
+                shell.close()
+                if shell.worked:
+                    continue   # it had ended while it waited: once more, on a new one
+                log.debug("    the held shell on %s ended before a command began: a session per command",
+                          self.description)
+                self._held = False
+                return None
+            if answer[0] == -1:
+                shell.close()   # ended during the command
+            else:
+                self._shell = shell
+            return answer
+        return -1, ""
+
+    def _run_in_own_session(self, transport: "paramiko.Transport", command: str) -> Tuple[int, str]:
+        channel = transport.open_session(timeout=self.timeout)
+        try:
+            channel.set_combine_stderr(True)
+            channel.settimeout(self.timeout)
+            channel.exec_command(command)
+            output = channel.makefile("rb").read().decode("utf-8", "replace")
+            return channel.recv_exit_status(), output
+        finally:
+            channel.close()
 
     def run_steps(self, steps: Sequence[Sequence[str]]) -> List[CommandResult]:
         """Run commands in order until one fails, in one SSH round trip.
@@ -557,46 +600,105 @@ class _SftpRequests:
         self._answers_in_order(requests)
 
 
-class _SpareSession:
-    """An SSH session opened in a thread of its own, running `exec sh -s`: once its login shell has
-    started, it waits for a command line on stdin (SshHost.run)."""
+class _HeldShell:
+    """One SSH session running `exec sh -s`, held for every command of an SshHost (see SshHost.run).
+
+    Each command is one line on the shell's stdin, between two marker lines the shell prints
+    itself: `<nonce>:<n>:begin`, then the command's output, then a newline and
+    `<nonce>:<n>:end <exit status>`. The nonce is random per session and is never in any
+    command's argv or environment, so no output can end a command early, whatever it prints (a
+    marker of its own, no trailing newline); the newline printed before the end marker is not
+    the command's and is taken off. What comes before a begin marker (a login script's output, a
+    background process of an earlier command still writing) is not any command's and is dropped.
+
+    Opened in a thread of its own with `background` (its login shell then starts while this
+    process does other work), else here, under the caller's deadline."""
 
     COMMAND = "exec sh -s"
 
-    def __init__(self, transport: "paramiko.Transport", timeout: float) -> None:
+    def __init__(self, transport: "paramiko.Transport", timeout: float, background: bool) -> None:
         self.transport = transport
         self.timeout = timeout
         self.channel: Optional["paramiko.Channel"] = None
-        self._thread = threading.Thread(target=self._open, name="ssh-spare-session", daemon=True)
-        self._thread.start()
+        self.commands = 0
+        self.worked = False   # a command has begun in it: `sh -s` works here
+        self._nonce = os.urandom(16).hex()
+        self._unread = b""
+        self._thread: Optional[threading.Thread] = None
+        if background:
+            self._thread = threading.Thread(target=self._open_quietly, name="ssh-held-shell", daemon=True)
+            self._thread.start()
+        else:
+            self._open()
 
     def _open(self) -> None:
-        channel = None
+        channel = self.transport.open_session(timeout=self.timeout)
         try:
-            channel = self.transport.open_session(timeout=self.timeout)
             channel.set_combine_stderr(True)
             channel.settimeout(self.timeout)
             channel.exec_command(self.COMMAND)
-            self.channel = channel
-        except ssh_errors() as exc:   # no spare then: the command opens its own session, as it would
-            log.debug("    no spare SSH session: %s", exc)
-            if channel is not None:
-                channel.close()
-
-    def take(self, transport: "paramiko.Transport") -> "Optional[paramiko.Channel]":
-        """The session, if it is still waiting on this (live) connection; else None."""
-        self._thread.join(self.timeout + 1)
-        channel = self.channel
-        if channel is None or self._thread.is_alive():
-            return None
-        if transport is not self.transport or not transport.is_active() or channel.closed \
-                or channel.exit_status_ready():
+        except BaseException:
             channel.close()
-            return None
-        return channel
+            raise
+        self.channel = channel
+
+    def _open_quietly(self) -> None:
+        try:
+            self._open()
+        except ssh_errors() as exc:   # no held shell then: the first command opens one
+            log.debug("    no held SSH shell: %s", exc)
+
+    def usable_on(self, transport: "paramiko.Transport") -> bool:
+        """Opened, on this (live) connection, and its shell still there."""
+        if self._thread is not None:
+            self._thread.join(self.timeout + 1)
+            if self._thread.is_alive():
+                return False
+        channel = self.channel
+        return (channel is not None and transport is self.transport and transport.is_active()
+                and not channel.closed and not channel.eof_received and not channel.exit_status_ready())
+
+    def run(self, command: str) -> Optional[Tuple[int, str]]:
+        """(exit status, output) of `command`, a line of shell (words quoted with shlex); exit
+        status -1 if the session ended during the command, None if it ended before the command
+        began. paramiko's errors if the channel fails."""
+        channel = self.channel
+        assert channel is not None
+        self.commands += 1
+        mark = f"{self._nonce}:{self.commands}"
+        # In `( ... )`, a subshell (a child of the held shell): whatever the command does to its
+        # shell (cd, export, set, trap, umask, exec, exit) ends with that child, so every command
+        # starts from the state the first one did, and the held shell is always there to print the
+        # end marker. stdin from /dev/null: else a command that reads stdin would read the held
+        # shell's own, the channel, and eat the next command's line. stderr into stdout, as one
+        # session's combined output was. The newline before `)` ends the command's line whatever it is.
+        line = (f"printf '%s\\n' {mark}:begin; ( {command}\n) </dev/null 2>&1; "
+                f"printf '\\n%s %d\\n' {mark}:end $?\n")
+        channel.sendall(line.encode())
+        begin, end = f"{mark}:begin\n".encode(), f"\n{mark}:end ".encode()
+        data, self._unread = self._unread, b""
+        began, searched = False, 0
+        while True:
+            if not began:
+                found = data.find(begin)
+                if found >= 0:
+                    began, data, searched = True, data[found + len(begin):], 0
+                    self.worked = True
+            if began:
+                found = data.find(end, searched)
+                if found >= 0 and b"\n" in data[found + len(end):]:
+                    status, self._unread = data[found + len(end):].split(b"\n", 1)
+                    return int(status.decode("ascii")), data[:found].decode("utf-8", "replace")
+                # The next search starts where the marker may begin (it may come in pieces).
+                searched = found if found >= 0 else max(0, len(data) - len(end) + 1)
+            chunk = channel.recv(65536)
+            if not chunk:
+                return (-1, data.decode("utf-8", "replace")) if began else None
+            data += chunk
 
     def close(self) -> None:
-        self._thread.join(self.timeout + 1)
+        if self._thread is not None:
+            self._thread.join(self.timeout + 1)
         if self.channel is not None:
             self.channel.close()
 
