@@ -34,5 +34,14 @@ bash scripts/lint-jenkinsfile.sh
 stamp "Jenkinsfile linted"
 python3 -m mypy   # --strict over pipeline/ (pyproject.toml [tool.mypy])
 stamp "types checked"
+# The same leftover can appear during the run (tests kill SSH sessions on purpose): then every
+# later login shell on the stack's sshd waits for that lock before giving up on its rehash, about
+# a second each. Looked for every 20 s while the tests run; stopped with them.
+( while sleep 20; do
+      [ -n "$(find "$rehash_lock" -mmin +1 2>/dev/null)" ] && rm -f "$rehash_lock" \
+          && echo "test.sh: removed a stale pyenv rehash lock during the tests" >&2
+  done ) &
+janitor=$!
+trap 'kill "$janitor" 2>/dev/null || true' EXIT
 python3 -m pytest -q -p no:cacheprovider --durations=25 "$@" tests
 stamp "tests done"
