@@ -180,14 +180,14 @@ class _Reporting:
 
 def _run(args: argparse.Namespace, settings: Settings, environ: Mapping[str, str], cwd: Path,
          stdout: logsetup.TextOut, started: float, runlog: RunLog) -> int:
-    # The nginx host first, in a thread: over SSH its login shells start on the nginx host's side
-    # while the rest of the tool (the docker SDK, requests, the flows) is imported here. Imported
-    # once the handshake is done and the sessions are asked for, not beside it: both threads share
-    # one interpreter lock, and on a saturated machine the handshake waited for those imports.
+    # The nginx host first, in a thread: over SSH its handshake and login shells run on the nginx
+    # host's side while the rest of the tool (the docker SDK, requests, the flows) is imported here.
+    # Imported once paramiko is loaded, not beside paramiko's import: both threads share one
+    # interpreter lock, and on a saturated machine the handshake waited for those imports.
     # Only then: `--help` and bad input never load any of it (issue 15).
     connecting = Connecting(settings.nginx.each()[0], settings.network_timeout)   # the first of NGINX_HOSTS
     try:
-        connecting.wait_until_requested()
+        connecting.wait_until_waiting()
         from pipeline import compose
         from pipeline.flows import deploy as flows
     except BaseException:

@@ -191,7 +191,7 @@ class SshHost:
 
     @classmethod
     def connect(cls, nginx: NginxSettings, timeout: float,
-                requested: Callable[[], None] = lambda: None) -> "SshHost":
+                waiting: Callable[[], None] = lambda: None) -> "SshHost":
         """Connect, then prove the SFTP channel: preflight, exit 3. That the host runs commands
         is proven by a flow's first one, the route check in preflight (Prober.check_routes):
         a session of its own here cost a saturated machine most of a second (issue 15).
@@ -200,12 +200,13 @@ class SshHost:
         each starts a login shell on the nginx host, and side by side the second is ready when the
         first is, instead of a login shell later (the route check waited 0.2 s for it, issue 15).
 
-        `requested` is called once both are asked for: from then on the wait is the nginx host's
-        (its login shells), and this process's other work no longer delays the connection."""
-        host = cls(_open_client(nginx, timeout), _where(nginx), nginx, timeout)
+        `waiting` is called once paramiko is loaded, right before the handshake: from then on the
+        connection waits on the network and the nginx host (its handshake, its login shells), and
+        this process's other work no longer delays it."""
+        host = cls(_open_client(nginx, timeout, waiting), _where(nginx), nginx, timeout)
         host._start_shell()
         try:
-            host._open_sftp(requested)
+            host.sftp
         except NginxHostFailed as exc:
             host.close()
             raise PreflightError(f"{exc}; the include, the lock and the history are written over SFTP: "
@@ -266,11 +267,6 @@ class SshHost:
 
     @property
     def sftp(self) -> paramiko.SFTPClient:
-        return self._open_sftp()
-
-    def _open_sftp(self, requested: Callable[[], None] = lambda: None) -> paramiko.SFTPClient:
-        """The SFTP client, started if there is none; `requested`: called once the subsystem is
-        asked for, before waiting for the nginx host to start it."""
         transport = self._transport()
         if self._sftp is None:
             # SFTPClient.from_transport, with a timeout on opening the channel and on every answer.
@@ -279,7 +275,6 @@ class SshHost:
                 channel.settimeout(self.timeout)
                 with _deadline(transport, self.timeout):
                     channel.invoke_subsystem("sftp")
-                    requested()
                     self._sftp = paramiko.SFTPClient(channel)
         return self._sftp
 
@@ -707,8 +702,9 @@ def _where(nginx: NginxSettings) -> str:
     return f"{nginx.nginx_ssh_user}@{nginx.nginx_host}:{nginx.nginx_ssh_port}"
 
 
-def _open_client(nginx: NginxSettings, timeout: float) -> paramiko.SSHClient:
-    """Connect with key auth and a checked host key; every failure is a PreflightError."""
+def _open_client(nginx: NginxSettings, timeout: float, waiting: Callable[[], None] = lambda: None) -> paramiko.SSHClient:
+    """Connect with key auth and a checked host key; every failure is a PreflightError.
+    `waiting`: called right before the handshake, paramiko loaded (see SshHost.connect)."""
     host, port, user = nginx.nginx_host, nginx.nginx_ssh_port, nginx.nginx_ssh_user
     where = _where(nginx)
     known_hosts = nginx.nginx_ssh_known_hosts.expanduser()
@@ -719,6 +715,7 @@ def _open_client(nginx: NginxSettings, timeout: float) -> paramiko.SSHClient:
         raise PreflightError(f"cannot read NGINX_SSH_KNOWN_HOSTS={known_hosts}: {exc}") from exc
     # An unknown host key is refused, never learnt: a deploy must not trust a new machine silently.
     client.set_missing_host_key_policy(paramiko.RejectPolicy())
+    waiting()
     try:
         client.connect(host, port=port, username=user, key_filename=str(nginx.nginx_ssh_key),
                        look_for_keys=False, allow_agent=False, timeout=timeout,
@@ -808,12 +805,12 @@ def _short(command: str, limit: int = 120) -> str:
     return command if len(command) <= limit else command[:limit - 3] + "..."
 
 
-def connect(nginx: NginxSettings, timeout: float, requested: Callable[[], None] = lambda: None) -> NginxHost:
+def connect(nginx: NginxSettings, timeout: float, waiting: Callable[[], None] = lambda: None) -> NginxHost:
     """The nginx host: over SSH when NGINX_HOST is set, else this machine. `timeout`: NETWORK_TIMEOUT.
-    `requested`: see SshHost.connect (a local host never calls it)."""
+    `waiting`: see SshHost.connect (a local host never calls it)."""
     assert not nginx.nginx_hosts, "connect one host at a time: NginxSettings.each()"
     if nginx.remote:
-        return SshHost.connect(nginx, timeout, requested)
+        return SshHost.connect(nginx, timeout, waiting)
     return LocalHost()
 
 
@@ -829,25 +826,26 @@ class Connecting:
         self._host: Optional[NginxHost] = None
         self._error: Optional[BaseException] = None
         self._taken = False
-        self._requested = threading.Event()
+        self._waiting = threading.Event()
         self._thread = threading.Thread(target=self._connect, args=(nginx, timeout), name="connect-nginx-host",
                                         daemon=True)
         self._thread.start()
 
     def _connect(self, nginx: NginxSettings, timeout: float) -> None:
         try:
-            self._host = connect(nginx, timeout, self._requested.set)
+            self._host = connect(nginx, timeout, self._waiting.set)
         except BaseException as exc:   # handed to the caller of result(), in the main thread
             self._error = exc
         finally:
-            self._requested.set()
+            self._waiting.set()
 
-    def wait_until_requested(self) -> None:
-        """Return once the connection waits on the nginx host alone (its sessions asked for), or
-        has ended. Until then this process's CPU is the connection's: on a saturated machine a
-        second thread importing beside it (one interpreter lock) delays the handshake by as much
-        as it imports (issue 15). Bounded: every step before is under NETWORK_TIMEOUT."""
-        self._requested.wait()
+    def wait_until_waiting(self) -> None:
+        """Return once the connection waits on the network and the nginx host (paramiko loaded, the
+        handshake begun), or has ended. Until then this process's CPU is the connection's: on a
+        saturated machine a second thread importing beside paramiko's import (one interpreter
+        lock) delayed the handshake by as much as it imported (issue 15). Bounded: what comes
+        before is local work (loading paramiko, reading the known hosts)."""
+        self._waiting.wait()
 
     def result(self) -> NginxHost:
         self._thread.join()

@@ -142,26 +142,26 @@ def test_a_deferred_module_loads_once_on_first_use(tmp_path, monkeypatch):
 
 
 # The CLI run with a stand-in connection (the real one is proven on the stack): it records, when
-# pipeline.compose (which brings docker, requests and the flows) is imported, whether the nginx
-# host's sessions had been asked for by then.
+# pipeline.compose (which brings docker, requests and the flows) is imported, whether the
+# connection had said it waits on the nginx host (paramiko loaded) by then.
 _ORDER = """
 import importlib.abc, json, sys, tempfile, time
 from pathlib import Path
 from pipeline import cli
 from pipeline.adapters import nginx_host
 from pipeline.core.errors import PreflightError
-seen = {{"requested": False}}
+seen = {{"waiting": False}}
 class Watch(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path, target=None):
-        if name == "pipeline.compose" and "compose_after_request" not in seen:
-            seen["compose_after_request"] = seen["requested"]
+        if name == "pipeline.compose" and "compose_after_waiting" not in seen:
+            seen["compose_after_waiting"] = seen["waiting"]
         return None
 sys.meta_path.insert(0, Watch())
-def connect(nginx, timeout, requested=lambda: None):
-    time.sleep(0.3)   # the handshake
+def connect(nginx, timeout, waiting=lambda: None):
+    time.sleep(0.3)   # loading paramiko
     if {asks}:
-        seen["requested"] = True
-        requested()
+        seen["waiting"] = True
+        waiting()
     raise PreflightError("nginx host root@n1:22 is unreachable: Connection refused")
 nginx_host.connect = connect
 cwd = Path(tempfile.mkdtemp())
@@ -175,10 +175,10 @@ print(json.dumps({{"code": code, **seen}}))
 
 
 @pytest.mark.parametrize("asks", [True, False])
-def test_the_rest_of_the_tool_is_imported_only_once_the_nginx_hosts_sessions_are_asked_for(asks):
-    # Issue 15: the handshake ran beside the main thread's imports of docker, requests and the
+def test_the_rest_of_the_tool_is_imported_only_once_paramiko_is_loaded_for_the_nginx_host(asks):
+    # Issue 15: paramiko's import ran beside the main thread's imports of docker, requests and the
     # flows, one interpreter lock between them; the imports now wait until the connection waits
-    # on the nginx host alone. A connection that fails before it asks (False) releases them too.
+    # on the network and the nginx host. A connection that fails before (False) releases them too.
     report = _fresh(_ORDER.format(asks=asks))
     assert report["code"] == 3
-    assert report["compose_after_request"] is asks
+    assert report["compose_after_waiting"] is asks
