@@ -2,7 +2,7 @@
 
     bash scripts/stack.sh start
     python -m bench.rollback_under_load [--rounds 3] [--burners 2] [--connections 32]
-                                        [--against DIR] [--source] [--json FILE]
+                                        [--against DIR] [--as-installed] [--source] [--json FILE]
 
 Set-up: a docker network of its own (created by the tool's first deploy, removed after the last
 request), an nginx of its own on 127.0.0.1 (the shipped `app.conf`, the seed's `set $service_url`
@@ -32,6 +32,9 @@ two switches, the order of the two alternating from round to round. Two switches
 tool's release record true: the shell's pair leaves everything as the tool left it.
 `--against DIR` adds a third pair per round: another copy of the `pipeline` package (e.g. a
 `git archive` of an older commit), for the figures of a change under the same load.
+`--as-installed` adds another: this tree run by a Python that skips this machine's site-packages
+start-up hooks (the editable install's finder, a sandbox CA hook: ~0.035 s of CPU per start that a
+user's `pip install` does not have), labelled `installed`.
 
 Printed: a table of every measurement, then one summary line with the medians and the ratio
 tool / shell (goal: <= 1.5). Exits 1 if a measurement went wrong (a rollback exited non-zero,
@@ -209,6 +212,22 @@ def _first_log(stderr: str, wall_start: float) -> Optional[float]:
     return round(seconds, 2)
 
 
+def hookless_python(where: Path) -> Path:
+    """This Python, seeing the same packages, without the start-up hooks of its site-packages.
+
+    Every start of this machine's Python runs the `.pth` files there: the editable install's
+    finder (`pip install -e`, for the tests) and a sandbox hook that imports certifi to add a
+    proxy's CA, ~0.02 s of CPU before the tool's first line, which a user's `pip install` does not
+    have. A venv without the system's site-packages, given that directory as a plain path line
+    (a path line is only added to sys.path; .pth files in it are not run), loads the same files.
+    """
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(where)], check=True)
+    site_packages = [p for p in sys.path if p.endswith("site-packages") and Path(p).is_dir()]
+    venv_site = next(where.glob("lib/python*/site-packages"))
+    (venv_site / "_same_packages.pth").write_text("".join(f"{p}\n" for p in site_packages))
+    return where / "bin" / "python"
+
+
 # -- the run ----------------------------------------------------------------------------------------
 
 def settings(app: str, network, nginx, stack: Dict[str, str]) -> Dict[str, str]:
@@ -252,6 +271,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--goal", type=float, default=1.5, help="the ratio tool / shell aimed at")
     parser.add_argument("--against", type=Path, metavar="DIR", help="another copy of the pipeline package to add")
     parser.add_argument("--source", action="store_true", help="do not compile the tool's bytecode first")
+    parser.add_argument("--as-installed", action="store_true",
+                        help="also run this tree as an installed tool starts: without this machine's .pth start-up hooks")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     if not 1 <= args.rounds <= 20 or not 0 <= args.burners <= 16 or not 1 <= args.connections <= 256:
@@ -276,10 +297,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         url = f"http://127.0.0.1:{nginx.port}/"
         shell_env = {k: v for k, v in os.environ.items() if not k.startswith(("NGINX_", "APP_"))}
 
+        python = {label: sys.executable for label, _ in trees}
+        if args.as_installed:
+            trees.append(("installed", REPO))
+            python["installed"] = str(hookless_python(cwd / "installed"))
+
         def tool_pair(label: str, tree: Path, number: int) -> None:
             full = {**pipeline_env(env), "PYTHONPATH": str(tree)}
             for to in ("v1", "v2"):
-                rows.append({"round": number, **measure(label, [sys.executable, "-m", "pipeline", "rollback"],
+                rows.append({"round": number, **measure(label, [python[label], "-m", "pipeline", "rollback"],
                                                         full, cwd, to, url, args)})
 
         def shell_pair(number: int) -> None:
