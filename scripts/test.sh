@@ -37,7 +37,9 @@ stamp "types checked"
 # The same leftover can appear during the run (tests kill SSH sessions on purpose): then every
 # later login shell on the stack's sshd waits for that lock before giving up on its rehash, about
 # a second each. Looked for every 20 s while the tests run; stopped with them.
-( while sleep 20; do
+# Its sleep holds no output of ours (a pipe reading this script would wait for it), and the loop
+# ends by itself once this script is gone (killed without its EXIT trap).
+( while sleep 20 </dev/null >/dev/null 2>&1 && kill -0 $$ 2>/dev/null; do
       [ -n "$(find "$rehash_lock" -mmin +1 2>/dev/null)" ] && rm -f "$rehash_lock" \
           && echo "test.sh: removed a stale pyenv rehash lock during the tests" >&2
   done ) &

@@ -246,10 +246,12 @@ class SshHost:
 
     def _drop(self) -> None:
         try:
-            self._drop_shell()
             if self._sftp is not None:
                 self._sftp.close()
+            # The connection first: a held shell still being opened in its thread then ends at
+            # once instead of being waited for (up to NETWORK_TIMEOUT) before the close.
             self.client.close()
+            self._drop_shell()
         except ssh_errors():
             pass   # already broken: nothing left to close cleanly
         self._sftp = None
@@ -395,11 +397,17 @@ class SshHost:
                     log.debug("    no held shell on %s: %s", self.description, exc)
                     self._held = False
                     return None
-            answer = shell.run(command)
+            try:
+                answer = shell.run(command)
+            except BaseException:   # its state is unknown (a signal, a channel error): never used again
+                shell.close()
+                raise
             if answer is None:   # the session ended before the command began
                 shell.close()
                 if shell.worked:
                     continue   # it had ended while it waited: once more, on a new one
+                if not transport.is_active():
+                    return -1, ""   # the connection went, not the shell: a held shell may work next time
                 log.debug("    the held shell on %s ended before a command began: a session per command",
                           self.description)
                 self._held = False
@@ -409,7 +417,7 @@ class SshHost:
             else:
                 self._shell = shell
             return answer
-        return -1, ""
+        return -1, ""   # a new held shell ended before its command began, twice
 
     def _run_in_own_session(self, transport: "paramiko.Transport", command: str) -> Tuple[int, str]:
         channel = transport.open_session(timeout=self.timeout)
@@ -683,7 +691,9 @@ class _HeldShell:
                 found = data.find(end, searched)
                 if found >= 0 and b"\n" in data[found + len(end):]:
                     status, self._unread = data[found + len(end):].split(b"\n", 1)
-                    return int(status.decode("ascii")), data[:found].decode("utf-8", "replace")
+                    output = data[:found].decode("utf-8", "replace")
+                    # `printf %d $?` prints a number; anything else is a session not to trust (-1).
+                    return (int(status), output) if status.isdigit() else (-1, output)
                 # The next search starts where the marker may begin (it may come in pieces).
                 searched = found if found >= 0 else max(0, len(data) - len(end) + 1)
             chunk = channel.recv(65536)
