@@ -51,8 +51,7 @@ def one_mode(mode: str, rounds: int, stack: Dict[str, str], client,
              trees: Sequence[Tuple[str, Path]]) -> List[Dict[str, object]]:
     with nginx_world(client, f"bench-rollback-{mode}-",
                      partial(make_nginx, mode)) as (cwd, network, app, nginx):
-        env = deploy_env(app, network, nginx, stack, cwd)
-        del env["CONTAINER_ENV_FILE"]
+        env = deploy_env(app, network, nginx, stack, cwd, starts_at_once=True)
         env.update(KEEP_PREVIOUS_RUNNING="true", VERIFY_SECONDS="2", DRAIN_SECONDS="0",
                    NGINX_ACCESS_LOG=str(nginx.access_log))
         for version in ("v1", "v2"):

@@ -48,8 +48,7 @@ def one_run(mode: str, stack: Dict[str, str], client, max_seconds: int) -> Dict[
     with nginx_world(client, f"bench-verify-{mode}-",
                      partial(make_nginx, switch_mode)) as (cwd, network, app, nginx):
         log_msec(nginx)
-        env = deploy_env(app, network, nginx, stack, cwd)
-        del env["CONTAINER_ENV_FILE"]
+        env = deploy_env(app, network, nginx, stack, cwd, starts_at_once=True)
         env.update(VERIFY_SECONDS="10", NGINX_ACCESS_LOG=str(nginx.access_log), DRAIN_SECONDS="0.5")
         if over_ssh:
             env.update(ssh_settings(stack))

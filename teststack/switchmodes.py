@@ -200,19 +200,23 @@ def measure(mode: str, env: Dict[str, str], nginx: Nginx, cwd: Path, versions: L
     return Measurement(mode, load.stop(), timings, logs)
 
 
-def deploy_env(app: str, network, nginx: Nginx, stack: Dict[str, str], cwd: Path) -> Dict[str, str]:
-    """Settings for the demo service through `nginx`, locally; the release starts in ~2 s."""
-    env_file = cwd / "app.env"
-    env_file.write_text("STARTUP_DELAY_MS=2000\n")
+def deploy_env(app: str, network, nginx: Nginx, stack: Dict[str, str], cwd: Path,
+               starts_at_once: bool = False) -> Dict[str, str]:
+    """Settings for the demo service through `nginx`, locally; the release starts in ~2 s (an env
+    file in `cwd`), or at once with `starts_at_once`."""
     env = {
         **demo_settings(app, network, stack), "APP_VERSION": "v1",
         "HEALTH_INTERVAL": "0.5", "HEALTH_TIMEOUT": "30", "DRAIN_SECONDS": "1", "STOP_TIMEOUT": "5",
         # This bench compares the switches; verification after them is measured in verify_switchback.py.
         "VERIFY_SECONDS": "0", "NGINX_ACCESS_LOG": str(nginx.access_log),
-        "CONTAINER_ENV_FILE": str(env_file), "NGINX_HOST": "", "NGINX_INCLUDE": str(nginx.include),
+        "NGINX_HOST": "", "NGINX_INCLUDE": str(nginx.include),
         "NGINX_TEST_COMMAND": nginx.test_command, "NGINX_RELOAD_COMMAND": nginx.reload_command,
         "NGINX_PID_FILE": str(nginx.pid_file),
     }
+    if not starts_at_once:
+        env_file = cwd / "app.env"
+        env_file.write_text("STARTUP_DELAY_MS=2000\n")
+        env["CONTAINER_ENV_FILE"] = str(env_file)
     if nginx.form == "upstream":
         env["NGINX_INCLUDE_FORM"] = "upstream"
     if nginx.form == "live":

@@ -13,6 +13,7 @@ import docker
 import pytest
 
 from teststack.realstack import REPO, Nginx, TestNetwork, demo_settings, free_port, remove_app, remove_network, reserve_network, stack_env
+from teststack import switchmodes
 
 pytestmark = pytest.mark.integration
 
@@ -116,6 +117,17 @@ def nginx(world, tmp_path, request) -> Iterator[Nginx]:
     indirectly."""
     server = Nginx(tmp_path / "nginx", free_port(), free_port(), form=getattr(request, "param", "set"))
     server.directory.mkdir()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def mode_nginx(world, tmp_path, mode) -> Iterator[Nginx]:
+    """The nginx for a module's `mode` fixture (teststack.switchmodes: reload, reload-upstream or
+    live; for live the Lua config, its admin on a free port); a module that switches modes names
+    it its `nginx`."""
+    server = switchmodes.make_nginx(mode, tmp_path / "nginx", world.network)
     server.start()
     yield server
     server.stop()

@@ -42,19 +42,15 @@ def mode() -> str:
 
 
 @pytest.fixture
-def nginx(world, tmp_path, mode) -> Iterator[Nginx]:
-    """Overrides conftest's: the nginx for `mode` (for live: the Lua config, admin on a free port)."""
-    server = switchmodes.make_nginx(mode, tmp_path / "nginx", world.network)
-    server.start()
-    yield server
-    server.stop()
+def nginx(mode_nginx: Nginx) -> Nginx:
+    """Overrides conftest's: the nginx for this module's `mode`."""
+    return mode_nginx
 
 
 @pytest.fixture
 def env(world, nginx, stack, tmp_path) -> Dict[str, str]:
     """Settings for the demo service through the test's nginx, locally, starting at once."""
-    settings = switchmodes.deploy_env(world.app, world.network, nginx, stack, tmp_path)
-    del settings["CONTAINER_ENV_FILE"]
+    settings = switchmodes.deploy_env(world.app, world.network, nginx, stack, tmp_path, starts_at_once=True)
     return settings
 
 

@@ -14,7 +14,7 @@ import json
 import re
 import time
 from pathlib import Path
-from typing import Dict, Iterator, List
+from typing import Dict, List
 
 import pytest
 import requests
@@ -36,17 +36,14 @@ def mode(request) -> str:
 
 
 @pytest.fixture
-def nginx(world, tmp_path, mode) -> Iterator[Nginx]:
-    server = switchmodes.make_nginx(mode, tmp_path / "nginx", world.network)
-    server.start()
-    yield server
-    server.stop()
+def nginx(mode_nginx: Nginx) -> Nginx:
+    """Overrides conftest's: the nginx for this module's `mode`."""
+    return mode_nginx
 
 
 @pytest.fixture
 def env(world, nginx, stack, tmp_path) -> Dict[str, str]:
-    settings = switchmodes.deploy_env(world.app, world.network, nginx, stack, tmp_path)
-    del settings["CONTAINER_ENV_FILE"]   # the demo starts at once
+    settings = switchmodes.deploy_env(world.app, world.network, nginx, stack, tmp_path, starts_at_once=True)
     settings["NGINX_PREVIEW_INCLUDE"] = str(nginx.preview_include)
     settings["MAINTENANCE_RETRY_AFTER"] = "42"
     return settings

@@ -38,11 +38,11 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import pytest
 
-from teststack.realstack import LUA_MODULES, Nginx, free_port, pipeline_env, run_pipeline, wait_for
+from teststack.realstack import Nginx, pipeline_env, run_pipeline, wait_for
 from teststack.traffic import Traffic
 
 pytestmark = pytest.mark.integration
@@ -229,17 +229,10 @@ def mode(request) -> str:
 
 
 @pytest.fixture
-def nginx(world, tmp_path, mode) -> Iterator[Nginx]:
-    """The conftest's nginx (the seed's `set` include), or for mode "live" one with the Lua
-    balancer whose admin takes addresses on the test's network only."""
-    live = mode == "live"
-    server = Nginx(tmp_path / "nginx", free_port(), free_port(), form="live" if live else "set",
-                   extra_conf=list(LUA_MODULES) if live else [], admin_port=free_port() if live else 0,
-                   allowed_networks=[world.network.subnet] if live else [])
-    server.directory.mkdir()
-    server.start()
-    yield server
-    server.stop()
+def nginx(mode_nginx: Nginx) -> Nginx:
+    """Overrides conftest's: the seed's `set` include, or for mode "live" the Lua balancer whose
+    admin takes addresses on the test's network only (conftest's mode_nginx)."""
+    return mode_nginx
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import json
 import signal
 import time
 from pathlib import Path
-from typing import Dict, Iterator
+from typing import Dict
 
 import pytest
 
@@ -43,18 +43,15 @@ def mode(request) -> str:
 
 
 @pytest.fixture
-def nginx(world, tmp_path, mode) -> Iterator[Nginx]:
-    server = switchmodes.make_nginx(mode, tmp_path / "nginx", world.network)
-    server.start()
-    yield server
-    server.stop()
+def nginx(mode_nginx: Nginx) -> Nginx:
+    """Overrides conftest's: the nginx for this module's `mode`."""
+    return mode_nginx
 
 
 @pytest.fixture
 def env(world, nginx, stack, tmp_path) -> Dict[str, str]:
     """The demo starting at once, verification on for 4 s, nginx's access log where it is."""
-    settings = switchmodes.deploy_env(world.app, world.network, nginx, stack, tmp_path)
-    del settings["CONTAINER_ENV_FILE"]
+    settings = switchmodes.deploy_env(world.app, world.network, nginx, stack, tmp_path, starts_at_once=True)
     settings.update(VERIFY_SECONDS="4", NGINX_ACCESS_LOG=str(nginx.access_log), DRAIN_SECONDS="0.5")
     return settings
 
